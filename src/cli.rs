@@ -1,0 +1,319 @@
+//! The command line: `serve` (default), `check`, `migrate`, `keys generate|rotate`,
+//! `links list|remove`.
+//!
+//! Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage.
+
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
+
+use crate::config::{AgentKind, Config, ConfigError, DatabaseConfig, Env, vault_and_database};
+use crate::crypto::generate_key;
+use crate::domain::{TeamId, UserId};
+use crate::key_rotation::rotate_all;
+use crate::startup::{Application, shutdown_signal};
+use crate::store::Store;
+use crate::store::audit::Actor;
+use crate::store::links::Link;
+use crate::telemetry;
+
+/// Answer Databricks questions in Slack, as the person who asked.
+#[derive(Debug, Parser)]
+#[command(name = "databricks-slack-bot", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply migrations and run the bot (the default).
+    Serve,
+    /// Validate configuration and reach the database; print a report.
+    Check,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage token encryption keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Inspect and remove people's Databricks links.
+    #[command(subcommand)]
+    Links(LinksCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Print a fresh random 32-byte key, base64, for TOKEN_ENCRYPTION_KEYS.
+    Generate,
+    /// Re-encrypt every stored secret under the primary (first) key. Resumable.
+    Rotate {
+        /// Rows re-encrypted per batch.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+        batch_size: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LinksCommand {
+    /// List links (never secrets).
+    List {
+        /// Only this Slack team (e.g. T0123ABCD).
+        #[arg(long)]
+        team: Option<TeamId>,
+    },
+    /// Delete one person's link.
+    Remove {
+        /// Slack team id, e.g. T0123ABCD.
+        #[arg(long)]
+        team: TeamId,
+        /// Slack user id, e.g. U0123ABCD.
+        #[arg(long)]
+        user: UserId,
+    },
+}
+
+/// Why a command failed, which decides the exit code.
+enum Failure {
+    Config(ConfigError),
+    Runtime(anyhow::Error),
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::Config(e)
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Runtime(e)
+    }
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(e: sqlx::Error) -> Self {
+        Failure::Runtime(e.into())
+    }
+}
+
+/// Runs the command line and returns the process exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    let env = match Env::from_process() {
+        Ok(env) => env,
+        Err(e) => return report(Failure::Config(e)),
+    };
+    telemetry::init(&env);
+    let outcome = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(&env).await,
+        Command::Check => check(&env).await,
+        Command::Migrate => migrate(&env).await,
+        Command::Keys(KeysCommand::Generate) => {
+            println!("{}", generate_key().expose_secret());
+            eprintln!(
+                "Add it in front of TOKEN_ENCRYPTION_KEYS as <id>:<key> (e.g. k2:<key>,k1:<old key>), then run `keys rotate`."
+            );
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Rotate { batch_size }) => rotate(&env, batch_size).await,
+        Command::Links(LinksCommand::List { team }) => list_links(&env, team.as_ref()).await,
+        Command::Links(LinksCommand::Remove { team, user }) => remove_link(&env, &team, &user).await,
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => report(failure),
+    }
+}
+
+fn report(failure: Failure) -> ExitCode {
+    match failure {
+        Failure::Config(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+        Failure::Runtime(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+async fn serve(env: &Env) -> Result<(), Failure> {
+    let config = Config::load(env)?;
+    let store = Store::open(&config.database).await?;
+    let app = Application::bind(config.bind_addr, store).await?;
+    let lifecycle = app.lifecycle();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        lifecycle.begin_shutdown();
+    });
+    tracing::info!(addr = %app.local_addr(), "listening");
+    app.run_until_stopped().await?;
+    Ok(())
+}
+
+async fn check(env: &Env) -> Result<(), Failure> {
+    let config = Config::load(env)?;
+    let mode = if config.slack.app_token.is_some() {
+        "Socket Mode"
+    } else {
+        "HTTP events"
+    };
+    let agent = match config.agent.kind {
+        Some(AgentKind::Genie) => "genie",
+        Some(AgentKind::Llm) => "llm",
+        Some(AgentKind::Http) => "http",
+        Some(AgentKind::Adk) => "adk",
+        None => "none configured",
+    };
+    println!(
+        "configuration  ok ({mode}; agent: {agent}; keys: primary {})",
+        config.vault.primary_key_id()
+    );
+    let database = match Store::connect(&config.database).await {
+        Ok(store) => {
+            let probe = async { store.ping().await.and(store.pending_migrations().await) }.await;
+            store.close().await;
+            probe
+        }
+        Err(e) => {
+            println!("database       FAILED: {e:#}");
+            return Err(anyhow::anyhow!("check failed").into());
+        }
+    };
+    match database {
+        Ok(0) => println!("database       ok ({})", describe(&config.database)),
+        Ok(n) => println!(
+            "database       ok ({}); {n} migration(s) pending, applied by `serve` or `migrate`",
+            describe(&config.database)
+        ),
+        Err(e) => {
+            println!("database       FAILED: {e}");
+            return Err(anyhow::anyhow!("check failed").into());
+        }
+    }
+    Ok(())
+}
+
+fn describe(database: &DatabaseConfig) -> String {
+    match database {
+        DatabaseConfig::Sqlite { path } => format!("sqlite {}", path.display()),
+        DatabaseConfig::Postgres { .. } => "postgres".to_owned(),
+    }
+}
+
+async fn migrate(env: &Env) -> Result<(), Failure> {
+    let database = DatabaseConfig::from_env(env)?;
+    let store = Store::connect(&database).await?;
+    let pending = store.pending_migrations().await?;
+    store.migrate().await?;
+    store.close().await;
+    println!("migrations applied: {pending} ({})", describe(&database));
+    Ok(())
+}
+
+async fn rotate(env: &Env, batch_size: i64) -> Result<(), Failure> {
+    let (database, vault) = vault_and_database(env)?;
+    let store = Store::open(&database).await?;
+    let primary = vault.primary_key_id().clone();
+    let total = rotate_all(&store, &vault, batch_size, |batch| {
+        eprintln!(
+            "batch: {} re-encrypted, {} changed meanwhile, {} unreadable",
+            batch.resealed,
+            batch.changed_meanwhile,
+            batch.failures.len()
+        );
+    })
+    .await?;
+    store.close().await;
+    println!(
+        "re-encrypted {} secret(s) under key {primary}; {} already re-encrypted by a concurrent refresh",
+        total.resealed, total.changed_meanwhile
+    );
+    if total.failures.is_empty() {
+        return Ok(());
+    }
+    for failure in &total.failures {
+        eprintln!(
+            "  could not open the link of {} in {}: {}",
+            failure.user, failure.team, failure.error
+        );
+    }
+    Err(anyhow::anyhow!(
+        "{} link(s) could not be re-encrypted; they stay as they are (restore the missing key, or remove them with `links remove`)",
+        total.failures.len()
+    )
+    .into())
+}
+
+async fn list_links(env: &Env, team: Option<&TeamId>) -> Result<(), Failure> {
+    let database = DatabaseConfig::from_env(env)?;
+    let store = Store::open(&database).await?;
+    let links = store.list_links(team).await?;
+    store.close().await;
+    print!("{}", links_table(&links));
+    Ok(())
+}
+
+/// The `links list` table: ids, Databricks user, status and dates — never secrets.
+fn links_table(links: &[Link]) -> String {
+    let mut rows = vec![[
+        "TEAM".to_owned(),
+        "USER".to_owned(),
+        "DATABRICKS USER".to_owned(),
+        "STATUS".to_owned(),
+        "KEY".to_owned(),
+        "LINKED".to_owned(),
+        "LAST USED".to_owned(),
+    ]];
+    for link in links {
+        rows.push([
+            link.team.to_string(),
+            link.user.to_string(),
+            link.databricks_user_name.clone(),
+            link.status.as_str().to_owned(),
+            link.key_id.clone(),
+            format_time(Some(link.linked_at)),
+            format_time(link.last_used_at),
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|col| rows.iter().map(|r| r[col].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    if links.is_empty() {
+        out.push_str("(no links)\n");
+    }
+    out
+}
+
+fn format_time(seconds: Option<i64>) -> String {
+    seconds
+        .and_then(|s| jiff::Timestamp::from_second(s).ok())
+        .map_or_else(|| "-".to_owned(), |t| t.strftime("%Y-%m-%d %H:%MZ").to_string())
+}
+
+async fn remove_link(env: &Env, team: &TeamId, user: &UserId) -> Result<(), Failure> {
+    let database = DatabaseConfig::from_env(env)?;
+    let store = Store::open(&database).await?;
+    let removed = store.delete_link(team, user, Actor::AdminCli, now()).await?;
+    store.close().await;
+    if removed {
+        println!("removed the link of {user} in {team}");
+    } else {
+        println!("{user} in {team} has no link; nothing to remove");
+    }
+    Ok(())
+}

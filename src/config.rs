@@ -1,0 +1,804 @@
+//! Configuration: read once from the environment (and an optional `.env`), validated into
+//! typed values, secrets held in `secrecy` types.
+//!
+//! Every problem is collected before failing, so one run names everything that needs
+//! fixing. Messages name the variable and what is expected — never the value, which may be
+//! a secret.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+use crate::crypto::{Vault, VaultKey};
+use crate::domain::{WorkspaceHost, is_secure_or_loopback};
+
+const DEFAULT_DATABASE_URL: &str = "sqlite://data/bot.db";
+const DEFAULT_SCOPES: &str = "all-apis offline_access openid email profile";
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The variable at fault.
+    pub var: &'static str,
+    /// What is expected of it.
+    pub expected: String,
+}
+
+/// All problems found in one pass. Displayed as one message, one line per problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError(pub Vec<Problem>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "configuration is invalid ({} problem(s)):", self.0.len())?;
+        for p in &self.0 {
+            writeln!(f, "  - {}: {}", p.var, p.expected)?;
+        }
+        write!(f, "See .env.example for every variable and its meaning.")
+    }
+}
+
+/// A snapshot of the environment: process variables over those of a `.env` file.
+#[derive(Clone, Default)]
+pub struct Env(HashMap<String, String>);
+
+impl Env {
+    /// The process environment, with `.env` (if present in the working directory) filling
+    /// in variables the process does not set.
+    pub fn from_process() -> Result<Self, ConfigError> {
+        let mut vars = HashMap::new();
+        match dotenvy::from_filename_iter(".env") {
+            Ok(iter) => {
+                for item in iter {
+                    let (k, v) = item.map_err(|_| {
+                        ConfigError(vec![Problem {
+                            var: ".env",
+                            expected: "each line must be KEY=value (the file could not be parsed)".into(),
+                        }])
+                    })?;
+                    vars.insert(k, v);
+                }
+            }
+            Err(e) if e.not_found() => {}
+            Err(_) => {
+                return Err(ConfigError(vec![Problem {
+                    var: ".env",
+                    expected: "must be readable when present".into(),
+                }]));
+            }
+        }
+        vars.extend(std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))));
+        Ok(Self(vars))
+    }
+
+    /// An environment from explicit pairs (tests, embedding).
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
+        Self(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+    }
+
+    /// A variable's value; empty values count as unset.
+    pub fn get(&self, var: &str) -> Option<&str> {
+        self.0.get(var).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+}
+
+/// Collects problems while reading variables.
+struct Reader<'a> {
+    env: &'a Env,
+    problems: Vec<Problem>,
+}
+
+impl<'a> Reader<'a> {
+    fn new(env: &'a Env) -> Self {
+        Self {
+            env,
+            problems: Vec::new(),
+        }
+    }
+
+    fn problem(&mut self, var: &'static str, expected: impl Into<String>) {
+        self.problems.push(Problem {
+            var,
+            expected: expected.into(),
+        });
+    }
+
+    fn optional(&self, var: &str) -> Option<String> {
+        self.env.get(var).map(str::to_owned)
+    }
+
+    fn required(&mut self, var: &'static str, expected: &str) -> Option<String> {
+        let value = self.optional(var);
+        if value.is_none() {
+            self.problem(var, format!("is required: {expected}"));
+        }
+        value
+    }
+
+    fn secret(&self, var: &str) -> Option<SecretString> {
+        self.env.get(var).map(|v| SecretString::from(v.to_owned()))
+    }
+
+    fn required_secret(&mut self, var: &'static str, expected: &str) -> Option<SecretString> {
+        let value = self.secret(var);
+        if value.is_none() {
+            self.problem(var, format!("is required: {expected}"));
+        }
+        value
+    }
+
+    /// A URL we will call or send people to: https, or http on loopback only.
+    fn url(&mut self, var: &'static str, default: Option<&str>) -> Option<Url> {
+        let raw = self.optional(var).or_else(|| default.map(str::to_owned))?;
+        match Url::parse(&raw) {
+            Ok(url) if !url.username().is_empty() || url.password().is_some() => {
+                self.problem(var, "must not contain credentials");
+                None
+            }
+            Ok(url) if is_secure_or_loopback(&url) => Some(url),
+            Ok(_) => {
+                self.problem(
+                    var,
+                    "must be an https:// URL (plain http:// is allowed only for localhost/127.0.0.1/[::1])",
+                );
+                None
+            }
+            Err(_) => {
+                self.problem(var, "must be an absolute URL such as https://example.com");
+                None
+            }
+        }
+    }
+
+    fn choice<T: Copy>(&mut self, var: &'static str, choices: &[(&str, T)]) -> Option<T> {
+        let raw = self.optional(var)?;
+        let found = choices
+            .iter()
+            .find(|(name, _)| raw.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v);
+        if found.is_none() {
+            let names: Vec<_> = choices.iter().map(|(n, _)| *n).collect();
+            self.problem(var, format!("must be one of: {}", names.join(", ")));
+        }
+        found
+    }
+
+    fn finish<T>(self, value: impl FnOnce() -> T) -> Result<T, ConfigError> {
+        if self.problems.is_empty() {
+            Ok(value())
+        } else {
+            Err(ConfigError(self.problems))
+        }
+    }
+}
+
+/// Where the bot keeps its state.
+#[derive(Clone)]
+pub enum DatabaseConfig {
+    /// An embedded SQLite file (created with mode 0600 in a 0700 directory).
+    Sqlite { path: PathBuf },
+    /// A shared Postgres database; the URL may carry a password, so it is a secret.
+    Postgres { url: SecretString },
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite { path } => f.debug_struct("Sqlite").field("path", path).finish(),
+            Self::Postgres { .. } => f.write_str("Postgres { url: [redacted] }"),
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// Reads `DATABASE_URL` (default `sqlite://data/bot.db`).
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let mut r = Reader::new(env);
+        let db = read_database(&mut r);
+        r.finish(|| db.expect("no problem means a value"))
+    }
+}
+
+fn read_database(r: &mut Reader<'_>) -> Option<DatabaseConfig> {
+    let raw = r
+        .optional("DATABASE_URL")
+        .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
+    if let Some(rest) = raw.strip_prefix("sqlite://").or_else(|| raw.strip_prefix("sqlite:")) {
+        let path = rest.split('?').next().unwrap_or_default();
+        if path.is_empty() || path == ":memory:" {
+            r.problem(
+                "DATABASE_URL",
+                "a sqlite URL must name a file, e.g. sqlite://data/bot.db",
+            );
+            return None;
+        }
+        return Some(DatabaseConfig::Sqlite {
+            path: PathBuf::from(path),
+        });
+    }
+    if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+        if Url::parse(&raw).is_err() {
+            r.problem("DATABASE_URL", "is not a valid postgres:// URL");
+            return None;
+        }
+        return Some(DatabaseConfig::Postgres {
+            url: SecretString::from(raw),
+        });
+    }
+    r.problem(
+        "DATABASE_URL",
+        "must start with sqlite:// (embedded, the default) or postgres://",
+    );
+    None
+}
+
+fn read_vault(r: &mut Reader<'_>) -> Option<Vault> {
+    const VAR: &str = "TOKEN_ENCRYPTION_KEYS";
+    let raw = r.required_secret(VAR, "a comma-separated list of id:base64key entries (32-byte keys; `keys generate` makes one); the first is primary")?;
+    let mut keys: Vec<VaultKey> = Vec::new();
+    let mut ok = true;
+    for (i, entry) in raw.expose_secret().split(',').enumerate() {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            r.problem(VAR, format!("entry {} is empty", i + 1));
+            ok = false;
+            continue;
+        }
+        match VaultKey::parse(&SecretString::from(entry.to_owned())) {
+            Ok(key) if keys.iter().any(|k| k.id() == key.id()) => {
+                r.problem(
+                    VAR,
+                    format!("key id `{}` appears more than once; ids must be unique", key.id()),
+                );
+                ok = false;
+            }
+            Ok(key) => keys.push(key),
+            Err(e) => {
+                r.problem(VAR, format!("entry {} {e}", i + 1));
+                ok = false;
+            }
+        }
+    }
+    (ok && !keys.is_empty()).then(|| Vault::new(keys))
+}
+
+/// `DATABASE_URL` and `TOKEN_ENCRYPTION_KEYS`: what `keys rotate` needs.
+pub fn vault_and_database(env: &Env) -> Result<(DatabaseConfig, Vault), ConfigError> {
+    let mut r = Reader::new(env);
+    let db = read_database(&mut r);
+    let vault = read_vault(&mut r);
+    r.finish(|| (db.expect("validated"), vault.expect("validated")))
+}
+
+/// How a person's Slack and Databricks identities are checked to be the same human.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityCheck {
+    /// Slack profile email must equal a Databricks email or userName.
+    Email,
+    /// Sign in with Slack must prove the browser belongs to the asker.
+    SlackOidc,
+    /// Both of the above.
+    SlackOidcAndEmail,
+    /// No check (only for workspaces where this is acceptable by policy).
+    None,
+}
+
+/// Which agent answers questions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentKind {
+    Genie,
+    Llm,
+    Http,
+    Adk,
+}
+
+/// Where answers go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerVisibility {
+    /// A public reply in the thread.
+    Thread,
+    /// An ephemeral reply with a "Share" button.
+    Private,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl LogFormat {
+    /// `LOG_FORMAT`, defaulting to pretty on a terminal and JSON elsewhere. Unknown values
+    /// fall back to the default here; `Config::load` reports them.
+    pub fn from_env(env: &Env) -> Self {
+        match env.get("LOG_FORMAT").map(str::to_ascii_lowercase).as_deref() {
+            Some("json") => Self::Json,
+            Some("pretty") => Self::Pretty,
+            _ if std::io::IsTerminal::is_terminal(&std::io::stderr()) => Self::Pretty,
+            _ => Self::Json,
+        }
+    }
+}
+
+/// Slack settings.
+#[derive(Debug, Clone)]
+pub struct SlackConfig {
+    /// `SLACK_BOT_TOKEN` (`xoxb-…`).
+    pub bot_token: SecretString,
+    /// `SLACK_SIGNING_SECRET`; required unless Socket Mode is on.
+    pub signing_secret: Option<SecretString>,
+    /// `SLACK_APP_TOKEN` (`xapp-…`); its presence turns on Socket Mode.
+    pub app_token: Option<SecretString>,
+    /// `SLACK_API_URL`, the Web API base without a trailing slash.
+    pub api_url: Url,
+    /// `SLACK_CLIENT_ID`/`SLACK_CLIENT_SECRET`: Sign in with Slack during linking.
+    pub oidc_client: Option<(String, SecretString)>,
+    /// `SLACK_OIDC_ISSUER`.
+    pub oidc_issuer: Url,
+}
+
+/// Databricks settings.
+#[derive(Debug, Clone)]
+pub struct DatabricksConfig {
+    /// `DATABRICKS_HOST`, the workspace origin.
+    pub host: WorkspaceHost,
+    /// `DATABRICKS_CLIENT_ID` of the app connection.
+    pub client_id: String,
+    /// `DATABRICKS_CLIENT_SECRET`; set for a confidential client.
+    pub client_secret: Option<SecretString>,
+    /// `DATABRICKS_SCOPES`, split on whitespace.
+    pub scopes: Vec<String>,
+    /// `DATABRICKS_OIDC_DISCOVERY_URL`.
+    pub discovery_url: Url,
+}
+
+/// Agent settings; `kind` is `None` when nothing is configured yet.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub kind: Option<AgentKind>,
+    pub genie_space_id: Option<String>,
+    pub serving_endpoint: Option<String>,
+    pub warehouse_id: Option<String>,
+    pub agent_url: Option<Url>,
+    pub adk_app_name: Option<String>,
+}
+
+/// The whole, validated configuration of `serve` and `check`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `BIND_ADDR`.
+    pub bind_addr: SocketAddr,
+    /// `PUBLIC_BASE_URL`, without a trailing slash.
+    pub public_base_url: Url,
+    /// `DATABASE_URL`.
+    pub database: DatabaseConfig,
+    /// `TOKEN_ENCRYPTION_KEYS`.
+    pub vault: Vault,
+    pub slack: SlackConfig,
+    pub databricks: DatabricksConfig,
+    /// `LINK_IDENTITY_CHECK`.
+    pub identity_check: IdentityCheck,
+    pub agent: AgentConfig,
+    /// `ANSWER_VISIBILITY`.
+    pub answer_visibility: AnswerVisibility,
+}
+
+impl Config {
+    /// Reads and validates every variable, reporting all problems at once.
+    pub fn load(env: &Env) -> Result<Self, ConfigError> {
+        let mut r = Reader::new(env);
+
+        let bind_addr = match r.optional("BIND_ADDR") {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 3000))),
+            Some(raw) => raw.parse().ok().or_else(|| {
+                r.problem(
+                    "BIND_ADDR",
+                    "must be an address and port such as 127.0.0.1:3000 or 0.0.0.0:8080",
+                );
+                None
+            }),
+        };
+        let public_base_url = if r.optional("PUBLIC_BASE_URL").is_none() {
+            r.problem("PUBLIC_BASE_URL", "is required: the bot's public https:// address, e.g. https://bot.example.com (link and OAuth callback URLs are built from it)");
+            None
+        } else {
+            r.url("PUBLIC_BASE_URL", None).and_then(|u| {
+                if u.path() != "/" || u.query().is_some() {
+                    r.problem(
+                        "PUBLIC_BASE_URL",
+                        "must be an origin without path or query, e.g. https://bot.example.com",
+                    );
+                    None
+                } else {
+                    Some(u)
+                }
+            })
+        };
+        let database = read_database(&mut r);
+        let vault = read_vault(&mut r);
+
+        let bot_token = r.required_secret(
+            "SLACK_BOT_TOKEN",
+            "the app's bot token (xoxb-…) from Slack's OAuth & Permissions page",
+        );
+        if bot_token
+            .as_ref()
+            .is_some_and(|t| !t.expose_secret().starts_with("xoxb-"))
+        {
+            r.problem("SLACK_BOT_TOKEN", "must be a bot token starting with xoxb-");
+        }
+        let app_token = r.secret("SLACK_APP_TOKEN");
+        if app_token
+            .as_ref()
+            .is_some_and(|t| !t.expose_secret().starts_with("xapp-"))
+        {
+            r.problem(
+                "SLACK_APP_TOKEN",
+                "must be an app-level token starting with xapp- (or be unset for HTTP mode)",
+            );
+        }
+        let signing_secret = if app_token.is_none() {
+            r.required_secret(
+                "SLACK_SIGNING_SECRET",
+                "the request signing secret from Slack's Basic Information page (needed for HTTP events)",
+            )
+        } else {
+            r.secret("SLACK_SIGNING_SECRET")
+        };
+        let api_url = r.url("SLACK_API_URL", Some("https://slack.com/api"));
+        let oidc_client = match (r.optional("SLACK_CLIENT_ID"), r.secret("SLACK_CLIENT_SECRET")) {
+            (Some(id), Some(secret)) => Some((id, secret)),
+            (None, None) => None,
+            (Some(_), None) => {
+                r.problem(
+                    "SLACK_CLIENT_SECRET",
+                    "is required when SLACK_CLIENT_ID is set (Sign in with Slack)",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                r.problem(
+                    "SLACK_CLIENT_ID",
+                    "is required when SLACK_CLIENT_SECRET is set (Sign in with Slack)",
+                );
+                None
+            }
+        };
+        let oidc_issuer = r.url("SLACK_OIDC_ISSUER", Some("https://slack.com"));
+
+        let host = r
+            .required("DATABRICKS_HOST", "the workspace URL, e.g. https://dbc-1234.cloud.databricks.com")
+            .and_then(|raw| match WorkspaceHost::parse(&raw) {
+                Ok(h) => Some(h),
+                Err(_) => {
+                    r.problem("DATABRICKS_HOST", "must be a workspace origin such as https://dbc-1234.cloud.databricks.com (https://, no path; plain http only for loopback)");
+                    None
+                }
+            });
+        let client_id = r.required("DATABRICKS_CLIENT_ID", "the client id of the Databricks app connection");
+        let client_secret = r.secret("DATABRICKS_CLIENT_SECRET");
+        let scopes: Vec<String> = r
+            .optional("DATABRICKS_SCOPES")
+            .unwrap_or_else(|| DEFAULT_SCOPES.to_owned())
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        if !scopes.iter().any(|s| s == "offline_access") {
+            r.problem(
+                "DATABRICKS_SCOPES",
+                "must include offline_access (without it Databricks issues no refresh token)",
+            );
+        }
+        let default_discovery = host
+            .as_ref()
+            .map(|h| h.url("/oidc/.well-known/oauth-authorization-server"));
+        let discovery_url = r.url("DATABRICKS_OIDC_DISCOVERY_URL", default_discovery.as_deref());
+
+        let slack_oidc_configured = oidc_client.is_some();
+        let identity_check = r
+            .choice(
+                "LINK_IDENTITY_CHECK",
+                &[
+                    ("email", IdentityCheck::Email),
+                    ("slack-oidc", IdentityCheck::SlackOidc),
+                    ("slack-oidc+email", IdentityCheck::SlackOidcAndEmail),
+                    ("none", IdentityCheck::None),
+                ],
+            )
+            .or(Some(if slack_oidc_configured {
+                IdentityCheck::SlackOidcAndEmail
+            } else {
+                IdentityCheck::Email
+            }));
+        if matches!(
+            identity_check,
+            Some(IdentityCheck::SlackOidc | IdentityCheck::SlackOidcAndEmail)
+        ) && !slack_oidc_configured
+            && r.optional("SLACK_CLIENT_ID").is_none()
+        {
+            r.problem(
+                "LINK_IDENTITY_CHECK",
+                "slack-oidc needs SLACK_CLIENT_ID and SLACK_CLIENT_SECRET (Sign in with Slack)",
+            );
+        }
+
+        let agent = read_agent(&mut r);
+        let answer_visibility = r
+            .choice(
+                "ANSWER_VISIBILITY",
+                &[
+                    ("thread", AnswerVisibility::Thread),
+                    ("private", AnswerVisibility::Private),
+                ],
+            )
+            .unwrap_or(AnswerVisibility::Thread);
+        // Read by telemetry before anything else; validated here so a typo is reported.
+        r.choice(
+            "LOG_FORMAT",
+            &[("pretty", LogFormat::Pretty), ("json", LogFormat::Json)],
+        );
+
+        r.finish(|| Config {
+            bind_addr: bind_addr.expect("validated"),
+            public_base_url: public_base_url.expect("validated"),
+            database: database.expect("validated"),
+            vault: vault.expect("validated"),
+            slack: SlackConfig {
+                bot_token: bot_token.expect("validated"),
+                signing_secret,
+                app_token,
+                api_url: api_url.expect("validated"),
+                oidc_client,
+                oidc_issuer: oidc_issuer.expect("validated"),
+            },
+            databricks: DatabricksConfig {
+                host: host.expect("validated"),
+                client_id: client_id.expect("validated"),
+                client_secret,
+                scopes,
+                discovery_url: discovery_url.expect("validated"),
+            },
+            identity_check: identity_check.expect("validated"),
+            agent,
+            answer_visibility,
+        })
+    }
+}
+
+fn read_agent(r: &mut Reader<'_>) -> AgentConfig {
+    let explicit = r.choice(
+        "AGENT",
+        &[
+            ("genie", AgentKind::Genie),
+            ("llm", AgentKind::Llm),
+            ("http", AgentKind::Http),
+            ("adk", AgentKind::Adk),
+        ],
+    );
+    let agent = AgentConfig {
+        kind: None,
+        genie_space_id: r.optional("GENIE_SPACE_ID"),
+        serving_endpoint: r.optional("DATABRICKS_SERVING_ENDPOINT"),
+        warehouse_id: r.optional("DATABRICKS_WAREHOUSE_ID"),
+        agent_url: r.url("AGENT_URL", None),
+        adk_app_name: r.optional("ADK_APP_NAME"),
+    };
+    let has_url = r.optional("AGENT_URL").is_some();
+    let kind = explicit.or({
+        // Inferred from what is configured, most specific first.
+        if has_url && agent.adk_app_name.is_some() {
+            Some(AgentKind::Adk)
+        } else if has_url {
+            Some(AgentKind::Http)
+        } else if agent.serving_endpoint.is_some() {
+            Some(AgentKind::Llm)
+        } else if agent.genie_space_id.is_some() {
+            Some(AgentKind::Genie)
+        } else {
+            None
+        }
+    });
+    match kind {
+        Some(AgentKind::Genie) if agent.genie_space_id.is_none() => r.problem(
+            "GENIE_SPACE_ID",
+            "is required for AGENT=genie: the id of the Genie space to ask",
+        ),
+        Some(AgentKind::Llm) if agent.serving_endpoint.is_none() => r.problem(
+            "DATABRICKS_SERVING_ENDPOINT",
+            "is required for AGENT=llm: the name of a chat model serving endpoint",
+        ),
+        Some(AgentKind::Http | AgentKind::Adk) if !has_url => r.problem(
+            "AGENT_URL",
+            "is required for AGENT=http and AGENT=adk: the agent's base URL",
+        ),
+        Some(AgentKind::Adk) if agent.adk_app_name.is_none() => {
+            r.problem("ADK_APP_NAME", "is required for AGENT=adk: the ADK app to run")
+        }
+        _ => {}
+    }
+    AgentConfig { kind, ..agent }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    fn minimal() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("PUBLIC_BASE_URL", "https://bot.example.com"),
+            ("TOKEN_ENCRYPTION_KEYS", KEY),
+            ("SLACK_BOT_TOKEN", "xoxb-test-token"),
+            ("SLACK_SIGNING_SECRET", "signing-secret-canary"),
+            ("DATABRICKS_HOST", "https://dbc-1.cloud.databricks.com"),
+            ("DATABRICKS_CLIENT_ID", "client-id"),
+        ]
+    }
+
+    fn with(overrides: &[(&'static str, &'static str)]) -> Env {
+        let mut pairs = minimal();
+        for (k, v) in overrides {
+            pairs.retain(|(key, _)| key != k);
+            pairs.push((k, v));
+        }
+        Env::from_pairs(pairs)
+    }
+
+    fn problems(env: &Env) -> Vec<&'static str> {
+        Config::load(env).unwrap_err().0.iter().map(|p| p.var).collect()
+    }
+
+    #[test]
+    fn a_minimal_environment_gets_the_documented_defaults() {
+        let c = Config::load(&with(&[])).unwrap();
+        assert_eq!(c.bind_addr.to_string(), "127.0.0.1:3000");
+        assert!(matches!(&c.database, DatabaseConfig::Sqlite { path } if path == &PathBuf::from("data/bot.db")));
+        assert_eq!(c.slack.api_url.as_str(), "https://slack.com/api");
+        assert_eq!(
+            c.databricks.scopes,
+            ["all-apis", "offline_access", "openid", "email", "profile"]
+        );
+        assert_eq!(
+            c.databricks.discovery_url.as_str(),
+            "https://dbc-1.cloud.databricks.com/oidc/.well-known/oauth-authorization-server"
+        );
+        assert_eq!(c.identity_check, IdentityCheck::Email);
+        assert_eq!(c.answer_visibility, AnswerVisibility::Thread);
+        assert_eq!(c.agent.kind, None);
+        assert_eq!(c.vault.primary_key_id().as_str(), "k1");
+    }
+
+    #[test]
+    fn an_empty_environment_names_every_required_variable_at_once() {
+        let vars = problems(&Env::default());
+        for var in [
+            "PUBLIC_BASE_URL",
+            "TOKEN_ENCRYPTION_KEYS",
+            "SLACK_BOT_TOKEN",
+            "SLACK_SIGNING_SECRET",
+            "DATABRICKS_HOST",
+            "DATABRICKS_CLIENT_ID",
+        ] {
+            assert!(vars.contains(&var), "{var} missing from {vars:?}");
+        }
+    }
+
+    #[test]
+    fn socket_mode_does_not_need_a_signing_secret() {
+        let mut env = with(&[("SLACK_APP_TOKEN", "xapp-1-test")]);
+        env.0.remove("SLACK_SIGNING_SECRET");
+        assert!(Config::load(&env).is_ok());
+    }
+
+    #[test]
+    fn plain_http_is_refused_except_on_loopback() {
+        assert_eq!(
+            problems(&with(&[("SLACK_API_URL", "http://slack.internal/api")])),
+            ["SLACK_API_URL"]
+        );
+        assert_eq!(
+            problems(&with(&[("DATABRICKS_HOST", "http://dbc.example.com")])),
+            ["DATABRICKS_HOST"]
+        );
+        assert_eq!(
+            problems(&with(&[("PUBLIC_BASE_URL", "http://bot.example.com")])),
+            ["PUBLIC_BASE_URL"]
+        );
+        let local = with(&[
+            ("SLACK_API_URL", "http://127.0.0.1:9/api"),
+            ("DATABRICKS_HOST", "http://localhost:9"),
+            ("PUBLIC_BASE_URL", "http://[::1]:3000"),
+        ]);
+        assert!(Config::load(&local).is_ok());
+    }
+
+    #[test]
+    fn bad_keys_are_each_named_without_their_value() {
+        let env = with(&[(
+            "TOKEN_ENCRYPTION_KEYS",
+            "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=,k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=,k2:c2hvcnQ=,k3:%%%",
+        )]);
+        let err = Config::load(&env).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.0.len(), 3, "{text}");
+        assert!(text.contains("appears more than once"));
+        assert!(text.contains("entry 3 decodes to 5 bytes"));
+        assert!(text.contains("entry 4 is not valid base64"));
+        assert!(!text.contains("c2hvcnQ") && !text.contains("AAECAw"), "{text}");
+    }
+
+    #[test]
+    fn unknown_database_schemes_and_bad_enums_are_reported_together() {
+        let env = with(&[
+            ("DATABASE_URL", "mysql://db/bot"),
+            ("ANSWER_VISIBILITY", "loud"),
+            ("LINK_IDENTITY_CHECK", "vibes"),
+            ("DATABRICKS_SCOPES", "all-apis"),
+            ("BIND_ADDR", "nowhere"),
+        ]);
+        let mut vars = problems(&env);
+        vars.sort();
+        assert_eq!(
+            vars,
+            [
+                "ANSWER_VISIBILITY",
+                "BIND_ADDR",
+                "DATABASE_URL",
+                "DATABRICKS_SCOPES",
+                "LINK_IDENTITY_CHECK"
+            ]
+        );
+    }
+
+    #[test]
+    fn agents_are_inferred_and_their_requirements_checked() {
+        let c = Config::load(&with(&[("GENIE_SPACE_ID", "01ef")])).unwrap();
+        assert_eq!(c.agent.kind, Some(AgentKind::Genie));
+        let c = Config::load(&with(&[
+            ("AGENT_URL", "https://agent.example.com"),
+            ("ADK_APP_NAME", "a"),
+        ]))
+        .unwrap();
+        assert_eq!(c.agent.kind, Some(AgentKind::Adk));
+        assert_eq!(problems(&with(&[("AGENT", "llm")])), ["DATABRICKS_SERVING_ENDPOINT"]);
+        assert_eq!(problems(&with(&[("AGENT", "adk")])), ["AGENT_URL"]);
+    }
+
+    #[test]
+    fn slack_sign_in_needs_both_halves_and_changes_the_default_check() {
+        assert_eq!(
+            problems(&with(&[("SLACK_CLIENT_ID", "123.456")])),
+            ["SLACK_CLIENT_SECRET"]
+        );
+        let c = Config::load(&with(&[("SLACK_CLIENT_ID", "123.456"), ("SLACK_CLIENT_SECRET", "s")])).unwrap();
+        assert_eq!(c.identity_check, IdentityCheck::SlackOidcAndEmail);
+        assert_eq!(
+            problems(&with(&[("LINK_IDENTITY_CHECK", "slack-oidc")])),
+            ["LINK_IDENTITY_CHECK"]
+        );
+    }
+
+    #[test]
+    fn debug_output_redacts_every_secret() {
+        let env = with(&[
+            ("DATABRICKS_CLIENT_SECRET", "dbx-secret-canary"),
+            ("DATABASE_URL", "postgres://u:pg-password-canary@localhost/db"),
+        ]);
+        let shown = format!("{:?}", Config::load(&env).unwrap());
+        for canary in [
+            "signing-secret-canary",
+            "dbx-secret-canary",
+            "pg-password-canary",
+            "xoxb-test-token",
+            "AAECAw",
+        ] {
+            assert!(!shown.contains(canary), "{canary} in {shown}");
+        }
+    }
+}

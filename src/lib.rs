@@ -1,0 +1,23 @@
+//! databricks-slack-bot: people ask Databricks questions in Slack and the bot answers with
+//! *their own* Databricks identity (OAuth U2M), never a shared service principal.
+//!
+//! Module map:
+//! - [`cli`] — the command line (`serve`, `check`, `migrate`, `keys`, `links`).
+//! - [`config`] — environment → typed, validated [`config::Config`]; secrets in `secrecy`.
+//! - [`domain`] — validated identifiers (Slack team/user ids, workspace hosts).
+//! - [`crypto`] — the token vault: AES-256-GCM envelopes bound to team, user, workspace.
+//! - [`key_rotation`] — re-sealing stored secrets under the primary key.
+//! - [`store`] — every SQL query, for SQLite (default) and Postgres.
+//! - [`http`] — routes, shared state, middleware, health and metrics.
+//! - [`startup`] — binding, serving and graceful shutdown.
+//! - [`telemetry`] — logging setup.
+
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod http;
+pub mod key_rotation;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,280 @@
+//! `links`: one row per Slack person who linked Databricks, holding their refresh token as
+//! a vault envelope.
+
+use super::audit::{Actor, AuditEvent, AuditKind};
+use super::{Store, WritePool, on_pool};
+use crate::domain::{TeamId, UserId, WorkspaceHost};
+
+/// Whether a link can be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkStatus {
+    /// The refresh token works as far as we know.
+    Active,
+    /// Databricks refused the refresh token; the person must connect again.
+    NeedsRelink,
+}
+
+impl LinkStatus {
+    /// The value stored in `links.status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkStatus::Active => "active",
+            LinkStatus::NeedsRelink => "needs_relink",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(LinkStatus::Active),
+            "needs_relink" => Some(LinkStatus::NeedsRelink),
+            _ => None,
+        }
+    }
+}
+
+/// A stored link. The refresh token is the sealed envelope, never plaintext.
+#[derive(Clone)]
+pub struct Link {
+    pub team: TeamId,
+    pub user: UserId,
+    pub workspace: WorkspaceHost,
+    pub databricks_user_id: String,
+    pub databricks_user_name: String,
+    pub databricks_display_name: Option<String>,
+    /// Vault envelope of the refresh token.
+    pub sealed_refresh_token: Vec<u8>,
+    /// Id of the key that sealed it.
+    pub key_id: String,
+    /// Space-separated scopes granted.
+    pub scopes: String,
+    pub status: LinkStatus,
+    /// Incremented by every refresh-token swap; the compare-and-swap guard.
+    pub version: i64,
+    pub linked_at: i64,
+    pub refreshed_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("team", &self.team)
+            .field("user", &self.user)
+            .field("workspace", &self.workspace)
+            .field("databricks_user_name", &self.databricks_user_name)
+            .field("key_id", &self.key_id)
+            .field("status", &self.status)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A new or replacing link.
+#[derive(Debug, Clone)]
+pub struct NewLink<'a> {
+    pub team: &'a TeamId,
+    pub user: &'a UserId,
+    pub workspace: &'a WorkspaceHost,
+    pub databricks_user_id: &'a str,
+    pub databricks_user_name: &'a str,
+    pub databricks_display_name: Option<&'a str>,
+    pub sealed_refresh_token: &'a [u8],
+    pub key_id: &'a str,
+    pub scopes: &'a str,
+}
+
+#[derive(sqlx::FromRow)]
+struct LinkRow {
+    team_id: String,
+    user_id: String,
+    workspace_host: String,
+    databricks_user_id: String,
+    databricks_user_name: String,
+    databricks_display_name: Option<String>,
+    refresh_token: Vec<u8>,
+    key_id: String,
+    scopes: String,
+    status: String,
+    version: i64,
+    linked_at: i64,
+    refreshed_at: Option<i64>,
+    last_used_at: Option<i64>,
+}
+
+const LINK_COLUMNS: &str = "team_id, user_id, workspace_host, databricks_user_id, databricks_user_name, \
+     databricks_display_name, refresh_token, key_id, scopes, status, version, linked_at, refreshed_at, last_used_at";
+
+impl TryFrom<LinkRow> for Link {
+    type Error = sqlx::Error;
+
+    fn try_from(row: LinkRow) -> Result<Self, Self::Error> {
+        let corrupt = |what: &str| sqlx::Error::Decode(format!("links row has an invalid {what}").into());
+        Ok(Link {
+            team: TeamId::parse(&row.team_id).map_err(|_| corrupt("team_id"))?,
+            user: UserId::parse(&row.user_id).map_err(|_| corrupt("user_id"))?,
+            workspace: WorkspaceHost::parse(&row.workspace_host).map_err(|_| corrupt("workspace_host"))?,
+            databricks_user_id: row.databricks_user_id,
+            databricks_user_name: row.databricks_user_name,
+            databricks_display_name: row.databricks_display_name,
+            sealed_refresh_token: row.refresh_token,
+            key_id: row.key_id,
+            scopes: row.scopes,
+            status: LinkStatus::parse(&row.status).ok_or_else(|| corrupt("status"))?,
+            version: row.version,
+            linked_at: row.linked_at,
+            refreshed_at: row.refreshed_at,
+            last_used_at: row.last_used_at,
+        })
+    }
+}
+
+fn into_links(rows: Vec<LinkRow>) -> Result<Vec<Link>, sqlx::Error> {
+    rows.into_iter().map(Link::try_from).collect()
+}
+
+impl Store {
+    /// Stores a link, replacing any earlier one for the same person (a relink). A
+    /// replacement starts active, at a higher version, so in-flight refreshes of the old
+    /// grant lose their compare-and-swap.
+    pub async fn upsert_link(&self, link: &NewLink<'_>, now: i64) -> Result<(), sqlx::Error> {
+        on_pool!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO links (team_id, user_id, workspace_host, databricks_user_id, databricks_user_name, \
+                     databricks_display_name, refresh_token, key_id, scopes, status, version, linked_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', 0, $10) \
+                 ON CONFLICT (team_id, user_id) DO UPDATE SET \
+                     workspace_host = excluded.workspace_host, \
+                     databricks_user_id = excluded.databricks_user_id, \
+                     databricks_user_name = excluded.databricks_user_name, \
+                     databricks_display_name = excluded.databricks_display_name, \
+                     refresh_token = excluded.refresh_token, \
+                     key_id = excluded.key_id, \
+                     scopes = excluded.scopes, \
+                     status = 'active', \
+                     version = links.version + 1, \
+                     linked_at = excluded.linked_at, \
+                     refreshed_at = NULL",
+            )
+            .bind(link.team.as_str())
+            .bind(link.user.as_str())
+            .bind(link.workspace.as_str())
+            .bind(link.databricks_user_id)
+            .bind(link.databricks_user_name)
+            .bind(link.databricks_display_name)
+            .bind(link.sealed_refresh_token)
+            .bind(link.key_id)
+            .bind(link.scopes)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })
+    }
+
+    /// The link of one person, if any.
+    pub async fn find_link(&self, team: &TeamId, user: &UserId) -> Result<Option<Link>, sqlx::Error> {
+        let sql = format!("SELECT {LINK_COLUMNS} FROM links WHERE team_id = $1 AND user_id = $2");
+        let row: Option<LinkRow> = on_pool!(self, |pool| {
+            sqlx::query_as(&sql)
+                .bind(team.as_str())
+                .bind(user.as_str())
+                .fetch_optional(pool)
+                .await
+        })?;
+        row.map(Link::try_from).transpose()
+    }
+
+    /// Every link, or one team's, ordered by team and user.
+    pub async fn list_links(&self, team: Option<&TeamId>) -> Result<Vec<Link>, sqlx::Error> {
+        let sql = format!(
+            "SELECT {LINK_COLUMNS} FROM links \
+             WHERE CAST($1 AS TEXT) IS NULL OR team_id = $1 ORDER BY team_id, user_id"
+        );
+        let rows: Vec<LinkRow> = on_pool!(self, |pool| {
+            sqlx::query_as(&sql)
+                .bind(team.map(TeamId::as_str))
+                .fetch_all(pool)
+                .await
+        })?;
+        into_links(rows)
+    }
+
+    /// Deletes one person's link and records who did it, in one transaction. Returns
+    /// whether there was a link to delete; deleting twice is harmless.
+    pub async fn delete_link(&self, team: &TeamId, user: &UserId, actor: Actor, now: i64) -> Result<bool, sqlx::Error> {
+        on_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let deleted: Option<(String,)> =
+                sqlx::query_as("DELETE FROM links WHERE team_id = $1 AND user_id = $2 RETURNING databricks_user_name")
+                    .bind(team.as_str())
+                    .bind(user.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some((name,)) = &deleted {
+                let event = AuditEvent {
+                    kind: AuditKind::Unlink,
+                    team,
+                    user,
+                    actor,
+                    detail: Some(name),
+                    at: now,
+                };
+                event.insert().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(deleted.is_some())
+        })
+    }
+
+    /// Up to `limit` links, after `after` in (team, user) order, whose refresh token is
+    /// sealed under a key other than `primary` — one page of a key rotation.
+    pub async fn links_sealed_under_other_keys(
+        &self,
+        primary: &str,
+        after: Option<(&TeamId, &UserId)>,
+        limit: i64,
+    ) -> Result<Vec<Link>, sqlx::Error> {
+        let sql = format!(
+            "SELECT {LINK_COLUMNS} FROM links \
+             WHERE key_id <> $1 AND (CAST($2 AS TEXT) IS NULL OR (team_id, user_id) > ($2, $3)) \
+             ORDER BY team_id, user_id LIMIT $4"
+        );
+        let rows: Vec<LinkRow> = on_pool!(self, |pool| {
+            sqlx::query_as(&sql)
+                .bind(primary)
+                .bind(after.map(|(team, _)| team.as_str()))
+                .bind(after.map(|(_, user)| user.as_str()))
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+        })?;
+        into_links(rows)
+    }
+
+    /// Replaces a sealed refresh token with a re-sealed copy of the same token, only if the
+    /// stored envelope is still `expected` (a refresh may have replaced it meanwhile).
+    /// Leaves `version` alone: the token itself has not changed.
+    pub async fn reseal_refresh_token(
+        &self,
+        team: &TeamId,
+        user: &UserId,
+        expected: &[u8],
+        resealed: &[u8],
+        key_id: &str,
+    ) -> Result<bool, sqlx::Error> {
+        on_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE links SET refresh_token = $1, key_id = $2 \
+                 WHERE team_id = $3 AND user_id = $4 AND refresh_token = $5",
+            )
+            .bind(resealed)
+            .bind(key_id)
+            .bind(team.as_str())
+            .bind(user.as_str())
+            .bind(expected)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected() == 1)
+        })
+    }
+}

@@ -1,0 +1,227 @@
+//! All SQL lives here. One `Store` serves an embedded SQLite file (the default) or a shared
+//! Postgres database (several replicas).
+//!
+//! Queries are written once in portable SQL (`$1` placeholders work on both backends) and
+//! run through [`on_pool!`], which compiles the same body once per backend. Tests run every
+//! query on both. Times are Unix seconds.
+
+pub mod audit;
+pub mod links;
+
+use std::fs::{DirBuilder, OpenOptions, Permissions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Postgres, Sqlite, Transaction};
+
+use crate::config::DatabaseConfig;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// How long SQLite waits on a lock held by another connection before giving up.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which database a [`Store`] talks to.
+#[derive(Clone, Debug)]
+pub(crate) enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the concrete pool, compiling it once per backend.
+macro_rules! on_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match &$store.pool {
+            $crate::store::Pool::Sqlite($pool) => $body,
+            $crate::store::Pool::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// Opens a transaction that intends to write.
+///
+/// On SQLite this is `BEGIN IMMEDIATE`: a deferred transaction that reads and then writes
+/// cannot be retried by `busy_timeout` and surfaces `SQLITE_BUSY` under concurrency (REL-01).
+pub(crate) trait WritePool {
+    type Db: sqlx::Database;
+    fn begin_write(&self) -> impl Future<Output = Result<Transaction<'static, Self::Db>, sqlx::Error>> + Send;
+}
+
+impl WritePool for SqlitePool {
+    type Db = Sqlite;
+    fn begin_write(&self) -> impl Future<Output = Result<Transaction<'static, Sqlite>, sqlx::Error>> + Send {
+        self.begin_with("BEGIN IMMEDIATE")
+    }
+}
+
+impl WritePool for PgPool {
+    type Db = Postgres;
+    fn begin_write(&self) -> impl Future<Output = Result<Transaction<'static, Postgres>, sqlx::Error>> + Send {
+        self.begin()
+    }
+}
+
+/// The bot's database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pub(crate) pool: Pool,
+}
+
+impl Store {
+    /// Connects without migrating. A SQLite file and its directory are created private
+    /// (0600 / 0700) whatever the umask.
+    pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<Self> {
+        match config {
+            DatabaseConfig::Sqlite { path } => Self::connect_sqlite(path).await,
+            DatabaseConfig::Postgres { url } => {
+                let options = PgConnectOptions::from_str(url.expose_secret())
+                    .context("DATABASE_URL is not a valid postgres URL")?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await
+                    .context("could not connect to Postgres")?;
+                Ok(Self {
+                    pool: Pool::Postgres(pool),
+                })
+            }
+        }
+    }
+
+    async fn connect_sqlite(path: &Path) -> anyhow::Result<Self> {
+        create_private_file(path)?;
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(false)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(SQLITE_BUSY_TIMEOUT)
+            .foreign_keys(true)
+            // A rotated refresh token must survive a power cut once committed (REL-02).
+            .synchronous(SqliteSynchronous::Full)
+            // Deleted tokens are overwritten with zeros, not left in free pages (CRY-09).
+            .pragma("secure_delete", "ON");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await
+            .with_context(|| format!("could not open SQLite database {}", path.display()))?;
+        // SQLite gives -wal and -shm the main file's mode; check rather than trust.
+        for suffix in ["-wal", "-shm"] {
+            restrict_if_exists(&sidecar(path, suffix))?;
+        }
+        Ok(Self {
+            pool: Pool::Sqlite(pool),
+        })
+    }
+
+    /// Connects and applies any pending migrations.
+    pub async fn open(config: &DatabaseConfig) -> anyhow::Result<Self> {
+        let store = Self::connect(config).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies pending migrations. Safe to run concurrently from several replicas.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        match &self.pool {
+            Pool::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await,
+            Pool::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await,
+        }
+        .context("database migration failed")
+    }
+
+    /// How many migrations this binary knows that the database has not applied.
+    pub async fn pending_migrations(&self) -> Result<usize, sqlx::Error> {
+        let (migrator, table_exists) = match &self.pool {
+            Pool::Sqlite(_) => (
+                &SQLITE_MIGRATIONS,
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+            ),
+            Pool::Postgres(_) => (
+                &POSTGRES_MIGRATIONS,
+                "SELECT COUNT(*) FROM information_schema.tables \
+                 WHERE table_schema = current_schema() AND table_name = '_sqlx_migrations'",
+            ),
+        };
+        let (tables,): (i64,) = on_pool!(self, |pool| sqlx::query_as(table_exists).fetch_one(pool).await)?;
+        let applied: Vec<(i64,)> = if tables == 0 {
+            Vec::new()
+        } else {
+            on_pool!(self, |pool| {
+                sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success")
+                    .fetch_all(pool)
+                    .await
+            })?
+        };
+        Ok(migrator
+            .iter()
+            .filter(|m| !applied.iter().any(|(version,)| *version == m.version))
+            .count())
+    }
+
+    /// A cheap round trip, for readiness checks.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        on_pool!(self, |pool| sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))
+    }
+
+    /// Which backend this is, for reports.
+    pub fn backend(&self) -> &'static str {
+        match self.pool {
+            Pool::Sqlite(_) => "sqlite",
+            Pool::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Closes every connection, checkpointing SQLite's WAL.
+    pub async fn close(&self) {
+        on_pool!(self, |pool| pool.close().await)
+    }
+}
+
+fn sidecar(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Creates the database file (mode 0600) and any missing parent directories (mode 0700).
+/// Explicit modes are not widened by the umask, so this holds even under `umask 000`.
+fn create_private_file(path: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("could not create database directory {}", dir.display()))?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("could not create database file {}", path.display()))?;
+    restrict_if_exists(path)
+}
+
+/// Takes group and other permissions away from an existing file.
+fn restrict_if_exists(path: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+            std::fs::set_permissions(path, Permissions::from_mode(0o600))
+                .with_context(|| format!("could not restrict permissions of {}", path.display()))
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("could not inspect {}", path.display())),
+    }
+}

@@ -1,0 +1,372 @@
+//! The binary as an operator uses it: configuration errors, key generation, migrations,
+//! links administration, key rotation, file permissions and graceful shutdown.
+
+mod common;
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::{KEY_A, KEY_B, Person, TestDb, bin, vault};
+use databricks_slack_bot::store::links::LinkStatus;
+
+const NOW: i64 = 1_800_000_000;
+
+/// A complete, valid configuration; secrets are canaries that must never be printed.
+fn valid_env(database_url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("BIND_ADDR", "127.0.0.1:0".into()),
+        ("PUBLIC_BASE_URL", "https://bot.example.com".into()),
+        ("DATABASE_URL", database_url.into()),
+        ("TOKEN_ENCRYPTION_KEYS", KEY_A.into()),
+        ("SLACK_BOT_TOKEN", "xoxb-test-CANARYBOT".into()),
+        ("SLACK_SIGNING_SECRET", "CANARY-signing-secret".into()),
+        ("DATABRICKS_HOST", "https://dbc-1.cloud.databricks.com".into()),
+        ("DATABRICKS_CLIENT_ID", "client-id".into()),
+        ("DATABRICKS_CLIENT_SECRET", "CANARY-client-secret".into()),
+    ]
+}
+
+const CANARIES: &[&str] = &[
+    "CANARYBOT",
+    "CANARY-signing-secret",
+    "CANARY-client-secret",
+    "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
+];
+
+fn run(mut cmd: Command) -> Output {
+    cmd.stdin(Stdio::null()).output().expect("binary runs")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn assert_no_canary(all: &str) {
+    for canary in CANARIES {
+        assert!(!all.contains(canary), "secret {canary} printed:\n{all}");
+    }
+}
+
+fn with_env(db: &TestDb, args: &[&str], env: &[(&'static str, String)]) -> Command {
+    let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    bin(db.dir.path(), args, &vars)
+}
+
+#[test]
+fn an_empty_environment_lists_every_missing_variable_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(bin(dir.path(), &[], &[]));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let all = text(&out);
+    for var in [
+        "PUBLIC_BASE_URL",
+        "TOKEN_ENCRYPTION_KEYS",
+        "SLACK_BOT_TOKEN",
+        "SLACK_SIGNING_SECRET",
+        "DATABRICKS_HOST",
+        "DATABRICKS_CLIENT_ID",
+    ] {
+        assert!(all.contains(var), "{var} not named:\n{all}");
+    }
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing is created before configuration is valid"
+    );
+}
+
+#[test]
+fn each_required_variable_missing_on_its_own_is_named_and_exits_2() {
+    let db = TestDb::sqlite();
+    for missing in [
+        "PUBLIC_BASE_URL",
+        "TOKEN_ENCRYPTION_KEYS",
+        "SLACK_BOT_TOKEN",
+        "SLACK_SIGNING_SECRET",
+        "DATABRICKS_HOST",
+        "DATABRICKS_CLIENT_ID",
+    ] {
+        let env: Vec<_> = valid_env(&db.url).into_iter().filter(|(k, _)| *k != missing).collect();
+        let out = run(with_env(&db, &["check"], &env));
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{missing}: {all}");
+        assert!(all.contains(&format!("{missing}: is required")), "{missing}: {all}");
+        assert_eq!(all.matches("  - ").count(), 1, "only {missing} is wrong: {all}");
+        assert_no_canary(&all);
+    }
+}
+
+#[test]
+fn malformed_values_are_all_reported_at_once_without_echoing_secrets() {
+    let db = TestDb::sqlite();
+    let mut env = valid_env(&db.url);
+    let set = |env: &mut Vec<(&'static str, String)>, k: &'static str, v: &str| {
+        env.retain(|(key, _)| *key != k);
+        env.push((k, v.to_owned()));
+    };
+    // Wrong length, not base64, duplicate id — each a separate problem.
+    set(
+        &mut env,
+        "TOKEN_ENCRYPTION_KEYS",
+        &format!(
+            "{KEY_A},ka:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=,kshort:Q0FOQVJZLXNob3J0,kbad:CANARY-not-base64!"
+        ),
+    );
+    set(&mut env, "DATABASE_URL", "mysql://user:CANARY-client-secret@db/bot");
+    set(&mut env, "DATABRICKS_HOST", "http://dbc-1.cloud.databricks.com");
+    set(&mut env, "SLACK_API_URL", "http://slack.internal/api");
+    let out = run(with_env(&db, &["check"], &env));
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    for expected in [
+        "TOKEN_ENCRYPTION_KEYS: key id `ka` appears more than once",
+        "TOKEN_ENCRYPTION_KEYS: entry 3 decodes to 12 bytes",
+        "TOKEN_ENCRYPTION_KEYS: entry 4 is not valid base64",
+        "DATABASE_URL: must start with sqlite://",
+        "DATABRICKS_HOST: must be a workspace origin",
+        "SLACK_API_URL: must be an https:// URL",
+    ] {
+        assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+    }
+    assert_no_canary(&all);
+    assert!(!all.contains("Q0FOQVJZ") && !all.contains("CANARY-not-base64"), "{all}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(run(bin(dir.path(), &["frobnicate"], &[])).status.code(), Some(2));
+    let bad_team = run(bin(
+        dir.path(),
+        &["links", "remove", "--team", "nope", "--user", "U1"],
+        &[],
+    ));
+    assert_eq!(bad_team.status.code(), Some(2), "{}", text(&bad_team));
+}
+
+#[test]
+fn keys_generate_prints_a_fresh_32_byte_base64_key_that_the_config_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Vec<String> = (0..2)
+        .map(|_| {
+            let out = run(bin(dir.path(), &["keys", "generate"], &[]));
+            assert!(out.status.success());
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        })
+        .collect();
+    assert_ne!(keys[0], keys[1]);
+    for key in &keys {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(key).unwrap();
+        assert_eq!(bytes.len(), 32);
+    }
+    // Usable as is, or with an id in front.
+    let db = TestDb::sqlite();
+    for entry in [keys[0].clone(), format!("k2:{},{}", keys[0], keys[1])] {
+        let mut env = valid_env(&db.url);
+        env.retain(|(k, _)| *k != "TOKEN_ENCRYPTION_KEYS");
+        env.push(("TOKEN_ENCRYPTION_KEYS", entry));
+        let out = run(with_env(&db, &["check"], &env));
+        assert!(out.status.success(), "{}", text(&out));
+    }
+}
+
+#[tokio::test]
+async fn migrate_then_check_report_on_both_backends() {
+    for db in TestDb::all().await {
+        let out = run(db.command(&["migrate"]));
+        assert!(out.status.success(), "{}: {}", db.name, text(&out));
+        assert!(text(&out).contains("migrations applied: 1"), "{}", text(&out));
+        let again = run(db.command(&["migrate"]));
+        assert!(text(&again).contains("migrations applied: 0"), "{}", text(&again));
+
+        let check = run(with_env(&db, &["check"], &valid_env(&db.url)));
+        let all = text(&check);
+        assert!(check.status.success(), "{}: {all}", db.name);
+        assert!(
+            all.contains("configuration  ok") && all.contains("database       ok"),
+            "{all}"
+        );
+        assert_no_canary(&all);
+    }
+}
+
+#[test]
+fn check_fails_with_exit_1_when_the_database_is_unreachable() {
+    let db = TestDb::sqlite();
+    let env = valid_env("postgres://nobody@127.0.0.1:1/none");
+    let out = run(with_env(&db, &["check"], &env));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("database       FAILED"));
+}
+
+#[tokio::test]
+async fn links_list_and_remove_work_on_real_data_and_never_print_secrets() {
+    for db in TestDb::all().await {
+        let store = db.open().await;
+        let v = vault(&[KEY_A]);
+        Person::new("T1", "UALICE")
+            .link(&store, &v, "doau-CANARY-list", NOW)
+            .await;
+        Person::new("T2", "UBOB")
+            .link(&store, &v, "doau-CANARY-list", NOW)
+            .await;
+        store.close().await;
+
+        let out = run(db.command(&["links", "list"]));
+        let all = text(&out);
+        assert!(out.status.success(), "{all}");
+        assert!(
+            all.contains("UALICE") && all.contains("UBOB") && all.contains("ualice@example.com"),
+            "{all}"
+        );
+        assert!(all.contains("active") && all.contains("2027-01-15 08:00Z"), "{all}");
+        assert!(!all.contains("CANARY"), "{all}");
+
+        let t2 = text(&run(db.command(&["links", "list", "--team", "T2"])));
+        assert!(t2.contains("UBOB") && !t2.contains("UALICE"), "{t2}");
+
+        let removed = run(db.command(&["links", "remove", "--team", "T1", "--user", "UALICE"]));
+        assert!(removed.status.success());
+        assert!(text(&removed).contains("removed the link of UALICE in T1"));
+        let twice = run(db.command(&["links", "remove", "--team", "T1", "--user", "UALICE"]));
+        assert!(twice.status.success(), "removing twice is not an error");
+        assert!(text(&twice).contains("has no link"));
+
+        let store = db.open().await;
+        assert!(
+            store
+                .list_links(None)
+                .await
+                .unwrap()
+                .iter()
+                .all(|l| l.user.as_str() == "UBOB")
+        );
+        store.close().await;
+    }
+}
+
+// CRY-05 through the command line, with LOG-01's canary check on full trace logs.
+#[tokio::test]
+async fn keys_rotate_reseals_real_rows_and_logs_no_secret_even_at_trace() {
+    for db in TestDb::all().await {
+        let store = db.open().await;
+        let people: Vec<Person> = (0..5).map(|i| Person::new("T1", &format!("U{i}"))).collect();
+        for p in &people {
+            p.link(&store, &vault(&[KEY_A]), "doau-CANARY-rotate", NOW).await;
+        }
+        store.close().await;
+
+        let keys = format!("{KEY_B},{KEY_A}");
+        let env = [
+            ("DATABASE_URL", db.url.as_str()),
+            ("TOKEN_ENCRYPTION_KEYS", keys.as_str()),
+            ("RUST_LOG", "trace"),
+            ("LOG_FORMAT", "json"),
+        ];
+        let out = run(bin(db.dir.path(), &["keys", "rotate", "--batch-size", "2"], &env));
+        let all = text(&out);
+        assert!(out.status.success(), "{}: {all}", db.name);
+        assert!(all.contains("re-encrypted 5 secret(s) under key kb"), "{all}");
+        assert!(!all.contains("CANARY"), "secret in output:\n{all}");
+        assert!(
+            !all.contains("ICEiIyQlJico") && !all.contains("AAECAwQFBgcI"),
+            "key in output"
+        );
+
+        let store = db.open().await;
+        for p in &people {
+            let link = store.find_link(&p.team, &p.user).await.unwrap().unwrap();
+            assert_eq!(link.key_id, "kb");
+            assert_eq!(link.status, LinkStatus::Active);
+            assert!(vault(&[KEY_B]).open(p.binding(), &link.sealed_refresh_token).is_ok());
+        }
+        store.close().await;
+    }
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Starts `serve` (the default command) through `sh` with `umask 000`.
+fn start_server(db: &TestDb, port: u16) -> std::process::Child {
+    let mut env = valid_env(&db.url);
+    env.retain(|(k, _)| *k != "BIND_ADDR");
+    env.push(("BIND_ADDR", format!("127.0.0.1:{port}")));
+    Command::new("sh")
+        .args(["-c", "umask 000; exec \"$0\"", common::BIN])
+        .current_dir(db.dir.path())
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_until_serving(port: u16, child: &mut std::process::Child) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            panic!("server exited early with {status}: {err}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "server did not start");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+// CRY-09 (permissions) and REL-06 (SIGTERM drains and exits cleanly), with the process
+// started under umask 000.
+#[test]
+fn serve_creates_a_private_database_even_under_umask_000_and_stops_cleanly_on_sigterm() {
+    let db = TestDb::sqlite();
+    let path = db.sqlite_path().unwrap();
+    let port = free_port();
+    let mut child = start_server(&db, port);
+    wait_until_serving(port, &mut child);
+
+    assert_eq!(mode(path.parent().unwrap()), 0o700, "database directory");
+    for suffix in ["", "-wal", "-shm"] {
+        let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(25),
+            "server did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    let mut logs = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+    assert!(status.success(), "exit {status}: {logs}");
+    assert!(logs.contains("SIGTERM received") && logs.contains("stopped"), "{logs}");
+    assert_no_canary(&logs);
+}

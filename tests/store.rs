@@ -1,0 +1,247 @@
+//! The store and the vault together, on SQLite and (when `TEST_DATABASE_URL` is set)
+//! Postgres: every query, key rotation, concurrency and what reaches the disk.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{KEY_A, KEY_B, Person, TestDb, vault};
+use databricks_slack_bot::crypto::{VaultError, envelope_key_id};
+use databricks_slack_bot::key_rotation::{rotate_all, rotate_batch};
+use databricks_slack_bot::store::Store;
+use databricks_slack_bot::store::audit::Actor;
+use databricks_slack_bot::store::links::LinkStatus;
+use secrecy::ExposeSecret;
+
+const NOW: i64 = 1_800_000_000;
+
+async fn audit_count(db: &TestDb, kind: &str) -> i64 {
+    let sql = "SELECT COUNT(*) FROM audit_events WHERE kind = $1";
+    if let Some(path) = db.sqlite_path() {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        let (n,): (i64,) = sqlx::query_as(sql).bind(kind).fetch_one(&pool).await.unwrap();
+        n
+    } else {
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        let (n,): (i64,) = sqlx::query_as(sql).bind(kind).fetch_one(&pool).await.unwrap();
+        n
+    }
+}
+
+#[tokio::test]
+async fn links_are_stored_listed_replaced_and_deleted_on_every_backend() {
+    for db in TestDb::all().await {
+        let store = db.open().await;
+        let vault = vault(&[KEY_A]);
+        let alice = Person::new("T1", "UALICE");
+        let bob = Person::new("T1", "UBOB");
+        let carol = Person::new("T2", "UCAROL");
+        for p in [&alice, &bob, &carol] {
+            p.link(&store, &vault, "rt-first", NOW).await;
+        }
+
+        let found = store.find_link(&alice.team, &alice.user).await.unwrap().unwrap();
+        assert_eq!(found.databricks_user_name, "ualice@example.com", "{}", db.name);
+        assert_eq!(found.status, LinkStatus::Active);
+        assert_eq!(found.version, 0);
+        assert_eq!(found.linked_at, NOW);
+        assert_eq!(found.key_id, "ka");
+        let rt = vault.open(alice.binding(), &found.sealed_refresh_token).unwrap();
+        assert_eq!(rt.expose_secret(), "rt-first");
+
+        let all = store.list_links(None).await.unwrap();
+        let users: Vec<_> = all.iter().map(|l| l.user.as_str()).collect();
+        assert_eq!(users, ["UALICE", "UBOB", "UCAROL"], "{}", db.name);
+        let t2 = store.list_links(Some(&carol.team)).await.unwrap();
+        assert_eq!(t2.len(), 1);
+        assert!(store.find_link(&carol.team, &alice.user).await.unwrap().is_none());
+
+        // A relink replaces the token and moves the version on.
+        alice.link(&store, &vault, "rt-second", NOW + 60).await;
+        let relinked = store.find_link(&alice.team, &alice.user).await.unwrap().unwrap();
+        assert_eq!(relinked.version, 1, "{}", db.name);
+        assert_eq!(relinked.linked_at, NOW + 60);
+        let rt = vault.open(alice.binding(), &relinked.sealed_refresh_token).unwrap();
+        assert_eq!(rt.expose_secret(), "rt-second");
+
+        // Deleting is idempotent and audited once.
+        assert!(
+            store
+                .delete_link(&bob.team, &bob.user, Actor::AdminCli, NOW)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .delete_link(&bob.team, &bob.user, Actor::AdminCli, NOW)
+                .await
+                .unwrap()
+        );
+        assert!(store.find_link(&bob.team, &bob.user).await.unwrap().is_none());
+        assert_eq!(audit_count(&db, "unlink").await, 1, "{}", db.name);
+        assert_eq!(store.list_links(None).await.unwrap().len(), 2);
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn migrations_apply_once_and_report_what_is_pending() {
+    for db in TestDb::all().await {
+        let store = Store::connect(&db.config()).await.unwrap();
+        assert_eq!(store.pending_migrations().await.unwrap(), 1, "{}", db.name);
+        store.migrate().await.unwrap();
+        store.migrate().await.unwrap();
+        assert_eq!(store.pending_migrations().await.unwrap(), 0, "{}", db.name);
+        store.ping().await.unwrap();
+        store.close().await;
+    }
+}
+
+// CRY-05: rotation interrupted after one batch, then run again.
+#[tokio::test]
+async fn key_rotation_interrupted_midway_then_rerun_leaves_every_row_readable_under_the_primary() {
+    for db in TestDb::all().await {
+        let store = db.open().await;
+        let old = vault(&[KEY_A]);
+        let people: Vec<Person> = (0..25).map(|i| Person::new("T1", &format!("U{i:03}"))).collect();
+        for (i, p) in people.iter().enumerate() {
+            p.link(&store, &old, &format!("rt-{i}"), NOW).await;
+        }
+        let rotated = vault(&[KEY_B, KEY_A]);
+
+        // The "interrupted" run: one batch of ten, then nothing.
+        let first = rotate_batch(&store, &rotated, None, 10).await.unwrap();
+        assert_eq!(first.resealed, 10, "{}", db.name);
+        assert!(first.next.is_some());
+        let mut under_b = 0;
+        for (i, p) in people.iter().enumerate() {
+            let link = store.find_link(&p.team, &p.user).await.unwrap().unwrap();
+            let rt = rotated.open(p.binding(), &link.sealed_refresh_token).unwrap();
+            assert_eq!(rt.expose_secret(), format!("rt-{i}"));
+            assert_eq!(
+                envelope_key_id(&link.sealed_refresh_token).unwrap().as_str(),
+                link.key_id
+            );
+            under_b += usize::from(link.key_id == "kb");
+        }
+        assert_eq!(under_b, 10);
+
+        // Run again from the start: the rest is done, nothing twice.
+        let mut batches = 0;
+        let total = rotate_all(&store, &rotated, 7, |_| batches += 1).await.unwrap();
+        assert_eq!(total.resealed, 15, "{}", db.name);
+        assert!(total.failures.is_empty());
+        assert_eq!(batches, 3, "15 rows in batches of 7");
+        let only_b = vault(&[KEY_B]);
+        for (i, p) in people.iter().enumerate() {
+            let link = store.find_link(&p.team, &p.user).await.unwrap().unwrap();
+            assert_eq!(link.key_id, "kb");
+            assert_eq!(link.version, 0, "rotation does not count as a refresh");
+            let rt = only_b.open(p.binding(), &link.sealed_refresh_token).unwrap();
+            assert_eq!(rt.expose_secret(), format!("rt-{i}"));
+        }
+        let again = rotate_all(&store, &rotated, 7, |_| {}).await.unwrap();
+        assert_eq!(again.resealed, 0);
+        store.close().await;
+    }
+}
+
+// CRY-06: a row under a key that is no longer configured fails closed and is left alone.
+#[tokio::test]
+async fn key_rotation_reports_rows_it_cannot_open_and_leaves_them_untouched() {
+    for db in TestDb::all().await {
+        let store = db.open().await;
+        let lost = Person::new("T1", "ULOST");
+        let kept = Person::new("T1", "UKEPT");
+        lost.link(
+            &store,
+            &vault(&["kc:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="]),
+            "rt-lost",
+            NOW,
+        )
+        .await;
+        kept.link(&store, &vault(&[KEY_A]), "rt-kept", NOW).await;
+        let before = store.find_link(&lost.team, &lost.user).await.unwrap().unwrap();
+
+        let total = rotate_all(&store, &vault(&[KEY_B, KEY_A]), 100, |_| {}).await.unwrap();
+        assert_eq!(total.resealed, 1, "{}", db.name);
+        assert_eq!(total.failures.len(), 1);
+        assert_eq!(total.failures[0].user, lost.user);
+        assert_eq!(total.failures[0].error, VaultError::UnknownKey("kc".into()));
+        let after = store.find_link(&lost.team, &lost.user).await.unwrap().unwrap();
+        assert_eq!(after.sealed_refresh_token, before.sealed_refresh_token);
+        store.close().await;
+    }
+}
+
+// REL-01: concurrent writers queue behind each other instead of failing with SQLITE_BUSY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_writers_never_surface_a_busy_error() {
+    for db in TestDb::all().await {
+        let store = Arc::new(db.open().await);
+        let vault = Arc::new(vault(&[KEY_A]));
+        let writers: Vec<_> = (0..50)
+            .map(|i| {
+                let (store, vault) = (store.clone(), vault.clone());
+                tokio::spawn(async move {
+                    let p = Person::new("T1", &format!("UW{i:02}"));
+                    for round in 0..4 {
+                        p.link(&store, &vault, &format!("rt-{round}"), NOW + round).await;
+                        let link = store.find_link(&p.team, &p.user).await?.expect("just written");
+                        let resealed = vault.seal(
+                            p.binding(),
+                            &vault.open(p.binding(), &link.sealed_refresh_token).unwrap(),
+                        );
+                        store
+                            .reseal_refresh_token(&p.team, &p.user, &link.sealed_refresh_token, &resealed, "ka")
+                            .await?;
+                        store.delete_link(&p.team, &p.user, Actor::User, NOW).await?;
+                    }
+                    Ok::<_, sqlx::Error>(())
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{}: a writer failed: {e}", db.name));
+        }
+        assert_eq!(audit_count(&db, "unlink").await, 200, "{}", db.name);
+        store.close().await;
+    }
+}
+
+// CRY-01: the plaintext refresh token never reaches the database file or its WAL.
+#[tokio::test]
+async fn a_canary_refresh_token_never_reaches_the_sqlite_files() {
+    let db = TestDb::sqlite();
+    let path = db.sqlite_path().unwrap();
+    let store = db.open().await;
+    let vault = vault(&[KEY_A]);
+    let canary = "doau-CANARY-7f3a9c1e5b";
+    let p = Person::new("T1", "UCANARY");
+    p.link(&store, &vault, canary, NOW).await;
+    p.link(&store, &vault, canary, NOW + 1).await;
+
+    let scan = |when: &str| {
+        for suffix in ["", "-wal", "-shm"] {
+            let file = format!("{}{suffix}", path.display());
+            if let Ok(bytes) = std::fs::read(&file) {
+                assert!(
+                    !bytes.windows(canary.len()).any(|w| w == canary.as_bytes()),
+                    "canary found in {file} {when}"
+                );
+            }
+        }
+    };
+    assert!(
+        std::fs::metadata(format!("{}-wal", path.display())).is_ok(),
+        "WAL mode is on"
+    );
+    scan("while open");
+    store.close().await;
+    scan("after close");
+}
