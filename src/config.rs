@@ -16,6 +16,36 @@ use url::Url;
 use crate::crypto::{Vault, VaultKey};
 use crate::domain::{WorkspaceHost, is_secure_or_loopback};
 
+/// Every variable the bot reads. `.env.example` and the README document each one.
+pub const VARIABLES: &[&str] = &[
+    "BIND_ADDR",
+    "PUBLIC_BASE_URL",
+    "DATABASE_URL",
+    "TOKEN_ENCRYPTION_KEYS",
+    "SLACK_BOT_TOKEN",
+    "SLACK_SIGNING_SECRET",
+    "SLACK_APP_TOKEN",
+    "SLACK_API_URL",
+    "SLACK_CLIENT_ID",
+    "SLACK_CLIENT_SECRET",
+    "SLACK_OIDC_ISSUER",
+    "DATABRICKS_HOST",
+    "DATABRICKS_CLIENT_ID",
+    "DATABRICKS_CLIENT_SECRET",
+    "DATABRICKS_SCOPES",
+    "DATABRICKS_OIDC_DISCOVERY_URL",
+    "LINK_IDENTITY_CHECK",
+    "AGENT",
+    "GENIE_SPACE_ID",
+    "DATABRICKS_SERVING_ENDPOINT",
+    "DATABRICKS_WAREHOUSE_ID",
+    "AGENT_URL",
+    "ADK_APP_NAME",
+    "ANSWER_VISIBILITY",
+    "LOG_FORMAT",
+    "RUST_LOG",
+];
+
 const DEFAULT_DATABASE_URL: &str = "sqlite://data/bot.db";
 const DEFAULT_SCOPES: &str = "all-apis offline_access openid email profile";
 
@@ -82,6 +112,7 @@ impl Env {
 
     /// A variable's value; empty values count as unset.
     pub fn get(&self, var: &str) -> Option<&str> {
+        debug_assert!(VARIABLES.contains(&var), "{var} is read but not listed in VARIABLES");
         self.0.get(var).map(|v| v.trim()).filter(|v| !v.is_empty())
     }
 }
@@ -782,6 +813,16 @@ mod tests {
             problems(&with(&[("LINK_IDENTITY_CHECK", "slack-oidc")])),
             ["LINK_IDENTITY_CHECK"]
         );
+    }
+
+    #[test]
+    fn every_variable_is_documented_in_env_example_and_the_readme() {
+        let example = include_str!("../.env.example");
+        let readme = include_str!("../README.md");
+        for var in VARIABLES {
+            assert!(example.contains(&format!("{var}=")), "{var} missing from .env.example");
+            assert!(readme.contains(&format!("`{var}`")), "{var} missing from README.md");
+        }
     }
 
     #[test]

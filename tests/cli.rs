@@ -139,6 +139,22 @@ fn malformed_values_are_all_reported_at_once_without_echoing_secrets() {
 }
 
 #[test]
+fn a_dotenv_file_is_read_and_real_environment_variables_win_over_it() {
+    let db = TestDb::sqlite();
+    std::fs::write(
+        db.dir.path().join(".env"),
+        "# comment\nDATABASE_URL=mysql://nowhere/bot\n",
+    )
+    .unwrap();
+    let from_file = run(bin(db.dir.path(), &["migrate"], &[]));
+    assert_eq!(from_file.status.code(), Some(2), "{}", text(&from_file));
+    assert!(text(&from_file).contains("DATABASE_URL: must start with sqlite://"));
+
+    let overridden = run(db.command(&["migrate"]));
+    assert!(overridden.status.success(), "{}", text(&overridden));
+}
+
+#[test]
 fn usage_errors_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     assert_eq!(run(bin(dir.path(), &["frobnicate"], &[])).status.code(), Some(2));
@@ -348,6 +364,19 @@ fn serve_creates_a_private_database_even_under_umask_000_and_stops_cleanly_on_si
         assert_eq!(mode(&file), 0o600, "{}", file.display());
     }
 
+    // LOG-01: request logs name the route template, never the path or query string.
+    for path in ["/healthz?code=CANARY-code&state=CANARY-state", "/link/CANARY-link-id"] {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        std::io::Write::write_all(
+            &mut conn,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        let mut response = String::new();
+        conn.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 "), "{response}");
+    }
+
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -368,5 +397,47 @@ fn serve_creates_a_private_database_even_under_umask_000_and_stops_cleanly_on_si
     child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
     assert!(status.success(), "exit {status}: {logs}");
     assert!(logs.contains("SIGTERM received") && logs.contains("stopped"), "{logs}");
+    assert!(
+        logs.contains(r#""route":"/healthz""#),
+        "requests are logged with their route: {logs}"
+    );
+    assert!(
+        !logs.contains("CANARY"),
+        "a path or query string reached the logs: {logs}"
+    );
     assert_no_canary(&logs);
+}
+
+#[test]
+fn the_slack_manifests_point_at_our_routes_and_differ_only_in_transport() {
+    let http = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/manifest.yml")).unwrap();
+    let socket = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/manifest.socket-mode.yml")).unwrap();
+    for route in ["/slack/events", "/slack/commands", "/slack/interactions"] {
+        assert!(http.contains(&format!("https://bot.example.com{route}")), "{route}");
+        assert!(!socket.contains(route), "socket mode needs no {route} URL");
+    }
+    assert!(http.contains("socket_mode_enabled: false") && socket.contains("socket_mode_enabled: true"));
+    let body = |m: &str| -> Vec<String> {
+        m.lines()
+            .filter(|l| {
+                !l.trim_start().starts_with('#') && !l.contains("bot.example.com") && !l.contains("socket_mode_enabled")
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(
+        body(&http),
+        body(&socket),
+        "scopes, events and features are the same in both"
+    );
+    for needed in [
+        "app_mention",
+        "message.im",
+        "app_home_opened",
+        "app_uninstalled",
+        "tokens_revoked",
+        "command: /databricks",
+    ] {
+        assert!(http.contains(needed), "{needed}");
+    }
 }
