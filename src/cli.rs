@@ -4,16 +4,16 @@
 //! Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage.
 
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::{AgentKind, Config, ConfigError, DatabaseConfig, Env, vault_and_database};
 use crate::crypto::generate_key;
 use crate::domain::{TeamId, UserId};
 use crate::key_rotation::rotate_all;
-use crate::startup::{Application, shutdown_signal};
+use crate::startup::{Application, Dependencies, shutdown_signal};
 use crate::store::Store;
 use crate::store::audit::Actor;
 use crate::store::links::Link;
@@ -139,16 +139,9 @@ fn report(failure: Failure) -> ExitCode {
     }
 }
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 async fn serve(env: &Env) -> Result<(), Failure> {
     let config = Config::load(env)?;
-    let store = Store::open(&config.database).await?;
-    let app = Application::bind(config.bind_addr, store).await?;
+    let app = Application::build(&config, Dependencies::for_config(&config)).await?;
     let lifecycle = app.lifecycle();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -308,7 +301,9 @@ fn format_time(seconds: Option<i64>) -> String {
 async fn remove_link(env: &Env, team: &TeamId, user: &UserId) -> Result<(), Failure> {
     let database = DatabaseConfig::from_env(env)?;
     let store = Store::open(&database).await?;
-    let removed = store.delete_link(team, user, Actor::AdminCli, now()).await?;
+    let removed = store
+        .delete_link(team, user, Actor::AdminCli, SystemClock.now())
+        .await?;
     store.close().await;
     if removed {
         println!("removed the link of {user} in {team}");

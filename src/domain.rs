@@ -61,6 +61,18 @@ macro_rules! slack_id {
                 Self::parse(s)
             }
         }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                Self::parse(&<String as serde::Deserialize>::deserialize(d)?).map_err(serde::de::Error::custom)
+            }
+        }
     };
 }
 

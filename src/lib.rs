@@ -11,13 +11,25 @@
 //! - [`http`] — routes, shared state, middleware, health and metrics.
 //! - [`startup`] — binding, serving and graceful shutdown.
 //! - [`telemetry`] — logging setup.
+//! - [`clock`] — time, injectable for tests.
+//! - [`slack`] — request signing, event intake, the Web API client, Socket Mode, messages.
+//! - [`worker`] — the pool that runs queued jobs, with leases and retries.
+//! - [`questions`] — a queued question becomes an answer or a "Connect Databricks" prompt.
+//! - [`linking`] — single-use link ids.
+//! - [`agent`] — the `Agent` seam that answers as the asker.
 
+pub mod agent;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod http;
 pub mod key_rotation;
+pub mod linking;
+pub mod questions;
+pub mod slack;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod worker;

@@ -8,11 +8,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use secrecy::SecretString;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::{Agent, Unconfigured};
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::Config;
+use crate::http::slack::SlackRoutes;
 use crate::http::{self, AppState, metrics::Metrics};
+use crate::questions::Questions;
+use crate::slack::api::SlackApi;
+use crate::slack::intake::Intake;
+use crate::slack::socket_mode::SocketMode;
 use crate::store::Store;
+use crate::worker::{JobHandler, WorkerConfig, Workers};
 
 /// How long in-flight work may take to finish once shutdown begins.
 pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(20);
@@ -40,26 +51,78 @@ impl Lifecycle {
     }
 }
 
+/// What a running service is made of that tests (and later, other deployments) choose.
+pub struct Dependencies {
+    /// The clock for signatures, expiries and leases.
+    pub clock: SharedClock,
+    /// The agent that answers linked people's questions.
+    pub agent: Arc<dyn Agent>,
+    /// Worker pool settings; `None` makes a process that only accepts Slack events and
+    /// leaves answering them to other processes sharing the database.
+    pub workers: Option<WorkerConfig>,
+}
+
+impl Dependencies {
+    /// The production choices for `config`.
+    pub fn for_config(_config: &Config) -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            agent: Arc::new(Unconfigured),
+            workers: Some(WorkerConfig::default()),
+        }
+    }
+}
+
 /// A bound, ready-to-run service.
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    workers: Option<Workers>,
+    socket_mode: Option<(SlackApi, SecretString, Intake)>,
     drain_deadline: Duration,
 }
 
 impl Application {
-    /// Binds `addr` (port 0 picks a free port) over an opened, migrated store.
-    pub async fn bind(addr: SocketAddr, store: Store) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(addr)
+    /// Opens (and migrates) the store, builds the Slack client, the intake and the worker
+    /// pool, and binds `BIND_ADDR` (port 0 picks a free port). Nothing runs until
+    /// [`Application::run_until_stopped`].
+    pub async fn build(config: &Config, deps: Dependencies) -> anyhow::Result<Self> {
+        let store = Store::open(&config.database).await?;
+        let slack = SlackApi::new(&config.slack.api_url, &config.slack.bot_token)?;
+        let wake = Arc::new(Notify::new());
+        let intake = Intake::new(store.clone(), deps.clock.clone(), wake.clone());
+        let questions = Questions::new(
+            store.clone(),
+            slack.clone(),
+            deps.agent,
+            config.public_base_url.clone(),
+            deps.clock.clone(),
+        );
+        let handler: Arc<dyn JobHandler> = Arc::new(questions);
+        let workers = deps
+            .workers
+            .map(|config| Workers::new(store.clone(), deps.clock.clone(), handler, config, wake));
+        let slack_routes = config.slack.signing_secret.clone().map(|signing_secret| {
+            Arc::new(SlackRoutes {
+                signing_secret,
+                intake: intake.clone(),
+                clock: deps.clock.clone(),
+            })
+        });
+        let socket_mode = config.slack.app_token.clone().map(|token| (slack, token, intake));
+        let listener = TcpListener::bind(config.bind_addr)
             .await
-            .with_context(|| format!("could not listen on {addr} (BIND_ADDR)"))?;
+            .with_context(|| format!("could not listen on {} (BIND_ADDR)", config.bind_addr))?;
         Ok(Self {
             listener,
             state: AppState {
                 store,
                 metrics: Arc::new(Metrics::new()),
                 lifecycle: Lifecycle::default(),
+                slack: slack_routes,
             },
+            workers,
+            socket_mode,
             drain_deadline: DEFAULT_DRAIN_DEADLINE,
         })
     }
@@ -80,10 +143,23 @@ impl Application {
         self.state.lifecycle.clone()
     }
 
-    /// Serves until shutdown begins, then drains in-flight requests until the deadline.
+    /// The store the service uses.
+    pub fn store(&self) -> Store {
+        self.state.store.clone()
+    }
+
+    /// Serves HTTP, runs the workers and (if configured) Socket Mode until shutdown
+    /// begins; then stops taking work and drains what is in flight until the deadline.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let lifecycle = self.state.lifecycle.clone();
         let store = self.state.store.clone();
+        let socket_mode = match self.socket_mode {
+            Some((api, token, intake)) => Some(SocketMode::start(&api, &token, intake).await?),
+            None => None,
+        };
+        let workers = self
+            .workers
+            .map(|workers| tokio::spawn(workers.run(lifecycle.clone(), self.drain_deadline)));
         let router = http::router(self.state);
         let graceful = lifecycle.clone();
         let mut server = tokio::spawn(
@@ -91,27 +167,42 @@ impl Application {
                 .with_graceful_shutdown(async move { graceful.draining().await })
                 .into_future(),
         );
-        tokio::select! {
-            finished = &mut server => {
-                finished.context("HTTP server task failed")?.context("HTTP server failed")?;
-                return Ok(());
-            }
-            () = lifecycle.draining() => {}
+        let early = tokio::select! {
+            finished = &mut server => Some(finished),
+            () = lifecycle.draining() => None,
+        };
+        if let Some(socket_mode) = socket_mode {
+            socket_mode.stop().await;
         }
-        tracing::info!(
-            deadline_s = self.drain_deadline.as_secs(),
-            "shutting down: draining in-flight requests"
-        );
-        let outcome = match tokio::time::timeout(self.drain_deadline, &mut server).await {
-            Ok(finished) => finished
-                .context("HTTP server task failed")?
-                .context("HTTP server failed"),
-            Err(_) => {
-                server.abort();
-                tracing::warn!("drain deadline passed; remaining requests were cut off");
-                Ok(())
+        let outcome = match early {
+            Some(finished) => {
+                lifecycle.begin_shutdown();
+                finished
+                    .context("HTTP server task failed")?
+                    .context("HTTP server failed")
+            }
+            None => {
+                tracing::info!(
+                    deadline_s = self.drain_deadline.as_secs(),
+                    "shutting down: draining in-flight work"
+                );
+                match tokio::time::timeout(self.drain_deadline, &mut server).await {
+                    Ok(finished) => finished
+                        .context("HTTP server task failed")?
+                        .context("HTTP server failed"),
+                    Err(_) => {
+                        server.abort();
+                        tracing::warn!("drain deadline passed; remaining requests were cut off");
+                        Ok(())
+                    }
+                }
             }
         };
+        if let Some(workers) = workers
+            && workers.await.is_err()
+        {
+            tracing::error!("the worker pool panicked");
+        }
         store.close().await;
         tracing::info!("stopped");
         outcome

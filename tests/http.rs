@@ -2,62 +2,25 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::TestDb;
+use common::app::TestApp;
 use databricks_slack_bot::http::metrics::Metrics;
 use databricks_slack_bot::http::{AppState, MAX_BODY_BYTES, router};
-use databricks_slack_bot::startup::{Application, Lifecycle};
+use databricks_slack_bot::startup::Lifecycle;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tower::ServiceExt;
 
-struct TestApp {
-    addr: SocketAddr,
-    lifecycle: Lifecycle,
-    server: tokio::task::JoinHandle<anyhow::Result<()>>,
-    client: reqwest::Client,
-    _db: TestDb,
-}
-
-impl TestApp {
-    async fn spawn() -> Self {
-        let db = TestDb::sqlite();
-        let app = Application::bind("127.0.0.1:0".parse().unwrap(), db.open().await)
-            .await
-            .unwrap()
-            .with_drain_deadline(Duration::from_secs(5));
-        let (addr, lifecycle) = (app.local_addr(), app.lifecycle());
-        let server = tokio::spawn(app.run_until_stopped());
-        Self {
-            addr,
-            lifecycle,
-            server,
-            client: reqwest::Client::new(),
-            _db: db,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, String) {
-        let response = self.client.get(self.url(path)).send().await.unwrap();
-        let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
-        (status, response.text().await.unwrap())
-    }
-}
-
 #[tokio::test]
 async fn health_and_readiness_answer_when_the_database_is_reachable() {
     let app = TestApp::spawn().await;
-    assert_eq!(app.get("/healthz").await, (StatusCode::OK, "ok".into()));
-    assert_eq!(app.get("/readyz").await, (StatusCode::OK, "ready".into()));
+    assert_eq!(app.get("/healthz").await, (200, "ok".into()));
+    assert_eq!(app.get("/readyz").await, (200, "ready".into()));
 }
 
 #[tokio::test]
@@ -67,7 +30,7 @@ async fn metrics_count_requests_by_route_template_and_status() {
     app.get("/healthz").await;
     app.get("/no/such/path?code=CANARY-code").await;
     let (status, body) = app.get("/metrics").await;
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(status, 200);
     assert!(
         body.contains(r#"http_requests_total{method="GET",route="/healthz",status="200"} 2"#),
         "{body}"
@@ -99,6 +62,7 @@ async fn readiness_is_false_while_draining_and_when_the_database_is_gone() {
         store: store.clone(),
         metrics: Arc::new(Metrics::new()),
         lifecycle: Lifecycle::default(),
+        slack: None,
     };
     let readyz = || Request::get("/readyz").body(Body::empty()).unwrap();
 

@@ -3,6 +3,7 @@
 
 pub mod health;
 pub mod metrics;
+pub mod slack;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub lifecycle: Lifecycle,
+    /// The Slack routes, when HTTP events are configured (a signing secret is set).
+    pub slack: Option<Arc<slack::SlackRoutes>>,
 }
 
 impl FromRef<AppState> for Arc<Metrics> {
@@ -43,19 +46,20 @@ impl FromRef<AppState> for Arc<Metrics> {
 
 /// Builds the router with every route and the middleware stack.
 pub fn router(state: AppState) -> Router {
+    let slack_routes = state.slack.clone().map(slack::router).unwrap_or_default();
+    let registry = state.metrics.clone();
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::render))
+        .with_state(state)
+        .merge(slack_routes)
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.metrics.clone(),
-            metrics::track,
-        ))
+        .layer(axum::middleware::from_fn_with_state(registry, metrics::track))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
@@ -66,7 +70,6 @@ pub fn router(state: AppState) -> Router {
                 .on_request(())
                 .on_failure(()),
         )
-        .with_state(state)
 }
 
 /// A span per request recording the method and the matched route template only: the real

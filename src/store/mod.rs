@@ -6,7 +6,9 @@
 //! query on both. Times are Unix seconds.
 
 pub mod audit;
+pub mod jobs;
 pub mod links;
+pub mod pending_links;
 
 use std::fs::{DirBuilder, OpenOptions, Permissions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};

@@ -2,6 +2,8 @@
 //! compiled binary.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod app;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,0 +1,244 @@
+//! Where a queued question becomes an answer — or a private "Connect Databricks" prompt.
+//!
+//! For each question: an empty one gets help; bots and people from another organisation
+//! are turned away; a linked person's question goes to the agent and the answer is posted
+//! where it was asked; anyone else gets a fresh single-use link, privately, with the
+//! question kept to answer after linking.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use slack_morphism::prelude::SlackMessageContent;
+use url::Url;
+
+use crate::agent::{Agent, AgentError, AgentRequest};
+use crate::clock::SharedClock;
+use crate::domain::{TeamId, UserId};
+use crate::linking::{LinkId, PENDING_LINK_TTL_SECONDS};
+use crate::slack::api::{SlackApi, SlackApiError};
+use crate::slack::messages;
+use crate::store::Store;
+use crate::store::jobs::Job;
+use crate::store::links::LinkStatus;
+use crate::store::pending_links::NewPendingLink;
+use crate::worker::{JobError, JobHandler};
+
+/// The `jobs.kind` of a question.
+pub const QUESTION_JOB: &str = "question";
+
+/// How long what we learned about a Slack user (bot? another organisation?) is trusted.
+const USER_CACHE_TTL_SECONDS: i64 = 3600;
+
+/// A question, as queued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Question {
+    pub team: TeamId,
+    pub user: UserId,
+    pub channel: String,
+    /// Where replies go: the thread root, or `None` for the top of a DM.
+    pub thread_ts: Option<String>,
+    /// The question text, bot mention removed; empty means "show help".
+    pub text: String,
+    pub is_dm: bool,
+    /// The bot's own user id when the event told us.
+    pub bot_user_id: Option<String>,
+}
+
+/// What we know about an asker from `users.info`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asker {
+    Person,
+    Bot,
+    /// From another organisation (a Slack Connect channel).
+    External,
+}
+
+/// Answers questions.
+pub struct Questions {
+    store: Store,
+    slack: SlackApi,
+    agent: Arc<dyn Agent>,
+    public_base_url: Url,
+    clock: SharedClock,
+    askers: Mutex<HashMap<(TeamId, UserId), (Asker, i64)>>,
+}
+
+impl Questions {
+    /// A handler posting through `slack`, answering with `agent`, building links on
+    /// `public_base_url`.
+    pub fn new(store: Store, slack: SlackApi, agent: Arc<dyn Agent>, public_base_url: Url, clock: SharedClock) -> Self {
+        Self {
+            store,
+            slack,
+            agent,
+            public_base_url,
+            clock,
+            askers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn answer(&self, q: &Question) -> Result<(), JobError> {
+        if q.text.is_empty() {
+            return self.reply_privately(q, messages::help(q.bot_user_id.as_deref())).await;
+        }
+        match self.asker(q).await? {
+            Asker::Bot => {
+                tracing::info!("question from a bot ignored");
+                return Ok(());
+            }
+            Asker::External => return self.reply_privately(q, messages::external_user_refusal()).await,
+            Asker::Person => {}
+        }
+        let link = self.store.find_link(&q.team, &q.user).await.map_err(db_error)?;
+        let Some(link) = link.filter(|l| l.status == LinkStatus::Active) else {
+            return self.prompt_to_connect(q).await;
+        };
+        let request = AgentRequest {
+            question: q.text.clone(),
+            team: q.team.clone(),
+            user: q.user.clone(),
+            databricks_user_name: link.databricks_user_name.clone(),
+        };
+        match self.agent.answer(&request).await {
+            Ok(answer) => {
+                let content = messages::answer(&answer.text, &link.databricks_user_name);
+                self.slack
+                    .post_message(&q.channel, q.thread_ts.as_deref(), content)
+                    .await
+                    .map(|_| ())
+                    .map_err(slack_error)
+            }
+            Err(AgentError::Transient(reason)) => Err(JobError::transient(reason)),
+            Err(AgentError::NotConfigured) => {
+                let reason = "no Databricks agent is configured for this workspace yet; please tell your Slack admin";
+                self.reply_privately(q, messages::could_not_answer(reason, "agent-not-configured"))
+                    .await
+            }
+            Err(error @ AgentError::Failed(_)) => Err(JobError::Permanent(error.to_string())),
+        }
+    }
+
+    /// Whether the asker is a person of this organisation, asking Slack once an hour.
+    async fn asker(&self, q: &Question) -> Result<Asker, JobError> {
+        let key = (q.team.clone(), q.user.clone());
+        let now = self.clock.now();
+        if let Some((asker, at)) = self.askers.lock().expect("not poisoned").get(&key)
+            && now - at < USER_CACHE_TTL_SECONDS
+        {
+            return Ok(*asker);
+        }
+        let asker = match self.slack.user_info(q.user.as_str()).await {
+            Ok(user) if user.flags.is_bot == Some(true) => Asker::Bot,
+            Ok(user)
+                if user.flags.is_stranger == Some(true)
+                    || user.team_id.as_ref().is_some_and(|t| t.as_ref() != q.team.as_str())
+                        && user.enterprise_user.is_none() =>
+            {
+                Asker::External
+            }
+            Ok(_) => Asker::Person,
+            Err(error) if error.is_transient() => return Err(slack_error(error)),
+            Err(error) => {
+                // Without users:read we cannot tell; treat the asker as one of ours (the
+                // link's identity check still decides whose data they can see).
+                tracing::warn!(error = %error, "users.info failed; assuming an internal person");
+                Asker::Person
+            }
+        };
+        self.askers.lock().expect("not poisoned").insert(key, (asker, now));
+        Ok(asker)
+    }
+
+    /// Creates a fresh pending link (voiding older ones) and sends the private prompt.
+    async fn prompt_to_connect(&self, q: &Question) -> Result<(), JobError> {
+        let id = LinkId::generate();
+        let now = self.clock.now();
+        let pending = NewPendingLink {
+            id_hash: &id.hash(),
+            team: &q.team,
+            user: &q.user,
+            channel_id: &q.channel,
+            thread_ts: q.thread_ts.as_deref(),
+            question: Some(&q.text),
+            expires_at: now + PENDING_LINK_TTL_SECONDS,
+        };
+        self.store.create_pending_link(&pending, now).await.map_err(db_error)?;
+        self.reply_privately(q, messages::connect_prompt(&id.url(&self.public_base_url), true))
+            .await
+    }
+
+    /// Ephemeral in a channel (a DM when Slack refuses that, e.g. the person left the
+    /// channel); a plain message in a DM.
+    async fn reply_privately(&self, q: &Question, content: SlackMessageContent) -> Result<(), JobError> {
+        if q.is_dm {
+            return self
+                .slack
+                .post_message(&q.channel, q.thread_ts.as_deref(), content)
+                .await
+                .map(|_| ())
+                .map_err(slack_error);
+        }
+        match self
+            .slack
+            .post_ephemeral(&q.channel, q.user.as_str(), q.thread_ts.as_deref(), content.clone())
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(error) if error.is_transient() => Err(slack_error(error)),
+            Err(error) => {
+                tracing::info!(
+                    code = error.code(),
+                    "ephemeral reply refused; sending a direct message instead"
+                );
+                let dm = self.slack.open_dm(q.user.as_str()).await.map_err(slack_error)?;
+                self.slack
+                    .post_message(&dm, None, content)
+                    .await
+                    .map(|_| ())
+                    .map_err(slack_error)
+            }
+        }
+    }
+}
+
+fn db_error(error: sqlx::Error) -> JobError {
+    JobError::transient(format!("database: {error}"))
+}
+
+fn slack_error(error: SlackApiError) -> JobError {
+    match error {
+        SlackApiError::RateLimited { retry_after } => JobError::Transient {
+            reason: "Slack rate limited us".into(),
+            retry_after,
+        },
+        e if e.is_transient() => JobError::transient(e.to_string()),
+        e => JobError::Permanent(e.to_string()),
+    }
+}
+
+fn parse(job: &Job) -> Result<Question, JobError> {
+    serde_json::from_str(&job.payload).map_err(|e| JobError::Permanent(format!("unreadable question payload: {e}")))
+}
+
+#[async_trait]
+impl JobHandler for Questions {
+    async fn run(&self, job: &Job) -> Result<(), JobError> {
+        self.answer(&parse(job)?).await
+    }
+
+    async fn give_up(&self, job: &Job, error: &JobError, reference: &str) {
+        let Ok(q) = parse(job) else { return };
+        let reason = match error {
+            JobError::Transient { .. } => "Databricks or Slack kept failing, please try again in a few minutes",
+            JobError::Permanent(_) => "something went wrong on my side",
+        };
+        if let Err(e) = self
+            .reply_privately(&q, messages::could_not_answer(reason, reference))
+            .await
+        {
+            tracing::error!(error = %e, reference, "could not tell the person their question failed");
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! The Slack Web API client, built once (slack-morphism over hyper).
+//!
+//! Every call has a timeout. A 429 is waited out (its `Retry-After`, capped) and retried a
+//! few times before it is reported. `SLACK_API_URL` is honoured, over `http://` too for a
+//! loopback test server: slack-morphism's default connector is https-only.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use slack_morphism::errors::SlackClientError;
+use slack_morphism::prelude::*;
+use url::Url;
+
+/// Longest any single Web API call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// 429 retries before giving up (the caller's job can still be retried later).
+const RATE_LIMIT_RETRIES: u32 = 3;
+/// Longest `Retry-After` we are willing to sleep inline.
+const MAX_INLINE_WAIT: Duration = Duration::from_secs(30);
+
+/// Why a Web API call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SlackApiError {
+    #[error("Slack is rate limiting us")]
+    RateLimited { retry_after: Option<Duration> },
+    #[error("Slack refused the call: {0}")]
+    Api(String),
+    #[error("Slack could not be reached: {0}")]
+    Transport(String),
+    #[error("Slack did not answer within {}s", CALL_TIMEOUT.as_secs())]
+    Timeout,
+}
+
+impl SlackApiError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SlackApiError::RateLimited { .. } | SlackApiError::Transport(_) | SlackApiError::Timeout => true,
+            SlackApiError::Api(code) => {
+                matches!(code.as_str(), "internal_error" | "fatal_error" | "service_unavailable")
+            }
+        }
+    }
+
+    /// The Slack error code, for an `ok: false` answer.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            SlackApiError::Api(code) => Some(code),
+            _ => None,
+        }
+    }
+}
+
+impl From<SlackClientError> for SlackApiError {
+    fn from(e: SlackClientError) -> Self {
+        match e {
+            SlackClientError::ApiError(api) => SlackApiError::Api(api.code),
+            SlackClientError::RateLimitError(limit) => SlackApiError::RateLimited {
+                retry_after: limit.retry_after,
+            },
+            SlackClientError::HttpError(http) => SlackApiError::Transport(format!("HTTP {}", http.status_code)),
+            other => SlackApiError::Transport(other.to_string()),
+        }
+    }
+}
+
+/// Who the bot is in its workspace (`auth.test`).
+#[derive(Debug, Clone)]
+pub struct BotIdentity {
+    pub team_id: String,
+    pub team: String,
+    pub user_id: String,
+    pub bot_id: Option<String>,
+}
+
+/// The Web API, with the bot token.
+#[derive(Clone)]
+pub struct SlackApi {
+    client: Arc<SlackHyperClient>,
+    token: SlackApiToken,
+}
+
+/// Calls `$call` (an expression using `$session`) with timeout and 429 handling.
+macro_rules! call {
+    ($api:expr, |$session:ident| $call:expr) => {{
+        let mut attempt = 0;
+        loop {
+            let $session = $api.client.open_session(&$api.token);
+            let outcome = match tokio::time::timeout(CALL_TIMEOUT, $call).await {
+                Ok(result) => result.map_err(SlackApiError::from),
+                Err(_) => Err(SlackApiError::Timeout),
+            };
+            match outcome {
+                Err(SlackApiError::RateLimited { retry_after }) if attempt < RATE_LIMIT_RETRIES => {
+                    let wait = retry_after.unwrap_or(Duration::from_secs(1 << attempt));
+                    if wait > MAX_INLINE_WAIT {
+                        break Err(SlackApiError::RateLimited { retry_after });
+                    }
+                    attempt += 1;
+                    tracing::warn!(wait_s = wait.as_secs(), attempt, "Slack rate limited a call; waiting");
+                    tokio::time::sleep(wait).await;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
+impl SlackApi {
+    /// A client for `api_url` (e.g. `https://slack.com/api`) with the bot token.
+    pub fn new(api_url: &Url, bot_token: &SecretString) -> anyhow::Result<Self> {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let base = api_url.as_str().trim_end_matches('/');
+        let connector = SlackClientHyperConnector::with_connector(https).with_slack_api_url(base);
+        Ok(Self {
+            client: Arc::new(SlackClient::new(connector)),
+            token: SlackApiToken::new(SlackApiTokenValue::new(bot_token.expose_secret().to_owned())),
+        })
+    }
+
+    /// The underlying client, for Socket Mode.
+    pub fn client(&self) -> Arc<SlackHyperClient> {
+        self.client.clone()
+    }
+
+    /// `auth.test`: checks the token and tells who the bot is.
+    pub async fn auth_test(&self) -> Result<BotIdentity, SlackApiError> {
+        let r = call!(self, |s| s.auth_test())?;
+        Ok(BotIdentity {
+            team_id: r.team_id.to_string(),
+            team: r.team,
+            user_id: r.user_id.to_string(),
+            bot_id: r.bot_id.map(|b| b.to_string()),
+        })
+    }
+
+    /// `chat.postMessage`; returns the new message's `ts`.
+    pub async fn post_message(
+        &self,
+        channel: &str,
+        thread_ts: Option<&str>,
+        content: SlackMessageContent,
+    ) -> Result<String, SlackApiError> {
+        let request = SlackApiChatPostMessageRequest::new(channel.into(), content)
+            .opt_thread_ts(thread_ts.map(Into::into))
+            .with_unfurl_links(false)
+            .with_unfurl_media(false);
+        let r = call!(self, |s| s.chat_post_message(&request))?;
+        Ok(r.ts.to_string())
+    }
+
+    /// `chat.postEphemeral`: a message only `user` sees.
+    pub async fn post_ephemeral(
+        &self,
+        channel: &str,
+        user: &str,
+        thread_ts: Option<&str>,
+        content: SlackMessageContent,
+    ) -> Result<(), SlackApiError> {
+        let request = SlackApiChatPostEphemeralRequest::new(channel.into(), user.into(), content)
+            .opt_thread_ts(thread_ts.map(Into::into));
+        call!(self, |s| s.chat_post_ephemeral(&request)).map(|_| ())
+    }
+
+    /// `conversations.open`: the direct-message channel with `user`.
+    pub async fn open_dm(&self, user: &str) -> Result<String, SlackApiError> {
+        let request = SlackApiConversationsOpenRequest::new().with_users(vec![user.into()]);
+        let r = call!(self, |s| s.conversations_open(&request))?;
+        Ok(r.channel.id.to_string())
+    }
+
+    /// `users.info`.
+    pub async fn user_info(&self, user: &str) -> Result<SlackUser, SlackApiError> {
+        let request = SlackApiUsersInfoRequest::new(user.into());
+        Ok(call!(self, |s| s.users_info(&request))?.user)
+    }
+}

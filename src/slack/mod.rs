@@ -1,0 +1,8 @@
+//! Everything Slack: request signing, turning events into jobs, the Web API client, Socket
+//! Mode, and the messages the bot sends.
+
+pub mod api;
+pub mod intake;
+pub mod messages;
+pub mod signature;
+pub mod socket_mode;

@@ -1,0 +1,188 @@
+//! `jobs` and `slack_events`: the durable queue behind every acknowledged Slack event.
+//!
+//! An event is recorded and its job enqueued in one transaction, before Slack gets its
+//! 200. If that transaction fails, Slack gets a 500 and retries — and since the event id
+//! was never stored, the retry is processed. If it commits, the retry is a duplicate.
+//!
+//! Workers claim jobs with a lease and a fencing token (`attempts`): a worker whose lease
+//! expired and whose job was taken by another cannot complete or reschedule it.
+
+use sqlx::FromRow;
+
+use super::{Pool, Store, WritePool, on_pool};
+use crate::domain::{TeamId, UserId};
+
+/// A job to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewJob<'a> {
+    /// What kind of work (e.g. `question`).
+    pub kind: &'a str,
+    pub team: &'a TeamId,
+    pub user: &'a UserId,
+    /// JSON payload understood by the job's handler.
+    pub payload: &'a str,
+}
+
+/// A claimed job.
+#[derive(Debug, Clone, FromRow)]
+pub struct Job {
+    pub id: i64,
+    pub kind: String,
+    pub team_id: String,
+    pub user_id: String,
+    pub payload: String,
+    /// How many times the job has been claimed, this claim included; the fencing token.
+    pub attempts: i64,
+}
+
+/// What happened to a delivered event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// First delivery: recorded, job enqueued.
+    Enqueued,
+    /// Already recorded; nothing done.
+    Duplicate,
+}
+
+/// The claim, with `$lock` as the row-locking clause: `FOR UPDATE SKIP LOCKED` lets several
+/// Postgres replicas claim side by side; SQLite has one writer at a time anyway.
+macro_rules! claim_sql {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = $1, updated_at = $2 ",
+            "WHERE id = (SELECT j.id FROM jobs j ",
+            "WHERE ((j.state = 'queued' AND j.run_after <= $2) OR (j.state = 'running' AND j.lease_until < $2)) ",
+            "AND (SELECT COUNT(*) FROM jobs r WHERE r.team_id = j.team_id AND r.user_id = j.user_id ",
+            "AND r.state = 'running' AND r.lease_until >= $2) < $3 ",
+            "ORDER BY j.id LIMIT 1 ",
+            $lock,
+            ") RETURNING id, kind, team_id, user_id, payload, attempts"
+        )
+    };
+}
+
+impl Store {
+    /// Records Slack event `event_id` and enqueues `job` atomically; a second delivery of
+    /// the same event (a retry, or the same event reaching another replica) does nothing.
+    pub async fn enqueue_event_job(&self, event_id: &str, job: &NewJob<'_>, now: i64) -> Result<Delivery, sqlx::Error> {
+        on_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let recorded = sqlx::query(
+                "INSERT INTO slack_events (event_id, team_id, received_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (event_id) DO NOTHING",
+            )
+            .bind(event_id)
+            .bind(job.team.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if recorded == 0 {
+                return Ok(Delivery::Duplicate);
+            }
+            insert_job(job, now).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(Delivery::Enqueued)
+        })
+    }
+
+    /// Claims the oldest runnable job — queued and due, or running with an expired lease
+    /// (its worker died) — whose user has fewer than `per_user_limit` jobs running.
+    pub async fn claim_job(&self, now: i64, lease_until: i64, per_user_limit: i64) -> Result<Option<Job>, sqlx::Error> {
+        let sql = match self.pool {
+            Pool::Sqlite(_) => claim_sql!(""),
+            Pool::Postgres(_) => claim_sql!("FOR UPDATE SKIP LOCKED"),
+        };
+        on_pool!(self, |pool| {
+            sqlx::query_as(sql)
+                .bind(lease_until)
+                .bind(now)
+                .bind(per_user_limit)
+                .fetch_optional(pool)
+                .await
+        })
+    }
+
+    /// Extends the lease of a job this worker still holds. False when it was lost.
+    pub async fn renew_lease(&self, job: &Job, lease_until: i64) -> Result<bool, sqlx::Error> {
+        self.update_claimed(
+            job,
+            "UPDATE jobs SET lease_until = $1 WHERE id = $2 AND attempts = $3 AND state = 'running'",
+            lease_until,
+            None,
+        )
+        .await
+    }
+
+    /// Marks a held job done.
+    pub async fn complete_job(&self, job: &Job, now: i64) -> Result<bool, sqlx::Error> {
+        self.update_claimed(
+            job,
+            "UPDATE jobs SET state = 'done', lease_until = NULL, updated_at = $1 \
+             WHERE id = $2 AND attempts = $3 AND state = 'running'",
+            now,
+            None,
+        )
+        .await
+    }
+
+    /// Puts a held job back in the queue to run again at `run_after`.
+    pub async fn retry_job(&self, job: &Job, now: i64, run_after: i64, error: &str) -> Result<bool, sqlx::Error> {
+        on_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE jobs SET state = 'queued', lease_until = NULL, run_after = $1, updated_at = $2, error = $3 \
+                 WHERE id = $4 AND attempts = $5 AND state = 'running'",
+            )
+            .bind(run_after)
+            .bind(now)
+            .bind(error)
+            .bind(job.id)
+            .bind(job.attempts)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected() == 1)
+        })
+    }
+
+    /// Marks a held job as failed for good.
+    pub async fn fail_job(&self, job: &Job, now: i64, error: &str) -> Result<bool, sqlx::Error> {
+        self.update_claimed(
+            job,
+            "UPDATE jobs SET state = 'failed', lease_until = NULL, updated_at = $1, error = $4 \
+             WHERE id = $2 AND attempts = $3 AND state = 'running'",
+            now,
+            Some(error),
+        )
+        .await
+    }
+
+    async fn update_claimed(&self, job: &Job, sql: &str, time: i64, error: Option<&str>) -> Result<bool, sqlx::Error> {
+        on_pool!(self, |pool| {
+            let mut query = sqlx::query(sql).bind(time).bind(job.id).bind(job.attempts);
+            if let Some(error) = error {
+                query = query.bind(error);
+            }
+            query.execute(pool).await.map(|done| done.rows_affected() == 1)
+        })
+    }
+}
+
+const INSERT_JOB: &str = "INSERT INTO jobs (kind, team_id, user_id, payload, state, attempts, run_after, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, 'queued', 0, $5, $5, $5)";
+
+fn insert_job<'a, DB>(
+    job: &'a NewJob<'a>,
+    now: i64,
+) -> sqlx::query::Query<'a, DB, <DB as sqlx::Database>::Arguments<'a>>
+where
+    DB: sqlx::Database,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    sqlx::query(INSERT_JOB)
+        .bind(job.kind)
+        .bind(job.team.as_str())
+        .bind(job.user.as_str())
+        .bind(job.payload)
+        .bind(now)
+}

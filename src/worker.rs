@@ -1,0 +1,214 @@
+//! The worker pool: takes jobs from the durable queue and runs them.
+//!
+//! Bounded concurrency overall and per person; a lease on every claimed job, renewed while
+//! it runs, so a job whose worker died is taken again once the lease runs out; retries
+//! with exponential backoff (or the upstream's `Retry-After`) for transient failures; and
+//! when a job keeps failing, its handler tells the person — a question never ends in
+//! silence.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::clock::SharedClock;
+use crate::startup::Lifecycle;
+use crate::store::Store;
+use crate::store::jobs::Job;
+
+/// Why a job did not finish.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// May succeed later; `retry_after` overrides the backoff when the upstream said so.
+    #[error("{reason}")]
+    Transient {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// Will not succeed; give up now.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl JobError {
+    /// A transient failure without a hint of when to retry.
+    pub fn transient(reason: impl Into<String>) -> Self {
+        JobError::Transient {
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+}
+
+/// Runs one kind of job.
+#[async_trait]
+pub trait JobHandler: Send + Sync + 'static {
+    /// Does the job's work.
+    async fn run(&self, job: &Job) -> Result<(), JobError>;
+    /// Called once when the job is abandoned, to tell the person. `reference` identifies
+    /// the job in logs.
+    async fn give_up(&self, job: &Job, error: &JobError, reference: &str);
+}
+
+/// Worker pool settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Jobs run at once by this process.
+    pub concurrency: usize,
+    /// Jobs of one person running at once (across processes sharing the database).
+    pub per_user_limit: i64,
+    /// How long a claim lasts without renewal.
+    pub lease: Duration,
+    /// Claims of one job before it is abandoned.
+    pub max_attempts: i64,
+    /// First retry delay; doubled each attempt.
+    pub base_backoff: Duration,
+    /// Longest retry delay.
+    pub max_backoff: Duration,
+    /// How often to look for due jobs when nothing wakes the pool.
+    pub poll_interval: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            per_user_limit: 2,
+            lease: Duration::from_secs(60),
+            max_attempts: 5,
+            base_backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(300),
+            poll_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The pool.
+#[derive(Clone)]
+pub struct Workers {
+    store: Store,
+    clock: SharedClock,
+    handler: Arc<dyn JobHandler>,
+    config: WorkerConfig,
+    wake: Arc<Notify>,
+}
+
+impl Workers {
+    /// A pool running `handler` over `store`'s queue; `wake` is notified on enqueue.
+    pub fn new(
+        store: Store,
+        clock: SharedClock,
+        handler: Arc<dyn JobHandler>,
+        config: WorkerConfig,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            handler,
+            config,
+            wake,
+        }
+    }
+
+    /// Claims and runs jobs until shutdown begins, then waits up to `drain` for running
+    /// jobs. Jobs still running after that keep their lease and are retaken after it.
+    pub async fn run(self, lifecycle: Lifecycle, drain: Duration) {
+        let permits = Arc::new(Semaphore::new(self.config.concurrency));
+        let tracker = TaskTracker::new();
+        loop {
+            let permit = tokio::select! {
+                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                () = lifecycle.draining() => break,
+            };
+            let now = self.clock.now();
+            let lease_until = now + self.config.lease.as_secs() as i64;
+            match self.store.claim_job(now, lease_until, self.config.per_user_limit).await {
+                Ok(Some(job)) => {
+                    let worker = self.clone();
+                    let span = tracing::info_span!("job", id = job.id, kind = %job.kind, attempt = job.attempts);
+                    tracker.spawn(
+                        async move {
+                            worker.execute(job).await;
+                            drop(permit);
+                        }
+                        .instrument(span),
+                    );
+                    continue;
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(error = %error, "could not claim a job; will retry"),
+            }
+            drop(permit);
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.config.poll_interval) => {}
+                () = lifecycle.draining() => break,
+            }
+        }
+        tracker.close();
+        if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+            tracing::warn!("drain deadline passed with jobs still running; they will be retaken after their lease");
+        }
+    }
+
+    /// Runs one claimed job to an outcome, renewing its lease meanwhile.
+    async fn execute(&self, job: Job) {
+        let outcome = {
+            let renewal = self.keep_lease(&job);
+            tokio::pin!(renewal);
+            tokio::select! {
+                outcome = self.handler.run(&job) => outcome,
+                () = &mut renewal => {
+                    // Another worker holds the job now; it owns the outcome.
+                    tracing::warn!("lease lost to another worker; stopping this run");
+                    return;
+                }
+            }
+        };
+        let now = self.clock.now();
+        let reference = format!("job-{}", job.id);
+        let recorded = match &outcome {
+            Ok(()) => self.store.complete_job(&job, now).await,
+            Err(error @ JobError::Transient { retry_after, .. }) if job.attempts < self.config.max_attempts => {
+                let delay = retry_after.unwrap_or_else(|| self.backoff(job.attempts));
+                tracing::warn!(error = %error, retry_in_s = delay.as_secs(), "job failed; will retry");
+                self.store
+                    .retry_job(&job, now, now + delay.as_secs().max(1) as i64, &error.to_string())
+                    .await
+            }
+            Err(error) => {
+                tracing::error!(error = %error, reference, "job abandoned");
+                self.handler.give_up(&job, error, &reference).await;
+                self.store.fail_job(&job, now, &error.to_string()).await
+            }
+        };
+        match recorded {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!("job was taken over by another worker before it finished"),
+            Err(error) => tracing::error!(error = %error, "could not record the job's outcome; it will run again"),
+        }
+    }
+
+    /// Renews the lease every third of its length; completes only if the lease is lost.
+    async fn keep_lease(&self, job: &Job) {
+        let every = self.config.lease / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            let until = self.clock.now() + self.config.lease.as_secs() as i64;
+            match self.store.renew_lease(job, until).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(error) => tracing::warn!(error = %error, "could not renew a job lease"),
+            }
+        }
+    }
+
+    fn backoff(&self, attempt: i64) -> Duration {
+        let factor = 1u32 << attempt.clamp(1, 16).saturating_sub(1);
+        (self.config.base_backoff * factor).min(self.config.max_backoff)
+    }
+}

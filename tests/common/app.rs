@@ -1,0 +1,294 @@
+//! The app on port 0 against a fake Slack Web API (wiremock on loopback), a manual clock
+//! and a recording agent.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use databricks_slack_bot::agent::{Agent, AgentAnswer, AgentError, AgentRequest};
+use databricks_slack_bot::clock::{Clock, ManualClock};
+use databricks_slack_bot::config::{Config, Env};
+use databricks_slack_bot::slack::signature::sign;
+use databricks_slack_bot::startup::{Application, Dependencies, Lifecycle};
+use databricks_slack_bot::store::Store;
+use databricks_slack_bot::worker::WorkerConfig;
+use serde_json::{Value, json};
+use wiremock::matchers::path;
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+use super::{KEY_A, TestDb};
+
+pub const SIGNING_SECRET: &str = "test-signing-secret-CANARY";
+pub const BOT_TOKEN: &str = "xoxb-test-CANARY-bot-token";
+pub const BOT_USER: &str = "U0LAN0Z89";
+
+/// An agent that records what it was asked and answers "answer: <question>".
+#[derive(Default)]
+pub struct RecordingAgent {
+    pub requests: Mutex<Vec<AgentRequest>>,
+    pub delay: Mutex<Option<Duration>>,
+    pub fail_with: Mutex<Option<AgentError>>,
+}
+
+#[async_trait]
+impl Agent for RecordingAgent {
+    async fn answer(&self, request: &AgentRequest) -> Result<AgentAnswer, AgentError> {
+        self.requests.lock().unwrap().push(request.clone());
+        let delay = *self.delay.lock().unwrap();
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(error) = self.fail_with.lock().unwrap().clone() {
+            return Err(error);
+        }
+        Ok(AgentAnswer {
+            text: format!("answer: {}", request.question),
+        })
+    }
+}
+
+/// Default answers of the fake Slack Web API.
+pub async fn mount_slack_defaults(slack: &MockServer) {
+    let ok = |body: Value| ResponseTemplate::new(200).set_body_json(body);
+    Mock::given(path("/api/chat.postMessage"))
+        .respond_with(ok(json!({"ok": true, "channel": "C1", "ts": "1700000000.000100",
+                                "message": {"ts": "1700000000.000100", "text": "x"}})))
+        .mount(slack)
+        .await;
+    Mock::given(path("/api/chat.postEphemeral"))
+        .respond_with(ok(json!({"ok": true, "message_ts": "1700000000.000200"})))
+        .mount(slack)
+        .await;
+    Mock::given(path("/api/conversations.open"))
+        .respond_with(ok(json!({"ok": true, "channel": {"id": "D0DM000001"}})))
+        .mount(slack)
+        .await;
+    Mock::given(path("/api/users.info"))
+        .respond_with(ok(json!({"ok": true, "user": {"id": "U061F7AUR", "team_id": "T061EG9R6", "is_bot": false}})))
+        .mount(slack)
+        .await;
+    Mock::given(path("/api/auth.test"))
+        .respond_with(ok(json!({"ok": true, "user_id": BOT_USER, "team_id": "T061EG9R6", "team": "Acme",
+                                "url": "https://acme.slack.com/", "bot_id": "B0LAN0Z8A"})))
+        .mount(slack)
+        .await;
+}
+
+/// Options for [`TestApp::spawn_with`].
+pub struct Options {
+    pub db: Option<String>,
+    pub workers: Option<WorkerConfig>,
+    pub extra_env: Vec<(&'static str, String)>,
+    pub slack: Option<Arc<MockServer>>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            db: None,
+            workers: Some(fast_workers()),
+            extra_env: Vec::new(),
+            slack: None,
+        }
+    }
+}
+
+/// Worker settings that make tests quick: frequent polls, short backoff.
+pub fn fast_workers() -> WorkerConfig {
+    WorkerConfig {
+        poll_interval: Duration::from_millis(20),
+        base_backoff: Duration::from_secs(1),
+        ..WorkerConfig::default()
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub lifecycle: Lifecycle,
+    pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub slack: Arc<MockServer>,
+    pub clock: Arc<ManualClock>,
+    pub agent: Arc<RecordingAgent>,
+    pub store: Store,
+    pub client: reqwest::Client,
+    pub db_url: String,
+    _db: Option<TestDb>,
+}
+
+pub fn config_env(db_url: &str, slack_uri: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("BIND_ADDR", "127.0.0.1:0".into()),
+        ("PUBLIC_BASE_URL", "https://bot.example.com".into()),
+        ("DATABASE_URL", db_url.into()),
+        ("TOKEN_ENCRYPTION_KEYS", KEY_A.into()),
+        ("SLACK_BOT_TOKEN", BOT_TOKEN.into()),
+        ("SLACK_SIGNING_SECRET", SIGNING_SECRET.into()),
+        ("SLACK_API_URL", format!("{slack_uri}/api")),
+        ("DATABRICKS_HOST", "http://127.0.0.1:9".into()),
+        ("DATABRICKS_CLIENT_ID", "test-client".into()),
+    ]
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(Options::default()).await
+    }
+
+    pub async fn spawn_with(options: Options) -> Self {
+        let (db, db_url) = match options.db {
+            Some(url) => (None, url),
+            None => {
+                let db = TestDb::sqlite();
+                let url = db.url.clone();
+                (Some(db), url)
+            }
+        };
+        let slack = match options.slack {
+            Some(slack) => slack,
+            None => {
+                let slack = MockServer::start().await;
+                mount_slack_defaults(&slack).await;
+                Arc::new(slack)
+            }
+        };
+        let mut env = config_env(&db_url, &slack.uri());
+        for (k, v) in options.extra_env {
+            env.retain(|(key, _)| *key != k);
+            env.push((k, v));
+        }
+        let config = Config::load(&Env::from_pairs(env)).expect("test configuration is valid");
+        let clock = Arc::new(ManualClock::at(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64,
+        ));
+        let agent = Arc::new(RecordingAgent::default());
+        let deps = Dependencies {
+            clock: clock.clone(),
+            agent: agent.clone(),
+            workers: options.workers,
+        };
+        let app = Application::build(&config, deps)
+            .await
+            .unwrap()
+            .with_drain_deadline(Duration::from_secs(5));
+        let (addr, lifecycle, store) = (app.local_addr(), app.lifecycle(), app.store());
+        let server = tokio::spawn(app.run_until_stopped());
+        Self {
+            addr,
+            lifecycle,
+            server,
+            slack,
+            clock,
+            agent,
+            store,
+            client: reqwest::Client::new(),
+            db_url,
+            _db: db,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    /// Posts `body` to `path` signed as Slack would, now.
+    pub async fn post_signed(&self, path: &str, content_type: &str, body: &str, extra: &[(&str, &str)]) -> reqwest::Response {
+        let ts = self.clock.now();
+        let mut request = self
+            .client
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .header("x-slack-request-timestamp", ts.to_string())
+            .header("x-slack-signature", sign(SIGNING_SECRET, ts, body.as_bytes()));
+        for (k, v) in extra {
+            request = request.header(*k, *v);
+        }
+        request.body(body.to_owned()).send().await.unwrap()
+    }
+
+    pub async fn post_event(&self, event: &Value) -> reqwest::Response {
+        self.post_signed("/slack/events", "application/json", &event.to_string(), &[]).await
+    }
+
+    /// The requests the fake Slack received for `method` (e.g. `chat.postEphemeral`), as
+    /// JSON bodies (or query parameters for GET calls).
+    pub async fn slack_calls(&self, api_method: &str) -> Vec<Value> {
+        slack_calls(&self.slack, api_method).await
+    }
+
+    /// Waits until the fake Slack has seen `n` calls of `api_method` (or 10 s pass).
+    pub async fn wait_for_calls(&self, api_method: &str, n: usize) -> Vec<Value> {
+        for _ in 0..500 {
+            let calls = self.slack_calls(api_method).await;
+            if calls.len() >= n {
+                return calls;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.slack_calls(api_method).await
+    }
+
+    pub async fn job_states(&self) -> Vec<String> {
+        job_states(&self.db_url).await
+    }
+
+    pub async fn stop(self) {
+        self.lifecycle.begin_shutdown();
+        self.server.await.unwrap().unwrap();
+    }
+}
+
+pub async fn slack_calls(slack: &MockServer, api_method: &str) -> Vec<Value> {
+    let wanted = format!("/api/{api_method}");
+    slack
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r: &&Request| r.url.path() == wanted)
+        .map(|r| {
+            serde_json::from_slice(&r.body).unwrap_or_else(|_| {
+                let query: serde_json::Map<String, Value> = r
+                    .url
+                    .query_pairs()
+                    .chain(url::form_urlencoded::parse(&r.body))
+                    .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+                    .collect();
+                Value::Object(query)
+            })
+        })
+        .collect()
+}
+
+/// The states of every job, in id order.
+pub async fn job_states(db_url: &str) -> Vec<String> {
+    let sql = "SELECT state FROM jobs ORDER BY id";
+    if db_url.starts_with("sqlite://") {
+        let pool = sqlx::SqlitePool::connect(db_url).await.unwrap();
+        let rows: Vec<(String,)> = sqlx::query_as(sql).fetch_all(&pool).await.unwrap();
+        pool.close().await;
+        rows.into_iter().map(|(s,)| s).collect()
+    } else {
+        let pool = sqlx::PgPool::connect(db_url).await.unwrap();
+        let rows: Vec<(String,)> = sqlx::query_as(sql).fetch_all(&pool).await.unwrap();
+        pool.close().await;
+        rows.into_iter().map(|(s,)| s).collect()
+    }
+}
+
+/// A fixture event with its `event_id` and text replaced.
+pub fn mention(event_id: &str, text: &str) -> Value {
+    let mut event: Value =
+        serde_json::from_str(include_str!("../fixtures/slack/event_app_mention.json")).unwrap();
+    event["event_id"] = json!(event_id);
+    event["event"]["text"] = json!(text);
+    event
+}
