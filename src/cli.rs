@@ -13,6 +13,7 @@ use crate::config::{AgentKind, Config, ConfigError, DatabaseConfig, Env, vault_a
 use crate::crypto::generate_key;
 use crate::domain::{TeamId, UserId};
 use crate::key_rotation::rotate_all;
+use crate::slack::api::SlackApi;
 use crate::startup::{Application, Dependencies, shutdown_signal};
 use crate::store::Store;
 use crate::store::audit::Actor;
@@ -174,13 +175,11 @@ async fn check(env: &Env) -> Result<(), Failure> {
         Ok(store) => {
             let probe = async { store.ping().await.and(store.pending_migrations().await) }.await;
             store.close().await;
-            probe
+            probe.map_err(anyhow::Error::from)
         }
-        Err(e) => {
-            println!("database       FAILED: {e:#}");
-            return Err(anyhow::anyhow!("check failed").into());
-        }
+        Err(e) => Err(e),
     };
+    let mut healthy = true;
     match database {
         Ok(0) => println!("database       ok ({})", describe(&config.database)),
         Ok(n) => println!(
@@ -188,11 +187,28 @@ async fn check(env: &Env) -> Result<(), Failure> {
             describe(&config.database)
         ),
         Err(e) => {
-            println!("database       FAILED: {e}");
-            return Err(anyhow::anyhow!("check failed").into());
+            println!("database       FAILED: {e:#}");
+            healthy = false;
         }
     }
-    Ok(())
+    match SlackApi::new(&config.slack.api_url, &config.slack.bot_token)?
+        .auth_test()
+        .await
+    {
+        Ok(bot) => println!(
+            "slack          ok (workspace {} {}, bot user {})",
+            bot.team, bot.team_id, bot.user_id
+        ),
+        Err(e) => {
+            println!("slack          FAILED: auth.test: {e}");
+            healthy = false;
+        }
+    }
+    if healthy {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("check failed").into())
+    }
 }
 
 fn describe(database: &DatabaseConfig) -> String {

@@ -15,8 +15,10 @@ use databricks_slack_bot::store::links::LinkStatus;
 const NOW: i64 = 1_800_000_000;
 
 /// A complete, valid configuration; secrets are canaries that must never be printed.
+/// Slack is a closed loopback port unless a test replaces `SLACK_API_URL`.
 fn valid_env(database_url: &str) -> Vec<(&'static str, String)> {
     vec![
+        ("SLACK_API_URL", "http://127.0.0.1:9/api".into()),
         ("BIND_ADDR", "127.0.0.1:0".into()),
         ("PUBLIC_BASE_URL", "https://bot.example.com".into()),
         ("DATABASE_URL", database_url.into()),
@@ -38,6 +40,24 @@ const CANARIES: &[&str] = &[
 
 fn run(mut cmd: Command) -> Output {
     cmd.stdin(Stdio::null()).output().expect("binary runs")
+}
+
+/// Runs the binary off the async runtime, so fakes served by the runtime keep answering.
+async fn run_async(cmd: Command) -> Output {
+    tokio::task::spawn_blocking(move || run(cmd)).await.unwrap()
+}
+
+/// A fake Slack that answers `auth.test`; returns the `SLACK_API_URL` to use.
+async fn fake_slack() -> (wiremock::MockServer, String) {
+    let slack = wiremock::MockServer::start().await;
+    common::app::mount_slack_defaults(&slack).await;
+    let url = format!("{}/api", slack.uri());
+    (slack, url)
+}
+
+fn set(env: &mut Vec<(&'static str, String)>, key: &'static str, value: String) {
+    env.retain(|(k, _)| *k != key);
+    env.push((key, value));
 }
 
 fn text(output: &Output) -> String {
@@ -106,21 +126,21 @@ fn each_required_variable_missing_on_its_own_is_named_and_exits_2() {
 fn malformed_values_are_all_reported_at_once_without_echoing_secrets() {
     let db = TestDb::sqlite();
     let mut env = valid_env(&db.url);
-    let set = |env: &mut Vec<(&'static str, String)>, k: &'static str, v: &str| {
-        env.retain(|(key, _)| *key != k);
-        env.push((k, v.to_owned()));
-    };
     // Wrong length, not base64, duplicate id — each a separate problem.
     set(
         &mut env,
         "TOKEN_ENCRYPTION_KEYS",
-        &format!(
+        format!(
             "{KEY_A},ka:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=,kshort:Q0FOQVJZLXNob3J0,kbad:CANARY-not-base64!"
         ),
     );
-    set(&mut env, "DATABASE_URL", "mysql://user:CANARY-client-secret@db/bot");
-    set(&mut env, "DATABRICKS_HOST", "http://dbc-1.cloud.databricks.com");
-    set(&mut env, "SLACK_API_URL", "http://slack.internal/api");
+    set(
+        &mut env,
+        "DATABASE_URL",
+        "mysql://user:CANARY-client-secret@db/bot".into(),
+    );
+    set(&mut env, "DATABRICKS_HOST", "http://dbc-1.cloud.databricks.com".into());
+    set(&mut env, "SLACK_API_URL", "http://slack.internal/api".into());
     let out = run(with_env(&db, &["check"], &env));
     let all = text(&out);
     assert_eq!(out.status.code(), Some(2), "{all}");
@@ -166,8 +186,8 @@ fn usage_errors_exit_2() {
     assert_eq!(bad_team.status.code(), Some(2), "{}", text(&bad_team));
 }
 
-#[test]
-fn keys_generate_prints_a_fresh_32_byte_base64_key_that_the_config_accepts() {
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_generate_prints_a_fresh_32_byte_base64_key_that_the_config_accepts() {
     let dir = tempfile::tempdir().unwrap();
     let keys: Vec<String> = (0..2)
         .map(|_| {
@@ -183,17 +203,19 @@ fn keys_generate_prints_a_fresh_32_byte_base64_key_that_the_config_accepts() {
     }
     // Usable as is, or with an id in front.
     let db = TestDb::sqlite();
+    let (_slack, slack_url) = fake_slack().await;
     for entry in [keys[0].clone(), format!("k2:{},{}", keys[0], keys[1])] {
         let mut env = valid_env(&db.url);
-        env.retain(|(k, _)| *k != "TOKEN_ENCRYPTION_KEYS");
-        env.push(("TOKEN_ENCRYPTION_KEYS", entry));
-        let out = run(with_env(&db, &["check"], &env));
+        set(&mut env, "TOKEN_ENCRYPTION_KEYS", entry);
+        set(&mut env, "SLACK_API_URL", slack_url.clone());
+        let out = run_async(with_env(&db, &["check"], &env)).await;
         assert!(out.status.success(), "{}", text(&out));
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn migrate_then_check_report_on_both_backends() {
+    let (_slack, slack_url) = fake_slack().await;
     for db in TestDb::all().await {
         let out = run(db.command(&["migrate"]));
         assert!(out.status.success(), "{}: {}", db.name, text(&out));
@@ -201,11 +223,17 @@ async fn migrate_then_check_report_on_both_backends() {
         let again = run(db.command(&["migrate"]));
         assert!(text(&again).contains("migrations applied: 0"), "{}", text(&again));
 
-        let check = run(with_env(&db, &["check"], &valid_env(&db.url)));
+        let mut env = valid_env(&db.url);
+        set(&mut env, "SLACK_API_URL", slack_url.clone());
+        let check = run_async(with_env(&db, &["check"], &env)).await;
         let all = text(&check);
         assert!(check.status.success(), "{}: {all}", db.name);
         assert!(
             all.contains("configuration  ok") && all.contains("database       ok"),
+            "{all}"
+        );
+        assert!(
+            all.contains("slack          ok (workspace Acme T061EG9R6, bot user U0LAN0Z89)"),
             "{all}"
         );
         assert_no_canary(&all);
@@ -213,12 +241,44 @@ async fn migrate_then_check_report_on_both_backends() {
 }
 
 #[test]
-fn check_fails_with_exit_1_when_the_database_is_unreachable() {
+fn check_fails_with_exit_1_and_names_what_is_unreachable() {
     let db = TestDb::sqlite();
     let env = valid_env("postgres://nobody@127.0.0.1:1/none");
     let out = run(with_env(&db, &["check"], &env));
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("database       FAILED"));
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("database       FAILED"), "{all}");
+    assert!(all.contains("slack          FAILED: auth.test"), "{all}");
+    assert_no_canary(&all);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reports_a_rejected_slack_token() {
+    let slack = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::path("/api/auth.test"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"ok": false, "error": "invalid_auth"})),
+        )
+        .mount(&slack)
+        .await;
+    let db = TestDb::sqlite();
+    let mut env = valid_env(&db.url);
+    set(&mut env, "SLACK_API_URL", format!("{}/api", slack.uri()));
+    let out = run_async(with_env(&db, &["check"], &env)).await;
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("slack          FAILED: auth.test: Slack refused the call: invalid_auth"),
+        "{all}"
+    );
+    let received = slack.received_requests().await.unwrap();
+    assert_eq!(
+        received[0].headers["authorization"].to_str().unwrap(),
+        "Bearer xoxb-test-CANARYBOT",
+        "the bot token goes only in the Authorization header"
+    );
+    assert_no_canary(&all);
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ use databricks_slack_bot::crypto::{VaultError, envelope_key_id};
 use databricks_slack_bot::key_rotation::{rotate_all, rotate_batch};
 use databricks_slack_bot::store::Store;
 use databricks_slack_bot::store::audit::Actor;
+use databricks_slack_bot::store::jobs::{Delivery, NewJob};
 use databricks_slack_bot::store::links::LinkStatus;
 use secrecy::ExposeSecret;
 
@@ -244,4 +245,142 @@ async fn a_canary_refresh_token_never_reaches_the_sqlite_files() {
     scan("while open");
     store.close().await;
     scan("after close");
+}
+
+fn job<'a>(
+    team: &'a databricks_slack_bot::domain::TeamId,
+    user: &'a databricks_slack_bot::domain::UserId,
+    payload: &'a str,
+) -> NewJob<'a> {
+    NewJob {
+        kind: "question",
+        team,
+        user,
+        payload,
+    }
+}
+
+// EVT-02 at the store: an event id is recorded once, and its job with it.
+#[tokio::test]
+async fn an_event_is_enqueued_once_however_often_it_is_delivered() {
+    for db in TestDb::all().await {
+        let store = db.open().await;
+        let p = Person::new("T1", "U1");
+        let new = job(&p.team, &p.user, "{}");
+        let deliveries =
+            futures_util::future::join_all((0..8).map(|_| store.enqueue_event_job("Ev1", &new, NOW))).await;
+        let enqueued = deliveries
+            .iter()
+            .filter(|d| matches!(d, Ok(Delivery::Enqueued)))
+            .count();
+        assert_eq!(enqueued, 1, "{}: {deliveries:?}", db.name);
+        assert!(deliveries.iter().all(Result::is_ok));
+        assert!(store.claim_job(NOW, NOW + 60, 2).await.unwrap().is_some());
+        assert!(
+            store.claim_job(NOW, NOW + 60, 2).await.unwrap().is_none(),
+            "one job only"
+        );
+        store.close().await;
+    }
+}
+
+// REL-06 at the store: a dead worker's job is taken again after its lease, and the dead
+// worker can no longer complete it.
+#[tokio::test]
+async fn an_expired_lease_lets_another_worker_take_the_job_and_fences_the_first() {
+    for db in TestDb::all().await {
+        let store = db.open().await;
+        let p = Person::new("T1", "U1");
+        store
+            .enqueue_event_job("Ev1", &job(&p.team, &p.user, "{\"n\":1}"), NOW)
+            .await
+            .unwrap();
+        let first = store.claim_job(NOW, NOW + 60, 2).await.unwrap().unwrap();
+        assert_eq!(first.attempts, 1);
+        assert!(
+            store.claim_job(NOW + 30, NOW + 90, 2).await.unwrap().is_none(),
+            "leased"
+        );
+        assert!(store.renew_lease(&first, NOW + 120).await.unwrap());
+        assert!(
+            store.claim_job(NOW + 100, NOW + 160, 2).await.unwrap().is_none(),
+            "renewed"
+        );
+
+        let second = store
+            .claim_job(NOW + 121, NOW + 181, 2)
+            .await
+            .unwrap()
+            .expect("lease expired");
+        assert_eq!((second.id, second.attempts), (first.id, 2), "{}", db.name);
+        assert!(
+            !store.complete_job(&first, NOW + 122).await.unwrap(),
+            "the first worker is fenced off"
+        );
+        assert!(!store.renew_lease(&first, NOW + 200).await.unwrap());
+        assert!(store.complete_job(&second, NOW + 122).await.unwrap());
+        assert!(
+            store.claim_job(NOW + 1000, NOW + 1060, 2).await.unwrap().is_none(),
+            "done stays done"
+        );
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn retried_jobs_wait_for_their_time_and_failed_jobs_never_return() {
+    for db in TestDb::all().await {
+        let store = db.open().await;
+        let p = Person::new("T1", "U1");
+        store
+            .enqueue_event_job("Ev1", &job(&p.team, &p.user, "a"), NOW)
+            .await
+            .unwrap();
+        store
+            .enqueue_event_job("Ev2", &job(&p.team, &p.user, "b"), NOW)
+            .await
+            .unwrap();
+        let a = store.claim_job(NOW, NOW + 60, 2).await.unwrap().unwrap();
+        assert!(store.retry_job(&a, NOW, NOW + 30, "upstream 503").await.unwrap());
+        let b = store.claim_job(NOW, NOW + 60, 2).await.unwrap().unwrap();
+        assert_eq!(b.payload, "b", "{}: the retried job waits", db.name);
+        assert!(store.fail_job(&b, NOW, "gave up").await.unwrap());
+        assert!(store.claim_job(NOW + 29, NOW + 89, 2).await.unwrap().is_none());
+        let again = store.claim_job(NOW + 30, NOW + 90, 2).await.unwrap().unwrap();
+        assert_eq!((again.payload.as_str(), again.attempts), ("a", 2));
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn one_persons_burst_does_not_hold_up_everyone_else() {
+    for db in TestDb::all().await {
+        let store = db.open().await;
+        let busy = Person::new("T1", "UBUSY");
+        let other = Person::new("T1", "UOTHER");
+        for i in 0..4 {
+            store
+                .enqueue_event_job(&format!("EvB{i}"), &job(&busy.team, &busy.user, "busy"), NOW)
+                .await
+                .unwrap();
+        }
+        store
+            .enqueue_event_job("EvO", &job(&other.team, &other.user, "other"), NOW)
+            .await
+            .unwrap();
+        let claimed: Vec<String> = {
+            let mut v = Vec::new();
+            while let Some(j) = store.claim_job(NOW, NOW + 60, 2).await.unwrap() {
+                v.push(j.payload);
+            }
+            v
+        };
+        assert_eq!(
+            claimed,
+            ["busy", "busy", "other"],
+            "{}: at most two per person at once",
+            db.name
+        );
+        store.close().await;
+    }
 }

@@ -65,12 +65,16 @@ pub async fn mount_slack_defaults(slack: &MockServer) {
         .mount(slack)
         .await;
     Mock::given(path("/api/users.info"))
-        .respond_with(ok(json!({"ok": true, "user": {"id": "U061F7AUR", "team_id": "T061EG9R6", "is_bot": false}})))
+        .respond_with(ok(
+            json!({"ok": true, "user": {"id": "U061F7AUR", "team_id": "T061EG9R6", "is_bot": false}}),
+        ))
         .mount(slack)
         .await;
     Mock::given(path("/api/auth.test"))
-        .respond_with(ok(json!({"ok": true, "user_id": BOT_USER, "team_id": "T061EG9R6", "team": "Acme",
-                                "url": "https://acme.slack.com/", "bot_id": "B0LAN0Z8A"})))
+        .respond_with(ok(
+            json!({"ok": true, "user_id": BOT_USER, "team_id": "T061EG9R6", "team": "Acme",
+                                "url": "https://acme.slack.com/", "bot_id": "B0LAN0Z8A"}),
+        ))
         .mount(slack)
         .await;
 }
@@ -200,7 +204,13 @@ impl TestApp {
     }
 
     /// Posts `body` to `path` signed as Slack would, now.
-    pub async fn post_signed(&self, path: &str, content_type: &str, body: &str, extra: &[(&str, &str)]) -> reqwest::Response {
+    pub async fn post_signed(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: &str,
+        extra: &[(&str, &str)],
+    ) -> reqwest::Response {
         let ts = self.clock.now();
         let mut request = self
             .client
@@ -215,7 +225,8 @@ impl TestApp {
     }
 
     pub async fn post_event(&self, event: &Value) -> reqwest::Response {
-        self.post_signed("/slack/events", "application/json", &event.to_string(), &[]).await
+        self.post_signed("/slack/events", "application/json", &event.to_string(), &[])
+            .await
     }
 
     /// The requests the fake Slack received for `method` (e.g. `chat.postEphemeral`), as
@@ -286,8 +297,7 @@ pub async fn job_states(db_url: &str) -> Vec<String> {
 
 /// A fixture event with its `event_id` and text replaced.
 pub fn mention(event_id: &str, text: &str) -> Value {
-    let mut event: Value =
-        serde_json::from_str(include_str!("../fixtures/slack/event_app_mention.json")).unwrap();
+    let mut event: Value = serde_json::from_str(include_str!("../fixtures/slack/event_app_mention.json")).unwrap();
     event["event_id"] = json!(event_id);
     event["event"]["text"] = json!(text);
     event

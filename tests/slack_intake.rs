@@ -1,0 +1,693 @@
+//! Slack intake end to end: the app on port 0, a fake Slack Web API, real databases.
+//! What is asserted is what a person would see (messages posted to the fake Slack) and
+//! what was stored.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::app::{SIGNING_SECRET, TestApp, mention, mount_slack_defaults, slack_calls};
+use common::{KEY_A, Person, TestDb, vault};
+use databricks_slack_bot::agent::AgentError;
+use databricks_slack_bot::clock::Clock;
+use databricks_slack_bot::linking::hash_link_id;
+use databricks_slack_bot::slack::signature::sign;
+use serde_json::{Value, json};
+use wiremock::matchers::path;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const ASKER_TEAM: &str = "T061EG9R6";
+const ASKER: &str = "U061F7AUR";
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/tests/fixtures/slack/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// The link id in a connect prompt's button URL.
+fn link_id_of(prompt: &Value) -> String {
+    let url = prompt["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b["elements"].as_array().cloned().unwrap_or_default())
+        .find_map(|e| e["url"].as_str().map(str::to_owned))
+        .expect("the prompt has a URL button");
+    url.strip_prefix("https://bot.example.com/link/")
+        .expect("the button points at PUBLIC_BASE_URL/link/{id}")
+        .to_owned()
+}
+
+async fn pending_link(db_url: &str, id: &str) -> Option<(String, String, String, Option<String>, String, i64, i64)> {
+    let sql = "SELECT team_id, user_id, channel_id, thread_ts, status, created_at, expires_at FROM pending_links WHERE id_hash = $1";
+    let hash = hash_link_id(id).to_vec();
+    if db_url.starts_with("sqlite") {
+        let pool = sqlx::SqlitePool::connect(db_url).await.unwrap();
+        sqlx::query_as(sql).bind(hash).fetch_optional(&pool).await.unwrap()
+    } else {
+        let pool = sqlx::PgPool::connect(db_url).await.unwrap();
+        sqlx::query_as(sql).bind(hash).fetch_optional(&pool).await.unwrap()
+    }
+}
+
+async fn pending_question(db_url: &str) -> Vec<(Option<String>, String)> {
+    let sql = "SELECT question, status FROM pending_links ORDER BY created_at, status";
+    if db_url.starts_with("sqlite") {
+        let pool = sqlx::SqlitePool::connect(db_url).await.unwrap();
+        sqlx::query_as(sql).fetch_all(&pool).await.unwrap()
+    } else {
+        let pool = sqlx::PgPool::connect(db_url).await.unwrap();
+        sqlx::query_as(sql).fetch_all(&pool).await.unwrap()
+    }
+}
+
+// The "done when": a signed mention from an unlinked person is acked and gets
+// exactly one private prompt whose button opens a pending link.
+#[tokio::test]
+async fn an_unlinked_person_gets_one_private_prompt_whose_button_opens_a_pending_link() {
+    for db in TestDb::all().await {
+        let app = TestApp::spawn_with(common::app::Options {
+            db: Some(db.url.clone()),
+            ..Default::default()
+        })
+        .await;
+        let response = app
+            .post_event(&mention("Ev1", "<@U0LAN0Z89> how many orders last week?"))
+            .await;
+        assert_eq!(response.status(), 200, "{}", db.name);
+
+        let prompts = app.wait_for_calls("chat.postEphemeral", 1).await;
+        assert_eq!(prompts.len(), 1, "{}", db.name);
+        let prompt = &prompts[0];
+        assert_eq!(prompt["user"], ASKER, "only the asker sees it");
+        assert_eq!(prompt["channel"], "C0LAN2Q65");
+        assert_eq!(prompt["thread_ts"], "1515449522.000016", "in the question's thread");
+        assert!(prompt.to_string().contains("own Databricks permissions"), "{prompt}");
+
+        let id = link_id_of(prompt);
+        let (team, user, channel, thread, status, created, expires) = pending_link(&app.db_url, &id)
+            .await
+            .expect("the button's link is pending");
+        assert_eq!(
+            (team.as_str(), user.as_str(), channel.as_str()),
+            (ASKER_TEAM, ASKER, "C0LAN2Q65")
+        );
+        assert_eq!(thread.as_deref(), Some("1515449522.000016"));
+        assert_eq!(status, "pending");
+        assert_eq!(expires - created, 600, "ten minutes");
+        assert_eq!(
+            pending_question(&app.db_url).await[0].0.as_deref(),
+            Some("how many orders last week?")
+        );
+        assert!(app.slack_calls("chat.postMessage").await.is_empty(), "nothing public");
+        assert!(
+            app.agent.requests.lock().unwrap().is_empty(),
+            "no answer without a link"
+        );
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_direct_message_from_an_unlinked_person_gets_the_prompt_as_a_plain_message() {
+    let app = TestApp::spawn().await;
+    let event: Value = serde_json::from_str(&fixture("event_message_im.json")).unwrap();
+    assert_eq!(app.post_event(&event).await.status(), 200);
+    let messages = app.wait_for_calls("chat.postMessage", 1).await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0]["channel"], "D0PNCRP9N");
+    assert!(
+        messages[0].get("thread_ts").is_none(),
+        "answered in the conversation itself"
+    );
+    link_id_of(&messages[0]);
+    assert!(app.slack_calls("chat.postEphemeral").await.is_empty());
+    app.stop().await;
+}
+
+// The newest link voids the older ones.
+#[tokio::test]
+async fn a_second_question_voids_the_first_link() {
+    let app = TestApp::spawn().await;
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> first")).await;
+    let first = app.wait_for_calls("chat.postEphemeral", 1).await;
+    app.post_event(&mention("Ev2", "<@U0LAN0Z89> second")).await;
+    let both = app.wait_for_calls("chat.postEphemeral", 2).await;
+    assert_eq!(both.len(), 2);
+    let (old, new) = (link_id_of(&first[0]), link_id_of(&both[1]));
+    assert_ne!(old, new);
+    assert_eq!(pending_link(&app.db_url, &old).await.unwrap().4, "superseded");
+    assert_eq!(pending_link(&app.db_url, &new).await.unwrap().4, "pending");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_linked_persons_question_goes_to_the_agent_and_the_answer_to_the_thread() {
+    let app = TestApp::spawn().await;
+    Person::new(ASKER_TEAM, ASKER)
+        .link(&app.store, &vault(&[KEY_A]), "rt", 1)
+        .await;
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> revenue by <region> & year?"))
+        .await;
+    let posts = app.wait_for_calls("chat.postMessage", 1).await;
+    assert_eq!(posts.len(), 1);
+    assert_eq!(posts[0]["channel"], "C0LAN2Q65");
+    assert_eq!(posts[0]["thread_ts"], "1515449522.000016");
+    let text = posts[0].to_string();
+    assert!(
+        text.contains("answer: revenue by &lt;region&gt; &amp; year?"),
+        "escaped: {text}"
+    );
+    assert!(text.contains("u061f7aur@example.com"), "says whose permissions: {text}");
+    let asked = app.agent.requests.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].question, "revenue by <region> & year?");
+    assert_eq!(asked[0].user.as_str(), ASKER);
+    assert!(
+        app.slack_calls("chat.postEphemeral").await.is_empty(),
+        "no prompt for a linked person"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_empty_mention_gets_a_short_help_reply() {
+    let app = TestApp::spawn().await;
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89>  ")).await;
+    let help = app.wait_for_calls("chat.postEphemeral", 1).await;
+    assert_eq!(help.len(), 1);
+    assert!(help[0].to_string().contains("Ask me a question"), "{}", help[0]);
+    assert!(
+        pending_question(&app.db_url).await.is_empty(),
+        "no link for an empty question"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_person_from_another_organisation_is_politely_refused() {
+    let slack = MockServer::start().await;
+    Mock::given(path("/api/users.info"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"ok": true, "user": {"id": ASKER, "team_id": "TOTHERORG", "is_stranger": true}})),
+        )
+        .mount(&slack)
+        .await;
+    mount_slack_defaults(&slack).await;
+    let app = TestApp::spawn_with(common::app::Options {
+        slack: Some(Arc::new(slack)),
+        ..Default::default()
+    })
+    .await;
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> show me your data")).await;
+    let replies = app.wait_for_calls("chat.postEphemeral", 1).await;
+    assert_eq!(replies.len(), 1);
+    assert!(
+        replies[0]
+            .to_string()
+            .contains("only answer people from this workspace"),
+        "{}",
+        replies[0]
+    );
+    assert!(pending_question(&app.db_url).await.is_empty(), "no link offered");
+    app.stop().await;
+}
+
+// EVT-02: one answer however many times Slack delivers the event.
+#[tokio::test]
+async fn the_same_event_delivered_four_times_makes_one_job_and_one_prompt() {
+    let app = TestApp::spawn().await;
+    let event = mention("EvRetry", "<@U0LAN0Z89> retried question");
+    for retry in ["", "1", "2", "3"] {
+        let extra: Vec<(&str, &str)> = if retry.is_empty() {
+            vec![]
+        } else {
+            vec![("x-slack-retry-num", retry), ("x-slack-retry-reason", "http_timeout")]
+        };
+        let r = app
+            .post_signed("/slack/events", "application/json", &event.to_string(), &extra)
+            .await;
+        assert_eq!(r.status(), 200, "every delivery is acknowledged");
+    }
+    app.wait_for_calls("chat.postEphemeral", 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.slack_calls("chat.postEphemeral").await.len(), 1);
+    assert_eq!(app.job_states().await, ["done"]);
+    app.stop().await;
+}
+
+// EVT-02 across replicas: two processes sharing Postgres, the same event to both at once.
+#[tokio::test]
+async fn the_same_event_reaching_two_replicas_on_postgres_is_answered_once() {
+    let Some(db) = TestDb::postgres().await else { return };
+    let slack = MockServer::start().await;
+    mount_slack_defaults(&slack).await;
+    let slack = Arc::new(slack);
+    let replica = || {
+        TestApp::spawn_with(common::app::Options {
+            db: Some(db.url.clone()),
+            slack: Some(slack.clone()),
+            ..Default::default()
+        })
+    };
+    let (a, b) = (replica().await, replica().await);
+    let event = mention("EvTwoReplicas", "<@U0LAN0Z89> which replica answers?");
+    let (ra, rb) = tokio::join!(a.post_event(&event), b.post_event(&event));
+    assert_eq!((ra.status().as_u16(), rb.status().as_u16()), (200, 200));
+    a.wait_for_calls("chat.postEphemeral", 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(slack_calls(&slack, "chat.postEphemeral").await.len(), 1);
+    assert_eq!(a.job_states().await, ["done"]);
+    a.stop().await;
+    b.stop().await;
+}
+
+// EVT-03
+#[tokio::test]
+async fn our_own_messages_and_bot_messages_produce_nothing() {
+    let app = TestApp::spawn().await;
+    let bot: Value = serde_json::from_str(&fixture("event_message_im_from_bot.json")).unwrap();
+    let mut own = mention("EvOwn", "<@U0LAN0Z89> echo");
+    own["event"]["user"] = json!("U0LAN0Z89");
+    let mut edited: Value = serde_json::from_str(&fixture("event_message_im.json")).unwrap();
+    edited["event"]["subtype"] = json!("message_changed");
+    edited["event_id"] = json!("EvEdit");
+    let home: Value = serde_json::from_str(&fixture("event_app_home_opened.json")).unwrap();
+    for event in [&bot, &own, &edited, &home] {
+        assert_eq!(app.post_event(event).await.status(), 200);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let requests = app.slack.received_requests().await.unwrap();
+    assert!(requests.is_empty(), "nothing posted: {requests:?}");
+    assert!(app.job_states().await.is_empty());
+    app.stop().await;
+}
+
+// EVT-01: a downstream that takes 10 s does not slow the acknowledgement.
+#[tokio::test]
+async fn the_ack_returns_at_once_even_when_slack_and_the_agent_are_slow() {
+    let slack = MockServer::start().await;
+    Mock::given(path("/api/chat.postMessage"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(10)))
+        .mount(&slack)
+        .await;
+    mount_slack_defaults(&slack).await;
+    let app = TestApp::spawn_with(common::app::Options {
+        slack: Some(Arc::new(slack)),
+        ..Default::default()
+    })
+    .await;
+    Person::new(ASKER_TEAM, ASKER)
+        .link(&app.store, &vault(&[KEY_A]), "rt", 1)
+        .await;
+    *app.agent.delay.lock().unwrap() = Some(Duration::from_secs(10));
+    let started = Instant::now();
+    for i in 0..5 {
+        let r = app
+            .post_event(&mention(&format!("EvSlow{i}"), "<@U0LAN0Z89> slow?"))
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(1), "5 acks took {elapsed:?}");
+    assert_eq!(app.job_states().await.len(), 5, "all five are queued before the ack");
+    app.lifecycle.begin_shutdown();
+}
+
+// REL-06: acknowledged, then the process dies before answering; the next one answers once.
+#[tokio::test]
+async fn a_question_acknowledged_before_a_crash_is_answered_once_after_restart() {
+    for db in TestDb::all().await {
+        let slack = MockServer::start().await;
+        mount_slack_defaults(&slack).await;
+        let slack = Arc::new(slack);
+        let first = TestApp::spawn_with(common::app::Options {
+            db: Some(db.url.clone()),
+            slack: Some(slack.clone()),
+            workers: None,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(
+            first
+                .post_event(&mention("EvCrash", "<@U0LAN0Z89> still there?"))
+                .await
+                .status(),
+            200
+        );
+        first.server.abort(); // the crash
+        let _ = first.server.await;
+
+        let second = TestApp::spawn_with(common::app::Options {
+            db: Some(db.url.clone()),
+            slack: Some(slack.clone()),
+            ..Default::default()
+        })
+        .await;
+        second.wait_for_calls("chat.postEphemeral", 1).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(slack_calls(&slack, "chat.postEphemeral").await.len(), 1, "{}", db.name);
+        assert_eq!(second.job_states().await, ["done"]);
+        second.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn when_slack_refuses_an_ephemeral_the_prompt_goes_by_direct_message() {
+    let slack = MockServer::start().await;
+    Mock::given(path("/api/chat.postEphemeral"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": false, "error": "user_not_in_channel"})))
+        .mount(&slack)
+        .await;
+    mount_slack_defaults(&slack).await;
+    let app = TestApp::spawn_with(common::app::Options {
+        slack: Some(Arc::new(slack)),
+        ..Default::default()
+    })
+    .await;
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> hello?")).await;
+    let dms = app.wait_for_calls("chat.postMessage", 1).await;
+    assert_eq!(dms.len(), 1);
+    assert_eq!(
+        dms[0]["channel"], "D0DM000001",
+        "the DM that conversations.open returned"
+    );
+    link_id_of(&dms[0]);
+    let opened = app.slack_calls("conversations.open").await;
+    assert_eq!(opened[0]["users"], json!([ASKER]));
+    app.stop().await;
+}
+
+// REL-05 for Slack: a 429 is waited out and the message still arrives.
+#[tokio::test]
+async fn a_rate_limited_post_is_retried_after_retry_after() {
+    let slack = MockServer::start().await;
+    Mock::given(path("/api/chat.postEphemeral"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("retry-after", "1")
+                .set_body_json(json!({"ok": false, "error": "ratelimited"})),
+        )
+        .up_to_n_times(1)
+        .mount(&slack)
+        .await;
+    mount_slack_defaults(&slack).await;
+    let app = TestApp::spawn_with(common::app::Options {
+        slack: Some(Arc::new(slack)),
+        ..Default::default()
+    })
+    .await;
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> hello?")).await;
+    let calls = app.wait_for_calls("chat.postEphemeral", 2).await;
+    assert_eq!(calls.len(), 2, "one refused, one delivered");
+    for _ in 0..100 {
+        if app.job_states().await == ["done"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.job_states().await, ["done"]);
+    app.stop().await;
+}
+
+// A question that keeps failing ends with a message to the person, never silence.
+#[tokio::test]
+async fn a_question_that_keeps_failing_ends_with_a_message_to_the_person() {
+    let app = TestApp::spawn_with(common::app::Options {
+        workers: Some(databricks_slack_bot::worker::WorkerConfig {
+            max_attempts: 3,
+            ..common::app::fast_workers()
+        }),
+        ..Default::default()
+    })
+    .await;
+    Person::new(ASKER_TEAM, ASKER)
+        .link(&app.store, &vault(&[KEY_A]), "rt", 1)
+        .await;
+    *app.agent.fail_with.lock().unwrap() = Some(AgentError::Transient("warehouse starting".into()));
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> will this work?")).await;
+    for _ in 0..200 {
+        if app.job_states().await == ["failed"] {
+            break;
+        }
+        app.clock.advance(60); // let the backoff pass
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.job_states().await, ["failed"]);
+    assert_eq!(app.agent.requests.lock().unwrap().len(), 3, "three attempts");
+    let told = app.wait_for_calls("chat.postEphemeral", 1).await;
+    assert_eq!(told.len(), 1);
+    let text = told[0].to_string();
+    assert!(text.contains("couldn't answer") && text.contains("job-"), "{text}");
+    assert!(
+        !text.contains("warehouse starting"),
+        "internals stay in the logs: {text}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_an_agent_configured_a_linked_person_is_told_so() {
+    let app = TestApp::spawn().await;
+    Person::new(ASKER_TEAM, ASKER)
+        .link(&app.store, &vault(&[KEY_A]), "rt", 1)
+        .await;
+    *app.agent.fail_with.lock().unwrap() = Some(AgentError::NotConfigured);
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> anyone?")).await;
+    let told = app.wait_for_calls("chat.postEphemeral", 1).await;
+    assert!(
+        told[0].to_string().contains("no Databricks agent is configured"),
+        "{}",
+        told[0]
+    );
+    app.stop().await;
+}
+
+// SIG-01 through the running app, with the clock fixed at the vector's timestamp.
+#[tokio::test]
+async fn slacks_official_signing_vector_is_accepted_with_a_fixed_clock() {
+    let vector: Value = serde_json::from_str(include_str!("fixtures/slack-signing-vector.json")).unwrap();
+    let app = TestApp::spawn_with(common::app::Options {
+        extra_env: vec![(
+            "SLACK_SIGNING_SECRET",
+            vector["signing_secret"].as_str().unwrap().to_owned(),
+        )],
+        ..Default::default()
+    })
+    .await;
+    app.clock.set(vector["timestamp"].as_str().unwrap().parse().unwrap());
+    let response = app
+        .client
+        .post(app.url("/slack/commands"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-slack-request-timestamp", vector["timestamp"].as_str().unwrap())
+        .header("x-slack-signature", vector["signature"].as_str().unwrap())
+        .body(vector["body"].as_str().unwrap().to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let reply: Value = response.json().await.unwrap();
+    assert_eq!(reply["response_type"], "ephemeral");
+
+    app.clock.advance(301);
+    let stale = app
+        .client
+        .post(app.url("/slack/commands"))
+        .header("x-slack-request-timestamp", vector["timestamp"].as_str().unwrap())
+        .header("x-slack-signature", vector["signature"].as_str().unwrap())
+        .body(vector["body"].as_str().unwrap().to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 401, "the same request is stale five minutes later");
+    app.stop().await;
+}
+
+// SIG-02..SIG-07: every forgery is an opaque 401 and nothing happens.
+#[tokio::test]
+async fn forged_stale_and_garbled_requests_get_401_and_change_nothing() {
+    let app = TestApp::spawn().await;
+    let body = mention("EvForged", "<@U0LAN0Z89> forged").to_string();
+    let now = app.clock.now();
+    let good = sign(SIGNING_SECRET, now, body.as_bytes());
+    // (case, headers as ("ts" | "sig", value), body)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, String);
+    let cases: Vec<Case> = vec![
+        (
+            "mutated body",
+            vec![("ts", now.to_string()), ("sig", good.clone())],
+            body.replace("forged", "f0rged"),
+        ),
+        (
+            "301 s old",
+            vec![
+                ("ts", (now - 301).to_string()),
+                ("sig", sign(SIGNING_SECRET, now - 301, body.as_bytes())),
+            ],
+            body.clone(),
+        ),
+        (
+            "301 s ahead",
+            vec![
+                ("ts", (now + 301).to_string()),
+                ("sig", sign(SIGNING_SECRET, now + 301, body.as_bytes())),
+            ],
+            body.clone(),
+        ),
+        ("no headers", vec![], body.clone()),
+        ("no signature", vec![("ts", now.to_string())], body.clone()),
+        (
+            "garbled signature",
+            vec![("ts", now.to_string()), ("sig", "v0=zz".into())],
+            body.clone(),
+        ),
+        (
+            "wrong version",
+            vec![("ts", now.to_string()), ("sig", good.replace("v0=", "v1="))],
+            body.clone(),
+        ),
+        (
+            "garbled timestamp",
+            vec![("ts", "yesterday".into()), ("sig", good.clone())],
+            body.clone(),
+        ),
+        (
+            "other secret",
+            vec![
+                ("ts", now.to_string()),
+                ("sig", sign("not-the-secret", now, body.as_bytes())),
+            ],
+            body.clone(),
+        ),
+    ];
+    for route in ["/slack/events", "/slack/commands", "/slack/interactions"] {
+        for (name, headers, body) in &cases {
+            let mut request = app.client.post(app.url(route)).body(body.clone());
+            for (k, v) in headers {
+                let header = if *k == "ts" {
+                    "x-slack-request-timestamp"
+                } else {
+                    "x-slack-signature"
+                };
+                request = request.header(header, v);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 401, "{route}: {name}");
+            assert!(response.text().await.unwrap().is_empty(), "{route}: {name}: opaque");
+        }
+    }
+    // A signed url_verification with a bad signature does not echo the challenge (SIG-07c).
+    let challenge = fixture("url_verification.json");
+    let r = app
+        .client
+        .post(app.url("/slack/events"))
+        .header("x-slack-request-timestamp", now.to_string())
+        .header("x-slack-signature", sign("wrong", now, challenge.as_bytes()))
+        .body(challenge.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(!r.text().await.unwrap().contains("3eZbrw1a"));
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(app.job_states().await.is_empty(), "no job from a forgery");
+    assert!(
+        app.slack.received_requests().await.unwrap().is_empty(),
+        "no Slack call from a forgery"
+    );
+    app.stop().await;
+}
+
+// SIG-06
+#[tokio::test]
+async fn an_oversize_signed_body_is_refused_with_413_before_anything_runs() {
+    let app = TestApp::spawn().await;
+    let mut event = mention("EvBig", "x");
+    event["event"]["text"] = json!("x".repeat(300 * 1024));
+    let r = app.post_event(&event).await;
+    assert_eq!(r.status(), 413);
+    assert!(app.job_states().await.is_empty());
+    app.stop().await;
+}
+
+// SIG-07: the challenge is echoed exactly; the legacy token field is ignored either way.
+#[tokio::test]
+async fn url_verification_echoes_the_challenge_and_the_legacy_token_is_ignored() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .post_signed(
+            "/slack/events",
+            "application/json",
+            &fixture("url_verification.json"),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.text().await.unwrap(),
+        "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"
+    );
+
+    let mut event = mention("EvToken", "<@U0LAN0Z89> token?");
+    event["token"] = json!("a-wrong-legacy-token");
+    assert_eq!(app.post_event(&event).await.status(), 200);
+    assert_eq!(app.wait_for_calls("chat.postEphemeral", 1).await.len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_and_unknown_payloads_get_clear_answers_and_no_panic() {
+    let app = TestApp::spawn().await;
+    let malformed = app
+        .post_signed("/slack/events", "application/json", "{not json", &[])
+        .await;
+    assert_eq!(malformed.status(), 400);
+    assert_eq!(malformed.headers()["x-slack-no-retry"], "1");
+
+    let unknown = json!({"type": "event_callback", "team_id": "T061EG9R6", "api_app_id": "A1", "event_id": "EvNew",
+                         "event_time": 1, "event": {"type": "brand_new_event", "foo": 1}});
+    assert_eq!(app.post_event(&unknown).await.status(), 200);
+    let unknown_envelope = json!({"type": "something_else"});
+    assert_eq!(app.post_event(&unknown_envelope).await.status(), 400);
+
+    let bad_interaction = app
+        .post_signed(
+            "/slack/interactions",
+            "application/x-www-form-urlencoded",
+            "payload=%7Bnope",
+            &[],
+        )
+        .await;
+    assert_eq!(bad_interaction.status(), 400);
+    let ssl_check = app
+        .client
+        .post(app.url("/slack/commands"))
+        .body("ssl_check=1&token=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ssl_check.status(), 200, "Slack's unsigned ssl_check probe");
+    assert_eq!(app.get("/healthz").await.0, 200, "still serving");
+    assert!(app.job_states().await.is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn clicking_the_connect_button_is_acknowledged() {
+    let app = TestApp::spawn().await;
+    let mut payload: Value = serde_json::from_str(&fixture("block_actions_disconnect.json")).unwrap();
+    payload["actions"][0]["action_id"] = json!("connect_databricks");
+    payload["actions"][0]["value"] = json!(null);
+    let body = format!(
+        "payload={}",
+        url::form_urlencoded::byte_serialize(payload.to_string().as_bytes()).collect::<String>()
+    );
+    let r = app
+        .post_signed("/slack/interactions", "application/x-www-form-urlencoded", &body, &[])
+        .await;
+    assert_eq!(r.status(), 200);
+    app.stop().await;
+}

@@ -1,0 +1,160 @@
+//! Socket Mode against a local WebSocket fake: `apps.connections.open` returns a `ws://`
+//! URL on loopback, and the fake plays Slack's side of the protocol.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::app::{Options, TestApp, mount_slack_defaults};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use wiremock::matchers::path;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+type Socket = WebSocketStream<tokio::net::TcpStream>;
+
+/// Accepts every connection the bot opens, greets it with `hello` and hands it over.
+async fn fake_socket_server() -> (String, mpsc::UnboundedReceiver<Socket>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/link", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+                let hello = json!({"type": "hello", "num_connections": 1, "connection_info": {"app_id": "A1"}});
+                ws.send(Message::Text(hello.to_string().into())).await.unwrap();
+                let _ = tx.send(ws);
+            });
+        }
+    });
+    (url, rx)
+}
+
+/// Reads frames until an ack (`{"envelope_id": …}`) arrives.
+async fn next_ack(ws: &mut Socket) -> Value {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("an ack within 10 s")
+            .expect("the connection stays open")
+            .unwrap();
+        if let Message::Text(text) = frame {
+            let value: Value = serde_json::from_str(&text).unwrap();
+            if value.get("envelope_id").is_some() {
+                return value;
+            }
+        }
+    }
+}
+
+fn envelope(id: &str, kind: &str, payload: Value) -> Message {
+    let envelope = json!({"envelope_id": id, "type": kind, "accepts_response_payload": false,
+                          "retry_attempt": 0, "retry_reason": "", "payload": payload});
+    Message::Text(envelope.to_string().into())
+}
+
+#[tokio::test]
+async fn socket_mode_events_are_acknowledged_and_answered_through_the_same_queue() {
+    let (ws_url, mut sockets) = fake_socket_server().await;
+    let slack = MockServer::start().await;
+    Mock::given(path("/api/apps.connections.open"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true, "url": ws_url})))
+        .mount(&slack)
+        .await;
+    mount_slack_defaults(&slack).await;
+    let app = TestApp::spawn_with(Options {
+        slack: Some(Arc::new(slack)),
+        extra_env: vec![("SLACK_APP_TOKEN", "xapp-1-test-CANARY".into())],
+        ..Default::default()
+    })
+    .await;
+    let mut ws = tokio::time::timeout(Duration::from_secs(10), sockets.recv())
+        .await
+        .expect("the bot connects")
+        .unwrap();
+
+    // An envelope type nobody knows: no crash, and the connection keeps working.
+    ws.send(Message::Text(
+        json!({"type": "brand_new", "envelope_id": "env-0"}).to_string().into(),
+    ))
+    .await
+    .unwrap();
+
+    let event: Value = serde_json::from_str(include_str!("fixtures/slack/event_app_mention.json")).unwrap();
+    ws.send(envelope("env-1", "events_api", event.clone())).await.unwrap();
+    let mut ack = next_ack(&mut ws).await;
+    if ack["envelope_id"] == "env-0" {
+        ack = next_ack(&mut ws).await;
+    }
+    assert_eq!(ack["envelope_id"], "env-1");
+
+    // The same event again (Slack redelivers in Socket Mode too): still one prompt.
+    ws.send(envelope("env-2", "events_api", event)).await.unwrap();
+    assert_eq!(next_ack(&mut ws).await["envelope_id"], "env-2");
+
+    let prompts = app.wait_for_calls("chat.postEphemeral", 1).await;
+    assert_eq!(prompts.len(), 1);
+    assert!(prompts[0].to_string().contains("https://bot.example.com/link/"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.slack_calls("chat.postEphemeral").await.len(), 1);
+    assert_eq!(app.job_states().await, ["done"]);
+
+    // The app-level token went only to apps.connections.open.
+    let opened = app.slack.received_requests().await.unwrap();
+    let with_app_token = opened
+        .iter()
+        .filter(|r| {
+            r.headers
+                .get("authorization")
+                .is_some_and(|v| v.to_str().unwrap().contains("xapp-1-test"))
+        })
+        .map(|r| r.url.path().to_owned())
+        .collect::<Vec<_>>();
+    assert!(
+        with_app_token.iter().all(|p| p == "/api/apps.connections.open"),
+        "{with_app_token:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_socket_mode_delivery_that_cannot_be_stored_is_left_unacknowledged() {
+    let (ws_url, mut sockets) = fake_socket_server().await;
+    let slack = MockServer::start().await;
+    Mock::given(path("/api/apps.connections.open"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true, "url": ws_url})))
+        .mount(&slack)
+        .await;
+    mount_slack_defaults(&slack).await;
+    let app = TestApp::spawn_with(Options {
+        slack: Some(Arc::new(slack)),
+        extra_env: vec![("SLACK_APP_TOKEN", "xapp-1-test".into())],
+        workers: None,
+        ..Default::default()
+    })
+    .await;
+    let mut ws = sockets.recv().await.unwrap();
+    app.store.close().await; // the database is gone
+
+    let event: Value = serde_json::from_str(include_str!("fixtures/slack/event_app_mention.json")).unwrap();
+    ws.send(envelope("env-lost", "events_api", event)).await.unwrap();
+    let ack = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) if text.contains("envelope_id") => return text.to_string(),
+                Some(Ok(_)) => continue,
+                _ => std::future::pending::<()>().await,
+            }
+        }
+    })
+    .await;
+    assert!(ack.is_err(), "no ack, so Slack redelivers: {ack:?}");
+    app.lifecycle.begin_shutdown();
+}
