@@ -42,6 +42,8 @@ pub const VARIABLES: &[&str] = &[
     "AGENT_URL",
     "ADK_APP_NAME",
     "ANSWER_VISIBILITY",
+    "WORKER_CONCURRENCY",
+    "WORKER_PER_USER_LIMIT",
     "LOG_FORMAT",
     "RUST_LOG",
 ];
@@ -196,6 +198,20 @@ impl<'a> Reader<'a> {
             self.problem(var, format!("must be one of: {}", names.join(", ")));
         }
         found
+    }
+
+    /// A whole number in `range`, or `default` when unset.
+    fn number(&mut self, var: &'static str, default: u32, range: std::ops::RangeInclusive<u32>) -> u32 {
+        let Some(raw) = self.optional(var) else {
+            return default;
+        };
+        match raw.parse::<u32>() {
+            Ok(n) if range.contains(&n) => n,
+            _ => {
+                self.problem(var, format!("must be a whole number from {} to {}", range.start(), range.end()));
+                default
+            }
+        }
     }
 
     fn finish<T>(self, value: impl FnOnce() -> T) -> Result<T, ConfigError> {
@@ -417,6 +433,10 @@ pub struct Config {
     pub agent: AgentConfig,
     /// `ANSWER_VISIBILITY`.
     pub answer_visibility: AnswerVisibility,
+    /// `WORKER_CONCURRENCY`: questions this process works on at once.
+    pub worker_concurrency: u32,
+    /// `WORKER_PER_USER_LIMIT`: questions of one person worked on at once.
+    pub worker_per_user_limit: u32,
 }
 
 impl Config {
@@ -568,6 +588,8 @@ impl Config {
                 ],
             )
             .unwrap_or(AnswerVisibility::Thread);
+        let worker_concurrency = r.number("WORKER_CONCURRENCY", 8, 1..=256);
+        let worker_per_user_limit = r.number("WORKER_PER_USER_LIMIT", 2, 1..=16);
         // Read by telemetry before anything else; validated here so a typo is reported.
         r.choice(
             "LOG_FORMAT",
@@ -597,6 +619,8 @@ impl Config {
             identity_check: identity_check.expect("validated"),
             agent,
             answer_visibility,
+            worker_concurrency,
+            worker_per_user_limit,
         })
     }
 }
@@ -772,6 +796,7 @@ mod tests {
             ("LINK_IDENTITY_CHECK", "vibes"),
             ("DATABRICKS_SCOPES", "all-apis"),
             ("BIND_ADDR", "nowhere"),
+            ("WORKER_CONCURRENCY", "0"),
         ]);
         let mut vars = problems(&env);
         vars.sort();
@@ -782,7 +807,8 @@ mod tests {
                 "BIND_ADDR",
                 "DATABASE_URL",
                 "DATABRICKS_SCOPES",
-                "LINK_IDENTITY_CHECK"
+                "LINK_IDENTITY_CHECK",
+                "WORKER_CONCURRENCY"
             ]
         );
     }

@@ -37,13 +37,27 @@ pub struct Question {
     pub team: TeamId,
     pub user: UserId,
     pub channel: String,
-    /// Where replies go: the thread root, or `None` for the top of a DM.
+    /// The message that asked.
+    pub ts: String,
+    /// The thread the message was posted in, if any.
     pub thread_ts: Option<String>,
     /// The question text, bot mention removed; empty means "show help".
     pub text: String,
     pub is_dm: bool,
     /// The bot's own user id when the event told us.
     pub bot_user_id: Option<String>,
+}
+
+impl Question {
+    /// Where the answer goes: in channels always a thread (the question's, or one started
+    /// on it); in a DM the conversation itself unless the question was in a thread.
+    pub fn answer_thread(&self) -> Option<&str> {
+        match (&self.thread_ts, self.is_dm) {
+            (Some(thread), _) => Some(thread),
+            (None, false) => Some(&self.ts),
+            (None, true) => None,
+        }
+    }
 }
 
 /// What we know about an asker from `users.info`.
@@ -105,7 +119,7 @@ impl Questions {
             Ok(answer) => {
                 let content = messages::answer(&answer.text, &link.databricks_user_name);
                 self.slack
-                    .post_message(&q.channel, q.thread_ts.as_deref(), content)
+                    .post_message(&q.channel, q.answer_thread(), content)
                     .await
                     .map(|_| ())
                     .map_err(slack_error)
@@ -160,7 +174,7 @@ impl Questions {
             team: &q.team,
             user: &q.user,
             channel_id: &q.channel,
-            thread_ts: q.thread_ts.as_deref(),
+            thread_ts: q.answer_thread(),
             question: Some(&q.text),
             expires_at: now + PENDING_LINK_TTL_SECONDS,
         };
@@ -170,7 +184,9 @@ impl Questions {
     }
 
     /// Ephemeral in a channel (a DM when Slack refuses that, e.g. the person left the
-    /// channel); a plain message in a DM.
+    /// channel); a plain message in a DM. An ephemeral goes into a thread only if the
+    /// question was already in one: Slack does not show ephemerals in a thread that has
+    /// no replies yet.
     async fn reply_privately(&self, q: &Question, content: SlackMessageContent) -> Result<(), JobError> {
         if q.is_dm {
             return self

@@ -64,11 +64,15 @@ pub struct Dependencies {
 
 impl Dependencies {
     /// The production choices for `config`.
-    pub fn for_config(_config: &Config) -> Self {
+    pub fn for_config(config: &Config) -> Self {
         Self {
             clock: Arc::new(SystemClock),
             agent: Arc::new(Unconfigured),
-            workers: Some(WorkerConfig::default()),
+            workers: Some(WorkerConfig {
+                concurrency: config.worker_concurrency as usize,
+                per_user_limit: i64::from(config.worker_per_user_limit),
+                ..WorkerConfig::default()
+            }),
         }
     }
 }

@@ -117,18 +117,12 @@ pub fn question_from(callback: &SlackPushEventCallback) -> Result<Question, &'st
     }
     let user = UserId::parse(user.as_ref()).map_err(|_| "malformed user id")?;
     let text = strip_mentions(text.unwrap_or_default(), bot_user);
-    // Channels: reply in the thread (its root, or start one on the message). DMs: in
-    // the conversation, or in the thread if the question was asked in one.
-    let reply_thread = match (thread_ts, is_dm) {
-        (Some(root), _) => Some(root.to_string()),
-        (None, false) => Some(ts.to_string()),
-        (None, true) => None,
-    };
     Ok(Question {
         team,
         user,
         channel: channel.to_string(),
-        thread_ts: reply_thread,
+        ts: ts.to_string(),
+        thread_ts: thread_ts.map(ToString::to_string),
         text,
         is_dm,
         bot_user_id: bot_user.map(str::to_owned),
@@ -179,7 +173,8 @@ mod tests {
         assert_eq!(q.text, "how many orders did we ship last week?");
         assert_eq!(q.user.as_str(), "U061F7AUR");
         assert_eq!(q.channel, "C0LAN2Q65");
-        assert_eq!(q.thread_ts.as_deref(), Some("1515449522.000016"));
+        assert_eq!(q.thread_ts, None);
+        assert_eq!(q.answer_thread(), Some("1515449522.000016"));
         assert!(!q.is_dm);
     }
 
@@ -187,6 +182,7 @@ mod tests {
     fn a_mention_inside_a_thread_is_answered_in_that_thread() {
         let q = question_from(&fixture("event_app_mention_in_thread.json")).unwrap();
         assert_eq!(q.thread_ts.as_deref(), Some("1515449522.000016"));
+        assert_eq!(q.answer_thread(), Some("1515449522.000016"));
         assert_eq!(
             q.text, "and the week before?",
             "a leading mention is stripped even without authorizations"
@@ -197,7 +193,7 @@ mod tests {
     fn a_direct_message_is_answered_in_the_conversation() {
         let q = question_from(&fixture("event_message_im.json")).unwrap();
         assert!(q.is_dm);
-        assert_eq!(q.thread_ts, None);
+        assert_eq!(q.answer_thread(), None);
         assert_eq!(q.text, "which tables can I read in main.sales?");
     }
 

@@ -65,7 +65,7 @@ impl Store {
     /// Records Slack event `event_id` and enqueues `job` atomically; a second delivery of
     /// the same event (a retry, or the same event reaching another replica) does nothing.
     pub async fn enqueue_event_job(&self, event_id: &str, job: &NewJob<'_>, now: i64) -> Result<Delivery, sqlx::Error> {
-        on_pool!(self, |pool| {
+        on_pool!(self.write, |pool| {
             let mut tx = pool.begin_write().await?;
             let recorded = sqlx::query(
                 "INSERT INTO slack_events (event_id, team_id, received_at) VALUES ($1, $2, $3) \
@@ -89,11 +89,11 @@ impl Store {
     /// Claims the oldest runnable job — queued and due, or running with an expired lease
     /// (its worker died) — whose user has fewer than `per_user_limit` jobs running.
     pub async fn claim_job(&self, now: i64, lease_until: i64, per_user_limit: i64) -> Result<Option<Job>, sqlx::Error> {
-        let sql = match self.pool {
+        let sql = match self.write {
             Pool::Sqlite(_) => claim_sql!(""),
             Pool::Postgres(_) => claim_sql!("FOR UPDATE SKIP LOCKED"),
         };
-        on_pool!(self, |pool| {
+        on_pool!(self.write, |pool| {
             sqlx::query_as(sql)
                 .bind(lease_until)
                 .bind(now)
@@ -128,7 +128,7 @@ impl Store {
 
     /// Puts a held job back in the queue to run again at `run_after`.
     pub async fn retry_job(&self, job: &Job, now: i64, run_after: i64, error: &str) -> Result<bool, sqlx::Error> {
-        on_pool!(self, |pool| {
+        on_pool!(self.write, |pool| {
             sqlx::query(
                 "UPDATE jobs SET state = 'queued', lease_until = NULL, run_after = $1, updated_at = $2, error = $3 \
                  WHERE id = $4 AND attempts = $5 AND state = 'running'",
@@ -157,7 +157,7 @@ impl Store {
     }
 
     async fn update_claimed(&self, job: &Job, sql: &str, time: i64, error: Option<&str>) -> Result<bool, sqlx::Error> {
-        on_pool!(self, |pool| {
+        on_pool!(self.write, |pool| {
             let mut query = sqlx::query(sql).bind(time).bind(job.id).bind(job.attempts);
             if let Some(error) = error {
                 query = query.bind(error);

@@ -137,7 +137,7 @@ impl Store {
     /// replacement starts active, at a higher version, so in-flight refreshes of the old
     /// grant lose their compare-and-swap.
     pub async fn upsert_link(&self, link: &NewLink<'_>, now: i64) -> Result<(), sqlx::Error> {
-        on_pool!(self, |pool| {
+        on_pool!(self.write, |pool| {
             sqlx::query(
                 "INSERT INTO links (team_id, user_id, workspace_host, databricks_user_id, databricks_user_name, \
                      databricks_display_name, refresh_token, key_id, scopes, status, version, linked_at) \
@@ -174,7 +174,7 @@ impl Store {
     /// The link of one person, if any.
     pub async fn find_link(&self, team: &TeamId, user: &UserId) -> Result<Option<Link>, sqlx::Error> {
         let sql = format!("SELECT {LINK_COLUMNS} FROM links WHERE team_id = $1 AND user_id = $2");
-        let row: Option<LinkRow> = on_pool!(self, |pool| {
+        let row: Option<LinkRow> = on_pool!(self.read, |pool| {
             sqlx::query_as(&sql)
                 .bind(team.as_str())
                 .bind(user.as_str())
@@ -190,7 +190,7 @@ impl Store {
             "SELECT {LINK_COLUMNS} FROM links \
              WHERE CAST($1 AS TEXT) IS NULL OR team_id = $1 ORDER BY team_id, user_id"
         );
-        let rows: Vec<LinkRow> = on_pool!(self, |pool| {
+        let rows: Vec<LinkRow> = on_pool!(self.read, |pool| {
             sqlx::query_as(&sql)
                 .bind(team.map(TeamId::as_str))
                 .fetch_all(pool)
@@ -202,7 +202,7 @@ impl Store {
     /// Deletes one person's link and records who did it, in one transaction. Returns
     /// whether there was a link to delete; deleting twice is harmless.
     pub async fn delete_link(&self, team: &TeamId, user: &UserId, actor: Actor, now: i64) -> Result<bool, sqlx::Error> {
-        on_pool!(self, |pool| {
+        on_pool!(self.write, |pool| {
             let mut tx = pool.begin_write().await?;
             let deleted: Option<(String,)> =
                 sqlx::query_as("DELETE FROM links WHERE team_id = $1 AND user_id = $2 RETURNING databricks_user_name")
@@ -239,7 +239,7 @@ impl Store {
              WHERE key_id <> $1 AND (CAST($2 AS TEXT) IS NULL OR (team_id, user_id) > ($2, $3)) \
              ORDER BY team_id, user_id LIMIT $4"
         );
-        let rows: Vec<LinkRow> = on_pool!(self, |pool| {
+        let rows: Vec<LinkRow> = on_pool!(self.read, |pool| {
             sqlx::query_as(&sql)
                 .bind(primary)
                 .bind(after.map(|(team, _)| team.as_str()))
@@ -262,7 +262,7 @@ impl Store {
         resealed: &[u8],
         key_id: &str,
     ) -> Result<bool, sqlx::Error> {
-        on_pool!(self, |pool| {
+        on_pool!(self.write, |pool| {
             sqlx::query(
                 "UPDATE links SET refresh_token = $1, key_id = $2 \
                  WHERE team_id = $3 AND user_id = $4 AND refresh_token = $5",

@@ -37,10 +37,11 @@ pub(crate) enum Pool {
     Postgres(PgPool),
 }
 
-/// Runs `$body` with `$pool` bound to the concrete pool, compiling it once per backend.
+/// Runs `$body` with `$pool` bound to the concrete pool (`store.read` or `store.write`),
+/// compiling it once per backend.
 macro_rules! on_pool {
-    ($store:expr, |$pool:ident| $body:expr) => {
-        match &$store.pool {
+    ($pool_of:expr, |$pool:ident| $body:expr) => {
+        match &$pool_of {
             $crate::store::Pool::Sqlite($pool) => $body,
             $crate::store::Pool::Postgres($pool) => $body,
         }
@@ -72,9 +73,15 @@ impl WritePool for PgPool {
 }
 
 /// The bot's database.
+///
+/// On SQLite, writes go through a single connection: SQLite has one writer at a time
+/// anyway, and queueing writers on the pool (first come, first served, no sleeping) keeps
+/// latency flat where SQLite's busy handler would back off for up to 100 ms per try.
+/// Reads use a separate, read-only pool. On Postgres both are the same pool.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pub(crate) pool: Pool,
+    pub(crate) read: Pool,
+    pub(crate) write: Pool,
 }
 
 impl Store {
@@ -93,7 +100,8 @@ impl Store {
                     .await
                     .context("could not connect to Postgres")?;
                 Ok(Self {
-                    pool: Pool::Postgres(pool),
+                    read: Pool::Postgres(pool.clone()),
+                    write: Pool::Postgres(pool),
                 })
             }
         }
@@ -111,18 +119,23 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             // Deleted tokens are overwritten with zeros, not left in free pages (CRY-09).
             .pragma("secure_delete", "ON");
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options)
-            .await
-            .with_context(|| format!("could not open SQLite database {}", path.display()))?;
+        let open = |max: u32, options: SqliteConnectOptions| async move {
+            SqlitePoolOptions::new()
+                .max_connections(max)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(options)
+                .await
+                .with_context(|| format!("could not open SQLite database {}", path.display()))
+        };
+        let write = open(1, options.clone()).await?;
+        let read = open(8, options.read_only(true)).await?;
         // SQLite gives -wal and -shm the main file's mode; check rather than trust.
         for suffix in ["-wal", "-shm"] {
             restrict_if_exists(&sidecar(path, suffix))?;
         }
         Ok(Self {
-            pool: Pool::Sqlite(pool),
+            read: Pool::Sqlite(read),
+            write: Pool::Sqlite(write),
         })
     }
 
@@ -135,7 +148,7 @@ impl Store {
 
     /// Applies pending migrations. Safe to run concurrently from several replicas.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        match &self.pool {
+        match &self.write {
             Pool::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await,
             Pool::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await,
         }
@@ -144,7 +157,7 @@ impl Store {
 
     /// How many migrations this binary knows that the database has not applied.
     pub async fn pending_migrations(&self) -> Result<usize, sqlx::Error> {
-        let (migrator, table_exists) = match &self.pool {
+        let (migrator, table_exists) = match &self.read {
             Pool::Sqlite(_) => (
                 &SQLITE_MIGRATIONS,
                 "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
@@ -155,11 +168,11 @@ impl Store {
                  WHERE table_schema = current_schema() AND table_name = '_sqlx_migrations'",
             ),
         };
-        let (tables,): (i64,) = on_pool!(self, |pool| sqlx::query_as(table_exists).fetch_one(pool).await)?;
+        let (tables,): (i64,) = on_pool!(self.read, |pool| sqlx::query_as(table_exists).fetch_one(pool).await)?;
         let applied: Vec<(i64,)> = if tables == 0 {
             Vec::new()
         } else {
-            on_pool!(self, |pool| {
+            on_pool!(self.read, |pool| {
                 sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success")
                     .fetch_all(pool)
                     .await
@@ -173,20 +186,13 @@ impl Store {
 
     /// A cheap round trip, for readiness checks.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        on_pool!(self, |pool| sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))
-    }
-
-    /// Which backend this is, for reports.
-    pub fn backend(&self) -> &'static str {
-        match self.pool {
-            Pool::Sqlite(_) => "sqlite",
-            Pool::Postgres(_) => "postgres",
-        }
+        on_pool!(self.read, |pool| sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))
     }
 
     /// Closes every connection, checkpointing SQLite's WAL.
     pub async fn close(&self) {
-        on_pool!(self, |pool| pool.close().await)
+        on_pool!(self.write, |pool| pool.close().await);
+        on_pool!(self.read, |pool| pool.close().await)
     }
 }
 

@@ -23,7 +23,7 @@ impl Store {
     /// Creates a pending link and voids every earlier live one of the same person, in one
     /// transaction: only the newest link a person received can be used.
     pub async fn create_pending_link(&self, link: &NewPendingLink<'_>, now: i64) -> Result<(), sqlx::Error> {
-        on_pool!(self, |pool| {
+        on_pool!(self.write, |pool| {
             let mut tx = pool.begin_write().await?;
             sqlx::query(
                 "UPDATE pending_links SET status = 'superseded' \
