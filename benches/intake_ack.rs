@@ -1,10 +1,14 @@
 //! Load generator: signed `app_mention` events against a running bot on embedded SQLite,
 //! measuring how fast Slack would get its acknowledgement (each ack = signature check +
-//! a durable, de-duplicated enqueue) while the worker pool answers in the background
-//! against a local fake Slack.
+//! a durable, de-duplicated enqueue). Two scenarios:
+//!
+//! 1. intake only — this process acknowledges, workers run elsewhere (or later);
+//! 2. intake with the worker pool answering every event in the same process, against a
+//!    local fake Slack (prompts to connect: users.info, a pending link, postEphemeral).
 //!
 //! Run with `cargo bench --bench intake_ack [-- RATE SECONDS]` (defaults 500 ev/s, 10 s).
-//! Everything is on loopback; the run is bounded in count and time.
+//! Everything is on loopback; the run is bounded in count and time. The load generator
+//! and the fake Slack share the machine's two cores with the bot.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +25,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 const SECRET: &str = "bench-signing-secret";
 
 async fn fake_slack() -> MockServer {
-    let slack = MockServer::start().await;
+    let slack = MockServer::builder().disable_request_recording().start().await;
     let ok = |body: serde_json::Value| ResponseTemplate::new(200).set_body_json(body);
     for (method, body) in [
         ("chat.postEphemeral", json!({"ok": true})),
@@ -31,7 +35,10 @@ async fn fake_slack() -> MockServer {
             json!({"ok": true, "channel": "C1", "ts": "1.1", "message": {"ts": "1.1", "text": "x"}}),
         ),
     ] {
-        Mock::given(path(format!("/api/{method}"))).respond_with(ok(body)).mount(&slack).await;
+        Mock::given(path(format!("/api/{method}")))
+            .respond_with(ok(body))
+            .mount(&slack)
+            .await;
     }
     slack
 }
@@ -91,14 +98,22 @@ async fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let rate: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(500);
     let seconds: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10);
-
-    let dir = tempfile::tempdir().unwrap();
     let slack = fake_slack().await;
+    for (label, workers) in [("intake only", false), ("intake + workers", true)] {
+        run(label, workers, rate, seconds, &slack).await;
+    }
+}
+
+async fn run(label: &str, workers: bool, rate: u64, seconds: u64, slack: &MockServer) {
+    let dir = tempfile::tempdir().unwrap();
     let env = Env::from_pairs([
         ("BIND_ADDR", "127.0.0.1:0".to_owned()),
         ("PUBLIC_BASE_URL", "https://bot.example.com".to_owned()),
         ("DATABASE_URL", format!("sqlite://{}/bot.db", dir.path().display())),
-        ("TOKEN_ENCRYPTION_KEYS", "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_owned()),
+        (
+            "TOKEN_ENCRYPTION_KEYS",
+            "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_owned(),
+        ),
         ("SLACK_BOT_TOKEN", "xoxb-bench".to_owned()),
         ("SLACK_SIGNING_SECRET", SECRET.to_owned()),
         ("SLACK_API_URL", format!("{}/api", slack.uri())),
@@ -106,7 +121,11 @@ async fn main() {
         ("DATABRICKS_CLIENT_ID", "bench".to_owned()),
     ]);
     let config = Config::load(&env).unwrap();
-    let app = Application::build(&config, Dependencies::for_config(&config)).await.unwrap();
+    let mut deps = Dependencies::for_config(&config);
+    if !workers {
+        deps.workers = None;
+    }
+    let app = Application::build(&config, deps).await.unwrap();
     let url = format!("http://{}/slack/events", app.local_addr());
     let lifecycle = app.lifecycle();
     let server = tokio::spawn(app.run_until_stopped());
@@ -140,7 +159,12 @@ async fn main() {
     }
     let elapsed = started.elapsed();
     let open_loop = std::mem::take(&mut *latencies.lock().await);
-    report(&format!("open loop at {rate}/s"), open_loop, *errors.lock().await, elapsed);
+    report(
+        &format!("{label}, open loop at {rate}/s"),
+        open_loop,
+        *errors.lock().await,
+        elapsed,
+    );
 
     // Closed loop: 32 senders as fast as acks come back, for a sustained-throughput figure.
     let started = Instant::now();
@@ -168,7 +192,12 @@ async fn main() {
         all.extend(mine);
         errors += e;
     }
-    report("closed loop, 32 senders", all, errors, started.elapsed());
+    report(
+        &format!("{label}, closed loop, 32 senders"),
+        all,
+        errors,
+        started.elapsed(),
+    );
 
     lifecycle.begin_shutdown();
     let _ = server.await;

@@ -208,7 +208,10 @@ impl<'a> Reader<'a> {
         match raw.parse::<u32>() {
             Ok(n) if range.contains(&n) => n,
             _ => {
-                self.problem(var, format!("must be a whole number from {} to {}", range.start(), range.end()));
+                self.problem(
+                    var,
+                    format!("must be a whole number from {} to {}", range.start(), range.end()),
+                );
                 default
             }
         }

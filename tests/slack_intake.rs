@@ -81,7 +81,10 @@ async fn an_unlinked_person_gets_one_private_prompt_whose_button_opens_a_pending
         let prompt = &prompts[0];
         assert_eq!(prompt["user"], ASKER, "only the asker sees it");
         assert_eq!(prompt["channel"], "C0LAN2Q65");
-        assert!(prompt.get("thread_ts").is_none(), "Slack hides ephemerals in a thread without replies");
+        assert!(
+            prompt.get("thread_ts").is_none(),
+            "Slack hides ephemerals in a thread without replies"
+        );
         assert!(prompt.to_string().contains("own Databricks permissions"), "{prompt}");
 
         let id = link_id_of(prompt);
@@ -92,7 +95,11 @@ async fn an_unlinked_person_gets_one_private_prompt_whose_button_opens_a_pending
             (team.as_str(), user.as_str(), channel.as_str()),
             (ASKER_TEAM, ASKER, "C0LAN2Q65")
         );
-        assert_eq!(thread.as_deref(), Some("1515449522.000016"), "the answer will start a thread");
+        assert_eq!(
+            thread.as_deref(),
+            Some("1515449522.000016"),
+            "the answer will start a thread"
+        );
         assert_eq!(status, "pending");
         assert_eq!(expires - created, 600, "ten minutes");
         assert_eq!(

@@ -186,7 +186,10 @@ impl Store {
 
     /// A cheap round trip, for readiness checks.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        on_pool!(self.read, |pool| sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))
+        on_pool!(self.read, |pool| sqlx::query("SELECT 1")
+            .execute(pool)
+            .await
+            .map(|_| ()))
     }
 
     /// Closes every connection, checkpointing SQLite's WAL.
