@@ -142,6 +142,8 @@ pub enum Purpose {
     RefreshToken,
     /// A PKCE code verifier kept with a pending link.
     PkceVerifier,
+    /// A Databricks OAuth access token (`links.access_token`), shared by replicas.
+    AccessToken,
 }
 
 impl Purpose {
@@ -149,6 +151,7 @@ impl Purpose {
         match self {
             Purpose::RefreshToken => b"refresh_token",
             Purpose::PkceVerifier => b"pkce_verifier",
+            Purpose::AccessToken => b"access_token",
         }
     }
 }

@@ -15,7 +15,8 @@
 //! - [`slack`] — request signing, event intake, the Web API client, Socket Mode, messages.
 //! - [`worker`] — the pool that runs queued jobs, with leases and retries.
 //! - [`questions`] — a queued question becomes an answer or a "Connect Databricks" prompt.
-//! - [`linking`] — single-use link ids.
+//! - [`linking`] — from the "Connect Databricks" button to a verified, stored link.
+//! - [`databricks`] — OAuth, the token broker, REST calls as the person.
 //! - [`agent`] — the `Agent` seam that answers as the asker.
 
 pub mod agent;
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod databricks;
 pub mod domain;
 pub mod http;
 pub mod key_rotation;

@@ -1,8 +1,21 @@
-//! Account linking: the single-use link that starts a person's Databricks connection.
+//! Account linking: from the "Connect Databricks" button to a stored, verified link.
 //!
-//! A link id is 128 random bits, sent to the person inside the Slack prompt's button URL.
-//! The database keeps only its SHA-256, bound to the person's team and user, for ten
-//! minutes; a newer link voids older ones.
+//! 1. The prompt's button opens `/link/{id}` — 128 random bits, stored only as a hash,
+//!    single use, ten minutes. Opening it changes nothing (scanners open links too).
+//! 2. Pressing "Continue" claims the link for this browser: a fresh random cookie whose
+//!    hash is stored with the link. Only one claim ever succeeds.
+//! 3. The browser goes to Databricks with PKCE S256 and a random, single-use `state`
+//!    (stored hashed, with the sealed PKCE verifier).
+//! 4. The callback must carry that state *and* the cookie; it is processed once. The code
+//!    is exchanged, the identity read from SCIM Me and checked against the Slack account
+//!    (`LINK_IDENTITY_CHECK`), and only then is the link stored — with the person's waiting
+//!    questions queued again, in the same transaction.
+//!
+//! Every failure ends the pending link with a reason the browser is shown, and stores
+//! nothing else. A forwarded link fails the identity check: the forwardee's Databricks
+//! account never lands on the forwarder's Slack user.
+
+use std::sync::Arc;
 
 use aes_gcm::aead::OsRng;
 use aes_gcm::aead::rand_core::RngCore;
@@ -10,10 +23,40 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
+use slack_morphism::prelude::*;
+use subtle::ConstantTimeEq;
+use tokio::sync::Notify;
 use url::Url;
 
-/// How long a "Connect Databricks" link stays usable.
+use crate::clock::SharedClock;
+use crate::config::IdentityCheck;
+use crate::crypto::{Binding, Purpose, Vault};
+use crate::databricks::api::{self, Identity};
+use crate::databricks::oauth::DatabricksOAuth;
+use crate::domain::{TeamId, UserId, WorkspaceHost};
+use crate::slack::api::SlackApi;
+use crate::slack::messages;
+use crate::store::Store;
+use crate::store::audit::{Actor, AuditEvent, AuditKind};
+use crate::store::links::NewLink;
+use crate::store::pending_links::{Completion, PendingLink};
+
+/// How long a "Connect Databricks" link stays usable, and how long the browser then has
+/// to finish at Databricks.
 pub const PENDING_LINK_TTL_SECONDS: i64 = 10 * 60;
+
+/// 32 random bytes, base64url: for cookies, OAuth state and PKCE verifiers (43 chars, the
+/// length RFC 7636 recommends).
+pub fn random_token() -> SecretString {
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    SecretString::from(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// SHA-256 of a secret, as stored in place of it.
+pub fn hash_secret(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
 
 /// A freshly generated link id. Held as a secret: whoever has it can start linking.
 pub struct LinkId(SecretString);
@@ -41,7 +84,418 @@ impl LinkId {
 
 /// SHA-256 of a link id as it appears in a URL.
 pub fn hash_link_id(id: &str) -> [u8; 32] {
-    Sha256::digest(id.as_bytes()).into()
+    hash_secret(id)
+}
+
+/// Why a link cannot be used, as the browser is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unusable {
+    /// No such link (or a made-up id).
+    Unknown,
+    Expired,
+    /// Already used, or replaced by a newer link.
+    Used,
+}
+
+impl Unusable {
+    fn of(pending: Option<&PendingLink>, now: i64) -> Self {
+        match pending {
+            None => Unusable::Unknown,
+            Some(p) if p.status == "pending" && p.expires_at <= now => Unusable::Expired,
+            Some(_) => Unusable::Used,
+        }
+    }
+}
+
+/// What the landing page shows for a usable link.
+#[derive(Debug, Clone)]
+pub struct Landing {
+    pub slack_user: String,
+    pub slack_workspace: String,
+    pub databricks_workspace: WorkspaceHost,
+}
+
+/// Where the browser goes after claiming a link.
+pub struct Claimed {
+    /// The browser-binding cookie's value.
+    pub cookie: SecretString,
+    pub redirect: Url,
+}
+
+/// The query of `/oauth/databricks/callback`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct CallbackQuery {
+    pub code: Option<String>,
+    pub state: Option<String>,
+    pub error: Option<String>,
+}
+
+/// How a callback ended, for the browser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallbackOutcome {
+    /// Linked, or failed with a reason recorded: show the result page (by cookie).
+    Finished,
+    /// Refused before anything was looked up or changed.
+    Rejected(&'static str),
+    /// The same callback again (reload, double click): nothing repeated.
+    AlreadyHandled,
+}
+
+/// The linking service behind the `/link` and `/oauth/databricks/callback` routes.
+pub struct LinkFlow {
+    pub store: Store,
+    pub vault: Vault,
+    pub oauth: DatabricksOAuth,
+    pub slack: SlackApi,
+    pub http: reqwest::Client,
+    pub clock: SharedClock,
+    pub workspace: WorkspaceHost,
+    pub identity_check: IdentityCheck,
+    pub public_base_url: Url,
+    /// Notified when linking queued waiting questions again.
+    pub wake: Arc<Notify>,
+}
+
+impl LinkFlow {
+    /// Whether cookies must be `Secure` (`__Host-` prefixed): everywhere but plain-http
+    /// loopback development.
+    pub fn secure_cookies(&self) -> bool {
+        self.public_base_url.scheme() == "https"
+    }
+
+    /// The landing page's facts for link `id`, or why it cannot be used. Reads only.
+    pub async fn landing(&self, id: &str) -> Result<Landing, Unusable> {
+        let now = self.clock.now();
+        let pending = self.store.find_pending_link(&hash_link_id(id)).await.map_err(|e| {
+            tracing::error!(error = %e, "could not read a pending link");
+            Unusable::Unknown
+        })?;
+        match pending {
+            Some(p) if p.status == "pending" && p.expires_at > now => {
+                let (slack_user, slack_workspace) = self.describe_slack_user(&p).await;
+                Ok(Landing {
+                    slack_user,
+                    slack_workspace,
+                    databricks_workspace: self.workspace.clone(),
+                })
+            }
+            other => Err(Unusable::of(other.as_ref(), now)),
+        }
+    }
+
+    async fn describe_slack_user(&self, p: &PendingLink) -> (String, String) {
+        let name = match self.slack.user_info(&p.user_id).await {
+            Ok(user) => user
+                .profile
+                .and_then(|profile| profile.display_name.filter(|n| !n.is_empty()).or(profile.real_name))
+                .or(user.name)
+                .map_or_else(|| p.user_id.clone(), |n| format!("@{n}")),
+            Err(_) => p.user_id.clone(),
+        };
+        let team = match self.slack.auth_test().await {
+            Ok(bot) if bot.team_id == p.team_id => bot.team,
+            _ => p.team_id.clone(),
+        };
+        (name, team)
+    }
+
+    /// Claims link `id` for this browser and starts the Databricks authorization.
+    pub async fn claim(&self, id: &str) -> Result<Claimed, Unusable> {
+        let now = self.clock.now();
+        let id_hash = hash_link_id(id);
+        let cookie = random_token();
+        let claimed = self
+            .store
+            .claim_pending_link(
+                &id_hash,
+                &hash_secret(cookie.expose_secret()),
+                now,
+                now + PENDING_LINK_TTL_SECONDS,
+            )
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "could not claim a pending link");
+                Unusable::Unknown
+            })?;
+        let Some(pending) = claimed else {
+            let current = self.store.find_pending_link(&id_hash).await.ok().flatten();
+            return Err(Unusable::of(current.as_ref(), now));
+        };
+        let (team, user) = ids(&pending).ok_or(Unusable::Unknown)?;
+        let state = random_token();
+        let verifier = random_token();
+        let binding = Binding {
+            purpose: Purpose::PkceVerifier,
+            team: &team,
+            user: &user,
+            workspace: &self.workspace,
+        };
+        let sealed_verifier = self.vault.seal(binding, &verifier);
+        let redirect = self.oauth.authorize_url(&state, &verifier).await.map_err(|e| {
+            tracing::error!(error = %e, "could not build the Databricks authorization URL");
+            Unusable::Unknown
+        })?;
+        let stored = self
+            .store
+            .set_databricks_state(&id_hash, &hash_secret(state.expose_secret()), &sealed_verifier)
+            .await
+            .unwrap_or(false);
+        if !stored {
+            return Err(Unusable::Used);
+        }
+        Ok(Claimed { cookie, redirect })
+    }
+
+    /// Handles the Databricks redirect back. `cookie` is the browser-binding cookie.
+    pub async fn databricks_callback(&self, query: &CallbackQuery, cookie: Option<&str>) -> CallbackOutcome {
+        let Some(state) = query.state.as_deref().filter(|s| !s.is_empty()) else {
+            return CallbackOutcome::Rejected("The sign-in answer is missing its state.");
+        };
+        let pending = match self.store.find_pending_link_by_state(&hash_secret(state)).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return CallbackOutcome::Rejected("This sign-in is not valid any more."),
+            Err(e) => {
+                tracing::error!(error = %e, "could not read a pending link");
+                return CallbackOutcome::Rejected("Something went wrong on our side.");
+            }
+        };
+        let id_hash = pending.id_hash.clone();
+        if matches!(pending.status.as_str(), "completed" | "failed" | "exchanging") {
+            return CallbackOutcome::AlreadyHandled;
+        }
+        // The same browser that pressed "Continue", proven by the cookie (LNK-03).
+        let same_browser = match (cookie, &pending.browser_hash) {
+            (Some(cookie), Some(expected)) => bool::from(hash_secret(cookie).ct_eq(expected.as_slice())),
+            _ => false,
+        };
+        if !same_browser {
+            if pending.status == "claimed" {
+                self.fail(
+                    &id_hash,
+                    "The sign-in was finished in a different browser than it was started in.",
+                    None,
+                )
+                .await;
+            }
+            return CallbackOutcome::Rejected(
+                "This sign-in was started in another browser. Start again from the button in Slack.",
+            );
+        }
+        if pending.status != "claimed" {
+            return CallbackOutcome::Rejected("This sign-in is not valid any more.");
+        }
+        if query.error.is_some() {
+            // access_denied and friends: the person (or Databricks) stopped the flow.
+            self.fail(
+                &id_hash,
+                "You cancelled the connection at Databricks, so nothing was linked.",
+                None,
+            )
+            .await;
+            return CallbackOutcome::Finished;
+        }
+        let Some(code) = query.code.as_deref().filter(|c| !c.is_empty()) else {
+            self.fail(&id_hash, "Databricks sent no authorization code.", None)
+                .await;
+            return CallbackOutcome::Finished;
+        };
+        match self.store.begin_exchange(&id_hash, self.clock.now()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                self.fail(&id_hash, "The link expired before the sign-in finished.", None)
+                    .await;
+                return CallbackOutcome::Finished;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not start a code exchange");
+                return CallbackOutcome::Rejected("Something went wrong on our side.");
+            }
+        }
+        if let Err(reason) = self
+            .exchange_and_link(&pending, SecretString::from(code.to_owned()))
+            .await
+        {
+            self.fail(&id_hash, &reason.text, reason.audit.as_deref()).await;
+        }
+        CallbackOutcome::Finished
+    }
+
+    async fn fail(&self, id_hash: &[u8], text: &str, mismatch_detail: Option<&str>) {
+        let pending = self.store.find_pending_link(id_hash).await.ok().flatten();
+        let ids = pending.as_ref().and_then(ids);
+        let audit = match (&ids, mismatch_detail) {
+            (Some((team, user)), Some(detail)) => Some(AuditEvent {
+                kind: AuditKind::IdentityMismatch,
+                team,
+                user,
+                actor: Actor::User,
+                detail: Some(detail),
+                at: self.clock.now(),
+            }),
+            _ => None,
+        };
+        if let Err(e) = self.store.fail_pending_link(id_hash, text, audit).await {
+            tracing::error!(error = %e, "could not record a failed link");
+        }
+    }
+
+    /// Exchanges the code, verifies the identity and stores the link.
+    async fn exchange_and_link(&self, pending: &PendingLink, code: SecretString) -> Result<(), Failure> {
+        let (team, user) = ids(pending).ok_or_else(|| Failure::plain("The link is damaged."))?;
+        let binding = |purpose| Binding {
+            purpose,
+            team: &team,
+            user: &user,
+            workspace: &self.workspace,
+        };
+        let sealed_verifier = pending
+            .pkce_verifier
+            .as_deref()
+            .ok_or_else(|| Failure::plain("The sign-in was not started properly."))?;
+        let verifier = self
+            .vault
+            .open(binding(Purpose::PkceVerifier), sealed_verifier)
+            .map_err(|e| {
+                tracing::error!(error = %e, "a PKCE verifier cannot be opened");
+                Failure::plain("Something went wrong on our side.")
+            })?;
+        let tokens = self.oauth.exchange_code(&code, &verifier).await.map_err(|e| {
+            tracing::warn!(error = %e, "the authorization code exchange failed");
+            Failure::plain("Databricks did not accept the sign-in.")
+        })?;
+        let refresh_token = tokens.refresh_token.as_ref().ok_or_else(|| {
+            tracing::error!("Databricks issued no refresh token; DATABRICKS_SCOPES needs offline_access");
+            Failure::plain("Databricks did not grant lasting access (no refresh token).")
+        })?;
+        let identity = api::current_user(&self.http, &self.workspace, &tokens.access_token)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "SCIM Me failed after the code exchange");
+                Failure::plain("Databricks did not tell us who you are.")
+            })?;
+        self.check_identity(&team, &user, &identity).await?;
+
+        let now = self.clock.now();
+        let sealed_refresh = self.vault.seal(binding(Purpose::RefreshToken), refresh_token);
+        let sealed_access = self.vault.seal(binding(Purpose::AccessToken), &tokens.access_token);
+        let scopes = tokens.scope.clone().unwrap_or_default();
+        let completion = Completion {
+            link: NewLink {
+                team: &team,
+                user: &user,
+                workspace: &self.workspace,
+                databricks_user_id: &identity.id,
+                databricks_user_name: &identity.user_name,
+                databricks_display_name: identity.display_name.as_deref(),
+                sealed_refresh_token: &sealed_refresh,
+                key_id: self.vault.primary_key_id().as_str(),
+                scopes: &scopes,
+                sealed_access_token: Some(&sealed_access),
+                access_expires_at: Some(now + tokens.expires_in as i64),
+            },
+            id_hash: &pending.id_hash,
+            shown_name: identity.shown_name(),
+        };
+        let stored = self.store.complete_linking(&completion, now).await.map_err(|e| {
+            tracing::error!(error = %e, "could not store a verified link");
+            Failure::plain("Something went wrong on our side.")
+        })?;
+        if !stored {
+            return Err(Failure::plain("This sign-in was already handled."));
+        }
+        tracing::info!(databricks_user = %identity.user_name, "linked");
+        self.wake.notify_one();
+        self.confirm_in_slack(&user, &identity).await;
+        Ok(())
+    }
+
+    /// Applies `LINK_IDENTITY_CHECK`: the Slack profile email must be one of the
+    /// Databricks user's emails or its userName (LNK-08).
+    async fn check_identity(&self, team: &TeamId, user: &UserId, identity: &Identity) -> Result<(), Failure> {
+        if !matches!(
+            self.identity_check,
+            IdentityCheck::Email | IdentityCheck::SlackOidcAndEmail
+        ) {
+            return Ok(());
+        }
+        let slack_email = match self.slack.user_info(user.as_str()).await {
+            Ok(u) => u.profile.and_then(|p| p.email).map(|e| e.0),
+            Err(e) => {
+                tracing::warn!(error = %e, "users.info failed during the identity check");
+                return Err(Failure::plain(
+                    "We could not read your Slack profile to check it is you.",
+                ));
+            }
+        };
+        match slack_email {
+            Some(email) if identity.has_email(&email) => Ok(()),
+            _ => {
+                tracing::warn!(%team, %user, databricks_user = %identity.user_name, "identity mismatch while linking");
+                let text = format!(
+                    "The Databricks account you signed in with ({}) does not match your Slack account's email, \
+                     so nothing was linked. Sign in to Databricks as yourself and try again from Slack.",
+                    identity.user_name
+                );
+                self.warn_link_owner(user).await;
+                Err(Failure {
+                    text,
+                    audit: Some(format!("databricks user {}", identity.user_name)),
+                })
+            }
+        }
+    }
+
+    /// Tells the link's owner that someone else's account was refused on their link.
+    async fn warn_link_owner(&self, user: &UserId) {
+        let text = "Someone tried to finish your Databricks connection with a Databricks account that does not match \
+                    your Slack email. Nothing was linked. If that wasn't you, don't share your connection links.";
+        if let Err(e) = self.dm(user, SlackMessageContent::new().with_text(text.into())).await {
+            tracing::warn!(error = %e, "could not warn a link owner");
+        }
+    }
+
+    async fn confirm_in_slack(&self, user: &UserId, identity: &Identity) {
+        let content = messages::linked(identity.shown_name(), &identity.user_name, self.workspace.as_str());
+        if let Err(e) = self.dm(user, content).await {
+            tracing::warn!(error = %e, "could not send the linked confirmation");
+        }
+    }
+
+    async fn dm(&self, user: &UserId, content: SlackMessageContent) -> Result<(), crate::slack::api::SlackApiError> {
+        let channel = self.slack.open_dm(user.as_str()).await?;
+        self.slack.post_message(&channel, None, content).await.map(|_| ())
+    }
+
+    /// The finished pending link of the browser holding `cookie`, for the result page.
+    pub async fn result_for_browser(&self, cookie: &str) -> Option<PendingLink> {
+        self.store
+            .find_finished_pending_link(&hash_secret(cookie))
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+fn ids(pending: &PendingLink) -> Option<(TeamId, UserId)> {
+    Some((
+        TeamId::parse(&pending.team_id).ok()?,
+        UserId::parse(&pending.user_id).ok()?,
+    ))
+}
+
+/// A failed link: what the browser is told, and an identity-mismatch audit detail.
+struct Failure {
+    text: String,
+    audit: Option<String>,
+}
+
+impl Failure {
+    fn plain(text: &str) -> Self {
+        Self {
+            text: text.to_owned(),
+            audit: None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -68,5 +522,18 @@ mod tests {
             url.as_str(),
             format!("https://bot.example.com/link/{}", id.0.expose_secret())
         );
+    }
+
+    // OA-01: verifiers and states are 43 characters of the RFC 7636 alphabet.
+    #[test]
+    fn random_tokens_are_43_url_safe_characters() {
+        let t = random_token();
+        assert_eq!(t.expose_secret().len(), 43);
+        assert!(
+            t.expose_secret()
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
+        assert_ne!(t.expose_secret(), random_token().expose_secret());
     }
 }

@@ -15,21 +15,24 @@ use url::Url;
 
 use crate::agent::{Agent, AgentError, AgentRequest};
 use crate::clock::SharedClock;
+use crate::databricks::broker::{BrokerError, TokenBroker};
 use crate::domain::{TeamId, UserId};
 use crate::linking::{LinkId, PENDING_LINK_TTL_SECONDS};
 use crate::slack::api::{SlackApi, SlackApiError};
 use crate::slack::messages;
 use crate::store::Store;
 use crate::store::jobs::Job;
-use crate::store::links::LinkStatus;
 use crate::store::pending_links::NewPendingLink;
-use crate::worker::{JobError, JobHandler};
+use crate::worker::{Done, JobError, JobHandler};
 
 /// The `jobs.kind` of a question.
 pub const QUESTION_JOB: &str = "question";
 
 /// How long what we learned about a Slack user (bot? another organisation?) is trusted.
 const USER_CACHE_TTL_SECONDS: i64 = 3600;
+
+/// Further questions within this many seconds of a prompt wait for the same link.
+const PROMPT_QUIET_SECONDS: i64 = 60;
 
 /// A question, as queued.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +76,7 @@ enum Asker {
 pub struct Questions {
     store: Store,
     slack: SlackApi,
+    broker: Arc<TokenBroker>,
     agent: Arc<dyn Agent>,
     public_base_url: Url,
     clock: SharedClock,
@@ -82,10 +86,18 @@ pub struct Questions {
 impl Questions {
     /// A handler posting through `slack`, answering with `agent`, building links on
     /// `public_base_url`.
-    pub fn new(store: Store, slack: SlackApi, agent: Arc<dyn Agent>, public_base_url: Url, clock: SharedClock) -> Self {
+    pub fn new(
+        store: Store,
+        slack: SlackApi,
+        broker: Arc<TokenBroker>,
+        agent: Arc<dyn Agent>,
+        public_base_url: Url,
+        clock: SharedClock,
+    ) -> Self {
         Self {
             store,
             slack,
+            broker,
             agent,
             public_base_url,
             clock,
@@ -93,44 +105,80 @@ impl Questions {
         }
     }
 
-    async fn answer(&self, q: &Question) -> Result<(), JobError> {
+    async fn answer(&self, q: &Question) -> Result<Done, JobError> {
         if q.text.is_empty() {
-            return self.reply_privately(q, messages::help(q.bot_user_id.as_deref())).await;
+            self.reply_privately(q, messages::help(q.bot_user_id.as_deref()))
+                .await?;
+            return Ok(Done::Finished);
         }
         match self.asker(q).await? {
             Asker::Bot => {
                 tracing::info!("question from a bot ignored");
-                return Ok(());
+                return Ok(Done::Finished);
             }
-            Asker::External => return self.reply_privately(q, messages::external_user_refusal()).await,
+            Asker::External => {
+                self.reply_privately(q, messages::external_user_refusal()).await?;
+                return Ok(Done::Finished);
+            }
             Asker::Person => {}
         }
-        let link = self.store.find_link(&q.team, &q.user).await.map_err(db_error)?;
-        let Some(link) = link.filter(|l| l.status == LinkStatus::Active) else {
-            return self.prompt_to_connect(q).await;
+        let mut context = match self.broker.user_context(&q.team, &q.user, None).await {
+            Ok(context) => context,
+            Err(error) => return self.without_token(q, error).await,
         };
-        let request = AgentRequest {
-            question: q.text.clone(),
-            team: q.team.clone(),
-            user: q.user.clone(),
-            databricks_user_name: link.databricks_user_name.clone(),
+        let mut refused_once = false;
+        let answer = loop {
+            let request = AgentRequest {
+                question: q.text.clone(),
+                context: context.clone(),
+            };
+            match self.agent.answer(&request).await {
+                Ok(answer) => break answer,
+                // Databricks refused the token: refresh once, ask once more.
+                Err(AgentError::Unauthorized) if !refused_once => {
+                    refused_once = true;
+                    context = match self.broker.user_context(&q.team, &q.user, Some(context.version)).await {
+                        Ok(context) => context,
+                        Err(error) => return self.without_token(q, error).await,
+                    };
+                }
+                Err(AgentError::Unauthorized) => {
+                    return Err(JobError::Permanent(
+                        "Databricks refused a freshly refreshed token".into(),
+                    ));
+                }
+                Err(AgentError::Transient(reason)) => return Err(JobError::transient(reason)),
+                Err(AgentError::NotConfigured) => {
+                    let reason =
+                        "no Databricks agent is configured for this workspace yet; please tell your Slack admin";
+                    self.reply_privately(q, messages::could_not_answer(reason, "agent-not-configured"))
+                        .await?;
+                    return Ok(Done::Finished);
+                }
+                Err(error @ AgentError::Failed(_)) => return Err(JobError::Permanent(error.to_string())),
+            }
         };
-        match self.agent.answer(&request).await {
-            Ok(answer) => {
-                let content = messages::answer(&answer.text, &link.databricks_user_name);
-                self.slack
-                    .post_message(&q.channel, q.answer_thread(), content)
-                    .await
-                    .map(|_| ())
-                    .map_err(slack_error)
+        if let Err(error) = self.store.touch_link(&q.team, &q.user, self.clock.now()).await {
+            tracing::warn!(error = %error, "could not record when a link was last used");
+        }
+        let content = messages::answer(&answer.text, &context.databricks_user_name);
+        self.slack
+            .post_message(&q.channel, q.answer_thread(), content)
+            .await
+            .map_err(slack_error)?;
+        Ok(Done::Finished)
+    }
+
+    /// What to do when the broker has no token for the asker.
+    async fn without_token(&self, q: &Question, error: BrokerError) -> Result<Done, JobError> {
+        match error {
+            BrokerError::NotLinked => self.park_until_connected(q, false).await,
+            BrokerError::NeedsRelink { .. } => self.park_until_connected(q, true).await,
+            BrokerError::Transient(reason) => Err(JobError::transient(reason)),
+            BrokerError::Store(error) => Err(db_error(error)),
+            error @ (BrokerError::Misconfigured(_) | BrokerError::Unreadable(_)) => {
+                Err(JobError::Permanent(error.to_string()))
             }
-            Err(AgentError::Transient(reason)) => Err(JobError::transient(reason)),
-            Err(AgentError::NotConfigured) => {
-                let reason = "no Databricks agent is configured for this workspace yet; please tell your Slack admin";
-                self.reply_privately(q, messages::could_not_answer(reason, "agent-not-configured"))
-                    .await
-            }
-            Err(error @ AgentError::Failed(_)) => Err(JobError::Permanent(error.to_string())),
         }
     }
 
@@ -165,29 +213,44 @@ impl Questions {
         Ok(asker)
     }
 
-    /// Creates a fresh pending link (voiding older ones) and sends the private prompt.
-    async fn prompt_to_connect(&self, q: &Question) -> Result<(), JobError> {
+    /// Parks the question until the person connects, sending a private prompt with a
+    /// fresh single-use link — one prompt for a burst of questions, not one each.
+    async fn park_until_connected(&self, q: &Question, reconnect: bool) -> Result<Done, JobError> {
         let id = LinkId::generate();
+        let id_hash = id.hash();
         let now = self.clock.now();
         let pending = NewPendingLink {
-            id_hash: &id.hash(),
+            id_hash: &id_hash,
             team: &q.team,
             user: &q.user,
             channel_id: &q.channel,
             thread_ts: q.answer_thread(),
-            question: Some(&q.text),
             expires_at: now + PENDING_LINK_TTL_SECONDS,
         };
-        self.store.create_pending_link(&pending, now).await.map_err(db_error)?;
-        self.reply_privately(q, messages::connect_prompt(&id.url(&self.public_base_url), true))
+        let fresh = self
+            .store
+            .create_pending_link(&pending, now, PROMPT_QUIET_SECONDS)
             .await
+            .map_err(db_error)?;
+        if fresh {
+            let prompt = messages::connect_prompt(&id.url(&self.public_base_url), reconnect);
+            if let Err(error) = self.reply_privately(q, prompt).await {
+                // Nobody saw this link: void it so the retry sends a new one.
+                let _ = self
+                    .store
+                    .fail_pending_link(&id_hash, "prompt not delivered", None)
+                    .await;
+                return Err(error);
+            }
+        }
+        Ok(Done::Parked)
     }
 
     /// Ephemeral in a channel (a DM when Slack refuses that, e.g. the person left the
     /// channel); a plain message in a DM. An ephemeral goes into a thread only if the
     /// question was already in one: Slack does not show ephemerals in a thread that has
     /// no replies yet.
-    async fn reply_privately(&self, q: &Question, content: SlackMessageContent) -> Result<(), JobError> {
+    pub(crate) async fn reply_privately(&self, q: &Question, content: SlackMessageContent) -> Result<(), JobError> {
         if q.is_dm {
             return self
                 .slack
@@ -240,7 +303,7 @@ fn parse(job: &Job) -> Result<Question, JobError> {
 
 #[async_trait]
 impl JobHandler for Questions {
-    async fn run(&self, job: &Job) -> Result<(), JobError> {
+    async fn run(&self, job: &Job) -> Result<Done, JobError> {
         self.answer(&parse(job)?).await
     }
 
@@ -248,6 +311,9 @@ impl JobHandler for Questions {
         let Ok(q) = parse(job) else { return };
         let reason = match error {
             JobError::Transient { .. } => "Databricks or Slack kept failing, please try again in a few minutes",
+            JobError::Permanent(reason) if reason.contains("misconfigured") => {
+                "the bot's connection to Databricks is misconfigured; your admin has been alerted in the logs"
+            }
             JobError::Permanent(_) => "something went wrong on my side",
         };
         if let Err(e) = self

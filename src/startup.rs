@@ -16,8 +16,11 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::{Agent, Unconfigured};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
+use crate::databricks::broker::TokenBroker;
+use crate::databricks::oauth::{self, DatabricksOAuth};
 use crate::http::slack::SlackRoutes;
 use crate::http::{self, AppState, metrics::Metrics};
+use crate::linking::LinkFlow;
 use crate::questions::Questions;
 use crate::slack::api::SlackApi;
 use crate::slack::intake::Intake;
@@ -95,9 +98,30 @@ impl Application {
         let slack = SlackApi::new(&config.slack.api_url, &config.slack.bot_token)?;
         let wake = Arc::new(Notify::new());
         let intake = Intake::new(store.clone(), deps.clock.clone(), wake.clone());
+        let http = oauth::http_client();
+        let oauth = DatabricksOAuth::new(&config.databricks, &config.public_base_url, http.clone());
+        let broker = Arc::new(TokenBroker::new(
+            store.clone(),
+            config.vault.clone(),
+            oauth.clone(),
+            deps.clock.clone(),
+        ));
+        let link = Arc::new(LinkFlow {
+            store: store.clone(),
+            vault: config.vault.clone(),
+            oauth,
+            slack: slack.clone(),
+            http,
+            clock: deps.clock.clone(),
+            workspace: config.databricks.host.clone(),
+            identity_check: config.identity_check,
+            public_base_url: config.public_base_url.clone(),
+            wake: wake.clone(),
+        });
         let questions = Questions::new(
             store.clone(),
             slack.clone(),
+            broker,
             deps.agent,
             config.public_base_url.clone(),
             deps.clock.clone(),
@@ -124,6 +148,7 @@ impl Application {
                 metrics: Arc::new(Metrics::new()),
                 lifecycle: Lifecycle::default(),
                 slack: slack_routes,
+                link: Some(link),
             },
             workers,
             socket_mode,

@@ -43,11 +43,20 @@ impl JobError {
     }
 }
 
+/// How a job ended well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Done {
+    /// Finished.
+    Finished,
+    /// Waiting for its person to connect Databricks; linking queues it again.
+    Parked,
+}
+
 /// Runs one kind of job.
 #[async_trait]
 pub trait JobHandler: Send + Sync + 'static {
     /// Does the job's work.
-    async fn run(&self, job: &Job) -> Result<(), JobError>;
+    async fn run(&self, job: &Job) -> Result<Done, JobError>;
     /// Called once when the job is abandoned, to tell the person. `reference` identifies
     /// the job in logs.
     async fn give_up(&self, job: &Job, error: &JobError, reference: &str);
@@ -172,7 +181,8 @@ impl Workers {
         let now = self.clock.now();
         let reference = format!("job-{}", job.id);
         let recorded = match &outcome {
-            Ok(()) => self.store.complete_job(&job, now).await,
+            Ok(Done::Finished) => self.store.complete_job(&job, now).await,
+            Ok(Done::Parked) => self.store.park_job(&job, now).await,
             Err(error @ JobError::Transient { retry_after, .. }) if job.attempts < self.config.max_attempts => {
                 let delay = retry_after.unwrap_or_else(|| self.backoff(job.attempts));
                 tracing::warn!(error = %error, retry_in_s = delay.as_secs(), "job failed; will retry");

@@ -63,6 +63,7 @@ async fn readiness_is_false_while_draining_and_when_the_database_is_gone() {
         metrics: Arc::new(Metrics::new()),
         lifecycle: Lifecycle::default(),
         slack: None,
+        link: None,
     };
     let readyz = || Request::get("/readyz").body(Body::empty()).unwrap();
 

@@ -7,8 +7,8 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::TestDb;
 use common::app::{SIGNING_SECRET, TestApp, mention, mount_slack_defaults, slack_calls};
-use common::{KEY_A, Person, TestDb, vault};
 use databricks_slack_bot::agent::AgentError;
 use databricks_slack_bot::clock::Clock;
 use databricks_slack_bot::linking::hash_link_id;
@@ -47,17 +47,6 @@ async fn pending_link(db_url: &str, id: &str) -> Option<(String, String, String,
     } else {
         let pool = sqlx::PgPool::connect(db_url).await.unwrap();
         sqlx::query_as(sql).bind(hash).fetch_optional(&pool).await.unwrap()
-    }
-}
-
-async fn pending_question(db_url: &str) -> Vec<(Option<String>, String)> {
-    let sql = "SELECT question, status FROM pending_links ORDER BY created_at, status";
-    if db_url.starts_with("sqlite") {
-        let pool = sqlx::SqlitePool::connect(db_url).await.unwrap();
-        sqlx::query_as(sql).fetch_all(&pool).await.unwrap()
-    } else {
-        let pool = sqlx::PgPool::connect(db_url).await.unwrap();
-        sqlx::query_as(sql).fetch_all(&pool).await.unwrap()
     }
 }
 
@@ -103,8 +92,9 @@ async fn an_unlinked_person_gets_one_private_prompt_whose_button_opens_a_pending
         assert_eq!(status, "pending");
         assert_eq!(expires - created, 600, "ten minutes");
         assert_eq!(
-            pending_question(&app.db_url).await[0].0.as_deref(),
-            Some("how many orders last week?")
+            app.job_states().await,
+            ["waiting"],
+            "the question waits for the connection"
         );
         assert!(app.slack_calls("chat.postMessage").await.is_empty(), "nothing public");
         assert!(
@@ -132,12 +122,33 @@ async fn a_direct_message_from_an_unlinked_person_gets_the_prompt_as_a_plain_mes
     app.stop().await;
 }
 
-// The newest link voids the older ones.
+// A burst of questions gets one prompt; all of them wait for the connection.
 #[tokio::test]
-async fn a_second_question_voids_the_first_link() {
+async fn questions_asked_right_after_a_prompt_wait_for_the_same_link() {
+    let app = TestApp::spawn().await;
+    for i in 0..3 {
+        app.post_event(&mention(&format!("EvBurst{i}"), "<@U0LAN0Z89> burst"))
+            .await;
+    }
+    app.wait_for_calls("chat.postEphemeral", 1).await;
+    for _ in 0..100 {
+        if app.job_states().await == ["waiting", "waiting", "waiting"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.job_states().await, ["waiting", "waiting", "waiting"]);
+    assert_eq!(app.slack_calls("chat.postEphemeral").await.len(), 1, "one prompt");
+    app.stop().await;
+}
+
+// A later question brings a new link, which voids the older one.
+#[tokio::test]
+async fn a_later_question_voids_the_first_link() {
     let app = TestApp::spawn().await;
     app.post_event(&mention("Ev1", "<@U0LAN0Z89> first")).await;
     let first = app.wait_for_calls("chat.postEphemeral", 1).await;
+    app.clock.advance(61);
     app.post_event(&mention("Ev2", "<@U0LAN0Z89> second")).await;
     let both = app.wait_for_calls("chat.postEphemeral", 2).await;
     assert_eq!(both.len(), 2);
@@ -151,9 +162,7 @@ async fn a_second_question_voids_the_first_link() {
 #[tokio::test]
 async fn a_linked_persons_question_goes_to_the_agent_and_the_answer_to_the_thread() {
     let app = TestApp::spawn().await;
-    Person::new(ASKER_TEAM, ASKER)
-        .link(&app.store, &vault(&[KEY_A]), "rt", 1)
-        .await;
+    app.link_asker().await;
     app.post_event(&mention("Ev1", "<@U0LAN0Z89> revenue by <region> & year?"))
         .await;
     let posts = app.wait_for_calls("chat.postMessage", 1).await;
@@ -166,10 +175,15 @@ async fn a_linked_persons_question_goes_to_the_agent_and_the_answer_to_the_threa
         "escaped: {text}"
     );
     assert!(text.contains("u061f7aur@example.com"), "says whose permissions: {text}");
+    assert_eq!(app.agent.tokens().len(), 1, "the agent got the person's access token");
+    assert!(
+        app.agent.tokens()[0].starts_with("at-"),
+        "a token from the fake Databricks"
+    );
     let asked = app.agent.requests.lock().unwrap().clone();
     assert_eq!(asked.len(), 1);
     assert_eq!(asked[0].question, "revenue by <region> & year?");
-    assert_eq!(asked[0].user.as_str(), ASKER);
+    assert_eq!(asked[0].context.user.as_str(), ASKER);
     assert!(
         app.slack_calls("chat.postEphemeral").await.is_empty(),
         "no prompt for a linked person"
@@ -194,10 +208,7 @@ async fn an_empty_mention_gets_a_short_help_reply() {
     let help = app.wait_for_calls("chat.postEphemeral", 1).await;
     assert_eq!(help.len(), 1);
     assert!(help[0].to_string().contains("Ask me a question"), "{}", help[0]);
-    assert!(
-        pending_question(&app.db_url).await.is_empty(),
-        "no link for an empty question"
-    );
+    assert_eq!(app.job_states().await, ["done"], "nothing waits on an empty question");
     app.stop().await;
 }
 
@@ -227,7 +238,7 @@ async fn a_person_from_another_organisation_is_politely_refused() {
         "{}",
         replies[0]
     );
-    assert!(pending_question(&app.db_url).await.is_empty(), "no link offered");
+    assert_eq!(app.job_states().await, ["done"], "no link offered");
     app.stop().await;
 }
 
@@ -250,7 +261,7 @@ async fn the_same_event_delivered_four_times_makes_one_job_and_one_prompt() {
     app.wait_for_calls("chat.postEphemeral", 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(app.slack_calls("chat.postEphemeral").await.len(), 1);
-    assert_eq!(app.job_states().await, ["done"]);
+    assert_eq!(app.job_states().await, ["waiting"]);
     app.stop().await;
 }
 
@@ -275,7 +286,7 @@ async fn the_same_event_reaching_two_replicas_on_postgres_is_answered_once() {
     a.wait_for_calls("chat.postEphemeral", 1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(slack_calls(&slack, "chat.postEphemeral").await.len(), 1);
-    assert_eq!(a.job_states().await, ["done"]);
+    assert_eq!(a.job_states().await, ["waiting"]);
     a.stop().await;
     b.stop().await;
 }
@@ -315,9 +326,7 @@ async fn the_ack_returns_at_once_even_when_slack_and_the_agent_are_slow() {
         ..Default::default()
     })
     .await;
-    Person::new(ASKER_TEAM, ASKER)
-        .link(&app.store, &vault(&[KEY_A]), "rt", 1)
-        .await;
+    app.link_asker().await;
     *app.agent.delay.lock().unwrap() = Some(Duration::from_secs(10));
     let started = Instant::now();
     for i in 0..5 {
@@ -365,7 +374,7 @@ async fn a_question_acknowledged_before_a_crash_is_answered_once_after_restart()
         second.wait_for_calls("chat.postEphemeral", 1).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(slack_calls(&slack, "chat.postEphemeral").await.len(), 1, "{}", db.name);
-        assert_eq!(second.job_states().await, ["done"]);
+        assert_eq!(second.job_states().await, ["waiting"]);
         second.stop().await;
     }
 }
@@ -419,12 +428,12 @@ async fn a_rate_limited_post_is_retried_after_retry_after() {
     let calls = app.wait_for_calls("chat.postEphemeral", 2).await;
     assert_eq!(calls.len(), 2, "one refused, one delivered");
     for _ in 0..100 {
-        if app.job_states().await == ["done"] {
+        if app.job_states().await == ["waiting"] {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(app.job_states().await, ["done"]);
+    assert_eq!(app.job_states().await, ["waiting"]);
     app.stop().await;
 }
 
@@ -439,9 +448,7 @@ async fn a_question_that_keeps_failing_ends_with_a_message_to_the_person() {
         ..Default::default()
     })
     .await;
-    Person::new(ASKER_TEAM, ASKER)
-        .link(&app.store, &vault(&[KEY_A]), "rt", 1)
-        .await;
+    app.link_asker().await;
     *app.agent.fail_with.lock().unwrap() = Some(AgentError::Transient("warehouse starting".into()));
     app.post_event(&mention("Ev1", "<@U0LAN0Z89> will this work?")).await;
     for _ in 0..200 {
@@ -467,9 +474,7 @@ async fn a_question_that_keeps_failing_ends_with_a_message_to_the_person() {
 #[tokio::test]
 async fn without_an_agent_configured_a_linked_person_is_told_so() {
     let app = TestApp::spawn().await;
-    Person::new(ASKER_TEAM, ASKER)
-        .link(&app.store, &vault(&[KEY_A]), "rt", 1)
-        .await;
+    app.link_asker().await;
     *app.agent.fail_with.lock().unwrap() = Some(AgentError::NotConfigured);
     app.post_event(&mention("Ev1", "<@U0LAN0Z89> anyone?")).await;
     let told = app.wait_for_calls("chat.postEphemeral", 1).await;

@@ -104,7 +104,11 @@ async fn socket_mode_events_are_acknowledged_and_answered_through_the_same_queue
     assert!(prompts[0].to_string().contains("https://bot.example.com/link/"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(app.slack_calls("chat.postEphemeral").await.len(), 1);
-    assert_eq!(app.job_states().await, ["done"]);
+    assert_eq!(
+        app.job_states().await,
+        ["waiting"],
+        "the question waits for the connection"
+    );
 
     // The app-level token went only to apps.connections.open.
     let opened = app.slack.received_requests().await.unwrap();

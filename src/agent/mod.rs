@@ -6,17 +6,15 @@
 
 use async_trait::async_trait;
 
-use crate::domain::{TeamId, UserId};
+pub use crate::databricks::broker::UserContext;
 
 /// A question to answer, and who asked it.
 #[derive(Debug, Clone)]
 pub struct AgentRequest {
     /// The question, with the bot's mention removed.
     pub question: String,
-    pub team: TeamId,
-    pub user: UserId,
-    /// The asker's Databricks userName, from their link.
-    pub databricks_user_name: String,
+    /// The asker: Slack and Databricks identities and a short-lived access token.
+    pub context: UserContext,
 }
 
 /// An answer, as plain text (mrkdwn is escaped when posted).
@@ -34,6 +32,10 @@ pub enum AgentError {
     /// Will not work on retry; the person is told.
     #[error("the agent could not answer: {0}")]
     Failed(String),
+    /// Databricks refused the access token (401, or 403 "Invalid access token"): the
+    /// caller refreshes once and asks again.
+    #[error("Databricks refused the access token")]
+    Unauthorized,
     /// No agent backend is configured for this deployment.
     #[error("no agent is configured")]
     NotConfigured,

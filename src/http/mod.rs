@@ -2,7 +2,9 @@
 //! (metrics, a tracing span naming the matched route, a body limit and a timeout).
 
 pub mod health;
+pub mod link;
 pub mod metrics;
+pub mod pages;
 pub mod slack;
 
 use std::sync::Arc;
@@ -36,6 +38,8 @@ pub struct AppState {
     pub lifecycle: Lifecycle,
     /// The Slack routes, when HTTP events are configured (a signing secret is set).
     pub slack: Option<Arc<slack::SlackRoutes>>,
+    /// The linking routes.
+    pub link: Option<Arc<crate::linking::LinkFlow>>,
 }
 
 impl FromRef<AppState> for Arc<Metrics> {
@@ -47,6 +51,7 @@ impl FromRef<AppState> for Arc<Metrics> {
 /// Builds the router with every route and the middleware stack.
 pub fn router(state: AppState) -> Router {
     let slack_routes = state.slack.clone().map(slack::router).unwrap_or_default();
+    let link_routes = state.link.clone().map(link::router).unwrap_or_default();
     let registry = state.metrics.clone();
     Router::new()
         .route("/healthz", get(health::healthz))
@@ -54,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::render))
         .with_state(state)
         .merge(slack_routes)
+        .merge(link_routes)
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

@@ -23,29 +23,56 @@ fn context(mrkdwn: String) -> SlackBlock {
     .into()
 }
 
-/// The private invitation to connect Databricks, with the single-use link.
-pub fn connect_prompt(link: &Url, question_kept: bool) -> SlackMessageContent {
+/// The private invitation to connect Databricks, with the single-use link. `reconnect`
+/// when a previous connection stopped working.
+pub fn connect_prompt(link: &Url, reconnect: bool) -> SlackMessageContent {
     let button = SlackBlockButtonElement::new(pt!("Connect Databricks"))
         .with_action_id(CONNECT_ACTION_ID.into())
         .with_url(link.clone())
         .with_style(SlackBlockButtonStyle::Primary);
-    let mut blocks = vec![
-        section(
-            "*Connect your Databricks account to get an answer.*\n\
-             I answer with your own Databricks permissions, so you only ever see data you can already access."
+    let headline = if reconnect {
+        "*Your Databricks connection has expired — connect again to get an answer.*"
+    } else {
+        "*Connect your Databricks account to get an answer.*"
+    };
+    let blocks = vec![
+        section(format!(
+            "{headline}\nI answer with your own Databricks permissions, so you only ever see data you can already access."
+        )),
+        SlackActionsBlock::new(vec![button.into()]).into(),
+        context(
+            "The link is just for you, works once and expires in 10 minutes. \
+             Your question is saved: I'll answer it here once you've connected."
                 .to_owned(),
         ),
-        SlackActionsBlock::new(vec![button.into()]).into(),
     ];
-    let note = if question_kept {
-        "The link is just for you, works once and expires in 10 minutes. Your question is saved: I'll answer it here once you've connected."
-    } else {
-        "The link is just for you, works once and expires in 10 minutes."
-    };
-    blocks.push(context(note.to_owned()));
     SlackMessageContent::new()
         .with_text("Connect your Databricks account to get an answer".into())
         .with_blocks(blocks)
+}
+
+/// `action_id` of the "Disconnect" button on the linked confirmation.
+pub const DISCONNECT_ACTION_ID: &str = "disconnect";
+
+/// The direct message confirming a new link, with a way out if it was not them.
+pub fn linked(shown_name: &str, user_name: &str, workspace: &str) -> SlackMessageContent {
+    let text = format!(
+        "Linked as *{}* ({}) in {}. I'll answer your Databricks questions with this account's permissions.",
+        escape_mrkdwn(shown_name),
+        escape_mrkdwn(user_name),
+        escape_mrkdwn(workspace)
+    );
+    let disconnect = SlackBlockButtonElement::new(pt!("Disconnect"))
+        .with_action_id(DISCONNECT_ACTION_ID.into())
+        .with_value(DISCONNECT_ACTION_ID.into())
+        .with_style(SlackBlockButtonStyle::Danger);
+    SlackMessageContent::new()
+        .with_text(format!("Linked as {shown_name} ({user_name}) in {workspace}"))
+        .with_blocks(vec![
+            section(text),
+            context("Not you? Disconnect, and tell your Databricks admin.".to_owned()),
+            SlackActionsBlock::new(vec![disconnect.into()]).into(),
+        ])
 }
 
 /// The reply to an empty question.

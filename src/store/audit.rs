@@ -1,9 +1,6 @@
 //! The audit trail: who linked, unlinked, needed to relink, failed to refresh or failed the
 //! identity check, and when. It never holds question text or secrets.
 
-use sqlx::query::Query;
-use sqlx::{Database, Encode, Type};
-
 use crate::domain::{TeamId, UserId};
 
 /// What happened.
@@ -41,7 +38,8 @@ pub enum Actor {
 }
 
 impl Actor {
-    fn as_str(self) -> &'static str {
+    /// The value stored in `audit_events.actor`.
+    pub fn as_str(self) -> &'static str {
         match self {
             Actor::User => "user",
             Actor::AdminCli => "admin-cli",
@@ -62,24 +60,21 @@ pub struct AuditEvent<'a> {
     pub at: i64,
 }
 
-impl<'a> AuditEvent<'a> {
-    /// The INSERT for this event, for use inside another query's transaction.
-    pub(crate) fn insert<DB>(&self) -> Query<'a, DB, <DB as Database>::Arguments<'a>>
-    where
-        DB: Database,
-        &'a str: Encode<'a, DB> + Type<DB>,
-        Option<&'a str>: Encode<'a, DB> + Type<DB>,
-        i64: Encode<'a, DB> + Type<DB>,
-    {
+/// The INSERT of an [`AuditEvent`], for use inside another query's transaction. A macro
+/// rather than a generic function: it expands inside each backend's arm of `on_pool!`,
+/// which keeps the futures `Send` (generic encoders over borrowed values are not, today).
+macro_rules! insert_audit_event {
+    ($event:expr) => {{
+        let event: &$crate::store::audit::AuditEvent<'_> = $event;
         sqlx::query(
-            "INSERT INTO audit_events (at, kind, team_id, user_id, actor, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO audit_events (at, kind, team_id, user_id, actor, detail) VALUES ($1, $2, $3, $4, $5, $6)",
         )
-        .bind(self.at)
-        .bind(self.kind.as_str())
-        .bind(self.team.as_str())
-        .bind(self.user.as_str())
-        .bind(self.actor.as_str())
-        .bind(self.detail)
-    }
+        .bind(event.at)
+        .bind(event.kind.as_str())
+        .bind(event.team.as_str())
+        .bind(event.user.as_str())
+        .bind(event.actor.as_str())
+        .bind(event.detail)
+    }};
 }
+pub(crate) use insert_audit_event;

@@ -61,6 +61,18 @@ macro_rules! claim_sql {
     };
 }
 
+macro_rules! insert_job {
+    ($job:expr, $now:expr) => {{
+        let job: &NewJob<'_> = $job;
+        sqlx::query(INSERT_JOB)
+            .bind(job.kind)
+            .bind(job.team.as_str())
+            .bind(job.user.as_str())
+            .bind(job.payload)
+            .bind($now)
+    }};
+}
+
 impl Store {
     /// Records Slack event `event_id` and enqueues `job` atomically; a second delivery of
     /// the same event (a retry, or the same event reaching another replica) does nothing.
@@ -80,7 +92,7 @@ impl Store {
             if recorded == 0 {
                 return Ok(Delivery::Duplicate);
             }
-            insert_job(job, now).execute(&mut *tx).await?;
+            insert_job!(job, now).execute(&mut *tx).await?;
             tx.commit().await?;
             Ok(Delivery::Enqueued)
         })
@@ -144,6 +156,18 @@ impl Store {
         })
     }
 
+    /// Parks a held job until its person connects Databricks (linking queues it again).
+    pub async fn park_job(&self, job: &Job, now: i64) -> Result<bool, sqlx::Error> {
+        self.update_claimed(
+            job,
+            "UPDATE jobs SET state = 'waiting', lease_until = NULL, updated_at = $1 \
+             WHERE id = $2 AND attempts = $3 AND state = 'running'",
+            now,
+            None,
+        )
+        .await
+    }
+
     /// Marks a held job as failed for good.
     pub async fn fail_job(&self, job: &Job, now: i64, error: &str) -> Result<bool, sqlx::Error> {
         self.update_claimed(
@@ -169,20 +193,3 @@ impl Store {
 
 const INSERT_JOB: &str = "INSERT INTO jobs (kind, team_id, user_id, payload, state, attempts, run_after, created_at, updated_at) \
      VALUES ($1, $2, $3, $4, 'queued', 0, $5, $5, $5)";
-
-fn insert_job<'a, DB>(
-    job: &'a NewJob<'a>,
-    now: i64,
-) -> sqlx::query::Query<'a, DB, <DB as sqlx::Database>::Arguments<'a>>
-where
-    DB: sqlx::Database,
-    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-{
-    sqlx::query(INSERT_JOB)
-        .bind(job.kind)
-        .bind(job.team.as_str())
-        .bind(job.user.as_str())
-        .bind(job.payload)
-        .bind(now)
-}

@@ -1,7 +1,7 @@
 //! `links`: one row per Slack person who linked Databricks, holding their refresh token as
 //! a vault envelope.
 
-use super::audit::{Actor, AuditEvent, AuditKind};
+use super::audit::{Actor, AuditEvent, AuditKind, insert_audit_event};
 use super::{Store, WritePool, on_pool};
 use crate::domain::{TeamId, UserId, WorkspaceHost};
 
@@ -53,6 +53,11 @@ pub struct Link {
     pub linked_at: i64,
     pub refreshed_at: Option<i64>,
     pub last_used_at: Option<i64>,
+    /// Vault envelope of the current access token, shared by every replica.
+    pub sealed_access_token: Option<Vec<u8>>,
+    pub access_expires_at: Option<i64>,
+    /// Until when a refresh is in progress somewhere (the cross-process single flight).
+    pub refresh_lock_until: Option<i64>,
 }
 
 impl std::fmt::Debug for Link {
@@ -81,6 +86,9 @@ pub struct NewLink<'a> {
     pub sealed_refresh_token: &'a [u8],
     pub key_id: &'a str,
     pub scopes: &'a str,
+    /// The access token that came with the refresh token, if any.
+    pub sealed_access_token: Option<&'a [u8]>,
+    pub access_expires_at: Option<i64>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -99,10 +107,14 @@ struct LinkRow {
     linked_at: i64,
     refreshed_at: Option<i64>,
     last_used_at: Option<i64>,
+    access_token: Option<Vec<u8>>,
+    access_expires_at: Option<i64>,
+    refresh_lock_until: Option<i64>,
 }
 
 const LINK_COLUMNS: &str = "team_id, user_id, workspace_host, databricks_user_id, databricks_user_name, \
-     databricks_display_name, refresh_token, key_id, scopes, status, version, linked_at, refreshed_at, last_used_at";
+     databricks_display_name, refresh_token, key_id, scopes, status, version, linked_at, refreshed_at, last_used_at, \
+     access_token, access_expires_at, refresh_lock_until";
 
 impl TryFrom<LinkRow> for Link {
     type Error = sqlx::Error;
@@ -124,9 +136,55 @@ impl TryFrom<LinkRow> for Link {
             linked_at: row.linked_at,
             refreshed_at: row.refreshed_at,
             last_used_at: row.last_used_at,
+            sealed_access_token: row.access_token,
+            access_expires_at: row.access_expires_at,
+            refresh_lock_until: row.refresh_lock_until,
         })
     }
 }
+
+/// The upsert behind [`Store::upsert_link`], also used inside the linking transaction
+/// (a macro for the same reason as `insert_audit_event!`).
+macro_rules! upsert_link_query {
+    ($link:expr, $now:expr) => {{
+        let link: &$crate::store::links::NewLink<'_> = $link;
+        let now: i64 = $now;
+        sqlx::query(
+            "INSERT INTO links (team_id, user_id, workspace_host, databricks_user_id, databricks_user_name, \
+                 databricks_display_name, refresh_token, key_id, scopes, status, version, linked_at, \
+                 access_token, access_expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', 0, $10, $11, $12) \
+             ON CONFLICT (team_id, user_id) DO UPDATE SET \
+                 workspace_host = excluded.workspace_host, \
+                 databricks_user_id = excluded.databricks_user_id, \
+                 databricks_user_name = excluded.databricks_user_name, \
+                 databricks_display_name = excluded.databricks_display_name, \
+                 refresh_token = excluded.refresh_token, \
+                 key_id = excluded.key_id, \
+                 scopes = excluded.scopes, \
+                 status = 'active', \
+                 version = links.version + 1, \
+                 linked_at = excluded.linked_at, \
+                 refreshed_at = NULL, \
+                 access_token = excluded.access_token, \
+                 access_expires_at = excluded.access_expires_at, \
+                 refresh_lock_until = NULL",
+        )
+        .bind(link.team.as_str())
+        .bind(link.user.as_str())
+        .bind(link.workspace.as_str())
+        .bind(link.databricks_user_id)
+        .bind(link.databricks_user_name)
+        .bind(link.databricks_display_name)
+        .bind(link.sealed_refresh_token)
+        .bind(link.key_id)
+        .bind(link.scopes)
+        .bind(now)
+        .bind(link.sealed_access_token)
+        .bind(link.access_expires_at)
+    }};
+}
+pub(crate) use upsert_link_query;
 
 fn into_links(rows: Vec<LinkRow>) -> Result<Vec<Link>, sqlx::Error> {
     rows.into_iter().map(Link::try_from).collect()
@@ -137,38 +195,10 @@ impl Store {
     /// replacement starts active, at a higher version, so in-flight refreshes of the old
     /// grant lose their compare-and-swap.
     pub async fn upsert_link(&self, link: &NewLink<'_>, now: i64) -> Result<(), sqlx::Error> {
-        on_pool!(self.write, |pool| {
-            sqlx::query(
-                "INSERT INTO links (team_id, user_id, workspace_host, databricks_user_id, databricks_user_name, \
-                     databricks_display_name, refresh_token, key_id, scopes, status, version, linked_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', 0, $10) \
-                 ON CONFLICT (team_id, user_id) DO UPDATE SET \
-                     workspace_host = excluded.workspace_host, \
-                     databricks_user_id = excluded.databricks_user_id, \
-                     databricks_user_name = excluded.databricks_user_name, \
-                     databricks_display_name = excluded.databricks_display_name, \
-                     refresh_token = excluded.refresh_token, \
-                     key_id = excluded.key_id, \
-                     scopes = excluded.scopes, \
-                     status = 'active', \
-                     version = links.version + 1, \
-                     linked_at = excluded.linked_at, \
-                     refreshed_at = NULL",
-            )
-            .bind(link.team.as_str())
-            .bind(link.user.as_str())
-            .bind(link.workspace.as_str())
-            .bind(link.databricks_user_id)
-            .bind(link.databricks_user_name)
-            .bind(link.databricks_display_name)
-            .bind(link.sealed_refresh_token)
-            .bind(link.key_id)
-            .bind(link.scopes)
-            .bind(now)
+        on_pool!(self.write, |pool| upsert_link_query!(link, now)
             .execute(pool)
             .await
-            .map(|_| ())
-        })
+            .map(|_| ()))
     }
 
     /// The link of one person, if any.
@@ -219,7 +249,7 @@ impl Store {
                     detail: Some(name),
                     at: now,
                 };
-                event.insert().execute(&mut *tx).await?;
+                insert_audit_event!(&event).execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(deleted.is_some())
@@ -275,6 +305,138 @@ impl Store {
             .execute(pool)
             .await
             .map(|done| done.rows_affected() == 1)
+        })
+    }
+
+    /// Starts a refresh of `version` of a person's link, if nobody else (in any process)
+    /// is refreshing it: the cross-process single flight. The claim lapses at
+    /// `lock_until`, so a process that dies mid-refresh does not block the person forever.
+    pub async fn try_lock_refresh(
+        &self,
+        team: &TeamId,
+        user: &UserId,
+        version: i64,
+        now: i64,
+        lock_until: i64,
+    ) -> Result<bool, sqlx::Error> {
+        on_pool!(self.write, |pool| {
+            sqlx::query(
+                "UPDATE links SET refresh_lock_until = $1 \
+                 WHERE team_id = $2 AND user_id = $3 AND version = $4 AND status = 'active' \
+                   AND (refresh_lock_until IS NULL OR refresh_lock_until <= $5)",
+            )
+            .bind(lock_until)
+            .bind(team.as_str())
+            .bind(user.as_str())
+            .bind(version)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected() == 1)
+        })
+    }
+
+    /// Commits the result of a refresh of `version`: the (possibly rotated) refresh token,
+    /// the new access token, a new version, and the lock released — before anyone uses
+    /// the new access token. False if the link changed meanwhile (relinked, removed).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn store_refreshed_tokens(
+        &self,
+        team: &TeamId,
+        user: &UserId,
+        version: i64,
+        sealed_refresh_token: &[u8],
+        key_id: &str,
+        sealed_access_token: &[u8],
+        access_expires_at: i64,
+        now: i64,
+    ) -> Result<bool, sqlx::Error> {
+        on_pool!(self.write, |pool| {
+            sqlx::query(
+                "UPDATE links SET refresh_token = $1, key_id = $2, access_token = $3, access_expires_at = $4, \
+                     version = version + 1, refreshed_at = $5, refresh_lock_until = NULL \
+                 WHERE team_id = $6 AND user_id = $7 AND version = $8",
+            )
+            .bind(sealed_refresh_token)
+            .bind(key_id)
+            .bind(sealed_access_token)
+            .bind(access_expires_at)
+            .bind(now)
+            .bind(team.as_str())
+            .bind(user.as_str())
+            .bind(version)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected() == 1)
+        })
+    }
+
+    /// Gives up a refresh claim without changing the tokens (a transient failure).
+    pub async fn release_refresh_lock(&self, team: &TeamId, user: &UserId, version: i64) -> Result<(), sqlx::Error> {
+        on_pool!(self.write, |pool| {
+            sqlx::query(
+                "UPDATE links SET refresh_lock_until = NULL WHERE team_id = $1 AND user_id = $2 AND version = $3",
+            )
+            .bind(team.as_str())
+            .bind(user.as_str())
+            .bind(version)
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })
+    }
+
+    /// Marks `version` of a link as needing a new connection (Databricks declared the
+    /// grant dead), drops its access token, and audits it, in one transaction. False if
+    /// the link had already moved on.
+    pub async fn mark_needs_relink(
+        &self,
+        team: &TeamId,
+        user: &UserId,
+        version: i64,
+        reason: &str,
+        now: i64,
+    ) -> Result<bool, sqlx::Error> {
+        on_pool!(self.write, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let changed = sqlx::query(
+                "UPDATE links SET status = 'needs_relink', access_token = NULL, access_expires_at = NULL, \
+                     refresh_lock_until = NULL, version = version + 1 \
+                 WHERE team_id = $1 AND user_id = $2 AND version = $3 AND status = 'active'",
+            )
+            .bind(team.as_str())
+            .bind(user.as_str())
+            .bind(version)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if changed {
+                let event = AuditEvent {
+                    kind: AuditKind::RelinkNeeded,
+                    team,
+                    user,
+                    actor: Actor::System,
+                    detail: Some(reason),
+                    at: now,
+                };
+                insert_audit_event!(&event).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(changed)
+        })
+    }
+
+    /// Notes that a link was just used to answer a question.
+    pub async fn touch_link(&self, team: &TeamId, user: &UserId, now: i64) -> Result<(), sqlx::Error> {
+        on_pool!(self.write, |pool| {
+            sqlx::query("UPDATE links SET last_used_at = $1 WHERE team_id = $2 AND user_id = $3")
+                .bind(now)
+                .bind(team.as_str())
+                .bind(user.as_str())
+                .execute(pool)
+                .await
+                .map(|_| ())
         })
     }
 }

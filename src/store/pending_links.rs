@@ -1,8 +1,17 @@
-//! `pending_links`: "Connect Databricks" links in flight. Only a hash of each link id is
-//! stored, so reading the database does not let anyone open a link.
+//! `pending_links`: "Connect Databricks" links in flight. Only hashes of the link id, the
+//! browser-binding cookie and the OAuth state are stored, so reading the database does
+//! not let anyone open a link or complete a flow.
+//!
+//! Life of a row: `pending` (sent to the person) → `claimed` (a browser pressed the
+//! button and got the binding cookie) → `exchanging` (the Databricks callback is being
+//! handled, exactly once) → `completed` or `failed`. A newer link for the same person
+//! makes older live ones `superseded`. Every step is one conditional UPDATE, so two
+//! requests can never both take it.
 
-use super::{Store, WritePool, on_pool};
+use super::links::{NewLink, upsert_link_query};
+use super::{Pool, Store, WritePool, on_pool};
 use crate::domain::{TeamId, UserId};
+use crate::store::audit::{Actor, AuditEvent, AuditKind, insert_audit_event};
 
 /// A pending link to create.
 #[derive(Debug, Clone)]
@@ -14,17 +23,74 @@ pub struct NewPendingLink<'a> {
     /// Where the question was asked, so it can be answered there after linking.
     pub channel_id: &'a str,
     pub thread_ts: Option<&'a str>,
-    /// The question that prompted the link, kept to answer once linked.
-    pub question: Option<&'a str>,
     pub expires_at: i64,
 }
 
+/// A pending link as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PendingLink {
+    pub id_hash: Vec<u8>,
+    pub team_id: String,
+    pub user_id: String,
+    pub channel_id: String,
+    pub thread_ts: Option<String>,
+    pub status: String,
+    pub browser_hash: Option<Vec<u8>>,
+    pub slack_nonce_hash: Option<Vec<u8>>,
+    pub slack_verified: i64,
+    pub pkce_verifier: Option<Vec<u8>>,
+    pub databricks_user: Option<String>,
+    pub failure: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+const COLUMNS: &str = "id_hash, team_id, user_id, channel_id, thread_ts, status, browser_hash, \
+     slack_nonce_hash, slack_verified, pkce_verifier, databricks_user, failure, created_at, expires_at";
+
+/// What completing a link writes, all in one transaction.
+pub struct Completion<'a> {
+    pub link: NewLink<'a>,
+    /// The pending link being completed.
+    pub id_hash: &'a [u8],
+    /// The name shown on the success page.
+    pub shown_name: &'a str,
+}
+
 impl Store {
-    /// Creates a pending link and voids every earlier live one of the same person, in one
-    /// transaction: only the newest link a person received can be used.
-    pub async fn create_pending_link(&self, link: &NewPendingLink<'_>, now: i64) -> Result<(), sqlx::Error> {
+    /// Creates a pending link and voids every earlier live one of the same person — unless
+    /// one was created within `quiet_seconds`, in which case nothing changes and `false`
+    /// is returned: a burst of questions gets one prompt, not one each. Serialised per
+    /// person (SQLite: the write transaction; Postgres: an advisory lock).
+    pub async fn create_pending_link(
+        &self,
+        link: &NewPendingLink<'_>,
+        now: i64,
+        quiet_seconds: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let person = format!("{}:{}", link.team, link.user);
+        let is_postgres = matches!(self.write, Pool::Postgres(_));
         on_pool!(self.write, |pool| {
             let mut tx = pool.begin_write().await?;
+            if is_postgres {
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                    .bind(&person)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let (recent,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM pending_links WHERE team_id = $1 AND user_id = $2 \
+                 AND status IN ('pending', 'claimed') AND expires_at > $3 AND created_at > $4",
+            )
+            .bind(link.team.as_str())
+            .bind(link.user.as_str())
+            .bind(now)
+            .bind(now - quiet_seconds)
+            .fetch_one(&mut *tx)
+            .await?;
+            if recent > 0 {
+                return Ok(false);
+            }
             sqlx::query(
                 "UPDATE pending_links SET status = 'superseded' \
                  WHERE team_id = $1 AND user_id = $2 AND status IN ('pending', 'claimed')",
@@ -34,21 +100,221 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             sqlx::query(
-                "INSERT INTO pending_links (id_hash, team_id, user_id, channel_id, thread_ts, question, status, \
+                "INSERT INTO pending_links (id_hash, team_id, user_id, channel_id, thread_ts, status, \
                      created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8)",
+                 VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7)",
             )
             .bind(link.id_hash)
             .bind(link.team.as_str())
             .bind(link.user.as_str())
             .bind(link.channel_id)
             .bind(link.thread_ts)
-            .bind(link.question)
             .bind(now)
             .bind(link.expires_at)
             .execute(&mut *tx)
             .await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    /// The pending link with this id hash, whatever its state (for the landing page).
+    pub async fn find_pending_link(&self, id_hash: &[u8]) -> Result<Option<PendingLink>, sqlx::Error> {
+        self.pending_where("id_hash = $1", id_hash).await
+    }
+
+    /// The pending link whose Databricks authorization carries this state hash.
+    pub async fn find_pending_link_by_state(&self, state_hash: &[u8]) -> Result<Option<PendingLink>, sqlx::Error> {
+        self.pending_where("state_hash = $1", state_hash).await
+    }
+
+    /// The pending link whose Sign in with Slack leg carries this state hash.
+    pub async fn find_pending_link_by_slack_state(
+        &self,
+        slack_state_hash: &[u8],
+    ) -> Result<Option<PendingLink>, sqlx::Error> {
+        self.pending_where("slack_state_hash = $1", slack_state_hash).await
+    }
+
+    /// The most recent pending link finished in the browser holding this cookie.
+    pub async fn find_finished_pending_link(&self, browser_hash: &[u8]) -> Result<Option<PendingLink>, sqlx::Error> {
+        self.pending_where(
+            "browser_hash = $1 AND status IN ('completed', 'failed') ORDER BY created_at DESC LIMIT 1",
+            browser_hash,
+        )
+        .await
+    }
+
+    async fn pending_where(&self, condition: &str, value: &[u8]) -> Result<Option<PendingLink>, sqlx::Error> {
+        let sql = format!("SELECT {COLUMNS} FROM pending_links WHERE {condition}");
+        on_pool!(self.read, |pool| sqlx::query_as(&sql)
+            .bind(value)
+            .fetch_optional(pool)
+            .await)
+    }
+
+    /// Claims a pending, unexpired link for the browser whose cookie hashes to
+    /// `browser_hash`, giving the OAuth leg until `expires_at`. Exactly one of any number
+    /// of concurrent claims succeeds (LNK-04).
+    pub async fn claim_pending_link(
+        &self,
+        id_hash: &[u8],
+        browser_hash: &[u8],
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Option<PendingLink>, sqlx::Error> {
+        let sql = format!(
+            "UPDATE pending_links SET status = 'claimed', browser_hash = $1, expires_at = $2 \
+             WHERE id_hash = $3 AND status = 'pending' AND expires_at > $4 RETURNING {COLUMNS}"
+        );
+        on_pool!(self.write, |pool| {
+            sqlx::query_as(&sql)
+                .bind(browser_hash)
+                .bind(expires_at)
+                .bind(id_hash)
+                .bind(now)
+                .fetch_optional(pool)
+                .await
+        })
+    }
+
+    /// Records the Sign in with Slack state and nonce (hashed) of a claimed link.
+    pub async fn set_slack_state(
+        &self,
+        id_hash: &[u8],
+        slack_state_hash: &[u8],
+        nonce_hash: &[u8],
+    ) -> Result<bool, sqlx::Error> {
+        on_pool!(self.write, |pool| {
+            sqlx::query(
+                "UPDATE pending_links SET slack_state_hash = $1, slack_nonce_hash = $2 \
+                 WHERE id_hash = $3 AND status = 'claimed'",
+            )
+            .bind(slack_state_hash)
+            .bind(nonce_hash)
+            .bind(id_hash)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected() == 1)
+        })
+    }
+
+    /// Marks the Slack identity of a claimed link as proven and spends its Slack state.
+    pub async fn mark_slack_verified(&self, id_hash: &[u8]) -> Result<bool, sqlx::Error> {
+        on_pool!(self.write, |pool| {
+            sqlx::query(
+                "UPDATE pending_links SET slack_verified = 1, slack_state_hash = NULL \
+                 WHERE id_hash = $1 AND status = 'claimed' AND slack_verified = 0",
+            )
+            .bind(id_hash)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected() == 1)
+        })
+    }
+
+    /// Records the Databricks state (hashed) and the sealed PKCE verifier of a claimed
+    /// link, just before the browser is sent to Databricks.
+    pub async fn set_databricks_state(
+        &self,
+        id_hash: &[u8],
+        state_hash: &[u8],
+        sealed_verifier: &[u8],
+    ) -> Result<bool, sqlx::Error> {
+        on_pool!(self.write, |pool| {
+            sqlx::query(
+                "UPDATE pending_links SET state_hash = $1, pkce_verifier = $2 WHERE id_hash = $3 AND status = 'claimed'",
+            )
+            .bind(state_hash)
+            .bind(sealed_verifier)
+            .bind(id_hash)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected() == 1)
+        })
+    }
+
+    /// Takes a claimed link into the code exchange: only the first callback with this
+    /// state gets it, so a replayed or doubled callback never reaches the token endpoint.
+    pub async fn begin_exchange(&self, id_hash: &[u8], now: i64) -> Result<bool, sqlx::Error> {
+        on_pool!(self.write, |pool| {
+            sqlx::query(
+                "UPDATE pending_links SET status = 'exchanging' \
+                 WHERE id_hash = $1 AND status = 'claimed' AND expires_at > $2",
+            )
+            .bind(id_hash)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected() == 1)
+        })
+    }
+
+    /// Ends a pending link as failed, with the reason shown to the browser, and forgets
+    /// its state and verifier. `audit` records an identity mismatch.
+    pub async fn fail_pending_link(
+        &self,
+        id_hash: &[u8],
+        failure: &str,
+        audit: Option<AuditEvent<'_>>,
+    ) -> Result<(), sqlx::Error> {
+        on_pool!(self.write, |pool| {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query(
+                "UPDATE pending_links SET status = 'failed', failure = $1, state_hash = NULL, slack_state_hash = NULL, \
+                     pkce_verifier = NULL \
+                 WHERE id_hash = $2 AND status IN ('pending', 'claimed', 'exchanging')",
+            )
+            .bind(failure)
+            .bind(id_hash)
+            .execute(&mut *tx)
+            .await?;
+            if let Some(event) = &audit {
+                insert_audit_event!(&event).execute(&mut *tx).await?;
+            }
             tx.commit().await
+        })
+    }
+
+    /// Stores the verified link, audits it, completes the pending link and queues again
+    /// the person's questions that were waiting for it — all or nothing.
+    pub async fn complete_linking(&self, completion: &Completion<'_>, now: i64) -> Result<bool, sqlx::Error> {
+        on_pool!(self.write, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let finished = sqlx::query(
+                "UPDATE pending_links SET status = 'completed', databricks_user = $1, state_hash = NULL, \
+                     pkce_verifier = NULL \
+                 WHERE id_hash = $2 AND status = 'exchanging'",
+            )
+            .bind(completion.shown_name)
+            .bind(completion.id_hash)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if finished != 1 {
+                return Ok(false);
+            }
+            upsert_link_query!(&completion.link, now).execute(&mut *tx).await?;
+            let event = AuditEvent {
+                kind: AuditKind::Link,
+                team: completion.link.team,
+                user: completion.link.user,
+                actor: Actor::User,
+                detail: Some(completion.link.databricks_user_name),
+                at: now,
+            };
+            insert_audit_event!(&event).execute(&mut *tx).await?;
+            sqlx::query(
+                "UPDATE jobs SET state = 'queued', run_after = $1, updated_at = $1 \
+                 WHERE team_id = $2 AND user_id = $3 AND state = 'waiting'",
+            )
+            .bind(now)
+            .bind(completion.link.team.as_str())
+            .bind(completion.link.user.as_str())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(true)
         })
     }
 }

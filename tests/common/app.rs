@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use wiremock::matchers::path;
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
+use super::fake_databricks::{FakeDatabricks, FakeUser};
 use super::{KEY_A, TestDb};
 
 pub const SIGNING_SECRET: &str = "test-signing-secret-CANARY";
@@ -29,11 +30,27 @@ pub struct RecordingAgent {
     pub requests: Mutex<Vec<AgentRequest>>,
     pub delay: Mutex<Option<Duration>>,
     pub fail_with: Mutex<Option<AgentError>>,
+    /// Access tokens to refuse with `Unauthorized`, as Databricks would a revoked one.
+    pub refuse_tokens: Mutex<Vec<String>>,
+}
+
+impl RecordingAgent {
+    /// The access tokens the agent was given, in order.
+    pub fn tokens(&self) -> Vec<String> {
+        use secrecy::ExposeSecret;
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.context.access_token.expose_secret().to_owned())
+            .collect()
+    }
 }
 
 #[async_trait]
 impl Agent for RecordingAgent {
     async fn answer(&self, request: &AgentRequest) -> Result<AgentAnswer, AgentError> {
+        use secrecy::ExposeSecret;
         self.requests.lock().unwrap().push(request.clone());
         let delay = *self.delay.lock().unwrap();
         if let Some(delay) = delay {
@@ -41,6 +58,10 @@ impl Agent for RecordingAgent {
         }
         if let Some(error) = self.fail_with.lock().unwrap().clone() {
             return Err(error);
+        }
+        let token = request.context.access_token.expose_secret().to_owned();
+        if self.refuse_tokens.lock().unwrap().contains(&token) {
+            return Err(AgentError::Unauthorized);
         }
         Ok(AgentAnswer {
             text: format!("answer: {}", request.question),
@@ -85,6 +106,7 @@ pub struct Options {
     pub workers: Option<WorkerConfig>,
     pub extra_env: Vec<(&'static str, String)>,
     pub slack: Option<Arc<MockServer>>,
+    pub databricks: Option<Arc<FakeDatabricks>>,
 }
 
 impl Default for Options {
@@ -94,6 +116,7 @@ impl Default for Options {
             workers: Some(fast_workers()),
             extra_env: Vec::new(),
             slack: None,
+            databricks: None,
         }
     }
 }
@@ -112,6 +135,7 @@ pub struct TestApp {
     pub lifecycle: Lifecycle,
     pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
     pub slack: Arc<MockServer>,
+    pub databricks: Arc<FakeDatabricks>,
     pub clock: Arc<ManualClock>,
     pub agent: Arc<RecordingAgent>,
     pub store: Store,
@@ -120,7 +144,7 @@ pub struct TestApp {
     _db: Option<TestDb>,
 }
 
-pub fn config_env(db_url: &str, slack_uri: &str) -> Vec<(&'static str, String)> {
+pub fn config_env(db_url: &str, slack_uri: &str, databricks_uri: &str) -> Vec<(&'static str, String)> {
     vec![
         ("BIND_ADDR", "127.0.0.1:0".into()),
         ("PUBLIC_BASE_URL", "https://bot.example.com".into()),
@@ -129,7 +153,7 @@ pub fn config_env(db_url: &str, slack_uri: &str) -> Vec<(&'static str, String)> 
         ("SLACK_BOT_TOKEN", BOT_TOKEN.into()),
         ("SLACK_SIGNING_SECRET", SIGNING_SECRET.into()),
         ("SLACK_API_URL", format!("{slack_uri}/api")),
-        ("DATABRICKS_HOST", "http://127.0.0.1:9".into()),
+        ("DATABRICKS_HOST", databricks_uri.into()),
         ("DATABRICKS_CLIENT_ID", "test-client".into()),
     ]
 }
@@ -156,7 +180,11 @@ impl TestApp {
                 Arc::new(slack)
             }
         };
-        let mut env = config_env(&db_url, &slack.uri());
+        let databricks = match options.databricks {
+            Some(databricks) => databricks,
+            None => Arc::new(FakeDatabricks::start().await),
+        };
+        let mut env = config_env(&db_url, &slack.uri(), &databricks.uri);
         for (k, v) in options.extra_env {
             env.retain(|(key, _)| *key != k);
             env.push((k, v));
@@ -185,6 +213,7 @@ impl TestApp {
             lifecycle,
             server,
             slack,
+            databricks,
             clock,
             agent,
             store,
@@ -192,6 +221,16 @@ impl TestApp {
             db_url,
             _db: db,
         }
+    }
+
+    /// Links the fixtures' asker (T061EG9R6/U061F7AUR) to a fresh grant at the fake
+    /// Databricks, as if they had connected before. Returns the refresh token.
+    pub async fn link_asker(&self) -> String {
+        let rt = self.databricks.grant(&FakeUser::asker());
+        super::Person::new("T061EG9R6", "U061F7AUR")
+            .link(&self.store, &super::vault(&[KEY_A]), &rt, self.clock.now())
+            .await;
+        rt
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod app;
+pub mod fake_databricks;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -193,6 +194,8 @@ impl Person {
                     sealed_refresh_token: &sealed,
                     key_id: vault.primary_key_id().as_str(),
                     scopes: "all-apis offline_access",
+                    sealed_access_token: None,
+                    access_expires_at: None,
                 },
                 now,
             )

@@ -1,0 +1,265 @@
+//! The token broker: a fresh access token for every question, from the person's own
+//! refresh token.
+//!
+//! - The access token lives, sealed, in the person's `links` row, so every replica uses
+//!   the same one; it is refreshed at least five minutes before it expires.
+//! - At most one refresh per person at a time: across tasks (an in-process lock per
+//!   person) and across processes (`refresh_lock_until`, set by compare-and-swap on the
+//!   link's `version`). Everyone else waits and then uses the winner's token.
+//! - The rotated refresh token is committed before the new access token is used; an
+//!   answer without a refresh token keeps the old one.
+//! - A dead grant marks the link `needs_relink` (once); transient failures leave it
+//!   alone; a rejected client is an operator error that never touches anyone's link.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use crate::clock::SharedClock;
+use crate::crypto::{Binding, Purpose, Vault, VaultError};
+use crate::databricks::oauth::{DatabricksOAuth, TokenError};
+use crate::domain::{TeamId, UserId, WorkspaceHost};
+use crate::store::Store;
+use crate::store::links::{Link, LinkStatus};
+
+/// Refresh when the access token has less than this left.
+pub const REFRESH_MARGIN_SECONDS: i64 = 300;
+/// How long a refresh claim holds before another process may take over.
+const REFRESH_LOCK_SECONDS: i64 = 30;
+/// How long to wait for another process's refresh before giving up for now.
+const WAIT_FOR_OTHER_REFRESH: Duration = Duration::from_secs(35);
+
+/// Everything an agent needs to act as the person: never stored by the agent.
+#[derive(Clone)]
+pub struct UserContext {
+    pub host: WorkspaceHost,
+    /// A short-lived access token of the person.
+    pub access_token: SecretString,
+    pub team: TeamId,
+    pub user: UserId,
+    pub databricks_user_id: String,
+    pub databricks_user_name: String,
+    /// The link version this token belongs to; pass it back to force a refresh when
+    /// Databricks refuses the token.
+    pub version: i64,
+}
+
+impl fmt::Debug for UserContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserContext")
+            .field("host", &self.host)
+            .field("team", &self.team)
+            .field("user", &self.user)
+            .field("databricks_user_name", &self.databricks_user_name)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why no access token could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("the person has not connected Databricks")]
+    NotLinked,
+    /// Databricks declared the grant dead; `just_now` when this call found out.
+    #[error("the person must connect Databricks again")]
+    NeedsRelink { just_now: bool },
+    #[error("Databricks is temporarily unavailable: {0}")]
+    Transient(String),
+    #[error("the bot's Databricks OAuth client is misconfigured: {0}")]
+    Misconfigured(String),
+    #[error("the stored refresh token cannot be opened: {0}")]
+    Unreadable(#[from] VaultError),
+    #[error("database error: {0}")]
+    Store(#[from] sqlx::Error),
+}
+
+/// Hands out access tokens.
+pub struct TokenBroker {
+    store: Store,
+    vault: Vault,
+    oauth: DatabricksOAuth,
+    clock: SharedClock,
+    flights: Mutex<HashMap<(TeamId, UserId), Flight>>,
+}
+
+/// One person's in-process refresh lock.
+type Flight = Arc<tokio::sync::Mutex<()>>;
+
+impl TokenBroker {
+    pub fn new(store: Store, vault: Vault, oauth: DatabricksOAuth, clock: SharedClock) -> Self {
+        Self {
+            store,
+            vault,
+            oauth,
+            clock,
+            flights: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A usable access token for the person. `refused_version` is the version of a token
+    /// Databricks just refused: a token of that version is not handed out again, so the
+    /// call refreshes (once, however many callers refused it).
+    pub async fn user_context(
+        &self,
+        team: &TeamId,
+        user: &UserId,
+        refused_version: Option<i64>,
+    ) -> Result<UserContext, BrokerError> {
+        let flight = {
+            let mut flights = self.flights.lock().expect("not poisoned");
+            flights.entry((team.clone(), user.clone())).or_default().clone()
+        };
+        let outcome = {
+            let _one_at_a_time = flight.lock().await;
+            self.user_context_exclusive(team, user, refused_version).await
+        };
+        let mut flights = self.flights.lock().expect("not poisoned");
+        if Arc::strong_count(&flight) == 2 {
+            flights.remove(&(team.clone(), user.clone()));
+        }
+        outcome
+    }
+
+    async fn user_context_exclusive(
+        &self,
+        team: &TeamId,
+        user: &UserId,
+        refused_version: Option<i64>,
+    ) -> Result<UserContext, BrokerError> {
+        let give_up_at = tokio::time::Instant::now() + WAIT_FOR_OTHER_REFRESH;
+        loop {
+            let link = self.store.find_link(team, user).await?.ok_or(BrokerError::NotLinked)?;
+            if link.status == LinkStatus::NeedsRelink {
+                return Err(BrokerError::NeedsRelink { just_now: false });
+            }
+            if refused_version != Some(link.version)
+                && let Some(token) = self.current_access_token(&link)
+            {
+                return Ok(context(&link, token, link.version));
+            }
+            let now = self.clock.now();
+            let locked_elsewhere = link.refresh_lock_until.is_some_and(|until| until > now);
+            if !locked_elsewhere
+                && self
+                    .store
+                    .try_lock_refresh(team, user, link.version, now, now + REFRESH_LOCK_SECONDS)
+                    .await?
+            {
+                return self.refresh(&link).await;
+            }
+            // Another process is refreshing (or just did): wait for its result.
+            if tokio::time::Instant::now() >= give_up_at {
+                return Err(BrokerError::Transient("a refresh elsewhere did not finish".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The stored access token, if it has more than the margin left and opens.
+    fn current_access_token(&self, link: &Link) -> Option<SecretString> {
+        let sealed = link.sealed_access_token.as_deref()?;
+        let expires_at = link.access_expires_at?;
+        if expires_at - self.clock.now() < REFRESH_MARGIN_SECONDS {
+            return None;
+        }
+        // An access token is only a cache: one we cannot open is simply refreshed.
+        self.vault.open(binding(link, Purpose::AccessToken), sealed).ok()
+    }
+
+    /// Refreshes while holding the person's refresh claim on `link.version`.
+    async fn refresh(&self, link: &Link) -> Result<UserContext, BrokerError> {
+        let (team, user, version) = (&link.team, &link.user, link.version);
+        let refresh_token = match self
+            .vault
+            .open(binding(link, Purpose::RefreshToken), &link.sealed_refresh_token)
+        {
+            Ok(token) => token,
+            Err(error) => {
+                self.store.release_refresh_lock(team, user, version).await?;
+                tracing::error!(error = %error, "a stored refresh token cannot be opened; the link is left as it is");
+                return Err(BrokerError::Unreadable(error));
+            }
+        };
+        let mut result = self.oauth.refresh(&refresh_token).await;
+        if matches!(result, Err(TokenError::Timeout)) {
+            // The answer may have been lost after the server rotated the token. Asking once
+            // more with the same token either succeeds or tells us the grant is gone (TOK-05).
+            tracing::warn!("refresh timed out; asking once more with the same refresh token");
+            result = self.oauth.refresh(&refresh_token).await;
+        }
+        let now = self.clock.now();
+        match result {
+            Ok(tokens) => {
+                let refresh_token = tokens.refresh_token.unwrap_or(refresh_token);
+                let sealed_refresh = self.vault.seal(binding(link, Purpose::RefreshToken), &refresh_token);
+                let sealed_access = self
+                    .vault
+                    .seal(binding(link, Purpose::AccessToken), &tokens.access_token);
+                let expires_at = now + tokens.expires_in as i64;
+                let key_id = self.vault.primary_key_id().as_str();
+                // Committed before the access token is used or handed out.
+                if self
+                    .store
+                    .store_refreshed_tokens(
+                        team,
+                        user,
+                        version,
+                        &sealed_refresh,
+                        key_id,
+                        &sealed_access,
+                        expires_at,
+                        now,
+                    )
+                    .await?
+                {
+                    tracing::info!("access token refreshed");
+                    Ok(context(link, tokens.access_token, version + 1))
+                } else {
+                    Err(BrokerError::Transient("the link changed during the refresh".into()))
+                }
+            }
+            Err(TokenError::DeadGrant(reason)) => {
+                let just_now = self.store.mark_needs_relink(team, user, version, &reason, now).await?;
+                tracing::warn!(
+                    reason,
+                    "the refresh token is no longer valid; the person must connect again"
+                );
+                Err(BrokerError::NeedsRelink { just_now })
+            }
+            Err(TokenError::Client(reason)) => {
+                self.store.release_refresh_lock(team, user, version).await?;
+                tracing::error!(reason, "Databricks rejected the bot's OAuth client; links are kept");
+                Err(BrokerError::Misconfigured(reason))
+            }
+            Err(error) => {
+                self.store.release_refresh_lock(team, user, version).await?;
+                Err(BrokerError::Transient(error.to_string()))
+            }
+        }
+    }
+}
+
+fn binding(link: &Link, purpose: Purpose) -> Binding<'_> {
+    Binding {
+        purpose,
+        team: &link.team,
+        user: &link.user,
+        workspace: &link.workspace,
+    }
+}
+
+fn context(link: &Link, access_token: SecretString, version: i64) -> UserContext {
+    UserContext {
+        host: link.workspace.clone(),
+        access_token,
+        team: link.team.clone(),
+        user: link.user.clone(),
+        databricks_user_id: link.databricks_user_id.clone(),
+        databricks_user_name: link.databricks_user_name.clone(),
+        version,
+    }
+}

@@ -1,0 +1,322 @@
+//! Databricks OAuth (U2M) with the `oauth2` crate: the authorization URL (PKCE S256,
+//! our own server-side state, the exact redirect URI), the code exchange and refreshes.
+//!
+//! Endpoints come from the workspace's discovery document, fetched once and cached. The
+//! HTTP client follows no redirects (a token endpoint that redirects is an error, not a
+//! hop to wherever it points) and every call has a timeout. Token-endpoint failures are
+//! classified so callers can tell a dead grant from a blip from a misconfiguration.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use oauth2::basic::{BasicClient, BasicErrorResponseType, BasicRequestTokenError};
+use oauth2::{
+    AsyncHttpClient, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet, EndpointSet,
+    HttpRequest, HttpResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError,
+    Scope, TokenResponse, TokenUrl,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tokio::sync::OnceCell;
+use url::Url;
+
+use crate::config::DatabricksConfig;
+use crate::domain::is_secure_or_loopback;
+
+/// Connect and total timeouts of every call to the authorization server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The fields of the discovery document we use.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Discovery {
+    pub authorization_endpoint: Url,
+    pub token_endpoint: Url,
+    #[serde(default)]
+    pub code_challenge_methods_supported: Option<Vec<String>>,
+    #[serde(default)]
+    pub revocation_endpoint: Option<Url>,
+}
+
+/// Tokens from an exchange or a refresh.
+pub struct Tokens {
+    pub access_token: SecretString,
+    /// `None` when the server did not rotate (keep the old one).
+    pub refresh_token: Option<SecretString>,
+    /// Seconds the access token lives; an hour when the server does not say.
+    pub expires_in: u64,
+    pub scope: Option<String>,
+}
+
+/// Why a token request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// The grant (code or refresh token) is dead: the person must connect again.
+    #[error("the grant is no longer valid ({0})")]
+    DeadGrant(String),
+    /// Our client is not accepted (wrong id or secret, app connection removed): an
+    /// operator problem, never a reason to drop anyone's link.
+    #[error(
+        "Databricks rejected the bot's OAuth client ({0}); check DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET"
+    )]
+    Client(String),
+    /// No answer in time: the server may or may not have acted on the request.
+    #[error("the token endpoint did not answer in time")]
+    Timeout,
+    /// Network errors, 5xx, 429 and unreadable answers: worth retrying later.
+    #[error("the token endpoint failed transiently ({0})")]
+    Transient(String),
+    /// The discovery document could not be used.
+    #[error("the OAuth discovery document is unusable: {0}")]
+    Discovery(String),
+}
+
+type ConfiguredClient = BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
+
+/// The Databricks OAuth client of this deployment.
+#[derive(Clone)]
+pub struct DatabricksOAuth {
+    http: reqwest::Client,
+    discovery_url: Url,
+    discovery: Arc<OnceCell<Discovery>>,
+    client_id: String,
+    client_secret: Option<SecretString>,
+    redirect_uri: Url,
+    scopes: Vec<String>,
+}
+
+/// The HTTP client for OAuth and Databricks calls: no redirects, bounded time.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT)
+        .build()
+        .expect("a reqwest client with rustls builds")
+}
+
+impl DatabricksOAuth {
+    /// The client for `config`, redirecting back to `{public_base_url}/oauth/databricks/callback`.
+    pub fn new(config: &DatabricksConfig, public_base_url: &Url, http: reqwest::Client) -> Self {
+        let mut redirect_uri = public_base_url.clone();
+        redirect_uri.set_path("/oauth/databricks/callback");
+        Self {
+            http,
+            discovery_url: config.discovery_url.clone(),
+            discovery: Arc::new(OnceCell::new()),
+            client_id: config.client_id.clone(),
+            client_secret: config.client_secret.clone(),
+            redirect_uri,
+            scopes: config.scopes.clone(),
+        }
+    }
+
+    /// The exact redirect URI registered with the app connection.
+    pub fn redirect_uri(&self) -> &Url {
+        &self.redirect_uri
+    }
+
+    /// The discovery document, fetched on first use and then cached. Refuses endpoints
+    /// over plain http (except loopback) and servers that do not offer PKCE S256.
+    pub async fn discovery(&self) -> Result<&Discovery, TokenError> {
+        self.discovery
+            .get_or_try_init(|| async {
+                let response = self
+                    .http
+                    .get(self.discovery_url.clone())
+                    .send()
+                    .await
+                    .map_err(|e| TokenError::Discovery(format!("could not fetch it: {}", without_url(&e))))?;
+                if !response.status().is_success() {
+                    return Err(TokenError::Discovery(format!("HTTP {}", response.status().as_u16())));
+                }
+                let discovery: Discovery = response
+                    .json()
+                    .await
+                    .map_err(|e| TokenError::Discovery(format!("not the expected JSON: {}", without_url(&e))))?;
+                if !is_secure_or_loopback(&discovery.authorization_endpoint)
+                    || !is_secure_or_loopback(&discovery.token_endpoint)
+                {
+                    return Err(TokenError::Discovery("endpoints must be https".into()));
+                }
+                // A server that does not list S256 might ignore PKCE; we rely on it (OA-01).
+                if let Some(methods) = &discovery.code_challenge_methods_supported
+                    && !methods.iter().any(|m| m == "S256")
+                {
+                    return Err(TokenError::Discovery("PKCE S256 is not supported".into()));
+                }
+                Ok(discovery)
+            })
+            .await
+    }
+
+    async fn client(&self) -> Result<ConfiguredClient, TokenError> {
+        let discovery = self.discovery().await?;
+        let mut client = BasicClient::new(ClientId::new(self.client_id.clone()))
+            .set_auth_uri(AuthUrl::from_url(discovery.authorization_endpoint.clone()))
+            .set_token_uri(TokenUrl::from_url(discovery.token_endpoint.clone()))
+            .set_redirect_uri(RedirectUrl::from_url(self.redirect_uri.clone()));
+        if let Some(secret) = &self.client_secret {
+            client = client.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
+        }
+        Ok(client)
+    }
+
+    /// The authorization URL for one attempt, carrying our `state` and the PKCE challenge
+    /// of `verifier`.
+    pub async fn authorize_url(&self, state: &SecretString, verifier: &SecretString) -> Result<Url, TokenError> {
+        let challenge =
+            PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(verifier.expose_secret().to_owned()));
+        let state = state.expose_secret().to_owned();
+        let (url, _) = self
+            .client()
+            .await?
+            .authorize_url(|| CsrfToken::new(state))
+            .add_scopes(self.scopes.iter().cloned().map(Scope::new))
+            .set_pkce_challenge(challenge)
+            .url();
+        Ok(url)
+    }
+
+    /// Exchanges an authorization code (with its PKCE verifier) for tokens.
+    pub async fn exchange_code(&self, code: &SecretString, verifier: &SecretString) -> Result<Tokens, TokenError> {
+        let client = self.client().await?;
+        let recorder = StatusRecorder::new(&self.http);
+        let result = client
+            .exchange_code(AuthorizationCode::new(code.expose_secret().to_owned()))
+            .set_pkce_verifier(PkceCodeVerifier::new(verifier.expose_secret().to_owned()))
+            .request_async(&recorder)
+            .await;
+        result.map(tokens).map_err(|e| classify(e, recorder.status()))
+    }
+
+    /// Uses a refresh token. With single-use refresh tokens the answer carries a new one.
+    pub async fn refresh(&self, refresh_token: &SecretString) -> Result<Tokens, TokenError> {
+        let client = self.client().await?;
+        let recorder = StatusRecorder::new(&self.http);
+        let token = RefreshToken::new(refresh_token.expose_secret().to_owned());
+        let result = client.exchange_refresh_token(&token).request_async(&recorder).await;
+        result.map(tokens).map_err(|e| classify(e, recorder.status()))
+    }
+}
+
+fn tokens(response: oauth2::basic::BasicTokenResponse) -> Tokens {
+    Tokens {
+        access_token: SecretString::from(response.access_token().secret().to_owned()),
+        refresh_token: response
+            .refresh_token()
+            .map(|t| SecretString::from(t.secret().to_owned())),
+        expires_in: response.expires_in().map_or(3600, |d| d.as_secs()),
+        scope: response
+            .scopes()
+            .map(|s| s.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")),
+    }
+}
+
+/// oauth2's HTTP client: our reqwest client (no redirects, timeouts), remembering the
+/// HTTP status of the one request oauth2 makes, which its errors omit.
+struct StatusRecorder {
+    http: reqwest::Client,
+    status: std::sync::Mutex<Option<u16>>,
+}
+
+impl<'c> AsyncHttpClient<'c> for StatusRecorder {
+    type Error = SendError;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, SendError>> + Send + 'c>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(self.send(request))
+    }
+}
+
+impl StatusRecorder {
+    fn new(http: &reqwest::Client) -> Self {
+        Self {
+            http: http.clone(),
+            status: std::sync::Mutex::new(None),
+        }
+    }
+
+    async fn send(&self, request: HttpRequest) -> Result<HttpResponse, SendError> {
+        let (parts, body) = request.into_parts();
+        let url = Url::parse(&parts.uri.to_string()).map_err(|_| SendError("invalid token URL".into()))?;
+        let response = self
+            .http
+            .request(parts.method, url)
+            .headers(parts.headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    SendError("timeout".into())
+                } else {
+                    SendError(without_url(&e))
+                }
+            })?;
+        let status = response.status();
+        *self.status.lock().expect("not poisoned") = Some(status.as_u16());
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(|e| SendError(without_url(&e)))?;
+        let mut out = HttpResponse::new(body.to_vec());
+        *out.status_mut() = status;
+        *out.headers_mut() = headers;
+        Ok(out)
+    }
+
+    fn status(&self) -> Option<u16> {
+        *self.status.lock().expect("not poisoned")
+    }
+}
+
+/// A transport failure, described without the URL (it may carry a code or state).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct SendError(String);
+
+fn without_url(error: &reqwest::Error) -> String {
+    let mut e = error.to_string();
+    if let Some(url) = error.url() {
+        e = e.replace(url.as_str(), "<url>");
+    }
+    e
+}
+
+/// Sorts a token-endpoint failure into what the caller must do about it.
+fn classify(error: BasicRequestTokenError<SendError>, status: Option<u16>) -> TokenError {
+    match error {
+        RequestTokenError::ServerResponse(response) => {
+            let description = response.error_description().cloned().unwrap_or_default();
+            let code = response.error().to_string();
+            let summary = if description.is_empty() {
+                code.clone()
+            } else {
+                format!("{code}: {description}")
+            };
+            match response.error() {
+                BasicErrorResponseType::InvalidClient | BasicErrorResponseType::UnauthorizedClient => {
+                    TokenError::Client(code)
+                }
+                BasicErrorResponseType::InvalidGrant => TokenError::DeadGrant(summary),
+                // Databricks answers a dead refresh token with invalid_request and this text.
+                BasicErrorResponseType::InvalidRequest
+                    if description.to_ascii_lowercase().contains("refresh token is invalid") =>
+                {
+                    TokenError::DeadGrant(summary)
+                }
+                _ if matches!(status, Some(429) | Some(500..=599)) => TokenError::Transient(summary),
+                _ if matches!(status, Some(400) | Some(401)) => TokenError::DeadGrant(summary),
+                _ => TokenError::Transient(summary),
+            }
+        }
+        RequestTokenError::Request(e) if e.0 == "timeout" => TokenError::Timeout,
+        RequestTokenError::Request(e) => TokenError::Transient(e.0),
+        RequestTokenError::Parse(_, _) | RequestTokenError::Other(_) => match status {
+            Some(code @ 300..=399) => TokenError::Transient(format!("refused to follow a redirect (HTTP {code})")),
+            Some(code) => TokenError::Transient(format!("unreadable answer (HTTP {code})")),
+            None => TokenError::Transient("unreadable answer".into()),
+        },
+    }
+}

@@ -1,0 +1,184 @@
+//! `GET`/`POST /link/{id}`, `GET /oauth/databricks/callback` and `GET /link/result`: the
+//! browser side of linking. The logic is in [`crate::linking`]; this module turns its
+//! outcomes into pages, cookies and redirects.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use secrecy::ExposeSecret;
+
+use super::pages::{escape_html, message, page};
+use crate::linking::{CallbackOutcome, CallbackQuery, LinkFlow, PENDING_LINK_TTL_SECONDS, Unusable};
+
+/// The linking routes.
+pub fn router(flow: Arc<LinkFlow>) -> Router {
+    Router::new()
+        .route("/link/{id}", get(landing).post(claim))
+        .route("/oauth/databricks/callback", get(databricks_callback))
+        .route("/link/result", get(result))
+        .with_state(flow)
+}
+
+/// The browser-binding cookie's name: `__Host-` (Secure, host-only, path /) on https.
+fn cookie_name(flow: &LinkFlow) -> &'static str {
+    if flow.secure_cookies() {
+        "__Host-databricks-link"
+    } else {
+        "databricks-link"
+    }
+}
+
+fn read_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn set_cookie(flow: &LinkFlow, value: &str, max_age: i64) -> HeaderValue {
+    let secure = if flow.secure_cookies() { "; Secure" } else { "" };
+    // Lax, not Strict: the cookie must come back on the top-level redirect from Databricks.
+    let cookie = format!(
+        "{}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
+        cookie_name(flow)
+    );
+    HeaderValue::from_str(&cookie).expect("cookie values are base64url")
+}
+
+fn unusable(reason: Unusable) -> Response {
+    match reason {
+        Unusable::Unknown => message(
+            StatusCode::NOT_FOUND,
+            "This link is not valid",
+            &["Links to connect Databricks come from the bot in Slack. Ask your question again there to get a new one."
+                .into()],
+        ),
+        Unusable::Expired => message(
+            StatusCode::GONE,
+            "This link has expired",
+            &["Links to connect Databricks work for 10 minutes. Ask your question again in Slack and use the new link."
+                .into()],
+        ),
+        Unusable::Used => message(
+            StatusCode::GONE,
+            "This link was already used",
+            &["Each link works once, and a newer link replaces older ones. If you are not connected yet, ask your \
+               question again in Slack to get a new link."
+                .into()],
+        ),
+    }
+}
+
+async fn landing(State(flow): State<Arc<LinkFlow>>, Path(id): Path<String>) -> Response {
+    match flow.landing(&id).await {
+        Ok(landing) => {
+            let body = format!(
+                "<p>Connect Databricks for <span class=\"who\">{}</span> in the Slack workspace \
+                 <span class=\"who\">{}</span>.</p>\
+                 <p>You will sign in to <span class=\"who\">{}</span>. The bot will then answer your questions with \
+                 your own Databricks permissions.</p>\
+                 <form method=\"post\"><button type=\"submit\">Continue to Databricks</button></form>\
+                 <p class=\"small\">Only continue if you asked the bot a question yourself. This link works once.</p>",
+                escape_html(&landing.slack_user),
+                escape_html(&landing.slack_workspace),
+                escape_html(landing.databricks_workspace.as_str()),
+            );
+            let databricks = landing.databricks_workspace.as_str().to_owned();
+            page(StatusCode::OK, "Connect Databricks", &body, &[databricks.as_str()])
+        }
+        Err(reason) => unusable(reason),
+    }
+}
+
+async fn claim(State(flow): State<Arc<LinkFlow>>, Path(id): Path<String>) -> Response {
+    match flow.claim(&id).await {
+        Ok(claimed) => {
+            let mut response = (StatusCode::SEE_OTHER, [(header::LOCATION, claimed.redirect.as_str())]).into_response();
+            let headers = response.headers_mut();
+            headers.insert(
+                header::SET_COOKIE,
+                set_cookie(&flow, claimed.cookie.expose_secret(), PENDING_LINK_TTL_SECONDS),
+            );
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+            response
+        }
+        Err(reason) => unusable(reason),
+    }
+}
+
+async fn databricks_callback(
+    State(flow): State<Arc<LinkFlow>>,
+    Query(query): Query<CallbackQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let cookie = read_cookie(&headers, cookie_name(&flow));
+    match flow.databricks_callback(&query, cookie).await {
+        CallbackOutcome::AlreadyHandled if cookie.is_none() => message(
+            StatusCode::BAD_REQUEST,
+            "Already handled",
+            &["This sign-in has already been handled. The result is in Slack.".into()],
+        ),
+        // Show the result at a clean URL: the code leaves the address bar and history.
+        CallbackOutcome::Finished | CallbackOutcome::AlreadyHandled => {
+            let mut response = (StatusCode::SEE_OTHER, [(header::LOCATION, "/link/result")]).into_response();
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+                .headers_mut()
+                .insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+            response
+        }
+        CallbackOutcome::Rejected(reason) => message(
+            StatusCode::BAD_REQUEST,
+            "Nothing was linked",
+            &[
+                escape_html(reason),
+                "Start again from the “Connect Databricks” button in Slack.".into(),
+            ],
+        ),
+    }
+}
+
+async fn result(State(flow): State<Arc<LinkFlow>>, headers: HeaderMap) -> Response {
+    let Some(cookie) = read_cookie(&headers, cookie_name(&flow)) else {
+        return unusable(Unusable::Unknown);
+    };
+    let mut response = match flow.result_for_browser(cookie).await {
+        Some(p) if p.status == "completed" => message(
+            StatusCode::OK,
+            "You're connected",
+            &[
+                format!(
+                    "Linked as <span class=\"who\">{}</span> in {}.",
+                    escape_html(p.databricks_user.as_deref().unwrap_or("your Databricks account")),
+                    escape_html(flow.workspace.as_str())
+                ),
+                "You can close this tab. Your questions are being answered in Slack.".into(),
+            ],
+        ),
+        Some(p) => message(
+            StatusCode::OK,
+            "Nothing was linked",
+            &[
+                escape_html(p.failure.as_deref().unwrap_or("The connection did not complete.")),
+                "Ask your question again in Slack to get a new link.".into(),
+            ],
+        ),
+        None => unusable(Unusable::Unknown),
+    };
+    // The flow is over: the binding cookie goes.
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, set_cookie(&flow, "", 0));
+    response
+}

@@ -1,0 +1,258 @@
+//! A fake Databricks workspace on loopback: OAuth discovery, an authorization step the
+//! test plays as the browser, a token endpoint that enforces PKCE and rotates refresh
+//! tokens (single-use, like Databricks' single-use refresh tokens), and SCIM Me.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use url::Url;
+
+/// A Databricks user.
+#[derive(Clone, Debug)]
+pub struct FakeUser {
+    pub id: String,
+    pub user_name: String,
+    pub display_name: String,
+    pub emails: Vec<String>,
+}
+
+impl FakeUser {
+    /// The user whose email matches the fake Slack's default profile.
+    pub fn asker() -> Self {
+        Self::named("asker@example.com", "Alice Asker")
+    }
+
+    pub fn named(email: &str, display: &str) -> Self {
+        Self {
+            id: format!("id-{email}"),
+            user_name: email.to_owned(),
+            display_name: display.to_owned(),
+            emails: vec![email.to_owned()],
+        }
+    }
+}
+
+/// A canned answer for the next token request(s), instead of the normal behaviour.
+pub enum Scripted {
+    Status(u16, Value),
+    /// Hang this long, then answer normally (a timeout for the bot).
+    Delay(Duration),
+    /// Answer normally (rotating the token), then hang so the bot never sees it.
+    RotateThenHang(Duration),
+    Redirect(String),
+}
+
+#[derive(Default)]
+pub struct FakeState {
+    codes: HashMap<String, (String, FakeUser, String)>,
+    pub refresh_tokens: HashMap<String, FakeUser>,
+    access_tokens: HashMap<String, FakeUser>,
+    /// Every token request's form fields, in order.
+    pub token_requests: Vec<HashMap<String, String>>,
+    pub scripted: VecDeque<Scripted>,
+    /// Whether refreshes rotate the refresh token (single-use refresh tokens).
+    pub rotate: bool,
+    /// Whether refresh answers include a refresh token at all.
+    pub omit_refresh_token: bool,
+    pub access_ttl: u64,
+    counter: u64,
+    /// Access tokens SCIM and the API refuse (revoked).
+    pub refused_access_tokens: Vec<String>,
+}
+
+pub struct FakeDatabricks {
+    pub uri: String,
+    pub state: Arc<Mutex<FakeState>>,
+}
+
+impl FakeDatabricks {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let uri = format!("http://{addr}");
+        let state = Arc::new(Mutex::new(FakeState {
+            rotate: true,
+            access_ttl: 3600,
+            ..FakeState::default()
+        }));
+        let app = Router::new()
+            .route("/oidc/.well-known/oauth-authorization-server", get(discovery))
+            .route("/oidc/v1/token", post(token))
+            .route("/api/2.0/preview/scim/v2/Me", get(me))
+            .with_state((state.clone(), uri.clone()));
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { uri, state }
+    }
+
+    /// Plays the person at Databricks' login page: checks the authorization request the
+    /// bot built and returns the callback URL Databricks would redirect to.
+    pub fn authorize(&self, authorize_url: &str, user: &FakeUser) -> Url {
+        let url = Url::parse(authorize_url).unwrap();
+        assert_eq!(url.path(), "/oidc/v1/authorize");
+        let q: HashMap<String, String> = url.query_pairs().into_owned().collect();
+        assert_eq!(q["response_type"], "code");
+        assert_eq!(q["code_challenge_method"], "S256", "PKCE S256 only");
+        assert_eq!(q["client_id"], "test-client");
+        let code = format!("code-{}", self.next());
+        self.state.lock().unwrap().codes.insert(
+            code.clone(),
+            (q["code_challenge"].clone(), user.clone(), q["redirect_uri"].clone()),
+        );
+        let mut callback = Url::parse(&q["redirect_uri"]).unwrap();
+        callback
+            .query_pairs_mut()
+            .append_pair("code", &code)
+            .append_pair("state", &q["state"]);
+        callback
+    }
+
+    /// Gives `user` a refresh token directly (as if they had linked before).
+    pub fn grant(&self, user: &FakeUser) -> String {
+        let rt = format!("rt-{}", self.next());
+        self.state
+            .lock()
+            .unwrap()
+            .refresh_tokens
+            .insert(rt.clone(), user.clone());
+        rt
+    }
+
+    pub fn token_requests(&self) -> Vec<HashMap<String, String>> {
+        self.state.lock().unwrap().token_requests.clone()
+    }
+
+    pub fn refreshes(&self) -> Vec<HashMap<String, String>> {
+        self.token_requests()
+            .into_iter()
+            .filter(|r| r.get("grant_type").map(String::as_str) == Some("refresh_token"))
+            .collect()
+    }
+
+    pub fn script(&self, scripted: Scripted) {
+        self.state.lock().unwrap().scripted.push_back(scripted);
+    }
+
+    fn next(&self) -> u64 {
+        let mut s = self.state.lock().unwrap();
+        s.counter += 1;
+        s.counter
+    }
+}
+
+type Shared = (Arc<Mutex<FakeState>>, String);
+
+async fn discovery(State((_, uri)): State<Shared>) -> Json<Value> {
+    Json(json!({
+        "issuer": format!("{uri}/oidc"),
+        "authorization_endpoint": format!("{uri}/oidc/v1/authorize"),
+        "token_endpoint": format!("{uri}/oidc/v1/token"),
+        "code_challenge_methods_supported": ["S256"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "scopes_supported": ["all-apis", "offline_access", "openid", "email", "profile"]
+    }))
+}
+
+fn issue(state: &mut FakeState, user: &FakeUser, with_refresh: bool) -> Value {
+    state.counter += 1;
+    let at = format!("at-{}", state.counter);
+    state.access_tokens.insert(at.clone(), user.clone());
+    let mut body = json!({"access_token": at, "token_type": "Bearer", "expires_in": state.access_ttl,
+                          "scope": "all-apis offline_access"});
+    if with_refresh {
+        let rt = format!("rt-{}", state.counter);
+        state.refresh_tokens.insert(rt.clone(), user.clone());
+        body["refresh_token"] = json!(rt);
+    }
+    body
+}
+
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    (status, Json(json!({"error": error, "error_description": description}))).into_response()
+}
+
+async fn token(State((state, _)): State<Shared>, Form(form): Form<HashMap<String, String>>) -> Response {
+    let scripted = {
+        let mut s = state.lock().unwrap();
+        s.token_requests.push(form.clone());
+        s.scripted.pop_front()
+    };
+    match scripted {
+        Some(Scripted::Status(code, body)) => return (StatusCode::from_u16(code).unwrap(), Json(body)).into_response(),
+        Some(Scripted::Redirect(to)) => return (StatusCode::FOUND, [("location", to)]).into_response(),
+        Some(Scripted::Delay(d)) => tokio::time::sleep(d).await,
+        Some(Scripted::RotateThenHang(d)) => {
+            let _ = answer(&state, &form);
+            tokio::time::sleep(d).await;
+        }
+        None => {}
+    }
+    answer(&state, &form)
+}
+
+fn answer(state: &Arc<Mutex<FakeState>>, form: &HashMap<String, String>) -> Response {
+    let mut s = state.lock().unwrap();
+    if form.get("client_id").map(String::as_str) != Some("test-client") {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "unknown client");
+    }
+    match form.get("grant_type").map(String::as_str) {
+        Some("authorization_code") => {
+            let Some((challenge, user, redirect)) = form.get("code").and_then(|c| s.codes.remove(c)) else {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "unknown or used code");
+            };
+            let verifier = form.get("code_verifier").cloned().unwrap_or_default();
+            if URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes())) != challenge {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "PKCE verification failed");
+            }
+            if form.get("redirect_uri") != Some(&redirect) {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "redirect_uri mismatch");
+            }
+            Json(issue(&mut s, &user, true)).into_response()
+        }
+        Some("refresh_token") => {
+            let rt = form.get("refresh_token").cloned().unwrap_or_default();
+            let Some(user) = s.refresh_tokens.get(&rt).cloned() else {
+                // Databricks' own shape for a dead refresh token.
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "Refresh token is invalid");
+            };
+            if s.rotate {
+                s.refresh_tokens.remove(&rt);
+            }
+            let with_refresh = !s.omit_refresh_token;
+            Json(issue(&mut s, &user, with_refresh)).into_response()
+        }
+        _ => oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", ""),
+    }
+}
+
+async fn me(State((state, _)): State<Shared>, headers: HeaderMap) -> Response {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_owned();
+    let s = state.lock().unwrap();
+    match s.access_tokens.get(&token) {
+        Some(user) if !s.refused_access_tokens.contains(&token) => Json(json!({
+            "id": user.id, "userName": user.user_name, "displayName": user.display_name,
+            "emails": user.emails.iter().map(|e| json!({"value": e, "primary": true})).collect::<Vec<_>>()
+        }))
+        .into_response(),
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error_code": "401", "message": "Invalid access token"})),
+        )
+            .into_response(),
+    }
+}
