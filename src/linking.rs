@@ -190,7 +190,10 @@ impl LinkFlow {
                 .and_then(|profile| profile.display_name.filter(|n| !n.is_empty()).or(profile.real_name))
                 .or(user.name)
                 .map_or_else(|| p.user_id.clone(), |n| format!("@{n}")),
-            Err(_) => p.user_id.clone(),
+            Err(error) => {
+                tracing::warn!(error = %error, "users.info failed; showing the Slack user id");
+                p.user_id.clone()
+            }
         };
         let team = match self.slack.auth_test().await {
             Ok(bot) if bot.team_id == p.team_id => bot.team,
@@ -260,9 +263,6 @@ impl LinkFlow {
             }
         };
         let id_hash = pending.id_hash.clone();
-        if matches!(pending.status.as_str(), "completed" | "failed" | "exchanging") {
-            return CallbackOutcome::AlreadyHandled;
-        }
         // The same browser that pressed "Continue", proven by the cookie (LNK-03).
         let same_browser = match (cookie, &pending.browser_hash) {
             (Some(cookie), Some(expected)) => bool::from(hash_secret(cookie).ct_eq(expected.as_slice())),
@@ -278,8 +278,11 @@ impl LinkFlow {
                 .await;
             }
             return CallbackOutcome::Rejected(
-                "This sign-in was started in another browser. Start again from the button in Slack.",
+                "This sign-in can't be finished in this browser: it was started in another one, or has already ended.",
             );
+        }
+        if matches!(pending.status.as_str(), "completed" | "failed" | "exchanging") {
+            return CallbackOutcome::AlreadyHandled;
         }
         if pending.status != "claimed" {
             return CallbackOutcome::Rejected("This sign-in is not valid any more.");

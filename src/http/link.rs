@@ -122,11 +122,6 @@ async fn databricks_callback(
 ) -> Response {
     let cookie = read_cookie(&headers, cookie_name(&flow));
     match flow.databricks_callback(&query, cookie).await {
-        CallbackOutcome::AlreadyHandled if cookie.is_none() => message(
-            StatusCode::BAD_REQUEST,
-            "Already handled",
-            &["This sign-in has already been handled. The result is in Slack.".into()],
-        ),
         // Show the result at a clean URL: the code leaves the address bar and history.
         CallbackOutcome::Finished | CallbackOutcome::AlreadyHandled => {
             let mut response = (StatusCode::SEE_OTHER, [(header::LOCATION, "/link/result")]).into_response();
@@ -156,7 +151,7 @@ async fn result(State(flow): State<Arc<LinkFlow>>, headers: HeaderMap) -> Respon
     let mut response = match flow.result_for_browser(cookie).await {
         Some(p) if p.status == "completed" => message(
             StatusCode::OK,
-            "You're connected",
+            "You’re connected",
             &[
                 format!(
                     "Linked as <span class=\"who\">{}</span> in {}.",

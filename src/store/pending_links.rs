@@ -251,7 +251,8 @@ impl Store {
     }
 
     /// Ends a pending link as failed, with the reason shown to the browser, and forgets
-    /// its state and verifier. `audit` records an identity mismatch.
+    /// its verifier. (The state hash stays, so a replayed callback is recognised as
+    /// already handled.) `audit` records an identity mismatch.
     pub async fn fail_pending_link(
         &self,
         id_hash: &[u8],
@@ -261,8 +262,7 @@ impl Store {
         on_pool!(self.write, |pool| {
             let mut tx = pool.begin_write().await?;
             sqlx::query(
-                "UPDATE pending_links SET status = 'failed', failure = $1, state_hash = NULL, slack_state_hash = NULL, \
-                     pkce_verifier = NULL \
+                "UPDATE pending_links SET status = 'failed', failure = $1, slack_state_hash = NULL, pkce_verifier = NULL \
                  WHERE id_hash = $2 AND status IN ('pending', 'claimed', 'exchanging')",
             )
             .bind(failure)
@@ -282,8 +282,7 @@ impl Store {
         on_pool!(self.write, |pool| {
             let mut tx = pool.begin_write().await?;
             let finished = sqlx::query(
-                "UPDATE pending_links SET status = 'completed', databricks_user = $1, state_hash = NULL, \
-                     pkce_verifier = NULL \
+                "UPDATE pending_links SET status = 'completed', databricks_user = $1, pkce_verifier = NULL \
                  WHERE id_hash = $2 AND status = 'exchanging'",
             )
             .bind(completion.shown_name)

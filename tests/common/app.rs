@@ -87,7 +87,8 @@ pub async fn mount_slack_defaults(slack: &MockServer) {
         .await;
     Mock::given(path("/api/users.info"))
         .respond_with(ok(
-            json!({"ok": true, "user": {"id": "U061F7AUR", "team_id": "T061EG9R6", "is_bot": false}}),
+            json!({"ok": true, "user": {"id": "U061F7AUR", "team_id": "T061EG9R6", "is_bot": false, "name": "alice",
+                   "profile": {"display_name": "alice", "real_name": "Alice Asker", "email": "Asker@Example.com"}}}),
         ))
         .mount(slack)
         .await;
@@ -164,6 +165,11 @@ impl TestApp {
     }
 
     pub async fn spawn_with(options: Options) -> Self {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("debug,hyper=info,sqlx=warn")
+                .try_init();
+        }
         let (db, db_url) = match options.db {
             Some(url) => (None, url),
             None => {

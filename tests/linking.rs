@@ -1,0 +1,429 @@
+//! Linking in the browser, end to end: the prompt's link, the landing page, the claim,
+//! Databricks' authorization (played by the test as the person), the callback, the
+//! identity check — and every way it can go wrong.
+
+mod common;
+
+use std::time::Duration;
+
+use common::app::{TestApp, mention};
+use common::fake_databricks::{FakeUser, Scripted};
+use common::{KEY_A, TestDb};
+use databricks_slack_bot::clock::Clock;
+use databricks_slack_bot::crypto::{Binding, Purpose};
+use databricks_slack_bot::domain::{TeamId, UserId};
+use secrecy::ExposeSecret;
+use serde_json::json;
+
+const ASKER_TEAM: &str = "T061EG9R6";
+const ASKER: &str = "U061F7AUR";
+
+/// A browser: no automatic redirects, cookies handled by hand.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Asks a question as the unlinked asker and returns the link id from the prompt.
+async fn ask_and_get_link(app: &TestApp, event_id: &str, question: &str) -> String {
+    let before = app.slack_calls("chat.postEphemeral").await.len();
+    app.post_event(&mention(event_id, &format!("<@U0LAN0Z89> {question}")))
+        .await;
+    let prompts = app.wait_for_calls("chat.postEphemeral", before + 1).await;
+    let prompt = prompts.last().unwrap().to_string();
+    let start = prompt
+        .find("https://bot.example.com/link/")
+        .expect("a link in the prompt")
+        + 29;
+    prompt[start..start + 22].to_owned()
+}
+
+struct Claim {
+    cookie: String,
+    authorize: String,
+}
+
+/// Presses "Continue": POST /link/{id}.
+async fn claim(app: &TestApp, id: &str) -> Result<Claim, reqwest::Response> {
+    let response = browser().post(app.url(&format!("/link/{id}"))).send().await.unwrap();
+    if response.status() != 303 {
+        return Err(response);
+    }
+    let set_cookie = response.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    Ok(Claim {
+        cookie,
+        authorize: response.headers()["location"].to_str().unwrap().to_owned(),
+    })
+}
+
+/// Follows Databricks' redirect back to the bot, as the browser would.
+async fn callback(app: &TestApp, callback_url: &url::Url, cookie: Option<&str>) -> reqwest::Response {
+    let path = format!("{}?{}", callback_url.path(), callback_url.query().unwrap_or_default());
+    let mut request = browser().get(app.url(&path));
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    request.send().await.unwrap()
+}
+
+async fn result_page(app: &TestApp, cookie: &str) -> String {
+    let response = browser()
+        .get(app.url("/link/result"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
+async fn links_count(app: &TestApp) -> usize {
+    app.store.list_links(None).await.unwrap().len()
+}
+
+async fn audit_kinds(db_url: &str) -> Vec<String> {
+    let sql = "SELECT kind FROM audit_events ORDER BY id";
+    let rows: Vec<(String,)> = if db_url.starts_with("sqlite") {
+        let pool = sqlx::SqlitePool::connect(db_url).await.unwrap();
+        sqlx::query_as(sql).fetch_all(&pool).await.unwrap()
+    } else {
+        let pool = sqlx::PgPool::connect(db_url).await.unwrap();
+        sqlx::query_as(sql).fetch_all(&pool).await.unwrap()
+    };
+    rows.into_iter().map(|(k,)| k).collect()
+}
+
+// The "done when": from the private prompt to "Linked as …", then the kept
+// question reaches the agent with a valid access token, and only ciphertext is stored.
+#[tokio::test]
+async fn a_person_goes_from_the_prompt_to_linked_and_their_question_is_answered() {
+    for db in TestDb::all().await {
+        let app = TestApp::spawn_with(common::app::Options {
+            db: Some(db.url.clone()),
+            ..Default::default()
+        })
+        .await;
+        let id = ask_and_get_link(&app, "Ev1", "how many orders last week?").await;
+
+        // The landing page names who is being linked to what, and changes nothing.
+        for _ in 0..3 {
+            let page = browser().get(app.url(&format!("/link/{id}"))).send().await.unwrap();
+            assert_eq!(page.status(), 200);
+            assert_eq!(page.headers()["cache-control"], "no-store");
+            let html = page.text().await.unwrap();
+            assert!(html.contains("@alice") && html.contains("Acme"), "{html}");
+            assert!(html.contains(&app.databricks.uri), "{html}");
+            assert!(html.contains("<form method=\"post\">"), "{html}");
+        }
+
+        let claimed = claim(&app, &id)
+            .await
+            .unwrap_or_else(|r| panic!("claim refused: {}", r.status()));
+        assert!(
+            claimed.cookie.starts_with("__Host-databricks-link="),
+            "{}",
+            claimed.cookie
+        );
+        let authorize = url::Url::parse(&claimed.authorize).unwrap();
+        let q: std::collections::HashMap<String, String> = authorize.query_pairs().into_owned().collect();
+        assert_eq!(q["redirect_uri"], "https://bot.example.com/oauth/databricks/callback");
+        assert_eq!(q["scope"], "all-apis offline_access openid email profile");
+        assert_eq!(q["state"].len(), 43);
+
+        let back = app.databricks.authorize(&claimed.authorize, &FakeUser::asker());
+        let response = callback(&app, &back, Some(&claimed.cookie)).await;
+        assert_eq!(response.status(), 303, "{}", db.name);
+        assert_eq!(
+            response.headers()["location"],
+            "/link/result",
+            "the code leaves the address bar"
+        );
+        assert_eq!(response.headers()["referrer-policy"], "no-referrer");
+        let page = result_page(&app, &claimed.cookie).await;
+        assert!(
+            page.contains("You’re connected") && page.contains("Alice Asker"),
+            "{page}"
+        );
+
+        // Stored, sealed, and confirmed in Slack.
+        let link = app
+            .store
+            .find_link(&TeamId::parse(ASKER_TEAM).unwrap(), &UserId::parse(ASKER).unwrap())
+            .await
+            .unwrap()
+            .expect("linked");
+        assert_eq!(link.databricks_user_name, "asker@example.com");
+        assert_eq!(link.databricks_user_id, "id-asker@example.com");
+        let vault = common::vault(&[KEY_A]);
+        let rt = vault
+            .open(
+                Binding {
+                    purpose: Purpose::RefreshToken,
+                    team: &link.team,
+                    user: &link.user,
+                    workspace: &link.workspace,
+                },
+                &link.sealed_refresh_token,
+            )
+            .unwrap();
+        assert!(rt.expose_secret().starts_with("rt-"));
+        assert!(
+            !link.sealed_refresh_token.windows(3).any(|w| w == b"rt-"),
+            "only ciphertext"
+        );
+        let dms = app.wait_for_calls("chat.postMessage", 2).await;
+        let confirmation = dms
+            .iter()
+            .find(|m| m.to_string().contains("Linked as"))
+            .expect("a confirmation DM");
+        assert!(confirmation.to_string().contains("Disconnect"));
+        assert!(audit_kinds(&app.db_url).await.contains(&"link".to_owned()));
+
+        // The kept question is answered where it was asked, with the person's token.
+        let answer = dms
+            .iter()
+            .find(|m| m.to_string().contains("answer: how many orders last week?"));
+        assert!(answer.is_some(), "{dms:?}");
+        assert_eq!(answer.unwrap()["thread_ts"], "1515449522.000016");
+        assert_eq!(app.agent.tokens().len(), 1);
+        assert!(app.agent.tokens()[0].starts_with("at-"));
+        assert_eq!(app.job_states().await, ["done"]);
+
+        // A second submission of the same callback repeats nothing (OA-10).
+        let again = callback(&app, &back, Some(&claimed.cookie)).await;
+        assert_eq!(again.status(), 303);
+        let codes = app
+            .databricks
+            .token_requests()
+            .iter()
+            .filter(|r| r["grant_type"] == "authorization_code")
+            .count();
+        assert_eq!(codes, 1, "one code exchange");
+        assert_eq!(links_count(&app).await, 1);
+        app.stop().await;
+    }
+}
+
+// LNK-04: twenty browsers press "Continue" at once; one proceeds.
+#[tokio::test]
+async fn twenty_concurrent_claims_of_one_link_let_exactly_one_proceed() {
+    let app = TestApp::spawn().await;
+    let id = ask_and_get_link(&app, "Ev1", "race?").await;
+    let claims = futures_util::future::join_all((0..20).map(|_| claim(&app, &id))).await;
+    let winners = claims.iter().filter(|c| c.is_ok()).count();
+    assert_eq!(winners, 1);
+    for lost in claims.into_iter().filter_map(Result::err) {
+        assert_eq!(lost.status(), 410);
+        assert!(lost.text().await.unwrap().contains("already used"));
+    }
+    app.stop().await;
+}
+
+// LNK-05 and expiry.
+#[tokio::test]
+async fn an_expired_or_unknown_link_is_explained_and_cannot_be_claimed() {
+    let app = TestApp::spawn().await;
+    let id = ask_and_get_link(&app, "Ev1", "later?").await;
+    app.clock.advance(601);
+    let page = app.client.get(app.url(&format!("/link/{id}"))).send().await.unwrap();
+    assert_eq!(page.status(), 410);
+    assert!(page.text().await.unwrap().contains("expired"));
+    assert_eq!(claim(&app, &id).await.err().unwrap().status(), 410);
+
+    let unknown = app
+        .client
+        .get(app.url("/link/AAAAAAAAAAAAAAAAAAAAAA"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert!(unknown.text().await.unwrap().contains("not valid"));
+    app.stop().await;
+}
+
+// LNK-03: the callback replayed in another browser (no cookie, or someone else's).
+#[tokio::test]
+async fn a_callback_without_the_binding_cookie_is_refused_and_burns_the_state() {
+    let app = TestApp::spawn().await;
+    let id = ask_and_get_link(&app, "Ev1", "whose?").await;
+    let claimed = claim(&app, &id).await.ok().unwrap();
+    let back = app.databricks.authorize(&claimed.authorize, &FakeUser::asker());
+
+    for cookie in [None, Some("__Host-databricks-link=forged")] {
+        let response = callback(&app, &back, cookie).await;
+        assert_eq!(response.status(), 400);
+        assert!(response.text().await.unwrap().contains("this browser"));
+    }
+    assert!(app.databricks.token_requests().is_empty(), "no token request");
+    // The rightful browser cannot finish with a burned state either.
+    let late = callback(&app, &back, Some(&claimed.cookie)).await;
+    assert_eq!(late.status(), 303);
+    assert!(result_page(&app, &claimed.cookie).await.contains("different browser"));
+    assert!(app.databricks.token_requests().is_empty());
+    assert_eq!(links_count(&app).await, 0);
+    app.stop().await;
+}
+
+// OA-02: missing, wrong and reused state.
+#[tokio::test]
+async fn callbacks_with_missing_wrong_or_reused_state_get_400_and_no_token_request() {
+    let app = TestApp::spawn().await;
+    for path in [
+        "/oauth/databricks/callback?code=abc",
+        "/oauth/databricks/callback?code=abc&state=",
+        "/oauth/databricks/callback?code=abc&state=made-up-state",
+        "/oauth/databricks/callback",
+    ] {
+        let response = browser().get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{path}");
+        let html = response.text().await.unwrap();
+        assert!(html.contains("Nothing was linked"), "{path}: {html}");
+    }
+    assert!(app.databricks.token_requests().is_empty());
+    app.stop().await;
+}
+
+// OA-06
+#[tokio::test]
+async fn access_denied_at_databricks_gets_a_friendly_page_and_stores_nothing() {
+    let app = TestApp::spawn().await;
+    let id = ask_and_get_link(&app, "Ev1", "no thanks").await;
+    let claimed = claim(&app, &id).await.ok().unwrap();
+    let mut back = app.databricks.authorize(&claimed.authorize, &FakeUser::asker());
+    let state = back.query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
+    back.set_query(None);
+    back.query_pairs_mut()
+        .append_pair("error", "access_denied")
+        .append_pair("error_description", "<script>alert(1)</script>")
+        .append_pair("state", &state);
+    let response = callback(&app, &back, Some(&claimed.cookie)).await;
+    assert_eq!(response.status(), 303);
+    let page = result_page(&app, &claimed.cookie).await;
+    assert!(page.contains("You cancelled"), "{page}");
+    assert!(!page.contains("<script>"));
+    assert!(app.databricks.token_requests().is_empty());
+    assert_eq!(links_count(&app).await, 0);
+    app.stop().await;
+}
+
+// LNK-01/LNK-08: the link forwarded to someone else, who signs in as themselves.
+#[tokio::test]
+async fn a_forwarded_link_completed_by_another_databricks_user_stores_nothing_and_tells_both() {
+    let app = TestApp::spawn().await;
+    let id = ask_and_get_link(&app, "Ev1", "forwarded?").await;
+    let claimed = claim(&app, &id).await.ok().unwrap();
+    let mallory = FakeUser::named("mallory@example.com", "Mallory");
+    let back = app.databricks.authorize(&claimed.authorize, &mallory);
+    assert_eq!(callback(&app, &back, Some(&claimed.cookie)).await.status(), 303);
+
+    let page = result_page(&app, &claimed.cookie).await;
+    assert!(
+        page.contains("does not match your Slack account") && page.contains("mallory@example.com"),
+        "{page}"
+    );
+    assert_eq!(links_count(&app).await, 0, "nothing stored");
+    let warned = app.wait_for_calls("chat.postMessage", 1).await;
+    assert!(
+        warned[0].to_string().contains("does not match"),
+        "the link's owner is told: {warned:?}"
+    );
+    assert_eq!(audit_kinds(&app.db_url).await, ["identity_mismatch"]);
+    assert_eq!(
+        app.job_states().await,
+        ["waiting"],
+        "the question still waits for the real person"
+    );
+    app.stop().await;
+}
+
+// OA-07: the token endpoint fails in each way; nothing is stored.
+#[tokio::test]
+async fn token_endpoint_errors_timeouts_and_redirects_store_nothing() {
+    let app = TestApp::spawn().await;
+    let scripts = [
+        Scripted::Status(500, json!({"error": "server_error"})),
+        Scripted::Status(400, json!({"error": "invalid_grant", "error_description": "bad code"})),
+        Scripted::Redirect("http://169.254.169.254/latest/meta-data".into()),
+        Scripted::Delay(Duration::from_secs(20)),
+    ];
+    for (i, script) in scripts.into_iter().enumerate() {
+        app.clock.advance(61);
+        let id = ask_and_get_link(&app, &format!("Ev{i}"), "fails?").await;
+        let claimed = claim(&app, &id).await.ok().unwrap();
+        let back = app.databricks.authorize(&claimed.authorize, &FakeUser::asker());
+        app.databricks.script(script);
+        assert_eq!(callback(&app, &back, Some(&claimed.cookie)).await.status(), 303);
+        let page = result_page(&app, &claimed.cookie).await;
+        assert!(
+            page.contains("Nothing was linked") && page.contains("did not accept"),
+            "case {i}: {page}"
+        );
+        assert_eq!(links_count(&app).await, 0, "case {i}");
+    }
+    app.stop().await;
+}
+
+// Re-linking replaces the old link only once the new identity is verified.
+#[tokio::test]
+async fn relinking_replaces_the_old_link_only_after_verification() {
+    let app = TestApp::spawn().await;
+    app.link_asker().await;
+    let before = app
+        .store
+        .find_link(&TeamId::parse(ASKER_TEAM).unwrap(), &UserId::parse(ASKER).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    // The grant died; a relink attempt by the wrong person leaves the old link as it was.
+    app.store
+        .mark_needs_relink(&before.team, &before.user, before.version, "test", app.clock.now())
+        .await
+        .unwrap();
+    let id = ask_and_get_link(&app, "Ev1", "again?").await;
+    let claimed = claim(&app, &id).await.ok().unwrap();
+    let back = app
+        .databricks
+        .authorize(&claimed.authorize, &FakeUser::named("someone@example.com", "Someone"));
+    callback(&app, &back, Some(&claimed.cookie)).await;
+    let after_failure = app.store.find_link(&before.team, &before.user).await.unwrap().unwrap();
+    assert_eq!(after_failure.sealed_refresh_token, before.sealed_refresh_token);
+
+    app.clock.advance(61);
+    let id = ask_and_get_link(&app, "Ev2", "and now?").await;
+    let claimed = claim(&app, &id).await.ok().unwrap();
+    let back = app.databricks.authorize(&claimed.authorize, &FakeUser::asker());
+    callback(&app, &back, Some(&claimed.cookie)).await;
+    let relinked = app.store.find_link(&before.team, &before.user).await.unwrap().unwrap();
+    assert_ne!(relinked.sealed_refresh_token, before.sealed_refresh_token);
+    assert_eq!(relinked.databricks_user_name, "asker@example.com");
+    assert!(relinked.version > before.version);
+    // Both waiting questions are answered now.
+    for _ in 0..200 {
+        if app.job_states().await.iter().all(|s| s == "done") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.job_states().await, ["done", "done"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn link_pages_forbid_framing_caching_and_referrers() {
+    let app = TestApp::spawn().await;
+    let id = ask_and_get_link(&app, "Ev1", "headers?").await;
+    let page = app.client.get(app.url(&format!("/link/{id}"))).send().await.unwrap();
+    let h = page.headers();
+    assert_eq!(h["cache-control"], "no-store");
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    assert_eq!(h["x-frame-options"], "DENY");
+    let csp = h["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("frame-ancestors 'none'") && csp.contains("default-src 'none'"),
+        "{csp}"
+    );
+    app.stop().await;
+}
