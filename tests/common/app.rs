@@ -30,8 +30,9 @@ pub struct RecordingAgent {
     pub requests: Mutex<Vec<AgentRequest>>,
     pub delay: Mutex<Option<Duration>>,
     pub fail_with: Mutex<Option<AgentError>>,
-    /// Access tokens to refuse with `Unauthorized`, as Databricks would a revoked one.
-    pub refuse_tokens: Mutex<Vec<String>>,
+    /// How many of the next answers to refuse with `Unauthorized`, as Databricks would a
+    /// revoked token.
+    pub refuse_next: Mutex<usize>,
 }
 
 impl RecordingAgent {
@@ -50,7 +51,6 @@ impl RecordingAgent {
 #[async_trait]
 impl Agent for RecordingAgent {
     async fn answer(&self, request: &AgentRequest) -> Result<AgentAnswer, AgentError> {
-        use secrecy::ExposeSecret;
         self.requests.lock().unwrap().push(request.clone());
         let delay = *self.delay.lock().unwrap();
         if let Some(delay) = delay {
@@ -59,9 +59,12 @@ impl Agent for RecordingAgent {
         if let Some(error) = self.fail_with.lock().unwrap().clone() {
             return Err(error);
         }
-        let token = request.context.access_token.expose_secret().to_owned();
-        if self.refuse_tokens.lock().unwrap().contains(&token) {
-            return Err(AgentError::Unauthorized);
+        {
+            let mut refuse = self.refuse_next.lock().unwrap();
+            if *refuse > 0 {
+                *refuse -= 1;
+                return Err(AgentError::Unauthorized);
+            }
         }
         Ok(AgentAnswer {
             text: format!("answer: {}", request.question),

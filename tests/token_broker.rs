@@ -1,0 +1,298 @@
+//! The token broker against the fake Databricks token endpoint (single-use refresh
+//! tokens): single flight across tasks and processes, rotation, dead grants, lost
+//! answers, client errors — on SQLite and Postgres.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::app::{TestApp, config_env, mention};
+use common::fake_databricks::{FakeDatabricks, FakeUser, Scripted};
+use common::{KEY_A, Person, TestDb, vault};
+use databricks_slack_bot::clock::{Clock, ManualClock};
+use databricks_slack_bot::config::{Config, Env};
+use databricks_slack_bot::databricks::broker::{BrokerError, TokenBroker};
+use databricks_slack_bot::databricks::oauth::{DatabricksOAuth, http_client};
+use databricks_slack_bot::store::Store;
+use databricks_slack_bot::store::links::LinkStatus;
+use secrecy::ExposeSecret;
+use serde_json::json;
+
+const NOW: i64 = 1_800_000_000;
+
+/// A broker over its own store connection (as another process would have), on `db_url`.
+async fn broker(db_url: &str, databricks: &FakeDatabricks, clock: Arc<ManualClock>) -> (TokenBroker, Store) {
+    let config = Config::load(&Env::from_pairs(config_env(
+        db_url,
+        "http://127.0.0.1:9",
+        &databricks.uri,
+    )))
+    .unwrap();
+    let store = Store::open(&config.database).await.unwrap();
+    let oauth = DatabricksOAuth::new(&config.databricks, &config.public_base_url, http_client());
+    let broker = TokenBroker::new(store.clone(), vault(&[KEY_A]), oauth, clock);
+    (broker, store)
+}
+
+/// The asker, in the fake's workspace.
+fn asker(databricks: &FakeDatabricks) -> Person {
+    let mut p = Person::new("T061EG9R6", "U061F7AUR");
+    p.workspace = databricks_slack_bot::domain::WorkspaceHost::parse(&databricks.uri).unwrap();
+    p
+}
+
+/// Links the asker with a fresh grant.
+async fn linked(store: &Store, databricks: &FakeDatabricks) -> (Person, String) {
+    let p = asker(databricks);
+    let rt = databricks.grant(&FakeUser::asker());
+    p.link(store, &vault(&[KEY_A]), &rt, NOW).await;
+    (p, rt)
+}
+
+// TOK-02: fifty questions at once with no valid access token → one refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_requests_share_one_refresh() {
+    for db in TestDb::all().await {
+        let databricks = FakeDatabricks::start().await;
+        let clock = Arc::new(ManualClock::at(NOW));
+        let (broker, store) = broker(&db.url, &databricks, clock).await;
+        let (p, _) = linked(&store, &databricks).await;
+        let broker = Arc::new(broker);
+        let calls = (0..50).map(|_| {
+            let (broker, team, user) = (broker.clone(), p.team.clone(), p.user.clone());
+            tokio::spawn(async move { broker.user_context(&team, &user, None).await })
+        });
+        let contexts: Vec<_> = futures_util::future::join_all(calls).await;
+        let tokens: std::collections::HashSet<String> = contexts
+            .into_iter()
+            .map(|c| c.unwrap().unwrap().access_token.expose_secret().to_owned())
+            .collect();
+        assert_eq!(tokens.len(), 1, "{}: everyone got the same token", db.name);
+        assert_eq!(databricks.refreshes().len(), 1, "{}: one token-endpoint call", db.name);
+        store.close().await;
+    }
+}
+
+// TOK-03: two processes (two stores, two brokers) on one database refresh one person.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processes_refreshing_one_person_make_one_refresh_and_no_dead_grant() {
+    for db in TestDb::all().await {
+        let databricks = FakeDatabricks::start().await;
+        let clock = Arc::new(ManualClock::at(NOW));
+        let (a, store) = broker(&db.url, &databricks, clock.clone()).await;
+        let (b, other_store) = broker(&db.url, &databricks, clock.clone()).await;
+        let (p, _) = linked(&store, &databricks).await;
+        let (a, b) = (Arc::new(a), Arc::new(b));
+        let mut calls = Vec::new();
+        for i in 0..20 {
+            let broker = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let (team, user) = (p.team.clone(), p.user.clone());
+            calls.push(tokio::spawn(
+                async move { broker.user_context(&team, &user, None).await },
+            ));
+        }
+        for call in futures_util::future::join_all(calls).await {
+            call.unwrap().unwrap_or_else(|e| panic!("{}: {e}", db.name));
+        }
+        assert_eq!(databricks.refreshes().len(), 1, "{}", db.name);
+        let link = store.find_link(&p.team, &p.user).await.unwrap().unwrap();
+        assert_eq!(link.status, LinkStatus::Active);
+        store.close().await;
+        other_store.close().await;
+    }
+}
+
+// Rotation: each refresh uses the newest refresh token; a rotated-away one is never sent.
+#[tokio::test]
+async fn a_rotated_away_refresh_token_is_never_sent_again() {
+    let db = TestDb::sqlite();
+    let databricks = FakeDatabricks::start().await;
+    let clock = Arc::new(ManualClock::at(NOW));
+    let (broker, store) = broker(&db.url, &databricks, clock.clone()).await;
+    let (p, first_rt) = linked(&store, &databricks).await;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let ctx = broker.user_context(&p.team, &p.user, None).await.unwrap();
+        seen.push(ctx.access_token.expose_secret().to_owned());
+        // Still fresh: served from the stored token, no refresh.
+        broker.user_context(&p.team, &p.user, None).await.unwrap();
+        clock.advance(3600 - 299); // inside the five-minute margin: refresh next time
+    }
+    let sent: Vec<String> = databricks
+        .refreshes()
+        .iter()
+        .map(|r| r["refresh_token"].clone())
+        .collect();
+    assert_eq!(sent.len(), 4, "one refresh per expiry");
+    assert_eq!(sent[0], first_rt);
+    let unique: std::collections::HashSet<_> = sent.iter().collect();
+    assert_eq!(
+        unique.len(),
+        4,
+        "every refresh used a different, current token: {sent:?}"
+    );
+    assert_eq!(seen.iter().collect::<std::collections::HashSet<_>>().len(), 4);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn an_answer_without_a_refresh_token_keeps_the_old_one() {
+    let db = TestDb::sqlite();
+    let databricks = FakeDatabricks::start().await;
+    {
+        let mut s = databricks.state.lock().unwrap();
+        s.rotate = false;
+        s.omit_refresh_token = true;
+    }
+    let clock = Arc::new(ManualClock::at(NOW));
+    let (broker, store) = broker(&db.url, &databricks, clock.clone()).await;
+    let (p, rt) = linked(&store, &databricks).await;
+    broker.user_context(&p.team, &p.user, None).await.unwrap();
+    clock.advance(3600);
+    broker.user_context(&p.team, &p.user, None).await.unwrap();
+    let sent: Vec<String> = databricks
+        .refreshes()
+        .iter()
+        .map(|r| r["refresh_token"].clone())
+        .collect();
+    assert_eq!(sent, [rt.clone(), rt]);
+    store.close().await;
+}
+
+// TOK-04: a dead grant marks the link once; no retry loop.
+#[tokio::test]
+async fn a_dead_grant_marks_the_link_needs_relink_once_and_stops_refreshing() {
+    for db in TestDb::all().await {
+        let databricks = FakeDatabricks::start().await;
+        let clock = Arc::new(ManualClock::at(NOW));
+        let (broker, store) = broker(&db.url, &databricks, clock).await;
+        let p = asker(&databricks);
+        p.link(&store, &vault(&[KEY_A]), "rt-revoked-long-ago", NOW).await;
+        let first = broker.user_context(&p.team, &p.user, None).await.unwrap_err();
+        assert!(
+            matches!(first, BrokerError::NeedsRelink { just_now: true }),
+            "{}: {first:?}",
+            db.name
+        );
+        let again = broker.user_context(&p.team, &p.user, None).await.unwrap_err();
+        assert!(
+            matches!(again, BrokerError::NeedsRelink { just_now: false }),
+            "{again:?}"
+        );
+        assert_eq!(databricks.refreshes().len(), 1, "no retry loop");
+        let link = store.find_link(&p.team, &p.user).await.unwrap().unwrap();
+        assert_eq!(
+            link.status,
+            LinkStatus::NeedsRelink,
+            "kept, marked — never silently deleted"
+        );
+        store.close().await;
+    }
+}
+
+// TOK-05: the server rotated, but its answer never arrived.
+#[tokio::test]
+async fn a_lost_refresh_answer_is_retried_once_and_ends_as_needs_relink() {
+    let db = TestDb::sqlite();
+    let databricks = FakeDatabricks::start().await;
+    let clock = Arc::new(ManualClock::at(NOW));
+    let (broker, store) = broker(&db.url, &databricks, clock).await;
+    let (p, rt) = linked(&store, &databricks).await;
+    databricks.script(Scripted::RotateThenHang(Duration::from_secs(30)));
+    let error = broker.user_context(&p.team, &p.user, None).await.unwrap_err();
+    assert!(matches!(error, BrokerError::NeedsRelink { .. }), "{error:?}");
+    let sent: Vec<String> = databricks
+        .refreshes()
+        .iter()
+        .map(|r| r["refresh_token"].clone())
+        .collect();
+    assert_eq!(sent, [rt.clone(), rt], "the same token, twice, and no more");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_rejected_client_is_an_operator_error_that_keeps_every_link() {
+    let db = TestDb::sqlite();
+    let databricks = FakeDatabricks::start().await;
+    let clock = Arc::new(ManualClock::at(NOW));
+    let (broker, store) = broker(&db.url, &databricks, clock).await;
+    let (p, _) = linked(&store, &databricks).await;
+    databricks.script(Scripted::Status(401, json!({"error": "invalid_client"})));
+    let error = broker.user_context(&p.team, &p.user, None).await.unwrap_err();
+    assert!(matches!(error, BrokerError::Misconfigured(_)), "{error:?}");
+    assert_eq!(
+        store.find_link(&p.team, &p.user).await.unwrap().unwrap().status,
+        LinkStatus::Active
+    );
+    // Nothing is stuck: once the operator fixes it, the next call refreshes.
+    broker.user_context(&p.team, &p.user, None).await.unwrap();
+    store.close().await;
+}
+
+#[tokio::test]
+async fn transient_failures_leave_the_link_alone_and_the_next_call_succeeds() {
+    let db = TestDb::sqlite();
+    let databricks = FakeDatabricks::start().await;
+    let clock = Arc::new(ManualClock::at(NOW));
+    let (broker, store) = broker(&db.url, &databricks, clock).await;
+    let (p, _) = linked(&store, &databricks).await;
+    for script in [
+        Scripted::Status(503, json!({"error": "temporarily_unavailable"})),
+        Scripted::Status(429, json!({"error": "slow_down"})),
+        Scripted::Redirect("http://127.0.0.1:1/elsewhere".into()),
+    ] {
+        databricks.script(script);
+        let error = broker.user_context(&p.team, &p.user, None).await.unwrap_err();
+        assert!(matches!(error, BrokerError::Transient(_)), "{error:?}");
+    }
+    broker.user_context(&p.team, &p.user, None).await.unwrap();
+    assert_eq!(
+        store.find_link(&p.team, &p.user).await.unwrap().unwrap().status,
+        LinkStatus::Active
+    );
+    store.close().await;
+}
+
+// A Databricks 401 on a question: exactly one forced refresh and one retry.
+#[tokio::test]
+async fn a_refused_access_token_is_refreshed_once_and_the_question_retried() {
+    let app = TestApp::spawn().await;
+    app.link_asker().await;
+    *app.agent.refuse_next.lock().unwrap() = 1;
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> after a revoke?")).await;
+    let posts = app.wait_for_calls("chat.postMessage", 1).await;
+    assert!(posts[0].to_string().contains("answer: after a revoke?"), "{posts:?}");
+    let tokens = app.agent.tokens();
+    assert_eq!(tokens.len(), 2);
+    assert_ne!(tokens[0], tokens[1], "retried with a new token");
+    assert_eq!(
+        app.databricks.refreshes().len(),
+        2,
+        "the first token, then one forced refresh"
+    );
+    app.stop().await;
+}
+
+// TOK-04 end to end: a dead grant brings one prompt, and the question waits for relinking.
+#[tokio::test]
+async fn questions_that_hit_a_dead_grant_bring_one_prompt_and_wait() {
+    let app = TestApp::spawn().await;
+    Person::new("T061EG9R6", "U061F7AUR")
+        .link(&app.store, &vault(&[KEY_A]), "rt-dead", app.clock.now())
+        .await;
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> one")).await;
+    app.post_event(&mention("Ev2", "<@U0LAN0Z89> two")).await;
+    let prompts = app.wait_for_calls("chat.postEphemeral", 1).await;
+    assert!(prompts[0].to_string().contains("expired"), "{}", prompts[0]);
+    for _ in 0..100 {
+        if app.job_states().await == ["waiting", "waiting"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.job_states().await, ["waiting", "waiting"]);
+    assert_eq!(app.slack_calls("chat.postEphemeral").await.len(), 1, "one prompt");
+    assert_eq!(app.databricks.refreshes().len(), 1, "no retry loop");
+    app.stop().await;
+}
