@@ -11,6 +11,7 @@ use secrecy::ExposeSecret;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{AgentKind, Config, ConfigError, DatabaseConfig, Env, vault_and_database};
 use crate::crypto::generate_key;
+use crate::databricks::oauth::{DatabricksOAuth, http_client};
 use crate::domain::{TeamId, UserId};
 use crate::key_rotation::rotate_all;
 use crate::slack::api::SlackApi;
@@ -32,7 +33,7 @@ pub struct Cli {
 enum Command {
     /// Apply migrations and run the bot (the default).
     Serve,
-    /// Validate configuration and reach the database; print a report.
+    /// Validate configuration and reach the database, Slack and Databricks; print a report.
     Check,
     /// Apply database migrations and exit.
     Migrate,
@@ -201,6 +202,17 @@ async fn check(env: &Env) -> Result<(), Failure> {
         ),
         Err(e) => {
             println!("slack          FAILED: auth.test: {e}");
+            healthy = false;
+        }
+    }
+    let oauth = DatabricksOAuth::new(&config.databricks, &config.public_base_url, http_client());
+    match oauth.discovery().await {
+        Ok(discovery) => println!(
+            "databricks     ok (OAuth discovery at {}; token endpoint {})",
+            config.databricks.discovery_url, discovery.token_endpoint
+        ),
+        Err(e) => {
+            println!("databricks     FAILED: {e}");
             healthy = false;
         }
     }

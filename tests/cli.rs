@@ -25,7 +25,7 @@ fn valid_env(database_url: &str) -> Vec<(&'static str, String)> {
         ("TOKEN_ENCRYPTION_KEYS", KEY_A.into()),
         ("SLACK_BOT_TOKEN", "xoxb-test-CANARYBOT".into()),
         ("SLACK_SIGNING_SECRET", "CANARY-signing-secret".into()),
-        ("DATABRICKS_HOST", "https://dbc-1.cloud.databricks.com".into()),
+        ("DATABRICKS_HOST", "http://127.0.0.1:9".into()),
         ("DATABRICKS_CLIENT_ID", "client-id".into()),
         ("DATABRICKS_CLIENT_SECRET", "CANARY-client-secret".into()),
     ]
@@ -204,10 +204,12 @@ async fn keys_generate_prints_a_fresh_32_byte_base64_key_that_the_config_accepts
     // Usable as is, or with an id in front.
     let db = TestDb::sqlite();
     let (_slack, slack_url) = fake_slack().await;
+    let databricks = common::fake_databricks::FakeDatabricks::start().await;
     for entry in [keys[0].clone(), format!("k2:{},{}", keys[0], keys[1])] {
         let mut env = valid_env(&db.url);
         set(&mut env, "TOKEN_ENCRYPTION_KEYS", entry);
         set(&mut env, "SLACK_API_URL", slack_url.clone());
+        set(&mut env, "DATABRICKS_HOST", databricks.uri.clone());
         let out = run_async(with_env(&db, &["check"], &env)).await;
         assert!(out.status.success(), "{}", text(&out));
     }
@@ -216,6 +218,7 @@ async fn keys_generate_prints_a_fresh_32_byte_base64_key_that_the_config_accepts
 #[tokio::test(flavor = "multi_thread")]
 async fn migrate_then_check_report_on_both_backends() {
     let (_slack, slack_url) = fake_slack().await;
+    let databricks = common::fake_databricks::FakeDatabricks::start().await;
     for db in TestDb::all().await {
         let out = run(db.command(&["migrate"]));
         assert!(out.status.success(), "{}: {}", db.name, text(&out));
@@ -232,6 +235,7 @@ async fn migrate_then_check_report_on_both_backends() {
 
         let mut env = valid_env(&db.url);
         set(&mut env, "SLACK_API_URL", slack_url.clone());
+        set(&mut env, "DATABRICKS_HOST", databricks.uri.clone());
         let check = run_async(with_env(&db, &["check"], &env)).await;
         let all = text(&check);
         assert!(check.status.success(), "{}: {all}", db.name);
@@ -256,6 +260,10 @@ fn check_fails_with_exit_1_and_names_what_is_unreachable() {
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("database       FAILED"), "{all}");
     assert!(all.contains("slack          FAILED: auth.test"), "{all}");
+    assert!(
+        all.contains("databricks     FAILED: the OAuth discovery document is unusable"),
+        "{all}"
+    );
     assert_no_canary(&all);
 }
 

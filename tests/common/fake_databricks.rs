@@ -181,7 +181,22 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     (status, Json(json!({"error": error, "error_description": description}))).into_response()
 }
 
-async fn token(State((state, _)): State<Shared>, Form(form): Form<HashMap<String, String>>) -> Response {
+async fn token(
+    State((state, _)): State<Shared>,
+    headers: HeaderMap,
+    Form(mut form): Form<HashMap<String, String>>,
+) -> Response {
+    // A confidential client authenticates with HTTP Basic (oauth2's default).
+    if let Some(basic) = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        && let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(basic)
+        && let Some((id, secret)) = String::from_utf8_lossy(&decoded).split_once(':')
+    {
+        form.insert("client_id".into(), id.to_owned());
+        form.insert("client_secret".into(), secret.to_owned());
+    }
     let scripted = {
         let mut s = state.lock().unwrap();
         s.token_requests.push(form.clone());

@@ -1,0 +1,110 @@
+//! LOG-01: with every log at TRACE, a whole linking round-trip and a refresh leave no
+//! secret in the logs or the metrics — not the code, state, PKCE verifier, refresh or
+//! access tokens, the client secret, the signing secret or the bot token.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use common::app::{BOT_TOKEN, Options, SIGNING_SECRET, TestApp, mention};
+use common::fake_databricks::FakeUser;
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+const CLIENT_SECRET: &str = "CANARY-databricks-client-secret";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_logs_or_metrics_even_at_trace() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .init();
+
+    let app = TestApp::spawn_with(Options {
+        extra_env: vec![("DATABRICKS_CLIENT_SECRET", CLIENT_SECRET.into())],
+        ..Default::default()
+    })
+    .await;
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    // Ask, get the link, claim it, sign in at Databricks, come back.
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> first question")).await;
+    let prompt = app.wait_for_calls("chat.postEphemeral", 1).await[0].to_string();
+    let start = prompt.find("https://bot.example.com/link/").unwrap() + 29;
+    let id = &prompt[start..start + 22];
+    let claim = browser.post(app.url(&format!("/link/{id}"))).send().await.unwrap();
+    let cookie = claim.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let authorize = claim.headers()["location"].to_str().unwrap().to_owned();
+    let back = app.databricks.authorize(&authorize, &FakeUser::asker());
+    let path = format!("{}?{}", back.path(), back.query().unwrap());
+    browser
+        .get(app.url(&path))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    app.wait_for_calls("chat.postMessage", 2).await;
+
+    // An hour later: a refresh, with rotation.
+    app.clock.advance(3600);
+    app.post_event(&mention("Ev2", "<@U0LAN0Z89> second question")).await;
+    app.wait_for_calls("chat.postMessage", 3).await;
+    let metrics = app.get("/metrics").await.1;
+
+    let mut secrets: Vec<String> = vec![
+        CLIENT_SECRET.into(),
+        SIGNING_SECRET.into(),
+        BOT_TOKEN.into(),
+        cookie.split('=').nth(1).unwrap().to_owned(),
+    ];
+    let q: std::collections::HashMap<String, String> = back.query_pairs().into_owned().collect();
+    secrets.push(q["code"].clone());
+    secrets.push(q["state"].clone());
+    for request in app.databricks.token_requests() {
+        for field in ["code_verifier", "refresh_token", "code"] {
+            if let Some(value) = request.get(field) {
+                secrets.push(value.clone());
+            }
+        }
+    }
+    let agent_tokens = app.agent.tokens();
+    secrets.extend(agent_tokens);
+    assert!(secrets.len() >= 9, "{secrets:?}");
+    app.stop().await;
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("TRACE") && logs.contains("access token refreshed"),
+        "logging ran at trace"
+    );
+    for secret in &secrets {
+        assert!(!logs.contains(secret.as_str()), "a secret reached the logs: {secret}");
+        assert!(
+            !metrics.contains(secret.as_str()),
+            "a secret reached the metrics: {secret}"
+        );
+    }
+}
