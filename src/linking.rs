@@ -36,6 +36,7 @@ use crate::databricks::oauth::DatabricksOAuth;
 use crate::domain::{TeamId, UserId, WorkspaceHost};
 use crate::slack::api::SlackApi;
 use crate::slack::messages;
+use crate::slack::oidc::SlackOidc;
 use crate::store::Store;
 use crate::store::audit::{Actor, AuditEvent, AuditKind};
 use crate::store::links::NewLink;
@@ -113,6 +114,8 @@ pub struct Landing {
     pub slack_user: String,
     pub slack_workspace: String,
     pub databricks_workspace: WorkspaceHost,
+    /// Origins the "Continue" form may be redirected to (its CSP `form-action`).
+    pub next_origins: Vec<String>,
 }
 
 /// Where the browser goes after claiming a link.
@@ -133,6 +136,8 @@ pub struct CallbackQuery {
 /// How a callback ended, for the browser.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallbackOutcome {
+    /// Go on to the next step (from Sign in with Slack to Databricks).
+    Continue(Url),
     /// Linked, or failed with a reason recorded: show the result page (by cookie).
     Finished,
     /// Refused before anything was looked up or changed.
@@ -152,11 +157,21 @@ pub struct LinkFlow {
     pub workspace: WorkspaceHost,
     pub identity_check: IdentityCheck,
     pub public_base_url: Url,
+    /// Sign in with Slack, when configured.
+    pub slack_oidc: Option<SlackOidc>,
     /// Notified when linking queued waiting questions again.
     pub wake: Arc<Notify>,
 }
 
 impl LinkFlow {
+    /// Whether this deployment proves the browser's Slack identity before Databricks.
+    fn requires_slack_sign_in(&self) -> bool {
+        matches!(
+            self.identity_check,
+            IdentityCheck::SlackOidc | IdentityCheck::SlackOidcAndEmail
+        )
+    }
+
     /// Whether cookies must be `Secure` (`__Host-` prefixed): everywhere but plain-http
     /// loopback development.
     pub fn secure_cookies(&self) -> bool {
@@ -173,10 +188,15 @@ impl LinkFlow {
         match pending {
             Some(p) if p.status == "pending" && p.expires_at > now => {
                 let (slack_user, slack_workspace) = self.describe_slack_user(&p).await;
+                let mut next_origins = vec![self.workspace.as_str().to_owned()];
+                if let Some(oidc) = self.slack_oidc.as_ref().filter(|_| self.requires_slack_sign_in()) {
+                    next_origins.push(oidc.issuer_origin());
+                }
                 Ok(Landing {
                     slack_user,
                     slack_workspace,
                     databricks_workspace: self.workspace.clone(),
+                    next_origins,
                 })
             }
             other => Err(Unusable::of(other.as_ref(), now)),
@@ -224,7 +244,42 @@ impl LinkFlow {
             let current = self.store.find_pending_link(&id_hash).await.ok().flatten();
             return Err(Unusable::of(current.as_ref(), now));
         };
-        let (team, user) = ids(&pending).ok_or(Unusable::Unknown)?;
+        let redirect = if self.requires_slack_sign_in() {
+            self.start_slack_sign_in(&pending).await
+        } else {
+            self.start_databricks(&pending).await
+        };
+        let redirect = redirect.map_err(|e| {
+            tracing::error!(error = %e, "could not start the authorization");
+            Unusable::Unknown
+        })?;
+        Ok(Claimed { cookie, redirect })
+    }
+
+    /// Records a fresh Slack state and nonce and returns Slack's authorization URL.
+    async fn start_slack_sign_in(&self, pending: &PendingLink) -> anyhow::Result<Url> {
+        let oidc = self
+            .slack_oidc
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("Sign in with Slack is required but not configured"))?;
+        let (state, nonce) = (random_token(), random_token());
+        let url = oidc.authorize_url(&state, &nonce, &pending.team_id).await?;
+        let stored = self
+            .store
+            .set_slack_state(
+                &pending.id_hash,
+                &hash_secret(state.expose_secret()),
+                &hash_secret(nonce.expose_secret()),
+            )
+            .await?;
+        anyhow::ensure!(stored, "the link changed while starting Sign in with Slack");
+        Ok(url)
+    }
+
+    /// Records a fresh Databricks state and sealed PKCE verifier and returns Databricks'
+    /// authorization URL.
+    async fn start_databricks(&self, pending: &PendingLink) -> anyhow::Result<Url> {
+        let (team, user) = ids(pending).ok_or_else(|| anyhow::anyhow!("damaged pending link"))?;
         let state = random_token();
         let verifier = random_token();
         let binding = Binding {
@@ -234,19 +289,104 @@ impl LinkFlow {
             workspace: &self.workspace,
         };
         let sealed_verifier = self.vault.seal(binding, &verifier);
-        let redirect = self.oauth.authorize_url(&state, &verifier).await.map_err(|e| {
-            tracing::error!(error = %e, "could not build the Databricks authorization URL");
-            Unusable::Unknown
-        })?;
+        let url = self.oauth.authorize_url(&state, &verifier).await?;
         let stored = self
             .store
-            .set_databricks_state(&id_hash, &hash_secret(state.expose_secret()), &sealed_verifier)
-            .await
-            .unwrap_or(false);
-        if !stored {
-            return Err(Unusable::Used);
+            .set_databricks_state(&pending.id_hash, &hash_secret(state.expose_secret()), &sealed_verifier)
+            .await?;
+        anyhow::ensure!(stored, "the link changed while starting the Databricks authorization");
+        Ok(url)
+    }
+
+    /// Handles Sign in with Slack's redirect back: proves the browser belongs to the
+    /// link's Slack user, then sends it on to Databricks (LNK-01, LNK-02, LNK-07).
+    pub async fn slack_callback(&self, query: &CallbackQuery, cookie: Option<&str>) -> CallbackOutcome {
+        let Some(oidc) = &self.slack_oidc else {
+            return CallbackOutcome::Rejected("Sign in with Slack is not enabled here.");
+        };
+        let Some(state) = query.state.as_deref().filter(|s| !s.is_empty()) else {
+            return CallbackOutcome::Rejected("The sign-in answer is missing its state.");
+        };
+        let pending = match self.store.find_pending_link_by_slack_state(&hash_secret(state)).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return CallbackOutcome::Rejected("This sign-in is not valid any more."),
+            Err(e) => {
+                tracing::error!(error = %e, "could not read a pending link");
+                return CallbackOutcome::Rejected("Something went wrong on our side.");
+            }
+        };
+        if !same_browser(&pending, cookie) {
+            if pending.status == "claimed" {
+                self.fail(
+                    &pending.id_hash,
+                    "The sign-in was finished in a different browser than it was started in.",
+                    None,
+                )
+                .await;
+            }
+            return CallbackOutcome::Rejected(
+                "This sign-in can't be finished in this browser: it was started in another one, or has already ended.",
+            );
         }
-        Ok(Claimed { cookie, redirect })
+        if pending.status != "claimed" || pending.slack_verified != 0 {
+            return CallbackOutcome::AlreadyHandled;
+        }
+        if query.error.is_some() {
+            self.fail(
+                &pending.id_hash,
+                "You cancelled Sign in with Slack, so nothing was linked.",
+                None,
+            )
+            .await;
+            return CallbackOutcome::Finished;
+        }
+        let Some(code) = query.code.as_deref().filter(|c| !c.is_empty()) else {
+            self.fail(&pending.id_hash, "Slack sent no authorization code.", None)
+                .await;
+            return CallbackOutcome::Finished;
+        };
+        let expected_nonce = pending.slack_nonce_hash.clone().unwrap_or_default();
+        let nonce_matches = |nonce: &str| bool::from(hash_secret(nonce).ct_eq(expected_nonce.as_slice()));
+        let identity = match oidc.identify(&SecretString::from(code.to_owned()), nonce_matches).await {
+            Ok(identity) => identity,
+            Err(e) => {
+                tracing::warn!(error = %e, "Sign in with Slack failed");
+                self.fail(&pending.id_hash, "Slack could not confirm who you are.", None)
+                    .await;
+                return CallbackOutcome::Finished;
+            }
+        };
+        if identity.team_id != pending.team_id || identity.user_id != pending.user_id {
+            tracing::warn!(
+                link_user = %pending.user_id,
+                browser_user = %identity.user_id,
+                "Sign in with Slack: the browser belongs to someone else"
+            );
+            let text = "You are signed in to Slack as someone other than the person this link was made for, so                         nothing was linked. Links are personal: ask the bot your own question to get yours.";
+            self.fail(
+                &pending.id_hash,
+                text,
+                Some(&format!("slack user {}", identity.user_id)),
+            )
+            .await;
+            if let Some((_, owner)) = ids(&pending) {
+                self.warn_link_owner(&owner).await;
+            }
+            return CallbackOutcome::Finished;
+        }
+        match self.store.mark_slack_verified(&pending.id_hash).await {
+            Ok(true) => {}
+            _ => return CallbackOutcome::AlreadyHandled,
+        }
+        match self.start_databricks(&pending).await {
+            Ok(url) => CallbackOutcome::Continue(url),
+            Err(e) => {
+                tracing::error!(error = %e, "could not start the Databricks authorization");
+                self.fail(&pending.id_hash, "Something went wrong on our side.", None)
+                    .await;
+                CallbackOutcome::Finished
+            }
+        }
     }
 
     /// Handles the Databricks redirect back. `cookie` is the browser-binding cookie.
@@ -263,12 +403,7 @@ impl LinkFlow {
             }
         };
         let id_hash = pending.id_hash.clone();
-        // The same browser that pressed "Continue", proven by the cookie (LNK-03).
-        let same_browser = match (cookie, &pending.browser_hash) {
-            (Some(cookie), Some(expected)) => bool::from(hash_secret(cookie).ct_eq(expected.as_slice())),
-            _ => false,
-        };
-        if !same_browser {
+        if !same_browser(&pending, cookie) {
             if pending.status == "claimed" {
                 self.fail(
                     &id_hash,
@@ -286,6 +421,11 @@ impl LinkFlow {
         }
         if pending.status != "claimed" {
             return CallbackOutcome::Rejected("This sign-in is not valid any more.");
+        }
+        if self.requires_slack_sign_in() && pending.slack_verified == 0 {
+            self.fail(&id_hash, "Sign in with Slack did not happen first.", None)
+                .await;
+            return CallbackOutcome::Finished;
         }
         if query.error.is_some() {
             // access_denied and friends: the person (or Databricks) stopped the flow.
@@ -476,6 +616,15 @@ impl LinkFlow {
             .await
             .ok()
             .flatten()
+    }
+}
+
+/// Whether `cookie` is the browser-binding cookie of `pending` (LNK-03), compared in
+/// constant time.
+fn same_browser(pending: &PendingLink, cookie: Option<&str>) -> bool {
+    match (cookie, &pending.browser_hash) {
+        (Some(cookie), Some(expected)) => bool::from(hash_secret(cookie).ct_eq(expected.as_slice())),
+        _ => false,
     }
 }
 

@@ -24,6 +24,7 @@ use crate::linking::LinkFlow;
 use crate::questions::Questions;
 use crate::slack::api::SlackApi;
 use crate::slack::intake::Intake;
+use crate::slack::oidc::SlackOidc;
 use crate::slack::socket_mode::SocketMode;
 use crate::store::Store;
 use crate::worker::{JobHandler, WorkerConfig, Workers};
@@ -116,6 +117,15 @@ impl Application {
             workspace: config.databricks.host.clone(),
             identity_check: config.identity_check,
             public_base_url: config.public_base_url.clone(),
+            slack_oidc: config.slack.oidc_client.clone().map(|(client_id, secret)| {
+                SlackOidc::new(
+                    oauth::http_client(),
+                    config.slack.oidc_issuer.clone(),
+                    client_id,
+                    secret,
+                    &config.public_base_url,
+                )
+            }),
             wake: wake.clone(),
         });
         let questions = Questions::new(

@@ -320,3 +320,19 @@ fn classify(error: BasicRequestTokenError<SendError>, status: Option<u16>) -> To
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // OA-01: the S256 challenge of RFC 7636 Appendix B's verifier.
+    #[test]
+    fn the_pkce_challenge_matches_the_rfc_7636_vector() {
+        let vector: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/pkce-rfc7636.json")).unwrap();
+        let verifier = PkceCodeVerifier::new(vector["code_verifier"].as_str().unwrap().to_owned());
+        let challenge = PkceCodeChallenge::from_code_verifier_sha256(&verifier);
+        assert_eq!(challenge.as_str(), vector["code_challenge"].as_str().unwrap());
+        assert_eq!(challenge.method().as_str(), "S256");
+    }
+}

@@ -19,6 +19,7 @@ pub fn router(flow: Arc<LinkFlow>) -> Router {
     Router::new()
         .route("/link/{id}", get(landing).post(claim))
         .route("/oauth/databricks/callback", get(databricks_callback))
+        .route("/oauth/slack/callback", get(slack_callback))
         .route("/link/result", get(result))
         .with_state(flow)
 }
@@ -91,8 +92,8 @@ async fn landing(State(flow): State<Arc<LinkFlow>>, Path(id): Path<String>) -> R
                 escape_html(&landing.slack_workspace),
                 escape_html(landing.databricks_workspace.as_str()),
             );
-            let databricks = landing.databricks_workspace.as_str().to_owned();
-            page(StatusCode::OK, "Connect Databricks", &body, &[databricks.as_str()])
+            let origins: Vec<&str> = landing.next_origins.iter().map(String::as_str).collect();
+            page(StatusCode::OK, "Connect Databricks", &body, &origins)
         }
         Err(reason) => unusable(reason),
     }
@@ -121,7 +122,32 @@ async fn databricks_callback(
     headers: HeaderMap,
 ) -> Response {
     let cookie = read_cookie(&headers, cookie_name(&flow));
-    match flow.databricks_callback(&query, cookie).await {
+    outcome_page(flow.databricks_callback(&query, cookie).await)
+}
+
+async fn slack_callback(
+    State(flow): State<Arc<LinkFlow>>,
+    Query(query): Query<CallbackQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let cookie = read_cookie(&headers, cookie_name(&flow));
+    outcome_page(flow.slack_callback(&query, cookie).await)
+}
+
+fn redirect(to: &str) -> Response {
+    let mut response = (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+        .headers_mut()
+        .insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    response
+}
+
+fn outcome_page(outcome: CallbackOutcome) -> Response {
+    match outcome {
+        CallbackOutcome::Continue(next) => redirect(next.as_str()),
         // Show the result at a clean URL: the code leaves the address bar and history.
         CallbackOutcome::Finished | CallbackOutcome::AlreadyHandled => {
             let mut response = (StatusCode::SEE_OTHER, [(header::LOCATION, "/link/result")]).into_response();

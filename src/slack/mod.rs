@@ -4,5 +4,6 @@
 pub mod api;
 pub mod intake;
 pub mod messages;
+pub mod oidc;
 pub mod signature;
 pub mod socket_mode;

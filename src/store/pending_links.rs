@@ -262,7 +262,7 @@ impl Store {
         on_pool!(self.write, |pool| {
             let mut tx = pool.begin_write().await?;
             sqlx::query(
-                "UPDATE pending_links SET status = 'failed', failure = $1, slack_state_hash = NULL, pkce_verifier = NULL \
+                "UPDATE pending_links SET status = 'failed', failure = $1, pkce_verifier = NULL \
                  WHERE id_hash = $2 AND status IN ('pending', 'claimed', 'exchanging')",
             )
             .bind(failure)

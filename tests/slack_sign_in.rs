@@ -1,0 +1,303 @@
+//! Sign in with Slack during linking, against a fake Slack OpenID issuer whose id_tokens
+//! the test signs: the browser must prove it is the link's Slack user before Databricks.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use common::app::{Options, TestApp, mention, mount_slack_defaults};
+use common::fake_databricks::FakeUser;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use wiremock::matchers::path;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const CLIENT_ID: &str = "123.456";
+
+async fn fake_slack_with_oidc() -> Arc<MockServer> {
+    let slack = MockServer::start().await;
+    let uri = slack.uri();
+    Mock::given(path("/.well-known/openid-configuration"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "issuer": uri,
+            "authorization_endpoint": format!("{uri}/openid/connect/authorize"),
+            "token_endpoint": format!("{uri}/api/openid.connect.token"),
+            "jwks_uri": format!("{uri}/openid/connect/keys"),
+            "id_token_signing_alg_values_supported": ["RS256"]
+        })))
+        .mount(&slack)
+        .await;
+    let jwks: Value = serde_json::from_str(include_str!("fixtures/slack-oidc-test-jwks.json")).unwrap();
+    Mock::given(path("/openid/connect/keys"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(jwks))
+        .mount(&slack)
+        .await;
+    mount_slack_defaults(&slack).await;
+    Arc::new(slack)
+}
+
+async fn spawn() -> TestApp {
+    let slack = fake_slack_with_oidc().await;
+    let issuer = slack.uri();
+    TestApp::spawn_with(Options {
+        slack: Some(slack),
+        extra_env: vec![
+            ("SLACK_CLIENT_ID", CLIENT_ID.into()),
+            ("SLACK_CLIENT_SECRET", "slack-client-secret".into()),
+            ("SLACK_OIDC_ISSUER", issuer),
+        ],
+        ..Default::default()
+    })
+    .await
+}
+
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+struct AtSlack {
+    cookie: String,
+    state: String,
+    nonce: String,
+}
+
+/// Asks, claims the link, and returns what Slack's authorize step received.
+async fn to_slack(app: &TestApp, event: &str) -> AtSlack {
+    let before = app.slack_calls("chat.postEphemeral").await.len();
+    app.post_event(&mention(event, "<@U0LAN0Z89> who am I?")).await;
+    let prompt = app
+        .wait_for_calls("chat.postEphemeral", before + 1)
+        .await
+        .last()
+        .unwrap()
+        .to_string();
+    let start = prompt.find("https://bot.example.com/link/").unwrap() + 29;
+    let id = &prompt[start..start + 22];
+    let claim = browser().post(app.url(&format!("/link/{id}"))).send().await.unwrap();
+    assert_eq!(claim.status(), 303);
+    let cookie = claim.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let authorize = url::Url::parse(claim.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(
+        authorize.path(),
+        "/openid/connect/authorize",
+        "Slack first, before Databricks"
+    );
+    let q: std::collections::HashMap<String, String> = authorize.query_pairs().into_owned().collect();
+    assert_eq!(q["client_id"], CLIENT_ID);
+    assert_eq!(q["team"], "T061EG9R6");
+    assert_eq!(q["redirect_uri"], "https://bot.example.com/oauth/slack/callback");
+    assert_eq!(q["scope"], "openid email profile");
+    AtSlack {
+        cookie,
+        state: q["state"].clone(),
+        nonce: q["nonce"].clone(),
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+fn claims(app: &TestApp, nonce: &str, user: &str) -> Value {
+    json!({
+        "iss": app.slack.uri(), "aud": CLIENT_ID, "sub": user, "exp": now() + 300, "iat": now(),
+        "nonce": nonce, "email": "asker@example.com", "email_verified": true,
+        "https://slack.com/team_id": "T061EG9R6", "https://slack.com/user_id": user
+    })
+}
+
+fn sign(claims: &Value, kid: &str) -> String {
+    let key = EncodingKey::from_rsa_pem(include_bytes!("fixtures/slack-oidc-test-key.pem")).unwrap();
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(&header, claims, &key).unwrap()
+}
+
+/// Slack answers the code exchange with `id_token`, then the browser comes back.
+async fn back_from_slack(app: &TestApp, at: &AtSlack, id_token: &str) -> reqwest::Response {
+    Mock::given(path("/api/openid.connect.token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true, "id_token": id_token})))
+        .up_to_n_times(1)
+        .mount(&app.slack)
+        .await;
+    browser()
+        .get(app.url(&format!("/oauth/slack/callback?code=slack-code&state={}", at.state)))
+        .header("cookie", &at.cookie)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn result(app: &TestApp, cookie: &str) -> String {
+    browser()
+        .get(app.url("/link/result"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_right_slack_user_goes_on_to_databricks_and_is_linked() {
+    let app = spawn().await;
+    let at = to_slack(&app, "Ev1").await;
+    let response = back_from_slack(&app, &at, &sign(&claims(&app, &at.nonce, "U061F7AUR"), "test-key-1")).await;
+    assert_eq!(response.status(), 303);
+    let databricks_authorize = response.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        databricks_authorize.starts_with(&app.databricks.uri),
+        "{databricks_authorize}"
+    );
+
+    let exchange = app
+        .slack
+        .received_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.url.path() == "/api/openid.connect.token")
+        .unwrap();
+    let form: std::collections::HashMap<String, String> =
+        url::form_urlencoded::parse(&exchange.body).into_owned().collect();
+    assert_eq!(form["redirect_uri"], "https://bot.example.com/oauth/slack/callback");
+    assert_eq!(form["code"], "slack-code");
+
+    let back = app.databricks.authorize(&databricks_authorize, &FakeUser::asker());
+    let path = format!("{}?{}", back.path(), back.query().unwrap());
+    let done = browser()
+        .get(app.url(&path))
+        .header("cookie", &at.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 303);
+    assert!(result(&app, &at.cookie).await.contains("You’re connected"));
+    assert_eq!(app.store.list_links(None).await.unwrap().len(), 1);
+    app.stop().await;
+}
+
+// LNK-01/LNK-02: the link opened by another Slack user.
+#[tokio::test]
+async fn a_link_opened_by_another_slack_user_stops_before_databricks() {
+    let app = spawn().await;
+    let at = to_slack(&app, "Ev1").await;
+    let response = back_from_slack(&app, &at, &sign(&claims(&app, &at.nonce, "U0MALLORY"), "test-key-1")).await;
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], "/link/result", "not on to Databricks");
+    let page = result(&app, &at.cookie).await;
+    assert!(
+        page.contains("someone other than the person this link was made for"),
+        "{page}"
+    );
+    assert!(app.databricks.token_requests().is_empty());
+    assert!(app.store.list_links(None).await.unwrap().is_empty());
+    let warned = app.wait_for_calls("chat.postMessage", 1).await;
+    assert!(
+        warned[0].to_string().contains("Someone tried"),
+        "the owner is told: {warned:?}"
+    );
+    app.stop().await;
+}
+
+// LNK-07: every kind of bad id_token is refused.
+#[tokio::test]
+async fn forged_expired_or_misdirected_id_tokens_are_refused() {
+    let app = spawn().await;
+    let none_alg = |c: &Value| {
+        let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(c))
+    };
+    type Forge = Box<dyn Fn(&TestApp, &str) -> String>;
+    let cases: Vec<(&str, Forge)> = vec![
+        (
+            "wrong audience",
+            Box::new(|app, nonce| {
+                let mut c = claims(app, nonce, "U061F7AUR");
+                c["aud"] = json!("someone-else");
+                sign(&c, "test-key-1")
+            }),
+        ),
+        (
+            "wrong issuer",
+            Box::new(|app, nonce| {
+                let mut c = claims(app, nonce, "U061F7AUR");
+                c["iss"] = json!("https://evil.example.com");
+                sign(&c, "test-key-1")
+            }),
+        ),
+        (
+            "expired",
+            Box::new(|app, nonce| {
+                let mut c = claims(app, nonce, "U061F7AUR");
+                c["exp"] = json!(now() - 3600);
+                sign(&c, "test-key-1")
+            }),
+        ),
+        (
+            "other nonce",
+            Box::new(|app, _| sign(&claims(app, "not-the-nonce", "U061F7AUR"), "test-key-1")),
+        ),
+        (
+            "unknown key",
+            Box::new(|app, nonce| sign(&claims(app, nonce, "U061F7AUR"), "no-such-key")),
+        ),
+        (
+            "alg none",
+            Box::new(move |app, nonce| none_alg(&claims(app, nonce, "U061F7AUR"))),
+        ),
+        (
+            "tampered",
+            Box::new(|app, nonce| {
+                let token = sign(&claims(app, nonce, "U0MALLORY"), "test-key-1");
+                let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+                let honest = sign(&claims(app, nonce, "U061F7AUR"), "test-key-1");
+                parts[1] = honest.split('.').nth(1).unwrap().to_owned();
+                parts.join(".")
+            }),
+        ),
+    ];
+    for (i, (name, forge)) in cases.iter().enumerate() {
+        app.clock.advance(61);
+        let at = to_slack(&app, &format!("Ev{i}")).await;
+        let response = back_from_slack(&app, &at, &forge(&app, &at.nonce)).await;
+        assert_eq!(response.headers()["location"], "/link/result", "{name}");
+        let page = result(&app, &at.cookie).await;
+        assert!(page.contains("Slack could not confirm who you are"), "{name}: {page}");
+    }
+    assert!(app.databricks.token_requests().is_empty());
+    assert!(app.store.list_links(None).await.unwrap().is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_slack_callback_is_bound_to_the_browser_and_used_once() {
+    let app = spawn().await;
+    let at = to_slack(&app, "Ev1").await;
+    let stranger = browser()
+        .get(app.url(&format!("/oauth/slack/callback?code=c&state={}", at.state)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stranger.status(), 400, "no cookie, no progress");
+    // The rightful browser's attempt was burned with it.
+    let response = back_from_slack(&app, &at, &sign(&claims(&app, &at.nonce, "U061F7AUR"), "test-key-1")).await;
+    assert_eq!(response.headers()["location"], "/link/result", "never on to Databricks");
+    assert!(result(&app, &at.cookie).await.contains("different browser"));
+    assert!(app.databricks.token_requests().is_empty());
+    assert!(app.store.list_links(None).await.unwrap().is_empty());
+    app.stop().await;
+}
