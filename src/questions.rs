@@ -176,8 +176,21 @@ impl Questions {
             BrokerError::NeedsRelink { .. } => self.park_until_connected(q, true).await,
             BrokerError::Transient(reason) => Err(JobError::transient(reason)),
             BrokerError::Store(error) => Err(db_error(error)),
-            error @ (BrokerError::Misconfigured(_) | BrokerError::Unreadable(_)) => {
-                Err(JobError::Permanent(error.to_string()))
+            // Operator problems: retrying will not help, so the person is told at once;
+            // the cause is in the logs under the same reference.
+            BrokerError::Misconfigured(_) => {
+                let reason =
+                    "the bot's connection to Databricks is misconfigured; your Slack admin can see why in the logs";
+                self.reply_privately(q, messages::could_not_answer(reason, "oauth-client"))
+                    .await?;
+                Ok(Done::Finished)
+            }
+            BrokerError::Unreadable(_) => {
+                let reason = "your stored Databricks connection cannot be read (an encryption key is missing); \
+                              your Slack admin can see why in the logs";
+                self.reply_privately(q, messages::could_not_answer(reason, "token-vault"))
+                    .await?;
+                Ok(Done::Finished)
             }
         }
     }
@@ -311,9 +324,6 @@ impl JobHandler for Questions {
         let Ok(q) = parse(job) else { return };
         let reason = match error {
             JobError::Transient { .. } => "Databricks or Slack kept failing, please try again in a few minutes",
-            JobError::Permanent(reason) if reason.contains("misconfigured") => {
-                "the bot's connection to Databricks is misconfigured; your admin has been alerted in the logs"
-            }
             JobError::Permanent(_) => "something went wrong on my side",
         };
         if let Err(e) = self

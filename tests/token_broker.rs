@@ -296,3 +296,22 @@ async fn questions_that_hit_a_dead_grant_bring_one_prompt_and_wait() {
     assert_eq!(app.databricks.refreshes().len(), 1, "no retry loop");
     app.stop().await;
 }
+
+// invalid_client on a question: the person is told right away, their link is kept.
+#[tokio::test]
+async fn a_rejected_client_tells_the_person_and_keeps_their_link() {
+    let app = TestApp::spawn().await;
+    app.link_asker().await;
+    app.databricks
+        .script(Scripted::Status(401, json!({"error": "invalid_client"})));
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> misconfigured?")).await;
+    let told = app.wait_for_calls("chat.postEphemeral", 1).await;
+    assert!(told[0].to_string().contains("misconfigured"), "{}", told[0]);
+    assert!(
+        !told[0].to_string().contains("invalid_client"),
+        "internals stay in the logs"
+    );
+    let link = app.store.list_links(None).await.unwrap().remove(0);
+    assert_eq!(link.status, LinkStatus::Active);
+    app.stop().await;
+}
