@@ -1,0 +1,234 @@
+//! Conformance against a real OAuth server: the OpenID-certified `oidc-provider` (npm),
+//! started on loopback and configured like a Databricks workspace (see
+//! `tests/conformance/oidc-provider-server.mjs`). The whole flow — link, code exchange with
+//! PKCE, refresh with rotation — and a reused old refresh token being refused.
+//!
+//! `.ci/run` installs the server with `npm ci --prefix tests/conformance`. Without
+//! Node.js the test says so loudly and skips; with Node.js but without the install it fails.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use common::app::{Options, TestApp, mention};
+use databricks_slack_bot::crypto::{Binding, Purpose};
+use databricks_slack_bot::store::links::LinkStatus;
+use secrecy::ExposeSecret;
+
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/conformance");
+
+struct Server {
+    child: Child,
+    uri: String,
+    /// Kept open: node dies of EPIPE if its stdout closes.
+    _stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server() -> Option<Server> {
+    if Command::new("node").arg("--version").output().is_err() {
+        eprintln!("\n*** SKIPPING the oidc-provider conformance test: Node.js is not installed ***\n");
+        return None;
+    }
+    assert!(
+        std::path::Path::new(DIR).join("node_modules/oidc-provider").exists(),
+        "oidc-provider is not installed: run `npm ci --prefix tests/conformance` (as .ci/run does)"
+    );
+    let mut child = Command::new("node")
+        .arg("oidc-provider-server.mjs")
+        .current_dir(DIR)
+        .env("REDIRECT_URI", "https://bot.example.com/oauth/databricks/callback")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("node starts");
+    let mut line = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    let port: serde_json::Value = serde_json::from_str(&line).expect("the server prints its port");
+    Some(Server {
+        child,
+        uri: format!("http://127.0.0.1:{}", port["port"]),
+        _stdout: stdout,
+    })
+}
+
+/// A browser with cookies that does not follow redirects by itself.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn location(response: &reqwest::Response, base: &str) -> String {
+    let to = response.headers()["location"].to_str().unwrap();
+    url::Url::parse(base).unwrap().join(to).unwrap().to_string()
+}
+
+/// Signs in at oidc-provider's development login and consent pages as `login`, following
+/// its redirects until it sends the browser back to the bot's callback.
+async fn sign_in(browser: &reqwest::Client, server: &str, authorize: &str, login: &str) -> url::Url {
+    let mut next = authorize.to_owned();
+    for _ in 0..12 {
+        if next.starts_with("https://bot.example.com/") {
+            return url::Url::parse(&next).unwrap();
+        }
+        let response = browser.get(&next).send().await.unwrap();
+        if response.status().is_redirection() {
+            next = location(&response, server);
+            continue;
+        }
+        // An interaction page: submit its form (login first, then consent).
+        let html = response.text().await.unwrap();
+        let action = html
+            .split("action=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap_or_else(|| panic!("no form on {next}: {html}"))
+            .to_owned();
+        let prompt = if html.contains("name=\"login\"") {
+            "login"
+        } else {
+            "consent"
+        };
+        let form = [("prompt", prompt), ("login", login), ("password", "any")];
+        let submitted = browser
+            .post(url::Url::parse(server).unwrap().join(&action).unwrap())
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            submitted.status().is_redirection(),
+            "{prompt} form: {}",
+            submitted.status()
+        );
+        next = location(&submitted, server);
+    }
+    panic!("oidc-provider never sent the browser back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_flow_works_against_oidc_provider_configured_like_databricks() {
+    let Some(server) = start_server() else { return };
+    let app = TestApp::spawn_with(Options {
+        extra_env: vec![
+            ("DATABRICKS_HOST", server.uri.clone()),
+            ("DATABRICKS_CLIENT_ID", "conformance-client".into()),
+            ("DATABRICKS_CLIENT_SECRET", "conformance-secret".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+
+    // Ask, open the link, continue.
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> the first question")).await;
+    let prompt = app.wait_for_calls("chat.postEphemeral", 1).await[0].to_string();
+    let start = prompt.find("https://bot.example.com/link/").unwrap() + 29;
+    let id = &prompt[start..start + 22];
+    let bot = browser();
+    let claim = bot.post(app.url(&format!("/link/{id}"))).send().await.unwrap();
+    assert_eq!(claim.status(), 303);
+    let cookie = claim.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let authorize = claim.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        authorize.starts_with(&format!("{}/oidc/v1/authorize", server.uri)),
+        "{authorize}"
+    );
+
+    // Sign in at the real server, which enforces PKCE S256 and the exact redirect URI.
+    let back = sign_in(&browser(), &server.uri, &authorize, "asker@example.com").await;
+    let path = format!("{}?{}", back.path(), back.query().unwrap());
+    let done = bot.get(app.url(&path)).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(done.status(), 303);
+    let page = bot
+        .get(app.url("/link/result"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("You’re connected") && page.contains("asker@example.com"),
+        "{page}"
+    );
+
+    // The kept question was answered with the server's access token.
+    let answers = app.wait_for_calls("chat.postMessage", 2).await;
+    assert!(
+        answers
+            .iter()
+            .any(|m| m.to_string().contains("answer: the first question")),
+        "{answers:?}"
+    );
+    let first_token = app.agent.tokens()[0].clone();
+
+    // An hour later: a refresh, which the server rotates.
+    let (team, user) = {
+        let link = app.store.list_links(None).await.unwrap().remove(0);
+        (link.team, link.user)
+    };
+    let before = app.store.find_link(&team, &user).await.unwrap().unwrap();
+    let vault = common::vault(&[common::KEY_A]);
+    let binding = Binding {
+        purpose: Purpose::RefreshToken,
+        team: &before.team,
+        user: &before.user,
+        workspace: &before.workspace,
+    };
+    let old_refresh_token = vault.open(binding, &before.sealed_refresh_token).unwrap();
+    app.clock.advance(3600);
+    app.post_event(&mention("Ev2", "<@U0LAN0Z89> the second question"))
+        .await;
+    let answers = app.wait_for_calls("chat.postMessage", 3).await;
+    assert!(
+        answers
+            .iter()
+            .any(|m| m.to_string().contains("answer: the second question")),
+        "{answers:?}"
+    );
+    let tokens = app.agent.tokens();
+    assert_ne!(tokens.last().unwrap(), &first_token, "a refreshed access token");
+    let after = app.store.find_link(&team, &user).await.unwrap().unwrap();
+    let new_refresh_token = vault.open(binding, &after.sealed_refresh_token).unwrap();
+    assert_ne!(
+        new_refresh_token.expose_secret(),
+        old_refresh_token.expose_secret(),
+        "rotated"
+    );
+    assert_eq!(after.status, LinkStatus::Active);
+
+    // The rotated-away refresh token is refused by the server (the bot never sends it
+    // again; see token_broker.rs for how it reads such a refusal).
+    let reuse = reqwest::Client::new()
+        .post(format!("{}/oidc/v1/token", server.uri))
+        .basic_auth("conformance-client", Some("conformance-secret"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", old_refresh_token.expose_secret()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reuse.status(), 400);
+    let error: serde_json::Value = reuse.json().await.unwrap();
+    assert_eq!(error["error"], "invalid_grant", "{error}");
+    app.stop().await;
+}
