@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::app::{TestApp, mention};
+use common::app::{TestApp, browser};
 use common::fake_databricks::{FakeUser, Scripted};
 use common::{KEY_A, TestDb};
 use databricks_slack_bot::clock::Clock;
@@ -17,47 +17,6 @@ use serde_json::json;
 
 const ASKER_TEAM: &str = "T061EG9R6";
 const ASKER: &str = "U061F7AUR";
-
-/// A browser: no automatic redirects, cookies handled by hand.
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-/// Asks a question as the unlinked asker and returns the link id from the prompt.
-async fn ask_and_get_link(app: &TestApp, event_id: &str, question: &str) -> String {
-    let before = app.slack_calls("chat.postEphemeral").await.len();
-    app.post_event(&mention(event_id, &format!("<@U0LAN0Z89> {question}")))
-        .await;
-    let prompts = app.wait_for_calls("chat.postEphemeral", before + 1).await;
-    let prompt = prompts.last().unwrap().to_string();
-    let start = prompt
-        .find("https://bot.example.com/link/")
-        .expect("a link in the prompt")
-        + 29;
-    prompt[start..start + 22].to_owned()
-}
-
-struct Claim {
-    cookie: String,
-    authorize: String,
-}
-
-/// Presses "Continue": POST /link/{id}.
-async fn claim(app: &TestApp, id: &str) -> Result<Claim, reqwest::Response> {
-    let response = browser().post(app.url(&format!("/link/{id}"))).send().await.unwrap();
-    if response.status() != 303 {
-        return Err(response);
-    }
-    let set_cookie = response.headers()["set-cookie"].to_str().unwrap().to_owned();
-    let cookie = set_cookie.split(';').next().unwrap().to_owned();
-    Ok(Claim {
-        cookie,
-        authorize: response.headers()["location"].to_str().unwrap().to_owned(),
-    })
-}
 
 /// Follows Databricks' redirect back to the bot, as the browser would.
 async fn callback(app: &TestApp, callback_url: &url::Url, cookie: Option<&str>) -> reqwest::Response {
@@ -106,7 +65,7 @@ async fn a_person_goes_from_the_prompt_to_linked_and_their_question_is_answered(
             ..Default::default()
         })
         .await;
-        let id = ask_and_get_link(&app, "Ev1", "how many orders last week?").await;
+        let id = app.ask_for_link("Ev1", "how many orders last week?").await;
 
         // The landing page names who is being linked to what, and changes nothing.
         for _ in 0..3 {
@@ -119,7 +78,8 @@ async fn a_person_goes_from_the_prompt_to_linked_and_their_question_is_answered(
             assert!(html.contains("<form method=\"post\">"), "{html}");
         }
 
-        let claimed = claim(&app, &id)
+        let claimed = app
+            .claim_link(&id)
             .await
             .unwrap_or_else(|r| panic!("claim refused: {}", r.status()));
         assert!(
@@ -127,13 +87,13 @@ async fn a_person_goes_from_the_prompt_to_linked_and_their_question_is_answered(
             "{}",
             claimed.cookie
         );
-        let authorize = url::Url::parse(&claimed.authorize).unwrap();
+        let authorize = url::Url::parse(&claimed.location).unwrap();
         let q: std::collections::HashMap<String, String> = authorize.query_pairs().into_owned().collect();
         assert_eq!(q["redirect_uri"], "https://bot.example.com/oauth/databricks/callback");
         assert_eq!(q["scope"], "all-apis offline_access openid email profile");
         assert_eq!(q["state"].len(), 43);
 
-        let back = app.databricks.authorize(&claimed.authorize, &FakeUser::asker());
+        let back = app.databricks.authorize(&claimed.location, &FakeUser::asker());
         let response = callback(&app, &back, Some(&claimed.cookie)).await;
         assert_eq!(response.status(), 303, "{}", db.name);
         assert_eq!(
@@ -211,8 +171,8 @@ async fn a_person_goes_from_the_prompt_to_linked_and_their_question_is_answered(
 #[tokio::test]
 async fn twenty_concurrent_claims_of_one_link_let_exactly_one_proceed() {
     let app = TestApp::spawn().await;
-    let id = ask_and_get_link(&app, "Ev1", "race?").await;
-    let claims = futures_util::future::join_all((0..20).map(|_| claim(&app, &id))).await;
+    let id = app.ask_for_link("Ev1", "race?").await;
+    let claims = futures_util::future::join_all((0..20).map(|_| app.claim_link(&id))).await;
     let winners = claims.iter().filter(|c| c.is_ok()).count();
     assert_eq!(winners, 1);
     for lost in claims.into_iter().filter_map(Result::err) {
@@ -226,12 +186,12 @@ async fn twenty_concurrent_claims_of_one_link_let_exactly_one_proceed() {
 #[tokio::test]
 async fn an_expired_or_unknown_link_is_explained_and_cannot_be_claimed() {
     let app = TestApp::spawn().await;
-    let id = ask_and_get_link(&app, "Ev1", "later?").await;
+    let id = app.ask_for_link("Ev1", "later?").await;
     app.clock.advance(601);
     let page = app.client.get(app.url(&format!("/link/{id}"))).send().await.unwrap();
     assert_eq!(page.status(), 410);
     assert!(page.text().await.unwrap().contains("expired"));
-    assert_eq!(claim(&app, &id).await.err().unwrap().status(), 410);
+    assert_eq!(app.claim_link(&id).await.err().unwrap().status(), 410);
 
     let unknown = app
         .client
@@ -248,9 +208,9 @@ async fn an_expired_or_unknown_link_is_explained_and_cannot_be_claimed() {
 #[tokio::test]
 async fn a_callback_without_the_binding_cookie_is_refused_and_burns_the_state() {
     let app = TestApp::spawn().await;
-    let id = ask_and_get_link(&app, "Ev1", "whose?").await;
-    let claimed = claim(&app, &id).await.ok().unwrap();
-    let back = app.databricks.authorize(&claimed.authorize, &FakeUser::asker());
+    let id = app.ask_for_link("Ev1", "whose?").await;
+    let claimed = app.claim_link(&id).await.expect("claimed");
+    let back = app.databricks.authorize(&claimed.location, &FakeUser::asker());
 
     for cookie in [None, Some("__Host-databricks-link=forged")] {
         let response = callback(&app, &back, cookie).await;
@@ -290,9 +250,9 @@ async fn callbacks_with_missing_wrong_or_reused_state_get_400_and_no_token_reque
 #[tokio::test]
 async fn access_denied_at_databricks_gets_a_friendly_page_and_stores_nothing() {
     let app = TestApp::spawn().await;
-    let id = ask_and_get_link(&app, "Ev1", "no thanks").await;
-    let claimed = claim(&app, &id).await.ok().unwrap();
-    let mut back = app.databricks.authorize(&claimed.authorize, &FakeUser::asker());
+    let id = app.ask_for_link("Ev1", "no thanks").await;
+    let claimed = app.claim_link(&id).await.expect("claimed");
+    let mut back = app.databricks.authorize(&claimed.location, &FakeUser::asker());
     let state = back.query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
     back.set_query(None);
     back.query_pairs_mut()
@@ -313,10 +273,10 @@ async fn access_denied_at_databricks_gets_a_friendly_page_and_stores_nothing() {
 #[tokio::test]
 async fn a_forwarded_link_completed_by_another_databricks_user_stores_nothing_and_tells_both() {
     let app = TestApp::spawn().await;
-    let id = ask_and_get_link(&app, "Ev1", "forwarded?").await;
-    let claimed = claim(&app, &id).await.ok().unwrap();
+    let id = app.ask_for_link("Ev1", "forwarded?").await;
+    let claimed = app.claim_link(&id).await.expect("claimed");
     let mallory = FakeUser::named("mallory@example.com", "Mallory");
-    let back = app.databricks.authorize(&claimed.authorize, &mallory);
+    let back = app.databricks.authorize(&claimed.location, &mallory);
     assert_eq!(callback(&app, &back, Some(&claimed.cookie)).await.status(), 303);
 
     let page = result_page(&app, &claimed.cookie).await;
@@ -351,9 +311,9 @@ async fn token_endpoint_errors_timeouts_and_redirects_store_nothing() {
     ];
     for (i, script) in scripts.into_iter().enumerate() {
         app.clock.advance(61);
-        let id = ask_and_get_link(&app, &format!("Ev{i}"), "fails?").await;
-        let claimed = claim(&app, &id).await.ok().unwrap();
-        let back = app.databricks.authorize(&claimed.authorize, &FakeUser::asker());
+        let id = app.ask_for_link(&format!("Ev{i}"), "fails?").await;
+        let claimed = app.claim_link(&id).await.expect("claimed");
+        let back = app.databricks.authorize(&claimed.location, &FakeUser::asker());
         app.databricks.script(script);
         assert_eq!(callback(&app, &back, Some(&claimed.cookie)).await.status(), 303);
         let page = result_page(&app, &claimed.cookie).await;
@@ -382,19 +342,19 @@ async fn relinking_replaces_the_old_link_only_after_verification() {
         .mark_needs_relink(&before.team, &before.user, before.version, "test", app.clock.now())
         .await
         .unwrap();
-    let id = ask_and_get_link(&app, "Ev1", "again?").await;
-    let claimed = claim(&app, &id).await.ok().unwrap();
+    let id = app.ask_for_link("Ev1", "again?").await;
+    let claimed = app.claim_link(&id).await.expect("claimed");
     let back = app
         .databricks
-        .authorize(&claimed.authorize, &FakeUser::named("someone@example.com", "Someone"));
+        .authorize(&claimed.location, &FakeUser::named("someone@example.com", "Someone"));
     callback(&app, &back, Some(&claimed.cookie)).await;
     let after_failure = app.store.find_link(&before.team, &before.user).await.unwrap().unwrap();
     assert_eq!(after_failure.sealed_refresh_token, before.sealed_refresh_token);
 
     app.clock.advance(61);
-    let id = ask_and_get_link(&app, "Ev2", "and now?").await;
-    let claimed = claim(&app, &id).await.ok().unwrap();
-    let back = app.databricks.authorize(&claimed.authorize, &FakeUser::asker());
+    let id = app.ask_for_link("Ev2", "and now?").await;
+    let claimed = app.claim_link(&id).await.expect("claimed");
+    let back = app.databricks.authorize(&claimed.location, &FakeUser::asker());
     callback(&app, &back, Some(&claimed.cookie)).await;
     let relinked = app.store.find_link(&before.team, &before.user).await.unwrap().unwrap();
     assert_ne!(relinked.sealed_refresh_token, before.sealed_refresh_token);
@@ -414,7 +374,7 @@ async fn relinking_replaces_the_old_link_only_after_verification() {
 #[tokio::test]
 async fn link_pages_forbid_framing_caching_and_referrers() {
     let app = TestApp::spawn().await;
-    let id = ask_and_get_link(&app, "Ev1", "headers?").await;
+    let id = app.ask_for_link("Ev1", "headers?").await;
     let page = app.client.get(app.url(&format!("/link/{id}"))).send().await.unwrap();
     let h = page.headers();
     assert_eq!(h["cache-control"], "no-store");

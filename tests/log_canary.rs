@@ -7,7 +7,7 @@ mod common;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use common::app::{BOT_TOKEN, Options, SIGNING_SECRET, TestApp, mention};
+use common::app::{BOT_TOKEN, Options, SIGNING_SECRET, TestApp, browser, mention};
 use common::fake_databricks::FakeUser;
 
 #[derive(Clone, Default)]
@@ -40,25 +40,12 @@ async fn no_secret_reaches_the_logs_or_metrics_even_at_trace() {
         ..Default::default()
     })
     .await;
-    let browser = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let browser = browser();
 
     // Ask, get the link, claim it, sign in at Databricks, come back.
-    app.post_event(&mention("Ev1", "<@U0LAN0Z89> first question")).await;
-    let prompt = app.wait_for_calls("chat.postEphemeral", 1).await[0].to_string();
-    let start = prompt.find("https://bot.example.com/link/").unwrap() + 29;
-    let id = &prompt[start..start + 22];
-    let claim = browser.post(app.url(&format!("/link/{id}"))).send().await.unwrap();
-    let cookie = claim.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let authorize = claim.headers()["location"].to_str().unwrap().to_owned();
+    let id = app.ask_for_link("Ev1", "first question").await;
+    let claim = app.claim_link(&id).await.expect("claimed");
+    let (cookie, authorize) = (claim.cookie, claim.location);
     let back = app.databricks.authorize(&authorize, &FakeUser::asker());
     let path = format!("{}?{}", back.path(), back.query().unwrap());
     browser

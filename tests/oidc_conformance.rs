@@ -11,7 +11,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-use common::app::{Options, TestApp, mention};
+use common::app::{Options, TestApp, browser, mention};
 use databricks_slack_bot::crypto::{Binding, Purpose};
 use databricks_slack_bot::store::links::LinkStatus;
 use secrecy::ExposeSecret;
@@ -60,8 +60,9 @@ fn start_server() -> Option<Server> {
     })
 }
 
-/// A browser with cookies that does not follow redirects by itself.
-fn browser() -> reqwest::Client {
+/// A browser with cookies (oidc-provider's login pages need them) that does not follow
+/// redirects by itself.
+fn browser_with_cookies() -> reqwest::Client {
     reqwest::Client::builder()
         .cookie_store(true)
         .redirect(reqwest::redirect::Policy::none())
@@ -131,28 +132,17 @@ async fn the_whole_flow_works_against_oidc_provider_configured_like_databricks()
     .await;
 
     // Ask, open the link, continue.
-    app.post_event(&mention("Ev1", "<@U0LAN0Z89> the first question")).await;
-    let prompt = app.wait_for_calls("chat.postEphemeral", 1).await[0].to_string();
-    let start = prompt.find("https://bot.example.com/link/").unwrap() + 29;
-    let id = &prompt[start..start + 22];
+    let id = app.ask_for_link("Ev1", "the first question").await;
+    let claim = app.claim_link(&id).await.expect("claimed");
+    let (cookie, authorize) = (claim.cookie, claim.location);
     let bot = browser();
-    let claim = bot.post(app.url(&format!("/link/{id}"))).send().await.unwrap();
-    assert_eq!(claim.status(), 303);
-    let cookie = claim.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let authorize = claim.headers()["location"].to_str().unwrap().to_owned();
     assert!(
         authorize.starts_with(&format!("{}/oidc/v1/authorize", server.uri)),
         "{authorize}"
     );
 
     // Sign in at the real server, which enforces PKCE S256 and the exact redirect URI.
-    let back = sign_in(&browser(), &server.uri, &authorize, "asker@example.com").await;
+    let back = sign_in(&browser_with_cookies(), &server.uri, &authorize, "asker@example.com").await;
     let path = format!("{}?{}", back.path(), back.query().unwrap());
     let done = bot.get(app.url(&path)).header("cookie", &cookie).send().await.unwrap();
     assert_eq!(done.status(), 303);

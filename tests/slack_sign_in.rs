@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use common::app::{Options, TestApp, mention, mount_slack_defaults};
+use common::app::{Options, TestApp, browser, mount_slack_defaults};
 use common::fake_databricks::FakeUser;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -53,13 +53,6 @@ async fn spawn() -> TestApp {
     .await
 }
 
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
 struct AtSlack {
     cookie: String,
     state: String,
@@ -68,31 +61,10 @@ struct AtSlack {
 
 /// Asks, claims the link, and returns what Slack's authorize step received.
 async fn to_slack(app: &TestApp, event: &str) -> AtSlack {
-    let before = app.slack_calls("chat.postEphemeral").await.len();
-    app.post_event(&mention(event, "<@U0LAN0Z89> who am I?")).await;
-    let prompt = app
-        .wait_for_calls("chat.postEphemeral", before + 1)
-        .await
-        .last()
-        .unwrap()
-        .to_string();
-    let start = prompt.find("https://bot.example.com/link/").unwrap() + 29;
-    let id = &prompt[start..start + 22];
-    let claim = browser().post(app.url(&format!("/link/{id}"))).send().await.unwrap();
-    assert_eq!(claim.status(), 303);
-    let cookie = claim.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let authorize = url::Url::parse(claim.headers()["location"].to_str().unwrap()).unwrap();
-    assert_eq!(
-        authorize.path(),
-        "/openid/connect/authorize",
-        "Slack first, before Databricks"
-    );
+    let id = app.ask_for_link(event, "who am I?").await;
+    let claim = app.claim_link(&id).await.expect("claimed");
+    let cookie = claim.cookie;
+    let authorize = url::Url::parse(&claim.location).unwrap();
     let q: std::collections::HashMap<String, String> = authorize.query_pairs().into_owned().collect();
     assert_eq!(q["client_id"], CLIENT_ID);
     assert_eq!(q["team"], "T061EG9R6");

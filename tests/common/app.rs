@@ -134,6 +134,22 @@ pub fn fast_workers() -> WorkerConfig {
     }
 }
 
+/// A browser: no automatic redirects, cookies handled by hand.
+pub fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// What pressing "Continue" on a link page gave the browser.
+pub struct Claim {
+    /// `name=value` of the browser-binding cookie.
+    pub cookie: String,
+    /// Where the browser was sent next.
+    pub location: String,
+}
+
 pub struct TestApp {
     pub addr: SocketAddr,
     pub lifecycle: Lifecycle,
@@ -240,6 +256,33 @@ impl TestApp {
             .link(&self.store, &super::vault(&[KEY_A]), &rt, self.clock.now())
             .await;
         rt
+    }
+
+    /// Asks a question as the fixtures' asker and returns the link id in the prompt.
+    pub async fn ask_for_link(&self, event_id: &str, question: &str) -> String {
+        let before = self.slack_calls("chat.postEphemeral").await.len();
+        self.post_event(&mention(event_id, &format!("<@U0LAN0Z89> {question}")))
+            .await;
+        let prompts = self.wait_for_calls("chat.postEphemeral", before + 1).await;
+        let prompt = prompts.last().expect("a prompt").to_string();
+        let start = prompt
+            .find("https://bot.example.com/link/")
+            .expect("a link in the prompt")
+            + 29;
+        prompt[start..start + 22].to_owned()
+    }
+
+    /// Presses "Continue": `POST /link/{id}`; the response when it is not a redirect.
+    pub async fn claim_link(&self, id: &str) -> Result<Claim, reqwest::Response> {
+        let response = browser().post(self.url(&format!("/link/{id}"))).send().await.unwrap();
+        if response.status() != 303 {
+            return Err(response);
+        }
+        let set_cookie = response.headers()["set-cookie"].to_str().unwrap();
+        Ok(Claim {
+            cookie: set_cookie.split(';').next().unwrap().to_owned(),
+            location: response.headers()["location"].to_str().unwrap().to_owned(),
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
