@@ -4,18 +4,17 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::TestDb;
-use common::app::{SIGNING_SECRET, TestApp, mention, mount_slack_defaults, slack_calls};
+use common::app::{SIGNING_SECRET, TestApp, fake_slack, mention, slack_calls};
 use databricks_slack_bot::agent::AgentError;
 use databricks_slack_bot::clock::Clock;
 use databricks_slack_bot::linking::hash_link_id;
 use databricks_slack_bot::slack::signature::sign;
 use serde_json::{Value, json};
 use wiremock::matchers::path;
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::{Mock, ResponseTemplate};
 
 const ASKER_TEAM: &str = "T061EG9R6";
 const ASKER: &str = "U061F7AUR";
@@ -214,17 +213,12 @@ async fn an_empty_mention_gets_a_short_help_reply() {
 
 #[tokio::test]
 async fn a_person_from_another_organisation_is_politely_refused() {
-    let slack = MockServer::start().await;
-    Mock::given(path("/api/users.info"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"ok": true, "user": {"id": ASKER, "team_id": "TOTHERORG", "is_stranger": true}})),
-        )
-        .mount(&slack)
-        .await;
-    mount_slack_defaults(&slack).await;
     let app = TestApp::spawn_with(common::app::Options {
-        slack: Some(Arc::new(slack)),
+        slack_mocks: vec![
+            Mock::given(path("/api/users.info")).respond_with(ResponseTemplate::new(200).set_body_json(
+                json!({"ok": true, "user": {"id": ASKER, "team_id": "TOTHERORG", "is_stranger": true}}),
+            )),
+        ],
         ..Default::default()
     })
     .await;
@@ -269,9 +263,7 @@ async fn the_same_event_delivered_four_times_makes_one_job_and_one_prompt() {
 #[tokio::test]
 async fn the_same_event_reaching_two_replicas_on_postgres_is_answered_once() {
     let Some(db) = TestDb::postgres().await else { return };
-    let slack = MockServer::start().await;
-    mount_slack_defaults(&slack).await;
-    let slack = Arc::new(slack);
+    let slack = fake_slack(Vec::new()).await;
     let replica = || {
         TestApp::spawn_with(common::app::Options {
             db: Some(db.url.clone()),
@@ -315,14 +307,11 @@ async fn our_own_messages_and_bot_messages_produce_nothing() {
 // EVT-01: a downstream that takes 10 s does not slow the acknowledgement.
 #[tokio::test]
 async fn the_ack_returns_at_once_even_when_slack_and_the_agent_are_slow() {
-    let slack = MockServer::start().await;
-    Mock::given(path("/api/chat.postMessage"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(10)))
-        .mount(&slack)
-        .await;
-    mount_slack_defaults(&slack).await;
     let app = TestApp::spawn_with(common::app::Options {
-        slack: Some(Arc::new(slack)),
+        slack_mocks: vec![
+            Mock::given(path("/api/chat.postMessage"))
+                .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(10))),
+        ],
         ..Default::default()
     })
     .await;
@@ -345,9 +334,7 @@ async fn the_ack_returns_at_once_even_when_slack_and_the_agent_are_slow() {
 #[tokio::test]
 async fn a_question_acknowledged_before_a_crash_is_answered_once_after_restart() {
     for db in TestDb::all().await {
-        let slack = MockServer::start().await;
-        mount_slack_defaults(&slack).await;
-        let slack = Arc::new(slack);
+        let slack = fake_slack(Vec::new()).await;
         let first = TestApp::spawn_with(common::app::Options {
             db: Some(db.url.clone()),
             slack: Some(slack.clone()),
@@ -381,14 +368,10 @@ async fn a_question_acknowledged_before_a_crash_is_answered_once_after_restart()
 
 #[tokio::test]
 async fn when_slack_refuses_an_ephemeral_the_prompt_goes_by_direct_message() {
-    let slack = MockServer::start().await;
-    Mock::given(path("/api/chat.postEphemeral"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": false, "error": "user_not_in_channel"})))
-        .mount(&slack)
-        .await;
-    mount_slack_defaults(&slack).await;
     let app = TestApp::spawn_with(common::app::Options {
-        slack: Some(Arc::new(slack)),
+        slack_mocks: vec![Mock::given(path("/api/chat.postEphemeral")).respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"ok": false, "error": "user_not_in_channel"})),
+        )],
         ..Default::default()
     })
     .await;
@@ -408,19 +391,16 @@ async fn when_slack_refuses_an_ephemeral_the_prompt_goes_by_direct_message() {
 // REL-05 for Slack: a 429 is waited out and the message still arrives.
 #[tokio::test]
 async fn a_rate_limited_post_is_retried_after_retry_after() {
-    let slack = MockServer::start().await;
-    Mock::given(path("/api/chat.postEphemeral"))
-        .respond_with(
-            ResponseTemplate::new(429)
-                .insert_header("retry-after", "1")
-                .set_body_json(json!({"ok": false, "error": "ratelimited"})),
-        )
-        .up_to_n_times(1)
-        .mount(&slack)
-        .await;
-    mount_slack_defaults(&slack).await;
     let app = TestApp::spawn_with(common::app::Options {
-        slack: Some(Arc::new(slack)),
+        slack_mocks: vec![
+            Mock::given(path("/api/chat.postEphemeral"))
+                .respond_with(
+                    ResponseTemplate::new(429)
+                        .insert_header("retry-after", "1")
+                        .set_body_json(json!({"ok": false, "error": "ratelimited"})),
+                )
+                .up_to_n_times(1),
+        ],
         ..Default::default()
     })
     .await;

@@ -3,10 +3,9 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::app::{Options, TestApp, mount_slack_defaults};
+use common::app::{Options, TestApp};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -14,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use wiremock::matchers::path;
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::{Mock, ResponseTemplate};
 
 type Socket = WebSocketStream<tokio::net::TcpStream>;
 
@@ -63,14 +62,11 @@ fn envelope(id: &str, kind: &str, payload: Value) -> Message {
 #[tokio::test]
 async fn socket_mode_events_are_acknowledged_and_answered_through_the_same_queue() {
     let (ws_url, mut sockets) = fake_socket_server().await;
-    let slack = MockServer::start().await;
-    Mock::given(path("/api/apps.connections.open"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true, "url": ws_url})))
-        .mount(&slack)
-        .await;
-    mount_slack_defaults(&slack).await;
     let app = TestApp::spawn_with(Options {
-        slack: Some(Arc::new(slack)),
+        slack_mocks: vec![
+            Mock::given(path("/api/apps.connections.open"))
+                .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true, "url": ws_url}))),
+        ],
         extra_env: vec![("SLACK_APP_TOKEN", "xapp-1-test-CANARY".into())],
         ..Default::default()
     })
@@ -131,14 +127,11 @@ async fn socket_mode_events_are_acknowledged_and_answered_through_the_same_queue
 #[tokio::test]
 async fn a_socket_mode_delivery_that_cannot_be_stored_is_left_unacknowledged() {
     let (ws_url, mut sockets) = fake_socket_server().await;
-    let slack = MockServer::start().await;
-    Mock::given(path("/api/apps.connections.open"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true, "url": ws_url})))
-        .mount(&slack)
-        .await;
-    mount_slack_defaults(&slack).await;
     let app = TestApp::spawn_with(Options {
-        slack: Some(Arc::new(slack)),
+        slack_mocks: vec![
+            Mock::given(path("/api/apps.connections.open"))
+                .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true, "url": ws_url}))),
+        ],
         extra_env: vec![("SLACK_APP_TOKEN", "xapp-1-test".into())],
         workers: None,
         ..Default::default()

@@ -104,12 +104,24 @@ pub async fn mount_slack_defaults(slack: &MockServer) {
         .await;
 }
 
+/// A fake Slack Web API answering `mocks` first and with the defaults otherwise.
+pub async fn fake_slack(mocks: Vec<Mock>) -> Arc<MockServer> {
+    let slack = MockServer::start().await;
+    for mock in mocks {
+        mock.mount(&slack).await;
+    }
+    mount_slack_defaults(&slack).await;
+    Arc::new(slack)
+}
+
 /// Options for [`TestApp::spawn_with`].
 pub struct Options {
     pub db: Option<String>,
     pub workers: Option<WorkerConfig>,
     pub extra_env: Vec<(&'static str, String)>,
     pub slack: Option<Arc<MockServer>>,
+    /// Answers the fake Slack gives before its defaults (when `slack` is not given).
+    pub slack_mocks: Vec<Mock>,
     pub databricks: Option<Arc<FakeDatabricks>>,
 }
 
@@ -120,6 +132,7 @@ impl Default for Options {
             workers: Some(fast_workers()),
             extra_env: Vec::new(),
             slack: None,
+            slack_mocks: Vec::new(),
             databricks: None,
         }
     }
@@ -199,11 +212,7 @@ impl TestApp {
         };
         let slack = match options.slack {
             Some(slack) => slack,
-            None => {
-                let slack = MockServer::start().await;
-                mount_slack_defaults(&slack).await;
-                Arc::new(slack)
-            }
+            None => fake_slack(options.slack_mocks).await,
         };
         let databricks = match options.databricks {
             Some(databricks) => databricks,
