@@ -215,8 +215,8 @@ impl LinkFlow {
                 p.user_id.clone()
             }
         };
-        let team = match self.slack.auth_test().await {
-            Ok(bot) if bot.team_id == p.team_id => bot.team,
+        let team = match self.slack.bot_identity().await {
+            Ok(bot) if bot.team_id == p.team_id => bot.team.clone(),
             _ => p.team_id.clone(),
         };
         (name, team)

@@ -186,8 +186,8 @@ impl Questions {
                 Ok(Done::Finished)
             }
             BrokerError::Unreadable(_) => {
-                let reason = "your stored Databricks connection cannot be read (an encryption key is missing); \
-                              your Slack admin can see why in the logs";
+                let reason = "your stored Databricks connection cannot be read (its encryption key is missing, \
+                              or it was altered); your Slack admin can see why in the logs";
                 self.reply_privately(q, messages::could_not_answer(reason, "token-vault"))
                     .await?;
                 Ok(Done::Finished)

@@ -77,6 +77,11 @@ async fn a_person_goes_from_the_prompt_to_linked_and_their_question_is_answered(
             assert!(html.contains(&app.databricks.uri), "{html}");
             assert!(html.contains("<form method=\"post\">"), "{html}");
         }
+        assert_eq!(
+            app.slack_calls("auth.test").await.len(),
+            1,
+            "the workspace name is asked for once"
+        );
 
         let claimed = app
             .claim_link(&id)

@@ -79,6 +79,8 @@ pub struct BotIdentity {
 pub struct SlackApi {
     client: Arc<SlackHyperClient>,
     token: SlackApiToken,
+    /// `auth.test`'s answer, which does not change while the token lives.
+    identity: Arc<tokio::sync::OnceCell<BotIdentity>>,
 }
 
 /// Calls `$call` (an expression using `$session`) with timeout and 429 handling.
@@ -120,6 +122,7 @@ impl SlackApi {
         Ok(Self {
             client: Arc::new(SlackClient::new(connector)),
             token: SlackApiToken::new(SlackApiTokenValue::new(bot_token.expose_secret().to_owned())),
+            identity: Arc::new(tokio::sync::OnceCell::new()),
         })
     }
 
@@ -137,6 +140,11 @@ impl SlackApi {
             user_id: r.user_id.to_string(),
             bot_id: r.bot_id.map(|b| b.to_string()),
         })
+    }
+
+    /// Who the bot is, asking Slack only the first time it succeeds.
+    pub async fn bot_identity(&self) -> Result<&BotIdentity, SlackApiError> {
+        self.identity.get_or_try_init(|| self.auth_test()).await
     }
 
     /// `chat.postMessage`; returns the new message's `ts`.
