@@ -155,7 +155,7 @@ async fn a_person_goes_from_the_prompt_to_linked_and_their_question_is_answered(
         assert_eq!(answer.unwrap()["thread_ts"], "1515449522.000016");
         assert_eq!(app.agent.tokens().len(), 1);
         assert!(app.agent.tokens()[0].starts_with("at-"));
-        assert_eq!(app.job_states().await, ["done"]);
+        assert_eq!(app.settled_job_states().await, ["done"]);
 
         // A second submission of the same callback repeats nothing (OA-10).
         let again = callback(&app, &back, Some(&claimed.cookie)).await;
@@ -297,7 +297,7 @@ async fn a_forwarded_link_completed_by_another_databricks_user_stores_nothing_an
     );
     assert_eq!(audit_kinds(&app.db_url).await, ["identity_mismatch"]);
     assert_eq!(
-        app.job_states().await,
+        app.settled_job_states().await,
         ["waiting"],
         "the question still waits for the real person"
     );
@@ -372,7 +372,7 @@ async fn relinking_replaces_the_old_link_only_after_verification() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(app.job_states().await, ["done", "done"]);
+    assert_eq!(app.settled_job_states().await, ["done", "done"]);
     app.stop().await;
 }
 

@@ -91,7 +91,7 @@ async fn an_unlinked_person_gets_one_private_prompt_whose_button_opens_a_pending
         assert_eq!(status, "pending");
         assert_eq!(expires - created, 600, "ten minutes");
         assert_eq!(
-            app.job_states().await,
+            app.settled_job_states().await,
             ["waiting"],
             "the question waits for the connection"
         );
@@ -136,7 +136,7 @@ async fn questions_asked_right_after_a_prompt_wait_for_the_same_link() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(app.job_states().await, ["waiting", "waiting", "waiting"]);
+    assert_eq!(app.settled_job_states().await, ["waiting", "waiting", "waiting"]);
     assert_eq!(app.slack_calls("chat.postEphemeral").await.len(), 1, "one prompt");
     app.stop().await;
 }
@@ -207,7 +207,11 @@ async fn an_empty_mention_gets_a_short_help_reply() {
     let help = app.wait_for_calls("chat.postEphemeral", 1).await;
     assert_eq!(help.len(), 1);
     assert!(help[0].to_string().contains("Ask me a question"), "{}", help[0]);
-    assert_eq!(app.job_states().await, ["done"], "nothing waits on an empty question");
+    assert_eq!(
+        app.settled_job_states().await,
+        ["done"],
+        "nothing waits on an empty question"
+    );
     app.stop().await;
 }
 
@@ -232,7 +236,7 @@ async fn a_person_from_another_organisation_is_politely_refused() {
         "{}",
         replies[0]
     );
-    assert_eq!(app.job_states().await, ["done"], "no link offered");
+    assert_eq!(app.settled_job_states().await, ["done"], "no link offered");
     app.stop().await;
 }
 
@@ -255,7 +259,7 @@ async fn the_same_event_delivered_four_times_makes_one_job_and_one_prompt() {
     app.wait_for_calls("chat.postEphemeral", 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(app.slack_calls("chat.postEphemeral").await.len(), 1);
-    assert_eq!(app.job_states().await, ["waiting"]);
+    assert_eq!(app.settled_job_states().await, ["waiting"]);
     app.stop().await;
 }
 
@@ -278,7 +282,7 @@ async fn the_same_event_reaching_two_replicas_on_postgres_is_answered_once() {
     a.wait_for_calls("chat.postEphemeral", 1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(slack_calls(&slack, "chat.postEphemeral").await.len(), 1);
-    assert_eq!(a.job_states().await, ["waiting"]);
+    assert_eq!(a.settled_job_states().await, ["waiting"]);
     a.stop().await;
     b.stop().await;
 }
@@ -361,7 +365,7 @@ async fn a_question_acknowledged_before_a_crash_is_answered_once_after_restart()
         second.wait_for_calls("chat.postEphemeral", 1).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(slack_calls(&slack, "chat.postEphemeral").await.len(), 1, "{}", db.name);
-        assert_eq!(second.job_states().await, ["waiting"]);
+        assert_eq!(second.settled_job_states().await, ["waiting"]);
         second.stop().await;
     }
 }
@@ -413,7 +417,7 @@ async fn a_rate_limited_post_is_retried_after_retry_after() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(app.job_states().await, ["waiting"]);
+    assert_eq!(app.settled_job_states().await, ["waiting"]);
     app.stop().await;
 }
 
@@ -438,7 +442,7 @@ async fn a_question_that_keeps_failing_ends_with_a_message_to_the_person() {
         app.clock.advance(60); // let the backoff pass
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(app.job_states().await, ["failed"]);
+    assert_eq!(app.settled_job_states().await, ["failed"]);
     assert_eq!(app.agent.requests.lock().unwrap().len(), 3, "three attempts");
     let told = app.wait_for_calls("chat.postEphemeral", 1).await;
     assert_eq!(told.len(), 1);

@@ -101,7 +101,7 @@ async fn socket_mode_events_are_acknowledged_and_answered_through_the_same_queue
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(app.slack_calls("chat.postEphemeral").await.len(), 1);
     assert_eq!(
-        app.job_states().await,
+        app.settled_job_states().await,
         ["waiting"],
         "the question waits for the connection"
     );

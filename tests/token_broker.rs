@@ -291,7 +291,7 @@ async fn questions_that_hit_a_dead_grant_bring_one_prompt_and_wait() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(app.job_states().await, ["waiting", "waiting"]);
+    assert_eq!(app.settled_job_states().await, ["waiting", "waiting"]);
     assert_eq!(app.slack_calls("chat.postEphemeral").await.len(), 1, "one prompt");
     assert_eq!(app.databricks.refreshes().len(), 1, "no retry loop");
     app.stop().await;

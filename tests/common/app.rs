@@ -351,6 +351,19 @@ impl TestApp {
         job_states(&self.db_url).await
     }
 
+    /// The job states once no job is queued or running any more (or 10 s pass): a
+    /// worker posts to Slack before it records the job's outcome.
+    pub async fn settled_job_states(&self) -> Vec<String> {
+        for _ in 0..500 {
+            let states = self.job_states().await;
+            if states.iter().all(|s| s != "queued" && s != "running") {
+                return states;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.job_states().await
+    }
+
     pub async fn stop(self) {
         self.lifecycle.begin_shutdown();
         self.server.await.unwrap().unwrap();
