@@ -119,6 +119,7 @@ async fn run(label: &str, workers: bool, rate: u64, seconds: u64, slack: &MockSe
         ("SLACK_API_URL", format!("{}/api", slack.uri())),
         ("DATABRICKS_HOST", "http://127.0.0.1:9".to_owned()),
         ("DATABRICKS_CLIENT_ID", "bench".to_owned()),
+        ("GENIE_SPACE_ID", "01ef-bench".to_owned()),
     ]);
     let config = Config::load(&env).unwrap();
     let mut deps = Dependencies::for_config(&config);

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::{AgentKind, Config, ConfigError, DatabaseConfig, Env, vault_and_database};
+use crate::config::{Config, ConfigError, DatabaseConfig, Env, vault_and_database};
 use crate::crypto::generate_key;
 use crate::databricks::oauth::{DatabricksOAuth, http_client};
 use crate::domain::{TeamId, UserId};
@@ -161,13 +161,7 @@ async fn check(env: &Env) -> Result<(), Failure> {
     } else {
         "HTTP events"
     };
-    let agent = match config.agent.kind {
-        Some(AgentKind::Genie) => "genie",
-        Some(AgentKind::Llm) => "llm",
-        Some(AgentKind::Http) => "http",
-        Some(AgentKind::Adk) => "adk",
-        None => "none configured",
-    };
+    let agent = config.agent.kind.as_str();
     println!(
         "configuration  ok ({mode}; agent: {agent}; keys: primary {})",
         config.vault.primary_key_id()

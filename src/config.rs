@@ -346,6 +346,18 @@ pub enum AgentKind {
     Adk,
 }
 
+impl AgentKind {
+    /// The `AGENT` value naming this kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentKind::Genie => "genie",
+            AgentKind::Llm => "llm",
+            AgentKind::Http => "http",
+            AgentKind::Adk => "adk",
+        }
+    }
+}
+
 /// Where answers go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AnswerVisibility {
@@ -407,10 +419,11 @@ pub struct DatabricksConfig {
     pub discovery_url: Url,
 }
 
-/// Agent settings; `kind` is `None` when nothing is configured yet.
+/// Agent settings.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    pub kind: Option<AgentKind>,
+    /// `AGENT`, or inferred from what is configured.
+    pub kind: AgentKind,
     pub genie_space_id: Option<String>,
     pub serving_endpoint: Option<String>,
     pub warehouse_id: Option<String>,
@@ -620,7 +633,7 @@ impl Config {
                 discovery_url: discovery_url.expect("validated"),
             },
             identity_check: identity_check.expect("validated"),
-            agent,
+            agent: agent.expect("validated"),
             answer_visibility,
             worker_concurrency,
             worker_per_user_limit,
@@ -628,7 +641,7 @@ impl Config {
     }
 }
 
-fn read_agent(r: &mut Reader<'_>) -> AgentConfig {
+fn read_agent(r: &mut Reader<'_>) -> Option<AgentConfig> {
     let explicit = r.choice(
         "AGENT",
         &[
@@ -639,7 +652,7 @@ fn read_agent(r: &mut Reader<'_>) -> AgentConfig {
         ],
     );
     let agent = AgentConfig {
-        kind: None,
+        kind: AgentKind::Genie,
         genie_space_id: r.optional("GENIE_SPACE_ID"),
         serving_endpoint: r.optional("DATABRICKS_SERVING_ENDPOINT"),
         warehouse_id: r.optional("DATABRICKS_WAREHOUSE_ID"),
@@ -677,9 +690,14 @@ fn read_agent(r: &mut Reader<'_>) -> AgentConfig {
         Some(AgentKind::Adk) if agent.adk_app_name.is_none() => {
             r.problem("ADK_APP_NAME", "is required for AGENT=adk: the ADK app to run")
         }
-        _ => {}
+        Some(_) => {}
+        None => r.problem(
+            "AGENT",
+            "is not set and no agent is configured: set GENIE_SPACE_ID (Genie), DATABRICKS_SERVING_ENDPOINT \
+             (the built-in llm agent), or AGENT_URL (your own agent; with ADK_APP_NAME for Google ADK)",
+        ),
     }
-    AgentConfig { kind, ..agent }
+    Some(AgentConfig { kind: kind?, ..agent })
 }
 
 #[cfg(test)]
@@ -696,6 +714,7 @@ mod tests {
             ("SLACK_SIGNING_SECRET", "signing-secret-canary"),
             ("DATABRICKS_HOST", "https://dbc-1.cloud.databricks.com"),
             ("DATABRICKS_CLIENT_ID", "client-id"),
+            ("GENIE_SPACE_ID", "01ef-space"),
         ]
     }
 
@@ -728,7 +747,7 @@ mod tests {
         );
         assert_eq!(c.identity_check, IdentityCheck::Email);
         assert_eq!(c.answer_visibility, AnswerVisibility::Thread);
-        assert_eq!(c.agent.kind, None);
+        assert_eq!(c.agent.kind, AgentKind::Genie);
         assert_eq!(c.vault.primary_key_id().as_str(), "k1");
     }
 
@@ -819,13 +838,25 @@ mod tests {
     #[test]
     fn agents_are_inferred_and_their_requirements_checked() {
         let c = Config::load(&with(&[("GENIE_SPACE_ID", "01ef")])).unwrap();
-        assert_eq!(c.agent.kind, Some(AgentKind::Genie));
+        assert_eq!(c.agent.kind, AgentKind::Genie);
         let c = Config::load(&with(&[
             ("AGENT_URL", "https://agent.example.com"),
             ("ADK_APP_NAME", "a"),
         ]))
         .unwrap();
-        assert_eq!(c.agent.kind, Some(AgentKind::Adk));
+        assert_eq!(c.agent.kind, AgentKind::Adk);
+        let c = Config::load(&with(&[("DATABRICKS_SERVING_ENDPOINT", "chat")])).unwrap();
+        assert_eq!(
+            c.agent.kind,
+            AgentKind::Llm,
+            "more specific than the Genie space of the minimal env"
+        );
+        let none = Env::from_pairs(minimal().into_iter().filter(|(k, _)| *k != "GENIE_SPACE_ID"));
+        assert_eq!(
+            problems(&none),
+            ["AGENT"],
+            "a clear start-up error when no agent is configured"
+        );
         assert_eq!(problems(&with(&[("AGENT", "llm")])), ["DATABRICKS_SERVING_ENDPOINT"]);
         assert_eq!(problems(&with(&[("AGENT", "adk")])), ["AGENT_URL"]);
     }

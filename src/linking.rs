@@ -31,7 +31,7 @@ use url::Url;
 use crate::clock::SharedClock;
 use crate::config::IdentityCheck;
 use crate::crypto::{Binding, Purpose, Vault};
-use crate::databricks::api::{self, Identity};
+use crate::databricks::api::{Databricks, Identity};
 use crate::databricks::oauth::DatabricksOAuth;
 use crate::domain::{TeamId, UserId, WorkspaceHost};
 use crate::slack::api::SlackApi;
@@ -510,7 +510,8 @@ impl LinkFlow {
             tracing::error!("Databricks issued no refresh token; DATABRICKS_SCOPES needs offline_access");
             Failure::plain("Databricks did not grant lasting access (no refresh token).")
         })?;
-        let identity = api::current_user(&self.http, &self.workspace, &tokens.access_token)
+        let identity = Databricks::new(&self.http, &self.workspace, &tokens.access_token)
+            .current_user()
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "SCIM Me failed after the code exchange");

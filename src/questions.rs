@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use slack_morphism::prelude::SlackMessageContent;
 use url::Url;
 
-use crate::agent::{Agent, AgentError, AgentRequest};
+use crate::agent::{Agent, AgentError, AgentRequest, Thread, Unwatched};
 use crate::clock::SharedClock;
 use crate::databricks::broker::{BrokerError, TokenBroker};
 use crate::domain::{TeamId, UserId};
@@ -131,8 +131,13 @@ impl Questions {
             let request = AgentRequest {
                 question: q.text.clone(),
                 context: context.clone(),
+                thread: Thread {
+                    channel: q.channel.clone(),
+                    thread_ts: q.answer_thread().map(str::to_owned),
+                },
+                conversation: None,
             };
-            match self.agent.answer(&request).await {
+            match self.agent.answer(&request, &Unwatched).await {
                 Ok(answer) => break answer,
                 // Databricks refused the token: refresh once, ask once more.
                 Err(AgentError::Unauthorized) if !refused_once => {
@@ -147,15 +152,12 @@ impl Questions {
                         "Databricks refused a freshly refreshed token".into(),
                     ));
                 }
-                Err(AgentError::Transient(reason)) => return Err(JobError::transient(reason)),
-                Err(AgentError::NotConfigured) => {
-                    let reason =
-                        "no Databricks agent is configured for this workspace yet; please tell your Slack admin";
-                    self.reply_privately(q, messages::could_not_answer(reason, "agent-not-configured"))
-                        .await?;
-                    return Ok(Done::Finished);
+                Err(AgentError::Transient { reason, retry_after }) => {
+                    return Err(JobError::Transient { reason, retry_after });
                 }
-                Err(error @ AgentError::Failed(_)) => return Err(JobError::Permanent(error.to_string())),
+                Err(error @ (AgentError::Failed(_) | AgentError::NoAccess(_))) => {
+                    return Err(JobError::Permanent(error.to_string()));
+                }
             }
         };
         if let Err(error) = self.store.touch_link(&q.team, &q.user, self.clock.now()).await {

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{Agent, Unconfigured};
+use crate::agent::{self, Agent};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::databricks::broker::TokenBroker;
@@ -71,7 +71,7 @@ impl Dependencies {
     pub fn for_config(config: &Config) -> Self {
         Self {
             clock: Arc::new(SystemClock),
-            agent: Arc::new(Unconfigured),
+            agent: agent::from_config(&config.agent),
             workers: Some(WorkerConfig {
                 concurrency: config.worker_concurrency as usize,
                 per_user_limit: i64::from(config.worker_per_user_limit),

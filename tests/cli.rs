@@ -28,6 +28,7 @@ fn valid_env(database_url: &str) -> Vec<(&'static str, String)> {
         ("DATABRICKS_HOST", "http://127.0.0.1:9".into()),
         ("DATABRICKS_CLIENT_ID", "client-id".into()),
         ("DATABRICKS_CLIENT_SECRET", "CANARY-client-secret".into()),
+        ("GENIE_SPACE_ID", "01ef-space".into()),
     ]
 }
 
@@ -92,6 +93,7 @@ fn an_empty_environment_lists_every_missing_variable_and_exits_2() {
         "SLACK_SIGNING_SECRET",
         "DATABRICKS_HOST",
         "DATABRICKS_CLIENT_ID",
+        "AGENT",
     ] {
         assert!(all.contains(var), "{var} not named:\n{all}");
     }

@@ -4,3 +4,4 @@
 pub mod api;
 pub mod broker;
 pub mod oauth;
+pub mod sql;

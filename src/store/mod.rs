@@ -6,6 +6,7 @@
 //! query on both. Times are Unix seconds.
 
 pub mod audit;
+pub mod conversations;
 pub mod jobs;
 pub mod links;
 pub mod pending_links;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use databricks_slack_bot::agent::{Agent, AgentAnswer, AgentError, AgentRequest};
+use databricks_slack_bot::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Progress};
 use databricks_slack_bot::clock::{Clock, ManualClock};
 use databricks_slack_bot::config::{Config, Env};
 use databricks_slack_bot::slack::signature::sign;
@@ -50,7 +50,11 @@ impl RecordingAgent {
 
 #[async_trait]
 impl Agent for RecordingAgent {
-    async fn answer(&self, request: &AgentRequest) -> Result<AgentAnswer, AgentError> {
+    fn name(&self) -> &str {
+        "Recording"
+    }
+
+    async fn answer(&self, request: &AgentRequest, _progress: &dyn Progress) -> Result<AgentAnswer, AgentError> {
         self.requests.lock().unwrap().push(request.clone());
         let delay = *self.delay.lock().unwrap();
         if let Some(delay) = delay {
@@ -66,9 +70,7 @@ impl Agent for RecordingAgent {
                 return Err(AgentError::Unauthorized);
             }
         }
-        Ok(AgentAnswer {
-            text: format!("answer: {}", request.question),
-        })
+        Ok(AgentAnswer::text(format!("answer: {}", request.question)))
     }
 }
 
@@ -188,6 +190,7 @@ pub fn config_env(db_url: &str, slack_uri: &str, databricks_uri: &str) -> Vec<(&
         ("SLACK_API_URL", format!("{slack_uri}/api")),
         ("DATABRICKS_HOST", databricks_uri.into()),
         ("DATABRICKS_CLIENT_ID", "test-client".into()),
+        ("GENIE_SPACE_ID", "01ef-space".into()),
     ]
 }
 
