@@ -13,14 +13,17 @@ use serde::{Deserialize, Serialize};
 use slack_morphism::prelude::SlackMessageContent;
 use url::Url;
 
-use crate::agent::{Agent, AgentError, AgentRequest, Thread, Unwatched};
+use crate::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Progress, Thread, Unwatched, UserContext};
 use crate::clock::SharedClock;
+use crate::config::AnswerVisibility;
 use crate::databricks::broker::{BrokerError, TokenBroker};
 use crate::domain::{TeamId, UserId};
 use crate::linking::{LinkId, PENDING_LINK_TTL_SECONDS};
 use crate::slack::api::{SlackApi, SlackApiError};
 use crate::slack::messages;
+use crate::slack::render::{self, Attribution, Rendered};
 use crate::store::Store;
+use crate::store::conversations::ConversationKey;
 use crate::store::jobs::Job;
 use crate::store::pending_links::NewPendingLink;
 use crate::worker::{Done, JobError, JobHandler};
@@ -79,6 +82,7 @@ pub struct Questions {
     broker: Arc<TokenBroker>,
     agent: Arc<dyn Agent>,
     public_base_url: Url,
+    visibility: AnswerVisibility,
     clock: SharedClock,
     askers: Mutex<HashMap<(TeamId, UserId), (Asker, i64)>>,
 }
@@ -92,6 +96,7 @@ impl Questions {
         broker: Arc<TokenBroker>,
         agent: Arc<dyn Agent>,
         public_base_url: Url,
+        visibility: AnswerVisibility,
         clock: SharedClock,
     ) -> Self {
         Self {
@@ -100,12 +105,13 @@ impl Questions {
             broker,
             agent,
             public_base_url,
+            visibility,
             clock,
             askers: Mutex::new(HashMap::new()),
         }
     }
 
-    async fn answer(&self, q: &Question) -> Result<Done, JobError> {
+    async fn answer(&self, job: &Job, q: &Question) -> Result<Done, JobError> {
         if q.text.is_empty() {
             self.reply_privately(q, messages::help(q.bot_user_id.as_deref()))
                 .await?;
@@ -122,12 +128,71 @@ impl Questions {
             }
             Asker::Person => {}
         }
-        let mut context = match self.broker.user_context(&q.team, &q.user, None).await {
+        let context = match self.broker.user_context(&q.team, &q.user, None).await {
             Ok(context) => context,
             Err(error) => return self.without_token(q, error).await,
         };
+        let key = ConversationKey {
+            team: &q.team,
+            user: &q.user,
+            channel: &q.channel,
+            thread_ts: q.answer_thread(),
+        };
+        let conversation = self
+            .store
+            .conversation(key, self.agent.name())
+            .await
+            .map_err(db_error)?
+            .and_then(|kept| serde_json::from_str(&kept).ok());
+        // Progress is shown in a placeholder in the thread; private answers go without
+        // one (an ephemeral message cannot be updated).
+        let placeholder = match self.visibility {
+            AnswerVisibility::Thread => Some(Placeholder::post(&self.slack, q).await?),
+            AnswerVisibility::Private => None,
+        };
+        let progress: &dyn Progress = match &placeholder {
+            Some(placeholder) => placeholder,
+            None => &Unwatched,
+        };
+        let (answer, context) = match self.ask_agent(q, context, conversation, progress).await {
+            Ok(answered) => answered,
+            Err(unanswered) => {
+                if let Some(placeholder) = placeholder {
+                    placeholder.remove().await;
+                }
+                return self.unanswered(job, q, unanswered).await;
+            }
+        };
+        let now = self.clock.now();
+        if let Some(kept) = &answer.conversation {
+            self.store
+                .save_conversation(key, self.agent.name(), &kept.to_string(), now)
+                .await
+                .map_err(db_error)?;
+        }
+        if let Err(error) = self.store.touch_link(&q.team, &q.user, now).await {
+            tracing::warn!(error = %error, "could not record when a link was last used");
+        }
+        let by = Attribution {
+            databricks_user: &context.databricks_user_name,
+            agent: self.agent.name(),
+        };
+        self.deliver(job, q, placeholder, render::answer(&answer, &by, None))
+            .await?;
+        Ok(Done::Finished)
+    }
+
+    /// Runs the agent; when Databricks refuses the token, refreshes it once and asks once
+    /// more.
+    async fn ask_agent(
+        &self,
+        q: &Question,
+        mut context: UserContext,
+        conversation: Option<serde_json::Value>,
+        progress: &dyn Progress,
+    ) -> Result<(AgentAnswer, UserContext), Unanswered> {
         let mut refused_once = false;
-        let answer = loop {
+        loop {
             let request = AgentRequest {
                 question: q.text.clone(),
                 context: context.clone(),
@@ -135,40 +200,102 @@ impl Questions {
                     channel: q.channel.clone(),
                     thread_ts: q.answer_thread().map(str::to_owned),
                 },
-                conversation: None,
+                conversation: conversation.clone(),
             };
-            match self.agent.answer(&request, &Unwatched).await {
-                Ok(answer) => break answer,
-                // Databricks refused the token: refresh once, ask once more.
+            match self.agent.answer(&request, progress).await {
+                Ok(answer) => return Ok((answer, context)),
                 Err(AgentError::Unauthorized) if !refused_once => {
                     refused_once = true;
-                    context = match self.broker.user_context(&q.team, &q.user, Some(context.version)).await {
-                        Ok(context) => context,
-                        Err(error) => return self.without_token(q, error).await,
-                    };
+                    context = self
+                        .broker
+                        .user_context(&q.team, &q.user, Some(context.version))
+                        .await
+                        .map_err(Unanswered::Token)?;
                 }
-                Err(AgentError::Unauthorized) => {
-                    return Err(JobError::Permanent(
-                        "Databricks refused a freshly refreshed token".into(),
-                    ));
+                Err(error) => return Err(Unanswered::Agent(error)),
+            }
+        }
+    }
+
+    /// Tells the person why there is no answer, or schedules another try.
+    async fn unanswered(&self, job: &Job, q: &Question, unanswered: Unanswered) -> Result<Done, JobError> {
+        let reference = job.reference();
+        let error = match unanswered {
+            Unanswered::Token(error) => return self.without_token(q, error).await,
+            Unanswered::Agent(error) => error,
+        };
+        match error {
+            AgentError::Unauthorized => Err(JobError::Permanent(
+                "Databricks refused a freshly refreshed token".into(),
+            )),
+            AgentError::Transient { reason, retry_after } => Err(JobError::Transient { reason, retry_after }),
+            AgentError::NoAccess(databricks_says) => {
+                tracing::info!(reference, "Databricks denied the person access; told them");
+                self.reply_privately(q, messages::no_access(&databricks_says, &reference))
+                    .await?;
+                Ok(Done::Finished)
+            }
+            AgentError::Failed(reason) => {
+                tracing::warn!(reference, reason, "the agent could not answer; told the person");
+                self.reply_privately(q, messages::could_not_answer(&reason, &reference))
+                    .await?;
+                Ok(Done::Finished)
+            }
+        }
+    }
+
+    /// Posts a rendered answer: in the thread (the first message replaces the
+    /// placeholder), or privately; a CSV goes where the answer went (privately: to the
+    /// person's direct messages).
+    async fn deliver(
+        &self,
+        job: &Job,
+        q: &Question,
+        placeholder: Option<Placeholder<'_>>,
+        rendered: Rendered,
+    ) -> Result<(), JobError> {
+        let thread = q.answer_thread();
+        let mut messages = rendered.messages.into_iter();
+        let (file_channel, file_thread) = match self.visibility {
+            AnswerVisibility::Thread => {
+                let mut first = messages.next();
+                if let (Some(placeholder), Some(content)) = (placeholder, first.clone())
+                    && placeholder.replace(content).await
+                {
+                    first = None;
                 }
-                Err(AgentError::Transient { reason, retry_after }) => {
-                    return Err(JobError::Transient { reason, retry_after });
+                for content in first.into_iter().chain(messages) {
+                    self.slack
+                        .post_message(&q.channel, thread, content)
+                        .await
+                        .map_err(slack_error)?;
                 }
-                Err(error @ (AgentError::Failed(_) | AgentError::NoAccess(_))) => {
-                    return Err(JobError::Permanent(error.to_string()));
+                (q.channel.clone(), thread.map(str::to_owned))
+            }
+            AnswerVisibility::Private => {
+                for content in messages {
+                    self.reply_privately(q, content).await?;
+                }
+                if q.is_dm {
+                    (q.channel.clone(), q.thread_ts.clone())
+                } else {
+                    (self.slack.open_dm(q.user.as_str()).await.map_err(slack_error)?, None)
                 }
             }
         };
-        if let Err(error) = self.store.touch_link(&q.team, &q.user, self.clock.now()).await {
-            tracing::warn!(error = %error, "could not record when a link was last used");
+        if let Some(csv) = rendered.csv
+            && let Err(error) = self
+                .slack
+                .upload_file(&file_channel, file_thread.as_deref(), &csv)
+                .await
+        {
+            let reference = job.reference();
+            tracing::warn!(error = %error, reference, "could not attach a result as a CSV file");
+            let note = "the full result could not be attached as a file; ask for fewer rows";
+            self.reply_privately(q, messages::could_not_answer(note, &reference))
+                .await?;
         }
-        let content = messages::answer(&answer.text, &context.databricks_user_name);
-        self.slack
-            .post_message(&q.channel, q.answer_thread(), content)
-            .await
-            .map_err(slack_error)?;
-        Ok(Done::Finished)
+        Ok(())
     }
 
     /// What to do when the broker has no token for the asker.
@@ -176,7 +303,10 @@ impl Questions {
         match error {
             BrokerError::NotLinked => self.park_until_connected(q, false).await,
             BrokerError::NeedsRelink { .. } => self.park_until_connected(q, true).await,
-            BrokerError::Transient(reason) => Err(JobError::transient(reason)),
+            BrokerError::Transient(reason) => {
+                tracing::warn!(reason, "no access token for now");
+                Err(JobError::transient("Databricks sign-in is temporarily unavailable"))
+            }
             BrokerError::Store(error) => Err(db_error(error)),
             // Operator problems: retrying will not help, so the person is told at once;
             // the cause is in the logs under the same reference.
@@ -297,18 +427,95 @@ impl Questions {
     }
 }
 
+/// Transient reasons are said to the person when retries run out, so they are plain
+/// words; the cause is logged here.
 fn db_error(error: sqlx::Error) -> JobError {
-    JobError::transient(format!("database: {error}"))
+    tracing::warn!(error = %error, "database error while answering");
+    JobError::transient("my database is not answering")
 }
 
 fn slack_error(error: SlackApiError) -> JobError {
     match error {
         SlackApiError::RateLimited { retry_after } => JobError::Transient {
-            reason: "Slack rate limited us".into(),
+            reason: "Slack is rate limiting me".into(),
             retry_after,
         },
-        e if e.is_transient() => JobError::transient(e.to_string()),
+        e if e.is_transient() => {
+            tracing::warn!(error = %e, "Slack call failed");
+            JobError::transient("Slack is not answering me")
+        }
         e => JobError::Permanent(e.to_string()),
+    }
+}
+
+/// Why an agent run ended without an answer.
+enum Unanswered {
+    /// No usable token (after Databricks refused the one we had).
+    Token(BrokerError),
+    Agent(AgentError),
+}
+
+/// The "Thinking…" message in the thread, updated as the agent works and replaced by
+/// the answer.
+struct Placeholder<'a> {
+    slack: &'a SlackApi,
+    channel: String,
+    ts: String,
+    shown: tokio::sync::Mutex<String>,
+}
+
+impl<'a> Placeholder<'a> {
+    const FIRST: &'static str = "Thinking…";
+
+    async fn post(slack: &'a SlackApi, q: &Question) -> Result<Self, JobError> {
+        let ts = slack
+            .post_message(&q.channel, q.answer_thread(), messages::working(Self::FIRST))
+            .await
+            .map_err(slack_error)?;
+        Ok(Self {
+            slack,
+            channel: q.channel.clone(),
+            ts,
+            shown: tokio::sync::Mutex::new(Self::FIRST.to_owned()),
+        })
+    }
+
+    /// Replaces the placeholder with `content`; false when Slack would not (the answer is
+    /// then posted as a new message).
+    async fn replace(&self, content: SlackMessageContent) -> bool {
+        match self.slack.update_message(&self.channel, &self.ts, content).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(error = %error, "could not replace the placeholder; posting the answer anew");
+                self.remove().await;
+                false
+            }
+        }
+    }
+
+    /// Deletes the placeholder (the person is told privately why there is no answer).
+    async fn remove(&self) {
+        if let Err(error) = self.slack.delete_message(&self.channel, &self.ts).await {
+            tracing::warn!(error = %error, "could not delete a placeholder");
+        }
+    }
+}
+
+#[async_trait]
+impl Progress for Placeholder<'_> {
+    async fn working_on(&self, status: &str) {
+        let mut shown = self.shown.lock().await;
+        if *shown == status {
+            return;
+        }
+        match self
+            .slack
+            .update_message(&self.channel, &self.ts, messages::working(status))
+            .await
+        {
+            Ok(()) => *shown = status.to_owned(),
+            Err(error) => tracing::debug!(error = %error, "could not update a placeholder"),
+        }
     }
 }
 
@@ -319,17 +526,17 @@ fn parse(job: &Job) -> Result<Question, JobError> {
 #[async_trait]
 impl JobHandler for Questions {
     async fn run(&self, job: &Job) -> Result<Done, JobError> {
-        self.answer(&parse(job)?).await
+        self.answer(job, &parse(job)?).await
     }
 
     async fn give_up(&self, job: &Job, error: &JobError, reference: &str) {
         let Ok(q) = parse(job) else { return };
         let reason = match error {
-            JobError::Transient { .. } => "Databricks or Slack kept failing, please try again in a few minutes",
-            JobError::Permanent(_) => "something went wrong on my side",
+            JobError::Transient { reason, .. } => format!("{reason}; please try again in a few minutes"),
+            JobError::Permanent(_) => "something went wrong on my side".to_owned(),
         };
         if let Err(e) = self
-            .reply_privately(&q, messages::could_not_answer(reason, reference))
+            .reply_privately(&q, messages::could_not_answer(&reason, reference))
             .await
         {
             tracing::error!(error = %e, reference, "could not tell the person their question failed");

@@ -134,6 +134,7 @@ impl Application {
             broker,
             deps.agent,
             config.public_base_url.clone(),
+            config.answer_visibility,
             deps.clock.clone(),
         );
         let handler: Arc<dyn JobHandler> = Arc::new(questions);

@@ -179,7 +179,7 @@ impl Workers {
             }
         };
         let now = self.clock.now();
-        let reference = format!("job-{}", job.id);
+        let reference = job.reference();
         let recorded = match &outcome {
             Ok(Done::Finished) => self.store.complete_job(&job, now).await,
             Ok(Done::Parked) => self.store.park_job(&job, now).await,

@@ -147,12 +147,15 @@ async fn a_person_goes_from_the_prompt_to_linked_and_their_question_is_answered(
         assert!(confirmation.to_string().contains("Disconnect"));
         assert!(audit_kinds(&app.db_url).await.contains(&"link".to_owned()));
 
-        // The kept question is answered where it was asked, with the person's token.
-        let answer = dms
+        // The kept question is answered where it was asked, with the person's token: the
+        // placeholder posted in the thread is replaced by the answer.
+        let answer = app.wait_for_answer("answer: how many orders last week?").await;
+        let placeholder = dms
             .iter()
-            .find(|m| m.to_string().contains("answer: how many orders last week?"));
-        assert!(answer.is_some(), "{dms:?}");
-        assert_eq!(answer.unwrap()["thread_ts"], "1515449522.000016");
+            .find(|m| m.to_string().contains("Thinking"))
+            .expect("a placeholder");
+        assert_eq!(placeholder["thread_ts"], "1515449522.000016");
+        assert_eq!(answer["channel"], placeholder["channel"]);
         assert_eq!(app.agent.tokens().len(), 1);
         assert!(app.agent.tokens()[0].starts_with("at-"));
         assert_eq!(app.settled_job_states().await, ["done"]);

@@ -54,12 +54,12 @@ async fn no_secret_reaches_the_logs_or_metrics_even_at_trace() {
         .send()
         .await
         .unwrap();
-    app.wait_for_calls("chat.postMessage", 2).await;
+    app.wait_for_answer("answer: ").await;
 
     // An hour later: a refresh, with rotation.
     app.clock.advance(3600);
     app.post_event(&mention("Ev2", "<@U0LAN0Z89> second question")).await;
-    app.wait_for_calls("chat.postMessage", 3).await;
+    app.wait_for_answer("answer: second question").await;
     let metrics = app.get("/metrics").await.1;
 
     let mut secrets: Vec<String> = vec![

@@ -164,11 +164,16 @@ async fn a_linked_persons_question_goes_to_the_agent_and_the_answer_to_the_threa
     app.link_asker().await;
     app.post_event(&mention("Ev1", "<@U0LAN0Z89> revenue by <region> & year?"))
         .await;
-    let posts = app.wait_for_calls("chat.postMessage", 1).await;
-    assert_eq!(posts.len(), 1);
+    // A placeholder in the thread, replaced by the answer.
+    let answer = app.wait_for_answer("answer: revenue").await;
+    let posts = app.slack_calls("chat.postMessage").await;
+    assert_eq!(posts.len(), 1, "{posts:?}");
     assert_eq!(posts[0]["channel"], "C0LAN2Q65");
     assert_eq!(posts[0]["thread_ts"], "1515449522.000016");
-    let text = posts[0].to_string();
+    assert!(posts[0].to_string().contains("Thinking"), "{}", posts[0]);
+    assert_eq!(answer["channel"], "C0LAN2Q65");
+    assert_eq!(answer["ts"], "1700000000.000100", "the placeholder's ts");
+    let text = answer.to_string();
     assert!(
         text.contains("answer: revenue by &lt;region&gt; &amp; year?"),
         "escaped: {text}"
@@ -449,8 +454,13 @@ async fn a_question_that_keeps_failing_ends_with_a_message_to_the_person() {
     let text = told[0].to_string();
     assert!(text.contains("couldn't answer") && text.contains("job-"), "{text}");
     assert!(
-        !text.contains("warehouse starting"),
-        "internals stay in the logs: {text}"
+        text.contains("warehouse starting; please try again in a few minutes"),
+        "an agent's transient reason is written for the person: {text}"
+    );
+    assert_eq!(
+        app.slack_calls("chat.delete").await.len(),
+        3,
+        "each attempt's placeholder is removed"
     );
     app.stop().await;
 }

@@ -1,19 +1,153 @@
 //! The company's own agent over plain HTTP.
+//!
+//! # The contract
+//!
+//! For every question the bot sends one `POST` to `AGENT_URL` (exactly that URL, no path
+//! added) with `Content-Type: application/json` and
+//! `Authorization: Bearer <the asker's short-lived Databricks access token>`. The agent
+//! calls Databricks with that token, so it sees what the asker may see and nothing more; it
+//! must not store it (it expires within the hour anyway).
+//!
+//! ```json
+//! {
+//!   "question": "How many orders did we ship last week?",
+//!   "user": {
+//!     "slack_team_id": "T0123ABCD",
+//!     "slack_user_id": "U0123ABCD",
+//!     "databricks_user_id": "1234567890",
+//!     "databricks_user_name": "ada@example.com",
+//!     "databricks_host": "https://dbc-123.cloud.databricks.com"
+//!   },
+//!   "thread": { "channel": "C0123ABCD", "thread_ts": "1712345678.000100" },
+//!   "conversation": null
+//! }
+//! ```
+//!
+//! `thread.thread_ts` is `null` for a direct message outside a thread. `conversation` is
+//! `null` on the first question in a thread; on a follow-up from the same person in the
+//! same thread it is whatever the agent returned as `conversation` last time, so the agent
+//! can keep its own thread state through the bot (an id, recent turns — never a secret:
+//! the bot stores it in its database).
+//!
+//! A `2xx` answer is a JSON object:
+//!
+//! ```json
+//! {
+//!   "text": "We shipped 1,234 orders.",
+//!   "blocks": [ { "type": "section", "text": { "type": "mrkdwn", "text": "*1,234*" } } ],
+//!   "suggestions": ["And the week before?"],
+//!   "conversation": { "turns": 3 }
+//! }
+//! ```
+//!
+//! - `text` (required, not blank) is the answer; it is also Slack's notification text.
+//! - `blocks` (optional) is Slack Block Kit posted with it; at most [`MAX_BLOCKS`] blocks
+//!   of kinds Slack knows. Blocks that cannot be read are dropped as a whole (logged) and
+//!   `text` is still posted.
+//! - `suggestions` (optional) are follow-up questions, offered as buttons.
+//! - `conversation` (optional, any JSON up to [`MAX_CONVERSATION_BYTES`]) is handed back
+//!   on the next question in the thread; absent or `null` forgets it.
+//!
+//! Anything else is an error, told to the asker in plain words:
+//!
+//! | The agent answers | The asker is told |
+//! |---|---|
+//! | a timeout ([`crate::agent::EXTERNAL_AGENT_TIMEOUT`]), or `504` | "your agent did not answer in time" (retried later) |
+//! | no connection, `429`, other `5xx` | "your agent is unavailable right now" (retried later; `Retry-After` seconds honoured) |
+//! | `401` with `WWW-Authenticate: Bearer error="invalid_token"` | nothing yet: Databricks refused the token, so the bot refreshes it and asks once more |
+//! | any other `401` or `403` | "your agent refused the request" |
+//! | any other status | "your agent could not handle the request" |
+//! | `2xx` that is not such JSON, or without `text` | "your agent sent an answer I could not read" |
+//!
+//! The `invalid_token` signal is RFC 6750's (§3.1) for "the bearer token you sent is
+//! expired or revoked": the bearer the bot sends *is* the Databricks token, so an agent
+//! whose Databricks call was refused with 401 passes that on this way. Without it a 401 is
+//! the agent refusing the bot (say, its own gateway), which a fresh Databricks token would
+//! not change.
+//!
+//! The transport rules here (timeouts, status meanings, bounded bodies, redacted logs) are
+//! shared with the [`adk`](super::adk) backend.
+
+use std::time::Duration;
 
 use async_trait::async_trait;
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, RETRY_AFTER, WWW_AUTHENTICATE};
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use slack_morphism::prelude::SlackBlock;
 use url::Url;
 
 use crate::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Progress};
 
+/// Said to the asker when the agent is down, overloaded or unreachable.
+pub(crate) const UNAVAILABLE: &str = "your agent is unavailable right now";
+/// Said to the asker when the agent took longer than the client's timeout.
+pub(crate) const TIMED_OUT: &str = "your agent did not answer in time";
+/// Said to the asker when the agent answered 401/403 (the agent refusing, not Databricks).
+pub(crate) const REFUSED: &str = "your agent refused the request";
+/// Said to the asker for any other unexpected status.
+pub(crate) const NOT_HANDLED: &str = "your agent could not handle the request";
+/// Said to the asker when a success status came with a body we cannot use.
+pub(crate) const UNREADABLE: &str = "your agent sent an answer I could not read";
+
+/// The most of an agent's answer the bot reads; a larger one is refused as unreadable.
+const MAX_REPLY_BYTES: usize = 4 * 1024 * 1024;
+/// Characters of an error body kept in a log line.
+const LOG_EXCERPT_CHARS: usize = 300;
+/// Slack posts at most 50 blocks in one message.
+pub const MAX_BLOCKS: usize = 50;
+/// The largest `conversation` kept for the next question (serialised JSON); larger ones are
+/// dropped with a warning so a runaway agent cannot bloat the bot's database.
+pub const MAX_CONVERSATION_BYTES: usize = 64 * 1024;
+
+/// The company's agent behind `AGENT_URL`, asked as the person (see the module docs).
 pub struct HttpAgent {
     http: reqwest::Client,
     url: Url,
 }
 
 impl HttpAgent {
+    /// An agent at `url`, called with `http` (which carries the timeouts and must not
+    /// follow redirects: the request carries a bearer token).
     pub fn new(http: reqwest::Client, url: Url) -> Self {
         Self { http, url }
     }
+}
+
+/// What the agent is sent.
+#[derive(Serialize)]
+struct Question<'a> {
+    question: &'a str,
+    user: Asker<'a>,
+    thread: Where<'a>,
+    conversation: Option<&'a serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct Asker<'a> {
+    slack_team_id: &'a str,
+    slack_user_id: &'a str,
+    databricks_user_id: &'a str,
+    databricks_user_name: &'a str,
+    databricks_host: &'a str,
+}
+
+#[derive(Serialize)]
+struct Where<'a> {
+    channel: &'a str,
+    thread_ts: Option<&'a str>,
+}
+
+/// What the agent answers. `blocks` and `suggestions` stay raw so that a bad one costs only
+/// itself, not the whole answer.
+#[derive(Deserialize)]
+struct Answer {
+    text: Option<String>,
+    blocks: Option<serde_json::Value>,
+    suggestions: Option<serde_json::Value>,
+    conversation: Option<serde_json::Value>,
 }
 
 #[async_trait]
@@ -22,7 +156,274 @@ impl Agent for HttpAgent {
         "your agent"
     }
 
-    async fn answer(&self, _request: &AgentRequest, _progress: &dyn Progress) -> Result<AgentAnswer, AgentError> {
-        Err(AgentError::Failed("not built yet".into()))
+    async fn answer(&self, request: &AgentRequest, progress: &dyn Progress) -> Result<AgentAnswer, AgentError> {
+        progress.working_on("Asking your agent…").await;
+        let context = &request.context;
+        let question = Question {
+            question: &request.question,
+            user: Asker {
+                slack_team_id: context.team.as_str(),
+                slack_user_id: context.user.as_str(),
+                databricks_user_id: &context.databricks_user_id,
+                databricks_user_name: &context.databricks_user_name,
+                databricks_host: context.host.as_str(),
+            },
+            thread: Where {
+                channel: &request.thread.channel,
+                thread_ts: request.thread.thread_ts.as_deref(),
+            },
+            conversation: request.conversation.as_ref(),
+        };
+        let token = &context.access_token;
+        let call = self
+            .http
+            .post(self.url.clone())
+            .bearer_auth(token.expose_secret())
+            .json(&question);
+        let reply = exchange("http", call).await?;
+        if !reply.status.is_success() {
+            if reply.status == StatusCode::UNAUTHORIZED && says_invalid_token(&reply.headers) {
+                tracing::info!(agent = "http", "the agent says Databricks refused the access token");
+                return Err(AgentError::Unauthorized);
+            }
+            return Err(reply.failure("http", token));
+        }
+        let answer: Answer = reply.json("http", token)?;
+        let text = answer.text.as_deref().map(str::trim).unwrap_or_default();
+        if text.is_empty() {
+            tracing::warn!(agent = "http", "the agent's answer has no text");
+            return Err(AgentError::Failed(UNREADABLE.into()));
+        }
+        Ok(AgentAnswer {
+            text: text.to_owned(),
+            blocks: answer.blocks.map(blocks).unwrap_or_default(),
+            suggestions: answer.suggestions.map(suggestions).unwrap_or_default(),
+            conversation: answer.conversation.and_then(conversation),
+            ..AgentAnswer::default()
+        })
+    }
+}
+
+/// Whether a 401 carries RFC 6750's `error="invalid_token"` for the bearer we sent.
+fn says_invalid_token(headers: &HeaderMap) -> bool {
+    headers.get_all(WWW_AUTHENTICATE).iter().any(|value| {
+        value.to_str().is_ok_and(|value| {
+            let value = value.trim_start();
+            value
+                .get(..6)
+                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("bearer"))
+                && value
+                    .to_ascii_lowercase()
+                    .replace(' ', "")
+                    .contains("error=\"invalid_token\"")
+        })
+    })
+}
+
+/// The agent's Block Kit, or none at all if any block is not one Slack would accept: a
+/// half-kept layout reads worse than the plain text.
+fn blocks(raw: serde_json::Value) -> Vec<SlackBlock> {
+    let parsed: Vec<SlackBlock> = match serde_json::from_value(raw) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            tracing::warn!(agent = "http", error = %error, "the agent's blocks are not a list of blocks; posting its text only");
+            return Vec::new();
+        }
+    };
+    // slack-morphism keeps any block it cannot model as `Unknown` rather than failing, but
+    // Slack refuses a message with such a block, so one bad block spoils them all.
+    if let Some(index) = parsed.iter().position(|block| matches!(block, SlackBlock::Unknown(_))) {
+        tracing::warn!(
+            agent = "http",
+            index,
+            "one of the agent's blocks is not valid Block Kit; posting its text only"
+        );
+        return Vec::new();
+    }
+    if parsed.len() > MAX_BLOCKS {
+        tracing::warn!(
+            agent = "http",
+            count = parsed.len(),
+            "the agent sent more blocks than Slack posts; posting its text only"
+        );
+        return Vec::new();
+    }
+    parsed
+}
+
+/// The agent's follow-up questions, blank ones left out.
+fn suggestions(raw: serde_json::Value) -> Vec<String> {
+    match serde_json::from_value::<Vec<String>>(raw) {
+        Ok(list) => list
+            .into_iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        Err(error) => {
+            tracing::warn!(agent = "http", error = %error, "the agent's suggestions are not a list of strings; ignored");
+            Vec::new()
+        }
+    }
+}
+
+/// The agent's thread state to hand back next time, unless it is `null` or too large.
+fn conversation(raw: serde_json::Value) -> Option<serde_json::Value> {
+    if raw.is_null() {
+        return None;
+    }
+    let size = serde_json::to_string(&raw).map_or(usize::MAX, |s| s.len());
+    if size > MAX_CONVERSATION_BYTES {
+        tracing::warn!(
+            agent = "http",
+            size,
+            limit = MAX_CONVERSATION_BYTES,
+            "the agent's conversation state is too large to keep; the next question starts without it"
+        );
+        return None;
+    }
+    Some(raw)
+}
+
+/// A whole, size-bounded answer from the company's agent, whatever its status.
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+/// Sends `call` and reads the answer, mapping what went wrong on the way (no connection, a
+/// timeout, a body too large) to what the asker is told. `agent` names the backend in logs.
+pub(crate) async fn exchange(agent: &'static str, call: reqwest::RequestBuilder) -> Result<Reply, AgentError> {
+    let mut response = call.send().await.map_err(|error| transport_error(agent, error))?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|error| transport_error(agent, error))? {
+        if body.len() + chunk.len() > MAX_REPLY_BYTES {
+            tracing::warn!(
+                agent,
+                status = status.as_u16(),
+                limit = MAX_REPLY_BYTES,
+                "the agent's answer is too large"
+            );
+            return Err(AgentError::Failed(UNREADABLE.into()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Reply { status, headers, body })
+}
+
+fn transport_error(agent: &'static str, error: reqwest::Error) -> AgentError {
+    // The URL may carry the agent's own key in its query: keep it out of the logs.
+    let error = error.without_url();
+    if error.is_timeout() {
+        tracing::warn!(agent, error = %error, "the agent did not answer in time");
+        AgentError::transient(TIMED_OUT)
+    } else {
+        tracing::warn!(agent, error = %error, "could not reach the agent");
+        AgentError::transient(UNAVAILABLE)
+    }
+}
+
+impl Reply {
+    /// The body as `T`, or "could not read" (logged).
+    pub(crate) fn json<T: DeserializeOwned>(&self, agent: &'static str, token: &SecretString) -> Result<T, AgentError> {
+        serde_json::from_slice(&self.body).map_err(|error| {
+            tracing::warn!(
+                agent,
+                error = %error,
+                body = %self.excerpt(token),
+                "the agent's answer is not the JSON expected"
+            );
+            AgentError::Failed(UNREADABLE.into())
+        })
+    }
+
+    /// Whether the body mentions `needle`, ignoring ASCII case.
+    pub(crate) fn mentions(&self, needle: &str) -> bool {
+        String::from_utf8_lossy(&self.body)
+            .to_ascii_lowercase()
+            .contains(&needle.to_ascii_lowercase())
+    }
+
+    /// What a non-success status means for the asker (logged with the start of the body).
+    pub(crate) fn failure(&self, agent: &'static str, token: &SecretString) -> AgentError {
+        tracing::warn!(
+            agent,
+            status = self.status.as_u16(),
+            body = %self.excerpt(token),
+            "the agent answered with an error status"
+        );
+        match self.status.as_u16() {
+            504 => AgentError::Transient {
+                reason: TIMED_OUT.into(),
+                retry_after: self.retry_after(),
+            },
+            429 | 500..=599 => AgentError::Transient {
+                reason: UNAVAILABLE.into(),
+                retry_after: self.retry_after(),
+            },
+            401 | 403 => AgentError::Failed(REFUSED.into()),
+            _ => AgentError::Failed(NOT_HANDLED.into()),
+        }
+    }
+
+    /// `Retry-After` in seconds (the HTTP-date form is rare from APIs and ignored).
+    fn retry_after(&self) -> Option<Duration> {
+        let value = self.headers.get(RETRY_AFTER)?.to_str().ok()?;
+        value.trim().parse().ok().map(Duration::from_secs)
+    }
+
+    /// The start of the body for a log line, with the asker's token cut out: agents
+    /// (FastAPI's 422 among them) may echo the request, and ADK's carries the token.
+    fn excerpt(&self, token: &SecretString) -> String {
+        let body = String::from_utf8_lossy(&self.body);
+        // Exposed only to find and remove it.
+        let secret = token.expose_secret();
+        let redacted = if secret.is_empty() {
+            body.into_owned()
+        } else {
+            body.replace(secret, "[redacted]")
+        };
+        redacted.chars().take(LOG_EXCERPT_CHARS).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_bearer_invalid_token_challenge_means_the_token_was_refused() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(WWW_AUTHENTICATE, value.parse().unwrap());
+            says_invalid_token(&headers)
+        };
+        assert!(with(r#"Bearer error="invalid_token""#));
+        assert!(with(
+            r#"Bearer realm="agent", error="invalid_token", error_description="expired""#
+        ));
+        assert!(with(r#"bearer error = "invalid_token""#));
+        assert!(!with(r#"Bearer realm="agent""#));
+        assert!(!with(r#"Bearer error="insufficient_scope""#));
+        assert!(!with(r#"Basic realm="agent", error="invalid_token""#));
+        assert!(!says_invalid_token(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn blank_suggestions_are_left_out_and_a_bad_list_is_ignored() {
+        let raw = serde_json::json!(["  Next week? ", "", "   "]);
+        assert_eq!(suggestions(raw), ["Next week?"]);
+        assert!(suggestions(serde_json::json!("not a list")).is_empty());
+    }
+
+    #[test]
+    fn a_null_or_oversized_conversation_is_not_kept() {
+        assert_eq!(conversation(serde_json::Value::Null), None);
+        let big = serde_json::Value::String("x".repeat(MAX_CONVERSATION_BYTES));
+        assert_eq!(conversation(big), None);
+        let small = serde_json::json!({"id": 1});
+        assert_eq!(conversation(small.clone()), Some(small));
     }
 }

@@ -30,8 +30,13 @@ pub fn page(status: StatusCode, title: &str, body: &str, form_targets: &[&str]) 
          <meta name=\"referrer\" content=\"no-referrer\"><title>{title}</title><style>{STYLE}</style></head>\
          <body><main><h1>{title}</h1>{body}</main></body></html>\n"
     );
+    // Browsers apply `form-action` to every redirect after a form is submitted, and the
+    // sign-in behind "Continue" may pass through the company's identity provider (Okta,
+    // Entra…) or a Slack workspace domain, which cannot be listed in advance: any https
+    // origin is allowed after the ones we know (seen blocked in Chromium otherwise).
     let csp = format!(
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' {}; frame-ancestors 'none'; base-uri 'none'",
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' {} https:; frame-ancestors 'none'; \
+         base-uri 'none'",
         form_targets.join(" ")
     );
     let mut response = (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response();

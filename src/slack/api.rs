@@ -65,6 +65,15 @@ impl From<SlackClientError> for SlackApiError {
     }
 }
 
+/// A file to share in a conversation.
+#[derive(Debug, Clone)]
+pub struct FileUpload {
+    pub filename: String,
+    pub title: String,
+    pub content_type: &'static str,
+    pub content: Vec<u8>,
+}
+
 /// Who the bot is in its workspace (`auth.test`).
 #[derive(Debug, Clone)]
 pub struct BotIdentity {
@@ -173,6 +182,48 @@ impl SlackApi {
         let request = SlackApiChatPostEphemeralRequest::new(channel.into(), user.into(), content)
             .opt_thread_ts(thread_ts.map(Into::into));
         call!(self, |s| s.chat_post_ephemeral(&request)).map(|_| ())
+    }
+
+    /// `chat.update`: replaces the content of the bot's message `ts`.
+    pub async fn update_message(
+        &self,
+        channel: &str,
+        ts: &str,
+        content: SlackMessageContent,
+    ) -> Result<(), SlackApiError> {
+        let request = SlackApiChatUpdateRequest::new(channel.into(), content, ts.into());
+        call!(self, |s| s.chat_update(&request)).map(|_| ())
+    }
+
+    /// `chat.delete`: removes the bot's message `ts`.
+    pub async fn delete_message(&self, channel: &str, ts: &str) -> Result<(), SlackApiError> {
+        let request = SlackApiChatDeleteRequest::new(channel.into(), ts.into());
+        call!(self, |s| s.chat_delete(&request)).map(|_| ())
+    }
+
+    /// Shares a file in `channel` (in `thread_ts`) through Slack's external upload flow:
+    /// `files.getUploadURLExternal`, the bytes to the URL it gives, then
+    /// `files.completeUploadExternal`.
+    pub async fn upload_file(
+        &self,
+        channel: &str,
+        thread_ts: Option<&str>,
+        file: &FileUpload,
+    ) -> Result<(), SlackApiError> {
+        let request = SlackApiFilesGetUploadUrlExternalRequest::new(file.filename.clone(), file.content.len());
+        let target = call!(self, |s| s.get_upload_url_external(&request))?;
+        let upload = SlackApiFilesUploadViaUrlRequest::new(
+            target.upload_url,
+            file.content.clone(),
+            file.content_type.to_owned(),
+        );
+        call!(self, |s| s.files_upload_via_url(&upload))?;
+        let complete = SlackApiFilesCompleteUploadExternalRequest::new(vec![
+            SlackApiFilesComplete::new(target.file_id).with_title(file.title.clone()),
+        ])
+        .with_channel_id(channel.into())
+        .opt_thread_ts(thread_ts.map(Into::into));
+        call!(self, |s| s.files_complete_upload_external(&complete)).map(|_| ())
     }
 
     /// `conversations.open`: the direct-message channel with `user`.

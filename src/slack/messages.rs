@@ -12,11 +12,13 @@ pub fn escape_mrkdwn(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
-fn section(mrkdwn: String) -> SlackBlock {
+/// A section of mrkdwn (at most 3000 characters).
+pub(crate) fn section(mrkdwn: String) -> SlackBlock {
     SlackSectionBlock::new().with_text(md!(mrkdwn)).into()
 }
 
-fn context(mrkdwn: String) -> SlackBlock {
+/// A context line of small mrkdwn.
+pub(crate) fn context(mrkdwn: String) -> SlackBlock {
     SlackContextBlock::new(vec![SlackContextBlockElement::MarkDown(SlackBlockMarkDownText::new(
         mrkdwn,
     ))])
@@ -97,24 +99,35 @@ pub fn external_user_refusal() -> SlackMessageContent {
     SlackMessageContent::new().with_text(text.into())
 }
 
-/// An agent's answer. The text is escaped: it must not mention, link or ping anyone.
-pub fn answer(text: &str, databricks_user_name: &str) -> SlackMessageContent {
-    let body = escape_mrkdwn(text);
-    let fallback: String = text.chars().take(300).collect();
-    SlackMessageContent::new().with_text(fallback).with_blocks(vec![
-        section(body),
-        context(format!(
-            "Answered with {}'s Databricks permissions",
-            escape_mrkdwn(databricks_user_name)
-        )),
-    ])
-}
-
 /// The message for a question that could not be answered, with a reference the person
 /// can give an operator (the logs carry the cause under the same reference).
 pub fn could_not_answer(reason: &str, reference: &str) -> SlackMessageContent {
-    let text = format!("Sorry, I couldn't answer that: {reason}. (ref `{reference}`)");
+    let text = format!(
+        "Sorry, I couldn't answer that: {}. (ref `{reference}`)",
+        escape_mrkdwn(reason.trim_end_matches('.'))
+    );
     SlackMessageContent::new().with_text(text)
+}
+
+/// Databricks says the person may not see what they asked about. That is their answer,
+/// not a failure of the bot, so it reads like one.
+pub fn no_access(databricks_says: &str, reference: &str) -> SlackMessageContent {
+    let text = format!(
+        ":lock: Databricks says you don't have access to that: _{}_. \
+         Ask the owner of the data to grant you access, then ask again. (ref `{reference}`)",
+        escape_mrkdwn(databricks_says.trim().trim_end_matches('.'))
+    );
+    SlackMessageContent::new().with_text(text)
+}
+
+/// The placeholder in the thread while an answer is being worked on.
+pub fn working(status: &str) -> SlackMessageContent {
+    SlackMessageContent::new()
+        .with_text(status.to_owned())
+        .with_blocks(vec![context(format!(
+            ":hourglass_flowing_sand: {}",
+            escape_mrkdwn(status)
+        ))])
 }
 
 #[cfg(test)]

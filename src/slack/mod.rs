@@ -5,5 +5,6 @@ pub mod api;
 pub mod intake;
 pub mod messages;
 pub mod oidc;
+pub mod render;
 pub mod signature;
 pub mod socket_mode;

@@ -35,6 +35,13 @@ pub struct Job {
     pub attempts: i64,
 }
 
+impl Job {
+    /// The reference people are given when their job fails; logs carry the same one.
+    pub fn reference(&self) -> String {
+        format!("job-{}", self.id)
+    }
+}
+
 /// What happened to a delivered event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {

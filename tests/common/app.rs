@@ -82,6 +82,32 @@ pub async fn mount_slack_defaults(slack: &MockServer) {
                                 "message": {"ts": "1700000000.000100", "text": "x"}})))
         .mount(slack)
         .await;
+    Mock::given(path("/api/chat.update"))
+        .respond_with(ok(
+            json!({"ok": true, "channel": "C1", "ts": "1700000000.000100", "message": {"text": "x"}}),
+        ))
+        .mount(slack)
+        .await;
+    Mock::given(path("/api/chat.delete"))
+        .respond_with(ok(json!({"ok": true, "channel": "C1", "ts": "1700000000.000100"})))
+        .mount(slack)
+        .await;
+    Mock::given(path("/api/files.getUploadURLExternal"))
+        .respond_with(ok(
+            json!({"ok": true, "upload_url": format!("{}/upload/F0CSV00001", slack.uri()), "file_id": "F0CSV00001"}),
+        ))
+        .mount(slack)
+        .await;
+    Mock::given(path("/upload/F0CSV00001"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("OK - 123"))
+        .mount(slack)
+        .await;
+    Mock::given(path("/api/files.completeUploadExternal"))
+        .respond_with(ok(
+            json!({"ok": true, "files": [{"id": "F0CSV00001", "title": "Query result"}]}),
+        ))
+        .mount(slack)
+        .await;
     Mock::given(path("/api/chat.postEphemeral"))
         .respond_with(ok(json!({"ok": true, "message_ts": "1700000000.000200"})))
         .mount(slack)
@@ -348,6 +374,29 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.slack_calls(api_method).await
+    }
+
+    /// Waits (up to 10 s) for an answer containing `needle`: the placeholder replaced by
+    /// `chat.update`, or a message posted with `chat.postMessage`. Returns that request.
+    pub async fn wait_for_answer(&self, needle: &str) -> Value {
+        for _ in 0..500 {
+            for api_method in ["chat.update", "chat.postMessage"] {
+                if let Some(found) = self
+                    .slack_calls(api_method)
+                    .await
+                    .into_iter()
+                    .find(|m| m.to_string().contains(needle))
+                {
+                    return found;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "no answer containing {needle:?}; posted: {:?}; updated: {:?}",
+            self.slack_calls("chat.postMessage").await,
+            self.slack_calls("chat.update").await
+        );
     }
 
     pub async fn job_states(&self) -> Vec<String> {

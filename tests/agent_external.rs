@@ -1,0 +1,634 @@
+//! The company's own agent, over plain HTTP and on a Google ADK api_server: what the agent
+//! receives, what the asker gets back, and how failures read. Each agent is a wiremock
+//! server on loopback.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use databricks_slack_bot::agent::adk::Adk;
+use databricks_slack_bot::agent::http::HttpAgent;
+use databricks_slack_bot::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Progress, Thread, UserContext};
+use databricks_slack_bot::domain::{TeamId, UserId, WorkspaceHost};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use slack_morphism::prelude::SlackBlock;
+use url::Url;
+use wiremock::matchers::{body_json, body_partial_json, header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const TOKEN: &str = "dapi-CANARY-person-access-token";
+const HOST: &str = "https://dbc-123.cloud.databricks.com";
+const APP: &str = "data_agent";
+const ADK_USER: &str = "T0TEAM1:U0ASKER1";
+const SESSIONS: &str = "/apps/data_agent/users/T0TEAM1:U0ASKER1/sessions";
+
+fn context() -> UserContext {
+    UserContext {
+        host: WorkspaceHost::parse(HOST).unwrap(),
+        access_token: SecretString::from(TOKEN),
+        team: TeamId::parse("T0TEAM1").unwrap(),
+        user: UserId::parse("U0ASKER1").unwrap(),
+        databricks_user_id: "4242".into(),
+        databricks_user_name: "ada@example.com".into(),
+        version: 1,
+    }
+}
+
+fn question(text: &str, conversation: Option<Value>) -> AgentRequest {
+    AgentRequest {
+        question: text.into(),
+        context: context(),
+        thread: Thread {
+            channel: "C0CHANNEL".into(),
+            thread_ts: Some("1712345678.000100".into()),
+        },
+        conversation,
+    }
+}
+
+/// A client like the bot's, with a timeout short enough for a test to outlast.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap()
+}
+
+fn http_agent(server: &MockServer) -> HttpAgent {
+    HttpAgent::new(client(), Url::parse(&format!("{}/agent", server.uri())).unwrap())
+}
+
+fn adk(server: &MockServer) -> Adk {
+    Adk::new(client(), Url::parse(&server.uri()).unwrap(), APP.into())
+}
+
+/// What the agents told the person while they waited.
+#[derive(Default)]
+struct Watched(Mutex<Vec<String>>);
+
+#[async_trait]
+impl Progress for Watched {
+    async fn working_on(&self, status: &str) {
+        self.0.lock().unwrap().push(status.into());
+    }
+}
+
+async fn ask(agent: &dyn Agent, request: &AgentRequest) -> Result<AgentAnswer, AgentError> {
+    let watched = Watched::default();
+    let answer = agent.answer(request, &watched).await;
+    assert_eq!(*watched.0.lock().unwrap(), ["Asking your agent…"]);
+    if let Err(error) = &answer {
+        assert!(!format!("{error:?}").contains(TOKEN), "the token leaked into {error:?}");
+    }
+    answer
+}
+
+fn failed(message: &str) -> AgentError {
+    AgentError::Failed(message.into())
+}
+
+fn transient(reason: &str) -> AgentError {
+    AgentError::transient(reason)
+}
+
+fn said(text: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({ "text": text }))
+}
+
+// ---- http ----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_http_agent_gets_the_question_with_the_askers_token_identity_and_thread() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/agent"))
+        .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
+        .and(header("content-type", "application/json"))
+        .and(body_json(json!({
+            "question": "How many orders last week?",
+            "user": {
+                "slack_team_id": "T0TEAM1",
+                "slack_user_id": "U0ASKER1",
+                "databricks_user_id": "4242",
+                "databricks_user_name": "ada@example.com",
+                "databricks_host": HOST
+            },
+            "thread": { "channel": "C0CHANNEL", "thread_ts": "1712345678.000100" },
+            "conversation": null
+        })))
+        .respond_with(said("1,234 orders."))
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    let answer = ask(&http_agent(&server), &question("How many orders last week?", None))
+        .await
+        .unwrap();
+
+    assert_eq!(answer.text, "1,234 orders.");
+    assert!(answer.blocks.is_empty() && answer.suggestions.is_empty());
+    assert_eq!(answer.conversation, None);
+}
+
+#[tokio::test]
+async fn a_follow_up_hands_the_agent_back_the_conversation_it_kept() {
+    let server = MockServer::start().await;
+    let kept = json!({ "id": "conv-7", "turns": ["How many orders?"] });
+    Mock::given(body_partial_json(json!({ "conversation": null })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "text": "1,234.", "conversation": kept })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(body_partial_json(
+        json!({ "question": "And before?", "conversation": kept }),
+    ))
+    .respond_with(said("1,100."))
+    .expect(1)
+    .mount(&server)
+    .await;
+    let agent = http_agent(&server);
+
+    let first = ask(&agent, &question("How many orders?", None)).await.unwrap();
+    assert_eq!(first.conversation.as_ref(), Some(&kept));
+    let second = ask(&agent, &question("And before?", first.conversation)).await.unwrap();
+
+    assert_eq!(second.text, "1,100.");
+    assert_eq!(second.conversation, None, "an answer without conversation forgets it");
+}
+
+#[tokio::test]
+async fn an_answer_with_blocks_and_suggestions_keeps_them() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "text": "Orders by region",
+            "blocks": [
+                { "type": "header", "text": { "type": "plain_text", "text": "Orders" } },
+                { "type": "section", "text": { "type": "mrkdwn", "text": "*EMEA* 700" } },
+                { "type": "divider" }
+            ],
+            "suggestions": ["And by country?", "  "]
+        })))
+        .mount(&server)
+        .await;
+
+    let answer = ask(&http_agent(&server), &question("Orders by region?", None))
+        .await
+        .unwrap();
+
+    assert_eq!(answer.text, "Orders by region");
+    assert_eq!(answer.blocks.len(), 3);
+    assert!(matches!(answer.blocks[0], SlackBlock::Header(_)));
+    assert!(matches!(answer.blocks[1], SlackBlock::Section(_)));
+    assert_eq!(answer.suggestions, ["And by country?"]);
+}
+
+#[tokio::test]
+async fn invalid_blocks_are_dropped_and_the_text_still_answers() {
+    for blocks in [
+        json!([{ "type": "section", "text": { "type": "mrkdwn", "text": "ok" } }, { "type": "hologram" }]),
+        json!([{ "type": "header" }]),
+        json!("not a list"),
+        json!(vec![json!({ "type": "divider" }); 51]),
+    ] {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "text": "Plain answer", "blocks": blocks })))
+            .mount(&server)
+            .await;
+
+        let answer = ask(&http_agent(&server), &question("q", None)).await.unwrap();
+
+        assert_eq!(answer.text, "Plain answer");
+        assert!(answer.blocks.is_empty(), "kept {blocks}");
+    }
+}
+
+#[tokio::test]
+async fn an_answer_without_text_could_not_be_read_even_with_blocks() {
+    for body in [
+        json!({ "blocks": [{ "type": "divider" }] }),
+        json!({ "text": "   " }),
+        json!({ "text": 42 }),
+        json!(["a list"]),
+    ] {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(body))
+            .mount(&server)
+            .await;
+
+        let error = ask(&http_agent(&server), &question("q", None)).await.unwrap_err();
+
+        assert_eq!(error, failed("your agent sent an answer I could not read"));
+    }
+}
+
+#[tokio::test]
+async fn an_answer_that_is_not_json_could_not_be_read() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("<html>Sign in</html>"))
+        .mount(&server)
+        .await;
+
+    let error = ask(&http_agent(&server), &question("q", None)).await.unwrap_err();
+
+    assert_eq!(error, failed("your agent sent an answer I could not read"));
+}
+
+#[tokio::test]
+async fn a_500_from_the_agent_is_worth_retrying_later() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500).set_body_string("Traceback (most recent call last): …"))
+        .mount(&server)
+        .await;
+
+    let error = ask(&http_agent(&server), &question("q", None)).await.unwrap_err();
+
+    assert_eq!(error, transient("your agent is unavailable right now"));
+}
+
+#[tokio::test]
+async fn a_rate_limited_agent_says_when_to_retry() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "7"))
+        .mount(&server)
+        .await;
+
+    let error = ask(&http_agent(&server), &question("q", None)).await.unwrap_err();
+
+    assert_eq!(
+        error,
+        AgentError::Transient {
+            reason: "your agent is unavailable right now".into(),
+            retry_after: Some(Duration::from_secs(7)),
+        }
+    );
+}
+
+#[tokio::test]
+async fn an_agent_slower_than_the_timeout_did_not_answer_in_time() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(said("too late").set_delay(Duration::from_secs(2)))
+        .mount(&server)
+        .await;
+
+    let error = ask(&http_agent(&server), &question("q", None)).await.unwrap_err();
+
+    assert_eq!(error, transient("your agent did not answer in time"));
+}
+
+#[tokio::test]
+async fn an_agent_nobody_listens_for_is_unavailable() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let agent = HttpAgent::new(client(), Url::parse(&format!("http://127.0.0.1:{port}/agent")).unwrap());
+
+    let error = ask(&agent, &question("q", None)).await.unwrap_err();
+
+    assert_eq!(error, transient("your agent is unavailable right now"));
+}
+
+#[tokio::test]
+async fn a_401_from_the_agent_is_its_own_refusal_not_a_databricks_token_problem() {
+    for status in [401, 403] {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(status).insert_header("www-authenticate", r#"Bearer realm="gateway""#))
+            .mount(&server)
+            .await;
+
+        let error = ask(&http_agent(&server), &question("q", None)).await.unwrap_err();
+
+        assert_eq!(error, failed("your agent refused the request"), "HTTP {status}");
+    }
+}
+
+#[tokio::test]
+async fn an_agent_saying_the_bearer_is_an_invalid_token_gets_the_token_refreshed() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(401).insert_header("www-authenticate", r#"Bearer error="invalid_token""#))
+        .mount(&server)
+        .await;
+
+    let error = ask(&http_agent(&server), &question("q", None)).await.unwrap_err();
+
+    assert_eq!(error, AgentError::Unauthorized);
+}
+
+// ---- adk -----------------------------------------------------------------------------
+
+fn session(id: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({
+        "id": id, "appName": APP, "userId": ADK_USER, "state": {}, "events": [], "lastUpdateTime": 1743711430.02
+    }))
+}
+
+/// The events ADK returns for a run that called one tool and then answered.
+fn ran(answer: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!([
+        {
+            "id": "e1", "invocationId": "i1", "author": APP,
+            "content": { "role": "model", "parts": [
+                { "text": "I should count the orders.", "thought": true },
+                { "functionCall": { "id": "c1", "name": "run_sql", "args": { "sql": "SELECT count(*) FROM orders" } } }
+            ] }
+        },
+        {
+            "id": "e2", "invocationId": "i1", "author": APP,
+            "content": { "role": "user", "parts": [
+                { "functionResponse": { "id": "c1", "name": "run_sql", "response": { "rows": [[1234]] } } }
+            ] }
+        },
+        {
+            "id": "e3", "invocationId": "i1", "author": APP,
+            "content": { "role": "model", "parts": [{ "text": answer }] }
+        }
+    ]))
+}
+
+fn run_in(session_id: &str) -> wiremock::matchers::BodyPartialJsonMatcher {
+    body_partial_json(json!({ "session_id": session_id }))
+}
+
+#[tokio::test]
+async fn the_first_adk_question_creates_a_session_and_runs_with_the_token_in_temp_state() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(SESSIONS))
+        .respond_with(session("s-1"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/run"))
+        .and(body_json(json!({
+            "app_name": APP,
+            "user_id": ADK_USER,
+            "session_id": "s-1",
+            "new_message": { "role": "user", "parts": [{ "text": "How many orders?" }] },
+            "state_delta": {
+                "temp:databricks_token": TOKEN,
+                "temp:databricks_host": HOST
+            }
+        })))
+        .respond_with(ran("We have 1,234 orders."))
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    let answer = ask(&adk(&server), &question("How many orders?", None)).await.unwrap();
+
+    assert_eq!(answer.text, "We have 1,234 orders.");
+    assert_eq!(answer.conversation, Some(json!({ "session_id": "s-1" })));
+    for request in server.received_requests().await.unwrap() {
+        assert!(
+            request.headers.get("authorization").is_none(),
+            "the token goes only in temp: state"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_adk_follow_up_reuses_the_threads_session_without_creating_another() {
+    let server = MockServer::start().await;
+    Mock::given(path(SESSIONS))
+        .respond_with(session("s-2"))
+        .expect(0)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/run"))
+        .and(run_in("s-1"))
+        .and(body_partial_json(
+            json!({ "new_message": { "parts": [{ "text": "And before?" }] } }),
+        ))
+        .respond_with(ran("1,100 the week before."))
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    let answer = ask(
+        &adk(&server),
+        &question("And before?", Some(json!({ "session_id": "s-1" }))),
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(answer.text, "1,100 the week before.");
+    assert_eq!(answer.conversation, Some(json!({ "session_id": "s-1" })));
+}
+
+#[tokio::test]
+async fn a_session_adk_no_longer_has_is_replaced_once() {
+    let server = MockServer::start().await;
+    Mock::given(path("/run"))
+        .and(run_in("s-gone"))
+        .respond_with(ResponseTemplate::new(404).set_body_json(json!({ "detail": "Session not found: s-gone" })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(path(SESSIONS))
+        .respond_with(session("s-new"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(path("/run"))
+        .and(run_in("s-new"))
+        .respond_with(ran("Fresh answer."))
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    let answer = ask(&adk(&server), &question("q", Some(json!({ "session_id": "s-gone" }))))
+        .await
+        .unwrap();
+
+    assert_eq!(answer.text, "Fresh answer.");
+    assert_eq!(answer.conversation, Some(json!({ "session_id": "s-new" })));
+}
+
+#[tokio::test]
+async fn a_session_lost_again_right_after_creation_fails_instead_of_looping() {
+    let server = MockServer::start().await;
+    Mock::given(path("/run"))
+        .respond_with(ResponseTemplate::new(404).set_body_json(json!({ "detail": "Session not found" })))
+        .expect(2)
+        .mount(&server)
+        .await;
+    Mock::given(path(SESSIONS))
+        .respond_with(session("s-new"))
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    let error = ask(&adk(&server), &question("q", Some(json!({ "session_id": "s-gone" }))))
+        .await
+        .unwrap_err();
+
+    assert_eq!(error, failed("your agent sent an answer I could not read"));
+}
+
+#[tokio::test]
+async fn the_adk_answer_is_the_final_agent_text_not_thoughts_tool_calls_or_the_user() {
+    let server = MockServer::start().await;
+    Mock::given(path(SESSIONS))
+        .respond_with(session("s-1"))
+        .mount(&server)
+        .await;
+    Mock::given(path("/run"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([
+            { "author": "user", "content": { "role": "user", "parts": [{ "text": "the question" }] } },
+            { "author": APP, "content": { "role": "model", "parts": [
+                { "text": "Let me check." },
+                { "functionCall": { "name": "run_sql", "args": {} } }
+            ] } },
+            { "author": APP, "content": { "role": "user", "parts": [
+                { "functionResponse": { "name": "run_sql", "response": { "result": "1234" } } }
+            ] } },
+            { "author": APP, "content": { "role": "model", "parts": [
+                { "text": "Counting rows…", "thought": true },
+                { "text": "1,234 orders." }
+            ] } }
+        ])))
+        .mount(&server)
+        .await;
+
+    let answer = ask(&adk(&server), &question("q", None)).await.unwrap();
+
+    assert_eq!(answer.text, "1,234 orders.");
+}
+
+#[tokio::test]
+async fn a_500_from_adk_is_worth_retrying_later() {
+    let server = MockServer::start().await;
+    Mock::given(path(SESSIONS))
+        .respond_with(session("s-1"))
+        .mount(&server)
+        .await;
+    Mock::given(path("/run"))
+        .respond_with(ResponseTemplate::new(500).set_body_string("Internal Server Error"))
+        .mount(&server)
+        .await;
+
+    let error = ask(&adk(&server), &question("q", None)).await.unwrap_err();
+
+    assert_eq!(error, transient("your agent is unavailable right now"));
+}
+
+#[tokio::test]
+async fn adk_events_that_are_not_json_or_carry_no_answer_could_not_be_read() {
+    for events in [
+        ResponseTemplate::new(200).set_body_string("not json"),
+        ResponseTemplate::new(200).set_body_json(json!({ "events": [] })),
+        ResponseTemplate::new(200).set_body_json(json!([])),
+        ResponseTemplate::new(200)
+            .set_body_json(json!([{ "author": APP, "content": { "parts": [{ "functionCall": { "name": "x" } }] } }])),
+    ] {
+        let server = MockServer::start().await;
+        Mock::given(path(SESSIONS))
+            .respond_with(session("s-1"))
+            .mount(&server)
+            .await;
+        Mock::given(path("/run")).respond_with(events).mount(&server).await;
+
+        let error = ask(&adk(&server), &question("q", None)).await.unwrap_err();
+
+        assert_eq!(error, failed("your agent sent an answer I could not read"));
+    }
+}
+
+#[tokio::test]
+async fn an_adk_agent_slower_than_the_timeout_did_not_answer_in_time() {
+    let server = MockServer::start().await;
+    Mock::given(path(SESSIONS))
+        .respond_with(session("s-1"))
+        .mount(&server)
+        .await;
+    Mock::given(path("/run"))
+        .respond_with(ran("too late").set_delay(Duration::from_secs(2)))
+        .mount(&server)
+        .await;
+
+    let error = ask(&adk(&server), &question("q", None)).await.unwrap_err();
+
+    assert_eq!(error, transient("your agent did not answer in time"));
+}
+
+#[tokio::test]
+async fn an_adk_server_refusing_the_bot_is_a_plain_refusal() {
+    let server = MockServer::start().await;
+    Mock::given(path(SESSIONS))
+        .respond_with(ResponseTemplate::new(403).set_body_string("Forbidden"))
+        .mount(&server)
+        .await;
+
+    let error = ask(&adk(&server), &question("q", None)).await.unwrap_err();
+
+    assert_eq!(error, failed("your agent refused the request"));
+}
+
+// ---- logs ----------------------------------------------------------------------------
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_agent_echoing_the_request_back_in_an_error_does_not_put_the_token_in_the_logs() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // This test's runtime is single-threaded, so everything it awaits logs here.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let server = MockServer::start().await;
+    // FastAPI's 422 echoes the offending request body, state_delta and all.
+    Mock::given(path(SESSIONS))
+        .respond_with(session("s-1"))
+        .mount(&server)
+        .await;
+    Mock::given(path("/run"))
+        .respond_with(ResponseTemplate::new(422).set_body_json(json!({ "detail": [{
+            "type": "missing", "loc": ["body", "x"], "msg": "Field required",
+            "input": { "state_delta": { "temp:databricks_token": TOKEN } }
+        }] })))
+        .mount(&server)
+        .await;
+    Mock::given(path("/agent"))
+        .respond_with(ResponseTemplate::new(500).set_body_string(format!("bad header: Bearer {TOKEN}")))
+        .mount(&server)
+        .await;
+
+    let adk_error = ask(&adk(&server), &question("q", None)).await.unwrap_err();
+    let http_error = ask(&http_agent(&server), &question("q", None)).await.unwrap_err();
+
+    assert_eq!(adk_error, failed("your agent could not handle the request"));
+    assert_eq!(http_error, transient("your agent is unavailable right now"));
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("Field required") && logs.contains("bad header"), "{logs}");
+    assert!(!logs.contains(TOKEN), "{logs}");
+}
