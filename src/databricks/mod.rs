@@ -3,5 +3,6 @@
 
 pub mod api;
 pub mod broker;
+pub mod genie;
 pub mod oauth;
 pub mod sql;

@@ -15,9 +15,9 @@ use serde::Deserialize;
 use slack_morphism::prelude::*;
 
 use crate::clock::SharedClock;
-use crate::slack::intake::{Intake, Outcome};
-use crate::slack::messages;
+use crate::slack::intake::{Intake, Outcome, question_from_suggestion};
 use crate::slack::signature;
+use crate::slack::{messages, render};
 
 /// What the Slack routes share.
 pub struct SlackRoutes {
@@ -125,6 +125,34 @@ struct InteractionForm {
     payload: String,
 }
 
+/// Queues the follow-up question on a clicked suggestion, asked as the person who clicked
+/// (their own token answers it, or they are asked to connect first).
+async fn ask_suggestion(
+    slack: &SlackRoutes,
+    actions: &SlackInteractionBlockActionsEvent,
+    action: &SlackInteractionActionInfo,
+) -> Result<(), Response> {
+    let question = match question_from_suggestion(actions, action.value.as_deref().unwrap_or_default()) {
+        Ok(question) => question,
+        Err(reason) => {
+            tracing::warn!(reason, "ignored a suggestion click");
+            return Ok(());
+        }
+    };
+    // Slack does not retry interactions, but a double click arrives twice with one trigger.
+    let key = format!("action:{}", actions.trigger_id);
+    match slack.intake.enqueue(&key, &question).await {
+        Ok(outcome) => {
+            tracing::info!(?outcome, "suggested question accepted");
+            Ok(())
+        }
+        Err(error) => {
+            tracing::error!(error = %error, "could not queue a suggested question");
+            Err(StatusCode::SERVICE_UNAVAILABLE.into_response())
+        }
+    }
+}
+
 async fn interactions(State(slack): State<Arc<SlackRoutes>>, headers: HeaderMap, body: Bytes) -> Response {
     if !slack.is_signed("/slack/interactions", &headers, &body) {
         return StatusCode::UNAUTHORIZED.into_response();
@@ -135,9 +163,16 @@ async fn interactions(State(slack): State<Arc<SlackRoutes>>, headers: HeaderMap,
     match event {
         Ok(SlackInteractionEvent::BlockActions(actions)) => {
             let ids: Vec<&str> = actions.actions.iter().flatten().map(|a| a.action_id.as_ref()).collect();
-            // The "Connect Databricks" button opens its URL in the browser by itself; Slack
-            // still reports the click and shows a warning unless we answer 200.
             tracing::info!(actions = ?ids, "block actions");
+            for action in actions.actions.iter().flatten() {
+                if action.action_id.as_ref().starts_with(render::SUGGESTION_ACTION_PREFIX)
+                    && let Err(response) = ask_suggestion(&slack, &actions, action).await
+                {
+                    return response;
+                }
+            }
+            // Anything else (the "Connect Databricks" URL button opens its page by itself)
+            // only needs a 200, or Slack shows the person a warning.
             StatusCode::OK.into_response()
         }
         Ok(_) => StatusCode::OK.into_response(),

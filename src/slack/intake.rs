@@ -49,6 +49,12 @@ impl Intake {
             Ok(question) => question,
             Err(reason) => return Ok(Outcome::Ignored(reason)),
         };
+        self.enqueue(callback.event_id.as_ref(), &question).await
+    }
+
+    /// Queues `question` once per `delivery_key` (an event id, or an interaction's trigger
+    /// id): the key and the job are stored in one transaction.
+    pub async fn enqueue(&self, delivery_key: &str, question: &Question) -> Result<Outcome, sqlx::Error> {
         let payload = serde_json::to_string(&question).expect("a question serialises");
         let job = NewJob {
             kind: QUESTION_JOB,
@@ -58,7 +64,7 @@ impl Intake {
         };
         let delivery = self
             .store
-            .enqueue_event_job(callback.event_id.as_ref(), &job, self.clock.now())
+            .enqueue_event_job(delivery_key, &job, self.clock.now())
             .await?;
         Ok(match delivery {
             Delivery::Enqueued => {
@@ -131,6 +137,45 @@ pub fn question_from(callback: &SlackPushEventCallback) -> Result<Question, &'st
 
 /// Removes mentions of the bot (`<@UBOT>` or `<@UBOT|name>`) and trims; with the bot's id
 /// unknown, only a leading mention is removed.
+/// The question behind a click on a suggested follow-up: asked by whoever clicked, in the
+/// thread of the answer that offered it.
+pub fn question_from_suggestion(
+    actions: &SlackInteractionBlockActionsEvent,
+    suggestion: &str,
+) -> Result<Question, &'static str> {
+    let team = TeamId::parse(actions.team.id.as_ref()).map_err(|_| "malformed team id")?;
+    let user = actions.user.as_ref().ok_or("click without a user")?;
+    let user = UserId::parse(user.id.as_ref()).map_err(|_| "malformed user id")?;
+    let SlackInteractionActionContainer::Message(container) = &actions.container else {
+        return Err("click outside a message");
+    };
+    let channel = container
+        .channel_id
+        .as_ref()
+        .or(actions.channel.as_ref().map(|c| &c.id))
+        .ok_or("click without a channel")?
+        .to_string();
+    let thread_ts = actions
+        .message
+        .as_ref()
+        .and_then(|m| m.origin.thread_ts.as_ref())
+        .map(ToString::to_string);
+    let text = suggestion.split_whitespace().collect::<Vec<_>>().join(" ");
+    if text.is_empty() {
+        return Err("empty suggestion");
+    }
+    Ok(Question {
+        team,
+        user,
+        is_dm: channel.starts_with('D'),
+        channel,
+        ts: container.message_ts.to_string(),
+        thread_ts,
+        text,
+        bot_user_id: None,
+    })
+}
+
 fn strip_mentions(text: &str, bot_user: Option<&str>) -> String {
     let mut out = text.trim().to_owned();
     match bot_user {

@@ -151,6 +151,9 @@ pub struct Options {
     /// Answers the fake Slack gives before its defaults (when `slack` is not given).
     pub slack_mocks: Vec<Mock>,
     pub databricks: Option<Arc<FakeDatabricks>>,
+    /// Answer with the agent the configuration names (`AGENT`, `GENIE_SPACE_ID`, …)
+    /// instead of the recording agent.
+    pub configured_agent: bool,
 }
 
 impl Default for Options {
@@ -162,6 +165,7 @@ impl Default for Options {
             slack: None,
             slack_mocks: Vec::new(),
             databricks: None,
+            configured_agent: false,
         }
     }
 }
@@ -262,7 +266,11 @@ impl TestApp {
         let agent = Arc::new(RecordingAgent::default());
         let deps = Dependencies {
             clock: clock.clone(),
-            agent: agent.clone(),
+            agent: if options.configured_agent {
+                databricks_slack_bot::agent::from_config(&config.agent)
+            } else {
+                agent.clone()
+            },
             workers: options.workers,
         };
         let app = Application::build(&config, deps)
@@ -290,7 +298,11 @@ impl TestApp {
     /// Databricks, as if they had connected before. Returns the refresh token.
     pub async fn link_asker(&self) -> String {
         let rt = self.databricks.grant(&FakeUser::asker());
-        super::Person::new("T061EG9R6", "U061F7AUR")
+        let person = super::Person {
+            workspace: databricks_slack_bot::domain::WorkspaceHost::parse(&self.databricks.uri).unwrap(),
+            ..super::Person::new("T061EG9R6", "U061F7AUR")
+        };
+        person
             .link(&self.store, &super::vault(&[KEY_A]), &rt, self.clock.now())
             .await;
         rt

@@ -74,6 +74,10 @@ pub struct FakeState {
 pub struct FakeDatabricks {
     pub uri: String,
     pub state: Arc<Mutex<FakeState>>,
+    /// The workspace's REST API beyond OAuth and SCIM Me (Genie, SQL, serving, Unity
+    /// Catalog): requests with a valid access token are forwarded here, so a test mounts
+    /// the answers it needs and reads what arrived.
+    pub api: Arc<wiremock::MockServer>,
 }
 
 impl FakeDatabricks {
@@ -86,13 +90,36 @@ impl FakeDatabricks {
             access_ttl: 3600,
             ..FakeState::default()
         }));
+        let api = Arc::new(wiremock::MockServer::start().await);
         let app = Router::new()
             .route("/oidc/.well-known/oauth-authorization-server", get(discovery))
             .route("/oidc/v1/token", post(token))
             .route("/api/2.0/preview/scim/v2/Me", get(me))
-            .with_state((state.clone(), uri.clone()));
+            .with_state((state.clone(), uri.clone()))
+            .fallback({
+                let (state, api) = (state.clone(), api.uri());
+                move |request: axum::extract::Request| forward(state, api, request)
+            });
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { uri, state }
+        Self { uri, state, api }
+    }
+
+    /// The Databricks userName an access token belongs to.
+    pub fn owner_of(&self, access_token: &str) -> Option<String> {
+        let state = self.state.lock().unwrap();
+        state.access_tokens.get(access_token).map(|u| u.user_name.clone())
+    }
+
+    /// The userName behind the bearer token of every request the API received.
+    pub async fn api_callers(&self) -> Vec<Option<String>> {
+        let requests = self.api.received_requests().await.unwrap_or_default();
+        requests
+            .iter()
+            .map(|r| {
+                let bearer = r.headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ")?;
+                self.owner_of(bearer)
+            })
+            .collect()
     }
 
     /// Plays the person at Databricks' login page: checks the authorization request the
@@ -248,6 +275,46 @@ fn answer(state: &Arc<Mutex<FakeState>>, form: &HashMap<String, String>) -> Resp
         }
         _ => oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", ""),
     }
+}
+
+/// Any other API call: refused like Databricks refuses an unknown or revoked token, or
+/// passed to the test's mocks.
+async fn forward(state: Arc<Mutex<FakeState>>, api: String, request: axum::extract::Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let token = parts
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_owned();
+    let known = {
+        let s = state.lock().unwrap();
+        s.access_tokens.contains_key(&token) && !s.refused_access_tokens.contains(&token)
+    };
+    if !known {
+        let refusal = json!({"error_code": "403", "message": "Invalid access token. [ReqId: fake]"});
+        return (StatusCode::FORBIDDEN, Json(refusal)).into_response();
+    }
+    let body = axum::body::to_bytes(body, 16 << 20).await.unwrap();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let upstream = reqwest::Client::new()
+        .request(parts.method, format!("{api}{path}"))
+        .headers(parts.headers)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = upstream.status();
+    let headers = upstream.headers().clone();
+    let bytes = upstream.bytes().await.unwrap();
+    let mut response = (status, bytes).into_response();
+    for name in ["content-type", "retry-after"] {
+        if let Some(value) = headers.get(name) {
+            response.headers_mut().insert(name, value.clone());
+        }
+    }
+    response
 }
 
 async fn me(State((state, _)): State<Shared>, headers: HeaderMap) -> Response {

@@ -1,0 +1,645 @@
+//! The Genie agent against a fake Genie space on loopback: what the person gets back, and
+//! what Databricks received (always the person's own token).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use databricks_slack_bot::agent::genie::{Genie, Timing};
+use databricks_slack_bot::agent::{Agent, AgentError, AgentRequest, Progress, Table, Thread, Unwatched, UserContext};
+use databricks_slack_bot::databricks::api::http_client;
+use databricks_slack_bot::domain::{TeamId, UserId, WorkspaceHost};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use wiremock::matchers::{bearer_token, body_json, method, path};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+const TOKEN: &str = "the-askers-own-token";
+const SPACE: &str = "space-1";
+const QUESTION: &str = "How did revenue change last quarter?";
+const SQL: &str = "SELECT quarter, SUM(revenue) AS revenue FROM sales GROUP BY quarter";
+
+fn fast() -> Timing {
+    Timing {
+        first_wait: Duration::from_millis(2),
+        longest_wait: Duration::from_millis(10),
+        bound: Duration::from_secs(5),
+    }
+}
+
+fn genie(timing: Timing) -> Genie {
+    Genie::new(http_client(), SPACE.into()).with_timing(timing)
+}
+
+fn request(server: &MockServer, conversation: Option<Value>) -> AgentRequest {
+    AgentRequest {
+        question: QUESTION.into(),
+        context: UserContext {
+            host: WorkspaceHost::parse(&server.uri()).unwrap(),
+            access_token: SecretString::from(TOKEN),
+            team: TeamId::parse("T0123ABCD").unwrap(),
+            user: UserId::parse("U0123ABCD").unwrap(),
+            databricks_user_id: "1234".into(),
+            databricks_user_name: "asker@example.com".into(),
+            version: 1,
+        },
+        thread: Thread {
+            channel: "C0123ABCD".into(),
+            thread_ts: Some("1700000000.000100".into()),
+        },
+        conversation,
+    }
+}
+
+/// Progress as the person would have seen it.
+#[derive(Default)]
+struct Recorded(Mutex<Vec<String>>);
+
+#[async_trait]
+impl Progress for Recorded {
+    async fn working_on(&self, status: &str) {
+        self.0.lock().unwrap().push(status.to_owned());
+    }
+}
+
+impl Recorded {
+    fn seen(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// Answers with each response in turn, then repeats the last.
+struct InTurn {
+    responses: Vec<ResponseTemplate>,
+    next: AtomicUsize,
+}
+
+fn in_turn(responses: Vec<ResponseTemplate>) -> InTurn {
+    InTurn {
+        responses,
+        next: AtomicUsize::new(0),
+    }
+}
+
+impl Respond for InTurn {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        let turn = self.next.fetch_add(1, Ordering::SeqCst);
+        self.responses[turn.min(self.responses.len() - 1)].clone()
+    }
+}
+
+fn ok(body: Value) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(body)
+}
+
+fn conversation_path(conversation: &str) -> String {
+    format!("/api/2.0/genie/spaces/{SPACE}/conversations/{conversation}")
+}
+
+fn message_path(conversation: &str, message: &str) -> String {
+    format!("{}/messages/{message}", conversation_path(conversation))
+}
+
+fn attachment_path(conversation: &str, message: &str, attachment: &str, action: &str) -> String {
+    format!(
+        "{}/attachments/{attachment}/{action}",
+        message_path(conversation, message)
+    )
+}
+
+fn message(conversation: &str, id: &str, status: &str, attachments: Value) -> Value {
+    json!({
+        "message_id": id,
+        "id": id,
+        "conversation_id": conversation,
+        "space_id": SPACE,
+        "content": QUESTION,
+        "status": status,
+        "attachments": attachments,
+    })
+}
+
+fn failed(kind: &str, error: &str) -> Value {
+    json!({
+        "message_id": "m-1",
+        "conversation_id": "c-1",
+        "status": "FAILED",
+        "error": {"error": error, "type": kind},
+    })
+}
+
+/// Genie's full answer: prose, a query, and follow-up questions both ways Genie sends them.
+fn answer_attachments() -> Value {
+    json!([
+        {"attachment_id": "a-text", "text": {"id": "t-1", "content": "Revenue grew 12% in Q3."}},
+        {"attachment_id": "a-query", "query": {
+            "title": "Revenue by quarter",
+            "description": "Sums revenue per quarter.",
+            "query": SQL,
+            "statement_id": "st-1",
+            "query_result_metadata": {"row_count": 2},
+        }},
+        {"attachment_id": "a-follow", "text": {"content": "What about Q4?", "purpose": "FOLLOW_UP_QUESTION"}},
+        {"attachment_id": "a-suggested", "suggested_questions": {
+            "questions": ["Which region grew most?", "What about Q4?"],
+        }},
+    ])
+}
+
+fn statement(state: &str, data_array: Value) -> Value {
+    json!({"statement_response": {
+        "statement_id": "st-1",
+        "status": {"state": state},
+        "manifest": {
+            "format": "JSON_ARRAY",
+            "schema": {"column_count": 2, "columns": [{"name": "quarter"}, {"name": "revenue"}]},
+            "total_row_count": 2,
+        },
+        "result": {"chunk_index": 0, "row_offset": 0, "data_array": data_array},
+    }})
+}
+
+fn two_quarters() -> Value {
+    statement("SUCCEEDED", json!([["Q2", "100"], ["Q3", null]]))
+}
+
+fn the_two_quarters_table() -> Table {
+    Table {
+        columns: vec!["quarter".into(), "revenue".into()],
+        rows: vec![
+            vec![Some("Q2".into()), Some("100".into())],
+            vec![Some("Q3".into()), None],
+        ],
+        total_rows: Some(2),
+    }
+}
+
+/// `start-conversation` creating conversation `c-1` with message `m-1`.
+async fn starts_conversation(server: &MockServer) {
+    Mock::given(method("POST"))
+        .and(path(format!("/api/2.0/genie/spaces/{SPACE}/start-conversation")))
+        .and(bearer_token(TOKEN))
+        .and(body_json(json!({"content": QUESTION})))
+        .respond_with(ok(json!({
+            "conversation_id": "c-1",
+            "message_id": "m-1",
+            "conversation": {"id": "c-1", "space_id": SPACE, "title": QUESTION},
+            "message": message("c-1", "m-1", "SUBMITTED", json!([])),
+        })))
+        .mount(server)
+        .await;
+}
+
+/// Polls of message `m-1` in conversation `c-1` answered with `responses` in turn.
+async fn polls(server: &MockServer, responses: Vec<ResponseTemplate>) {
+    Mock::given(method("GET"))
+        .and(path(message_path("c-1", "m-1")))
+        .and(bearer_token(TOKEN))
+        .respond_with(in_turn(responses))
+        .mount(server)
+        .await;
+}
+
+async fn query_result(server: &MockServer, body: Value) {
+    Mock::given(method("GET"))
+        .and(path(attachment_path("c-1", "m-1", "a-query", "query-result")))
+        .and(bearer_token(TOKEN))
+        .respond_with(ok(body))
+        .mount(server)
+        .await;
+}
+
+async fn error_of(server: &MockServer, response: Value) -> AgentError {
+    starts_conversation(server).await;
+    polls(server, vec![ok(response)]).await;
+    genie(fast())
+        .answer(&request(server, None), &Unwatched)
+        .await
+        .expect_err("Genie did not answer")
+}
+
+#[tokio::test]
+async fn a_new_thread_starts_a_conversation_and_answers_with_text_sql_table_and_suggestions() {
+    let server = MockServer::start().await;
+    starts_conversation(&server).await;
+    polls(
+        &server,
+        vec![
+            ok(message("c-1", "m-1", "SUBMITTED", json!([]))),
+            ok(message("c-1", "m-1", "PENDING_WAREHOUSE", json!([]))),
+            ok(message("c-1", "m-1", "EXECUTING_QUERY", json!([]))),
+            ok(message("c-1", "m-1", "COMPLETED", answer_attachments())),
+        ],
+    )
+    .await;
+    query_result(&server, two_quarters()).await;
+    let progress = Recorded::default();
+
+    let answer = genie(fast()).answer(&request(&server, None), &progress).await.unwrap();
+
+    assert_eq!(answer.text, "Revenue grew 12% in Q3.");
+    assert_eq!(answer.sql.as_deref(), Some(SQL));
+    assert_eq!(answer.table, Some(the_two_quarters_table()));
+    assert_eq!(answer.suggestions, ["What about Q4?", "Which region grew most?"]);
+    assert_eq!(
+        answer.conversation,
+        Some(json!({"conversation_id": "c-1", "space_id": SPACE}))
+    );
+    assert_eq!(
+        progress.seen(),
+        [
+            "Asking Genie…",
+            "Waiting for the SQL warehouse to start…",
+            "Running query…"
+        ]
+    );
+    let received = server.received_requests().await.unwrap();
+    assert_eq!(received.len(), 6, "start, four polls, one query result");
+    for request in &received {
+        let authorization = request.headers.get("authorization").map(|v| v.to_str().unwrap());
+        assert_eq!(
+            authorization,
+            Some(format!("Bearer {TOKEN}").as_str()),
+            "{}",
+            request.url
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_follow_up_continues_the_kept_conversation_instead_of_starting_one() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/api/2.0/genie/spaces/{SPACE}/start-conversation")))
+        .respond_with(ResponseTemplate::new(500))
+        .expect(0)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(format!("{}/messages", conversation_path("c-kept"))))
+        .and(bearer_token(TOKEN))
+        .and(body_json(json!({"content": QUESTION})))
+        .respond_with(ok(message("c-kept", "m-2", "SUBMITTED", json!([]))))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(message_path("c-kept", "m-2")))
+        .and(bearer_token(TOKEN))
+        .respond_with(ok(message(
+            "c-kept",
+            "m-2",
+            "COMPLETED",
+            json!([
+                {"attachment_id": "a-1", "text": {"content": "Q4 was flat."}},
+                {"attachment_id": "a-2", "text": {"content": "And Q1?", "purpose": "FOLLOW_UP_QUESTION"}},
+            ]),
+        )))
+        .mount(&server)
+        .await;
+
+    let kept = json!({"conversation_id": "c-kept", "space_id": SPACE});
+    let answer = genie(fast())
+        .answer(&request(&server, Some(kept.clone())), &Unwatched)
+        .await
+        .unwrap();
+
+    assert_eq!(answer.text, "Q4 was flat.");
+    assert_eq!(answer.suggestions, ["And Q1?"]);
+    assert_eq!((answer.sql, answer.table), (None, None));
+    assert_eq!(answer.conversation, Some(kept));
+    server.verify().await;
+}
+
+#[tokio::test]
+async fn a_kept_conversation_that_genie_no_longer_has_is_replaced_by_a_new_one() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!("{}/messages", conversation_path("c-gone"))))
+        .respond_with(ResponseTemplate::new(404).set_body_json(json!({
+            "error_code": "RESOURCE_DOES_NOT_EXIST",
+            "message": "Conversation c-gone does not exist.",
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    starts_conversation(&server).await;
+    polls(
+        &server,
+        vec![ok(message("c-1", "m-1", "COMPLETED", answer_attachments()))],
+    )
+    .await;
+    query_result(&server, two_quarters()).await;
+
+    let answer = genie(fast())
+        .answer(
+            &request(&server, Some(json!({"conversation_id": "c-gone"}))),
+            &Unwatched,
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(
+        answer.conversation,
+        Some(json!({"conversation_id": "c-1", "space_id": SPACE}))
+    );
+    server.verify().await;
+}
+
+#[tokio::test]
+async fn kept_state_that_is_unreadable_or_from_another_space_starts_a_new_conversation() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!("{}/messages", conversation_path("c-old"))))
+        .respond_with(ResponseTemplate::new(500))
+        .expect(0)
+        .mount(&server)
+        .await;
+    starts_conversation(&server).await;
+    polls(
+        &server,
+        vec![ok(message("c-1", "m-1", "COMPLETED", answer_attachments()))],
+    )
+    .await;
+    query_result(&server, two_quarters()).await;
+
+    for kept in [
+        json!("not an object"),
+        json!({"conversation_id": 42}),
+        json!({"conversation_id": "c-old", "space_id": "another-space"}),
+    ] {
+        let answer = genie(fast())
+            .answer(&request(&server, Some(kept)), &Unwatched)
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.conversation,
+            Some(json!({"conversation_id": "c-1", "space_id": SPACE}))
+        );
+    }
+    server.verify().await;
+}
+
+#[tokio::test]
+async fn a_message_failed_by_genies_rate_limit_is_transient() {
+    let server = MockServer::start().await;
+    let error = error_of(
+        &server,
+        failed(
+            "RATE_LIMIT_EXCEEDED_GENERIC_EXCEPTION",
+            "Rate limit exceeded for space.",
+        ),
+    )
+    .await;
+    assert!(
+        matches!(&error, AgentError::Transient { reason, .. } if reason.starts_with("Genie is busy right now")),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_message_failed_for_another_reason_says_why_in_plain_words() {
+    let server = MockServer::start().await;
+    let error = error_of(
+        &server,
+        failed(
+            "GENERIC_CHAT_COMPLETION_EXCEPTION",
+            "The question could not be interpreted.",
+        ),
+    )
+    .await;
+    assert_eq!(
+        error,
+        AgentError::Failed("Genie could not answer: The question could not be interpreted.".into())
+    );
+}
+
+#[tokio::test]
+async fn a_message_failed_for_want_of_the_warehouse_is_no_access() {
+    let server = MockServer::start().await;
+    let error = error_of(
+        &server,
+        failed(
+            "WAREHOUSE_ACCESS_MISSING_EXCEPTION",
+            "You need CAN USE on the warehouse used by this space.",
+        ),
+    )
+    .await;
+    assert_eq!(
+        error,
+        AgentError::NoAccess("You need CAN USE on the warehouse used by this space.".into())
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_message_fails_and_is_not_asked_again() {
+    let server = MockServer::start().await;
+    let error = error_of(&server, message("c-1", "m-1", "CANCELLED", json!([]))).await;
+    assert_eq!(error, AgentError::Failed("the question was cancelled in Genie".into()));
+}
+
+#[tokio::test]
+async fn an_expired_query_result_is_run_again_and_its_rows_are_answered() {
+    let server = MockServer::start().await;
+    starts_conversation(&server).await;
+    polls(
+        &server,
+        vec![ok(message("c-1", "m-1", "QUERY_RESULT_EXPIRED", answer_attachments()))],
+    )
+    .await;
+    Mock::given(method("POST"))
+        .and(path(attachment_path("c-1", "m-1", "a-query", "execute-query")))
+        .and(bearer_token(TOKEN))
+        .respond_with(ok(statement("RUNNING", Value::Null)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    query_result(&server, two_quarters()).await;
+    let progress = Recorded::default();
+
+    let answer = genie(fast()).answer(&request(&server, None), &progress).await.unwrap();
+
+    assert_eq!(answer.text, "Revenue grew 12% in Q3.");
+    assert_eq!(answer.sql.as_deref(), Some(SQL));
+    assert_eq!(answer.table, Some(the_two_quarters_table()));
+    assert_eq!(progress.seen(), ["Asking Genie…", "Running query…"]);
+    server.verify().await;
+}
+
+#[tokio::test]
+async fn a_rate_limited_poll_is_waited_out_and_the_answer_still_arrives() {
+    let server = MockServer::start().await;
+    starts_conversation(&server).await;
+    polls(
+        &server,
+        vec![
+            ResponseTemplate::new(429)
+                .insert_header("Retry-After", "0")
+                .set_body_json(json!({"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "Too many requests"})),
+            ok(message("c-1", "m-1", "COMPLETED", answer_attachments())),
+        ],
+    )
+    .await;
+    query_result(&server, two_quarters()).await;
+
+    let answer = genie(fast()).answer(&request(&server, None), &Unwatched).await.unwrap();
+
+    assert_eq!(answer.table, Some(the_two_quarters_table()));
+    let polled = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == message_path("c-1", "m-1"))
+        .count();
+    assert_eq!(polled, 2);
+}
+
+#[tokio::test]
+async fn a_passing_server_error_while_polling_is_polled_through_instead_of_asking_again() {
+    let server = MockServer::start().await;
+    starts_conversation(&server).await;
+    polls(
+        &server,
+        vec![
+            ResponseTemplate::new(503).set_body_json(json!({"error_code": "TEMPORARILY_UNAVAILABLE"})),
+            ok(message("c-1", "m-1", "COMPLETED", answer_attachments())),
+        ],
+    )
+    .await;
+    query_result(&server, two_quarters()).await;
+
+    let answer = genie(fast()).answer(&request(&server, None), &Unwatched).await.unwrap();
+
+    assert_eq!(answer.table, Some(the_two_quarters_table()));
+}
+
+#[tokio::test]
+async fn polls_that_keep_failing_end_the_answer_as_transient() {
+    let server = MockServer::start().await;
+    starts_conversation(&server).await;
+    polls(&server, vec![ResponseTemplate::new(500)]).await;
+
+    let error = genie(fast())
+        .answer(&request(&server, None), &Unwatched)
+        .await
+        .unwrap_err();
+
+    assert_eq!(error, AgentError::transient("Databricks is temporarily unavailable"));
+    let polled = server.received_requests().await.unwrap().len() - 1;
+    assert_eq!(polled, 4, "the first poll and three more");
+}
+
+#[tokio::test]
+async fn a_message_that_never_finishes_fails_at_the_bound_without_a_retry() {
+    let server = MockServer::start().await;
+    starts_conversation(&server).await;
+    polls(&server, vec![ok(message("c-1", "m-1", "ASKING_AI", json!([])))]).await;
+    let timing = Timing {
+        bound: Duration::from_millis(150),
+        ..fast()
+    };
+    let started = Instant::now();
+
+    let error = genie(timing)
+        .answer(&request(&server, None), &Unwatched)
+        .await
+        .unwrap_err();
+
+    assert_eq!(
+        error,
+        AgentError::Failed("Genie did not finish within 150 milliseconds".into())
+    );
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        server.received_requests().await.unwrap().len() > 3,
+        "polled more than once"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_token_is_unauthorized_so_the_caller_refreshes() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(json!({
+            "error_code": "UNAUTHENTICATED",
+            "message": "Credential was not sent or was of an unsupported type for this API.",
+        })))
+        .mount(&server)
+        .await;
+
+    let error = genie(fast())
+        .answer(&request(&server, None), &Unwatched)
+        .await
+        .unwrap_err();
+
+    assert_eq!(error, AgentError::Unauthorized);
+}
+
+#[tokio::test]
+async fn a_permission_denial_is_no_access_in_databricks_own_words() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(403).set_body_json(json!({
+            "error_code": "PERMISSION_DENIED",
+            "message": "You do not have permission to run this Genie space.",
+        })))
+        .mount(&server)
+        .await;
+
+    let error = genie(fast())
+        .answer(&request(&server, None), &Unwatched)
+        .await
+        .unwrap_err();
+
+    assert_eq!(
+        error,
+        AgentError::NoAccess("You do not have permission to run this Genie space.".into())
+    );
+}
+
+#[tokio::test]
+async fn a_null_data_array_is_a_table_without_rows_not_a_failure() {
+    let server = MockServer::start().await;
+    starts_conversation(&server).await;
+    polls(
+        &server,
+        vec![ok(message("c-1", "m-1", "COMPLETED", answer_attachments()))],
+    )
+    .await;
+    let mut empty = statement("SUCCEEDED", Value::Null);
+    empty["statement_response"]["manifest"]["total_row_count"] = json!(0);
+    query_result(&server, empty).await;
+
+    let answer = genie(fast()).answer(&request(&server, None), &Unwatched).await.unwrap();
+
+    let table = answer.table.expect("a table");
+    assert_eq!(table.columns, ["quarter", "revenue"]);
+    assert!(table.rows.is_empty());
+    assert_eq!(table.total_rows, Some(0));
+}
+
+#[tokio::test]
+async fn a_query_that_failed_in_the_warehouse_is_told_beside_genies_answer() {
+    let server = MockServer::start().await;
+    starts_conversation(&server).await;
+    polls(
+        &server,
+        vec![ok(message("c-1", "m-1", "COMPLETED", answer_attachments()))],
+    )
+    .await;
+    let mut failed_statement = statement("FAILED", Value::Null);
+    failed_statement["statement_response"]["status"]["error"] =
+        json!({"error_code": "BAD_REQUEST", "message": "[TABLE_OR_VIEW_NOT_FOUND] sales"});
+    query_result(&server, failed_statement).await;
+
+    let answer = genie(fast()).answer(&request(&server, None), &Unwatched).await.unwrap();
+
+    assert_eq!(
+        answer.text,
+        "Revenue grew 12% in Q3.\n\nThe query failed: [TABLE_OR_VIEW_NOT_FOUND] sales"
+    );
+    assert_eq!(answer.sql.as_deref(), Some(SQL));
+    assert_eq!(answer.table, None);
+}

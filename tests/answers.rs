@@ -1,0 +1,444 @@
+//! From a signed `app_mention` by a linked person to the answer in the thread, for every
+//! agent backend, against the fake Slack, the fake Databricks workspace (its API answered
+//! by per-test mocks) and a fake external agent — asserting what the person saw and that
+//! Databricks (or the company's agent) only ever received that person's token.
+
+mod common;
+
+use std::time::Duration;
+
+use common::app::{Options, TestApp, mention};
+use serde_json::{Value, json};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const ASKER: &str = "asker@example.com";
+const SPACE: &str = "01ef-space";
+
+fn ok(body: Value) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(body)
+}
+
+async fn spawn(env: Vec<(&'static str, String)>) -> TestApp {
+    let app = TestApp::spawn_with(Options {
+        extra_env: env,
+        configured_agent: true,
+        ..Options::default()
+    })
+    .await;
+    app.link_asker().await;
+    app
+}
+
+/// A mention in the thread the first question started.
+fn follow_up(event_id: &str, text: &str) -> Value {
+    let mut event = mention(event_id, text);
+    event["event"]["ts"] = json!("1515449600.000100");
+    event["event"]["thread_ts"] = json!("1515449522.000016");
+    event
+}
+
+fn genie(rest: &str) -> String {
+    format!("/api/2.0/genie/spaces/{SPACE}{rest}")
+}
+
+fn completed(conversation: &str, message: &str, attachments: Value) -> Value {
+    json!({"conversation_id": conversation, "message_id": message, "id": message,
+           "status": "COMPLETED", "attachments": attachments})
+}
+
+fn statement(columns: &[&str], rows: Value, total: u64) -> Value {
+    json!({"statement_id": "st-1", "status": {"state": "SUCCEEDED"},
+           "manifest": {"schema": {"columns": columns.iter().map(|c| json!({"name": c})).collect::<Vec<_>>()},
+                        "total_row_count": total},
+           "result": {"data_array": rows}})
+}
+
+/// Genie's first answer in a thread: text, SQL, two rows, and two suggested follow-ups.
+async fn mount_genie_first_answer(api: &MockServer) {
+    Mock::given(method("POST"))
+        .and(path(genie("/start-conversation")))
+        .respond_with(ok(json!({"conversation_id": "c-1", "message_id": "m-1",
+                                "message": {"message_id": "m-1", "status": "SUBMITTED"}})))
+        .expect(1)
+        .mount(api)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(genie("/conversations/c-1/messages/m-1")))
+        .respond_with(ok(completed(
+            "c-1",
+            "m-1",
+            json!([
+                {"attachment_id": "a-text", "text": {"content": "Revenue grew **12%** in Q2."}},
+                {"attachment_id": "a-query", "query": {"query": "SELECT quarter, revenue FROM sales",
+                                                        "statement_id": "st-1"}},
+                {"attachment_id": "a-sq", "suggested_questions": {"questions": ["Which region grew most?"]}},
+            ]),
+        )))
+        .mount(api)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(genie(
+            "/conversations/c-1/messages/m-1/attachments/a-query/query-result",
+        )))
+        .respond_with(ok(json!({"statement_response": statement(
+            &["quarter", "revenue"],
+            json!([["Q1", "100"], ["Q2", "<b>&`112`"]]),
+            2
+        )})))
+        .mount(api)
+        .await;
+}
+
+#[tokio::test]
+async fn genie_answers_in_the_thread_and_a_follow_up_continues_the_same_conversation() {
+    let app = spawn(vec![("GENIE_SPACE_ID", SPACE.into())]).await;
+    let api = &app.databricks.api;
+    mount_genie_first_answer(api).await;
+
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> how did revenue change?"))
+        .await;
+    let answer = app.wait_for_answer("Revenue grew").await;
+    let text = answer.to_string();
+    assert!(
+        text.contains("Revenue grew *12%* in Q2."),
+        "Markdown became mrkdwn: {text}"
+    );
+    assert!(
+        text.contains("SELECT quarter, revenue FROM sales"),
+        "the generated SQL: {text}"
+    );
+    assert!(text.contains("&lt;b&gt;&amp;"), "cells are escaped: {text}");
+    assert!(text.contains("ask_suggestion_0") && text.contains("Which region grew most?"));
+    assert!(text.contains("'s Databricks permissions · Genie"), "{text}");
+    let placeholder = &app.slack_calls("chat.postMessage").await[0];
+    assert_eq!(placeholder["thread_ts"], "1515449522.000016");
+
+    // The follow-up in the same thread goes to the same Genie conversation.
+    Mock::given(method("POST"))
+        .and(path(genie("/conversations/c-1/messages")))
+        .respond_with(ok(
+            json!({"conversation_id": "c-1", "message_id": "m-2", "status": "SUBMITTED"}),
+        ))
+        .expect(1)
+        .mount(api)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(genie("/conversations/c-1/messages/m-2")))
+        .respond_with(ok(completed(
+            "c-1",
+            "m-2",
+            json!([{"attachment_id": "a-2", "text": {"content": "The West grew most."}}]),
+        )))
+        .mount(api)
+        .await;
+    app.post_event(&follow_up("Ev2", "<@U0LAN0Z89> which region grew most?"))
+        .await;
+    app.wait_for_answer("The West grew most.").await;
+    let sent: Vec<Value> = api
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == genie("/conversations/c-1/messages"))
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert_eq!(sent, [json!({"content": "which region grew most?"})]);
+
+    let callers = app.databricks.api_callers().await;
+    assert!(callers.len() >= 5);
+    assert!(
+        callers.iter().all(|c| c.as_deref() == Some(ASKER)),
+        "only the asker's token reached Databricks: {callers:?}"
+    );
+    app.stop().await; // the `expect(1)`s are checked when the mocks drop
+}
+
+#[tokio::test]
+async fn a_clicked_suggestion_is_asked_as_the_person_who_clicked_in_the_same_thread() {
+    let app = spawn(vec![("GENIE_SPACE_ID", SPACE.into())]).await;
+    mount_genie_first_answer(&app.databricks.api).await;
+    Mock::given(method("POST"))
+        .and(path(genie("/conversations/c-1/messages")))
+        .respond_with(ok(
+            json!({"conversation_id": "c-1", "message_id": "m-2", "status": "SUBMITTED"}),
+        ))
+        .mount(&app.databricks.api)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(genie("/conversations/c-1/messages/m-2")))
+        .respond_with(ok(completed(
+            "c-1",
+            "m-2",
+            json!([{"attachment_id": "a-2", "text": {"content": "The West."}}]),
+        )))
+        .mount(&app.databricks.api)
+        .await;
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> how did revenue change?"))
+        .await;
+    app.wait_for_answer("Revenue grew").await;
+
+    let payload = json!({
+        "type": "block_actions",
+        "team": {"id": "T061EG9R6", "domain": "acme"},
+        "user": {"id": "U061F7AUR", "username": "alice", "team_id": "T061EG9R6"},
+        "api_app_id": "A0MDYCDME",
+        "trigger_id": "1111.2222.suggestion",
+        "container": {"type": "message", "message_ts": "1700000000.000100", "channel_id": "C0LAN2Q65",
+                      "is_ephemeral": false},
+        "channel": {"id": "C0LAN2Q65", "name": "general"},
+        "message": {"type": "message", "ts": "1700000000.000100", "thread_ts": "1515449522.000016",
+                    "text": "Revenue grew"},
+        "response_url": "https://hooks.slack.com/actions/T061EG9R6/1/x",
+        "actions": [{"type": "button", "action_id": "ask_suggestion_0", "block_id": "b",
+                     "value": "Which region grew most?", "action_ts": "1700000001.000100"}]
+    });
+    let body = format!(
+        "payload={}",
+        url::form_urlencoded::byte_serialize(payload.to_string().as_bytes()).collect::<String>()
+    );
+    let response = app
+        .post_signed("/slack/interactions", "application/x-www-form-urlencoded", &body, &[])
+        .await;
+    assert_eq!(response.status(), 200);
+    // A double click arrives with the same trigger: asked once.
+    app.post_signed("/slack/interactions", "application/x-www-form-urlencoded", &body, &[])
+        .await;
+    app.wait_for_answer("The West.").await;
+    let posts = app.slack_calls("chat.postMessage").await;
+    assert!(posts.iter().all(|p| p["thread_ts"] == "1515449522.000016"), "{posts:?}");
+    assert_eq!(app.settled_job_states().await, ["done", "done"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_large_result_is_shown_in_part_and_attached_whole_as_a_csv_in_the_thread() {
+    let app = spawn(vec![("GENIE_SPACE_ID", SPACE.into())]).await;
+    let api = &app.databricks.api;
+    Mock::given(method("POST"))
+        .and(path(genie("/start-conversation")))
+        .respond_with(ok(json!({"conversation_id": "c-1", "message_id": "m-1"})))
+        .mount(api)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(genie("/conversations/c-1/messages/m-1")))
+        .respond_with(ok(completed(
+            "c-1",
+            "m-1",
+            json!([{"attachment_id": "a-q", "query": {"query": "SELECT * FROM wide", "description": "All rows."}}]),
+        )))
+        .mount(api)
+        .await;
+    let columns: Vec<String> = (0..50).map(|c| format!("column_{c}")).collect();
+    let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+    let rows: Vec<Vec<String>> = (0..10_000)
+        .map(|r| (0..50).map(|c| format!("r{r}c{c}")).collect())
+        .collect();
+    Mock::given(method("GET"))
+        .and(path(genie(
+            "/conversations/c-1/messages/m-1/attachments/a-q/query-result",
+        )))
+        .respond_with(ok(
+            json!({"statement_response": statement(&columns, json!(rows), 10_000)}),
+        ))
+        .mount(api)
+        .await;
+
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> everything please")).await;
+    let answer = app.wait_for_answer("All rows.").await;
+    let text = answer.to_string();
+    assert!(text.contains("10 of 10,000 rows"), "{text}");
+    let complete = app.wait_for_calls("files.completeUploadExternal", 1).await;
+    assert_eq!(complete[0]["channel_id"], "C0LAN2Q65");
+    assert_eq!(complete[0]["thread_ts"], "1515449522.000016");
+    let uploaded = app
+        .slack
+        .received_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.url.path() == "/upload/F0CSV00001")
+        .expect("the CSV bytes were uploaded");
+    let csv = String::from_utf8(uploaded.body).unwrap();
+    assert_eq!(csv.lines().count(), 10_001);
+    assert!(csv.contains("r9999c49"));
+    let asked_length = &app.slack_calls("files.getUploadURLExternal").await[0]["length"];
+    assert_eq!(asked_length.as_str().unwrap(), csv.len().to_string());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn no_access_is_told_privately_as_the_persons_answer_and_the_placeholder_goes_away() {
+    let app = spawn(vec![("GENIE_SPACE_ID", SPACE.into())]).await;
+    Mock::given(method("POST"))
+        .and(path(genie("/start-conversation")))
+        .respond_with(ResponseTemplate::new(403).set_body_json(json!({
+            "error_code": "PERMISSION_DENIED",
+            "message": "User does not have CAN RUN on Genie space 01ef-space"})))
+        .mount(&app.databricks.api)
+        .await;
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> secret numbers?")).await;
+    let told = app.wait_for_calls("chat.postEphemeral", 1).await;
+    let text = told[0].to_string();
+    assert!(
+        text.contains("don't have access") && text.contains("CAN RUN on Genie space"),
+        "{text}"
+    );
+    assert!(text.contains("ref `job-1`"), "a correlation id: {text}");
+    assert_eq!(
+        app.slack_calls("chat.delete").await.len(),
+        1,
+        "the placeholder is removed"
+    );
+    assert_eq!(app.settled_job_states().await, ["done"], "an answer, not a failure");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_llm_agent_runs_sql_as_the_person_and_answers_with_the_table() {
+    let app = spawn(vec![
+        ("DATABRICKS_SERVING_ENDPOINT", "chat-model".into()),
+        ("DATABRICKS_WAREHOUSE_ID", "wh-1".into()),
+    ])
+    .await;
+    let api = &app.databricks.api;
+    let tool_call = json!({"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": null,
+        "tool_calls": [{"id": "call-1", "type": "function",
+                        "function": {"name": "run_sql", "arguments": "{\"statement\": \"SELECT count(*) AS n FROM orders\"}"}}]}}]});
+    let final_answer = json!({"choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": "You have **3** orders."}}]});
+    Mock::given(method("POST"))
+        .and(path("/serving-endpoints/chat/completions"))
+        .respond_with(ok(tool_call))
+        .up_to_n_times(1)
+        .mount(api)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/serving-endpoints/chat/completions"))
+        .respond_with(ok(final_answer))
+        .mount(api)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/2.0/sql/statements"))
+        .respond_with(ok(statement(&["n"], json!([["3"]]), 1)))
+        .mount(api)
+        .await;
+
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> how many orders?")).await;
+    let answer = app.wait_for_answer("You have").await.to_string();
+    assert!(answer.contains("You have *3* orders."), "{answer}");
+    assert!(answer.contains("SELECT count(*) AS n FROM orders"), "{answer}");
+    let requests = api.received_requests().await.unwrap();
+    let statement: Value = requests
+        .iter()
+        .find(|r| r.url.path() == "/api/2.0/sql/statements")
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .unwrap();
+    assert_eq!(statement["warehouse_id"], "wh-1");
+    let model: Value = serde_json::from_slice(&requests[0].body).unwrap();
+    assert_eq!(model["model"], "chat-model");
+    assert!(
+        app.databricks
+            .api_callers()
+            .await
+            .iter()
+            .all(|c| c.as_deref() == Some(ASKER)),
+        "the model endpoint and the warehouse saw only the asker's token"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_companys_http_agent_gets_the_persons_token_and_its_answer_reaches_the_thread() {
+    let agent = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/ask"))
+        .respond_with(ok(
+            json!({"text": "From your agent: 7 open incidents", "suggestions": ["Which are P1?"]}),
+        ))
+        .mount(&agent)
+        .await;
+    let app = spawn(vec![("AGENT_URL", format!("{}/ask", agent.uri()))]).await;
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> open incidents?")).await;
+    let answer = app.wait_for_answer("7 open incidents").await.to_string();
+    assert!(answer.contains("Which are P1?"), "{answer}");
+    let received = &agent.received_requests().await.unwrap()[0];
+    let token = received.headers["authorization"]
+        .to_str()
+        .unwrap()
+        .strip_prefix("Bearer ")
+        .unwrap();
+    assert_eq!(app.databricks.owner_of(token).as_deref(), Some(ASKER));
+    let body: Value = serde_json::from_slice(&received.body).unwrap();
+    assert_eq!(body["question"], "open incidents?");
+    assert_eq!(body["user"]["slack_user_id"], "U061F7AUR");
+    assert_eq!(body["thread"]["thread_ts"], "1515449522.000016");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_adk_agent_gets_the_token_only_as_temporary_state_and_keeps_one_session_per_thread() {
+    let adk = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/apps/ops_agent/users/T061EG9R6:U061F7AUR/sessions"))
+        .respond_with(ok(
+            json!({"id": "s-1", "appName": "ops_agent", "userId": "T061EG9R6:U061F7AUR", "state": {}}),
+        ))
+        .expect(1)
+        .mount(&adk)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/run"))
+        .respond_with(ok(json!([
+            {"author": "ops_agent", "content": {"role": "model", "parts": [{"text": "All pipelines are green."}]}}
+        ])))
+        .mount(&adk)
+        .await;
+    let app = spawn(vec![("AGENT_URL", adk.uri()), ("ADK_APP_NAME", "ops_agent".into())]).await;
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> pipelines ok?")).await;
+    app.wait_for_answer("All pipelines are green.").await;
+    app.post_event(&follow_up("Ev2", "<@U0LAN0Z89> and yesterday?")).await;
+    for _ in 0..500 {
+        if app.settled_job_states().await == ["done", "done"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let runs: Vec<Value> = adk
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == "/run")
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert_eq!(runs.len(), 2);
+    for run in &runs {
+        assert_eq!(run["session_id"], "s-1", "one session for the thread");
+        let token = run["state_delta"]["temp:databricks_token"].as_str().unwrap();
+        assert_eq!(app.databricks.owner_of(token).as_deref(), Some(ASKER));
+        assert_eq!(run["state_delta"]["temp:databricks_host"], app.databricks.uri);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn private_answers_are_ephemeral_without_a_public_placeholder() {
+    let agent = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ok(json!({"text": "Only you can see this"})))
+        .mount(&agent)
+        .await;
+    let app = spawn(vec![
+        ("AGENT_URL", agent.uri()),
+        ("ANSWER_VISIBILITY", "private".into()),
+    ])
+    .await;
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> my numbers?")).await;
+    let told = app.wait_for_calls("chat.postEphemeral", 1).await;
+    assert!(told[0].to_string().contains("Only you can see this"), "{}", told[0]);
+    assert_eq!(told[0]["user"], "U061F7AUR");
+    assert!(app.slack_calls("chat.postMessage").await.is_empty(), "nothing public");
+    app.stop().await;
+}
