@@ -14,11 +14,14 @@
 //! - [`clock`] — time, injectable for tests.
 //! - [`slack`] — request signing, event intake, the Web API client, Socket Mode, messages.
 //! - [`worker`] — the pool that runs queued jobs, with leases and retries.
+//! - [`retention`] — the scheduled purge of what is past its time (event ids, finished jobs, …).
 //! - [`questions`] — a queued question becomes an answer or a "Connect Databricks" prompt.
+//! - [`account`] — App Home, Connect there, and Disconnect: a person's link as they control it.
 //! - [`linking`] — from the "Connect Databricks" button to a verified, stored link.
 //! - [`databricks`] — OAuth, the token broker, REST calls as the person.
 //! - [`agent`] — the `Agent` seam that answers as the asker.
 
+pub mod account;
 pub mod agent;
 pub mod cli;
 pub mod clock;
@@ -30,6 +33,7 @@ pub mod http;
 pub mod key_rotation;
 pub mod linking;
 pub mod questions;
+pub mod retention;
 pub mod slack;
 pub mod startup;
 pub mod store;

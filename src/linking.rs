@@ -40,7 +40,7 @@ use crate::slack::oidc::SlackOidc;
 use crate::store::Store;
 use crate::store::audit::{Actor, AuditEvent, AuditKind};
 use crate::store::links::NewLink;
-use crate::store::pending_links::{Completion, PendingLink};
+use crate::store::pending_links::{Completion, NewPendingLink, PendingLink};
 
 /// How long a "Connect Databricks" link stays usable, and how long the browser then has
 /// to finish at Databricks.
@@ -86,6 +86,49 @@ impl LinkId {
 /// SHA-256 of a link id as it appears in a URL.
 pub fn hash_link_id(id: &str) -> [u8; 32] {
     hash_secret(id)
+}
+
+/// Who a link is for, and where their kept question (if any) is answered after linking.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkFor<'a> {
+    pub team: &'a TeamId,
+    pub user: &'a UserId,
+    pub channel: &'a str,
+    pub thread_ts: Option<&'a str>,
+}
+
+/// A link offered to a person.
+pub struct Offer {
+    /// The page to send them to (single use, 10 minutes).
+    pub url: Url,
+    /// Identifies the pending link, to void it if the offer never reached them.
+    pub id_hash: [u8; 32],
+}
+
+/// Creates a fresh single-use link (voiding older ones) unless one was offered within
+/// `quiet_seconds`: then `None`, and the earlier prompt stands.
+pub async fn offer_link(
+    store: &Store,
+    public_base_url: &Url,
+    to: LinkFor<'_>,
+    now: i64,
+    quiet_seconds: i64,
+) -> Result<Option<Offer>, sqlx::Error> {
+    let id = LinkId::generate();
+    let id_hash = id.hash();
+    let pending = NewPendingLink {
+        id_hash: &id_hash,
+        team: to.team,
+        user: to.user,
+        channel_id: to.channel,
+        thread_ts: to.thread_ts,
+        expires_at: now + PENDING_LINK_TTL_SECONDS,
+    };
+    let fresh = store.create_pending_link(&pending, now, quiet_seconds).await?;
+    Ok(fresh.then(|| Offer {
+        url: id.url(public_base_url),
+        id_hash,
+    }))
 }
 
 /// Why a link cannot be used, as the browser is told.

@@ -9,8 +9,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
-use slack_morphism::prelude::SlackMessageContent;
+use slack_morphism::prelude::*;
 use url::Url;
 
 use crate::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Progress, Thread, Unwatched, UserContext};
@@ -18,18 +19,33 @@ use crate::clock::SharedClock;
 use crate::config::AnswerVisibility;
 use crate::databricks::broker::{BrokerError, TokenBroker};
 use crate::domain::{TeamId, UserId};
-use crate::linking::{LinkId, PENDING_LINK_TTL_SECONDS};
-use crate::slack::api::{SlackApi, SlackApiError};
+use crate::linking::random_token;
+use crate::linking::{LinkFor, offer_link};
+use crate::slack::api::SlackApi;
 use crate::slack::messages;
 use crate::slack::render::{self, Attribution, Rendered};
 use crate::store::Store;
 use crate::store::conversations::ConversationKey;
 use crate::store::jobs::Job;
-use crate::store::pending_links::NewPendingLink;
+use crate::store::private_answers::NewPrivateAnswer;
 use crate::worker::{Done, JobError, JobHandler};
 
 /// The `jobs.kind` of a question.
 pub const QUESTION_JOB: &str = "question";
+
+/// The `jobs.kind` of a click on "Share in channel".
+pub const SHARE_JOB: &str = "share";
+
+/// A click on "Share in channel", as queued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareRequest {
+    /// The private answer's id (the button's value).
+    pub id: String,
+    /// Who clicked: only the asker's own answer is found.
+    pub team: TeamId,
+    pub user: UserId,
+    pub response_url: Option<Url>,
+}
 
 /// How long what we learned about a Slack user (bot? another organisation?) is trusted.
 const USER_CACHE_TTL_SECONDS: i64 = 3600;
@@ -52,13 +68,18 @@ pub struct Question {
     pub is_dm: bool,
     /// The bot's own user id when the event told us.
     pub bot_user_id: Option<String>,
+    /// Set for a `/databricks` question: every reply goes privately through it.
+    #[serde(default)]
+    pub response_url: Option<Url>,
 }
 
 impl Question {
     /// Where the answer goes: in channels always a thread (the question's, or one started
-    /// on it); in a DM the conversation itself unless the question was in a thread.
+    /// on it); in a DM the conversation itself unless the question was in a thread; a
+    /// slash command's answer is not in a thread.
     pub fn answer_thread(&self) -> Option<&str> {
         match (&self.thread_ts, self.is_dm) {
+            _ if self.response_url.is_some() => None,
             (Some(thread), _) => Some(thread),
             (None, false) => Some(&self.ts),
             (None, true) => None,
@@ -141,12 +162,11 @@ impl Questions {
         let conversation = self
             .store
             .conversation(key, self.agent.name())
-            .await
-            .map_err(db_error)?
+            .await?
             .and_then(|kept| serde_json::from_str(&kept).ok());
         // Progress is shown in a placeholder in the thread; private answers go without
         // one (an ephemeral message cannot be updated).
-        let placeholder = match self.visibility {
+        let placeholder = match self.visibility(q) {
             AnswerVisibility::Thread => Some(Placeholder::post(&self.slack, q).await?),
             AnswerVisibility::Private => None,
         };
@@ -163,12 +183,20 @@ impl Questions {
                 return self.unanswered(job, q, unanswered).await;
             }
         };
+        // TOK-07: an answer made with a connection the person has since removed is dropped.
+        if self.store.find_link(&q.team, &q.user).await?.is_none() {
+            tracing::info!("the person disconnected while their question was answered; answer dropped");
+            if let Some(placeholder) = placeholder {
+                placeholder.remove().await;
+            }
+            self.reply_privately(q, messages::dropped_after_disconnect()).await?;
+            return Ok(Done::Finished);
+        }
         let now = self.clock.now();
         if let Some(kept) = &answer.conversation {
             self.store
                 .save_conversation(key, self.agent.name(), &kept.to_string(), now)
-                .await
-                .map_err(db_error)?;
+                .await?;
         }
         if let Err(error) = self.store.touch_link(&q.team, &q.user, now).await {
             tracing::warn!(error = %error, "could not record when a link was last used");
@@ -177,9 +205,71 @@ impl Questions {
             databricks_user: &context.databricks_user_name,
             agent: self.agent.name(),
         };
-        self.deliver(job, q, placeholder, render::answer(&answer, &by, None))
-            .await?;
+        let rendered = match self.visibility(q) {
+            // A private answer to a mention can be shared in its channel by its asker.
+            AnswerVisibility::Private if !q.is_dm && q.response_url.is_none() => {
+                let share_id = random_token();
+                let public = render::answer(&answer, &by, None);
+                let content = serde_json::to_string(&public.messages).expect("messages serialise");
+                let kept = NewPrivateAnswer {
+                    id: share_id.expose_secret(),
+                    team: &q.team,
+                    user: &q.user,
+                    channel: &q.channel,
+                    thread_ts: q.answer_thread(),
+                    content: &content,
+                };
+                self.store.keep_private_answer(&kept, now).await?;
+                render::answer(&answer, &by, Some(share_id.expose_secret()))
+            }
+            _ => render::answer(&answer, &by, None),
+        };
+        self.deliver(job, q, placeholder, rendered).await?;
         Ok(Done::Finished)
+    }
+
+    /// Posts a private answer in its channel for everyone, when its asker clicks "Share
+    /// in channel", and removes the private copy.
+    async fn share(&self, request: &ShareRequest) -> Result<Done, JobError> {
+        let kept = self
+            .store
+            .take_private_answer(&request.id, &request.team, &request.user)
+            .await?;
+        let Some(kept) = kept else {
+            let gone = SlackMessageContent::new()
+                .with_text("This answer was already shared, or is more than a day old: ask again to share it.".into());
+            self.respond(
+                request,
+                SlackApiPostWebhookMessageRequest::new(gone).with_replace_original(false),
+            )
+            .await;
+            return Ok(Done::Finished);
+        };
+        let mut messages: Vec<SlackMessageContent> =
+            serde_json::from_str(&kept.content).map_err(|e| JobError::Permanent(format!("unreadable answer: {e}")))?;
+        if let Some(last) = messages.last_mut() {
+            let mut blocks = last.blocks.take().unwrap_or_default();
+            blocks.push(messages::shared_by(&request.user));
+            last.blocks = Some(blocks);
+        }
+        for content in messages {
+            self.slack
+                .post_message(&kept.channel_id, kept.thread(), content)
+                .await?;
+        }
+        let delete = SlackApiPostWebhookMessageRequest::new(SlackMessageContent::new()).with_delete_original(true);
+        self.respond(request, delete).await;
+        Ok(Done::Finished)
+    }
+
+    /// Best effort through the click's `response_url` (the private copy stays otherwise).
+    async fn respond(&self, request: &ShareRequest, response: SlackApiPostWebhookMessageRequest) {
+        let Some(url) = request.response_url.clone() else {
+            return;
+        };
+        if let Err(error) = self.slack.respond(&SlackResponseUrl(url), &response).await {
+            tracing::info!(error = %error, "could not update the private answer after sharing");
+        }
     }
 
     /// Runs the agent; when Databricks refuses the token, refreshes it once and asks once
@@ -256,7 +346,7 @@ impl Questions {
     ) -> Result<(), JobError> {
         let thread = q.answer_thread();
         let mut messages = rendered.messages.into_iter();
-        let (file_channel, file_thread) = match self.visibility {
+        let (file_channel, file_thread) = match self.visibility(q) {
             AnswerVisibility::Thread => {
                 let mut first = messages.next();
                 if let (Some(placeholder), Some(content)) = (placeholder, first.clone())
@@ -265,10 +355,7 @@ impl Questions {
                     first = None;
                 }
                 for content in first.into_iter().chain(messages) {
-                    self.slack
-                        .post_message(&q.channel, thread, content)
-                        .await
-                        .map_err(slack_error)?;
+                    self.slack.post_message(&q.channel, thread, content).await?;
                 }
                 (q.channel.clone(), thread.map(str::to_owned))
             }
@@ -279,7 +366,7 @@ impl Questions {
                 if q.is_dm {
                     (q.channel.clone(), q.thread_ts.clone())
                 } else {
-                    (self.slack.open_dm(q.user.as_str()).await.map_err(slack_error)?, None)
+                    (self.slack.open_dm(q.user.as_str()).await?, None)
                 }
             }
         };
@@ -298,6 +385,15 @@ impl Questions {
         Ok(())
     }
 
+    /// Where this question's answer goes: slash commands are always answered privately.
+    fn visibility(&self, q: &Question) -> AnswerVisibility {
+        if q.response_url.is_some() {
+            AnswerVisibility::Private
+        } else {
+            self.visibility
+        }
+    }
+
     /// What to do when the broker has no token for the asker.
     async fn without_token(&self, q: &Question, error: BrokerError) -> Result<Done, JobError> {
         match error {
@@ -307,7 +403,7 @@ impl Questions {
                 tracing::warn!(reason, "no access token for now");
                 Err(JobError::transient("Databricks sign-in is temporarily unavailable"))
             }
-            BrokerError::Store(error) => Err(db_error(error)),
+            BrokerError::Store(error) => Err(error.into()),
             // Operator problems: retrying will not help, so the person is told at once;
             // the cause is in the logs under the same reference.
             BrokerError::Misconfigured(_) => {
@@ -346,7 +442,7 @@ impl Questions {
                 Asker::External
             }
             Ok(_) => Asker::Person,
-            Err(error) if error.is_transient() => return Err(slack_error(error)),
+            Err(error) if error.is_transient() => return Err(error.into()),
             Err(error) => {
                 // Without users:read we cannot tell; treat the asker as one of ours (the
                 // link's identity check still decides whose data they can see).
@@ -361,29 +457,27 @@ impl Questions {
     /// Parks the question until the person connects, sending a private prompt with a
     /// fresh single-use link — one prompt for a burst of questions, not one each.
     async fn park_until_connected(&self, q: &Question, reconnect: bool) -> Result<Done, JobError> {
-        let id = LinkId::generate();
-        let id_hash = id.hash();
-        let now = self.clock.now();
-        let pending = NewPendingLink {
-            id_hash: &id_hash,
+        let to = LinkFor {
             team: &q.team,
             user: &q.user,
-            channel_id: &q.channel,
+            channel: &q.channel,
             thread_ts: q.answer_thread(),
-            expires_at: now + PENDING_LINK_TTL_SECONDS,
         };
-        let fresh = self
-            .store
-            .create_pending_link(&pending, now, PROMPT_QUIET_SECONDS)
-            .await
-            .map_err(db_error)?;
-        if fresh {
-            let prompt = messages::connect_prompt(&id.url(&self.public_base_url), reconnect);
+        let offer = offer_link(
+            &self.store,
+            &self.public_base_url,
+            to,
+            self.clock.now(),
+            PROMPT_QUIET_SECONDS,
+        )
+        .await?;
+        if let Some(offer) = offer {
+            let prompt = messages::connect_prompt(&offer.url, reconnect);
             if let Err(error) = self.reply_privately(q, prompt).await {
                 // Nobody saw this link: void it so the retry sends a new one.
                 let _ = self
                     .store
-                    .fail_pending_link(&id_hash, "prompt not delivered", None)
+                    .fail_pending_link(&offer.id_hash, "prompt not delivered", None)
                     .await;
                 return Err(error);
             }
@@ -396,13 +490,21 @@ impl Questions {
     /// question was already in one: Slack does not show ephemerals in a thread that has
     /// no replies yet.
     pub(crate) async fn reply_privately(&self, q: &Question, content: SlackMessageContent) -> Result<(), JobError> {
+        if let Some(url) = &q.response_url {
+            let reply = SlackApiPostWebhookMessageRequest::new(content).with_replace_original(false);
+            return self
+                .slack
+                .respond(&SlackResponseUrl(url.clone()), &reply)
+                .await
+                .map_err(JobError::from);
+        }
         if q.is_dm {
             return self
                 .slack
                 .post_message(&q.channel, q.thread_ts.as_deref(), content)
                 .await
                 .map(|_| ())
-                .map_err(slack_error);
+                .map_err(JobError::from);
         }
         match self
             .slack
@@ -410,41 +512,20 @@ impl Questions {
             .await
         {
             Ok(()) => Ok(()),
-            Err(error) if error.is_transient() => Err(slack_error(error)),
+            Err(error) if error.is_transient() => Err(error.into()),
             Err(error) => {
                 tracing::info!(
                     code = error.code(),
                     "ephemeral reply refused; sending a direct message instead"
                 );
-                let dm = self.slack.open_dm(q.user.as_str()).await.map_err(slack_error)?;
+                let dm = self.slack.open_dm(q.user.as_str()).await?;
                 self.slack
                     .post_message(&dm, None, content)
                     .await
                     .map(|_| ())
-                    .map_err(slack_error)
+                    .map_err(JobError::from)
             }
         }
-    }
-}
-
-/// Transient reasons are said to the person when retries run out, so they are plain
-/// words; the cause is logged here.
-fn db_error(error: sqlx::Error) -> JobError {
-    tracing::warn!(error = %error, "database error while answering");
-    JobError::transient("my database is not answering")
-}
-
-fn slack_error(error: SlackApiError) -> JobError {
-    match error {
-        SlackApiError::RateLimited { retry_after } => JobError::Transient {
-            reason: "Slack is rate limiting me".into(),
-            retry_after,
-        },
-        e if e.is_transient() => {
-            tracing::warn!(error = %e, "Slack call failed");
-            JobError::transient("Slack is not answering me")
-        }
-        e => JobError::Permanent(e.to_string()),
     }
 }
 
@@ -470,8 +551,7 @@ impl<'a> Placeholder<'a> {
     async fn post(slack: &'a SlackApi, q: &Question) -> Result<Self, JobError> {
         let ts = slack
             .post_message(&q.channel, q.answer_thread(), messages::working(Self::FIRST))
-            .await
-            .map_err(slack_error)?;
+            .await?;
         Ok(Self {
             slack,
             channel: q.channel.clone(),
@@ -519,18 +599,24 @@ impl Progress for Placeholder<'_> {
     }
 }
 
-fn parse(job: &Job) -> Result<Question, JobError> {
-    serde_json::from_str(&job.payload).map_err(|e| JobError::Permanent(format!("unreadable question payload: {e}")))
+fn parse<T: serde::de::DeserializeOwned>(job: &Job) -> Result<T, JobError> {
+    serde_json::from_str(&job.payload).map_err(|e| JobError::Permanent(format!("unreadable {} payload: {e}", job.kind)))
 }
 
 #[async_trait]
 impl JobHandler for Questions {
     async fn run(&self, job: &Job) -> Result<Done, JobError> {
-        self.answer(job, &parse(job)?).await
+        match job.kind.as_str() {
+            SHARE_JOB => self.share(&parse(job)?).await,
+            _ => self.answer(job, &parse(job)?).await,
+        }
     }
 
     async fn give_up(&self, job: &Job, error: &JobError, reference: &str) {
-        let Ok(q) = parse(job) else { return };
+        if job.kind != QUESTION_JOB {
+            return;
+        }
+        let Ok(q) = parse::<Question>(job) else { return };
         let reason = match error {
             JobError::Transient { reason, .. } => format!("{reason}; please try again in a few minutes"),
             JobError::Permanent(_) => "something went wrong on my side".to_owned(),

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::account::{Account, CONNECT_JOB, DISCONNECT_JOB, HOME_JOB};
 use crate::agent::{self, Agent};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
@@ -21,13 +22,16 @@ use crate::databricks::oauth::{self, DatabricksOAuth};
 use crate::http::slack::SlackRoutes;
 use crate::http::{self, AppState, metrics::Metrics};
 use crate::linking::LinkFlow;
-use crate::questions::Questions;
+use crate::questions::{QUESTION_JOB, Questions, SHARE_JOB};
+use crate::retention::Retention;
 use crate::slack::api::SlackApi;
+use crate::slack::commands::Commands;
 use crate::slack::intake::Intake;
+use crate::slack::interactions::Interactions;
 use crate::slack::oidc::SlackOidc;
-use crate::slack::socket_mode::SocketMode;
+use crate::slack::socket_mode::{SlackHandlers, SocketMode};
 use crate::store::Store;
-use crate::worker::{JobHandler, WorkerConfig, Workers};
+use crate::worker::{ByKind, JobHandler, WorkerConfig, Workers};
 
 /// How long in-flight work may take to finish once shutdown begins.
 pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(20);
@@ -86,7 +90,8 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     workers: Option<Workers>,
-    socket_mode: Option<(SlackApi, SecretString, Intake)>,
+    socket_mode: Option<(SlackApi, SecretString, SlackHandlers)>,
+    clock: SharedClock,
     drain_deadline: Duration,
 }
 
@@ -107,6 +112,14 @@ impl Application {
             oauth.clone(),
             deps.clock.clone(),
         ));
+        let account = Account {
+            store: store.clone(),
+            slack: slack.clone(),
+            vault: config.vault.clone(),
+            oauth: oauth.clone(),
+            public_base_url: config.public_base_url.clone(),
+            clock: deps.clock.clone(),
+        };
         let link = Arc::new(LinkFlow {
             store: store.clone(),
             vault: config.vault.clone(),
@@ -137,18 +150,43 @@ impl Application {
             config.answer_visibility,
             deps.clock.clone(),
         );
-        let handler: Arc<dyn JobHandler> = Arc::new(questions);
+        let questions: Arc<dyn JobHandler> = Arc::new(questions);
+        let account: Arc<dyn JobHandler> = Arc::new(account);
+        let handler: Arc<dyn JobHandler> = Arc::new(
+            ByKind::default()
+                .with(QUESTION_JOB, questions.clone())
+                .with(SHARE_JOB, questions)
+                .with(DISCONNECT_JOB, account.clone())
+                .with(CONNECT_JOB, account.clone())
+                .with(HOME_JOB, account),
+        );
         let workers = deps
             .workers
-            .map(|config| Workers::new(store.clone(), deps.clock.clone(), handler, config, wake));
+            .map(|config| Workers::new(store.clone(), deps.clock.clone(), handler, config, wake.clone()));
+        let interactions = Interactions { intake: intake.clone() };
+        let commands = Commands {
+            intake: intake.clone(),
+            store: store.clone(),
+            public_base_url: config.public_base_url.clone(),
+            clock: deps.clock.clone(),
+        };
         let slack_routes = config.slack.signing_secret.clone().map(|signing_secret| {
             Arc::new(SlackRoutes {
                 signing_secret,
                 intake: intake.clone(),
+                interactions: interactions.clone(),
+                commands: commands.clone(),
                 clock: deps.clock.clone(),
             })
         });
-        let socket_mode = config.slack.app_token.clone().map(|token| (slack, token, intake));
+        let socket_mode = config.slack.app_token.clone().map(|token| {
+            let handlers = SlackHandlers {
+                intake,
+                interactions,
+                commands,
+            };
+            (slack, token, handlers)
+        });
         let listener = TcpListener::bind(config.bind_addr)
             .await
             .with_context(|| format!("could not listen on {} (BIND_ADDR)", config.bind_addr))?;
@@ -163,6 +201,7 @@ impl Application {
             },
             workers,
             socket_mode,
+            clock: deps.clock,
             drain_deadline: DEFAULT_DRAIN_DEADLINE,
         })
     }
@@ -194,12 +233,14 @@ impl Application {
         let lifecycle = self.state.lifecycle.clone();
         let store = self.state.store.clone();
         let socket_mode = match self.socket_mode {
-            Some((api, token, intake)) => Some(SocketMode::start(&api, &token, intake).await?),
+            Some((api, token, handlers)) => Some(SocketMode::start(&api, &token, handlers).await?),
             None => None,
         };
         let workers = self
             .workers
             .map(|workers| tokio::spawn(workers.run(lifecycle.clone(), self.drain_deadline)));
+        // The retention purge, on the clock the service was given.
+        let retention = tokio::spawn(Retention::new(store.clone(), self.clock.clone()).run(lifecycle.clone()));
         let router = http::router(self.state);
         let graceful = lifecycle.clone();
         let mut server = tokio::spawn(
@@ -242,6 +283,9 @@ impl Application {
             && workers.await.is_err()
         {
             tracing::error!("the worker pool panicked");
+        }
+        if retention.await.is_err() {
+            tracing::error!("the retention task panicked");
         }
         store.close().await;
         tracing::info!("stopped");

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::clock::SharedClock;
+use crate::slack::api::SlackApiError;
 use crate::startup::Lifecycle;
 use crate::store::Store;
 use crate::store::jobs::Job;
@@ -39,6 +40,62 @@ impl JobError {
         JobError::Transient {
             reason: reason.into(),
             retry_after: None,
+        }
+    }
+}
+
+/// Transient reasons are said to the person when retries run out, so they are plain
+/// words; the cause is logged here.
+impl From<sqlx::Error> for JobError {
+    fn from(error: sqlx::Error) -> Self {
+        tracing::warn!(error = %error, "database error in a job");
+        JobError::transient("my database is not answering")
+    }
+}
+
+impl From<SlackApiError> for JobError {
+    fn from(error: SlackApiError) -> Self {
+        match error {
+            SlackApiError::RateLimited { retry_after } => JobError::Transient {
+                reason: "Slack is rate limiting me".into(),
+                retry_after,
+            },
+            e if e.is_transient() => {
+                tracing::warn!(error = %e, "Slack call failed");
+                JobError::transient("Slack is not answering me")
+            }
+            e => JobError::Permanent(e.to_string()),
+        }
+    }
+}
+
+/// Runs each job with the handler registered for its kind.
+#[derive(Default)]
+pub struct ByKind(std::collections::HashMap<&'static str, Arc<dyn JobHandler>>);
+
+impl ByKind {
+    /// Registers `handler` for jobs of `kind`.
+    pub fn with(mut self, kind: &'static str, handler: Arc<dyn JobHandler>) -> Self {
+        self.0.insert(kind, handler);
+        self
+    }
+}
+
+#[async_trait]
+impl JobHandler for ByKind {
+    async fn run(&self, job: &Job) -> Result<Done, JobError> {
+        match self.0.get(job.kind.as_str()) {
+            Some(handler) => handler.run(job).await,
+            None => Err(JobError::Permanent(format!(
+                "no handler for jobs of kind {:?}",
+                job.kind
+            ))),
+        }
+    }
+
+    async fn give_up(&self, job: &Job, error: &JobError, reference: &str) {
+        if let Some(handler) = self.0.get(job.kind.as_str()) {
+            handler.give_up(job, error, reference).await;
         }
     }
 }

@@ -178,32 +178,26 @@ async fn a_clicked_suggestion_is_asked_as_the_person_who_clicked_in_the_same_thr
         .await;
     app.wait_for_answer("Revenue grew").await;
 
-    let payload = json!({
-        "type": "block_actions",
-        "team": {"id": "T061EG9R6", "domain": "acme"},
-        "user": {"id": "U061F7AUR", "username": "alice", "team_id": "T061EG9R6"},
-        "api_app_id": "A0MDYCDME",
-        "trigger_id": "1111.2222.suggestion",
-        "container": {"type": "message", "message_ts": "1700000000.000100", "channel_id": "C0LAN2Q65",
-                      "is_ephemeral": false},
-        "channel": {"id": "C0LAN2Q65", "name": "general"},
-        "message": {"type": "message", "ts": "1700000000.000100", "thread_ts": "1515449522.000016",
-                    "text": "Revenue grew"},
-        "response_url": "https://hooks.slack.com/actions/T061EG9R6/1/x",
-        "actions": [{"type": "button", "action_id": "ask_suggestion_0", "block_id": "b",
-                     "value": "Which region grew most?", "action_ts": "1700000001.000100"}]
-    });
-    let body = format!(
-        "payload={}",
-        url::form_urlencoded::byte_serialize(payload.to_string().as_bytes()).collect::<String>()
+    assert_eq!(
+        click(
+            &app,
+            "1111.2222.suggestion",
+            "ask_suggestion_0",
+            "Which region grew most?",
+            Some("1515449522.000016")
+        )
+        .await,
+        200
     );
-    let response = app
-        .post_signed("/slack/interactions", "application/x-www-form-urlencoded", &body, &[])
-        .await;
-    assert_eq!(response.status(), 200);
     // A double click arrives with the same trigger: asked once.
-    app.post_signed("/slack/interactions", "application/x-www-form-urlencoded", &body, &[])
-        .await;
+    click(
+        &app,
+        "1111.2222.suggestion",
+        "ask_suggestion_0",
+        "Which region grew most?",
+        Some("1515449522.000016"),
+    )
+    .await;
     app.wait_for_answer("The West.").await;
     let posts = app.slack_calls("chat.postMessage").await;
     assert!(posts.iter().all(|p| p["thread_ts"] == "1515449522.000016"), "{posts:?}");
@@ -423,6 +417,35 @@ async fn an_adk_agent_gets_the_token_only_as_temporary_state_and_keeps_one_sessi
     app.stop().await;
 }
 
+/// A signed click on a button of a message in #general (C0LAN2Q65) by the asker.
+async fn click(app: &TestApp, trigger: &str, action_id: &str, value: &str, thread_ts: Option<&str>) -> u16 {
+    let mut payload = json!({
+        "type": "block_actions",
+        "team": {"id": "T061EG9R6", "domain": "acme"},
+        "user": {"id": "U061F7AUR", "username": "alice", "team_id": "T061EG9R6"},
+        "api_app_id": "A0MDYCDME",
+        "trigger_id": trigger,
+        "container": {"type": "message", "message_ts": "1700000000.000100", "channel_id": "C0LAN2Q65",
+                      "is_ephemeral": thread_ts.is_none()},
+        "channel": {"id": "C0LAN2Q65", "name": "general"},
+        "response_url": format!("{}/response/{trigger}", app.slack.uri()),
+        "actions": [{"type": "button", "action_id": action_id, "block_id": "b",
+                     "value": value, "action_ts": "1700000001.000100"}]
+    });
+    if let Some(thread_ts) = thread_ts {
+        payload["message"] = json!({"type": "message", "ts": "1700000000.000100", "thread_ts": thread_ts,
+                                    "text": "an answer"});
+    }
+    let body = format!(
+        "payload={}",
+        url::form_urlencoded::byte_serialize(payload.to_string().as_bytes()).collect::<String>()
+    );
+    app.post_signed("/slack/interactions", "application/x-www-form-urlencoded", &body, &[])
+        .await
+        .status()
+        .as_u16()
+}
+
 #[tokio::test]
 async fn private_answers_are_ephemeral_without_a_public_placeholder() {
     let agent = MockServer::start().await;
@@ -440,5 +463,65 @@ async fn private_answers_are_ephemeral_without_a_public_placeholder() {
     assert!(told[0].to_string().contains("Only you can see this"), "{}", told[0]);
     assert_eq!(told[0]["user"], "U061F7AUR");
     assert!(app.slack_calls("chat.postMessage").await.is_empty(), "nothing public");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_private_answer_is_shared_in_the_thread_once_by_its_asker() {
+    let agent = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ok(json!({"text": "Revenue: 12 <units>"})))
+        .mount(&agent)
+        .await;
+    let app = spawn(vec![
+        ("AGENT_URL", agent.uri()),
+        ("ANSWER_VISIBILITY", "private".into()),
+    ])
+    .await;
+    Mock::given(method("POST"))
+        .and(wiremock::matchers::path_regex("^/response/"))
+        .respond_with(ok(json!({"ok": true})))
+        .mount(&app.slack)
+        .await;
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> revenue?")).await;
+    let told = app.wait_for_calls("chat.postEphemeral", 1).await;
+    let share = told[0]["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b["elements"].as_array().cloned().unwrap_or_default())
+        .find(|e| e["action_id"] == "share_answer")
+        .expect("a Share in channel button");
+    let id = share["value"].as_str().unwrap().to_owned();
+    assert!(id.len() >= 40, "an unguessable id");
+
+    assert_eq!(click(&app, "2222.share", "share_answer", &id, None).await, 200);
+    let posted = app.wait_for_calls("chat.postMessage", 1).await;
+    let text = posted[0].to_string();
+    assert!(
+        text.contains("Revenue: 12 &lt;units&gt;") && text.contains("Shared by <@U061F7AUR>"),
+        "{text}"
+    );
+    assert_eq!(posted[0]["thread_ts"], "1515449522.000016");
+    assert!(!text.contains("share_answer"), "no second share button in public");
+
+    // The private copy is deleted; a second click shares nothing more.
+    click(&app, "3333.share-again", "share_answer", &id, None).await;
+    assert_eq!(app.settled_job_states().await, ["done", "done", "done"]);
+    let responses: Vec<Value> = app
+        .slack
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path().starts_with("/response/"))
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert!(responses.iter().any(|r| r["delete_original"] == true), "{responses:?}");
+    assert!(
+        responses.iter().any(|r| r.to_string().contains("already shared")),
+        "{responses:?}"
+    );
+    assert_eq!(app.slack_calls("chat.postMessage").await.len(), 1);
     app.stop().await;
 }

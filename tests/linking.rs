@@ -43,18 +43,6 @@ async fn links_count(app: &TestApp) -> usize {
     app.store.list_links(None).await.unwrap().len()
 }
 
-async fn audit_kinds(db_url: &str) -> Vec<String> {
-    let sql = "SELECT kind FROM audit_events ORDER BY id";
-    let rows: Vec<(String,)> = if db_url.starts_with("sqlite") {
-        let pool = sqlx::SqlitePool::connect(db_url).await.unwrap();
-        sqlx::query_as(sql).fetch_all(&pool).await.unwrap()
-    } else {
-        let pool = sqlx::PgPool::connect(db_url).await.unwrap();
-        sqlx::query_as(sql).fetch_all(&pool).await.unwrap()
-    };
-    rows.into_iter().map(|(k,)| k).collect()
-}
-
 // The "done when": from the private prompt to "Linked as …", then the kept
 // question reaches the agent with a valid access token, and only ciphertext is stored.
 #[tokio::test]
@@ -145,7 +133,14 @@ async fn a_person_goes_from_the_prompt_to_linked_and_their_question_is_answered(
             .find(|m| m.to_string().contains("Linked as"))
             .expect("a confirmation DM");
         assert!(confirmation.to_string().contains("Disconnect"));
-        assert!(audit_kinds(&app.db_url).await.contains(&"link".to_owned()));
+        assert!(
+            common::app::audit_trail(&app.db_url)
+                .await
+                .into_iter()
+                .map(|(kind, _)| kind)
+                .collect::<Vec<_>>()
+                .contains(&"link".to_owned())
+        );
 
         // The kept question is answered where it was asked, with the person's token: the
         // placeholder posted in the thread is replaced by the answer.
@@ -298,7 +293,14 @@ async fn a_forwarded_link_completed_by_another_databricks_user_stores_nothing_an
         warned[0].to_string().contains("does not match"),
         "the link's owner is told: {warned:?}"
     );
-    assert_eq!(audit_kinds(&app.db_url).await, ["identity_mismatch"]);
+    assert_eq!(
+        common::app::audit_trail(&app.db_url)
+            .await
+            .into_iter()
+            .map(|(kind, _)| kind)
+            .collect::<Vec<_>>(),
+        ["identity_mismatch"]
+    );
     assert_eq!(
         app.settled_job_states().await,
         ["waiting"],

@@ -23,6 +23,7 @@ use crate::crypto::{Binding, Purpose, Vault, VaultError};
 use crate::databricks::oauth::{DatabricksOAuth, TokenError};
 use crate::domain::{TeamId, UserId, WorkspaceHost};
 use crate::store::Store;
+use crate::store::audit::{Actor, AuditEvent, AuditKind};
 use crate::store::links::{Link, LinkStatus};
 
 /// Refresh when the access token has less than this left.
@@ -233,12 +234,33 @@ impl TokenBroker {
             Err(TokenError::Client(reason)) => {
                 self.store.release_refresh_lock(team, user, version).await?;
                 tracing::error!(reason, "Databricks rejected the bot's OAuth client; links are kept");
+                self.audit_refresh_failure(team, user, "invalid_client", now).await;
                 Err(BrokerError::Misconfigured(reason))
             }
             Err(error) => {
                 self.store.release_refresh_lock(team, user, version).await?;
-                Err(BrokerError::Transient(error.to_string()))
+                let reason = error.to_string();
+                self.audit_refresh_failure(team, user, &reason, now).await;
+                Err(BrokerError::Transient(reason))
             }
+        }
+    }
+}
+
+impl TokenBroker {
+    /// Records a failed refresh that left the link as it was (the reason holds no secret:
+    /// it is our own classification of the token endpoint's answer).
+    async fn audit_refresh_failure(&self, team: &TeamId, user: &UserId, reason: &str, now: i64) {
+        let event = AuditEvent {
+            kind: AuditKind::RefreshFailed,
+            team,
+            user,
+            actor: Actor::System,
+            detail: Some(reason),
+            at: now,
+        };
+        if let Err(error) = self.store.record_audit(&event).await {
+            tracing::warn!(error = %error, "could not record a failed refresh in the audit trail");
         }
     }
 }

@@ -15,7 +15,7 @@ use oauth2::basic::{BasicClient, BasicErrorResponseType, BasicRequestTokenError}
 use oauth2::{
     AsyncHttpClient, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet, EndpointSet,
     HttpRequest, HttpResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError,
-    Scope, TokenResponse, TokenUrl,
+    RevocationUrl, Scope, StandardRevocableToken, TokenResponse, TokenUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -199,6 +199,32 @@ impl DatabricksOAuth {
         let token = RefreshToken::new(refresh_token.expose_secret().to_owned());
         let result = client.exchange_refresh_token(&token).request_async(&recorder).await;
         result.map(tokens).map_err(|e| classify(e, recorder.status()))
+    }
+}
+
+impl DatabricksOAuth {
+    /// Revokes a refresh token (RFC 7009) where the workspace's discovery document names
+    /// a revocation endpoint; Databricks documents none today, so `Ok(false)` means there
+    /// was nothing to call.
+    pub async fn revoke(&self, refresh_token: &SecretString) -> Result<bool, TokenError> {
+        let Some(endpoint) = self.discovery().await?.revocation_endpoint.clone() else {
+            return Ok(false);
+        };
+        let client = self
+            .client()
+            .await?
+            .set_revocation_url(RevocationUrl::from_url(endpoint));
+        let token = StandardRevocableToken::RefreshToken(RefreshToken::new(refresh_token.expose_secret().to_owned()));
+        let recorder = StatusRecorder::new(&self.http);
+        let request = client
+            .revoke_token(token)
+            .map_err(|e| TokenError::Discovery(e.to_string()))?;
+        request.request_async(&recorder).await.map(|()| true).map_err(|_| {
+            let status = recorder
+                .status()
+                .map_or_else(|| "no answer".to_owned(), |s| format!("HTTP {s}"));
+            TokenError::Transient(format!("revocation failed ({status})"))
+        })
     }
 }
 

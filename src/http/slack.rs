@@ -15,14 +15,17 @@ use serde::Deserialize;
 use slack_morphism::prelude::*;
 
 use crate::clock::SharedClock;
-use crate::slack::intake::{Intake, Outcome, question_from_suggestion};
+use crate::slack::commands::Commands;
+use crate::slack::intake::{Intake, Outcome};
+use crate::slack::interactions::Interactions;
 use crate::slack::signature;
-use crate::slack::{messages, render};
 
 /// What the Slack routes share.
 pub struct SlackRoutes {
     pub signing_secret: SecretString,
     pub intake: Intake,
+    pub interactions: Interactions,
+    pub commands: Commands,
     pub clock: SharedClock,
 }
 
@@ -92,65 +95,40 @@ async fn events(State(slack): State<Arc<SlackRoutes>>, headers: HeaderMap, body:
     }
 }
 
-/// The fields of a slash command we use; Slack sends more.
+/// Slack's certificate probe, which is not signed and carries no command.
 #[derive(Debug, Deserialize)]
-struct CommandForm {
-    #[serde(default)]
-    ssl_check: Option<String>,
-    #[serde(default)]
-    text: String,
+struct SslCheck {
+    ssl_check: String,
 }
 
 async fn commands(State(slack): State<Arc<SlackRoutes>>, headers: HeaderMap, body: Bytes) -> Response {
-    let form: Result<CommandForm, _> = serde_urlencoded::from_bytes(&body);
     // Slack's unsigned `ssl_check=1` probe only needs a 200; nothing in it is used.
-    if matches!(&form, Ok(CommandForm { ssl_check: Some(check), .. }) if check == "1") {
+    if matches!(serde_urlencoded::from_bytes::<SslCheck>(&body), Ok(probe) if probe.ssl_check == "1") {
         return StatusCode::OK.into_response();
     }
     if !slack.is_signed("/slack/commands", &headers, &body) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    let form = match form {
-        Ok(form) => form,
+    let command: SlackCommandEvent = match serde_urlencoded::from_bytes(&body) {
+        Ok(command) => command,
         Err(error) => return unparseable("command", error),
     };
-    tracing::info!(has_text = !form.text.trim().is_empty(), "slash command");
-    let reply =
-        SlackCommandEventResponse::new(messages::help(None)).with_response_type(SlackMessageResponseType::Ephemeral);
-    axum::Json(reply).into_response()
+    match slack.commands.handle(&command).await {
+        Ok(reply) => {
+            let reply = SlackCommandEventResponse::new(reply).with_response_type(SlackMessageResponseType::Ephemeral);
+            axum::Json(reply).into_response()
+        }
+        Err(error) => {
+            tracing::error!(error = %error, "could not handle a slash command");
+            // Slack shows the person that the command failed.
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
 struct InteractionForm {
     payload: String,
-}
-
-/// Queues the follow-up question on a clicked suggestion, asked as the person who clicked
-/// (their own token answers it, or they are asked to connect first).
-async fn ask_suggestion(
-    slack: &SlackRoutes,
-    actions: &SlackInteractionBlockActionsEvent,
-    action: &SlackInteractionActionInfo,
-) -> Result<(), Response> {
-    let question = match question_from_suggestion(actions, action.value.as_deref().unwrap_or_default()) {
-        Ok(question) => question,
-        Err(reason) => {
-            tracing::warn!(reason, "ignored a suggestion click");
-            return Ok(());
-        }
-    };
-    // Slack does not retry interactions, but a double click arrives twice with one trigger.
-    let key = format!("action:{}", actions.trigger_id);
-    match slack.intake.enqueue(&key, &question).await {
-        Ok(outcome) => {
-            tracing::info!(?outcome, "suggested question accepted");
-            Ok(())
-        }
-        Err(error) => {
-            tracing::error!(error = %error, "could not queue a suggested question");
-            Err(StatusCode::SERVICE_UNAVAILABLE.into_response())
-        }
-    }
 }
 
 async fn interactions(State(slack): State<Arc<SlackRoutes>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -161,21 +139,13 @@ async fn interactions(State(slack): State<Arc<SlackRoutes>>, headers: HeaderMap,
         .map_err(|e| e.to_string())
         .and_then(|form| serde_json::from_str::<SlackInteractionEvent>(&form.payload).map_err(|e| e.to_string()));
     match event {
-        Ok(SlackInteractionEvent::BlockActions(actions)) => {
-            let ids: Vec<&str> = actions.actions.iter().flatten().map(|a| a.action_id.as_ref()).collect();
-            tracing::info!(actions = ?ids, "block actions");
-            for action in actions.actions.iter().flatten() {
-                if action.action_id.as_ref().starts_with(render::SUGGESTION_ACTION_PREFIX)
-                    && let Err(response) = ask_suggestion(&slack, &actions, action).await
-                {
-                    return response;
-                }
+        Ok(event) => match slack.interactions.handle(&event).await {
+            Ok(()) => StatusCode::OK.into_response(),
+            Err(error) => {
+                tracing::error!(error = %error, "could not queue what a click asked for");
+                StatusCode::SERVICE_UNAVAILABLE.into_response()
             }
-            // Anything else (the "Connect Databricks" URL button opens its page by itself)
-            // only needs a 200, or Slack shows the person a warning.
-            StatusCode::OK.into_response()
-        }
-        Ok(_) => StatusCode::OK.into_response(),
+        },
         Err(error) => unparseable("interaction", error),
     }
 }

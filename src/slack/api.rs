@@ -226,6 +226,26 @@ impl SlackApi {
         call!(self, |s| s.files_complete_upload_external(&complete)).map(|_| ())
     }
 
+    /// Answers through an interaction's `response_url`: `request` may replace or delete
+    /// the message the person clicked (the only way to change an ephemeral message).
+    pub async fn respond(
+        &self,
+        response_url: &SlackResponseUrl,
+        request: &SlackApiPostWebhookMessageRequest,
+    ) -> Result<(), SlackApiError> {
+        let outcome = tokio::time::timeout(CALL_TIMEOUT, self.client.respond_to_event(response_url, request)).await;
+        match outcome {
+            Ok(result) => result.map(|_| ()).map_err(SlackApiError::from),
+            Err(_) => Err(SlackApiError::Timeout),
+        }
+    }
+
+    /// `views.publish`: shows `blocks` as `user`'s App Home tab.
+    pub async fn publish_home(&self, user: &str, blocks: Vec<SlackBlock>) -> Result<(), SlackApiError> {
+        let request = SlackApiViewsPublishRequest::new(user.into(), SlackView::Home(SlackHomeView::new(blocks)));
+        call!(self, |s| s.views_publish(&request)).map(|_| ())
+    }
+
     /// `conversations.open`: the direct-message channel with `user`.
     pub async fn open_dm(&self, user: &str) -> Result<String, SlackApiError> {
         let request = SlackApiConversationsOpenRequest::new().with_users(vec![user.into()]);

@@ -1,31 +1,75 @@
-//! Where a Slack event becomes a job. Shared by the Events API route and Socket Mode.
+//! Where a Slack event becomes a job — or, when the app loses its access to a workspace,
+//! where that workspace's data is forgotten. Shared by the Events API route and Socket Mode.
 //!
 //! Only `app_mention` (channels) and `message.im` (direct messages) become questions. Our
 //! own messages, other bots', and anything with a subtype (edits, joins, bot posts) are
 //! dropped here so the bot can never answer itself. The rest is recorded and enqueued in
 //! one transaction — de-duplicated on `event_id` across retries, modes and replicas —
 //! before Slack is acknowledged.
+//!
+//! `app_uninstalled`, and `tokens_revoked` naming our bot token, purge the team (EVT-04):
+//! links with their tokens, pending links, conversations and private answers are deleted
+//! and every unfinished job is stopped — in one transaction with the event id, before
+//! Slack is acknowledged.
 
 use std::sync::Arc;
 
+use serde::Deserialize;
 use slack_morphism::prelude::*;
 use tokio::sync::Notify;
 
+use crate::account::{AccountRequest, HOME_JOB};
 use crate::clock::SharedClock;
 use crate::domain::{TeamId, UserId};
 use crate::questions::{QUESTION_JOB, Question};
 use crate::store::Store;
 use crate::store::jobs::{Delivery, NewJob};
+use crate::store::retention::TeamPurge;
 
 /// What intake did with an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// A new question, now durably queued.
     Enqueued,
-    /// A redelivery of an event already queued.
+    /// A redelivery of an event already handled.
     Duplicate,
-    /// Not something to answer; the reason is for logs.
+    /// The app lost its access to the event's team; what was kept for it is gone.
+    Purged(TeamPurge),
+    /// Not something to act on; the reason is for logs.
     Ignored(&'static str),
+}
+
+/// Why the bot can no longer act in a team.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLost {
+    /// `app_uninstalled`.
+    Uninstalled,
+    /// `tokens_revoked` listing the bot token.
+    BotTokenRevoked,
+}
+
+impl AccessLost {
+    /// The Slack event type; also the reason recorded in audit rows and on stopped jobs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessLost::Uninstalled => "app_uninstalled",
+            AccessLost::BotTokenRevoked => "tokens_revoked",
+        }
+    }
+}
+
+/// The inner event of `tokens_revoked`, which slack-morphism does not model:
+/// `{"type": "tokens_revoked", "tokens": {"oauth": [user ids], "bot": [bot user ids]}}`.
+/// Either list may be missing. Only ids are sent, never tokens.
+#[derive(Debug, Deserialize)]
+struct TokensRevoked {
+    tokens: RevokedTokens,
+}
+
+#[derive(Debug, Deserialize)]
+struct RevokedTokens {
+    #[serde(default)]
+    bot: Vec<String>,
 }
 
 /// Accepts events into the durable queue.
@@ -45,11 +89,77 @@ impl Intake {
     /// Accepts one event callback. An `Err` means nothing was stored: the caller must not
     /// acknowledge, so Slack delivers the event again.
     pub async fn accept(&self, callback: &SlackPushEventCallback) -> Result<Outcome, sqlx::Error> {
+        match access_lost(callback) {
+            Ok(Some(lost)) => return self.purge_team(callback, lost).await,
+            Ok(None) => {}
+            Err(reason) => return Ok(Outcome::Ignored(reason)),
+        }
+        if let SlackEventCallbackBody::AppHomeOpened(opened) = &callback.event {
+            return self.home_opened(callback, opened).await;
+        }
         let question = match question_from(callback) {
             Ok(question) => question,
             Err(reason) => return Ok(Outcome::Ignored(reason)),
         };
         self.enqueue(callback.event_id.as_ref(), &question).await
+    }
+
+    /// A visit to the App Home tab: queue publishing it as things stand now.
+    async fn home_opened(
+        &self,
+        callback: &SlackPushEventCallback,
+        opened: &SlackAppHomeOpenedEvent,
+    ) -> Result<Outcome, sqlx::Error> {
+        if opened.tab.as_deref() != Some("home") {
+            return Ok(Outcome::Ignored("the Messages tab was opened"));
+        }
+        let (Ok(team), Ok(user)) = (
+            TeamId::parse(callback.team_id.as_ref()),
+            UserId::parse(opened.user.as_ref()),
+        ) else {
+            return Ok(Outcome::Ignored("malformed team or user id"));
+        };
+        let request = AccountRequest {
+            team,
+            user,
+            response_url: None,
+        };
+        let payload = serde_json::to_string(&request).expect("an account request serialises");
+        let job = NewJob {
+            kind: HOME_JOB,
+            team: &request.team,
+            user: &request.user,
+            payload: &payload,
+        };
+        self.enqueue_job(callback.event_id.as_ref(), &job).await
+    }
+
+    /// Forgets the event's team. Idempotent, and de-duplicated on the event id: a
+    /// redelivery does nothing (so it cannot remove links made after a reinstall).
+    async fn purge_team(&self, callback: &SlackPushEventCallback, lost: AccessLost) -> Result<Outcome, sqlx::Error> {
+        let Ok(team) = TeamId::parse(callback.team_id.as_ref()) else {
+            return Ok(Outcome::Ignored("malformed team id"));
+        };
+        let purged = self
+            .store
+            .purge_team(callback.event_id.as_ref(), &team, lost.as_str(), self.clock.now())
+            .await?;
+        Ok(match purged {
+            Some(purge) => {
+                tracing::info!(
+                    team = %team,
+                    reason = lost.as_str(),
+                    links = purge.links,
+                    pending_links = purge.pending_links,
+                    stopped_jobs = purge.stopped_jobs,
+                    conversations = purge.conversations,
+                    private_answers = purge.private_answers,
+                    "the app lost its access to a workspace; its data was purged"
+                );
+                Outcome::Purged(purge)
+            }
+            None => Outcome::Duplicate,
+        })
     }
 
     /// Queues `question` once per `delivery_key` (an event id, or an interaction's trigger
@@ -62,9 +172,14 @@ impl Intake {
             user: &question.user,
             payload: &payload,
         };
+        self.enqueue_job(delivery_key, &job).await
+    }
+
+    /// Queues `job` once per `delivery_key` and wakes a worker.
+    pub async fn enqueue_job(&self, delivery_key: &str, job: &NewJob<'_>) -> Result<Outcome, sqlx::Error> {
         let delivery = self
             .store
-            .enqueue_event_job(delivery_key, &job, self.clock.now())
+            .enqueue_event_job(delivery_key, job, self.clock.now())
             .await?;
         Ok(match delivery {
             Delivery::Enqueued => {
@@ -84,6 +199,30 @@ fn bot_user_id(callback: &SlackPushEventCallback) -> Option<&str> {
         .iter()
         .find(|a| a.is_bot.unwrap_or(false))
         .map(|a| a.user_id.as_ref())
+}
+
+/// Whether an event says the app lost its access to the event's team: `Ok(None)` for any
+/// other event, `Err` (with the reason, for logs) for a lifecycle event to ignore.
+///
+/// `tokens_revoked` with only user (`oauth`) tokens is ignored: the bot holds no user
+/// tokens, and its bot token still works. With the bot token listed, the bot can no longer
+/// act in the team, which is handled like an uninstall.
+pub fn access_lost(callback: &SlackPushEventCallback) -> Result<Option<AccessLost>, &'static str> {
+    match &callback.event {
+        SlackEventCallbackBody::AppUninstalled(_) => Ok(Some(AccessLost::Uninstalled)),
+        SlackEventCallbackBody::Unknown(event)
+            if event.get("type").and_then(|t| t.as_str()) == Some(AccessLost::BotTokenRevoked.as_str()) =>
+        {
+            let revoked =
+                TokensRevoked::deserialize(event).map_err(|_| "tokens_revoked without a readable token list")?;
+            if revoked.tokens.bot.is_empty() {
+                Err("only user tokens were revoked")
+            } else {
+                Ok(Some(AccessLost::BotTokenRevoked))
+            }
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Turns an event into a question, or says why it is not one.
@@ -132,11 +271,10 @@ pub fn question_from(callback: &SlackPushEventCallback) -> Result<Question, &'st
         text,
         is_dm,
         bot_user_id: bot_user.map(str::to_owned),
+        response_url: None,
     })
 }
 
-/// Removes mentions of the bot (`<@UBOT>` or `<@UBOT|name>`) and trims; with the bot's id
-/// unknown, only a leading mention is removed.
 /// The question behind a click on a suggested follow-up: asked by whoever clicked, in the
 /// thread of the answer that offered it.
 pub fn question_from_suggestion(
@@ -173,9 +311,12 @@ pub fn question_from_suggestion(
         thread_ts,
         text,
         bot_user_id: None,
+        response_url: None,
     })
 }
 
+/// Removes mentions of the bot (`<@UBOT>` or `<@UBOT|name>`) and trims; with the bot's id
+/// unknown, only a leading mention is removed.
 fn strip_mentions(text: &str, bot_user: Option<&str>) -> String {
     let mut out = text.trim().to_owned();
     match bot_user {
@@ -258,6 +399,50 @@ mod tests {
             question_from(&fixture("event_app_home_opened.json")).unwrap_err(),
             "event type not handled"
         );
+    }
+
+    fn callback(event: serde_json::Value) -> SlackPushEventCallback {
+        serde_json::from_value(serde_json::json!({
+            "token": "ZZZZZZWSxiZZZ2yIvs3peJ",
+            "team_id": "T061EG9R6",
+            "api_app_id": "A0MDYCDME",
+            "event": event,
+            "type": "event_callback",
+            "event_id": "Ev0LAN7101",
+            "event_time": 1515449900
+        }))
+        .unwrap()
+    }
+
+    // EVT-04
+    #[test]
+    fn an_uninstall_and_a_revoked_bot_token_mean_the_bot_lost_the_workspace() {
+        assert_eq!(
+            access_lost(&fixture("event_app_uninstalled.json")),
+            Ok(Some(AccessLost::Uninstalled))
+        );
+        let both = callback(serde_json::json!({
+            "type": "tokens_revoked",
+            "tokens": {"oauth": ["U061F7AUR"], "bot": ["U0LAN0Z89"]}
+        }));
+        assert_eq!(access_lost(&both), Ok(Some(AccessLost::BotTokenRevoked)));
+        let bot_only = callback(serde_json::json!({"type": "tokens_revoked", "tokens": {"bot": ["U0LAN0Z89"]}}));
+        assert_eq!(access_lost(&bot_only), Ok(Some(AccessLost::BotTokenRevoked)));
+    }
+
+    #[test]
+    fn revoked_user_tokens_alone_and_ordinary_events_are_not_a_lost_workspace() {
+        let users_only = callback(serde_json::json!({"type": "tokens_revoked", "tokens": {"oauth": ["U061F7AUR"]}}));
+        assert_eq!(access_lost(&users_only), Err("only user tokens were revoked"));
+        let empty = callback(serde_json::json!({"type": "tokens_revoked", "tokens": {"oauth": [], "bot": []}}));
+        assert_eq!(access_lost(&empty), Err("only user tokens were revoked"));
+        let unreadable = callback(serde_json::json!({"type": "tokens_revoked", "tokens": "all of them"}));
+        assert_eq!(
+            access_lost(&unreadable),
+            Err("tokens_revoked without a readable token list")
+        );
+        assert_eq!(access_lost(&fixture("event_app_mention.json")), Ok(None));
+        assert_eq!(access_lost(&fixture("event_app_home_opened.json")), Ok(None));
     }
 
     #[test]

@@ -2,6 +2,9 @@
 //! plain-text fallback on every message (notifications and screen readers use it).
 
 use slack_morphism::prelude::*;
+
+use crate::domain::UserId;
+use crate::store::links::{Link, LinkStatus};
 use url::Url;
 
 /// `action_id` of the "Connect Databricks" URL button (its click is acked, nothing more).
@@ -56,6 +59,23 @@ pub fn connect_prompt(link: &Url, reconnect: bool) -> SlackMessageContent {
 /// `action_id` of the "Disconnect" button on the linked confirmation.
 pub const DISCONNECT_ACTION_ID: &str = "disconnect";
 
+/// A "Disconnect" button that asks Slack to confirm before it reports the click.
+fn disconnect_button() -> SlackBlockButtonElement {
+    SlackBlockButtonElement::new(pt!("Disconnect"))
+        .with_action_id(DISCONNECT_ACTION_ID.into())
+        .with_value(DISCONNECT_ACTION_ID.into())
+        .with_style(SlackBlockButtonStyle::Danger)
+        .with_confirm(SlackBlockConfirmItem::new(
+            pt!("Disconnect Databricks?"),
+            md!("I'll forget your Databricks connection and stop answering as you until you connect again."),
+            pt!("Disconnect"),
+            pt!("Keep it"),
+        ))
+}
+
+/// `action_id` of the "Connect Databricks" button in App Home (the link is sent by DM).
+pub const HOME_CONNECT_ACTION_ID: &str = "home_connect";
+
 /// The direct message confirming a new link, with a way out if it was not them.
 pub fn linked(shown_name: &str, user_name: &str, workspace: &str) -> SlackMessageContent {
     let text = format!(
@@ -64,10 +84,7 @@ pub fn linked(shown_name: &str, user_name: &str, workspace: &str) -> SlackMessag
         escape_mrkdwn(user_name),
         escape_mrkdwn(workspace)
     );
-    let disconnect = SlackBlockButtonElement::new(pt!("Disconnect"))
-        .with_action_id(DISCONNECT_ACTION_ID.into())
-        .with_value(DISCONNECT_ACTION_ID.into())
-        .with_style(SlackBlockButtonStyle::Danger);
+    let disconnect = disconnect_button();
     SlackMessageContent::new()
         .with_text(format!("Linked as {shown_name} ({user_name}) in {workspace}"))
         .with_blocks(vec![
@@ -90,6 +107,163 @@ pub fn help(bot_user_id: Option<&str>) -> SlackMessageContent {
     SlackMessageContent::new()
         .with_text("Ask me a question about your Databricks data".into())
         .with_blocks(vec![section(text)])
+}
+
+/// `/databricks help`.
+pub fn command_help() -> SlackMessageContent {
+    let text = "*`/databricks`* — your Databricks connection and questions:\n\
+        • `/databricks status` — whether you're connected, as whom, since when\n\
+        • `/databricks connect` — a fresh private link to connect (or reconnect)\n\
+        • `/databricks disconnect` — forget your connection\n\
+        • `/databricks <question>` — ask privately, e.g. `/databricks how many orders last week?`\n\
+        You can also mention me in a channel or send me a direct message. \
+        I always answer with your own Databricks permissions.";
+    SlackMessageContent::new()
+        .with_text("How to use /databricks".into())
+        .with_blocks(vec![section(text.to_owned())])
+}
+
+/// The reply to `/databricks <one unknown word>`.
+pub fn unknown_command(word: &str) -> SlackMessageContent {
+    let text = format!(
+        "I don't know `{}`. Try `/databricks help`, or ask a whole question such as \
+         `/databricks how many orders last week?`",
+        escape_mrkdwn(word).replace('`', "'")
+    );
+    SlackMessageContent::new().with_text(text)
+}
+
+/// The reply to a `/databricks` question longer than we accept.
+pub fn question_too_long(limit: usize) -> SlackMessageContent {
+    SlackMessageContent::new().with_text(format!(
+        "That question is too long for me ({limit} characters at most). Could you ask it more briefly?"
+    ))
+}
+
+/// The acknowledgement of a `/databricks` question (the answer follows privately).
+pub fn looking_into_it() -> SlackMessageContent {
+    SlackMessageContent::new()
+        .with_text(":hourglass_flowing_sand: Looking into it — only you will see the answer.".into())
+}
+
+/// A date Slack shows in the reader's own time zone.
+fn slack_date(unix: i64) -> String {
+    let fallback =
+        jiff::Timestamp::from_second(unix).map_or_else(|_| unix.to_string(), |t| t.strftime("%Y-%m-%d").to_string());
+    format!("<!date^{unix}^{{date_short}}|{fallback}>")
+}
+
+/// Where the person's connection stands, for `/databricks status` and App Home.
+pub fn status_text(link: Option<&Link>) -> String {
+    match link {
+        None => "You're *not connected* to Databricks. Ask me a question, or use `/databricks connect`, \
+                 and I'll send you a private link."
+            .to_owned(),
+        Some(link) => {
+            let name = link
+                .databricks_display_name
+                .as_deref()
+                .filter(|n| !n.is_empty())
+                .unwrap_or(&link.databricks_user_name);
+            let mut text = format!(
+                "Connected as *{}* ({}) in {} since {}.",
+                escape_mrkdwn(name),
+                escape_mrkdwn(&link.databricks_user_name),
+                escape_mrkdwn(&link.workspace.to_string()),
+                slack_date(link.linked_at)
+            );
+            if let Some(used) = link.last_used_at {
+                text.push_str(&format!(" Last used {}.", slack_date(used)));
+            }
+            if !link.scopes.is_empty() {
+                text.push_str(&format!(" Scopes: `{}`.", escape_mrkdwn(&link.scopes)));
+            }
+            if link.status == LinkStatus::NeedsRelink {
+                text = format!(
+                    ":warning: Your Databricks connection *has expired* — use `/databricks connect` (or ask me \
+                     anything) to connect again.\n{text}"
+                );
+            }
+            text
+        }
+    }
+}
+
+/// `/databricks status`.
+pub fn status(link: Option<&Link>) -> SlackMessageContent {
+    let text = status_text(link);
+    SlackMessageContent::new()
+        .with_text(text.clone())
+        .with_blocks(vec![section(text)])
+}
+
+/// `/databricks disconnect`: a last look before the button (which confirms once more).
+pub fn disconnect_confirm(link: Option<&Link>) -> SlackMessageContent {
+    let Some(link) = link else {
+        return SlackMessageContent::new()
+            .with_text("You're not connected to Databricks, so there's nothing to disconnect.".into());
+    };
+    let text = format!(
+        "Disconnect your Databricks account *{}*? I'll forget the connection and its tokens, \
+         and stop answering as you until you connect again.",
+        escape_mrkdwn(&link.databricks_user_name)
+    );
+    SlackMessageContent::new().with_text(text.clone()).with_blocks(vec![
+        section(text),
+        SlackActionsBlock::new(vec![disconnect_button().into()]).into(),
+    ])
+}
+
+/// After a disconnect (or a second click on Disconnect).
+pub fn disconnected(was_connected: bool) -> SlackMessageContent {
+    let text = if was_connected {
+        ":wave: Disconnected. I've forgotten your Databricks connection; ask me anything to connect again."
+    } else {
+        "You're not connected to Databricks (already disconnected). Ask me anything to connect again."
+    };
+    SlackMessageContent::new().with_text(text.into())
+}
+
+/// For a question whose asker disconnected while it was being answered.
+pub fn dropped_after_disconnect() -> SlackMessageContent {
+    SlackMessageContent::new().with_text(
+        "You disconnected Databricks while I was working on your question, so I've dropped the answer. \
+         Ask again to connect and get it."
+            .into(),
+    )
+}
+
+/// The App Home tab: status, Connect or Disconnect, and a short help.
+pub fn home(link: Option<&Link>, bot_user_id: Option<&str>) -> Vec<SlackBlock> {
+    let mention = bot_user_id.map_or_else(|| "me".to_owned(), |id| format!("<@{id}>"));
+    let button: SlackActionBlockElement = match link {
+        Some(link) if link.status == LinkStatus::Active => disconnect_button().into(),
+        _ => SlackBlockButtonElement::new(pt!("Connect Databricks"))
+            .with_action_id(HOME_CONNECT_ACTION_ID.into())
+            .with_style(SlackBlockButtonStyle::Primary)
+            .into(),
+    };
+    vec![
+        SlackHeaderBlock::new(pt!("Databricks")).into(),
+        section(status_text(link)),
+        SlackActionsBlock::new(vec![button]).into(),
+        SlackDividerBlock::new().into(),
+        section(format!(
+            "*Ask me about your data* — mention {mention} in a channel, send me a message here, or use \
+             `/databricks <question>`. For example:\n\
+             • _How many orders did we ship last week?_\n\
+             • _Which tables can I read in main.sales?_\n\
+             • _Show revenue by region for this quarter_"
+        )),
+        context(
+            "I answer with your own Databricks permissions: you only ever see data you can already access.".to_owned(),
+        ),
+    ]
+}
+
+/// After "Connect Databricks" in App Home: the link went to the person's messages.
+pub fn connect_link_sent() -> SlackMessageContent {
+    SlackMessageContent::new().with_text("I've sent you a private link to connect Databricks.".into())
 }
 
 /// The refusal for people from another organisation in a shared channel.
@@ -118,6 +292,11 @@ pub fn no_access(databricks_says: &str, reference: &str) -> SlackMessageContent 
         escape_mrkdwn(databricks_says.trim().trim_end_matches('.'))
     );
     SlackMessageContent::new().with_text(text)
+}
+
+/// The line under an answer its asker shared from a private reply.
+pub fn shared_by(user: &UserId) -> SlackBlock {
+    context(format!("Shared by <@{}>", user.as_str()))
 }
 
 /// The placeholder in the thread while an answer is being worked on.

@@ -2,7 +2,9 @@
 //! Mode, and the messages the bot sends.
 
 pub mod api;
+pub mod commands;
 pub mod intake;
+pub mod interactions;
 pub mod messages;
 pub mod oidc;
 pub mod render;

@@ -11,10 +11,18 @@ use secrecy::{ExposeSecret, SecretString};
 use slack_morphism::prelude::*;
 
 use crate::slack::api::SlackApi;
+use crate::slack::commands::Commands;
 use crate::slack::intake::Intake;
-use crate::slack::messages;
+use crate::slack::interactions::Interactions;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What Socket Mode deliveries are handed to (the same as the HTTP routes').
+pub struct SlackHandlers {
+    pub intake: Intake,
+    pub interactions: Interactions,
+    pub commands: Commands,
+}
 
 /// A running Socket Mode connection.
 pub struct SocketMode {
@@ -23,11 +31,13 @@ pub struct SocketMode {
 
 impl SocketMode {
     /// Opens the connection(s) and starts delivering events into `intake`.
-    pub async fn start(api: &SlackApi, app_token: &SecretString, intake: Intake) -> anyhow::Result<Self> {
+    pub async fn start(api: &SlackApi, app_token: &SecretString, handlers: SlackHandlers) -> anyhow::Result<Self> {
         let environment = Arc::new(
             SlackClientEventsListenerEnvironment::new(api.client())
                 .with_error_handler(on_error)
-                .with_user_state(intake),
+                .with_user_state(handlers.intake)
+                .with_user_state(handlers.interactions)
+                .with_user_state(handlers.commands),
         );
         let callbacks = SlackSocketModeListenerCallbacks::new()
             .with_push_events(on_push)
@@ -50,13 +60,14 @@ impl SocketMode {
     }
 }
 
-async fn intake(state: &SlackClientEventsUserState) -> Result<Intake, BoxError> {
+/// What `start` put in the listener's state.
+async fn handler<T: Clone + Send + Sync + 'static>(state: &SlackClientEventsUserState) -> Result<T, BoxError> {
     state
         .read()
         .await
-        .get_user_state::<Intake>()
+        .get_user_state::<T>()
         .cloned()
-        .ok_or_else(|| "Socket Mode started without intake state".into())
+        .ok_or_else(|| "Socket Mode started without its handlers".into())
 }
 
 async fn on_push(
@@ -64,24 +75,26 @@ async fn on_push(
     _client: Arc<SlackHyperClient>,
     state: SlackClientEventsUserState,
 ) -> Result<(), BoxError> {
-    let outcome = intake(&state).await?.accept(&event).await?;
+    let outcome = handler::<Intake>(&state).await?.accept(&event).await?;
     tracing::info!(event_id = %event.event_id, ?outcome, "Socket Mode event");
     Ok(())
 }
 
 async fn on_command(
-    _event: SlackCommandEvent,
+    event: SlackCommandEvent,
     _client: Arc<SlackHyperClient>,
-    _state: SlackClientEventsUserState,
+    state: SlackClientEventsUserState,
 ) -> Result<SlackCommandEventResponse, BoxError> {
-    Ok(SlackCommandEventResponse::new(messages::help(None)).with_response_type(SlackMessageResponseType::Ephemeral))
+    let reply = handler::<Commands>(&state).await?.handle(&event).await?;
+    Ok(SlackCommandEventResponse::new(reply).with_response_type(SlackMessageResponseType::Ephemeral))
 }
 
 async fn on_interaction(
-    _event: SlackInteractionEvent,
+    event: SlackInteractionEvent,
     _client: Arc<SlackHyperClient>,
-    _state: SlackClientEventsUserState,
+    state: SlackClientEventsUserState,
 ) -> Result<(), BoxError> {
+    handler::<Interactions>(&state).await?.handle(&event).await?;
     Ok(())
 }
 

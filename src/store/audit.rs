@@ -78,3 +78,13 @@ macro_rules! insert_audit_event {
     }};
 }
 pub(crate) use insert_audit_event;
+
+impl crate::store::Store {
+    /// Records `event` on its own (when no other write goes with it).
+    pub async fn record_audit(&self, event: &AuditEvent<'_>) -> Result<(), sqlx::Error> {
+        crate::store::on_pool!(self.write, |pool| insert_audit_event!(event)
+            .execute(pool)
+            .await
+            .map(|_| ()))
+    }
+}

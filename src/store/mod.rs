@@ -10,6 +10,8 @@ pub mod conversations;
 pub mod jobs;
 pub mod links;
 pub mod pending_links;
+pub mod private_answers;
+pub mod retention;
 
 use std::fs::{DirBuilder, OpenOptions, Permissions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};

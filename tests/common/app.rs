@@ -88,6 +88,12 @@ pub async fn mount_slack_defaults(slack: &MockServer) {
         ))
         .mount(slack)
         .await;
+    Mock::given(path("/api/views.publish"))
+        .respond_with(ok(
+            json!({"ok": true, "view": {"id": "V0HOME0001", "team_id": "T061EG9R6", "type": "home", "blocks": [], "hash": "h1"}}),
+        ))
+        .mount(slack)
+        .await;
     Mock::given(path("/api/chat.delete"))
         .respond_with(ok(json!({"ok": true, "channel": "C1", "ts": "1700000000.000100"})))
         .mount(slack)
@@ -454,6 +460,22 @@ pub async fn slack_calls(slack: &MockServer, api_method: &str) -> Vec<Value> {
             })
         })
         .collect()
+}
+
+/// Every audit row as (kind, actor), in order.
+pub async fn audit_trail(db_url: &str) -> Vec<(String, String)> {
+    let sql = "SELECT kind, actor FROM audit_events ORDER BY id";
+    if db_url.starts_with("sqlite") {
+        let pool = sqlx::SqlitePool::connect(db_url).await.unwrap();
+        let rows = sqlx::query_as(sql).fetch_all(&pool).await.unwrap();
+        pool.close().await;
+        rows
+    } else {
+        let pool = sqlx::PgPool::connect(db_url).await.unwrap();
+        let rows = sqlx::query_as(sql).fetch_all(&pool).await.unwrap();
+        pool.close().await;
+        rows
+    }
 }
 
 /// The states of every job, in id order.

@@ -1,0 +1,145 @@
+//! A person's Databricks connection as they see and control it from Slack: the App Home
+//! tab, "Connect Databricks" there, and every Disconnect button (on the "Linked as …"
+//! message, after `/databricks disconnect`, in App Home).
+//!
+//! Each path starts from a request Slack signed and runs as a queued job. Disconnecting
+//! deletes the link with its sealed refresh and access tokens — every replica reads
+//! tokens from that row, so none can answer as the person afterwards (TOK-07, TOK-08) —
+//! records who did it, and revokes the refresh token where the workspace offers RFC 7009.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use slack_morphism::prelude::*;
+use url::Url;
+
+use crate::clock::SharedClock;
+use crate::crypto::{Binding, Purpose, Vault};
+use crate::databricks::oauth::DatabricksOAuth;
+use crate::domain::{TeamId, UserId};
+use crate::linking::{LinkFor, offer_link};
+use crate::slack::api::SlackApi;
+use crate::slack::messages;
+use crate::store::Store;
+use crate::store::audit::Actor;
+use crate::store::jobs::Job;
+use crate::worker::{Done, JobError, JobHandler};
+
+/// `jobs.kind` of a confirmed Disconnect click.
+pub const DISCONNECT_JOB: &str = "disconnect";
+/// `jobs.kind` of an App Home visit (publish the tab).
+pub const HOME_JOB: &str = "home";
+/// `jobs.kind` of "Connect Databricks" in App Home.
+pub const CONNECT_JOB: &str = "connect";
+
+/// One person's account job, as queued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountRequest {
+    pub team: TeamId,
+    pub user: UserId,
+    /// Where to answer a click (replacing the message that was clicked).
+    #[serde(default)]
+    pub response_url: Option<Url>,
+}
+
+/// Runs account jobs.
+pub struct Account {
+    pub store: Store,
+    pub slack: SlackApi,
+    pub vault: Vault,
+    pub oauth: DatabricksOAuth,
+    pub public_base_url: Url,
+    pub clock: SharedClock,
+}
+
+impl Account {
+    /// Forgets the person's link (idempotent) and tells them where they clicked.
+    async fn disconnect(&self, request: &AccountRequest) -> Result<Done, JobError> {
+        let link = self.store.find_link(&request.team, &request.user).await?;
+        if let Some(link) = &link {
+            self.revoke(link).await;
+        }
+        let was_connected = self
+            .store
+            .delete_link(&request.team, &request.user, Actor::User, self.clock.now())
+            .await?;
+        tracing::info!(was_connected, "disconnected at the person's request");
+        if let Some(url) = &request.response_url {
+            let reply = SlackApiPostWebhookMessageRequest::new(messages::disconnected(was_connected))
+                .with_replace_original(true);
+            if let Err(error) = self.slack.respond(&SlackResponseUrl(url.clone()), &reply).await {
+                tracing::info!(error = %error, "could not replace the clicked message");
+            }
+        }
+        // The disconnect is done; a stale App Home is refreshed on the next visit anyway.
+        if let Err(error) = self.publish_home(request).await {
+            tracing::info!(error = %error, "could not refresh App Home after a disconnect");
+        }
+        Ok(Done::Finished)
+    }
+
+    /// Best effort: the link is deleted whatever the workspace says.
+    async fn revoke(&self, link: &crate::store::links::Link) {
+        let binding = Binding {
+            purpose: Purpose::RefreshToken,
+            team: &link.team,
+            user: &link.user,
+            workspace: &link.workspace,
+        };
+        let Ok(refresh_token) = self.vault.open(binding, &link.sealed_refresh_token) else {
+            tracing::warn!("the stored refresh token cannot be opened; deleting the link without revoking it");
+            return;
+        };
+        match self.oauth.revoke(&refresh_token).await {
+            Ok(true) => tracing::info!("refresh token revoked at Databricks"),
+            Ok(false) => tracing::debug!("the workspace offers no token revocation"),
+            Err(error) => tracing::warn!(error = %error, "could not revoke the refresh token"),
+        }
+    }
+
+    /// Publishes the App Home tab for the person as things stand now.
+    async fn publish_home(&self, request: &AccountRequest) -> Result<(), JobError> {
+        let link = self.store.find_link(&request.team, &request.user).await?;
+        let bot = self.slack.bot_identity().await.ok().map(|b| b.user_id.clone());
+        let blocks = messages::home(link.as_ref(), bot.as_deref());
+        self.slack
+            .publish_home(request.user.as_str(), blocks)
+            .await
+            .map_err(JobError::from)
+    }
+
+    /// Sends a fresh connect link to the person's direct messages.
+    async fn connect(&self, request: &AccountRequest) -> Result<Done, JobError> {
+        let dm = self.slack.open_dm(request.user.as_str()).await?;
+        let to = LinkFor {
+            team: &request.team,
+            user: &request.user,
+            channel: &dm,
+            thread_ts: None,
+        };
+        let offer = offer_link(&self.store, &self.public_base_url, to, self.clock.now(), 0)
+            .await?
+            .expect("no quiet window: always a fresh link");
+        let reconnect = self.store.find_link(&request.team, &request.user).await?.is_some();
+        self.slack
+            .post_message(&dm, None, messages::connect_prompt(&offer.url, reconnect))
+            .await?;
+        Ok(Done::Finished)
+    }
+}
+
+#[async_trait]
+impl JobHandler for Account {
+    async fn run(&self, job: &Job) -> Result<Done, JobError> {
+        let request: AccountRequest = serde_json::from_str(&job.payload)
+            .map_err(|e| JobError::Permanent(format!("unreadable {} payload: {e}", job.kind)))?;
+        match job.kind.as_str() {
+            DISCONNECT_JOB => self.disconnect(&request).await,
+            CONNECT_JOB => self.connect(&request).await,
+            _ => self.publish_home(&request).await.map(|()| Done::Finished),
+        }
+    }
+
+    async fn give_up(&self, _job: &Job, error: &JobError, reference: &str) {
+        tracing::error!(error = %error, reference, "an account job was abandoned");
+    }
+}

@@ -1,0 +1,380 @@
+//! A person's account from Slack: `/databricks` (status, connect, disconnect, help, a
+//! question), the Disconnect button with Slack's confirmation, and what disconnecting
+//! means for questions in flight and late retries (TOK-07, TOK-08).
+
+mod common;
+
+use std::time::Duration;
+
+use common::app::{Options, TestApp, audit_trail, mention};
+use databricks_slack_bot::clock::Clock;
+use databricks_slack_bot::domain::{TeamId, UserId};
+use serde_json::{Value, json};
+use wiremock::matchers::{method, path_regex};
+use wiremock::{Mock, ResponseTemplate};
+
+const TEAM: &str = "T061EG9R6";
+const ASKER: &str = "U061F7AUR";
+
+/// A signed `/databricks <text>` from the asker in #general; the JSON reply.
+async fn command(app: &TestApp, text: &str, trigger: &str) -> Value {
+    let form = [
+        ("token", "ZZZZZZWSxiZZZ2yIvs3peJ"),
+        ("team_id", TEAM),
+        ("team_domain", "acme"),
+        ("channel_id", "C0LAN2Q65"),
+        ("channel_name", "general"),
+        ("user_id", ASKER),
+        ("user_name", "alice"),
+        ("command", "/databricks"),
+        ("text", text),
+        ("api_app_id", "A0MDYCDME"),
+        ("response_url", &format!("{}/response/{trigger}", app.slack.uri())),
+        ("trigger_id", trigger),
+    ];
+    let body = serde_urlencoded::to_string(form).unwrap();
+    let response = app
+        .post_signed("/slack/commands", "application/x-www-form-urlencoded", &body, &[])
+        .await;
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+/// The Disconnect button clicked by the asker, as Slack reports it once confirmed.
+fn disconnect_click(app: &TestApp, trigger: &str) -> String {
+    let mut payload: Value =
+        serde_json::from_str(include_str!("fixtures/slack/block_actions_disconnect.json")).unwrap();
+    payload["trigger_id"] = json!(trigger);
+    payload["response_url"] = json!(format!("{}/response/{trigger}", app.slack.uri()));
+    format!(
+        "payload={}",
+        url::form_urlencoded::byte_serialize(payload.to_string().as_bytes()).collect::<String>()
+    )
+}
+
+async fn click(app: &TestApp, body: &str) -> u16 {
+    app.post_signed("/slack/interactions", "application/x-www-form-urlencoded", body, &[])
+        .await
+        .status()
+        .as_u16()
+}
+
+/// What was sent to the fake `response_url`s, in order.
+async fn responses(app: &TestApp) -> Vec<Value> {
+    app.slack
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path().starts_with("/response/"))
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect()
+}
+
+async fn wait_for_responses(app: &TestApp, n: usize) -> Vec<Value> {
+    for _ in 0..500 {
+        if responses(app).await.len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    responses(app).await
+}
+
+async fn spawn() -> TestApp {
+    TestApp::spawn_with(Options {
+        slack_mocks: vec![
+            Mock::given(method("POST"))
+                .and(path_regex("^/response/"))
+                .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true}))),
+        ],
+        ..Options::default()
+    })
+    .await
+}
+
+fn ids() -> (TeamId, UserId) {
+    (TeamId::parse(TEAM).unwrap(), UserId::parse(ASKER).unwrap())
+}
+
+#[tokio::test]
+async fn status_tells_an_unlinked_person_how_to_connect_and_a_linked_one_as_whom() {
+    let app = spawn().await;
+    let reply = command(&app, "status", "t1").await;
+    assert_eq!(reply["response_type"], "ephemeral");
+    assert!(reply.to_string().contains("not connected"), "{reply}");
+
+    app.link_asker().await;
+    let reply = command(&app, "status", "t2").await.to_string();
+    assert!(reply.contains("Connected as") && reply.contains("since"), "{reply}");
+    assert!(reply.contains("<!date^"), "dates in the reader's time zone: {reply}");
+
+    let (team, user) = ids();
+    let link = app.store.find_link(&team, &user).await.unwrap().unwrap();
+    app.store
+        .mark_needs_relink(&team, &user, link.version, "invalid_grant", 0)
+        .await
+        .unwrap();
+    let reply = command(&app, "status", "t3").await.to_string();
+    assert!(
+        reply.contains("has expired") && reply.contains("/databricks connect"),
+        "{reply}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn help_unknown_words_and_overlong_questions_get_helpful_private_replies() {
+    let app = spawn().await;
+    for text in ["", "help"] {
+        let reply = command(&app, text, &format!("h-{text}")).await.to_string();
+        assert!(
+            reply.contains("/databricks status") && reply.contains("/databricks disconnect"),
+            "{reply}"
+        );
+    }
+    let reply = command(&app, "statsu", "u1").await.to_string();
+    assert!(
+        reply.contains("I don't know `statsu`") && reply.contains("/databricks help"),
+        "{reply}"
+    );
+    let reply = command(&app, &"why is revenue down ".repeat(200), "long")
+        .await
+        .to_string();
+    assert!(reply.contains("too long"), "{reply}");
+    assert!(app.job_states().await.is_empty(), "nothing was queued");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn connect_gives_a_fresh_private_link_that_works() {
+    let app = spawn().await;
+    let reply = command(&app, "connect", "c1").await;
+    let text = reply.to_string();
+    let start = text.find("https://bot.example.com/link/").expect("a link") + 29;
+    let id = &text[start..start + 22];
+    let claimed = app
+        .claim_link(id)
+        .await
+        .map_err(|r| r.status())
+        .expect("the link works");
+    assert!(claimed.location.contains("/oidc/v1/authorize"), "{}", claimed.location);
+    // A second `connect` voids the first link.
+    command(&app, "connect", "c2").await;
+    let (status, page) = app.get(&format!("/link/{id}")).await;
+    assert_eq!(status, 410, "{page}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_question_by_command_is_acknowledged_at_once_and_answered_only_to_the_person() {
+    let app = spawn().await;
+    app.link_asker().await;
+    let reply = command(&app, "how many orders last week?", "q1").await;
+    assert!(reply.to_string().contains("Looking into it"), "{reply}");
+    let answers = wait_for_responses(&app, 1).await;
+    let answer = answers[0].to_string();
+    assert!(answer.contains("answer: how many orders last week?"), "{answer}");
+    assert!(app.slack_calls("chat.postMessage").await.is_empty(), "nothing public");
+    assert!(
+        app.slack_calls("chat.postEphemeral").await.is_empty(),
+        "through the response_url"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn disconnect_asks_first_then_forgets_the_link_and_tokens_and_a_second_click_is_harmless() {
+    let app = spawn().await;
+    app.link_asker().await;
+    let reply = command(&app, "disconnect", "d0").await;
+    let button = &reply["blocks"][1]["elements"][0];
+    assert_eq!(button["action_id"], "disconnect");
+    assert!(
+        button["confirm"]["title"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Disconnect"),
+        "{reply}"
+    );
+    assert!(app.job_states().await.is_empty(), "nothing happens before the click");
+
+    assert_eq!(click(&app, &disconnect_click(&app, "d1")).await, 200);
+    let told = wait_for_responses(&app, 1).await;
+    assert!(told[0].to_string().contains("Disconnected"), "{}", told[0]);
+    assert_eq!(told[0]["replace_original"], true);
+    let (team, user) = ids();
+    assert!(
+        app.store.find_link(&team, &user).await.unwrap().is_none(),
+        "link and tokens gone"
+    );
+    let trail = audit_trail(&app.db_url).await;
+    assert_eq!(trail, [("unlink".to_owned(), "user".to_owned())]);
+    let home = app.wait_for_calls("views.publish", 1).await;
+    assert!(
+        home[0].to_string().contains("not connected"),
+        "App Home shows the new state"
+    );
+
+    // Disconnect twice: idempotent, and said so.
+    click(&app, &disconnect_click(&app, "d2")).await;
+    let told = wait_for_responses(&app, 2).await;
+    assert!(told[1].to_string().contains("already disconnected"), "{}", told[1]);
+    assert_eq!(audit_trail(&app.db_url).await.len(), 1);
+    assert_eq!(app.settled_job_states().await, ["done", "done"]);
+    app.stop().await;
+}
+
+// TOK-08: every disconnect path is a signed Slack request.
+#[tokio::test]
+async fn unsigned_or_stale_disconnect_attempts_are_refused_and_remove_nothing() {
+    let app = spawn().await;
+    app.link_asker().await;
+    let body = disconnect_click(&app, "x1");
+    let unsigned = app
+        .client
+        .post(app.url("/slack/interactions"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), 401);
+    let stale_ts = app.clock.now() - 600;
+    let stale = app
+        .client
+        .post(app.url("/slack/interactions"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-slack-request-timestamp", stale_ts.to_string())
+        .header(
+            "x-slack-signature",
+            databricks_slack_bot::slack::signature::sign(common::app::SIGNING_SECRET, stale_ts, body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 401);
+    for path in [
+        "/disconnect?team=T061EG9R6&user=U061F7AUR",
+        "/links/T061EG9R6/U061F7AUR",
+    ] {
+        let (status, _) = app.get(path).await;
+        assert_eq!(status, 404, "no unauthenticated route removes a link: {path}");
+    }
+    let (team, user) = ids();
+    assert!(app.store.find_link(&team, &user).await.unwrap().is_some());
+    assert!(app.job_states().await.is_empty());
+    app.stop().await;
+}
+
+// TOK-07: after a disconnect, nothing is answered with the old connection.
+#[tokio::test]
+async fn a_question_in_flight_during_a_disconnect_is_not_answered_and_a_late_retry_asks_to_connect() {
+    let app = spawn().await;
+    app.link_asker().await;
+    *app.agent.delay.lock().unwrap() = Some(Duration::from_millis(700));
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> in flight?")).await;
+    for _ in 0..200 {
+        if !app.agent.requests.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    click(&app, &disconnect_click(&app, "d1")).await;
+    wait_for_responses(&app, 1).await;
+    assert_eq!(app.settled_job_states().await, ["done", "done"]);
+    let answers: Vec<Value> = app
+        .slack_calls("chat.update")
+        .await
+        .into_iter()
+        .chain(app.slack_calls("chat.postMessage").await)
+        .filter(|m| m.to_string().contains("answer: in flight?"))
+        .collect();
+    assert!(
+        answers.is_empty(),
+        "the answer made with the old token was dropped: {answers:?}"
+    );
+    let told = app.wait_for_calls("chat.postEphemeral", 1).await;
+    assert!(told[0].to_string().contains("disconnected"), "{}", told[0]);
+
+    // A late retry of an event never stored before: a connect prompt, not an answer.
+    *app.agent.delay.lock().unwrap() = None;
+    app.post_event(&mention("Ev2", "<@U0LAN0Z89> late retry?")).await;
+    let prompts = app.wait_for_calls("chat.postEphemeral", 2).await;
+    assert!(prompts[1].to_string().contains("Connect Databricks"), "{}", prompts[1]);
+    assert_eq!(
+        app.agent.requests.lock().unwrap().len(),
+        1,
+        "the agent was not asked again"
+    );
+    app.stop().await;
+}
+
+fn home_opened(event_id: &str, tab: &str) -> Value {
+    let mut event: Value = serde_json::from_str(include_str!("fixtures/slack/event_app_home_opened.json")).unwrap();
+    event["event_id"] = json!(event_id);
+    event["event"]["tab"] = json!(tab);
+    event
+}
+
+#[tokio::test]
+async fn app_home_shows_the_current_state_each_time_it_is_opened() {
+    let app = spawn().await;
+    app.post_event(&home_opened("Ev1", "home")).await;
+    let views = app.wait_for_calls("views.publish", 1).await;
+    assert_eq!(views[0]["user_id"], ASKER);
+    let home = views[0]["view"].to_string();
+    assert!(
+        home.contains("not connected") && home.contains("home_connect"),
+        "{home}"
+    );
+
+    app.link_asker().await;
+    app.post_event(&home_opened("Ev2", "home")).await;
+    let views = app.wait_for_calls("views.publish", 2).await;
+    let home = views[1]["view"].to_string();
+    assert!(
+        home.contains("Connected as") && home.contains("\"disconnect\""),
+        "{home}"
+    );
+
+    // Someone whose connection expired is offered Connect again.
+    let (team, user) = ids();
+    let link = app.store.find_link(&team, &user).await.unwrap().unwrap();
+    app.store
+        .mark_needs_relink(&team, &user, link.version, "invalid_grant", 0)
+        .await
+        .unwrap();
+    app.post_event(&home_opened("Ev3", "home")).await;
+    let views = app.wait_for_calls("views.publish", 3).await;
+    let home = views[2]["view"].to_string();
+    assert!(home.contains("has expired") && home.contains("home_connect"), "{home}");
+
+    // The Messages tab is not App Home.
+    app.post_event(&home_opened("Ev4", "messages")).await;
+    assert_eq!(app.settled_job_states().await.len(), 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn connect_in_app_home_sends_a_fresh_link_by_direct_message() {
+    let app = spawn().await;
+    let mut payload: Value =
+        serde_json::from_str(include_str!("fixtures/slack/block_actions_disconnect.json")).unwrap();
+    payload["actions"][0]["action_id"] = json!("home_connect");
+    payload["container"] = json!({"type": "view", "view_id": "V0HOME0001"});
+    let body = format!(
+        "payload={}",
+        url::form_urlencoded::byte_serialize(payload.to_string().as_bytes()).collect::<String>()
+    );
+    assert_eq!(click(&app, &body).await, 200);
+    let dms = app.wait_for_calls("chat.postMessage", 1).await;
+    assert_eq!(dms[0]["channel"], "D0DM000001");
+    assert!(
+        dms[0].to_string().contains("https://bot.example.com/link/"),
+        "{}",
+        dms[0]
+    );
+    app.stop().await;
+}
