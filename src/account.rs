@@ -15,8 +15,8 @@ use url::Url;
 use crate::clock::SharedClock;
 use crate::crypto::{Binding, Purpose, Vault};
 use crate::databricks::oauth::DatabricksOAuth;
-use crate::domain::{TeamId, UserId};
-use crate::linking::{LinkFor, offer_link};
+use crate::domain::{PersonIn, TeamId, UserId};
+use crate::linking::offer_link;
 use crate::slack::api::SlackApi;
 use crate::slack::messages;
 use crate::store::Store;
@@ -110,7 +110,7 @@ impl Account {
     /// Sends a fresh connect link to the person's direct messages.
     async fn connect(&self, request: &AccountRequest) -> Result<Done, JobError> {
         let dm = self.slack.open_dm(request.user.as_str()).await?;
-        let to = LinkFor {
+        let to = PersonIn {
             team: &request.team,
             user: &request.user,
             channel: &dm,

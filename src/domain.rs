@@ -149,6 +149,16 @@ impl fmt::Display for WorkspaceHost {
     }
 }
 
+/// A person in one Slack conversation: who, and where — the thread's root, or `None` for
+/// a direct message outside a thread.
+#[derive(Debug, Clone, Copy)]
+pub struct PersonIn<'a> {
+    pub team: &'a TeamId,
+    pub user: &'a UserId,
+    pub channel: &'a str,
+    pub thread_ts: Option<&'a str>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

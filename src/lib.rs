@@ -19,7 +19,8 @@
 //! - [`account`] — App Home, Connect there, and Disconnect: a person's link as they control it.
 //! - [`linking`] — from the "Connect Databricks" button to a verified, stored link.
 //! - [`databricks`] — OAuth, the token broker, REST calls as the person.
-//! - [`agent`] — the `Agent` seam that answers as the asker.
+//! - [`agent`] — the `Agent` seam that answers as the asker: Genie, the llm agent, http, ADK.
+//! - [`outbound`] — the HTTP client for outbound calls: no redirects, timeouts.
 
 pub mod account;
 pub mod agent;
@@ -32,6 +33,7 @@ pub mod domain;
 pub mod http;
 pub mod key_rotation;
 pub mod linking;
+pub mod outbound;
 pub mod questions;
 pub mod retention;
 pub mod slack;

@@ -33,7 +33,7 @@ use crate::config::IdentityCheck;
 use crate::crypto::{Binding, Purpose, Vault};
 use crate::databricks::api::{Databricks, Identity};
 use crate::databricks::oauth::DatabricksOAuth;
-use crate::domain::{TeamId, UserId, WorkspaceHost};
+use crate::domain::{PersonIn, TeamId, UserId, WorkspaceHost};
 use crate::slack::api::SlackApi;
 use crate::slack::messages;
 use crate::slack::oidc::SlackOidc;
@@ -88,15 +88,6 @@ pub fn hash_link_id(id: &str) -> [u8; 32] {
     hash_secret(id)
 }
 
-/// Who a link is for, and where their kept question (if any) is answered after linking.
-#[derive(Debug, Clone, Copy)]
-pub struct LinkFor<'a> {
-    pub team: &'a TeamId,
-    pub user: &'a UserId,
-    pub channel: &'a str,
-    pub thread_ts: Option<&'a str>,
-}
-
 /// A link offered to a person.
 pub struct Offer {
     /// The page to send them to (single use, 10 minutes).
@@ -105,12 +96,13 @@ pub struct Offer {
     pub id_hash: [u8; 32],
 }
 
-/// Creates a fresh single-use link (voiding older ones) unless one was offered within
-/// `quiet_seconds`: then `None`, and the earlier prompt stands.
+/// Creates a fresh single-use link for `to` (voiding older ones; a question kept with it
+/// is answered in `to`'s conversation) unless one was offered within `quiet_seconds`:
+/// then `None`, and the earlier prompt stands.
 pub async fn offer_link(
     store: &Store,
     public_base_url: &Url,
-    to: LinkFor<'_>,
+    to: PersonIn<'_>,
     now: i64,
     quiet_seconds: i64,
 ) -> Result<Option<Offer>, sqlx::Error> {

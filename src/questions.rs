@@ -18,14 +18,13 @@ use crate::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Progress, Threa
 use crate::clock::SharedClock;
 use crate::config::AnswerVisibility;
 use crate::databricks::broker::{BrokerError, TokenBroker};
-use crate::domain::{TeamId, UserId};
+use crate::domain::{PersonIn, TeamId, UserId};
+use crate::linking::offer_link;
 use crate::linking::random_token;
-use crate::linking::{LinkFor, offer_link};
 use crate::slack::api::SlackApi;
 use crate::slack::messages;
 use crate::slack::render::{self, Attribution, Rendered};
 use crate::store::Store;
-use crate::store::conversations::ConversationKey;
 use crate::store::jobs::Job;
 use crate::store::private_answers::NewPrivateAnswer;
 use crate::worker::{Done, JobError, JobHandler};
@@ -153,7 +152,7 @@ impl Questions {
             Ok(context) => context,
             Err(error) => return self.without_token(q, error).await,
         };
-        let key = ConversationKey {
+        let key = PersonIn {
             team: &q.team,
             user: &q.user,
             channel: &q.channel,
@@ -457,7 +456,7 @@ impl Questions {
     /// Parks the question until the person connects, sending a private prompt with a
     /// fresh single-use link — one prompt for a burst of questions, not one each.
     async fn park_until_connected(&self, q: &Question, reconnect: bool) -> Result<Done, JobError> {
-        let to = LinkFor {
+        let to = PersonIn {
             team: &q.team,
             user: &q.user,
             channel: &q.channel,

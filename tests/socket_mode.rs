@@ -155,3 +155,47 @@ async fn a_socket_mode_delivery_that_cannot_be_stored_is_left_unacknowledged() {
     assert!(ack.is_err(), "no ack, so Slack redelivers: {ack:?}");
     app.lifecycle.begin_shutdown();
 }
+
+// The slash command and button clicks reach the same handlers over Socket Mode: the
+// command's reply rides on the acknowledgement, and a Disconnect click forgets the link.
+#[tokio::test]
+async fn socket_mode_commands_and_clicks_reach_the_same_handlers() {
+    let (ws_url, mut sockets) = fake_socket_server().await;
+    let app = TestApp::spawn_with(Options {
+        slack_mocks: vec![
+            Mock::given(path("/api/apps.connections.open"))
+                .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true, "url": ws_url}))),
+        ],
+        extra_env: vec![("SLACK_APP_TOKEN", "xapp-1-test-CANARY".into())],
+        ..Default::default()
+    })
+    .await;
+    app.link_asker().await;
+    let mut ws = tokio::time::timeout(Duration::from_secs(10), sockets.recv())
+        .await
+        .expect("the bot connects")
+        .unwrap();
+
+    let command = json!({"token": "x", "team_id": "T061EG9R6", "team_domain": "acme", "channel_id": "C0LAN2Q65",
+                         "channel_name": "general", "user_id": "U061F7AUR", "user_name": "alice",
+                         "command": "/databricks", "text": "status", "api_app_id": "A0MDYCDME",
+                         "response_url": "https://hooks.slack.com/commands/T061EG9R6/1/x",
+                         "trigger_id": "1.2.status"});
+    ws.send(envelope("env-cmd", "slash_commands", command)).await.unwrap();
+    let ack = next_ack(&mut ws).await;
+    assert_eq!(ack["envelope_id"], "env-cmd");
+    assert!(ack["payload"].to_string().contains("Connected as"), "{ack}");
+
+    let mut click: Value = serde_json::from_str(include_str!("fixtures/slack/block_actions_disconnect.json")).unwrap();
+    click["response_url"] = json!(format!("{}/response/1", app.slack.uri()));
+    ws.send(envelope("env-click", "interactive", click)).await.unwrap();
+    assert_eq!(next_ack(&mut ws).await["envelope_id"], "env-click");
+    assert_eq!(app.settled_job_states().await, ["done"]);
+    let team = databricks_slack_bot::domain::TeamId::parse("T061EG9R6").unwrap();
+    let user = databricks_slack_bot::domain::UserId::parse("U061F7AUR").unwrap();
+    assert!(
+        app.store.find_link(&team, &user).await.unwrap().is_none(),
+        "disconnected"
+    );
+    app.stop().await;
+}

@@ -174,12 +174,7 @@ pub fn from_config(config: &AgentConfig) -> Arc<dyn Agent> {
 
 /// The HTTP client for the company's own agent: it may think for a while, but not forever.
 fn external_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(EXTERNAL_AGENT_TIMEOUT)
-        .build()
-        .expect("a reqwest client with rustls builds")
+    crate::outbound::client(EXTERNAL_AGENT_TIMEOUT)
 }
 
 /// Longest the company's own agent may take to answer.

@@ -17,7 +17,6 @@ use crate::domain::WorkspaceHost;
 
 /// Longest a single Databricks REST call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Rate-limited calls retried inline before the caller is told.
 const RATE_LIMIT_RETRIES: u32 = 2;
 /// Longest `Retry-After` waited out inline.
@@ -26,12 +25,7 @@ const MAX_INLINE_WAIT: Duration = Duration::from_secs(10);
 /// The HTTP client for Databricks REST calls: timeouts, no redirects (a bearer token must
 /// not follow one).
 pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT)
-        .build()
-        .expect("a reqwest client with rustls builds")
+    crate::outbound::client(CALL_TIMEOUT)
 }
 
 /// Who an access token belongs to (`GET /api/2.0/preview/scim/v2/Me`).

@@ -25,8 +25,7 @@ use url::Url;
 use crate::config::DatabricksConfig;
 use crate::domain::is_secure_or_loopback;
 
-/// Connect and total timeouts of every call to the authorization server.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest any call to the authorization server may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The fields of the discovery document we use.
@@ -87,14 +86,9 @@ pub struct DatabricksOAuth {
     scopes: Vec<String>,
 }
 
-/// The HTTP client for OAuth and Databricks calls: no redirects, bounded time.
+/// The client for the authorization server (see [`crate::outbound`]).
 pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT)
-        .build()
-        .expect("a reqwest client with rustls builds")
+    crate::outbound::client(CALL_TIMEOUT)
 }
 
 impl DatabricksOAuth {

@@ -10,8 +10,8 @@ use slack_morphism::prelude::*;
 use url::Url;
 
 use crate::clock::SharedClock;
-use crate::domain::{TeamId, UserId};
-use crate::linking::{LinkFor, offer_link};
+use crate::domain::{PersonIn, TeamId, UserId};
+use crate::linking::offer_link;
 use crate::questions::Question;
 use crate::slack::intake::Intake;
 use crate::slack::messages;
@@ -88,7 +88,7 @@ impl Commands {
             Command::Status => messages::status(self.store.find_link(&team, &user).await?.as_ref()),
             Command::Disconnect => messages::disconnect_confirm(self.store.find_link(&team, &user).await?.as_ref()),
             Command::Connect => {
-                let to = LinkFor {
+                let to = PersonIn {
                     team: &team,
                     user: &user,
                     channel: command.channel_id.as_ref(),

@@ -1,22 +1,12 @@
 //! What an agent keeps between questions in one Slack thread, per person: a Genie
 //! conversation id, an ADK session, recent turns. Never a token.
 
-use crate::domain::{TeamId, UserId};
+use crate::domain::PersonIn;
 use crate::store::{Store, on_pool};
-
-/// One person's conversation in one Slack thread.
-#[derive(Debug, Clone, Copy)]
-pub struct ConversationKey<'a> {
-    pub team: &'a TeamId,
-    pub user: &'a UserId,
-    pub channel: &'a str,
-    /// The thread's root, or `None` for a direct message outside a thread.
-    pub thread_ts: Option<&'a str>,
-}
 
 impl Store {
     /// The state `agent` kept for `key`, if any (state kept by another agent is ignored).
-    pub async fn conversation(&self, key: ConversationKey<'_>, agent: &str) -> Result<Option<String>, sqlx::Error> {
+    pub async fn conversation(&self, key: PersonIn<'_>, agent: &str) -> Result<Option<String>, sqlx::Error> {
         on_pool!(self.read, |pool| {
             sqlx::query_scalar(
                 "SELECT state FROM conversations
@@ -35,7 +25,7 @@ impl Store {
     /// Keeps `state` as `agent`'s conversation for `key`, replacing what was there.
     pub async fn save_conversation(
         &self,
-        key: ConversationKey<'_>,
+        key: PersonIn<'_>,
         agent: &str,
         state: &str,
         now: i64,

@@ -42,6 +42,22 @@ impl Job {
     }
 }
 
+/// The INSERT recording a delivered Slack event id, which does nothing for an id already
+/// recorded (check `rows_affected`). A macro so it expands inside each backend's arm of
+/// `on_pool!`, in the caller's transaction.
+macro_rules! record_slack_event {
+    ($event_id:expr, $team:expr, $now:expr) => {
+        sqlx::query(
+            "INSERT INTO slack_events (event_id, team_id, received_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind($event_id)
+        .bind($team.as_str())
+        .bind($now)
+    };
+}
+pub(crate) use record_slack_event;
+
 /// What happened to a delivered event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
@@ -86,16 +102,10 @@ impl Store {
     pub async fn enqueue_event_job(&self, event_id: &str, job: &NewJob<'_>, now: i64) -> Result<Delivery, sqlx::Error> {
         on_pool!(self.write, |pool| {
             let mut tx = pool.begin_write().await?;
-            let recorded = sqlx::query(
-                "INSERT INTO slack_events (event_id, team_id, received_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (event_id) DO NOTHING",
-            )
-            .bind(event_id)
-            .bind(job.team.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            let recorded = record_slack_event!(event_id, job.team, now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
             if recorded == 0 {
                 return Ok(Delivery::Duplicate);
             }

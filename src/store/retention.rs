@@ -15,6 +15,7 @@
 //! backlog never holds SQLite's single writer (or Postgres row locks) for long.
 
 use super::audit::{Actor, AuditEvent, AuditKind, insert_audit_event};
+use super::jobs::record_slack_event;
 use super::{Store, WritePool, on_pool};
 use crate::domain::{TeamId, UserId};
 
@@ -128,16 +129,10 @@ impl Store {
     ) -> Result<Option<TeamPurge>, sqlx::Error> {
         on_pool!(self.write, |pool| {
             let mut tx = pool.begin_write().await?;
-            let recorded = sqlx::query(
-                "INSERT INTO slack_events (event_id, team_id, received_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (event_id) DO NOTHING",
-            )
-            .bind(event_id)
-            .bind(team.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            let recorded = record_slack_event!(event_id, team, now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
             if recorded == 0 {
                 return Ok(None);
             }
