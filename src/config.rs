@@ -690,6 +690,18 @@ fn read_agent(r: &mut Reader<'_>) -> Option<AgentConfig> {
         Some(AgentKind::Adk) if agent.adk_app_name.is_none() => {
             r.problem("ADK_APP_NAME", "is required for AGENT=adk: the ADK app to run")
         }
+        // ADK's api_server refuses other app names (and the name goes into URL paths).
+        Some(AgentKind::Adk)
+            if !agent
+                .adk_app_name
+                .as_deref()
+                .is_some_and(|n| n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) =>
+        {
+            r.problem(
+                "ADK_APP_NAME",
+                "must be letters, digits and underscores only, as ADK requires",
+            )
+        }
         Some(_) => {}
         None => r.problem(
             "AGENT",
@@ -859,6 +871,13 @@ mod tests {
         );
         assert_eq!(problems(&with(&[("AGENT", "llm")])), ["DATABRICKS_SERVING_ENDPOINT"]);
         assert_eq!(problems(&with(&[("AGENT", "adk")])), ["AGENT_URL"]);
+        assert_eq!(
+            problems(&with(&[
+                ("AGENT_URL", "https://agent.example.com"),
+                ("ADK_APP_NAME", "../admin")
+            ])),
+            ["ADK_APP_NAME"]
+        );
     }
 
     #[test]
