@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::app::{Options, TestApp, audit_trail, mention};
+use common::app::{Options, TestApp, audit_trail, interaction, mention};
 use databricks_slack_bot::clock::Clock;
 use databricks_slack_bot::domain::{TeamId, UserId};
 use serde_json::{Value, json};
@@ -41,44 +41,22 @@ async fn command(app: &TestApp, text: &str, trigger: &str) -> Value {
 }
 
 /// The Disconnect button clicked by the asker, as Slack reports it once confirmed.
-fn disconnect_click(app: &TestApp, trigger: &str) -> String {
+fn disconnect_click(app: &TestApp, trigger: &str) -> Value {
     let mut payload: Value =
         serde_json::from_str(include_str!("fixtures/slack/block_actions_disconnect.json")).unwrap();
     payload["trigger_id"] = json!(trigger);
     payload["response_url"] = json!(format!("{}/response/{trigger}", app.slack.uri()));
-    format!(
-        "payload={}",
-        url::form_urlencoded::byte_serialize(payload.to_string().as_bytes()).collect::<String>()
-    )
-}
-
-async fn click(app: &TestApp, body: &str) -> u16 {
-    app.post_signed("/slack/interactions", "application/x-www-form-urlencoded", body, &[])
-        .await
-        .status()
-        .as_u16()
-}
-
-/// What was sent to the fake `response_url`s, in order.
-async fn responses(app: &TestApp) -> Vec<Value> {
-    app.slack
-        .received_requests()
-        .await
-        .unwrap()
-        .iter()
-        .filter(|r| r.url.path().starts_with("/response/"))
-        .map(|r| serde_json::from_slice(&r.body).unwrap())
-        .collect()
+    payload
 }
 
 async fn wait_for_responses(app: &TestApp, n: usize) -> Vec<Value> {
     for _ in 0..500 {
-        if responses(app).await.len() >= n {
+        if app.responses().await.len() >= n {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    responses(app).await
+    app.responses().await
 }
 
 async fn spawn() -> TestApp {
@@ -199,7 +177,7 @@ async fn disconnect_asks_first_then_forgets_the_link_and_tokens_and_a_second_cli
     );
     assert!(app.job_states().await.is_empty(), "nothing happens before the click");
 
-    assert_eq!(click(&app, &disconnect_click(&app, "d1")).await, 200);
+    assert_eq!(app.post_interaction(&disconnect_click(&app, "d1")).await, 200);
     let told = wait_for_responses(&app, 1).await;
     assert!(told[0].to_string().contains("Disconnected"), "{}", told[0]);
     assert_eq!(told[0]["replace_original"], true);
@@ -217,7 +195,7 @@ async fn disconnect_asks_first_then_forgets_the_link_and_tokens_and_a_second_cli
     );
 
     // Disconnect twice: idempotent, and said so.
-    click(&app, &disconnect_click(&app, "d2")).await;
+    app.post_interaction(&disconnect_click(&app, "d2")).await;
     let told = wait_for_responses(&app, 2).await;
     assert!(told[1].to_string().contains("already disconnected"), "{}", told[1]);
     assert_eq!(audit_trail(&app.db_url).await.len(), 1);
@@ -230,7 +208,7 @@ async fn disconnect_asks_first_then_forgets_the_link_and_tokens_and_a_second_cli
 async fn unsigned_or_stale_disconnect_attempts_are_refused_and_remove_nothing() {
     let app = spawn().await;
     app.link_asker().await;
-    let body = disconnect_click(&app, "x1");
+    let body = interaction(&disconnect_click(&app, "x1"));
     let unsigned = app
         .client
         .post(app.url("/slack/interactions"))
@@ -281,7 +259,7 @@ async fn a_question_in_flight_during_a_disconnect_is_not_answered_and_a_late_ret
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    click(&app, &disconnect_click(&app, "d1")).await;
+    app.post_interaction(&disconnect_click(&app, "d1")).await;
     wait_for_responses(&app, 1).await;
     assert_eq!(app.settled_job_states().await, ["done", "done"]);
     let answers: Vec<Value> = app
@@ -364,11 +342,7 @@ async fn connect_in_app_home_sends_a_fresh_link_by_direct_message() {
         serde_json::from_str(include_str!("fixtures/slack/block_actions_disconnect.json")).unwrap();
     payload["actions"][0]["action_id"] = json!("home_connect");
     payload["container"] = json!({"type": "view", "view_id": "V0HOME0001"});
-    let body = format!(
-        "payload={}",
-        url::form_urlencoded::byte_serialize(payload.to_string().as_bytes()).collect::<String>()
-    );
-    assert_eq!(click(&app, &body).await, 200);
+    assert_eq!(app.post_interaction(&payload).await, 200);
     let dms = app.wait_for_calls("chat.postMessage", 1).await;
     assert_eq!(dms[0]["channel"], "D0DM000001");
     assert!(

@@ -2,16 +2,15 @@
 //! receives, what the asker gets back, and how failures read. Each agent is a wiremock
 //! server on loopback.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+mod common;
+
 use std::time::Duration;
 
-use async_trait::async_trait;
+use common::agents::{self, Shown};
+use common::logs::Captured;
 use databricks_slack_bot::agent::adk::Adk;
 use databricks_slack_bot::agent::http::HttpAgent;
-use databricks_slack_bot::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Progress, Thread, UserContext};
-use databricks_slack_bot::domain::{TeamId, UserId, WorkspaceHost};
-use secrecy::SecretString;
+use databricks_slack_bot::agent::{Agent, AgentAnswer, AgentError, AgentRequest};
 use serde_json::{Value, json};
 use slack_morphism::prelude::SlackBlock;
 use url::Url;
@@ -24,28 +23,8 @@ const APP: &str = "data_agent";
 const ADK_USER: &str = "T0TEAM1:U0ASKER1";
 const SESSIONS: &str = "/apps/data_agent/users/T0TEAM1:U0ASKER1/sessions";
 
-fn context() -> UserContext {
-    UserContext {
-        host: WorkspaceHost::parse(HOST).unwrap(),
-        access_token: SecretString::from(TOKEN),
-        team: TeamId::parse("T0TEAM1").unwrap(),
-        user: UserId::parse("U0ASKER1").unwrap(),
-        databricks_user_id: "4242".into(),
-        databricks_user_name: "ada@example.com".into(),
-        version: 1,
-    }
-}
-
 fn question(text: &str, conversation: Option<Value>) -> AgentRequest {
-    AgentRequest {
-        question: text.into(),
-        context: context(),
-        thread: Thread {
-            channel: "C0CHANNEL".into(),
-            thread_ts: Some("1712345678.000100".into()),
-        },
-        conversation,
-    }
+    agents::request(HOST, TOKEN, text, conversation)
 }
 
 /// A client like the bot's, with a timeout short enough for a test to outlast.
@@ -65,21 +44,10 @@ fn adk(server: &MockServer) -> Adk {
     Adk::new(client(), Url::parse(&server.uri()).unwrap(), APP.into())
 }
 
-/// What the agents told the person while they waited.
-#[derive(Default)]
-struct Watched(Mutex<Vec<String>>);
-
-#[async_trait]
-impl Progress for Watched {
-    async fn working_on(&self, status: &str) {
-        self.0.lock().unwrap().push(status.into());
-    }
-}
-
 async fn ask(agent: &dyn Agent, request: &AgentRequest) -> Result<AgentAnswer, AgentError> {
-    let watched = Watched::default();
-    let answer = agent.answer(request, &watched).await;
-    assert_eq!(*watched.0.lock().unwrap(), ["Asking your agent…"]);
+    let shown = Shown::default();
+    let answer = agent.answer(request, &shown).await;
+    assert_eq!(shown.seen(), ["Asking your agent…"]);
     if let Err(error) = &answer {
         assert!(!format!("{error:?}").contains(TOKEN), "the token leaked into {error:?}");
     }
@@ -99,6 +67,13 @@ fn said(text: &str) -> ResponseTemplate {
 }
 
 // ---- http ----------------------------------------------------------------------------
+
+/// What the HTTP agent makes of `response` to the question "q".
+async fn http_agent_answering(response: ResponseTemplate) -> Result<AgentAnswer, AgentError> {
+    let server = MockServer::start().await;
+    Mock::given(method("POST")).respond_with(response).mount(&server).await;
+    ask(&http_agent(&server), &question("q", None)).await
+}
 
 #[tokio::test]
 async fn the_http_agent_gets_the_question_with_the_askers_token_identity_and_thread() {
@@ -194,13 +169,11 @@ async fn invalid_blocks_are_dropped_and_the_text_still_answers() {
         json!("not a list"),
         json!(vec![json!({ "type": "divider" }); 51]),
     ] {
-        let server = MockServer::start().await;
-        Mock::given(method("POST"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "text": "Plain answer", "blocks": blocks })))
-            .mount(&server)
-            .await;
-
-        let answer = ask(&http_agent(&server), &question("q", None)).await.unwrap();
+        let answer = http_agent_answering(
+            ResponseTemplate::new(200).set_body_json(json!({ "text": "Plain answer", "blocks": blocks })),
+        )
+        .await
+        .unwrap();
 
         assert_eq!(answer.text, "Plain answer");
         assert!(answer.blocks.is_empty(), "kept {blocks}");
@@ -215,13 +188,9 @@ async fn an_answer_without_text_could_not_be_read_even_with_blocks() {
         json!({ "text": 42 }),
         json!(["a list"]),
     ] {
-        let server = MockServer::start().await;
-        Mock::given(method("POST"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(body))
-            .mount(&server)
-            .await;
-
-        let error = ask(&http_agent(&server), &question("q", None)).await.unwrap_err();
+        let error = http_agent_answering(ResponseTemplate::new(200).set_body_json(body))
+            .await
+            .unwrap_err();
 
         assert_eq!(error, failed("your agent sent an answer I could not read"));
     }
@@ -229,39 +198,28 @@ async fn an_answer_without_text_could_not_be_read_even_with_blocks() {
 
 #[tokio::test]
 async fn an_answer_that_is_not_json_could_not_be_read() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_string("<html>Sign in</html>"))
-        .mount(&server)
-        .await;
-
-    let error = ask(&http_agent(&server), &question("q", None)).await.unwrap_err();
+    let error = http_agent_answering(ResponseTemplate::new(200).set_body_string("<html>Sign in</html>"))
+        .await
+        .unwrap_err();
 
     assert_eq!(error, failed("your agent sent an answer I could not read"));
 }
 
 #[tokio::test]
 async fn a_500_from_the_agent_is_worth_retrying_later() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(500).set_body_string("Traceback (most recent call last): …"))
-        .mount(&server)
-        .await;
-
-    let error = ask(&http_agent(&server), &question("q", None)).await.unwrap_err();
+    let error =
+        http_agent_answering(ResponseTemplate::new(500).set_body_string("Traceback (most recent call last): …"))
+            .await
+            .unwrap_err();
 
     assert_eq!(error, transient("your agent is unavailable right now"));
 }
 
 #[tokio::test]
 async fn a_rate_limited_agent_says_when_to_retry() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "7"))
-        .mount(&server)
-        .await;
-
-    let error = ask(&http_agent(&server), &question("q", None)).await.unwrap_err();
+    let error = http_agent_answering(ResponseTemplate::new(429).insert_header("retry-after", "7"))
+        .await
+        .unwrap_err();
 
     assert_eq!(
         error,
@@ -274,13 +232,9 @@ async fn a_rate_limited_agent_says_when_to_retry() {
 
 #[tokio::test]
 async fn an_agent_slower_than_the_timeout_did_not_answer_in_time() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(said("too late").set_delay(Duration::from_secs(2)))
-        .mount(&server)
-        .await;
-
-    let error = ask(&http_agent(&server), &question("q", None)).await.unwrap_err();
+    let error = http_agent_answering(said("too late").set_delay(Duration::from_secs(2)))
+        .await
+        .unwrap_err();
 
     assert_eq!(error, transient("your agent did not answer in time"));
 }
@@ -302,13 +256,11 @@ async fn an_agent_nobody_listens_for_is_unavailable() {
 #[tokio::test]
 async fn a_401_from_the_agent_is_its_own_refusal_not_a_databricks_token_problem() {
     for status in [401, 403] {
-        let server = MockServer::start().await;
-        Mock::given(method("POST"))
-            .respond_with(ResponseTemplate::new(status).insert_header("www-authenticate", r#"Bearer realm="gateway""#))
-            .mount(&server)
-            .await;
-
-        let error = ask(&http_agent(&server), &question("q", None)).await.unwrap_err();
+        let error = http_agent_answering(
+            ResponseTemplate::new(status).insert_header("www-authenticate", r#"Bearer realm="gateway""#),
+        )
+        .await
+        .unwrap_err();
 
         assert_eq!(error, failed("your agent refused the request"), "HTTP {status}");
     }
@@ -316,13 +268,11 @@ async fn a_401_from_the_agent_is_its_own_refusal_not_a_databricks_token_problem(
 
 #[tokio::test]
 async fn an_agent_saying_the_bearer_is_an_invalid_token_gets_the_token_refreshed() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(401).insert_header("www-authenticate", r#"Bearer error="invalid_token""#))
-        .mount(&server)
-        .await;
-
-    let error = ask(&http_agent(&server), &question("q", None)).await.unwrap_err();
+    let error = http_agent_answering(
+        ResponseTemplate::new(401).insert_header("www-authenticate", r#"Bearer error="invalid_token""#),
+    )
+    .await
+    .unwrap_err();
 
     assert_eq!(error, AgentError::Unauthorized);
 }
@@ -356,6 +306,17 @@ fn ran(answer: &str) -> ResponseTemplate {
             "content": { "role": "model", "parts": [{ "text": answer }] }
         }
     ]))
+}
+
+/// What the ADK agent makes of `events` from its run of the question "q" in a new session.
+async fn adk_running(events: ResponseTemplate) -> Result<AgentAnswer, AgentError> {
+    let server = MockServer::start().await;
+    Mock::given(path(SESSIONS))
+        .respond_with(session("s-1"))
+        .mount(&server)
+        .await;
+    Mock::given(path("/run")).respond_with(events).mount(&server).await;
+    ask(&adk(&server), &question("q", None)).await
 }
 
 fn run_in(session_id: &str) -> wiremock::matchers::BodyPartialJsonMatcher {
@@ -482,47 +443,31 @@ async fn a_session_lost_again_right_after_creation_fails_instead_of_looping() {
 
 #[tokio::test]
 async fn the_adk_answer_is_the_final_agent_text_not_thoughts_tool_calls_or_the_user() {
-    let server = MockServer::start().await;
-    Mock::given(path(SESSIONS))
-        .respond_with(session("s-1"))
-        .mount(&server)
-        .await;
-    Mock::given(path("/run"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!([
-            { "author": "user", "content": { "role": "user", "parts": [{ "text": "the question" }] } },
-            { "author": APP, "content": { "role": "model", "parts": [
-                { "text": "Let me check." },
-                { "functionCall": { "name": "run_sql", "args": {} } }
-            ] } },
-            { "author": APP, "content": { "role": "user", "parts": [
-                { "functionResponse": { "name": "run_sql", "response": { "result": "1234" } } }
-            ] } },
-            { "author": APP, "content": { "role": "model", "parts": [
-                { "text": "Counting rows…", "thought": true },
-                { "text": "1,234 orders." }
-            ] } }
-        ])))
-        .mount(&server)
-        .await;
-
-    let answer = ask(&adk(&server), &question("q", None)).await.unwrap();
+    let answer = adk_running(ResponseTemplate::new(200).set_body_json(json!([
+        { "author": "user", "content": { "role": "user", "parts": [{ "text": "the question" }] } },
+        { "author": APP, "content": { "role": "model", "parts": [
+            { "text": "Let me check." },
+            { "functionCall": { "name": "run_sql", "args": {} } }
+        ] } },
+        { "author": APP, "content": { "role": "user", "parts": [
+            { "functionResponse": { "name": "run_sql", "response": { "result": "1234" } } }
+        ] } },
+        { "author": APP, "content": { "role": "model", "parts": [
+            { "text": "Counting rows…", "thought": true },
+            { "text": "1,234 orders." }
+        ] } }
+    ])))
+    .await
+    .unwrap();
 
     assert_eq!(answer.text, "1,234 orders.");
 }
 
 #[tokio::test]
 async fn a_500_from_adk_is_worth_retrying_later() {
-    let server = MockServer::start().await;
-    Mock::given(path(SESSIONS))
-        .respond_with(session("s-1"))
-        .mount(&server)
-        .await;
-    Mock::given(path("/run"))
-        .respond_with(ResponseTemplate::new(500).set_body_string("Internal Server Error"))
-        .mount(&server)
-        .await;
-
-    let error = ask(&adk(&server), &question("q", None)).await.unwrap_err();
+    let error = adk_running(ResponseTemplate::new(500).set_body_string("Internal Server Error"))
+        .await
+        .unwrap_err();
 
     assert_eq!(error, transient("your agent is unavailable right now"));
 }
@@ -536,14 +481,7 @@ async fn adk_events_that_are_not_json_or_carry_no_answer_could_not_be_read() {
         ResponseTemplate::new(200)
             .set_body_json(json!([{ "author": APP, "content": { "parts": [{ "functionCall": { "name": "x" } }] } }])),
     ] {
-        let server = MockServer::start().await;
-        Mock::given(path(SESSIONS))
-            .respond_with(session("s-1"))
-            .mount(&server)
-            .await;
-        Mock::given(path("/run")).respond_with(events).mount(&server).await;
-
-        let error = ask(&adk(&server), &question("q", None)).await.unwrap_err();
+        let error = adk_running(events).await.unwrap_err();
 
         assert_eq!(error, failed("your agent sent an answer I could not read"));
     }
@@ -551,17 +489,9 @@ async fn adk_events_that_are_not_json_or_carry_no_answer_could_not_be_read() {
 
 #[tokio::test]
 async fn an_adk_agent_slower_than_the_timeout_did_not_answer_in_time() {
-    let server = MockServer::start().await;
-    Mock::given(path(SESSIONS))
-        .respond_with(session("s-1"))
-        .mount(&server)
-        .await;
-    Mock::given(path("/run"))
-        .respond_with(ran("too late").set_delay(Duration::from_secs(2)))
-        .mount(&server)
-        .await;
-
-    let error = ask(&adk(&server), &question("q", None)).await.unwrap_err();
+    let error = adk_running(ran("too late").set_delay(Duration::from_secs(2)))
+        .await
+        .unwrap_err();
 
     assert_eq!(error, transient("your agent did not answer in time"));
 }
@@ -581,30 +511,11 @@ async fn an_adk_server_refusing_the_bot_is_a_plain_refusal() {
 
 // ---- logs ----------------------------------------------------------------------------
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn an_agent_echoing_the_request_back_in_an_error_does_not_put_the_token_in_the_logs() {
     let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
     // This test's runtime is single-threaded, so everything it awaits logs here.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = tracing::subscriber::set_default(logs.subscriber());
     let server = MockServer::start().await;
     // FastAPI's 422 echoes the offending request body, state_delta and all.
     Mock::given(path(SESSIONS))
@@ -628,7 +539,7 @@ async fn an_agent_echoing_the_request_back_in_an_error_does_not_put_the_token_in
 
     assert_eq!(adk_error, failed("your agent could not handle the request"));
     assert_eq!(http_error, transient("your agent is unavailable right now"));
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     assert!(logs.contains("Field required") && logs.contains("bad header"), "{logs}");
     assert!(!logs.contains(TOKEN), "{logs}");
 }

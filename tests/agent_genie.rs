@@ -1,16 +1,15 @@
 //! The Genie agent against a fake Genie space on loopback: what the person gets back, and
 //! what Databricks received (always the person's own token).
 
-use std::sync::Mutex;
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
+use common::agents::{self, Shown};
 use databricks_slack_bot::agent::genie::{Genie, Timing};
-use databricks_slack_bot::agent::{Agent, AgentError, AgentRequest, Progress, Table, Thread, Unwatched, UserContext};
+use databricks_slack_bot::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Table, Unwatched};
 use databricks_slack_bot::databricks::api::http_client;
-use databricks_slack_bot::domain::{TeamId, UserId, WorkspaceHost};
-use secrecy::SecretString;
 use serde_json::{Value, json};
 use wiremock::matchers::{bearer_token, body_json, method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
@@ -33,40 +32,12 @@ fn genie(timing: Timing) -> Genie {
 }
 
 fn request(server: &MockServer, conversation: Option<Value>) -> AgentRequest {
-    AgentRequest {
-        question: QUESTION.into(),
-        context: UserContext {
-            host: WorkspaceHost::parse(&server.uri()).unwrap(),
-            access_token: SecretString::from(TOKEN),
-            team: TeamId::parse("T0123ABCD").unwrap(),
-            user: UserId::parse("U0123ABCD").unwrap(),
-            databricks_user_id: "1234".into(),
-            databricks_user_name: "asker@example.com".into(),
-            version: 1,
-        },
-        thread: Thread {
-            channel: "C0123ABCD".into(),
-            thread_ts: Some("1700000000.000100".into()),
-        },
-        conversation,
-    }
+    agents::request(&server.uri(), TOKEN, QUESTION, conversation)
 }
 
-/// Progress as the person would have seen it.
-#[derive(Default)]
-struct Recorded(Mutex<Vec<String>>);
-
-#[async_trait]
-impl Progress for Recorded {
-    async fn working_on(&self, status: &str) {
-        self.0.lock().unwrap().push(status.to_owned());
-    }
-}
-
-impl Recorded {
-    fn seen(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
+/// Asks [`QUESTION`] in a new thread, with nobody watching.
+async fn ask(server: &MockServer) -> Result<AgentAnswer, AgentError> {
+    genie(fast()).answer(&request(server, None), &Unwatched).await
 }
 
 /// Answers with each response in turn, then repeats the last.
@@ -147,6 +118,11 @@ fn answer_attachments() -> Value {
     ])
 }
 
+/// A poll finding Genie's [`answer_attachments`] complete.
+fn completed() -> ResponseTemplate {
+    ok(message("c-1", "m-1", "COMPLETED", answer_attachments()))
+}
+
 fn statement(state: &str, data_array: Value) -> Value {
     json!({"statement_response": {
         "statement_id": "st-1",
@@ -210,13 +186,22 @@ async fn query_result(server: &MockServer, body: Value) {
         .await;
 }
 
-async fn error_of(server: &MockServer, response: Value) -> AgentError {
-    starts_conversation(server).await;
-    polls(server, vec![ok(response)]).await;
-    genie(fast())
-        .answer(&request(server, None), &Unwatched)
-        .await
-        .expect_err("Genie did not answer")
+/// The failure when the message polls as `response`.
+async fn error_of(response: Value) -> AgentError {
+    let server = MockServer::start().await;
+    starts_conversation(&server).await;
+    polls(&server, vec![ok(response)]).await;
+    ask(&server).await.expect_err("Genie did not answer")
+}
+
+/// The failure when Genie answers every `POST` with `status` and `body`.
+async fn error_when_refused(status: u16, body: Value) -> AgentError {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(status).set_body_json(body))
+        .mount(&server)
+        .await;
+    ask(&server).await.unwrap_err()
 }
 
 #[tokio::test]
@@ -229,12 +214,12 @@ async fn a_new_thread_starts_a_conversation_and_answers_with_text_sql_table_and_
             ok(message("c-1", "m-1", "SUBMITTED", json!([]))),
             ok(message("c-1", "m-1", "PENDING_WAREHOUSE", json!([]))),
             ok(message("c-1", "m-1", "EXECUTING_QUERY", json!([]))),
-            ok(message("c-1", "m-1", "COMPLETED", answer_attachments())),
+            completed(),
         ],
     )
     .await;
     query_result(&server, two_quarters()).await;
-    let progress = Recorded::default();
+    let progress = Shown::default();
 
     let answer = genie(fast()).answer(&request(&server, None), &progress).await.unwrap();
 
@@ -256,15 +241,7 @@ async fn a_new_thread_starts_a_conversation_and_answers_with_text_sql_table_and_
     );
     let received = server.received_requests().await.unwrap();
     assert_eq!(received.len(), 6, "start, four polls, one query result");
-    for request in &received {
-        let authorization = request.headers.get("authorization").map(|v| v.to_str().unwrap());
-        assert_eq!(
-            authorization,
-            Some(format!("Bearer {TOKEN}").as_str()),
-            "{}",
-            request.url
-        );
-    }
+    agents::assert_bearer(&received, TOKEN);
 }
 
 #[tokio::test]
@@ -325,11 +302,7 @@ async fn a_kept_conversation_that_genie_no_longer_has_is_replaced_by_a_new_one()
         .mount(&server)
         .await;
     starts_conversation(&server).await;
-    polls(
-        &server,
-        vec![ok(message("c-1", "m-1", "COMPLETED", answer_attachments()))],
-    )
-    .await;
+    polls(&server, vec![completed()]).await;
     query_result(&server, two_quarters()).await;
 
     let answer = genie(fast())
@@ -357,11 +330,7 @@ async fn kept_state_that_is_unreadable_or_from_another_space_starts_a_new_conver
         .mount(&server)
         .await;
     starts_conversation(&server).await;
-    polls(
-        &server,
-        vec![ok(message("c-1", "m-1", "COMPLETED", answer_attachments()))],
-    )
-    .await;
+    polls(&server, vec![completed()]).await;
     query_result(&server, two_quarters()).await;
 
     for kept in [
@@ -383,14 +352,10 @@ async fn kept_state_that_is_unreadable_or_from_another_space_starts_a_new_conver
 
 #[tokio::test]
 async fn a_message_failed_by_genies_rate_limit_is_transient() {
-    let server = MockServer::start().await;
-    let error = error_of(
-        &server,
-        failed(
-            "RATE_LIMIT_EXCEEDED_GENERIC_EXCEPTION",
-            "Rate limit exceeded for space.",
-        ),
-    )
+    let error = error_of(failed(
+        "RATE_LIMIT_EXCEEDED_GENERIC_EXCEPTION",
+        "Rate limit exceeded for space.",
+    ))
     .await;
     assert!(
         matches!(&error, AgentError::Transient { reason, .. } if reason.starts_with("Genie is busy right now")),
@@ -400,14 +365,10 @@ async fn a_message_failed_by_genies_rate_limit_is_transient() {
 
 #[tokio::test]
 async fn a_message_failed_for_another_reason_says_why_in_plain_words() {
-    let server = MockServer::start().await;
-    let error = error_of(
-        &server,
-        failed(
-            "GENERIC_CHAT_COMPLETION_EXCEPTION",
-            "The question could not be interpreted.",
-        ),
-    )
+    let error = error_of(failed(
+        "GENERIC_CHAT_COMPLETION_EXCEPTION",
+        "The question could not be interpreted.",
+    ))
     .await;
     assert_eq!(
         error,
@@ -417,14 +378,10 @@ async fn a_message_failed_for_another_reason_says_why_in_plain_words() {
 
 #[tokio::test]
 async fn a_message_failed_for_want_of_the_warehouse_is_no_access() {
-    let server = MockServer::start().await;
-    let error = error_of(
-        &server,
-        failed(
-            "WAREHOUSE_ACCESS_MISSING_EXCEPTION",
-            "You need CAN USE on the warehouse used by this space.",
-        ),
-    )
+    let error = error_of(failed(
+        "WAREHOUSE_ACCESS_MISSING_EXCEPTION",
+        "You need CAN USE on the warehouse used by this space.",
+    ))
     .await;
     assert_eq!(
         error,
@@ -434,8 +391,7 @@ async fn a_message_failed_for_want_of_the_warehouse_is_no_access() {
 
 #[tokio::test]
 async fn a_cancelled_message_fails_and_is_not_asked_again() {
-    let server = MockServer::start().await;
-    let error = error_of(&server, message("c-1", "m-1", "CANCELLED", json!([]))).await;
+    let error = error_of(message("c-1", "m-1", "CANCELLED", json!([]))).await;
     assert_eq!(error, AgentError::Failed("the question was cancelled in Genie".into()));
 }
 
@@ -456,7 +412,7 @@ async fn an_expired_query_result_is_run_again_and_its_rows_are_answered() {
         .mount(&server)
         .await;
     query_result(&server, two_quarters()).await;
-    let progress = Recorded::default();
+    let progress = Shown::default();
 
     let answer = genie(fast()).answer(&request(&server, None), &progress).await.unwrap();
 
@@ -477,13 +433,13 @@ async fn a_rate_limited_poll_is_waited_out_and_the_answer_still_arrives() {
             ResponseTemplate::new(429)
                 .insert_header("Retry-After", "0")
                 .set_body_json(json!({"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "Too many requests"})),
-            ok(message("c-1", "m-1", "COMPLETED", answer_attachments())),
+            completed(),
         ],
     )
     .await;
     query_result(&server, two_quarters()).await;
 
-    let answer = genie(fast()).answer(&request(&server, None), &Unwatched).await.unwrap();
+    let answer = ask(&server).await.unwrap();
 
     assert_eq!(answer.table, Some(the_two_quarters_table()));
     let polled = server
@@ -504,13 +460,13 @@ async fn a_passing_server_error_while_polling_is_polled_through_instead_of_askin
         &server,
         vec![
             ResponseTemplate::new(503).set_body_json(json!({"error_code": "TEMPORARILY_UNAVAILABLE"})),
-            ok(message("c-1", "m-1", "COMPLETED", answer_attachments())),
+            completed(),
         ],
     )
     .await;
     query_result(&server, two_quarters()).await;
 
-    let answer = genie(fast()).answer(&request(&server, None), &Unwatched).await.unwrap();
+    let answer = ask(&server).await.unwrap();
 
     assert_eq!(answer.table, Some(the_two_quarters_table()));
 }
@@ -521,10 +477,7 @@ async fn polls_that_keep_failing_end_the_answer_as_transient() {
     starts_conversation(&server).await;
     polls(&server, vec![ResponseTemplate::new(500)]).await;
 
-    let error = genie(fast())
-        .answer(&request(&server, None), &Unwatched)
-        .await
-        .unwrap_err();
+    let error = ask(&server).await.unwrap_err();
 
     assert_eq!(error, AgentError::transient("Databricks is temporarily unavailable"));
     let polled = server.received_requests().await.unwrap().len() - 1;
@@ -560,38 +513,28 @@ async fn a_message_that_never_finishes_fails_at_the_bound_without_a_retry() {
 
 #[tokio::test]
 async fn a_refused_token_is_unauthorized_so_the_caller_refreshes() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(401).set_body_json(json!({
+    let error = error_when_refused(
+        401,
+        json!({
             "error_code": "UNAUTHENTICATED",
             "message": "Credential was not sent or was of an unsupported type for this API.",
-        })))
-        .mount(&server)
-        .await;
-
-    let error = genie(fast())
-        .answer(&request(&server, None), &Unwatched)
-        .await
-        .unwrap_err();
+        }),
+    )
+    .await;
 
     assert_eq!(error, AgentError::Unauthorized);
 }
 
 #[tokio::test]
 async fn a_permission_denial_is_no_access_in_databricks_own_words() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(403).set_body_json(json!({
+    let error = error_when_refused(
+        403,
+        json!({
             "error_code": "PERMISSION_DENIED",
             "message": "You do not have permission to run this Genie space.",
-        })))
-        .mount(&server)
-        .await;
-
-    let error = genie(fast())
-        .answer(&request(&server, None), &Unwatched)
-        .await
-        .unwrap_err();
+        }),
+    )
+    .await;
 
     assert_eq!(
         error,
@@ -603,16 +546,12 @@ async fn a_permission_denial_is_no_access_in_databricks_own_words() {
 async fn a_null_data_array_is_a_table_without_rows_not_a_failure() {
     let server = MockServer::start().await;
     starts_conversation(&server).await;
-    polls(
-        &server,
-        vec![ok(message("c-1", "m-1", "COMPLETED", answer_attachments()))],
-    )
-    .await;
+    polls(&server, vec![completed()]).await;
     let mut empty = statement("SUCCEEDED", Value::Null);
     empty["statement_response"]["manifest"]["total_row_count"] = json!(0);
     query_result(&server, empty).await;
 
-    let answer = genie(fast()).answer(&request(&server, None), &Unwatched).await.unwrap();
+    let answer = ask(&server).await.unwrap();
 
     let table = answer.table.expect("a table");
     assert_eq!(table.columns, ["quarter", "revenue"]);
@@ -624,17 +563,13 @@ async fn a_null_data_array_is_a_table_without_rows_not_a_failure() {
 async fn a_query_that_failed_in_the_warehouse_is_told_beside_genies_answer() {
     let server = MockServer::start().await;
     starts_conversation(&server).await;
-    polls(
-        &server,
-        vec![ok(message("c-1", "m-1", "COMPLETED", answer_attachments()))],
-    )
-    .await;
+    polls(&server, vec![completed()]).await;
     let mut failed_statement = statement("FAILED", Value::Null);
     failed_statement["statement_response"]["status"]["error"] =
         json!({"error_code": "BAD_REQUEST", "message": "[TABLE_OR_VIEW_NOT_FOUND] sales"});
     query_result(&server, failed_statement).await;
 
-    let answer = genie(fast()).answer(&request(&server, None), &Unwatched).await.unwrap();
+    let answer = ask(&server).await.unwrap();
 
     assert_eq!(
         answer.text,

@@ -3,16 +3,16 @@
 //! Databricks receives (always the person's own token, never a write), and what the asker
 //! gets back.
 
+mod common;
+
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use async_trait::async_trait;
+use common::agents::{self, Shown};
 use databricks_slack_bot::agent::llm::Llm;
-use databricks_slack_bot::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Progress, Thread, UserContext};
+use databricks_slack_bot::agent::{Agent, AgentAnswer, AgentError, AgentRequest};
 use databricks_slack_bot::databricks::api::http_client;
-use databricks_slack_bot::domain::{TeamId, UserId, WorkspaceHost};
-use secrecy::SecretString;
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
@@ -72,28 +72,8 @@ impl Workspace {
         )
     }
 
-    fn context(&self) -> UserContext {
-        UserContext {
-            host: WorkspaceHost::parse(&self.server.uri()).unwrap(),
-            access_token: SecretString::from(TOKEN),
-            team: TeamId::parse("T0TEAM1").unwrap(),
-            user: UserId::parse("U0ASKER1").unwrap(),
-            databricks_user_id: "4242".into(),
-            databricks_user_name: "ada@example.com".into(),
-            version: 1,
-        }
-    }
-
     fn question(&self, text: &str, conversation: Option<Value>) -> AgentRequest {
-        AgentRequest {
-            question: text.into(),
-            context: self.context(),
-            thread: Thread {
-                channel: "C0CHANNEL".into(),
-                thread_ts: Some("1712345678.000100".into()),
-            },
-            conversation,
-        }
+        agents::request(&self.server.uri(), TOKEN, text, conversation)
     }
 
     /// Asks `text` with a warehouse and no Genie space.
@@ -103,7 +83,7 @@ impl Workspace {
             .agent(true, false)
             .answer(&self.question(text, None), &progress)
             .await;
-        (answer, progress.0.into_inner().unwrap())
+        (answer, progress.seen())
     }
 
     async fn requests(&self) -> Vec<Request> {
@@ -140,15 +120,7 @@ impl Workspace {
     async fn assert_every_request_carried_the_persons_token(&self) {
         let requests = self.requests().await;
         assert!(!requests.is_empty());
-        for request in requests {
-            let authorization = request.headers.get("authorization").map(|v| v.to_str().unwrap());
-            assert_eq!(
-                authorization,
-                Some(format!("Bearer {TOKEN}").as_str()),
-                "{}",
-                request.url
-            );
-        }
+        agents::assert_bearer(&requests, TOKEN);
     }
 }
 
@@ -164,17 +136,6 @@ impl Respond for InTurn {
             replies[0].clone()
         };
         ResponseTemplate::new(200).set_body_json(reply)
-    }
-}
-
-/// Every status the agent showed.
-#[derive(Default)]
-struct Shown(Mutex<Vec<String>>);
-
-#[async_trait]
-impl Progress for Shown {
-    async fn working_on(&self, status: &str) {
-        self.0.lock().unwrap().push(status.to_owned());
     }
 }
 
@@ -868,7 +829,7 @@ async fn ask_genie_asks_the_space_as_the_person_and_follow_ups_continue_its_conv
     assert_eq!(first.text, "Genie says *Widgets*.");
     assert_eq!(first.sql.as_deref(), Some("SELECT product FROM main.sales.top"));
     assert_eq!(first.table.unwrap().rows, [vec![Some("Widgets".to_owned())]]);
-    assert!(progress.0.lock().unwrap().contains(&"Asking Genie…".to_owned()));
+    assert!(progress.seen().contains(&"Asking Genie…".to_owned()));
     let results = workspace.tool_results().await;
     let result: Value = serde_json::from_str(&results[0].1).unwrap();
     assert_eq!(result["answer"], "Widgets sold best.");

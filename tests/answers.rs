@@ -417,6 +417,22 @@ async fn an_adk_agent_gets_the_token_only_as_temporary_state_and_keeps_one_sessi
     app.stop().await;
 }
 
+/// The app answering privately, with the company's agent saying `text` to every question
+/// (the agent's server lives as long as the returned one).
+async fn spawn_private(text: &str) -> (TestApp, MockServer) {
+    let agent = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ok(json!({"text": text})))
+        .mount(&agent)
+        .await;
+    let app = spawn(vec![
+        ("AGENT_URL", agent.uri()),
+        ("ANSWER_VISIBILITY", "private".into()),
+    ])
+    .await;
+    (app, agent)
+}
+
 /// A signed click on a button of a message in #general (C0LAN2Q65) by the asker.
 async fn click(app: &TestApp, trigger: &str, action_id: &str, value: &str, thread_ts: Option<&str>) -> u16 {
     let mut payload = json!({
@@ -436,28 +452,12 @@ async fn click(app: &TestApp, trigger: &str, action_id: &str, value: &str, threa
         payload["message"] = json!({"type": "message", "ts": "1700000000.000100", "thread_ts": thread_ts,
                                     "text": "an answer"});
     }
-    let body = format!(
-        "payload={}",
-        url::form_urlencoded::byte_serialize(payload.to_string().as_bytes()).collect::<String>()
-    );
-    app.post_signed("/slack/interactions", "application/x-www-form-urlencoded", &body, &[])
-        .await
-        .status()
-        .as_u16()
+    app.post_interaction(&payload).await
 }
 
 #[tokio::test]
 async fn private_answers_are_ephemeral_without_a_public_placeholder() {
-    let agent = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ok(json!({"text": "Only you can see this"})))
-        .mount(&agent)
-        .await;
-    let app = spawn(vec![
-        ("AGENT_URL", agent.uri()),
-        ("ANSWER_VISIBILITY", "private".into()),
-    ])
-    .await;
+    let (app, _agent) = spawn_private("Only you can see this").await;
     app.post_event(&mention("Ev1", "<@U0LAN0Z89> my numbers?")).await;
     let told = app.wait_for_calls("chat.postEphemeral", 1).await;
     assert!(told[0].to_string().contains("Only you can see this"), "{}", told[0]);
@@ -468,16 +468,7 @@ async fn private_answers_are_ephemeral_without_a_public_placeholder() {
 
 #[tokio::test]
 async fn a_private_answer_is_shared_in_the_thread_once_by_its_asker() {
-    let agent = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ok(json!({"text": "Revenue: 12 <units>"})))
-        .mount(&agent)
-        .await;
-    let app = spawn(vec![
-        ("AGENT_URL", agent.uri()),
-        ("ANSWER_VISIBILITY", "private".into()),
-    ])
-    .await;
+    let (app, _agent) = spawn_private("Revenue: 12 <units>").await;
     Mock::given(method("POST"))
         .and(wiremock::matchers::path_regex("^/response/"))
         .respond_with(ok(json!({"ok": true})))
@@ -508,15 +499,7 @@ async fn a_private_answer_is_shared_in_the_thread_once_by_its_asker() {
     // The private copy is deleted; a second click shares nothing more.
     click(&app, "3333.share-again", "share_answer", &id, None).await;
     assert_eq!(app.settled_job_states().await, ["done", "done", "done"]);
-    let responses: Vec<Value> = app
-        .slack
-        .received_requests()
-        .await
-        .unwrap()
-        .iter()
-        .filter(|r| r.url.path().starts_with("/response/"))
-        .map(|r| serde_json::from_slice(&r.body).unwrap())
-        .collect();
+    let responses = app.responses().await;
     assert!(responses.iter().any(|r| r["delete_original"] == true), "{responses:?}");
     assert!(
         responses.iter().any(|r| r.to_string().contains("already shared")),

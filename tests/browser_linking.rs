@@ -16,37 +16,20 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::app::{Options, TestApp, mention};
+use common::oidc_provider::{self, DIR};
 use common::{KEY_A, TestDb};
 use databricks_slack_bot::crypto::{Binding, Purpose};
 use databricks_slack_bot::domain::{TeamId, UserId};
 use secrecy::ExposeSecret;
 use serde_json::Value;
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/conformance");
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// The fixtures' asker; the fake Slack gives them this email, so the identity check passes.
 const ASKER_EMAIL: &str = "asker@example.com";
-
-/// The oidc-provider server, killed when dropped.
-struct Server {
-    child: Child,
-    uri: String,
-    /// Kept open: node dies of EPIPE if its stdout closes.
-    _stdout: BufReader<std::process::ChildStdout>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Whether the browser can run here: `None` (after saying why, loudly) when Chromium or
 /// Node.js is missing. A missing npm install is a failure, not a skip.
@@ -55,38 +38,11 @@ fn browser_available() -> Option<()> {
         eprintln!("\n*** SKIPPING the browser walk-through: {CHROMIUM} is not installed ***\n");
         return None;
     }
-    if Command::new("node").arg("--version").output().is_err() {
-        eprintln!("\n*** SKIPPING the browser walk-through: Node.js is not installed ***\n");
+    if !oidc_provider::node_available("the browser walk-through") {
         return None;
     }
-    for package in ["playwright-core", "oidc-provider"] {
-        assert!(
-            Path::new(DIR).join("node_modules").join(package).exists(),
-            "{package} is not installed: run `npm ci --prefix tests/conformance` (as .ci/run does)"
-        );
-    }
+    oidc_provider::assert_installed(&["playwright-core", "oidc-provider"]);
     Some(())
-}
-
-/// Starts oidc-provider with `redirect_uri` as its client's only redirect URI.
-fn start_oidc_provider(redirect_uri: &str) -> Server {
-    let mut child = Command::new("node")
-        .arg("oidc-provider-server.mjs")
-        .current_dir(DIR)
-        .env("REDIRECT_URI", redirect_uri)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node starts");
-    let mut line = String::new();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    stdout.read_line(&mut line).unwrap();
-    let port: Value = serde_json::from_str(&line).expect("the server prints its port");
-    Server {
-        child,
-        uri: format!("http://127.0.0.1:{}", port["port"]),
-        _stdout: stdout,
-    }
 }
 
 /// A loopback port that was free a moment ago: the app's configuration (its public URL
@@ -166,7 +122,7 @@ async fn a_person_links_in_a_real_browser_and_their_kept_question_is_answered() 
     let Some(()) = browser_available() else { return };
     let port = free_loopback_port();
     let public_base_url = format!("http://localhost:{port}");
-    let server = start_oidc_provider(&format!("{public_base_url}/oauth/databricks/callback"));
+    let server = oidc_provider::start(&format!("{public_base_url}/oauth/databricks/callback"));
     let db = TestDb::sqlite();
     let app = TestApp::spawn_with(Options {
         db: Some(db.url.clone()),

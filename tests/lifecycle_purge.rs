@@ -10,11 +10,10 @@ use std::time::{Duration, Instant};
 use common::app::{Options, TestApp, mention, slack_calls};
 use common::{KEY_A, Person, TestDb, vault};
 use databricks_slack_bot::clock::{Clock, ManualClock};
-use databricks_slack_bot::domain::{TeamId, UserId};
+use databricks_slack_bot::domain::{PersonIn, TeamId, UserId};
 use databricks_slack_bot::retention::Retention;
 use databricks_slack_bot::startup::Lifecycle;
 use databricks_slack_bot::store::Store;
-use databricks_slack_bot::store::conversations::ConversationKey;
 use databricks_slack_bot::store::jobs::{Job, NewJob};
 use databricks_slack_bot::store::pending_links::NewPendingLink;
 use databricks_slack_bot::store::retention::{Expired, NEVER_CONNECTED, TeamPurge};
@@ -29,6 +28,16 @@ const TEAM_B: &str = "T061EG9R6";
 
 // ---------------------------------------------------------------------------------------
 // Helpers
+
+/// The app on `db` taking events, with no workers to answer them.
+async fn spawn_intake_only(db: &TestDb) -> TestApp {
+    TestApp::spawn_with(Options {
+        db: Some(db.url.clone()),
+        workers: None,
+        ..Default::default()
+    })
+    .await
+}
 
 /// A signed-ready `app_uninstalled` callback for `team` (the fixture, re-addressed).
 fn app_uninstalled(event_id: &str, team: &str) -> Value {
@@ -172,7 +181,7 @@ async fn pending_link(store: &Store, tag: u8, team: &str, user: &str, at: i64, e
 /// A conversation of (`team`, `user`) in `thread`, last touched at `at`.
 async fn conversation(store: &Store, team: &str, user: &str, thread: &str, at: i64) {
     let (team, user) = ids(team, user);
-    let key = ConversationKey {
+    let key = PersonIn {
         team: &team,
         user: &user,
         channel: "C0CHANNEL",
@@ -257,12 +266,7 @@ where
 #[tokio::test]
 async fn uninstalling_one_workspace_purges_its_links_pending_links_questions_and_conversations_and_nothing_else() {
     for db in TestDb::all().await {
-        let app = TestApp::spawn_with(Options {
-            db: Some(db.url.clone()),
-            workers: None,
-            ..Default::default()
-        })
-        .await;
+        let app = spawn_intake_only(&db).await;
         let (url, now, vault) = (&db.url, app.clock.now(), vault(&[KEY_A]));
         for (team, user) in [
             (TEAM_A, "U0AAAAAA1"),
@@ -354,12 +358,7 @@ async fn a_question_still_queued_when_its_workspace_uninstalls_is_never_answered
     for db in TestDb::all().await {
         // An intake-only process takes both questions and the uninstall before any worker
         // runs; then a process with workers starts on the same database.
-        let intake_only = TestApp::spawn_with(Options {
-            db: Some(db.url.clone()),
-            workers: None,
-            ..Default::default()
-        })
-        .await;
+        let intake_only = spawn_intake_only(&db).await;
         intake_only.link_asker().await; // team B's asker, able to get an answer
         let vault = vault(&[KEY_A]);
         Person::new(TEAM_A, "U0AAAAAA1")
@@ -416,12 +415,7 @@ async fn a_question_still_queued_when_its_workspace_uninstalls_is_never_answered
 #[tokio::test]
 async fn a_replayed_uninstall_is_acknowledged_and_does_not_remove_links_made_after_a_reinstall() {
     for db in TestDb::all().await {
-        let app = TestApp::spawn_with(Options {
-            db: Some(db.url.clone()),
-            workers: None,
-            ..Default::default()
-        })
-        .await;
+        let app = spawn_intake_only(&db).await;
         let (url, vault) = (&db.url, vault(&[KEY_A]));
         let person = Person::new(TEAM_A, "U0AAAAAA1");
         person.link(&app.store, &vault, "rt-before", app.clock.now()).await;
@@ -462,12 +456,7 @@ async fn a_replayed_uninstall_is_acknowledged_and_does_not_remove_links_made_aft
 #[tokio::test]
 async fn revoked_user_tokens_alone_change_nothing() {
     for db in TestDb::all().await {
-        let app = TestApp::spawn_with(Options {
-            db: Some(db.url.clone()),
-            workers: None,
-            ..Default::default()
-        })
-        .await;
+        let app = spawn_intake_only(&db).await;
         let (url, now) = (&db.url, app.clock.now());
         Person::new(TEAM_A, "U0AAAAAA1")
             .link(&app.store, &vault(&[KEY_A]), "rt", now)
@@ -496,12 +485,7 @@ async fn revoked_user_tokens_alone_change_nothing() {
 #[tokio::test]
 async fn a_revoked_bot_token_purges_the_workspace_like_an_uninstall() {
     for db in TestDb::all().await {
-        let app = TestApp::spawn_with(Options {
-            db: Some(db.url.clone()),
-            workers: None,
-            ..Default::default()
-        })
-        .await;
+        let app = spawn_intake_only(&db).await;
         let (url, now, vault) = (&db.url, app.clock.now(), vault(&[KEY_A]));
         Person::new(TEAM_A, "U0AAAAAA1")
             .link(&app.store, &vault, "rt", now)

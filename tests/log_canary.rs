@@ -4,36 +4,17 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use common::app::{BOT_TOKEN, Options, SIGNING_SECRET, TestApp, browser, mention};
 use common::fake_databricks::FakeUser;
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use common::logs::Captured;
+use tracing_subscriber::util::SubscriberInitExt;
 
 const CLIENT_SECRET: &str = "CANARY-databricks-client-secret";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_the_logs_or_metrics_even_at_trace() {
     let logs = Captured::default();
-    let writer = logs.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .init();
+    logs.subscriber().init();
 
     let app = TestApp::spawn_with(Options {
         extra_env: vec![("DATABRICKS_CLIENT_SECRET", CLIENT_SECRET.into())],
@@ -82,7 +63,7 @@ async fn no_secret_reaches_the_logs_or_metrics_even_at_trace() {
     secrets.extend(agent_tokens);
     assert!(secrets.len() >= 9, "{secrets:?}");
     app.stop().await;
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     assert!(
         logs.contains("TRACE") && logs.contains("access token refreshed"),
         "logging ran at trace"

@@ -8,56 +8,22 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-
 use common::app::{Options, TestApp, browser, mention};
+use common::oidc_provider::{self, Server};
 use databricks_slack_bot::crypto::{Binding, Purpose};
 use databricks_slack_bot::store::links::LinkStatus;
 use secrecy::ExposeSecret;
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/conformance");
-
-struct Server {
-    child: Child,
-    uri: String,
-    /// Kept open: node dies of EPIPE if its stdout closes.
-    _stdout: BufReader<std::process::ChildStdout>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// oidc-provider with the bot's callback as its client's redirect URI, or `None` (after
+/// saying so) without Node.js.
 fn start_server() -> Option<Server> {
-    if Command::new("node").arg("--version").output().is_err() {
-        eprintln!("\n*** SKIPPING the oidc-provider conformance test: Node.js is not installed ***\n");
+    if !oidc_provider::node_available("the oidc-provider conformance test") {
         return None;
     }
-    assert!(
-        std::path::Path::new(DIR).join("node_modules/oidc-provider").exists(),
-        "oidc-provider is not installed: run `npm ci --prefix tests/conformance` (as .ci/run does)"
-    );
-    let mut child = Command::new("node")
-        .arg("oidc-provider-server.mjs")
-        .current_dir(DIR)
-        .env("REDIRECT_URI", "https://bot.example.com/oauth/databricks/callback")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node starts");
-    let mut line = String::new();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    stdout.read_line(&mut line).unwrap();
-    let port: serde_json::Value = serde_json::from_str(&line).expect("the server prints its port");
-    Some(Server {
-        child,
-        uri: format!("http://127.0.0.1:{}", port["port"]),
-        _stdout: stdout,
-    })
+    oidc_provider::assert_installed(&["oidc-provider"]);
+    Some(oidc_provider::start(
+        "https://bot.example.com/oauth/databricks/callback",
+    ))
 }
 
 /// A browser with cookies (oidc-provider's login pages need them) that does not follow

@@ -681,13 +681,6 @@ async fn clicking_the_connect_button_is_acknowledged() {
     let mut payload: Value = serde_json::from_str(&fixture("block_actions_disconnect.json")).unwrap();
     payload["actions"][0]["action_id"] = json!("connect_databricks");
     payload["actions"][0]["value"] = json!(null);
-    let body = format!(
-        "payload={}",
-        url::form_urlencoded::byte_serialize(payload.to_string().as_bytes()).collect::<String>()
-    );
-    let r = app
-        .post_signed("/slack/interactions", "application/x-www-form-urlencoded", &body, &[])
-        .await;
-    assert_eq!(r.status(), 200);
+    assert_eq!(app.post_interaction(&payload).await, 200);
     app.stop().await;
 }

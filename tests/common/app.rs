@@ -376,10 +376,35 @@ impl TestApp {
             .await
     }
 
+    /// Posts the interaction `payload` (a click) signed as Slack would; the status.
+    pub async fn post_interaction(&self, payload: &Value) -> u16 {
+        self.post_signed(
+            "/slack/interactions",
+            "application/x-www-form-urlencoded",
+            &interaction(payload),
+            &[],
+        )
+        .await
+        .status()
+        .as_u16()
+    }
+
     /// The requests the fake Slack received for `method` (e.g. `chat.postEphemeral`), as
     /// JSON bodies (or query parameters for GET calls).
     pub async fn slack_calls(&self, api_method: &str) -> Vec<Value> {
         slack_calls(&self.slack, api_method).await
+    }
+
+    /// What was sent to the fake Slack's `response_url`s, in order.
+    pub async fn responses(&self) -> Vec<Value> {
+        self.slack
+            .received_requests()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.url.path().starts_with("/response/"))
+            .map(|r| serde_json::from_slice(&r.body).unwrap())
+            .collect()
     }
 
     /// Waits until the fake Slack has seen `n` calls of `api_method` (or 10 s pass).
@@ -492,6 +517,14 @@ pub async fn job_states(db_url: &str) -> Vec<String> {
         pool.close().await;
         rows.into_iter().map(|(s,)| s).collect()
     }
+}
+
+/// An interaction `payload` as the form body Slack posts it in.
+pub fn interaction(payload: &Value) -> String {
+    format!(
+        "payload={}",
+        url::form_urlencoded::byte_serialize(payload.to_string().as_bytes()).collect::<String>()
+    )
 }
 
 /// A fixture event with its `event_id` and text replaced.

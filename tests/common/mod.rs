@@ -1,9 +1,12 @@
-//! Shared test helpers: fresh databases on both backends, fixtures for links, and the
-//! compiled binary.
+//! Shared test helpers: fresh databases on both backends, fixtures for links, the
+//! compiled binary, agent requests, captured logs and the oidc-provider server.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod agents;
 pub mod app;
 pub mod fake_databricks;
+pub mod logs;
+pub mod oidc_provider;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
