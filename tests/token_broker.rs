@@ -12,7 +12,7 @@ use common::fake_databricks::{FakeDatabricks, FakeUser, Scripted};
 use common::{KEY_A, Person, TestDb, vault};
 use databricks_slack_bot::clock::{Clock, ManualClock};
 use databricks_slack_bot::config::{Config, Env};
-use databricks_slack_bot::databricks::broker::{BrokerError, TokenBroker};
+use databricks_slack_bot::databricks::broker::{BrokerError, REFRESH_MARGIN_SECONDS, TokenBroker};
 use databricks_slack_bot::databricks::oauth::{DatabricksOAuth, http_client};
 use databricks_slack_bot::store::Store;
 use databricks_slack_bot::store::links::LinkStatus;
@@ -117,7 +117,7 @@ async fn a_rotated_away_refresh_token_is_never_sent_again() {
         seen.push(ctx.access_token.expose_secret().to_owned());
         // Still fresh: served from the stored token, no refresh.
         broker.user_context(&p.team, &p.user, None).await.unwrap();
-        clock.advance(3600 - 299); // inside the five-minute margin: refresh next time
+        clock.advance(3600 - REFRESH_MARGIN_SECONDS + 1); // inside the margin: refresh next time
     }
     let sent: Vec<String> = databricks
         .refreshes()

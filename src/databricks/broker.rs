@@ -2,7 +2,7 @@
 //! refresh token.
 //!
 //! - The access token lives, sealed, in the person's `links` row, so every replica uses
-//!   the same one; it is refreshed at least five minutes before it expires.
+//!   the same one; it is refreshed fifteen minutes before it expires, so it outlives any answer.
 //! - At most one refresh per person at a time: across tasks (an in-process lock per
 //!   person) and across processes (`refresh_lock_until`, set by compare-and-swap on the
 //!   link's `version`). Everyone else waits and then uses the winner's token.
@@ -26,8 +26,10 @@ use crate::store::Store;
 use crate::store::audit::{Actor, AuditEvent, AuditKind};
 use crate::store::links::{Link, LinkStatus};
 
-/// Refresh when the access token has less than this left.
-pub const REFRESH_MARGIN_SECONDS: i64 = 300;
+/// Refresh when the access token has less than this left. An answer can take up to ten
+/// minutes (Genie's bound), so a token handed out outlives it: one expiring mid-answer
+/// would make the agent start over (and Genie hold the question twice).
+pub const REFRESH_MARGIN_SECONDS: i64 = 900;
 /// How long a refresh claim holds before another process may take over.
 const REFRESH_LOCK_SECONDS: i64 = 30;
 /// How long to wait for another process's refresh before giving up for now.
