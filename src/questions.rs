@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
@@ -19,6 +20,7 @@ use crate::clock::SharedClock;
 use crate::config::AnswerVisibility;
 use crate::databricks::broker::{BrokerError, TokenBroker};
 use crate::domain::{PersonIn, TeamId, UserId};
+use crate::http::metrics::{AnswerOutcome, Metrics};
 use crate::linking::offer_link;
 use crate::linking::random_token;
 use crate::slack::api::SlackApi;
@@ -105,6 +107,7 @@ pub struct Questions {
     visibility: AnswerVisibility,
     clock: SharedClock,
     askers: Mutex<HashMap<(TeamId, UserId), (Asker, i64)>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Questions {
@@ -128,7 +131,19 @@ impl Questions {
             visibility,
             clock,
             askers: Mutex::new(HashMap::new()),
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Counts answers in `metrics` (shown at `/metrics`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    fn record(&self, outcome: AnswerOutcome, started: Instant) {
+        let seconds = started.elapsed().as_secs_f64();
+        self.metrics.record_answer(self.agent.name(), outcome, seconds);
     }
 
     async fn answer(&self, job: &Job, q: &Question) -> Result<Done, JobError> {
@@ -173,17 +188,27 @@ impl Questions {
             Some(placeholder) => placeholder,
             None => &Unwatched,
         };
+        let started = Instant::now();
         let (answer, context) = match self.ask_agent(q, context, conversation, progress).await {
             Ok(answered) => answered,
             Err(unanswered) => {
                 if let Some(placeholder) = placeholder {
                     placeholder.remove().await;
                 }
+                if let Unanswered::Agent(error) = &unanswered {
+                    let outcome = match error {
+                        AgentError::NoAccess(_) => AnswerOutcome::NoAccess,
+                        AgentError::Transient { .. } => AnswerOutcome::Retry,
+                        AgentError::Failed(_) | AgentError::Unauthorized => AnswerOutcome::Failed,
+                    };
+                    self.record(outcome, started);
+                }
                 return self.unanswered(job, q, unanswered).await;
             }
         };
         // TOK-07: an answer made with a connection the person has since removed is dropped.
         if self.store.find_link(&q.team, &q.user).await?.is_none() {
+            self.record(AnswerOutcome::Dropped, started);
             tracing::info!("the person disconnected while their question was answered; answer dropped");
             if let Some(placeholder) = placeholder {
                 placeholder.remove().await;
@@ -224,6 +249,7 @@ impl Questions {
             _ => render::answer(&answer, &by, None),
         };
         self.deliver(job, q, placeholder, rendered).await?;
+        self.record(AnswerOutcome::Answered, started);
         Ok(Done::Finished)
     }
 

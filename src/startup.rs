@@ -101,6 +101,7 @@ impl Application {
     /// [`Application::run_until_stopped`].
     pub async fn build(config: &Config, deps: Dependencies) -> anyhow::Result<Self> {
         let store = Store::open(&config.database).await?;
+        let metrics = Arc::new(Metrics::new());
         let slack = SlackApi::new(&config.slack.api_url, &config.slack.bot_token)?;
         let wake = Arc::new(Notify::new());
         let intake = Intake::new(store.clone(), deps.clock.clone(), wake.clone());
@@ -149,7 +150,8 @@ impl Application {
             config.public_base_url.clone(),
             config.answer_visibility,
             deps.clock.clone(),
-        );
+        )
+        .with_metrics(metrics.clone());
         let questions: Arc<dyn JobHandler> = Arc::new(questions);
         let account: Arc<dyn JobHandler> = Arc::new(account);
         let handler: Arc<dyn JobHandler> = Arc::new(
@@ -194,7 +196,7 @@ impl Application {
             listener,
             state: AppState {
                 store,
-                metrics: Arc::new(Metrics::new()),
+                metrics,
                 lifecycle: Lifecycle::default(),
                 slack: slack_routes,
                 link: Some(link),

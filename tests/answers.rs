@@ -151,6 +151,11 @@ async fn genie_answers_in_the_thread_and_a_follow_up_continues_the_same_conversa
         callers.iter().all(|c| c.as_deref() == Some(ASKER)),
         "only the asker's token reached Databricks: {callers:?}"
     );
+    let metrics = app.get("/metrics").await.1;
+    assert!(
+        metrics.contains(r#"answers_total{agent="Genie",outcome="answered"} 2"#),
+        "{metrics}"
+    );
     app.stop().await; // the `expect(1)`s are checked when the mocks drop
 }
 
@@ -285,6 +290,11 @@ async fn no_access_is_told_privately_as_the_persons_answer_and_the_placeholder_g
         "the placeholder is removed"
     );
     assert_eq!(app.settled_job_states().await, ["done"], "an answer, not a failure");
+    let metrics = app.get("/metrics").await.1;
+    assert!(
+        metrics.contains(r#"answers_total{agent="Genie",outcome="no_access"} 1"#),
+        "{metrics}"
+    );
     app.stop().await;
 }
 

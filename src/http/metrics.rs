@@ -1,8 +1,9 @@
-//! `/metrics`: Prometheus text exposition of request counts and latencies.
+//! `/metrics`: Prometheus text exposition of request counts and latencies, and of answers
+//! by agent and outcome.
 //!
 //! Labels are the HTTP method, the *matched route template* (`/link/{id}`, never the real
-//! path, which may carry a link id) and the status code, so no secret and no unbounded
-//! value ever becomes a label.
+//! path, which may carry a link id), the status code, the agent's name and a fixed set of
+//! outcomes, so no secret and no unbounded value ever becomes a label.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -32,12 +33,52 @@ struct RouteLabels {
 
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnswerLabels {
+    agent: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentLabels {
+    agent: String,
+}
+
+/// How a question with a linked asker ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerOutcome {
+    /// An answer was posted.
+    Answered,
+    /// Databricks said the person may not see it (their answer, told privately).
+    NoAccess,
+    /// The agent could not answer; the person was told why.
+    Failed,
+    /// Will be retried (rate limits, timeouts, 5xx).
+    Retry,
+    /// The person disconnected meanwhile; the answer was dropped.
+    Dropped,
+}
+
+impl AnswerOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            AnswerOutcome::Answered => "answered",
+            AnswerOutcome::NoAccess => "no_access",
+            AnswerOutcome::Failed => "failed",
+            AnswerOutcome::Retry => "retry",
+            AnswerOutcome::Dropped => "dropped",
+        }
+    }
+}
+
 /// The process's metrics registry.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Mutex<Registry>,
     requests: Family<RequestLabels, Counter>,
     latency: HistogramFamily,
+    answers: Family<AnswerLabels, Counter>,
+    agent_duration: Family<AgentLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -60,11 +101,42 @@ impl Metrics {
             "Time to produce an HTTP response",
             latency.clone(),
         );
+        let answers = Family::<AnswerLabels, Counter>::default();
+        registry.register(
+            "answers",
+            "Questions of linked people, by agent and outcome",
+            answers.clone(),
+        );
+        // 100 ms .. ~14 min
+        let agent_duration: Family<AgentLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.1, 2.0, 14)));
+        registry.register(
+            "agent_duration_seconds",
+            "Time an agent took to answer (or fail)",
+            agent_duration.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
             latency,
+            answers,
+            agent_duration,
         }
+    }
+
+    /// Counts one question of a linked person that `agent` worked on `seconds`.
+    pub fn record_answer(&self, agent: &str, outcome: AnswerOutcome, seconds: f64) {
+        self.answers
+            .get_or_create(&AnswerLabels {
+                agent: agent.to_owned(),
+                outcome: outcome.as_str(),
+            })
+            .inc();
+        self.agent_duration
+            .get_or_create(&AgentLabels {
+                agent: agent.to_owned(),
+            })
+            .observe(seconds);
     }
 
     /// The registry in Prometheus text format.
