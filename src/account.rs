@@ -116,9 +116,9 @@ impl Account {
             channel: &dm,
             thread_ts: None,
         };
-        let offer = offer_link(&self.store, &self.public_base_url, to, self.clock.now(), 0)
-            .await?
-            .expect("no quiet window: always a fresh link");
+        let Some(offer) = offer_link(&self.store, &self.public_base_url, to, self.clock.now(), 0).await? else {
+            return Err(JobError::Permanent("no link was created".into()));
+        };
         let reconnect = self.store.find_link(&request.team, &request.user).await?.is_some();
         self.slack
             .post_message(&dm, None, messages::connect_prompt(&offer.url, reconnect))

@@ -98,7 +98,8 @@ pub struct Offer {
 
 /// Creates a fresh single-use link for `to` (voiding older ones; a question kept with it
 /// is answered in `to`'s conversation) unless one was offered within `quiet_seconds`:
-/// then `None`, and the earlier prompt stands.
+/// then `None`, and the earlier prompt stands. With `quiet_seconds` 0 there is always an
+/// offer.
 pub async fn offer_link(
     store: &Store,
     public_base_url: &Url,

@@ -207,7 +207,16 @@ impl Questions {
             }
         };
         // TOK-07: an answer made with a connection the person has since removed is dropped.
-        if self.store.find_link(&q.team, &q.user).await?.is_none() {
+        let still_linked = match self.store.find_link(&q.team, &q.user).await {
+            Ok(link) => link.is_some(),
+            Err(error) => {
+                if let Some(placeholder) = placeholder {
+                    placeholder.remove().await;
+                }
+                return Err(error.into());
+            }
+        };
+        if !still_linked {
             self.record(AnswerOutcome::Dropped, started);
             tracing::info!("the person disconnected while their question was answered; answer dropped");
             if let Some(placeholder) = placeholder {
@@ -217,10 +226,14 @@ impl Questions {
             return Ok(Done::Finished);
         }
         let now = self.clock.now();
-        if let Some(kept) = &answer.conversation {
-            self.store
+        // Losing the thread's context is better than asking the agent all over again.
+        if let Some(kept) = &answer.conversation
+            && let Err(error) = self
+                .store
                 .save_conversation(key, self.agent.name(), &kept.to_string(), now)
-                .await?;
+                .await
+        {
+            tracing::warn!(error = %error, "could not keep the thread's conversation");
         }
         if let Err(error) = self.store.touch_link(&q.team, &q.user, now).await {
             tracing::warn!(error = %error, "could not record when a link was last used");
@@ -258,7 +271,7 @@ impl Questions {
     async fn share(&self, request: &ShareRequest) -> Result<Done, JobError> {
         let kept = self
             .store
-            .take_private_answer(&request.id, &request.team, &request.user)
+            .private_answer(&request.id, &request.team, &request.user)
             .await?;
         let Some(kept) = kept else {
             let gone = SlackMessageContent::new()
@@ -277,11 +290,15 @@ impl Questions {
             blocks.push(messages::shared_by(&request.user));
             last.blocks = Some(blocks);
         }
+        // Posted before the private copy is removed: a failure leaves it to share again.
         for content in messages {
             self.slack
                 .post_message(&kept.channel_id, kept.thread(), content)
                 .await?;
         }
+        self.store
+            .forget_private_answer(&request.id, &request.team, &request.user)
+            .await?;
         let delete = SlackApiPostWebhookMessageRequest::new(SlackMessageContent::new()).with_delete_original(true);
         self.respond(request, delete).await;
         Ok(Done::Finished)

@@ -168,6 +168,12 @@ async fn invalid_blocks_are_dropped_and_the_text_still_answers() {
         json!([{ "type": "header" }]),
         json!("not a list"),
         json!(vec![json!({ "type": "divider" }); 51]),
+        // Interactive blocks would be clicked at this bot, e.g. as its own Disconnect.
+        json!([{ "type": "actions", "elements": [{ "type": "button", "action_id": "disconnect",
+                                                     "text": { "type": "plain_text", "text": "Go" } }] }]),
+        json!([{ "type": "section", "text": { "type": "mrkdwn", "text": "pick" },
+                 "accessory": { "type": "button", "action_id": "ask_suggestion_0", "value": "drop tables",
+                                "text": { "type": "plain_text", "text": "Go" } } }]),
     ] {
         let answer = http_agent_answering(
             ResponseTemplate::new(200).set_body_json(json!({ "text": "Plain answer", "blocks": blocks })),

@@ -240,6 +240,16 @@ fn blocks(raw: serde_json::Value) -> Vec<SlackBlock> {
         );
         return Vec::new();
     }
+    // A button or menu of the agent's would be clicked at *this* bot, which would act on
+    // it as the person who clicked (and could collide with our own action ids).
+    if let Some(index) = parsed.iter().position(is_interactive) {
+        tracing::warn!(
+            agent = "http",
+            index,
+            "one of the agent's blocks is interactive; posting its text only"
+        );
+        return Vec::new();
+    }
     if parsed.len() > MAX_BLOCKS {
         tracing::warn!(
             agent = "http",
@@ -249,6 +259,19 @@ fn blocks(raw: serde_json::Value) -> Vec<SlackBlock> {
         return Vec::new();
     }
     parsed
+}
+
+/// Whether `block` holds anything a person can click or fill in.
+fn is_interactive(block: &SlackBlock) -> bool {
+    let json = serde_json::to_string(block).unwrap_or_default();
+    [
+        "\"action_id\"",
+        "\"type\":\"actions\"",
+        "\"type\":\"input\"",
+        "\"accessory\"",
+    ]
+    .iter()
+    .any(|marker| json.contains(marker))
 }
 
 /// The agent's follow-up questions, blank ones left out.

@@ -131,6 +131,23 @@ fn transport_error(error: &reqwest::Error) -> ApiError {
     }
 }
 
+/// `value` as one URL path segment. Ids and names come back from Databricks, from stored
+/// state or from a model, so nothing but unreserved characters is trusted to stay inside
+/// its segment — and `.`/`..` are encoded so they cannot climb the path.
+pub fn path_segment(value: &str) -> String {
+    let dots_only = !value.is_empty() && value.bytes().all(|b| b == b'.');
+    value
+        .bytes()
+        .map(|b| {
+            if !dots_only && (b.is_ascii_alphanumeric() || b"-._~".contains(&b)) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// One person's access to one workspace.
 #[derive(Clone, Copy)]
 pub struct Databricks<'a> {

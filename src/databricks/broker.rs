@@ -26,9 +26,10 @@ use crate::store::Store;
 use crate::store::audit::{Actor, AuditEvent, AuditKind};
 use crate::store::links::{Link, LinkStatus};
 
-/// Refresh when the access token has less than this left. An answer can take up to ten
-/// minutes (Genie's bound), so a token handed out outlives it: one expiring mid-answer
-/// would make the agent start over (and Genie hold the question twice).
+/// Refresh when the access token has less than this left (or half its life, for
+/// short-lived tokens). An answer can take up to ten minutes (Genie's bound), so a token
+/// handed out outlives it: one expiring mid-answer would make the agent start over (and
+/// Genie hold the question twice).
 pub const REFRESH_MARGIN_SECONDS: i64 = 900;
 /// How long a refresh claim holds before another process may take over.
 const REFRESH_LOCK_SECONDS: i64 = 30;
@@ -166,7 +167,11 @@ impl TokenBroker {
     fn current_access_token(&self, link: &Link) -> Option<SecretString> {
         let sealed = link.sealed_access_token.as_deref()?;
         let expires_at = link.access_expires_at?;
-        if expires_at - self.clock.now() < REFRESH_MARGIN_SECONDS {
+        // Workspaces may issue tokens for as little as five minutes: then refresh at half
+        // their life rather than on every question.
+        let issued_at = link.refreshed_at.unwrap_or(link.linked_at);
+        let margin = REFRESH_MARGIN_SECONDS.min((expires_at - issued_at) / 2);
+        if expires_at - self.clock.now() < margin {
             return None;
         }
         // An access token is only a cache: one we cannot open is simply refreshed.

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
 
-use crate::databricks::api::{ApiError, Databricks};
+use crate::databricks::api::{ApiError, Databricks, path_segment};
 use crate::databricks::sql::StatementResponse;
 
 /// One Genie space, asked as the owner of the [`Databricks`] client's token.
@@ -197,19 +197,19 @@ impl<'a> GenieSpace<'a> {
     }
 
     fn path(&self, rest: &str) -> String {
-        format!("/api/2.0/genie/spaces/{}{rest}", segment(self.space_id))
+        format!("/api/2.0/genie/spaces/{}{rest}", path_segment(self.space_id))
     }
 
     fn message_path(&self, at: &MessageRef, rest: &str) -> String {
         self.path(&format!(
             "/conversations/{}/messages/{}{rest}",
-            segment(&at.conversation_id),
-            segment(&at.message_id)
+            path_segment(&at.conversation_id),
+            path_segment(&at.message_id)
         ))
     }
 
     fn attachment_path(&self, at: &MessageRef, attachment_id: &str, rest: &str) -> String {
-        self.message_path(at, &format!("/attachments/{}{rest}", segment(attachment_id)))
+        self.message_path(at, &format!("/attachments/{}{rest}", path_segment(attachment_id)))
     }
 
     /// `POST …/start-conversation`: asks `question` in a new conversation.
@@ -221,7 +221,7 @@ impl<'a> GenieSpace<'a> {
 
     /// `POST …/conversations/{conversation_id}/messages`: asks `question` as a follow-up.
     pub async fn send_message(&self, conversation_id: &str, question: &str) -> Result<GenieMessage, ApiError> {
-        let path = self.path(&format!("/conversations/{}/messages", segment(conversation_id)));
+        let path = self.path(&format!("/conversations/{}/messages", path_segment(conversation_id)));
         self.db.post(&path, &json!({ "content": question })).await
     }
 
@@ -246,21 +246,6 @@ impl<'a> GenieSpace<'a> {
     }
 }
 
-/// `id` as one path segment: ids come back from Genie (and from stored conversation
-/// state), so anything but letters, digits, `-` and `_` is percent-encoded rather than
-/// trusted to stay inside its segment.
-fn segment(id: &str) -> String {
-    id.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 /// `null` read as the type's default, like a missing field.
 fn or_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
@@ -276,8 +261,9 @@ mod tests {
 
     #[test]
     fn ids_cannot_leave_their_path_segment() {
-        assert_eq!(segment("01ef-AB_9"), "01ef-AB_9");
-        assert_eq!(segment("../x?y"), "%2E%2E%2Fx%3Fy");
+        assert_eq!(path_segment("01ef-AB_9"), "01ef-AB_9");
+        assert_eq!(path_segment("../x?y"), "..%2Fx%3Fy");
+        assert_eq!(path_segment(".."), "%2E%2E", "a segment of dots cannot climb the path");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::agent::{Progress, Table};
-use crate::databricks::api::{ApiError, Databricks};
+use crate::databricks::api::{ApiError, Databricks, path_segment};
 
 /// Rows fetched inline at most (the first chunk); more are counted, not fetched.
 pub const ROW_LIMIT: u64 = 10_000;
@@ -147,7 +147,10 @@ async fn wait(
             progress.working_on("Running query…").await;
         }
         if started.elapsed() + delay > STATEMENT_DEADLINE {
-            let path = format!("/api/2.0/sql/statements/{}/cancel", response.statement_id);
+            let path = format!(
+                "/api/2.0/sql/statements/{}/cancel",
+                path_segment(&response.statement_id)
+            );
             if let Err(error) = db.post::<serde_json::Value>(&path, &json!({})).await {
                 tracing::warn!(error = %error, "could not cancel a statement that ran too long");
             }
@@ -155,7 +158,7 @@ async fn wait(
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
-        let path = format!("/api/2.0/sql/statements/{}", response.statement_id);
+        let path = format!("/api/2.0/sql/statements/{}", path_segment(&response.statement_id));
         response = db.get(&path, &[]).await?;
     }
     Ok(response)

@@ -95,9 +95,10 @@ impl Commands {
                     thread_ts: None,
                 };
                 let reconnect = self.store.find_link(&team, &user).await?.is_some();
-                let offer = offer_link(&self.store, &self.public_base_url, to, self.clock.now(), 0).await?;
-                let offer = offer.expect("no quiet window: always a fresh link");
-                messages::connect_prompt(&offer.url, reconnect)
+                match offer_link(&self.store, &self.public_base_url, to, self.clock.now(), 0).await? {
+                    Some(offer) => messages::connect_prompt(&offer.url, reconnect),
+                    None => messages::command_help(),
+                }
             }
             Command::Question(question) => {
                 let channel = command.channel_id.to_string();

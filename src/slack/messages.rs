@@ -261,11 +261,6 @@ pub fn home(link: Option<&Link>, bot_user_id: Option<&str>) -> Vec<SlackBlock> {
     ]
 }
 
-/// After "Connect Databricks" in App Home: the link went to the person's messages.
-pub fn connect_link_sent() -> SlackMessageContent {
-    SlackMessageContent::new().with_text("I've sent you a private link to connect Databricks.".into())
-}
-
 /// The refusal for people from another organisation in a shared channel.
 pub fn external_user_refusal() -> SlackMessageContent {
     let text = "Sorry — I can only answer people from this workspace's organisation. \

@@ -115,10 +115,11 @@ pub fn answer(answer: &AgentAnswer, by: &Attribution<'_>, share: Option<&str>) -
         escape_mrkdwn(by.agent)
     )));
 
+    // Slack reads `text` as mrkdwn too (notifications): escaped like everything else.
     let fallback = if answer.text.trim().is_empty() {
         "Here is your answer".to_owned()
     } else {
-        truncate(answer.text.trim(), FALLBACK_LIMIT)
+        escape_mrkdwn(&truncate(answer.text.trim(), FALLBACK_LIMIT))
     };
     Rendered {
         messages: pack(blocks, closing, &fallback),
@@ -374,8 +375,10 @@ fn inline_table(table: &Table) -> InlineTable {
                 .collect(),
         ));
     }
-    // Keep the code block within one section whatever the cell contents.
+    // Keep the code block within one section whatever the cell contents (escaping can
+    // triple a line): rows that do not fit are left to the CSV.
     let mut body = String::new();
+    let mut emitted: usize = 0;
     for line in lines {
         let escaped = fenced(&line);
         if body.chars().count() + escaped.chars().count() + 1 > SECTION_LIMIT - 16 {
@@ -383,7 +386,9 @@ fn inline_table(table: &Table) -> InlineTable {
         }
         body.push_str(&escaped);
         body.push('\n');
+        emitted += 1;
     }
+    let shown_rows = emitted.saturating_sub(2).min(shown_rows);
 
     let total = table.total_rows.unwrap_or(table.rows.len() as u64);
     let fetched = table.rows.len() as u64;

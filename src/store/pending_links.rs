@@ -60,8 +60,9 @@ pub struct Completion<'a> {
 impl Store {
     /// Creates a pending link and voids every earlier live one of the same person — unless
     /// one was created within `quiet_seconds`, in which case nothing changes and `false`
-    /// is returned: a burst of questions gets one prompt, not one each. Serialised per
-    /// person (SQLite: the write transaction; Postgres: an advisory lock).
+    /// is returned: a burst of questions gets one prompt, not one each. With no quiet
+    /// window (0) a link is always created. Serialised per person (SQLite: the write
+    /// transaction; Postgres: an advisory lock).
     pub async fn create_pending_link(
         &self,
         link: &NewPendingLink<'_>,
@@ -78,18 +79,20 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
-            let (recent,): (i64,) = sqlx::query_as(
-                "SELECT COUNT(*) FROM pending_links WHERE team_id = $1 AND user_id = $2 \
-                 AND status IN ('pending', 'claimed') AND expires_at > $3 AND created_at > $4",
-            )
-            .bind(link.team.as_str())
-            .bind(link.user.as_str())
-            .bind(now)
-            .bind(now - quiet_seconds)
-            .fetch_one(&mut *tx)
-            .await?;
-            if recent > 0 {
-                return Ok(false);
+            if quiet_seconds > 0 {
+                let (recent,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM pending_links WHERE team_id = $1 AND user_id = $2 \
+                     AND status IN ('pending', 'claimed') AND expires_at > $3 AND created_at > $4",
+                )
+                .bind(link.team.as_str())
+                .bind(link.user.as_str())
+                .bind(now)
+                .bind(now - quiet_seconds)
+                .fetch_one(&mut *tx)
+                .await?;
+                if recent > 0 {
+                    return Ok(false);
+                }
             }
             sqlx::query(
                 "UPDATE pending_links SET status = 'superseded' \

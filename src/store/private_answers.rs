@@ -54,23 +54,36 @@ impl Store {
         })
     }
 
-    /// Takes the private answer `id` of `team`/`user` out of the store (shared once).
-    pub async fn take_private_answer(
+    /// The private answer `id`, if it is `team`/`user`'s own and still kept.
+    pub async fn private_answer(
         &self,
         id: &str,
         team: &TeamId,
         user: &UserId,
     ) -> Result<Option<PrivateAnswer>, sqlx::Error> {
-        on_pool!(self.write, |pool| {
+        on_pool!(self.read, |pool| {
             sqlx::query_as(
-                "DELETE FROM private_answers WHERE id = $1 AND team_id = $2 AND user_id = $3
-                 RETURNING team_id, user_id, channel_id, thread_ts, content",
+                "SELECT team_id, user_id, channel_id, thread_ts, content FROM private_answers
+                 WHERE id = $1 AND team_id = $2 AND user_id = $3",
             )
             .bind(id)
             .bind(team.as_str())
             .bind(user.as_str())
             .fetch_optional(pool)
             .await
+        })
+    }
+
+    /// Forgets a private answer once it has been shared.
+    pub async fn forget_private_answer(&self, id: &str, team: &TeamId, user: &UserId) -> Result<(), sqlx::Error> {
+        on_pool!(self.write, |pool| {
+            sqlx::query("DELETE FROM private_answers WHERE id = $1 AND team_id = $2 AND user_id = $3")
+                .bind(id)
+                .bind(team.as_str())
+                .bind(user.as_str())
+                .execute(pool)
+                .await
+                .map(|_| ())
         })
     }
 }

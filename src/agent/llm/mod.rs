@@ -65,6 +65,24 @@ impl Agent for Llm {
     }
 
     async fn answer(&self, request: &AgentRequest, progress: &dyn Progress) -> Result<AgentAnswer, AgentError> {
+        // However the steps add up (model calls, statements, Genie), an answer ends within
+        // the bound the token broker plans for.
+        match tokio::time::timeout(ANSWER_DEADLINE, self.work(request, progress)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(AgentError::Failed(format!(
+                "I couldn't finish within {} minutes; try a narrower question",
+                ANSWER_DEADLINE.as_secs() / 60
+            ))),
+        }
+    }
+}
+
+/// Longest one answer may take.
+const ANSWER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl Llm {
+    /// The tool-calling loop.
+    async fn work(&self, request: &AgentRequest, progress: &dyn Progress) -> Result<AgentAnswer, AgentError> {
         let progress = &Changes::new(progress);
         let context = &request.context;
         let db = Databricks::new(&self.http, &context.host, &context.access_token);

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::agent::genie::Genie;
 use crate::agent::{Agent, AgentError, AgentRequest, Progress, Table};
-use crate::databricks::api::{ApiError, Databricks};
+use crate::databricks::api::{ApiError, Databricks, path_segment};
 use crate::databricks::sql;
 
 use super::truncate;
@@ -533,20 +533,6 @@ fn rows_for_model(table: &Table) -> Value {
 /// `value` as JSON text of at most [`MAX_RESULT_BYTES`].
 fn bounded(value: &Value) -> String {
     truncate(&value.to_string(), MAX_RESULT_BYTES)
-}
-
-/// `segment` percent-encoded for a URL path (a table's full name may hold any character).
-fn path_segment(segment: &str) -> String {
-    segment
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// The statement to run when `statement` is one read-only statement, or why not.
