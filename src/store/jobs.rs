@@ -107,6 +107,9 @@ impl Store {
                 .await?
                 .rows_affected();
             if recorded == 0 {
+                // Ended explicitly: a dropped transaction would hold its locks until the
+                // connection is next used.
+                tx.rollback().await?;
                 return Ok(Delivery::Duplicate);
             }
             insert_job!(job, now).execute(&mut *tx).await?;

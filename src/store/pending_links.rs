@@ -91,6 +91,7 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await?;
                 if recent > 0 {
+                    tx.rollback().await?;
                     return Ok(false);
                 }
             }
@@ -294,6 +295,7 @@ impl Store {
             .await?
             .rows_affected();
             if finished != 1 {
+                tx.rollback().await?;
                 return Ok(false);
             }
             upsert_link_query!(&completion.link, now).execute(&mut *tx).await?;

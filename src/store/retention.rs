@@ -134,6 +134,7 @@ impl Store {
                 .await?
                 .rows_affected();
             if recorded == 0 {
+                tx.rollback().await?;
                 return Ok(None);
             }
             let unlinked: Vec<(String,)> = sqlx::query_as("DELETE FROM links WHERE team_id = $1 RETURNING user_id")
