@@ -246,7 +246,7 @@ impl Questions {
             // A private answer to a mention can be shared in its channel by its asker.
             AnswerVisibility::Private if !q.is_dm && q.response_url.is_none() => {
                 let share_id = random_token();
-                let public = render::answer(&answer, &by, None);
+                let public = render::answer(&answer, &by, q.answer_thread(), None);
                 let content = serde_json::to_string(&public.messages).expect("messages serialise");
                 let kept = NewPrivateAnswer {
                     id: share_id.expose_secret(),
@@ -257,9 +257,9 @@ impl Questions {
                     content: &content,
                 };
                 self.store.keep_private_answer(&kept, now).await?;
-                render::answer(&answer, &by, Some(share_id.expose_secret()))
+                render::answer(&answer, &by, q.answer_thread(), Some(share_id.expose_secret()))
             }
-            _ => render::answer(&answer, &by, None),
+            _ => render::answer(&answer, &by, q.answer_thread(), None),
         };
         self.deliver(job, q, placeholder, rendered).await?;
         self.record(AnswerOutcome::Answered, started);
@@ -533,12 +533,21 @@ impl Questions {
     /// no replies yet.
     pub(crate) async fn reply_privately(&self, q: &Question, content: SlackMessageContent) -> Result<(), JobError> {
         if let Some(url) = &q.response_url {
-            let reply = SlackApiPostWebhookMessageRequest::new(content).with_replace_original(false);
-            return self
-                .slack
-                .respond(&SlackResponseUrl(url.clone()), &reply)
-                .await
-                .map_err(JobError::from);
+            let reply = SlackApiPostWebhookMessageRequest::new(content.clone()).with_replace_original(false);
+            match self.slack.respond(&SlackResponseUrl(url.clone()), &reply).await {
+                Ok(()) => return Ok(()),
+                Err(error) if error.is_transient() => return Err(error.into()),
+                Err(error) => {
+                    tracing::info!(error = %error, "the command's response_url is used up; sending a direct message");
+                    let dm = self.slack.open_dm(q.user.as_str()).await?;
+                    return self
+                        .slack
+                        .post_message(&dm, None, content)
+                        .await
+                        .map(|_| ())
+                        .map_err(JobError::from);
+                }
+            }
         }
         if q.is_dm {
             return self

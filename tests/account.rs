@@ -162,6 +162,28 @@ async fn a_question_by_command_is_acknowledged_at_once_and_answered_only_to_the_
 }
 
 #[tokio::test]
+async fn a_command_answer_whose_response_url_is_used_up_arrives_by_direct_message() {
+    let app = spawn().await;
+    app.link_asker().await;
+    Mock::given(method("POST"))
+        .and(wiremock::matchers::path("/response/used-up"))
+        .respond_with(ResponseTemplate::new(404).set_body_string("expired_url"))
+        .with_priority(1)
+        .mount(&app.slack)
+        .await;
+    command(&app, "how many orders last week?", "used-up").await;
+    let dms = app.wait_for_calls("chat.postMessage", 1).await;
+    assert_eq!(dms[0]["channel"], "D0DM000001", "the person's own direct messages");
+    assert!(
+        dms[0].to_string().contains("answer: how many orders last week?"),
+        "{}",
+        dms[0]
+    );
+    assert_eq!(app.settled_job_states().await, ["done"]);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn disconnect_asks_first_then_forgets_the_link_and_tokens_and_a_second_click_is_harmless() {
     let app = spawn().await;
     app.link_asker().await;

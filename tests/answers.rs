@@ -518,3 +518,59 @@ async fn a_private_answer_is_shared_in_the_thread_once_by_its_asker() {
     assert_eq!(app.slack_calls("chat.postMessage").await.len(), 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_suggestion_clicked_on_a_private_answer_continues_its_thread() {
+    let agent = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ok(json!({"text": "Private numbers", "suggestions": ["And last year?"],
+                                "conversation": {"turn": 1}})))
+        .mount(&agent)
+        .await;
+    let app = spawn(vec![
+        ("AGENT_URL", agent.uri()),
+        ("ANSWER_VISIBILITY", "private".into()),
+    ])
+    .await;
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> my numbers?")).await;
+    let told = app.wait_for_calls("chat.postEphemeral", 1).await;
+    let actions = told[0]["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["type"] == "actions")
+        .unwrap()
+        .clone();
+    assert_eq!(actions["block_id"], "thread:1515449522.000016");
+
+    // The click on an ephemeral message carries no `message`, only the block id.
+    let payload = json!({
+        "type": "block_actions",
+        "team": {"id": "T061EG9R6", "domain": "acme"},
+        "user": {"id": "U061F7AUR", "username": "alice", "team_id": "T061EG9R6"},
+        "api_app_id": "A0MDYCDME",
+        "trigger_id": "4444.suggest-private",
+        "container": {"type": "message", "message_ts": "1700000000.000200", "channel_id": "C0LAN2Q65",
+                      "is_ephemeral": true},
+        "channel": {"id": "C0LAN2Q65", "name": "general"},
+        "actions": [{"type": "button", "action_id": "ask_suggestion_0", "block_id": actions["block_id"],
+                     "value": "And last year?", "action_ts": "1700000001.000100"}]
+    });
+    assert_eq!(app.post_interaction(&payload).await, 200);
+    let told = app.wait_for_calls("chat.postEphemeral", 2).await;
+    assert_eq!(told[1]["thread_ts"], "1515449522.000016", "answered in the same thread");
+    let asked: Vec<Value> = agent
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert_eq!(asked[1]["question"], "And last year?");
+    assert_eq!(
+        asked[1]["conversation"],
+        json!({"turn": 1}),
+        "the thread's conversation continues"
+    );
+    app.stop().await;
+}

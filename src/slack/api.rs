@@ -235,7 +235,13 @@ impl SlackApi {
     ) -> Result<(), SlackApiError> {
         let outcome = tokio::time::timeout(CALL_TIMEOUT, self.client.respond_to_event(response_url, request)).await;
         match outcome {
-            Ok(result) => result.map(|_| ()).map_err(SlackApiError::from),
+            Ok(Ok(_)) => Ok(()),
+            // A `response_url` works five times within 30 minutes; after that Slack refuses
+            // it for good, which retrying will not change.
+            Ok(Err(SlackClientError::HttpError(http))) if http.status_code.is_client_error() => {
+                Err(SlackApiError::Api("response_url_expired".into()))
+            }
+            Ok(Err(error)) => Err(error.into()),
             Err(_) => Err(SlackApiError::Timeout),
         }
     }

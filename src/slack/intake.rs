@@ -22,6 +22,7 @@ use crate::account::{AccountRequest, HOME_JOB};
 use crate::clock::SharedClock;
 use crate::domain::{TeamId, UserId};
 use crate::questions::{QUESTION_JOB, Question};
+use crate::slack::render;
 use crate::store::Store;
 use crate::store::jobs::{Delivery, NewJob};
 use crate::store::retention::TeamPurge;
@@ -279,8 +280,9 @@ pub fn question_from(callback: &SlackPushEventCallback) -> Result<Question, &'st
 /// thread of the answer that offered it.
 pub fn question_from_suggestion(
     actions: &SlackInteractionBlockActionsEvent,
-    suggestion: &str,
+    action: &SlackInteractionActionInfo,
 ) -> Result<Question, &'static str> {
+    let suggestion = action.value.as_deref().unwrap_or_default();
     let team = TeamId::parse(actions.team.id.as_ref()).map_err(|_| "malformed team id")?;
     let user = actions.user.as_ref().ok_or("click without a user")?;
     let user = UserId::parse(user.id.as_ref()).map_err(|_| "malformed user id")?;
@@ -293,11 +295,17 @@ pub fn question_from_suggestion(
         .or(actions.channel.as_ref().map(|c| &c.id))
         .ok_or("click without a channel")?
         .to_string();
+    // The clicked message's thread; an ephemeral message's click does not carry one, so
+    // the buttons carry it in their block id too.
     let thread_ts = actions
         .message
         .as_ref()
         .and_then(|m| m.origin.thread_ts.as_ref())
-        .map(ToString::to_string);
+        .map(ToString::to_string)
+        .or_else(|| {
+            let block = action.block_id.as_ref()?.to_string();
+            Some(block.strip_prefix(render::THREAD_BLOCK_PREFIX)?.to_owned()).filter(|t| !t.is_empty())
+        });
     let text = suggestion.split_whitespace().collect::<Vec<_>>().join(" ");
     if text.is_empty() {
         return Err("empty suggestion");

@@ -56,7 +56,7 @@ impl Interactions {
         actions: &SlackInteractionBlockActionsEvent,
         action: &SlackInteractionActionInfo,
     ) -> Result<(), sqlx::Error> {
-        match question_from_suggestion(actions, action.value.as_deref().unwrap_or_default()) {
+        match question_from_suggestion(actions, action) {
             Ok(question) => {
                 let outcome = self.intake.enqueue(&Self::delivery_key(actions), &question).await?;
                 tracing::info!(?outcome, "suggested question accepted");

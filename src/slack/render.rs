@@ -40,6 +40,9 @@ const BUTTON_VALUE_LIMIT: usize = 2000;
 
 /// `action_id` prefix of a suggested follow-up button; its value is the question.
 pub const SUGGESTION_ACTION_PREFIX: &str = "ask_suggestion";
+/// Prefix of the block id of an answer's buttons, followed by the answer's thread.
+pub const THREAD_BLOCK_PREFIX: &str = "thread:";
+
 /// `action_id` of the "Share in channel" button on a private answer.
 pub const SHARE_ACTION_ID: &str = "share_answer";
 
@@ -61,7 +64,11 @@ pub struct Attribution<'a> {
 
 /// Renders `answer`. `share` adds a "Share in channel" button carrying that value (for
 /// private answers).
-pub fn answer(answer: &AgentAnswer, by: &Attribution<'_>, share: Option<&str>) -> Rendered {
+///
+/// `thread` is the thread the answer is in: it rides on the buttons' block id, so a click
+/// on a suggestion continues that thread even from an ephemeral message (whose click
+/// payload carries no thread).
+pub fn answer(answer: &AgentAnswer, by: &Attribution<'_>, thread: Option<&str>, share: Option<&str>) -> Rendered {
     let mut blocks: Vec<SlackBlock> = Vec::new();
     let text = mrkdwn_from_markdown(answer.text.trim());
     if !text.is_empty() {
@@ -107,7 +114,11 @@ pub fn answer(answer: &AgentAnswer, by: &Attribution<'_>, share: Option<&str>) -
         );
     }
     if !buttons.is_empty() {
-        closing.push(SlackActionsBlock::new(buttons).into());
+        let mut actions = SlackActionsBlock::new(buttons);
+        if let Some(thread) = thread {
+            actions = actions.with_block_id(format!("{THREAD_BLOCK_PREFIX}{thread}").into());
+        }
+        closing.push(actions.into());
     }
     closing.push(context(format!(
         "Answered with {}'s Databricks permissions · {}",
@@ -545,7 +556,7 @@ mod tests {
 
     #[test]
     fn a_short_answer_is_one_message_with_the_attribution_last() {
-        let rendered = answer(&AgentAnswer::text("42 orders"), &BY, None);
+        let rendered = answer(&AgentAnswer::text("42 orders"), &BY, None, None);
         let messages = json(&rendered.messages);
         assert_eq!(messages.len(), 1);
         assert_eq!(messages[0]["text"], "42 orders");
@@ -564,7 +575,7 @@ mod tests {
         text.push_str(&"select 1 from t\n".repeat(300));
         text.push_str("```");
         assert!(text.chars().count() > 40_000);
-        let messages = json(&answer(&AgentAnswer::text(&text), &BY, None).messages);
+        let messages = json(&answer(&AgentAnswer::text(&text), &BY, None, None).messages);
         assert!(messages.len() >= 4, "{} messages", messages.len());
         for message in &messages {
             assert_within_limits(message);
@@ -584,7 +595,7 @@ mod tests {
 
     #[test]
     fn a_long_word_without_spaces_is_still_cut_within_limits() {
-        let messages = json(&answer(&AgentAnswer::text("x".repeat(20_000)), &BY, None).messages);
+        let messages = json(&answer(&AgentAnswer::text("x".repeat(20_000)), &BY, None, None).messages);
         for message in &messages {
             assert_within_limits(message);
         }
@@ -601,6 +612,7 @@ mod tests {
                 ..AgentAnswer::default()
             },
             &BY,
+            None,
             None,
         );
         let messages = json(&rendered.messages);
@@ -630,6 +642,7 @@ mod tests {
                 ..AgentAnswer::default()
             },
             &BY,
+            None,
             None,
         );
         let messages = json(&rendered.messages);
@@ -662,6 +675,7 @@ mod tests {
                 ..AgentAnswer::default()
             },
             &BY,
+            Some("1700000000.000100"),
             Some("share-id"),
         );
         let message = &json(&rendered.messages)[0];
@@ -675,6 +689,10 @@ mod tests {
         assert_eq!(elements[1]["action_id"], "ask_suggestion_1");
         assert_eq!(elements[2]["action_id"], SHARE_ACTION_ID);
         assert_eq!(elements[2]["value"], "share-id");
+        assert_eq!(
+            actions["block_id"], "thread:1700000000.000100",
+            "the thread rides on the buttons"
+        );
     }
 
     #[test]
@@ -685,6 +703,7 @@ mod tests {
                 ..AgentAnswer::default()
             },
             &BY,
+            None,
             None,
         );
         assert!(json(&rendered.messages)[0].to_string().contains("no rows"));
