@@ -574,3 +574,55 @@ async fn a_suggestion_clicked_on_a_private_answer_continues_its_thread() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_40000_character_answer_with_markup_reaches_slack_as_valid_messages_in_the_thread() {
+    let paragraph = format!(
+        "Revenue <b> & `code` for <@U999> and <!channel>. {}",
+        "word ".repeat(150)
+    );
+    let long = vec![paragraph; 50].join("\n\n");
+    assert!(long.chars().count() >= 40_000);
+    let agent = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ok(json!({"text": long})))
+        .mount(&agent)
+        .await;
+    let app = spawn(vec![("AGENT_URL", agent.uri())]).await;
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> tell me everything")).await;
+    app.wait_for_answer("Answered with").await;
+    let mut messages = app.slack_calls("chat.update").await;
+    messages.extend(
+        app.slack_calls("chat.postMessage")
+            .await
+            .into_iter()
+            .filter(|m| !m.to_string().contains("Thinking")),
+    );
+    assert!(messages.len() >= 4, "split into several messages: {}", messages.len());
+    let mut words = 0;
+    for message in &messages {
+        assert_eq!(message["channel"], "C0LAN2Q65");
+        let blocks = message["blocks"].as_array().unwrap();
+        assert!(blocks.len() <= 50);
+        let size: usize = blocks.iter().map(|b| b.to_string().chars().count()).sum();
+        assert!(size <= 13_000, "{size} characters of blocks");
+        assert!(message["text"].as_str().unwrap().chars().count() <= 40_000);
+        for block in blocks {
+            if let Some(text) = block["text"]["text"].as_str() {
+                assert!(text.chars().count() <= 3000);
+                assert!(
+                    !text.contains("<@U999>") && !text.contains("<!channel>"),
+                    "nobody is pinged"
+                );
+                words += text.matches("word").count();
+            }
+        }
+    }
+    assert_eq!(words, 150 * 50, "nothing lost");
+    let posts = app.slack_calls("chat.postMessage").await;
+    assert!(
+        posts.iter().all(|p| p["thread_ts"] == "1515449522.000016"),
+        "all in the thread"
+    );
+    app.stop().await;
+}
