@@ -59,8 +59,8 @@ fn envelope(id: &str, kind: &str, payload: Value) -> Message {
     Message::Text(envelope.to_string().into())
 }
 
-#[tokio::test]
-async fn socket_mode_events_are_acknowledged_and_answered_through_the_same_queue() {
+/// The app in Socket Mode, and the WebSocket it opened to the fake Slack.
+async fn connected_app() -> (TestApp, Socket) {
     let (ws_url, mut sockets) = fake_socket_server().await;
     let app = TestApp::spawn_with(Options {
         slack_mocks: vec![
@@ -71,10 +71,16 @@ async fn socket_mode_events_are_acknowledged_and_answered_through_the_same_queue
         ..Default::default()
     })
     .await;
-    let mut ws = tokio::time::timeout(Duration::from_secs(10), sockets.recv())
+    let ws = tokio::time::timeout(Duration::from_secs(10), sockets.recv())
         .await
         .expect("the bot connects")
         .unwrap();
+    (app, ws)
+}
+
+#[tokio::test]
+async fn socket_mode_events_are_acknowledged_and_answered_through_the_same_queue() {
+    let (app, mut ws) = connected_app().await;
 
     // An envelope type nobody knows: no crash, and the connection keeps working.
     ws.send(Message::Text(
@@ -160,21 +166,8 @@ async fn a_socket_mode_delivery_that_cannot_be_stored_is_left_unacknowledged() {
 // command's reply rides on the acknowledgement, and a Disconnect click forgets the link.
 #[tokio::test]
 async fn socket_mode_commands_and_clicks_reach_the_same_handlers() {
-    let (ws_url, mut sockets) = fake_socket_server().await;
-    let app = TestApp::spawn_with(Options {
-        slack_mocks: vec![
-            Mock::given(path("/api/apps.connections.open"))
-                .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true, "url": ws_url}))),
-        ],
-        extra_env: vec![("SLACK_APP_TOKEN", "xapp-1-test-CANARY".into())],
-        ..Default::default()
-    })
-    .await;
+    let (app, mut ws) = connected_app().await;
     app.link_asker().await;
-    let mut ws = tokio::time::timeout(Duration::from_secs(10), sockets.recv())
-        .await
-        .expect("the bot connects")
-        .unwrap();
 
     let command = json!({"token": "x", "team_id": "T061EG9R6", "team_domain": "acme", "channel_id": "C0LAN2Q65",
                          "channel_name": "general", "user_id": "U061F7AUR", "user_name": "alice",
