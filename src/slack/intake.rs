@@ -295,17 +295,30 @@ pub fn question_from_suggestion(
         .or(actions.channel.as_ref().map(|c| &c.id))
         .ok_or("click without a channel")?
         .to_string();
-    // The clicked message's thread; an ephemeral message's click does not carry one, so
-    // the buttons carry it in their block id too.
-    let thread_ts = actions
+    // The clicked message's thread. An ephemeral answer's click carries no message, so the
+    // buttons carry the answer's thread in their block id: the follow-up is then asked as
+    // if on that thread's root, which keeps its conversation, and answered where an
+    // ephemeral reply is seen (Slack hides ephemerals in a thread without replies).
+    let in_thread = actions
         .message
         .as_ref()
         .and_then(|m| m.origin.thread_ts.as_ref())
-        .map(ToString::to_string)
-        .or_else(|| {
-            let block = action.block_id.as_ref()?.to_string();
-            Some(block.strip_prefix(render::THREAD_BLOCK_PREFIX)?.to_owned()).filter(|t| !t.is_empty())
-        });
+        .map(ToString::to_string);
+    let carried = action
+        .block_id
+        .as_ref()
+        .and_then(|block| {
+            block
+                .to_string()
+                .strip_prefix(render::THREAD_BLOCK_PREFIX)
+                .map(str::to_owned)
+        })
+        .filter(|t| !t.is_empty());
+    let (ts, thread_ts) = match (in_thread, carried) {
+        (Some(thread), _) => (container.message_ts.to_string(), Some(thread)),
+        (None, Some(root)) => (root, None),
+        (None, None) => (container.message_ts.to_string(), None),
+    };
     let text = suggestion.split_whitespace().collect::<Vec<_>>().join(" ");
     if text.is_empty() {
         return Err("empty suggestion");
@@ -315,7 +328,7 @@ pub fn question_from_suggestion(
         user,
         is_dm: channel.starts_with('D'),
         channel,
-        ts: container.message_ts.to_string(),
+        ts,
         thread_ts,
         text,
         bot_user_id: None,
