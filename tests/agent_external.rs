@@ -168,6 +168,9 @@ async fn invalid_blocks_are_dropped_and_the_text_still_answers() {
         json!([{ "type": "header" }]),
         json!("not a list"),
         json!(vec![json!({ "type": "divider" }); 51]),
+        // Texts longer than Slack takes would make it refuse the whole answer.
+        json!([{ "type": "section", "text": { "type": "mrkdwn", "text": "x".repeat(3001) } }]),
+        json!([{ "type": "header", "text": { "type": "plain_text", "text": "h".repeat(151) } }]),
         // Interactive blocks would be clicked at this bot, e.g. as its own Disconnect.
         json!([{ "type": "actions", "elements": [{ "type": "button", "action_id": "disconnect",
                                                      "text": { "type": "plain_text", "text": "Go" } }] }]),

@@ -250,6 +250,15 @@ fn blocks(raw: serde_json::Value) -> Vec<SlackBlock> {
         );
         return Vec::new();
     }
+    // Slack refuses a whole message for one over-long text, losing the answer with it.
+    if let Some(index) = parsed.iter().position(|block| !within_text_limits(block)) {
+        tracing::warn!(
+            agent = "http",
+            index,
+            "one of the agent's blocks has a text longer than Slack allows; posting its text only"
+        );
+        return Vec::new();
+    }
     if parsed.len() > MAX_BLOCKS {
         tracing::warn!(
             agent = "http",
@@ -259,6 +268,27 @@ fn blocks(raw: serde_json::Value) -> Vec<SlackBlock> {
         return Vec::new();
     }
     parsed
+}
+
+/// Whether every text in `block` is within Slack's limits: 3000 characters (section and
+/// context texts), 150 for a header.
+fn within_text_limits(block: &SlackBlock) -> bool {
+    fn texts_fit(value: &serde_json::Value, limit: usize) -> bool {
+        match value {
+            serde_json::Value::Object(map) => map.iter().all(|(key, value)| match value {
+                serde_json::Value::String(text) if key == "text" => text.chars().count() <= limit,
+                other => texts_fit(other, limit),
+            }),
+            serde_json::Value::Array(items) => items.iter().all(|item| texts_fit(item, limit)),
+            _ => true,
+        }
+    }
+    let limit = if matches!(block, SlackBlock::Header(_)) {
+        150
+    } else {
+        3000
+    };
+    serde_json::to_value(block).is_ok_and(|json| texts_fit(&json, limit))
 }
 
 /// Whether `block` holds anything a person can click or fill in.
