@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::app::{TestApp, config_env, mention};
+use common::app::{TestApp, audit_trail, config_env, mention};
 use common::fake_databricks::{FakeDatabricks, FakeUser, Scripted};
 use common::{KEY_A, Person, TestDb, vault};
 use databricks_slack_bot::clock::{Clock, ManualClock};
@@ -225,6 +225,11 @@ async fn a_rejected_client_is_an_operator_error_that_keeps_every_link() {
         store.find_link(&p.team, &p.user).await.unwrap().unwrap().status,
         LinkStatus::Active
     );
+    assert_eq!(
+        audit_trail(&db.url).await,
+        [("refresh_failed".to_owned(), "system".to_owned())],
+        "audited, without wiping the link"
+    );
     // Nothing is stuck: once the operator fixes it, the next call refreshes.
     broker.user_context(&p.team, &p.user, None).await.unwrap();
     store.close().await;
@@ -251,6 +256,8 @@ async fn transient_failures_leave_the_link_alone_and_the_next_call_succeeds() {
         store.find_link(&p.team, &p.user).await.unwrap().unwrap().status,
         LinkStatus::Active
     );
+    let kinds: Vec<String> = audit_trail(&db.url).await.into_iter().map(|(kind, _)| kind).collect();
+    assert_eq!(kinds, ["refresh_failed"; 3], "each failed refresh is audited");
     store.close().await;
 }
 
