@@ -16,6 +16,7 @@
 //! - [`worker`] — the pool that runs queued jobs, with leases and retries.
 //! - [`retention`] — the scheduled purge of what is past its time (event ids, finished jobs, …).
 //! - [`questions`] — a queued question becomes an answer or a "Connect Databricks" prompt.
+//! - [`sharing`] — "Share in channel" for private answers.
 //! - [`account`] — App Home, Connect there, and Disconnect: a person's link as they control it.
 //! - [`linking`] — from the "Connect Databricks" button to a verified, stored link.
 //! - [`databricks`] — OAuth, the token broker, REST calls as the person.
@@ -36,6 +37,7 @@ pub mod linking;
 pub mod outbound;
 pub mod questions;
 pub mod retention;
+pub mod sharing;
 pub mod slack;
 pub mod startup;
 pub mod store;

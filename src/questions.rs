@@ -34,20 +34,6 @@ use crate::worker::{Done, JobError, JobHandler};
 /// The `jobs.kind` of a question.
 pub const QUESTION_JOB: &str = "question";
 
-/// The `jobs.kind` of a click on "Share in channel".
-pub const SHARE_JOB: &str = "share";
-
-/// A click on "Share in channel", as queued.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShareRequest {
-    /// The private answer's id (the button's value).
-    pub id: String,
-    /// Who clicked: only the asker's own answer is found.
-    pub team: TeamId,
-    pub user: UserId,
-    pub response_url: Option<Url>,
-}
-
 /// How long what we learned about a Slack user (bot? another organisation?) is trusted.
 const USER_CACHE_TTL_SECONDS: i64 = 3600;
 
@@ -264,54 +250,6 @@ impl Questions {
         self.deliver(job, q, placeholder, rendered).await?;
         self.record(AnswerOutcome::Answered, started);
         Ok(Done::Finished)
-    }
-
-    /// Posts a private answer in its channel for everyone, when its asker clicks "Share
-    /// in channel", and removes the private copy.
-    async fn share(&self, request: &ShareRequest) -> Result<Done, JobError> {
-        let kept = self
-            .store
-            .private_answer(&request.id, &request.team, &request.user)
-            .await?;
-        let Some(kept) = kept else {
-            let gone = SlackMessageContent::new()
-                .with_text("This answer was already shared, or is more than a day old: ask again to share it.".into());
-            self.respond(
-                request,
-                SlackApiPostWebhookMessageRequest::new(gone).with_replace_original(false),
-            )
-            .await;
-            return Ok(Done::Finished);
-        };
-        let mut messages: Vec<SlackMessageContent> =
-            serde_json::from_str(&kept.content).map_err(|e| JobError::Permanent(format!("unreadable answer: {e}")))?;
-        if let Some(last) = messages.last_mut() {
-            let mut blocks = last.blocks.take().unwrap_or_default();
-            blocks.push(messages::shared_by(&request.user));
-            last.blocks = Some(blocks);
-        }
-        // Posted before the private copy is removed: a failure leaves it to share again.
-        for content in messages {
-            self.slack
-                .post_message(&kept.channel_id, kept.thread(), content)
-                .await?;
-        }
-        self.store
-            .forget_private_answer(&request.id, &request.team, &request.user)
-            .await?;
-        let delete = SlackApiPostWebhookMessageRequest::new(SlackMessageContent::new()).with_delete_original(true);
-        self.respond(request, delete).await;
-        Ok(Done::Finished)
-    }
-
-    /// Best effort through the click's `response_url` (the private copy stays otherwise).
-    async fn respond(&self, request: &ShareRequest, response: SlackApiPostWebhookMessageRequest) {
-        let Some(url) = request.response_url.clone() else {
-            return;
-        };
-        if let Err(error) = self.slack.respond(&SlackResponseUrl(url), &response).await {
-            tracing::info!(error = %error, "could not update the private answer after sharing");
-        }
     }
 
     /// Runs the agent; when Databricks refuses the token, refreshes it once and asks once
@@ -650,24 +588,18 @@ impl Progress for Placeholder<'_> {
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(job: &Job) -> Result<T, JobError> {
-    serde_json::from_str(&job.payload).map_err(|e| JobError::Permanent(format!("unreadable {} payload: {e}", job.kind)))
+fn parse(job: &Job) -> Result<Question, JobError> {
+    serde_json::from_str(&job.payload).map_err(|e| JobError::Permanent(format!("unreadable question payload: {e}")))
 }
 
 #[async_trait]
 impl JobHandler for Questions {
     async fn run(&self, job: &Job) -> Result<Done, JobError> {
-        match job.kind.as_str() {
-            SHARE_JOB => self.share(&parse(job)?).await,
-            _ => self.answer(job, &parse(job)?).await,
-        }
+        self.answer(job, &parse(job)?).await
     }
 
     async fn give_up(&self, job: &Job, error: &JobError, reference: &str) {
-        if job.kind != QUESTION_JOB {
-            return;
-        }
-        let Ok(q) = parse::<Question>(job) else { return };
+        let Ok(q) = parse(job) else { return };
         let reason = match error {
             JobError::Transient { reason, .. } => format!("{reason}; please try again in a few minutes"),
             JobError::Permanent(_) => "something went wrong on my side".to_owned(),

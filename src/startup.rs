@@ -22,8 +22,9 @@ use crate::databricks::oauth::{self, DatabricksOAuth};
 use crate::http::slack::SlackRoutes;
 use crate::http::{self, AppState, metrics::Metrics};
 use crate::linking::LinkFlow;
-use crate::questions::{QUESTION_JOB, Questions, SHARE_JOB};
+use crate::questions::{QUESTION_JOB, Questions};
 use crate::retention::Retention;
+use crate::sharing::{SHARE_JOB, Sharing};
 use crate::slack::api::SlackApi;
 use crate::slack::commands::Commands;
 use crate::slack::intake::Intake;
@@ -156,8 +157,14 @@ impl Application {
         let account: Arc<dyn JobHandler> = Arc::new(account);
         let handler: Arc<dyn JobHandler> = Arc::new(
             ByKind::default()
-                .with(QUESTION_JOB, questions.clone())
-                .with(SHARE_JOB, questions)
+                .with(QUESTION_JOB, questions)
+                .with(
+                    SHARE_JOB,
+                    Arc::new(Sharing {
+                        store: store.clone(),
+                        slack: slack.clone(),
+                    }),
+                )
                 .with(DISCONNECT_JOB, account.clone())
                 .with(CONNECT_JOB, account.clone())
                 .with(HOME_JOB, account),

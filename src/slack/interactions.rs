@@ -12,7 +12,7 @@ use slack_morphism::prelude::*;
 
 use crate::account::{AccountRequest, CONNECT_JOB, DISCONNECT_JOB};
 use crate::domain::{TeamId, UserId};
-use crate::questions::{SHARE_JOB, ShareRequest};
+use crate::sharing::{SHARE_JOB, ShareRequest};
 use crate::slack::intake::{Intake, question_from_suggestion};
 use crate::slack::{messages, render};
 use crate::store::jobs::NewJob;

@@ -1,0 +1,98 @@
+//! "Share in channel": a private answer (`ANSWER_VISIBILITY=private`) posted in its
+//! thread for everyone, once, by its asker only.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use slack_morphism::prelude::*;
+use url::Url;
+
+use crate::domain::{TeamId, UserId};
+use crate::slack::api::SlackApi;
+use crate::slack::messages;
+use crate::store::Store;
+use crate::store::jobs::Job;
+use crate::worker::{Done, JobError, JobHandler};
+
+/// The `jobs.kind` of a click on "Share in channel".
+pub const SHARE_JOB: &str = "share";
+
+/// A click on "Share in channel", as queued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareRequest {
+    /// The private answer's id (the button's value).
+    pub id: String,
+    /// Who clicked: only the asker's own answer is found.
+    pub team: TeamId,
+    pub user: UserId,
+    pub response_url: Option<Url>,
+}
+
+/// Runs share jobs.
+pub struct Sharing {
+    pub store: Store,
+    pub slack: SlackApi,
+}
+
+impl Sharing {
+    /// Posts a private answer in its channel for everyone, when its asker clicks "Share
+    /// in channel", and removes the private copy.
+    async fn share(&self, request: &ShareRequest) -> Result<Done, JobError> {
+        let kept = self
+            .store
+            .private_answer(&request.id, &request.team, &request.user)
+            .await?;
+        let Some(kept) = kept else {
+            let gone = SlackMessageContent::new()
+                .with_text("This answer was already shared, or is more than a day old: ask again to share it.".into());
+            self.respond(
+                request,
+                SlackApiPostWebhookMessageRequest::new(gone).with_replace_original(false),
+            )
+            .await;
+            return Ok(Done::Finished);
+        };
+        let mut messages: Vec<SlackMessageContent> =
+            serde_json::from_str(&kept.content).map_err(|e| JobError::Permanent(format!("unreadable answer: {e}")))?;
+        if let Some(last) = messages.last_mut() {
+            let mut blocks = last.blocks.take().unwrap_or_default();
+            blocks.push(messages::shared_by(&request.user));
+            last.blocks = Some(blocks);
+        }
+        // Posted before the private copy is removed: a failure leaves it to share again.
+        for content in messages {
+            self.slack
+                .post_message(&kept.channel_id, kept.thread(), content)
+                .await?;
+        }
+        self.store
+            .forget_private_answer(&request.id, &request.team, &request.user)
+            .await?;
+        let delete = SlackApiPostWebhookMessageRequest::new(SlackMessageContent::new()).with_delete_original(true);
+        self.respond(request, delete).await;
+        Ok(Done::Finished)
+    }
+
+    /// Best effort through the click's `response_url` (the private copy stays otherwise).
+    async fn respond(&self, request: &ShareRequest, response: SlackApiPostWebhookMessageRequest) {
+        let Some(url) = request.response_url.clone() else {
+            return;
+        };
+        if let Err(error) = self.slack.respond(&SlackResponseUrl(url), &response).await {
+            tracing::info!(error = %error, "could not update the private answer after sharing");
+        }
+    }
+}
+
+#[async_trait]
+impl JobHandler for Sharing {
+    async fn run(&self, job: &Job) -> Result<Done, JobError> {
+        let request: ShareRequest = serde_json::from_str(&job.payload)
+            .map_err(|e| JobError::Permanent(format!("unreadable share payload: {e}")))?;
+        self.share(&request).await
+    }
+
+    async fn give_up(&self, _job: &Job, error: &JobError, reference: &str) {
+        // The private copy is still there to share again.
+        tracing::error!(error = %error, reference, "a share was abandoned");
+    }
+}
