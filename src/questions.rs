@@ -469,7 +469,7 @@ impl Questions {
     /// channel); a plain message in a DM. An ephemeral goes into a thread only if the
     /// question was already in one: Slack does not show ephemerals in a thread that has
     /// no replies yet.
-    pub(crate) async fn reply_privately(&self, q: &Question, content: SlackMessageContent) -> Result<(), JobError> {
+    async fn reply_privately(&self, q: &Question, content: SlackMessageContent) -> Result<(), JobError> {
         if let Some(url) = &q.response_url {
             let reply = SlackApiPostWebhookMessageRequest::new(content.clone()).with_replace_original(false);
             match self.slack.respond(&SlackResponseUrl(url.clone()), &reply).await {
