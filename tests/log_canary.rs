@@ -1,7 +1,12 @@
 //! LOG-01: with every log at TRACE, a whole linking round-trip and a refresh leave no
 //! secret in the logs or the metrics — not the code, state, PKCE verifier, refresh or
 //! access tokens, the client secret, the signing secret or the bot token.
+//!
+//! A binary of its own: it installs the process-wide subscriber, which would otherwise
+//! capture every other test's logs as well.
 
+#[allow(dead_code)] // this binary uses a few of the shared helpers
+#[path = "integration/common/mod.rs"]
 mod common;
 
 use common::app::{BOT_TOKEN, Options, SIGNING_SECRET, TestApp, browser, mention};

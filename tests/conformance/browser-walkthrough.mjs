@@ -1,4 +1,4 @@
-// A person's walk through linking in a real, headless Chromium, for tests/browser_linking.rs:
+// A person's walk through linking in a real, headless Chromium, for tests/integration/browser_linking.rs:
 // open the "Connect Databricks" link from the private prompt, press "Continue to
 // Databricks", sign in on oidc-provider's development login page, confirm its consent
 // page, and end on the bot's result page. Only loopback is reachable: anything else the

@@ -3,13 +3,11 @@
 //! Databricks receives (always the person's own token, never a write), and what the asker
 //! gets back.
 
-mod common;
-
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::agents::{self, Shown};
+use crate::common::agents::{self, Shown};
 use databricks_slack_bot::agent::llm::Llm;
 use databricks_slack_bot::agent::{Agent, AgentAnswer, AgentError, AgentRequest};
 use databricks_slack_bot::databricks::api::http_client;

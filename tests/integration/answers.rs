@@ -3,11 +3,9 @@
 //! by per-test mocks) and a fake external agent — asserting what the person saw and that
 //! Databricks (or the company's agent) only ever received that person's token.
 
-mod common;
-
 use std::time::Duration;
 
-use common::app::{Options, TestApp, mention};
+use crate::common::app::{Options, TestApp, mention};
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};

@@ -2,13 +2,11 @@
 //! Databricks' authorization (played by the test as the person), the callback, the
 //! identity check — and every way it can go wrong.
 
-mod common;
-
 use std::time::Duration;
 
-use common::app::{TestApp, browser};
-use common::fake_databricks::{FakeUser, Scripted};
-use common::{KEY_A, TestDb};
+use crate::common::app::{TestApp, browser};
+use crate::common::fake_databricks::{FakeUser, Scripted};
+use crate::common::{KEY_A, TestDb};
 use databricks_slack_bot::clock::Clock;
 use databricks_slack_bot::crypto::{Binding, Purpose};
 use databricks_slack_bot::domain::{TeamId, UserId};
@@ -48,7 +46,7 @@ async fn links_count(app: &TestApp) -> usize {
 #[tokio::test]
 async fn a_person_goes_from_the_prompt_to_linked_and_their_question_is_answered() {
     for db in TestDb::all().await {
-        let app = TestApp::spawn_with(common::app::Options {
+        let app = TestApp::spawn_with(crate::common::app::Options {
             db: Some(db.url.clone()),
             ..Default::default()
         })
@@ -110,7 +108,7 @@ async fn a_person_goes_from_the_prompt_to_linked_and_their_question_is_answered(
             .expect("linked");
         assert_eq!(link.databricks_user_name, "asker@example.com");
         assert_eq!(link.databricks_user_id, "id-asker@example.com");
-        let vault = common::vault(&[KEY_A]);
+        let vault = crate::common::vault(&[KEY_A]);
         let rt = vault
             .open(
                 Binding {
@@ -134,7 +132,7 @@ async fn a_person_goes_from_the_prompt_to_linked_and_their_question_is_answered(
             .expect("a confirmation DM");
         assert!(confirmation.to_string().contains("Disconnect"));
         assert!(
-            common::app::audit_trail(&app.db_url)
+            crate::common::app::audit_trail(&app.db_url)
                 .await
                 .into_iter()
                 .map(|(kind, _)| kind)
@@ -294,7 +292,7 @@ async fn a_forwarded_link_completed_by_another_databricks_user_stores_nothing_an
         "the link's owner is told: {warned:?}"
     );
     assert_eq!(
-        common::app::audit_trail(&app.db_url)
+        crate::common::app::audit_trail(&app.db_url)
             .await
             .into_iter()
             .map(|(kind, _)| kind)

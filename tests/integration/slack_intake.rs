@@ -2,12 +2,10 @@
 //! What is asserted is what a person would see (messages posted to the fake Slack) and
 //! what was stored.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::TestDb;
-use common::app::{SIGNING_SECRET, TestApp, fake_slack, mention, slack_calls};
+use crate::common::TestDb;
+use crate::common::app::{SIGNING_SECRET, TestApp, fake_slack, mention, slack_calls};
 use databricks_slack_bot::agent::AgentError;
 use databricks_slack_bot::clock::Clock;
 use databricks_slack_bot::linking::hash_link_id;
@@ -54,7 +52,7 @@ async fn pending_link(db_url: &str, id: &str) -> Option<(String, String, String,
 #[tokio::test]
 async fn an_unlinked_person_gets_one_private_prompt_whose_button_opens_a_pending_link() {
     for db in TestDb::all().await {
-        let app = TestApp::spawn_with(common::app::Options {
+        let app = TestApp::spawn_with(crate::common::app::Options {
             db: Some(db.url.clone()),
             ..Default::default()
         })
@@ -222,7 +220,7 @@ async fn an_empty_mention_gets_a_short_help_reply() {
 
 #[tokio::test]
 async fn a_person_from_another_organisation_is_politely_refused() {
-    let app = TestApp::spawn_with(common::app::Options {
+    let app = TestApp::spawn_with(crate::common::app::Options {
         slack_mocks: vec![
             Mock::given(path("/api/users.info")).respond_with(ResponseTemplate::new(200).set_body_json(
                 json!({"ok": true, "user": {"id": ASKER, "team_id": "TOTHERORG", "is_stranger": true}}),
@@ -274,7 +272,7 @@ async fn the_same_event_reaching_two_replicas_on_postgres_is_answered_once() {
     let Some(db) = TestDb::postgres().await else { return };
     let slack = fake_slack(Vec::new()).await;
     let replica = || {
-        TestApp::spawn_with(common::app::Options {
+        TestApp::spawn_with(crate::common::app::Options {
             db: Some(db.url.clone()),
             slack: Some(slack.clone()),
             ..Default::default()
@@ -315,7 +313,7 @@ async fn our_own_messages_and_bot_messages_produce_nothing() {
 // EVT-01: a downstream that takes 10 s does not slow the acknowledgement.
 #[tokio::test]
 async fn the_ack_returns_at_once_even_when_slack_and_the_agent_are_slow() {
-    let app = TestApp::spawn_with(common::app::Options {
+    let app = TestApp::spawn_with(crate::common::app::Options {
         slack_mocks: vec![
             Mock::given(path("/api/chat.postMessage"))
                 .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(10))),
@@ -343,7 +341,7 @@ async fn the_ack_returns_at_once_even_when_slack_and_the_agent_are_slow() {
 async fn a_question_acknowledged_before_a_crash_is_answered_once_after_restart() {
     for db in TestDb::all().await {
         let slack = fake_slack(Vec::new()).await;
-        let first = TestApp::spawn_with(common::app::Options {
+        let first = TestApp::spawn_with(crate::common::app::Options {
             db: Some(db.url.clone()),
             slack: Some(slack.clone()),
             workers: None,
@@ -360,7 +358,7 @@ async fn a_question_acknowledged_before_a_crash_is_answered_once_after_restart()
         first.server.abort(); // the crash
         let _ = first.server.await;
 
-        let second = TestApp::spawn_with(common::app::Options {
+        let second = TestApp::spawn_with(crate::common::app::Options {
             db: Some(db.url.clone()),
             slack: Some(slack.clone()),
             ..Default::default()
@@ -376,7 +374,7 @@ async fn a_question_acknowledged_before_a_crash_is_answered_once_after_restart()
 
 #[tokio::test]
 async fn when_slack_refuses_an_ephemeral_the_prompt_goes_by_direct_message() {
-    let app = TestApp::spawn_with(common::app::Options {
+    let app = TestApp::spawn_with(crate::common::app::Options {
         slack_mocks: vec![Mock::given(path("/api/chat.postEphemeral")).respond_with(
             ResponseTemplate::new(200).set_body_json(json!({"ok": false, "error": "user_not_in_channel"})),
         )],
@@ -399,7 +397,7 @@ async fn when_slack_refuses_an_ephemeral_the_prompt_goes_by_direct_message() {
 // REL-05 for Slack: a 429 is waited out and the message still arrives.
 #[tokio::test]
 async fn a_rate_limited_post_is_retried_after_retry_after() {
-    let app = TestApp::spawn_with(common::app::Options {
+    let app = TestApp::spawn_with(crate::common::app::Options {
         slack_mocks: vec![
             Mock::given(path("/api/chat.postEphemeral"))
                 .respond_with(
@@ -428,10 +426,10 @@ async fn a_rate_limited_post_is_retried_after_retry_after() {
 // A question that keeps failing ends with a message to the person, never silence.
 #[tokio::test]
 async fn a_question_that_keeps_failing_ends_with_a_message_to_the_person() {
-    let app = TestApp::spawn_with(common::app::Options {
+    let app = TestApp::spawn_with(crate::common::app::Options {
         workers: Some(databricks_slack_bot::worker::WorkerConfig {
             max_attempts: 3,
-            ..common::app::fast_workers()
+            ..crate::common::app::fast_workers()
         }),
         ..Default::default()
     })
@@ -467,8 +465,8 @@ async fn a_question_that_keeps_failing_ends_with_a_message_to_the_person() {
 // SIG-01 through the running app, with the clock fixed at the vector's timestamp.
 #[tokio::test]
 async fn slacks_official_signing_vector_is_accepted_with_a_fixed_clock() {
-    let vector: Value = serde_json::from_str(include_str!("fixtures/slack-signing-vector.json")).unwrap();
-    let app = TestApp::spawn_with(common::app::Options {
+    let vector: Value = serde_json::from_str(include_str!("../fixtures/slack-signing-vector.json")).unwrap();
+    let app = TestApp::spawn_with(crate::common::app::Options {
         extra_env: vec![(
             "SLACK_SIGNING_SECRET",
             vector["signing_secret"].as_str().unwrap().to_owned(),

@@ -529,7 +529,7 @@ pub fn interaction(payload: &Value) -> String {
 
 /// A fixture event with its `event_id` and text replaced.
 pub fn mention(event_id: &str, text: &str) -> Value {
-    let mut event: Value = serde_json::from_str(include_str!("../fixtures/slack/event_app_mention.json")).unwrap();
+    let mut event: Value = serde_json::from_str(include_str!("../../fixtures/slack/event_app_mention.json")).unwrap();
     event["event_id"] = json!(event_id);
     event["event"]["text"] = json!(text);
     event

@@ -14,14 +14,12 @@
 //! real cross-site redirect, as from Databricks (LNK-11: the `SameSite=Lax` binding cookie
 //! must survive it).
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::app::{Options, TestApp, mention};
-use common::oidc_provider::{self, DIR};
-use common::{KEY_A, TestDb};
+use crate::common::app::{Options, TestApp, mention};
+use crate::common::oidc_provider::{self, DIR};
+use crate::common::{KEY_A, TestDb};
 use databricks_slack_bot::crypto::{Binding, Purpose};
 use databricks_slack_bot::domain::{TeamId, UserId};
 use secrecy::ExposeSecret;
@@ -254,7 +252,7 @@ async fn a_person_links_in_a_real_browser_and_their_kept_question_is_answered() 
         user: &link.user,
         workspace: &link.workspace,
     };
-    let refresh_token = common::vault(&[KEY_A])
+    let refresh_token = crate::common::vault(&[KEY_A])
         .open(binding, &link.sealed_refresh_token)
         .expect("the key opens it");
     let refresh_token = refresh_token.expose_secret().to_owned();

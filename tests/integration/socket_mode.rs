@@ -1,11 +1,9 @@
 //! Socket Mode against a local WebSocket fake: `apps.connections.open` returns a `ws://`
 //! URL on loopback, and the fake plays Slack's side of the protocol.
 
-mod common;
-
 use std::time::Duration;
 
-use common::app::{Options, TestApp};
+use crate::common::app::{Options, TestApp};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -89,7 +87,7 @@ async fn socket_mode_events_are_acknowledged_and_answered_through_the_same_queue
     .await
     .unwrap();
 
-    let event: Value = serde_json::from_str(include_str!("fixtures/slack/event_app_mention.json")).unwrap();
+    let event: Value = serde_json::from_str(include_str!("../fixtures/slack/event_app_mention.json")).unwrap();
     ws.send(envelope("env-1", "events_api", event.clone())).await.unwrap();
     let mut ack = next_ack(&mut ws).await;
     if ack["envelope_id"] == "env-0" {
@@ -146,7 +144,7 @@ async fn a_socket_mode_delivery_that_cannot_be_stored_is_left_unacknowledged() {
     let mut ws = sockets.recv().await.unwrap();
     app.store.close().await; // the database is gone
 
-    let event: Value = serde_json::from_str(include_str!("fixtures/slack/event_app_mention.json")).unwrap();
+    let event: Value = serde_json::from_str(include_str!("../fixtures/slack/event_app_mention.json")).unwrap();
     ws.send(envelope("env-lost", "events_api", event)).await.unwrap();
     let ack = tokio::time::timeout(Duration::from_secs(2), async {
         loop {
@@ -179,7 +177,8 @@ async fn socket_mode_commands_and_clicks_reach_the_same_handlers() {
     assert_eq!(ack["envelope_id"], "env-cmd");
     assert!(ack["payload"].to_string().contains("Connected as"), "{ack}");
 
-    let mut click: Value = serde_json::from_str(include_str!("fixtures/slack/block_actions_disconnect.json")).unwrap();
+    let mut click: Value =
+        serde_json::from_str(include_str!("../fixtures/slack/block_actions_disconnect.json")).unwrap();
     click["response_url"] = json!(format!("{}/response/1", app.slack.uri()));
     ws.send(envelope("env-click", "interactive", click)).await.unwrap();
     assert_eq!(next_ack(&mut ws).await["envelope_id"], "env-click");

@@ -1,14 +1,12 @@
 //! The HTTP server on port 0: probes, metrics, limits and shutdown.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::TestDb;
+use crate::common::app::TestApp;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::TestDb;
-use common::app::TestApp;
 use databricks_slack_bot::http::metrics::Metrics;
 use databricks_slack_bot::http::{AppState, MAX_BODY_BYTES, router};
 use databricks_slack_bot::startup::Lifecycle;

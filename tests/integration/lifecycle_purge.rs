@@ -2,13 +2,11 @@
 //! intake (EVT-04), and the scheduled retention purge removes exactly what is past its
 //! time. On SQLite and, when `TEST_DATABASE_URL` is set, Postgres.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::app::{Options, TestApp, mention, slack_calls};
-use common::{KEY_A, Person, TestDb, vault};
+use crate::common::app::{Options, TestApp, mention, slack_calls};
+use crate::common::{KEY_A, Person, TestDb, vault};
 use databricks_slack_bot::clock::{Clock, ManualClock};
 use databricks_slack_bot::domain::{PersonIn, TeamId, UserId};
 use databricks_slack_bot::retention::Retention;
@@ -41,7 +39,7 @@ async fn spawn_intake_only(db: &TestDb) -> TestApp {
 
 /// A signed-ready `app_uninstalled` callback for `team` (the fixture, re-addressed).
 fn app_uninstalled(event_id: &str, team: &str) -> Value {
-    let mut event: Value = serde_json::from_str(include_str!("fixtures/slack/event_app_uninstalled.json")).unwrap();
+    let mut event: Value = serde_json::from_str(include_str!("../fixtures/slack/event_app_uninstalled.json")).unwrap();
     event["event_id"] = json!(event_id);
     event["team_id"] = json!(team);
     event

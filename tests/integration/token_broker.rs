@@ -2,14 +2,12 @@
 //! tokens): single flight across tasks and processes, rotation, dead grants, lost
 //! answers, client errors — on SQLite and Postgres.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::app::{TestApp, audit_trail, config_env, mention};
-use common::fake_databricks::{FakeDatabricks, FakeUser, Scripted};
-use common::{KEY_A, Person, TestDb, vault};
+use crate::common::app::{TestApp, audit_trail, config_env, mention};
+use crate::common::fake_databricks::{FakeDatabricks, FakeUser, Scripted};
+use crate::common::{KEY_A, Person, TestDb, vault};
 use databricks_slack_bot::clock::{Clock, ManualClock};
 use databricks_slack_bot::config::{Config, Env};
 use databricks_slack_bot::databricks::broker::{BrokerError, REFRESH_MARGIN_SECONDS, TokenBroker};

@@ -1,14 +1,12 @@
 //! Sign in with Slack during linking, against a fake Slack OpenID issuer whose id_tokens
 //! the test signs: the browser must prove it is the link's Slack user before Databricks.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::common::app::{Options, TestApp, browser, mount_slack_defaults};
+use crate::common::fake_databricks::FakeUser;
 use base64::Engine;
-use common::app::{Options, TestApp, browser, mount_slack_defaults};
-use common::fake_databricks::FakeUser;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use wiremock::matchers::path;
@@ -29,7 +27,7 @@ async fn fake_slack_with_oidc() -> Arc<MockServer> {
         })))
         .mount(&slack)
         .await;
-    let jwks: Value = serde_json::from_str(include_str!("fixtures/slack-oidc-test-jwks.json")).unwrap();
+    let jwks: Value = serde_json::from_str(include_str!("../fixtures/slack-oidc-test-jwks.json")).unwrap();
     Mock::given(path("/openid/connect/keys"))
         .respond_with(ResponseTemplate::new(200).set_body_json(jwks))
         .mount(&slack)
@@ -90,7 +88,7 @@ fn claims(app: &TestApp, nonce: &str, user: &str) -> Value {
 }
 
 fn sign(claims: &Value, kid: &str) -> String {
-    let key = EncodingKey::from_rsa_pem(include_bytes!("fixtures/slack-oidc-test-key.pem")).unwrap();
+    let key = EncodingKey::from_rsa_pem(include_bytes!("../fixtures/slack-oidc-test-key.pem")).unwrap();
     let mut header = Header::new(Algorithm::RS256);
     header.kid = Some(kid.to_owned());
     jsonwebtoken::encode(&header, claims, &key).unwrap()

@@ -2,11 +2,9 @@
 //! question), the Disconnect button with Slack's confirmation, and what disconnecting
 //! means for questions in flight and late retries (TOK-07, TOK-08).
 
-mod common;
-
 use std::time::Duration;
 
-use common::app::{Options, TestApp, audit_trail, interaction, mention};
+use crate::common::app::{Options, TestApp, audit_trail, interaction, mention};
 use databricks_slack_bot::clock::Clock;
 use databricks_slack_bot::domain::{TeamId, UserId};
 use serde_json::{Value, json};
@@ -43,7 +41,7 @@ async fn command(app: &TestApp, text: &str, trigger: &str) -> Value {
 /// The Disconnect button clicked by the asker, as Slack reports it once confirmed.
 fn disconnect_click(app: &TestApp, trigger: &str) -> Value {
     let mut payload: Value =
-        serde_json::from_str(include_str!("fixtures/slack/block_actions_disconnect.json")).unwrap();
+        serde_json::from_str(include_str!("../fixtures/slack/block_actions_disconnect.json")).unwrap();
     payload["trigger_id"] = json!(trigger);
     payload["response_url"] = json!(format!("{}/response/{trigger}", app.slack.uri()));
     payload
@@ -248,7 +246,7 @@ async fn unsigned_or_stale_disconnect_attempts_are_refused_and_remove_nothing() 
         .header("x-slack-request-timestamp", stale_ts.to_string())
         .header(
             "x-slack-signature",
-            databricks_slack_bot::slack::signature::sign(common::app::SIGNING_SECRET, stale_ts, body.as_bytes()),
+            databricks_slack_bot::slack::signature::sign(crate::common::app::SIGNING_SECRET, stale_ts, body.as_bytes()),
         )
         .body(body)
         .send()
@@ -312,7 +310,7 @@ async fn a_question_in_flight_during_a_disconnect_is_not_answered_and_a_late_ret
 }
 
 fn home_opened(event_id: &str, tab: &str) -> Value {
-    let mut event: Value = serde_json::from_str(include_str!("fixtures/slack/event_app_home_opened.json")).unwrap();
+    let mut event: Value = serde_json::from_str(include_str!("../fixtures/slack/event_app_home_opened.json")).unwrap();
     event["event_id"] = json!(event_id);
     event["event"]["tab"] = json!(tab);
     event
@@ -361,7 +359,7 @@ async fn app_home_shows_the_current_state_each_time_it_is_opened() {
 async fn connect_in_app_home_sends_a_fresh_link_by_direct_message() {
     let app = spawn().await;
     let mut payload: Value =
-        serde_json::from_str(include_str!("fixtures/slack/block_actions_disconnect.json")).unwrap();
+        serde_json::from_str(include_str!("../fixtures/slack/block_actions_disconnect.json")).unwrap();
     payload["actions"][0]["action_id"] = json!("home_connect");
     payload["container"] = json!({"type": "view", "view_id": "V0HOME0001"});
     assert_eq!(app.post_interaction(&payload).await, 200);

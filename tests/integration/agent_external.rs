@@ -2,12 +2,10 @@
 //! receives, what the asker gets back, and how failures read. Each agent is a wiremock
 //! server on loopback.
 
-mod common;
-
 use std::time::Duration;
 
-use common::agents::{self, Shown};
-use common::logs::Captured;
+use crate::common::agents::{self, Shown};
+use crate::common::logs::Captured;
 use databricks_slack_bot::agent::adk::Adk;
 use databricks_slack_bot::agent::http::HttpAgent;
 use databricks_slack_bot::agent::{Agent, AgentAnswer, AgentError, AgentRequest};

@@ -1,12 +1,10 @@
 //! The Genie agent against a fake Genie space on loopback: what the person gets back, and
 //! what Databricks received (always the person's own token).
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::agents::{self, Shown};
+use crate::common::agents::{self, Shown};
 use databricks_slack_bot::agent::genie::{Genie, Timing};
 use databricks_slack_bot::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Table, Unwatched};
 use databricks_slack_bot::databricks::api::http_client;

@@ -1,11 +1,9 @@
 //! The store and the vault together, on SQLite and (when `TEST_DATABASE_URL` is set)
 //! Postgres: every query, key rotation, concurrency and what reaches the disk.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{KEY_A, KEY_B, Person, TestDb, vault};
+use crate::common::{KEY_A, KEY_B, Person, TestDb, vault};
 use databricks_slack_bot::crypto::{VaultError, envelope_key_id};
 use databricks_slack_bot::key_rotation::{rotate_all, rotate_batch};
 use databricks_slack_bot::store::Store;

@@ -1,15 +1,13 @@
 //! The binary as an operator uses it: configuration errors, key generation, migrations,
 //! links administration, key rotation, file permissions and graceful shutdown.
 
-mod common;
-
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::{KEY_A, KEY_B, Person, TestDb, bin, vault};
 use base64::Engine;
-use common::{KEY_A, KEY_B, Person, TestDb, bin, vault};
 use databricks_slack_bot::store::links::LinkStatus;
 
 const NOW: i64 = 1_800_000_000;
@@ -51,7 +49,7 @@ async fn run_async(cmd: Command) -> Output {
 /// A fake Slack that answers `auth.test`; returns the `SLACK_API_URL` to use.
 async fn fake_slack() -> (wiremock::MockServer, String) {
     let slack = wiremock::MockServer::start().await;
-    common::app::mount_slack_defaults(&slack).await;
+    crate::common::app::mount_slack_defaults(&slack).await;
     let url = format!("{}/api", slack.uri());
     (slack, url)
 }
@@ -206,7 +204,7 @@ async fn keys_generate_prints_a_fresh_32_byte_base64_key_that_the_config_accepts
     // Usable as is, or with an id in front.
     let db = TestDb::sqlite();
     let (_slack, slack_url) = fake_slack().await;
-    let databricks = common::fake_databricks::FakeDatabricks::start().await;
+    let databricks = crate::common::fake_databricks::FakeDatabricks::start().await;
     for entry in [keys[0].clone(), format!("k2:{},{}", keys[0], keys[1])] {
         let mut env = valid_env(&db.url);
         set(&mut env, "TOKEN_ENCRYPTION_KEYS", entry);
@@ -220,7 +218,7 @@ async fn keys_generate_prints_a_fresh_32_byte_base64_key_that_the_config_accepts
 #[tokio::test(flavor = "multi_thread")]
 async fn migrate_then_check_report_on_both_backends() {
     let (_slack, slack_url) = fake_slack().await;
-    let databricks = common::fake_databricks::FakeDatabricks::start().await;
+    let databricks = crate::common::fake_databricks::FakeDatabricks::start().await;
     for db in TestDb::all().await {
         let out = run(db.command(&["migrate"]));
         assert!(out.status.success(), "{}: {}", db.name, text(&out));
@@ -393,7 +391,7 @@ fn start_server(db: &TestDb, port: u16) -> std::process::Child {
     env.retain(|(k, _)| *k != "BIND_ADDR");
     env.push(("BIND_ADDR", format!("127.0.0.1:{port}")));
     Command::new("sh")
-        .args(["-c", "umask 000; exec \"$0\"", common::BIN])
+        .args(["-c", "umask 000; exec \"$0\"", crate::common::BIN])
         .current_dir(db.dir.path())
         .env_clear()
         .envs(env)

@@ -6,10 +6,8 @@
 //! `.ci/run` installs the server with `npm ci --prefix tests/conformance`. Without
 //! Node.js the test says so loudly and skips; with Node.js but without the install it fails.
 
-mod common;
-
-use common::app::{Options, TestApp, browser, mention};
-use common::oidc_provider::{self, Server};
+use crate::common::app::{Options, TestApp, browser, mention};
+use crate::common::oidc_provider::{self, Server};
 use databricks_slack_bot::crypto::{Binding, Purpose};
 use databricks_slack_bot::store::links::LinkStatus;
 use secrecy::ExposeSecret;
@@ -136,7 +134,7 @@ async fn the_whole_flow_works_against_oidc_provider_configured_like_databricks()
         (link.team, link.user)
     };
     let before = app.store.find_link(&team, &user).await.unwrap().unwrap();
-    let vault = common::vault(&[common::KEY_A]);
+    let vault = crate::common::vault(&[crate::common::KEY_A]);
     let binding = Binding {
         purpose: Purpose::RefreshToken,
         team: &before.team,

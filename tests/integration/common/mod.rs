@@ -1,6 +1,5 @@
 //! Shared test helpers: fresh databases on both backends, fixtures for links, the
 //! compiled binary, agent requests, captured logs and the oidc-provider server.
-#![allow(dead_code)] // each test binary uses a different subset
 
 pub mod agents;
 pub mod app;

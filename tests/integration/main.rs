@@ -1,0 +1,22 @@
+//! The integration tests, one binary: the app on port 0 against fake Slack and Databricks
+//! servers on loopback, real SQLite files and the local Postgres (`TEST_DATABASE_URL`).
+//! One binary links once, and keeps the build's disk use and link time small.
+
+mod common;
+
+mod account;
+mod agent_external;
+mod agent_genie;
+mod agent_llm;
+mod answers;
+mod browser_linking;
+mod cli;
+mod http;
+mod lifecycle_purge;
+mod linking;
+mod oidc_conformance;
+mod slack_intake;
+mod slack_sign_in;
+mod socket_mode;
+mod store;
+mod token_broker;
