@@ -9,6 +9,11 @@
 //! Run with `cargo bench --bench intake_ack [-- RATE SECONDS]` (defaults 500 ev/s, 10 s).
 //! Everything is on loopback; the run is bounded in count and time. The load generator
 //! and the fake Slack share the machine's two cores with the bot.
+//!
+//! After each scenario it also prints the peak (VmHWM) and current (VmRSS) resident set
+//! size from /proc/self/status (Linux; "n/a" elsewhere). They are for the whole bench
+//! process — bot, load generator and fake Slack together — and the peak is since start,
+//! so the second scenario's peak includes the first.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,6 +75,22 @@ fn report(label: &str, mut latencies: Vec<Duration>, errors: usize, elapsed: Dur
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         latencies[n - 1].as_secs_f64() * 1e3,
     );
+}
+
+/// Peak and current resident set size of this whole process, in MiB, from /proc (Linux).
+fn memory() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let mib = |key: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(key)?.trim().strip_suffix(" kB")?.parse::<f64>().ok())
+            .map_or_else(|| "n/a".to_owned(), |kb| format!("{:.1} MiB", kb / 1024.0))
+    };
+    format!(
+        "peak RSS (VmHWM) {}, current RSS (VmRSS) {}",
+        mib("VmHWM:"),
+        mib("VmRSS:")
+    )
 }
 
 async fn send(client: &reqwest::Client, url: &str, body: String) -> Result<Duration, String> {
@@ -198,6 +219,11 @@ async fn run(label: &str, workers: bool, rate: u64, seconds: u64, slack: &MockSe
         all,
         errors,
         started.elapsed(),
+    );
+
+    println!(
+        "{label}, memory of the whole bench process (bot + load generator + fake Slack): {}",
+        memory()
     );
 
     lifecycle.begin_shutdown();

@@ -5,7 +5,7 @@
 //! where it was asked; anyone else gets a fresh single-use link, privately, with the
 //! question kept to answer after linking.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -23,9 +23,9 @@ use crate::domain::{PersonIn, TeamId, UserId};
 use crate::http::metrics::{AnswerOutcome, Metrics};
 use crate::linking::offer_link;
 use crate::linking::random_token;
-use crate::slack::api::SlackApi;
+use crate::slack::api::{FileUpload, SlackApi};
 use crate::slack::messages;
-use crate::slack::render::{self, Attribution, Rendered};
+use crate::slack::render::{self, Attribution};
 use crate::store::Store;
 use crate::store::jobs::Job;
 use crate::store::private_answers::NewPrivateAnswer;
@@ -39,6 +39,9 @@ const USER_CACHE_TTL_SECONDS: i64 = 3600;
 
 /// Further questions within this many seconds of a prompt wait for the same link.
 const PROMPT_QUIET_SECONDS: i64 = 60;
+
+/// Why there is no CSV under an answer whose table did not fit.
+const CSV_NOT_ATTACHED: &str = "the full result could not be attached as a file; ask for fewer rows";
 
 /// A question, as queued.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,9 +181,8 @@ impl Questions {
         let (answer, context) = match self.ask_agent(q, context, conversation, progress).await {
             Ok(answered) => answered,
             Err(unanswered) => {
-                if let Some(placeholder) = placeholder {
-                    placeholder.remove().await;
-                }
+                self.remove_placeholder(q, placeholder.as_ref().map(|p| p.ts.as_str()))
+                    .await;
                 if let Unanswered::Agent(error) = &unanswered {
                     let outcome = match error {
                         AgentError::NoAccess(_) => AnswerOutcome::NoAccess,
@@ -192,25 +194,19 @@ impl Questions {
                 return self.unanswered(job, q, unanswered).await;
             }
         };
-        // TOK-07: an answer made with a connection the person has since removed is dropped.
-        let still_linked = match self.store.find_link(&q.team, &q.user).await {
-            Ok(link) => link.is_some(),
+        let placeholder = placeholder.map(|placeholder| placeholder.ts);
+        let still_linked = match self.still_linked(q).await {
+            Ok(linked) => linked,
             Err(error) => {
-                if let Some(placeholder) = placeholder {
-                    placeholder.remove().await;
-                }
-                return Err(error.into());
+                self.remove_placeholder(q, placeholder.as_deref()).await;
+                return Err(error);
             }
         };
         if !still_linked {
             self.record(AnswerOutcome::Dropped, started);
-            tracing::info!("the person disconnected while their question was answered; answer dropped");
-            if let Some(placeholder) = placeholder {
-                placeholder.remove().await;
-            }
-            self.reply_privately(q, messages::dropped_after_disconnect()).await?;
-            return Ok(Done::Finished);
+            return self.drop_answer(q, placeholder.as_deref()).await;
         }
+        self.record(AnswerOutcome::Answered, started);
         let now = self.clock.now();
         // Losing the thread's context is better than asking the agent all over again.
         if let Some(kept) = &answer.conversation
@@ -247,8 +243,44 @@ impl Questions {
             }
             _ => render::answer(&answer, &by, q.answer_thread(), None),
         };
-        self.deliver(job, q, placeholder, rendered).await?;
-        self.record(AnswerOutcome::Answered, started);
+        let outbox = Outbox {
+            placeholder,
+            messages: rendered.messages.into(),
+            posted: 0,
+            csv: rendered.csv,
+        };
+        if let Err(error) = self.keep(job, &outbox).await {
+            self.remove_placeholder(q, outbox.placeholder.as_deref()).await;
+            return Err(error);
+        }
+        self.deliver(job, q, outbox).await?;
+        Ok(Done::Finished)
+    }
+
+    /// Posts what an earlier run of this job left undelivered; the agent is not asked
+    /// again.
+    async fn resume(&self, job: &Job, q: &Question, kept: &str) -> Result<Done, JobError> {
+        let outbox: Outbox =
+            serde_json::from_str(kept).map_err(|e| JobError::Permanent(format!("unreadable answer outbox: {e}")))?;
+        tracing::info!(left = outbox.messages.len(), "resuming an answer's delivery");
+        if !self.still_linked(q).await? {
+            return self.drop_answer(q, outbox.placeholder.as_deref()).await;
+        }
+        self.deliver(job, q, outbox).await?;
+        Ok(Done::Finished)
+    }
+
+    /// TOK-07: whether the asker still has the connection their answer was made with.
+    async fn still_linked(&self, q: &Question) -> Result<bool, JobError> {
+        Ok(self.store.find_link(&q.team, &q.user).await?.is_some())
+    }
+
+    /// Drops an answer made with a connection the person has since removed, and tells
+    /// them why.
+    async fn drop_answer(&self, q: &Question, placeholder: Option<&str>) -> Result<Done, JobError> {
+        tracing::info!("the person disconnected while their question was answered; answer dropped");
+        self.remove_placeholder(q, placeholder).await;
+        self.reply_privately(q, messages::dropped_after_disconnect()).await?;
         Ok(Done::Finished)
     }
 
@@ -314,55 +346,92 @@ impl Questions {
         }
     }
 
-    /// Posts a rendered answer: in the thread (the first message replaces the
-    /// placeholder), or privately; a CSV goes where the answer went (privately: to the
-    /// person's direct messages).
-    async fn deliver(
-        &self,
-        job: &Job,
-        q: &Question,
-        placeholder: Option<Placeholder<'_>>,
-        rendered: Rendered,
-    ) -> Result<(), JobError> {
-        let thread = q.answer_thread();
-        let mut messages = rendered.messages.into_iter();
-        let (file_channel, file_thread) = match self.visibility(q) {
-            AnswerVisibility::Thread => {
-                let mut first = messages.next();
-                if let (Some(placeholder), Some(content)) = (placeholder, first.clone())
-                    && placeholder.replace(content).await
-                {
-                    first = None;
-                }
-                for content in first.into_iter().chain(messages) {
-                    self.slack.post_message(&q.channel, thread, content).await?;
-                }
-                (q.channel.clone(), thread.map(str::to_owned))
+    /// Posts an answer: in the thread (the first message replaces the placeholder), or
+    /// privately; then the CSV, where the answer went (a private answer's: the person's
+    /// direct messages with the bot). Progress is kept after every message, so a Slack
+    /// failure part-way is retried from where it stopped.
+    async fn deliver(&self, job: &Job, q: &Question, mut outbox: Outbox) -> Result<(), JobError> {
+        while let Some(content) = outbox.messages.front().cloned() {
+            let posted = self.post_part(q, &mut outbox.placeholder, content).await;
+            if posted.is_ok() {
+                outbox.messages.pop_front();
+                outbox.posted += 1;
             }
-            AnswerVisibility::Private => {
-                for content in messages {
-                    self.reply_privately(q, content).await?;
-                }
-                if q.is_dm {
-                    (q.channel.clone(), q.thread_ts.clone())
-                } else {
-                    (self.slack.open_dm(q.user.as_str()).await?, None)
-                }
-            }
-        };
-        if let Some(csv) = rendered.csv
-            && let Err(error) = self
-                .slack
-                .upload_file(&file_channel, file_thread.as_deref(), &csv)
-                .await
-        {
-            let reference = job.reference();
-            tracing::warn!(error = %error, reference, "could not attach a result as a CSV file");
-            let note = "the full result could not be attached as a file; ask for fewer rows";
-            self.reply_privately(q, messages::could_not_answer(note, &reference))
-                .await?;
+            self.keep(job, &outbox).await?;
+            posted?;
         }
-        Ok(())
+        let Some(csv) = &outbox.csv else {
+            return Ok(());
+        };
+        let (channel, thread) = match self.visibility(q) {
+            AnswerVisibility::Thread => (q.channel.clone(), q.answer_thread().map(str::to_owned)),
+            AnswerVisibility::Private if q.is_dm && q.response_url.is_none() => {
+                (q.channel.clone(), q.thread_ts.clone())
+            }
+            // A slash command may come from a conversation the bot is not a member of.
+            AnswerVisibility::Private => (self.slack.open_dm(q.user.as_str()).await?, None),
+        };
+        match self.slack.upload_file(&channel, thread.as_deref(), csv).await {
+            Ok(()) => Ok(()),
+            Err(error) if error.is_transient() => Err(error.into()),
+            Err(error) => {
+                let reference = job.reference();
+                tracing::warn!(error = %error, reference, "could not attach a result as a CSV file");
+                self.reply_privately(q, messages::could_not_answer(CSV_NOT_ATTACHED, &reference))
+                    .await
+            }
+        }
+    }
+
+    /// Posts one message of an answer; in the thread, the first replaces the placeholder
+    /// (or, when Slack will not update it, the placeholder is deleted and the message
+    /// posted anew).
+    async fn post_part(
+        &self,
+        q: &Question,
+        placeholder: &mut Option<String>,
+        content: SlackMessageContent,
+    ) -> Result<(), JobError> {
+        if self.visibility(q) == AnswerVisibility::Private {
+            return self.reply_privately(q, content).await;
+        }
+        if let Some(ts) = placeholder.as_deref() {
+            match self.slack.update_message(&q.channel, ts, content.clone()).await {
+                Ok(()) => {
+                    *placeholder = None;
+                    return Ok(());
+                }
+                // Kept for the retry to replace.
+                Err(error) if error.is_transient() => return Err(error.into()),
+                Err(error) => {
+                    tracing::warn!(error = %error, "could not replace the placeholder; posting the answer anew");
+                    self.remove_placeholder(q, placeholder.take().as_deref()).await;
+                }
+            }
+        }
+        self.slack
+            .post_message(&q.channel, q.answer_thread(), content)
+            .await
+            .map(|_| ())
+            .map_err(JobError::from)
+    }
+
+    /// Keeps what is left of `outbox` with the job, for a retry to resume from.
+    async fn keep(&self, job: &Job, outbox: &Outbox) -> Result<(), JobError> {
+        let kept = serde_json::to_string(outbox).expect("an outbox serialises");
+        if self.store.keep_outbox(job, &kept).await? {
+            Ok(())
+        } else {
+            Err(JobError::transient("another worker took over this question"))
+        }
+    }
+
+    /// Deletes the "Thinking…" placeholder at `ts`, if there is one.
+    async fn remove_placeholder(&self, q: &Question, ts: Option<&str>) {
+        let Some(ts) = ts else { return };
+        if let Err(error) = self.slack.delete_message(&q.channel, ts).await {
+            tracing::warn!(error = %error, "could not delete a placeholder");
+        }
     }
 
     /// Where this question's answer goes: slash commands are always answered privately.
@@ -518,6 +587,21 @@ impl Questions {
     }
 }
 
+/// An answer on its way to Slack, kept with its job after every message posted: a retry
+/// after a Slack failure resumes here instead of asking the agent again (which would post
+/// parts twice, and ask Genie the question twice).
+#[derive(Debug, Serialize, Deserialize)]
+struct Outbox {
+    /// The "Thinking…" message the next part replaces, while it is still there.
+    placeholder: Option<String>,
+    /// Messages not posted yet, in order.
+    messages: VecDeque<SlackMessageContent>,
+    /// Messages posted already.
+    posted: usize,
+    /// The whole table, when it did not fit inline; cleared once attached.
+    csv: Option<FileUpload>,
+}
+
 /// Why an agent run ended without an answer.
 enum Unanswered {
     /// No usable token (after Databricks refused the one we had).
@@ -548,26 +632,6 @@ impl<'a> Placeholder<'a> {
             shown: tokio::sync::Mutex::new(Self::FIRST.to_owned()),
         })
     }
-
-    /// Replaces the placeholder with `content`; false when Slack would not (the answer is
-    /// then posted as a new message).
-    async fn replace(&self, content: SlackMessageContent) -> bool {
-        match self.slack.update_message(&self.channel, &self.ts, content).await {
-            Ok(()) => true,
-            Err(error) => {
-                tracing::warn!(error = %error, "could not replace the placeholder; posting the answer anew");
-                self.remove().await;
-                false
-            }
-        }
-    }
-
-    /// Deletes the placeholder (the person is told privately why there is no answer).
-    async fn remove(&self) {
-        if let Err(error) = self.slack.delete_message(&self.channel, &self.ts).await {
-            tracing::warn!(error = %error, "could not delete a placeholder");
-        }
-    }
 }
 
 #[async_trait]
@@ -595,14 +659,34 @@ fn parse(job: &Job) -> Result<Question, JobError> {
 #[async_trait]
 impl JobHandler for Questions {
     async fn run(&self, job: &Job) -> Result<Done, JobError> {
-        self.answer(job, &parse(job)?).await
+        let q = parse(job)?;
+        match job.outbox.as_deref() {
+            Some(kept) => self.resume(job, &q, kept).await,
+            None => self.answer(job, &q).await,
+        }
     }
 
     async fn give_up(&self, job: &Job, error: &JobError, reference: &str) {
         let Ok(q) = parse(job) else { return };
-        let reason = match error {
+        let why = match error {
             JobError::Transient { reason, .. } => format!("{reason}; please try again in a few minutes"),
             JobError::Permanent(_) => "something went wrong on my side".to_owned(),
+        };
+        // How far this run got, as kept with the job.
+        let outbox = match self.store.job_outbox(job).await {
+            Ok(kept) => kept.and_then(|kept| serde_json::from_str::<Outbox>(&kept).ok()),
+            Err(e) => {
+                tracing::warn!(error = %e, reference, "could not read how far an answer got");
+                None
+            }
+        };
+        if let Some(outbox) = &outbox {
+            self.remove_placeholder(&q, outbox.placeholder.as_deref()).await;
+        }
+        let reason = match outbox {
+            Some(outbox) if outbox.messages.is_empty() => CSV_NOT_ATTACHED.to_owned(),
+            Some(outbox) if outbox.posted > 0 => format!("the rest of the answer could not be posted: {why}"),
+            _ => why,
         };
         if let Err(e) = self
             .reply_privately(&q, messages::could_not_answer(&reason, reference))

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
 use url::Url;
@@ -65,13 +66,13 @@ impl From<SlackClientError> for SlackApiError {
     }
 }
 
-/// A file to share in a conversation.
-#[derive(Debug, Clone)]
+/// A text file to share in a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileUpload {
     pub filename: String,
     pub title: String,
-    pub content_type: &'static str,
-    pub content: Vec<u8>,
+    pub content_type: String,
+    pub content: String,
 }
 
 /// Who the bot is in its workspace (`auth.test`).
@@ -214,8 +215,8 @@ impl SlackApi {
         let target = call!(self, |s| s.get_upload_url_external(&request))?;
         let upload = SlackApiFilesUploadViaUrlRequest::new(
             target.upload_url,
-            file.content.clone(),
-            file.content_type.to_owned(),
+            file.content.clone().into_bytes(),
+            file.content_type.clone(),
         );
         call!(self, |s| s.files_upload_via_url(&upload))?;
         let complete = SlackApiFilesCompleteUploadExternalRequest::new(vec![

@@ -33,6 +33,8 @@ pub struct Job {
     pub payload: String,
     /// How many times the job has been claimed, this claim included; the fencing token.
     pub attempts: i64,
+    /// What an earlier run left to send (JSON understood by the job's handler).
+    pub outbox: Option<String>,
 }
 
 impl Job {
@@ -79,7 +81,7 @@ macro_rules! claim_sql {
             "AND r.state = 'running' AND r.lease_until >= $2) < $3 ",
             "ORDER BY j.id LIMIT 1 ",
             $lock,
-            ") RETURNING id, kind, team_id, user_id, payload, attempts"
+            ") RETURNING id, kind, team_id, user_id, payload, attempts, outbox"
         )
     };
 }
@@ -146,11 +148,36 @@ impl Store {
         .await
     }
 
+    /// Keeps what is left to send of a held job's work, for a retry to resume from.
+    /// False when the job was lost to another worker.
+    pub async fn keep_outbox(&self, job: &Job, outbox: &str) -> Result<bool, sqlx::Error> {
+        on_pool!(self.write, |pool| {
+            sqlx::query("UPDATE jobs SET outbox = $1 WHERE id = $2 AND attempts = $3 AND state = 'running'")
+                .bind(outbox)
+                .bind(job.id)
+                .bind(job.attempts)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected() == 1)
+        })
+    }
+
+    /// A job's outbox as it is now (the one read with the claim may be older).
+    pub async fn job_outbox(&self, job: &Job) -> Result<Option<String>, sqlx::Error> {
+        on_pool!(self.write, |pool| {
+            sqlx::query_scalar("SELECT outbox FROM jobs WHERE id = $1")
+                .bind(job.id)
+                .fetch_optional(pool)
+                .await
+                .map(Option::flatten)
+        })
+    }
+
     /// Marks a held job done.
     pub async fn complete_job(&self, job: &Job, now: i64) -> Result<bool, sqlx::Error> {
         self.update_claimed(
             job,
-            "UPDATE jobs SET state = 'done', lease_until = NULL, updated_at = $1 \
+            "UPDATE jobs SET state = 'done', lease_until = NULL, updated_at = $1, outbox = NULL \
              WHERE id = $2 AND attempts = $3 AND state = 'running'",
             now,
             None,
@@ -192,7 +219,7 @@ impl Store {
     pub async fn fail_job(&self, job: &Job, now: i64, error: &str) -> Result<bool, sqlx::Error> {
         self.update_claimed(
             job,
-            "UPDATE jobs SET state = 'failed', lease_until = NULL, updated_at = $1, error = $4 \
+            "UPDATE jobs SET state = 'failed', lease_until = NULL, updated_at = $1, error = $4, outbox = NULL \
              WHERE id = $2 AND attempts = $3 AND state = 'running'",
             now,
             Some(error),

@@ -5,9 +5,13 @@
 
 use std::time::Duration;
 
-use crate::common::app::{Options, TestApp, mention};
+use crate::common::app::{Options, TestApp, fast_workers, mention};
+use databricks_slack_bot::clock::Clock;
+use databricks_slack_bot::domain::{TeamId, UserId};
+use databricks_slack_bot::store::audit::Actor;
+use databricks_slack_bot::worker::WorkerConfig;
 use serde_json::{Value, json};
-use wiremock::matchers::{method, path};
+use wiremock::matchers::{body_string_contains, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const ASKER: &str = "asker@example.com";
@@ -208,10 +212,8 @@ async fn a_clicked_suggestion_is_asked_as_the_person_who_clicked_in_the_same_thr
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_large_result_is_shown_in_part_and_attached_whole_as_a_csv_in_the_thread() {
-    let app = spawn(vec![("GENIE_SPACE_ID", SPACE.into())]).await;
-    let api = &app.databricks.api;
+/// Genie answers with a 10,000-row × 50-column result ("All rows.").
+async fn mount_genie_wide_result(api: &MockServer) {
     Mock::given(method("POST"))
         .and(path(genie("/start-conversation")))
         .respond_with(ok(json!({"conversation_id": "c-1", "message_id": "m-1"})))
@@ -240,6 +242,12 @@ async fn a_large_result_is_shown_in_part_and_attached_whole_as_a_csv_in_the_thre
         ))
         .mount(api)
         .await;
+}
+
+#[tokio::test]
+async fn a_large_result_is_shown_in_part_and_attached_whole_as_a_csv_in_the_thread() {
+    let app = spawn(vec![("GENIE_SPACE_ID", SPACE.into())]).await;
+    mount_genie_wide_result(&app.databricks.api).await;
 
     app.post_event(&mention("Ev1", "<@U0LAN0Z89> everything please")).await;
     let answer = app.wait_for_answer("All rows.").await;
@@ -601,7 +609,6 @@ async fn a_40000_character_answer_with_markup_reaches_slack_as_valid_messages_in
             .filter(|m| !m.to_string().contains("Thinking")),
     );
     assert!(messages.len() >= 4, "split into several messages: {}", messages.len());
-    let mut words = 0;
     for message in &messages {
         assert_eq!(message["channel"], "C0LAN2Q65");
         let blocks = message["blocks"].as_array().unwrap();
@@ -616,15 +623,202 @@ async fn a_40000_character_answer_with_markup_reaches_slack_as_valid_messages_in
                     !text.contains("<@U999>") && !text.contains("<!channel>"),
                     "nobody is pinged"
                 );
-                words += text.matches("word").count();
             }
         }
     }
-    assert_eq!(words, 150 * 50, "nothing lost");
+    assert_eq!(messages.iter().map(words).sum::<usize>(), 150 * 50, "nothing lost");
     let posts = app.slack_calls("chat.postMessage").await;
     assert!(
         posts.iter().all(|p| p["thread_ts"] == "1515449522.000016"),
         "all in the thread"
     );
+    app.stop().await;
+}
+
+/// How many times "word" appears in a message's blocks (its fallback text aside).
+fn words(message: &Value) -> usize {
+    message["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|block| block["text"]["text"].as_str())
+        .map(|text| text.matches("word").count())
+        .sum()
+}
+
+/// Slack's answer when something failed on its side: retried.
+fn slack_internal_error() -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({"ok": false, "error": "internal_error"}))
+}
+
+/// An app whose company agent answers every question with a long text (two or more
+/// messages, 3,000 "word"s), and whose fake Slack answers with `slack_mocks` first.
+async fn spawn_long_answer(slack_mocks: Vec<Mock>, workers: WorkerConfig) -> (TestApp, MockServer) {
+    let long = vec![format!("Part of the answer: {}", "word ".repeat(150)); 20].join("\n\n");
+    let agent = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ok(json!({"text": long})))
+        .mount(&agent)
+        .await;
+    let app = TestApp::spawn_with(Options {
+        extra_env: vec![("AGENT_URL", agent.uri())],
+        configured_agent: true,
+        slack_mocks,
+        workers: Some(workers),
+        ..Options::default()
+    })
+    .await;
+    app.link_asker().await;
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> tell me everything")).await;
+    (app, agent)
+}
+
+/// The calls to `api_method` that carried part of the long answer.
+async fn answer_parts(app: &TestApp, api_method: &str) -> Vec<Value> {
+    let calls = app.slack_calls(api_method).await;
+    calls.into_iter().filter(|call| words(call) > 0).collect()
+}
+
+// A Slack failure part-way through a long answer is retried from where it stopped: the
+// agent is asked once, the placeholder replaced once, and every part reaches the thread
+// once.
+#[tokio::test]
+async fn a_slack_failure_part_way_through_an_answer_resumes_it_without_asking_again() {
+    // The answer's second message (the first replaces the placeholder) fails once.
+    let fail_once = Mock::given(path("/api/chat.postMessage"))
+        .and(body_string_contains("word"))
+        .respond_with(slack_internal_error())
+        .up_to_n_times(1);
+    let (app, agent) = spawn_long_answer(vec![fail_once], fast_workers()).await;
+    app.retry_now(1).await;
+    assert_eq!(app.settled_job_states().await, ["done"]);
+
+    assert_eq!(
+        agent.received_requests().await.unwrap().len(),
+        1,
+        "the agent was asked once"
+    );
+    let placeholders = app.slack_calls("chat.postMessage").await;
+    let placeholders = placeholders.iter().filter(|m| m.to_string().contains("Thinking"));
+    assert_eq!(placeholders.count(), 1);
+    let replaced = answer_parts(&app, "chat.update").await;
+    assert_eq!(replaced.len(), 1, "the placeholder became the first part, once");
+    let posted = answer_parts(&app, "chat.postMessage").await;
+    assert!(posted.len() >= 2, "{} parts posted", posted.len());
+    assert_eq!(posted[0], posted[1], "the part that failed was sent again, and only it");
+    let delivered: usize = replaced.iter().chain(&posted[1..]).map(words).sum();
+    assert_eq!(delivered, 150 * 20, "every word arrived once");
+    assert!(
+        app.slack_calls("chat.postEphemeral").await.is_empty(),
+        "nothing to apologise for"
+    );
+    app.stop().await;
+}
+
+// When Slack keeps failing, the person learns that the rest of their answer is missing —
+// no silent half answer, and no "Thinking…" left behind.
+#[tokio::test]
+async fn when_the_rest_of_an_answer_cannot_be_posted_the_person_is_told() {
+    let always_fail = Mock::given(path("/api/chat.postMessage"))
+        .and(body_string_contains("word"))
+        .respond_with(slack_internal_error());
+    let workers = WorkerConfig {
+        max_attempts: 2,
+        ..fast_workers()
+    };
+    let (app, agent) = spawn_long_answer(vec![always_fail], workers).await;
+    app.retry_now(1).await;
+    assert_eq!(app.settled_job_states().await, ["failed"]);
+
+    assert_eq!(
+        agent.received_requests().await.unwrap().len(),
+        1,
+        "the agent was asked once"
+    );
+    assert_eq!(
+        answer_parts(&app, "chat.update").await.len(),
+        1,
+        "the first part was shown"
+    );
+    let told = app.wait_for_calls("chat.postEphemeral", 1).await;
+    let text = told[0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("the rest of the answer could not be posted: Slack is not answering me")
+            && text.contains("ref `job-1`"),
+        "{text}"
+    );
+    assert!(
+        app.slack_calls("chat.delete").await.is_empty(),
+        "no placeholder was left to delete"
+    );
+    app.stop().await;
+}
+
+// TOK-07 holds for the rest of an answer too: once the person disconnects, what was not
+// posted yet is dropped, and they are told why.
+#[tokio::test]
+async fn the_rest_of_an_answer_is_dropped_when_the_person_disconnects_before_the_retry() {
+    let fail_once = Mock::given(path("/api/chat.postMessage"))
+        .and(body_string_contains("word"))
+        .respond_with(slack_internal_error())
+        .up_to_n_times(1);
+    let (app, _agent) = spawn_long_answer(vec![fail_once], fast_workers()).await;
+    app.wait_for_calls("chat.update", 1).await;
+    let (team, user) = (TeamId::parse("T061EG9R6").unwrap(), UserId::parse("U061F7AUR").unwrap());
+    let now = app.clock.now();
+    assert!(app.store.delete_link(&team, &user, Actor::User, now).await.unwrap());
+    app.retry_now(1).await;
+    assert_eq!(app.settled_job_states().await, ["done"]);
+
+    assert_eq!(
+        answer_parts(&app, "chat.postMessage").await.len(),
+        1,
+        "only the failed try"
+    );
+    let told = app.wait_for_calls("chat.postEphemeral", 1).await;
+    assert!(
+        told[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("You disconnected Databricks"),
+        "{told:?}"
+    );
+    app.stop().await;
+}
+
+// A CSV that Slack fails to take for a moment is attached on the retry; the answer above
+// it is not posted again and Genie is not asked again.
+#[tokio::test]
+async fn a_csv_that_fails_to_attach_once_is_attached_on_the_retry_alone() {
+    let fail_once = Mock::given(path("/api/files.completeUploadExternal"))
+        .respond_with(slack_internal_error())
+        .up_to_n_times(1);
+    let app = TestApp::spawn_with(Options {
+        extra_env: vec![("GENIE_SPACE_ID", SPACE.into())],
+        configured_agent: true,
+        slack_mocks: vec![fail_once],
+        ..Options::default()
+    })
+    .await;
+    app.link_asker().await;
+    mount_genie_wide_result(&app.databricks.api).await;
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> everything please")).await;
+    app.retry_now(1).await;
+    assert_eq!(app.settled_job_states().await, ["done"]);
+
+    let completed = app.slack_calls("files.completeUploadExternal").await;
+    assert_eq!(completed.len(), 2, "failed once, then attached");
+    assert_eq!(completed[1]["thread_ts"], "1515449522.000016");
+    let answers = |calls: Vec<Value>| calls.iter().filter(|c| c.to_string().contains("All rows.")).count();
+    assert_eq!(
+        answers(app.slack_calls("chat.update").await),
+        1,
+        "the answer was shown once"
+    );
+    assert_eq!(answers(app.slack_calls("chat.postMessage").await), 0);
+    let started = app.databricks.api.received_requests().await.unwrap();
+    let started = started.iter().filter(|r| r.url.path().ends_with("/start-conversation"));
+    assert_eq!(started.count(), 1, "Genie was asked once");
+    assert!(app.slack_calls("chat.postEphemeral").await.is_empty());
     app.stop().await;
 }

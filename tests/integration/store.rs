@@ -353,6 +353,43 @@ async fn retried_jobs_wait_for_their_time_and_failed_jobs_never_return() {
     }
 }
 
+// An answer's outbox is kept with its job for the retry to read, only by the worker that
+// holds the job, and cleared however the job ends.
+#[tokio::test]
+async fn an_outbox_is_kept_for_the_retry_fenced_and_cleared_when_the_job_ends() {
+    for db in TestDb::all().await {
+        let store = db.open().await;
+        let p = Person::new("T1", "U1");
+        for (event, payload) in [("Ev1", "a"), ("Ev2", "b")] {
+            store
+                .enqueue_event_job(event, &job(&p.team, &p.user, payload), NOW)
+                .await
+                .unwrap();
+        }
+        let a = store.claim_job(NOW, NOW + 60, 2).await.unwrap().unwrap();
+        assert_eq!(a.outbox, None);
+        assert!(store.keep_outbox(&a, r#"{"left":2}"#).await.unwrap());
+        assert!(store.keep_outbox(&a, r#"{"left":1}"#).await.unwrap());
+        assert_eq!(store.job_outbox(&a).await.unwrap().as_deref(), Some(r#"{"left":1}"#));
+        assert!(store.retry_job(&a, NOW, NOW, "Slack 500").await.unwrap());
+        assert!(
+            !store.keep_outbox(&a, r#"{"left":0}"#).await.unwrap(),
+            "{}: a job no longer held is fenced",
+            db.name
+        );
+        let again = store.claim_job(NOW + 1, NOW + 61, 2).await.unwrap().unwrap();
+        assert_eq!((again.id, again.outbox.as_deref()), (a.id, Some(r#"{"left":1}"#)));
+        assert!(store.complete_job(&again, NOW + 2).await.unwrap());
+        assert_eq!(store.job_outbox(&again).await.unwrap(), None, "cleared when done");
+
+        let b = store.claim_job(NOW + 3, NOW + 63, 2).await.unwrap().unwrap();
+        assert!(store.keep_outbox(&b, r#"{"left":3}"#).await.unwrap());
+        assert!(store.fail_job(&b, NOW + 4, "gave up").await.unwrap());
+        assert_eq!(store.job_outbox(&b).await.unwrap(), None, "cleared when failed");
+        store.close().await;
+    }
+}
+
 #[tokio::test]
 async fn one_persons_burst_does_not_hold_up_everyone_else() {
     for db in TestDb::all().await {

@@ -459,6 +459,23 @@ impl TestApp {
         self.job_states().await
     }
 
+    /// Once the only job has failed its `attempt`th run and waits to be retried, moves the
+    /// clock past any backoff so the retry runs now.
+    pub async fn retry_now(&self, attempt: i64) {
+        for _ in 0..500 {
+            if jobs(&self.db_url).await == [("queued".to_owned(), attempt)] {
+                self.clock
+                    .advance(WorkerConfig::default().max_backoff.as_secs() as i64 + 1);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "no job waits for a retry after attempt {attempt}: {:?}",
+            jobs(&self.db_url).await
+        );
+    }
+
     pub async fn stop(self) {
         self.lifecycle.begin_shutdown();
         self.server.await.unwrap().unwrap();
@@ -505,17 +522,22 @@ pub async fn audit_trail(db_url: &str) -> Vec<(String, String)> {
 
 /// The states of every job, in id order.
 pub async fn job_states(db_url: &str) -> Vec<String> {
-    let sql = "SELECT state FROM jobs ORDER BY id";
+    jobs(db_url).await.into_iter().map(|(state, _)| state).collect()
+}
+
+/// Every job's state and attempts so far, oldest first.
+async fn jobs(db_url: &str) -> Vec<(String, i64)> {
+    let sql = "SELECT state, attempts FROM jobs ORDER BY id";
     if db_url.starts_with("sqlite://") {
         let pool = sqlx::SqlitePool::connect(db_url).await.unwrap();
-        let rows: Vec<(String,)> = sqlx::query_as(sql).fetch_all(&pool).await.unwrap();
+        let rows = sqlx::query_as(sql).fetch_all(&pool).await.unwrap();
         pool.close().await;
-        rows.into_iter().map(|(s,)| s).collect()
+        rows
     } else {
         let pool = sqlx::PgPool::connect(db_url).await.unwrap();
-        let rows: Vec<(String,)> = sqlx::query_as(sql).fetch_all(&pool).await.unwrap();
+        let rows = sqlx::query_as(sql).fetch_all(&pool).await.unwrap();
         pool.close().await;
-        rows.into_iter().map(|(s,)| s).collect()
+        rows
     }
 }
 
