@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::common::app::{Options, TestApp, audit_trail, interaction, mention};
+use databricks_slack_bot::agent::Table;
 use databricks_slack_bot::clock::Clock;
 use databricks_slack_bot::domain::{TeamId, UserId};
 use serde_json::{Value, json};
@@ -16,12 +17,17 @@ const ASKER: &str = "U061F7AUR";
 
 /// A signed `/databricks <text>` from the asker in #general; the JSON reply.
 async fn command(app: &TestApp, text: &str, trigger: &str) -> Value {
+    command_in(app, ("C0LAN2Q65", "general"), text, trigger).await
+}
+
+/// A signed `/databricks <text>` from the asker in `channel` (id, name); the JSON reply.
+async fn command_in(app: &TestApp, channel: (&str, &str), text: &str, trigger: &str) -> Value {
     let form = [
         ("token", "ZZZZZZWSxiZZZ2yIvs3peJ"),
         ("team_id", TEAM),
         ("team_domain", "acme"),
-        ("channel_id", "C0LAN2Q65"),
-        ("channel_name", "general"),
+        ("channel_id", channel.0),
+        ("channel_name", channel.1),
         ("user_id", ASKER),
         ("user_name", "alice"),
         ("command", "/databricks"),
@@ -156,6 +162,29 @@ async fn a_question_by_command_is_acknowledged_at_once_and_answered_only_to_the_
         app.slack_calls("chat.postEphemeral").await.is_empty(),
         "through the response_url"
     );
+    app.stop().await;
+}
+
+// A command may come from a conversation the bot is not in (here a direct message between
+// two people): the full result goes to the person's own direct messages with the bot.
+#[tokio::test]
+async fn a_command_answers_csv_goes_to_the_persons_direct_messages_with_the_bot() {
+    let app = spawn().await;
+    app.link_asker().await;
+    *app.agent.table.lock().unwrap() = Some(Table {
+        columns: (0..50).map(|c| format!("column_{c}")).collect(),
+        rows: (0..20)
+            .map(|r| (0..50).map(|c| Some(format!("r{r}c{c}"))).collect())
+            .collect(),
+        total_rows: Some(20),
+    });
+    command_in(&app, ("D0TWOPEOPLE", "directmessage"), "all the orders", "csv").await;
+    let attached = app.wait_for_calls("files.completeUploadExternal", 1).await;
+    assert_eq!(attached[0]["channel_id"], "D0DM000001", "{attached:?}");
+    assert!(attached[0].get("thread_ts").is_none(), "{attached:?}");
+    let answers = wait_for_responses(&app, 1).await;
+    assert!(answers[0].to_string().contains("answer: all the orders"), "{answers:?}");
+    assert_eq!(app.settled_job_states().await, ["done"]);
     app.stop().await;
 }
 

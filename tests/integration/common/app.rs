@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use databricks_slack_bot::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Progress};
+use databricks_slack_bot::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Progress, Table};
 use databricks_slack_bot::clock::{Clock, ManualClock};
 use databricks_slack_bot::config::{Config, Env};
 use databricks_slack_bot::slack::signature::sign;
@@ -24,10 +24,12 @@ pub const SIGNING_SECRET: &str = "test-signing-secret-CANARY";
 pub const BOT_TOKEN: &str = "xoxb-test-CANARY-bot-token";
 pub const BOT_USER: &str = "U0LAN0Z89";
 
-/// An agent that records what it was asked and answers "answer: <question>".
+/// An agent that records what it was asked and answers "answer: <question>" (with `table`
+/// when one is set).
 #[derive(Default)]
 pub struct RecordingAgent {
     pub requests: Mutex<Vec<AgentRequest>>,
+    pub table: Mutex<Option<Table>>,
     pub delay: Mutex<Option<Duration>>,
     pub fail_with: Mutex<Option<AgentError>>,
     /// How many of the next answers to refuse with `Unauthorized`, as Databricks would a
@@ -70,7 +72,10 @@ impl Agent for RecordingAgent {
                 return Err(AgentError::Unauthorized);
             }
         }
-        Ok(AgentAnswer::text(format!("answer: {}", request.question)))
+        Ok(AgentAnswer {
+            table: self.table.lock().unwrap().clone(),
+            ..AgentAnswer::text(format!("answer: {}", request.question))
+        })
     }
 }
 
