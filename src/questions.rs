@@ -352,7 +352,16 @@ impl Questions {
     /// failure part-way is retried from where it stopped.
     async fn deliver(&self, job: &Job, q: &Question, mut outbox: Outbox) -> Result<(), JobError> {
         while let Some(content) = outbox.messages.front().cloned() {
-            let posted = self.post_part(q, &mut outbox.placeholder, content).await;
+            let mut posted = self.post_part(q, &mut outbox.placeholder, content.clone()).await;
+            // Slack refused the message itself, most likely over blocks the company's agent
+            // sent: the answer's words still go out.
+            if let (Err(JobError::Permanent(refused)), Some(plain)) = (&posted, render::plain(&content)) {
+                tracing::warn!(
+                    refused,
+                    "Slack refused an answer's blocks; posting it without the agent's"
+                );
+                posted = self.post_part(q, &mut outbox.placeholder, plain).await;
+            }
             if posted.is_ok() {
                 outbox.messages.pop_front();
                 outbox.posted += 1;

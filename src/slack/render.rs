@@ -138,6 +138,37 @@ pub fn answer(answer: &AgentAnswer, by: &Attribution<'_>, thread: Option<&str>, 
     }
 }
 
+/// `content` with only the kinds of blocks this module makes — sections of text, context
+/// lines of text, buttons — and a note that something was left out; `None` when there was
+/// nothing else. For when Slack refuses a message over blocks the company's agent sent
+/// (`invalid_blocks`, such as an image Slack could not fetch): the answer's words still
+/// arrive.
+pub fn plain(content: &SlackMessageContent) -> Option<SlackMessageContent> {
+    fn ours(block: &SlackBlock) -> bool {
+        match block {
+            SlackBlock::Section(section) => {
+                section.text.is_some() && section.fields.is_none() && section.accessory.is_none()
+            }
+            SlackBlock::Context(context) => context
+                .elements
+                .iter()
+                .all(|element| !matches!(element, SlackContextBlockElement::Image(_))),
+            SlackBlock::Actions(_) => true,
+            _ => false,
+        }
+    }
+    let blocks = content.blocks.as_ref()?;
+    let mut kept: Vec<SlackBlock> = blocks.iter().filter(|block| ours(block)).cloned().collect();
+    if kept.len() == blocks.len() {
+        return None;
+    }
+    kept.push(context("_Part of this answer could not be shown in Slack._".to_owned()));
+    Some(SlackMessageContent {
+        blocks: Some(kept),
+        ..content.clone()
+    })
+}
+
 /// Splits `blocks` into messages within the block and text budgets; `closing` ends the
 /// last one.
 fn pack(blocks: Vec<SlackBlock>, closing: Vec<SlackBlock>, fallback: &str) -> Vec<SlackMessageContent> {
@@ -488,6 +519,38 @@ fn csv_file(table: &Table) -> FileUpload {
 mod tests {
     use super::*;
     use serde_json::Value;
+
+    #[test]
+    fn plain_keeps_the_words_and_buttons_and_drops_the_agents_rich_blocks() {
+        let with_blocks = AgentAnswer {
+            text: "Revenue grew.".into(),
+            suggestions: vec!["Why?".into()],
+            blocks: serde_json::from_value(serde_json::json!([
+                {"type": "image", "image_url": "https://example.com/chart.png", "alt_text": "chart"},
+                {"type": "section", "text": {"type": "mrkdwn", "text": "see"},
+                 "accessory": {"type": "image", "image_url": "https://example.com/x.png", "alt_text": "x"}},
+                {"type": "divider"},
+            ]))
+            .unwrap(),
+            ..AgentAnswer::default()
+        };
+        let message = answer(&with_blocks, &BY, None, None).messages.remove(0);
+        let shown = serde_json::to_value(plain(&message).expect("something to leave out")).unwrap();
+        let types: Vec<&str> = shown["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["section", "actions", "context", "context"]);
+        let json = shown.to_string();
+        assert!(json.contains("Revenue grew.") && json.contains("Why?") && json.contains("Alice"));
+        assert!(json.contains("could not be shown in Slack") && !json.contains("chart.png"));
+        assert_eq!(shown["text"], serde_json::to_value(&message).unwrap()["text"]);
+
+        let ours = answer(&AgentAnswer::text("Fine."), &BY, None, None).messages.remove(0);
+        assert!(plain(&ours).is_none(), "nothing of ours is left out");
+    }
 
     const BY: Attribution<'static> = Attribution {
         databricks_user: "Alice <Asker>",

@@ -822,3 +822,44 @@ async fn a_csv_that_fails_to_attach_once_is_attached_on_the_retry_alone() {
     assert!(app.slack_calls("chat.postEphemeral").await.is_empty());
     app.stop().await;
 }
+
+// Slack refuses a message over a block the company's agent sent (an image it cannot
+// fetch): the answer's words still reach the thread, with a note.
+#[tokio::test]
+async fn an_answer_whose_agent_blocks_slack_refuses_still_arrives_in_words() {
+    let agent = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ok(json!({
+            "text": "Revenue grew 12% in Q2.",
+            "blocks": [{"type": "image", "image_url": "https://charts.invalid/q2.png", "alt_text": "Q2"}],
+        })))
+        .mount(&agent)
+        .await;
+    let refused = |api_method: &str| {
+        Mock::given(path(format!("/api/{api_method}")))
+            .and(body_string_contains("charts.invalid"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": false, "error": "invalid_blocks"})))
+    };
+    let app = TestApp::spawn_with(Options {
+        extra_env: vec![("AGENT_URL", agent.uri())],
+        configured_agent: true,
+        slack_mocks: vec![refused("chat.update"), refused("chat.postMessage")],
+        ..Options::default()
+    })
+    .await;
+    app.link_asker().await;
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> how is revenue?")).await;
+    assert_eq!(app.settled_job_states().await, ["done"]);
+
+    let shown = app.wait_for_answer("could not be shown in Slack").await.to_string();
+    assert!(
+        shown.contains("Revenue grew 12% in Q2.") && !shown.contains("charts.invalid"),
+        "{shown}"
+    );
+    assert!(shown.contains("Databricks permissions"), "{shown}");
+    assert!(
+        app.slack_calls("chat.postEphemeral").await.is_empty(),
+        "no apology needed"
+    );
+    app.stop().await;
+}
