@@ -511,18 +511,7 @@ pub async fn slack_calls(slack: &MockServer, api_method: &str) -> Vec<Value> {
 
 /// Every audit row as (kind, actor), in order.
 pub async fn audit_trail(db_url: &str) -> Vec<(String, String)> {
-    let sql = "SELECT kind, actor FROM audit_events ORDER BY id";
-    if db_url.starts_with("sqlite") {
-        let pool = sqlx::SqlitePool::connect(db_url).await.unwrap();
-        let rows = sqlx::query_as(sql).fetch_all(&pool).await.unwrap();
-        pool.close().await;
-        rows
-    } else {
-        let pool = sqlx::PgPool::connect(db_url).await.unwrap();
-        let rows = sqlx::query_as(sql).fetch_all(&pool).await.unwrap();
-        pool.close().await;
-        rows
-    }
+    rows(db_url, "SELECT kind, actor FROM audit_events ORDER BY id").await
 }
 
 /// The states of every job, in id order.
@@ -532,7 +521,15 @@ pub async fn job_states(db_url: &str) -> Vec<String> {
 
 /// Every job's state and attempts so far, oldest first.
 async fn jobs(db_url: &str) -> Vec<(String, i64)> {
-    let sql = "SELECT state, attempts FROM jobs ORDER BY id";
+    rows(db_url, "SELECT state, attempts FROM jobs ORDER BY id").await
+}
+
+/// What `sql` returns from the database at `db_url`, SQLite or Postgres.
+async fn rows<T>(db_url: &str, sql: &str) -> Vec<T>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    T: Send + Unpin,
+{
     if db_url.starts_with("sqlite://") {
         let pool = sqlx::SqlitePool::connect(db_url).await.unwrap();
         let rows = sqlx::query_as(sql).fetch_all(&pool).await.unwrap();
