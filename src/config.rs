@@ -904,6 +904,7 @@ mod tests {
         }
     }
 
+    // CRY-08: configuration holds its secrets in secret types; debug output redacts them.
     #[test]
     fn debug_output_redacts_every_secret() {
         let env = with(&[

@@ -476,6 +476,7 @@ mod tests {
         assert_eq!(VaultKey::parse(&bad_id).unwrap_err(), KeyError::BadId);
     }
 
+    // CRY-08: the vault's debug output names its keys, never their bytes.
     #[test]
     fn debug_output_never_shows_key_material() {
         let vault = Vault::new(vec![key("k1", 7)]);
@@ -492,6 +493,29 @@ mod tests {
             let sealed = vault.seal(who.rt(), &secret(&text));
             let opened = vault.open(who.rt(), &sealed).unwrap();
             prop_assert_eq!(opened.expose_secret(), text.as_str());
+        }
+
+        // FZ-01: any bytes handed to the envelope decoder are refused with a typed error,
+        // never a panic and never a secret.
+        #[test]
+        fn any_bytes_fail_to_open_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let vault = Vault::new(vec![key("k1", 3)]);
+            prop_assert!(vault.open(alice().rt(), &bytes).is_err());
+        }
+
+        // FZ-01: a seal opens for its own binding only: any other team or user fails
+        // authentication.
+        #[test]
+        fn any_change_to_the_binding_fails_authentication(
+            team in "T[A-Z0-9]{1,12}",
+            user in "U[A-Z0-9]{1,12}",
+        ) {
+            let vault = Vault::new(vec![key("k1", 3)]);
+            let who = alice();
+            let sealed = vault.seal(who.rt(), &secret("rt"));
+            let other = Who::new(&team, &user, "https://a.cloud.databricks.com");
+            prop_assume!(other.team != who.team || other.user != who.user);
+            prop_assert_eq!(vault.open(other.rt(), &sealed).unwrap_err(), VaultError::Integrity);
         }
     }
 }

@@ -691,6 +691,7 @@ impl Failure {
 mod tests {
     use super::*;
 
+    // LNK-06: link ids are 128 random bits, url-safe; only their hash is looked up.
     #[test]
     fn link_ids_are_128_bit_url_safe_and_distinct() {
         let a = LinkId::generate();
@@ -713,7 +714,8 @@ mod tests {
         );
     }
 
-    // OA-01: verifiers and states are 43 characters of the RFC 7636 alphabet.
+    // OA-01, LNK-06: verifiers, states, nonces and cookies are 43 characters of the RFC 7636
+    // alphabet (256 random bits).
     #[test]
     fn random_tokens_are_43_url_safe_characters() {
         let t = random_token();

@@ -1,6 +1,7 @@
 //! LOG-01: with every log at TRACE, a whole linking round-trip and a refresh leave no
 //! secret in the logs or the metrics — not the code, state, PKCE verifier, refresh or
-//! access tokens, the client secret, the signing secret or the bot token.
+//! access tokens, the client secret, the signing secret, the bot token or the token
+//! encryption key (CRY-07: the key is never logged).
 //!
 //! A binary of its own: it installs the process-wide subscriber, which would otherwise
 //! capture every other test's logs as well.
@@ -9,6 +10,7 @@
 #[path = "integration/common/mod.rs"]
 mod common;
 
+use common::KEY_A;
 use common::app::{BOT_TOKEN, Options, SIGNING_SECRET, TestApp, browser, mention};
 use common::fake_databricks::FakeUser;
 use common::logs::Captured;
@@ -53,6 +55,7 @@ async fn no_secret_reaches_the_logs_or_metrics_even_at_trace() {
         SIGNING_SECRET.into(),
         BOT_TOKEN.into(),
         cookie.split('=').nth(1).unwrap().to_owned(),
+        KEY_A.split_once(':').unwrap().1.trim_end_matches('=').to_owned(),
     ];
     let q: std::collections::HashMap<String, String> = back.query_pairs().into_owned().collect();
     secrets.push(q["code"].clone());
@@ -66,7 +69,7 @@ async fn no_secret_reaches_the_logs_or_metrics_even_at_trace() {
     }
     let agent_tokens = app.agent.tokens();
     secrets.extend(agent_tokens);
-    assert!(secrets.len() >= 9, "{secrets:?}");
+    assert!(secrets.len() >= 10, "{secrets:?}");
     app.stop().await;
     let logs = logs.text();
     assert!(

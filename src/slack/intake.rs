@@ -475,4 +475,23 @@ mod tests {
         assert_eq!(strip_mentions("  <@UBOT>  ", Some("UBOT")), "");
         assert_eq!(strip_mentions("<@UX> what now", None), "what now");
     }
+
+    proptest::proptest! {
+        // FZ-01: any text and user in an event give a question or a reason, never a
+        // panic; and no mention of the bot survives into the question.
+        #[test]
+        fn any_text_or_user_in_an_event_is_handled_without_panicking(
+            text in "\\PC{0,200}",
+            user in "\\PC{0,40}",
+        ) {
+            let mut cb = callback(serde_json::json!({"type": "app_mention", "user": user,
+                "text": format!("<@U0LAN0Z89> {text} <@U0LAN0Z89|bot>"),
+                "ts": "1515449522.000016", "channel": "C0LAN2Q65", "event_ts": "1515449522000016"}));
+            cb.authorizations = fixture("event_app_mention.json").authorizations;
+            if let Ok(q) = question_from(&cb) {
+                let mention = q.text.contains("<@U0LAN0Z89>") || q.text.contains("<@U0LAN0Z89|");
+                proptest::prop_assert!(!mention, "{}", q.text);
+            }
+        }
+    }
 }

@@ -80,6 +80,7 @@ pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use axum::http::HeaderValue;
+    use proptest::prelude::*;
 
     use super::*;
 
@@ -217,5 +218,68 @@ mod tests {
             verify(&SecretString::from("s3cret".to_owned()), &h, b"{}", ts),
             Err(SignatureError::Mismatch)
         );
+    }
+
+    // SIG-05: the signature covers the raw bytes, so the same JSON re-serialised does not
+    // verify; and `verify` compares every byte of the signature (through
+    // `Mac::verify_slice`, which is constant time), not a prefix.
+    #[test]
+    fn the_signature_covers_the_raw_bytes_and_every_byte_of_it_counts() {
+        let secret = SecretString::from("s3cret".to_owned());
+        let ts = 1_700_000_000;
+        let raw = "{ \"type\" : \"event_callback\",\n  \"event\": {\"text\": \"caf\\u00e9\"} }";
+        let good = sign("s3cret", ts, raw.as_bytes());
+        let h = headers(&ts.to_string(), &good);
+        assert_eq!(verify(&secret, &h, raw.as_bytes(), ts), Ok(()));
+        let value: serde_json::Value = serde_json::from_str(raw).unwrap();
+        let re_serialised = serde_json::to_string(&value).unwrap();
+        assert_eq!(
+            verify(&secret, &h, re_serialised.as_bytes(), ts),
+            Err(SignatureError::Mismatch)
+        );
+        for at in [3, 34, good.len() - 1] {
+            let mut wrong = good.clone().into_bytes();
+            wrong[at] = if wrong[at] == b'0' { b'1' } else { b'0' };
+            let h = headers(&ts.to_string(), std::str::from_utf8(&wrong).unwrap());
+            assert_eq!(
+                verify(&secret, &h, raw.as_bytes(), ts),
+                Err(SignatureError::Mismatch),
+                "hex digit {at}"
+            );
+        }
+    }
+
+    proptest! {
+        // FZ-01: any header values and body, at any time: an answer, never a panic.
+        #[test]
+        fn any_headers_and_body_get_an_answer_without_panicking(
+            ts in "\\PC{0,20}",
+            sig in "\\PC{0,80}",
+            body in proptest::collection::vec(any::<u8>(), 0..256),
+            now in any::<i64>(),
+        ) {
+            let mut h = HeaderMap::new();
+            if let (Ok(ts), Ok(sig)) = (HeaderValue::from_str(&ts), HeaderValue::from_str(&sig)) {
+                h.insert(TIMESTAMP_HEADER, ts);
+                h.insert(SIGNATURE_HEADER, sig);
+            }
+            let _ = verify(&SecretString::from("s3cret".to_owned()), &h, &body, now);
+        }
+
+        // FZ-01: flipping any one bit of a signed body breaks the signature.
+        #[test]
+        fn any_one_bit_flip_of_the_body_is_refused(
+            body in proptest::collection::vec(any::<u8>(), 1..512),
+            bit in any::<usize>(),
+        ) {
+            let ts = 1_700_000_000;
+            let h = headers(&ts.to_string(), &sign("s3cret", ts, &body));
+            let secret = SecretString::from("s3cret".to_owned());
+            prop_assert_eq!(verify(&secret, &h, &body, ts), Ok(()));
+            let mut flipped = body.clone();
+            let bit = bit % (body.len() * 8);
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            prop_assert_eq!(verify(&secret, &h, &flipped, ts), Err(SignatureError::Mismatch));
+        }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::common::app::{TestApp, browser};
+use crate::common::app::{TestApp, browser, mention};
 use crate::common::fake_databricks::{FakeUser, Scripted};
 use crate::common::{KEY_A, TestDb};
 use databricks_slack_bot::clock::Clock;
@@ -270,7 +270,8 @@ async fn access_denied_at_databricks_gets_a_friendly_page_and_stores_nothing() {
     app.stop().await;
 }
 
-// LNK-01/LNK-08: the link forwarded to someone else, who signs in as themselves.
+// LNK-01/LNK-08: the link forwarded to someone else, who signs in as themselves. LOG-02:
+// the refusal is recorded as an `identity_mismatch` audit event.
 #[tokio::test]
 async fn a_forwarded_link_completed_by_another_databricks_user_stores_nothing_and_tells_both() {
     let app = TestApp::spawn().await;
@@ -393,5 +394,217 @@ async fn link_pages_forbid_framing_caching_and_referrers() {
         csp.contains("frame-ancestors 'none'") && csp.contains("default-src 'none'"),
         "{csp}"
     );
+    app.stop().await;
+}
+
+/// Asks a question as Slack user `user` and returns the link id in their prompt.
+async fn ask_for_link_as(app: &TestApp, user: &str, event_id: &str, question: &str) -> String {
+    let before = app.slack_calls("chat.postEphemeral").await.len();
+    let mut event = mention(event_id, &format!("<@U0LAN0Z89> {question}"));
+    event["event"]["user"] = json!(user);
+    app.post_event(&event).await;
+    let prompts = app.wait_for_calls("chat.postEphemeral", before + 1).await;
+    let prompt = prompts.last().expect("a prompt");
+    assert_eq!(prompt["user"], user);
+    let text = prompt.to_string();
+    let start = text
+        .find("https://bot.example.com/link/")
+        .expect("a link in the prompt")
+        + 29;
+    text[start..start + 22].to_owned()
+}
+
+fn query_of(url: &str) -> std::collections::HashMap<String, String> {
+    url::Url::parse(url).unwrap().query_pairs().into_owned().collect()
+}
+
+// OA-03: code injection. Mallory's code, from her own flow, is put into the asker's
+// callback; PKCE ties it to Mallory's verifier, so Databricks refuses it.
+#[tokio::test]
+async fn a_code_from_someone_elses_flow_is_refused_by_pkce_and_nothing_is_stored() {
+    let app = TestApp::spawn().await;
+    let mallorys_id = ask_for_link_as(&app, "U0MALLORY", "EvM", "mine").await;
+    let mallorys = app.claim_link(&mallorys_id).await.expect("claimed");
+    let mallorys_code = app
+        .databricks
+        .authorize(&mallorys.location, &FakeUser::named("mallory@example.com", "Mallory"))
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+
+    let id = app.ask_for_link("Ev1", "injected?").await;
+    let claimed = app.claim_link(&id).await.expect("claimed");
+    let mut back = app.databricks.authorize(&claimed.location, &FakeUser::asker());
+    let state = query_of(back.as_str())["state"].clone();
+    back.set_query(None);
+    back.query_pairs_mut()
+        .append_pair("code", &mallorys_code)
+        .append_pair("state", &state);
+    assert_eq!(callback(&app, &back, Some(&claimed.cookie)).await.status(), 303);
+
+    // The bot sent Mallory's code with the asker's own verifier, which Databricks refused.
+    let exchanges: Vec<_> = app
+        .databricks
+        .token_requests()
+        .into_iter()
+        .filter(|r| r["grant_type"] == "authorization_code")
+        .collect();
+    assert_eq!(exchanges.len(), 1);
+    assert_eq!(exchanges[0]["code"], mallorys_code);
+    let challenge_of = |verifier: &str| {
+        use base64::Engine;
+        use sha2::Digest;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()))
+    };
+    let sent = challenge_of(&exchanges[0]["code_verifier"]);
+    assert_eq!(
+        sent,
+        query_of(&claimed.location)["code_challenge"],
+        "the asker's verifier"
+    );
+    assert_ne!(sent, query_of(&mallorys.location)["code_challenge"]);
+
+    let page = result_page(&app, &claimed.cookie).await;
+    assert!(
+        page.contains("Nothing was linked")
+            && page.contains("did not accept")
+            && page.contains("Ask your question again"),
+        "the person is told to try again: {page}"
+    );
+    assert_eq!(links_count(&app).await, 0, "nothing stored");
+    assert_eq!(app.settled_job_states().await, ["waiting", "waiting"]);
+    app.stop().await;
+}
+
+// OA-04: the token request repeats the authorization's exact redirect URI, and parameters
+// added to the link or the callback (`return_to`, `next`, `redirect_uri`) send the browser
+// nowhere else.
+#[tokio::test]
+async fn the_redirect_uri_is_the_same_in_both_requests_and_added_parameters_redirect_nowhere() {
+    let app = TestApp::spawn().await;
+    let id = app.ask_for_link("Ev1", "redirects?").await;
+    let claim = browser()
+        .post(app.url(&format!(
+            "/link/{id}?return_to=https://evil.example.com/&next=https://evil.example.com/"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(claim.status(), 303);
+    let authorize = claim.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        authorize.starts_with(&format!("{}/oidc/v1/authorize?", app.databricks.uri)),
+        "{authorize}"
+    );
+    let cookie = claim.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let mut back = app.databricks.authorize(&authorize, &FakeUser::asker());
+    back.query_pairs_mut()
+        .append_pair("return_to", "https://evil.example.com/")
+        .append_pair("next", "//evil.example.com/")
+        .append_pair("redirect_uri", "https://evil.example.com/cb");
+    let response = callback(&app, &back, Some(&cookie)).await;
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], "/link/result");
+    let page = result_page(&app, &cookie).await;
+    assert!(page.contains("You’re connected") && !page.contains("evil"), "{page}");
+
+    let registered = "https://bot.example.com/oauth/databricks/callback";
+    assert_eq!(query_of(&authorize)["redirect_uri"], registered);
+    let exchange = app
+        .databricks
+        .token_requests()
+        .into_iter()
+        .find(|r| r["grant_type"] == "authorization_code")
+        .expect("a code exchange");
+    assert_eq!(
+        exchange["redirect_uri"], registered,
+        "the same redirect URI in both requests"
+    );
+    assert_eq!(links_count(&app).await, 1);
+    app.stop().await;
+}
+
+// OA-08: the authorization asks for exactly the configured scopes, and refreshes ask for
+// no other.
+#[tokio::test]
+async fn the_authorization_asks_for_exactly_the_configured_scopes() {
+    let app = TestApp::spawn_with(crate::common::app::Options {
+        extra_env: vec![("DATABRICKS_SCOPES", "sql offline_access".into())],
+        ..Default::default()
+    })
+    .await;
+    let id = app.ask_for_link("Ev1", "scopes?").await;
+    let claimed = app.claim_link(&id).await.expect("claimed");
+    assert_eq!(query_of(&claimed.location)["scope"], "sql offline_access");
+    let back = app.databricks.authorize(&claimed.location, &FakeUser::asker());
+    callback(&app, &back, Some(&claimed.cookie)).await;
+    app.wait_for_answer("answer: scopes?").await;
+
+    // An hour later the access token is refreshed, without asking for more.
+    app.clock.advance(3600);
+    app.post_event(&mention("Ev2", "<@U0LAN0Z89> later?")).await;
+    app.wait_for_answer("answer: later?").await;
+    let refreshes = app.databricks.refreshes();
+    assert_eq!(refreshes.len(), 1);
+    assert!(!refreshes[0].contains_key("scope"), "{:?}", refreshes[0]);
+    app.stop().await;
+}
+
+// LNK-06: guessed link ids and states are all answered alike, and change nothing.
+#[tokio::test]
+async fn guessed_link_ids_and_states_all_get_the_same_answer_and_change_nothing() {
+    let app = TestApp::spawn().await;
+    let id = app.ask_for_link("Ev1", "guess?").await;
+    let mut near = id.clone();
+    near.replace_range(0..1, if id.starts_with('A') { "B" } else { "A" });
+    let guesses = [
+        "AAAAAAAAAAAAAAAAAAAAAA".to_owned(),
+        near,
+        "x".to_owned(),
+        "A".repeat(300),
+        "..%2F..%2Fetc".to_owned(),
+    ];
+    let mut answers = std::collections::HashSet::new();
+    for guess in &guesses {
+        for post in [false, true] {
+            let url = app.url(&format!("/link/{guess}"));
+            let request = if post { browser().post(url) } else { browser().get(url) };
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 404, "{guess}");
+            assert!(response.headers().get("set-cookie").is_none(), "{guess}");
+            answers.insert(response.text().await.unwrap());
+        }
+    }
+    assert_eq!(answers.len(), 1, "one answer for every guess: {answers:?}");
+
+    let mut refusals = std::collections::HashSet::new();
+    for state in ["AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "x", &"A".repeat(300)] {
+        let response = callback(
+            &app,
+            &url::Url::parse(&format!(
+                "https://bot.example.com/oauth/databricks/callback?code=c&state={state}"
+            ))
+            .unwrap(),
+            Some("__Host-databricks-link=guessed"),
+        )
+        .await;
+        assert_eq!(response.status(), 400, "{state}");
+        refusals.insert(response.text().await.unwrap());
+    }
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+
+    assert!(app.databricks.token_requests().is_empty());
+    assert!(crate::common::app::audit_trail(&app.db_url).await.is_empty());
+    let page = browser().get(app.url(&format!("/link/{id}"))).send().await.unwrap();
+    assert_eq!(page.status(), 200, "the real link is still usable");
     app.stop().await;
 }

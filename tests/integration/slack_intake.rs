@@ -218,6 +218,7 @@ async fn an_empty_mention_gets_a_short_help_reply() {
     app.stop().await;
 }
 
+// EVT-05: someone from another organisation in a shared channel gets no link.
 #[tokio::test]
 async fn a_person_from_another_organisation_is_politely_refused() {
     let app = TestApp::spawn_with(crate::common::app::Options {
@@ -310,7 +311,8 @@ async fn our_own_messages_and_bot_messages_produce_nothing() {
     app.stop().await;
 }
 
-// EVT-01: a downstream that takes 10 s does not slow the acknowledgement.
+// EVT-01: a downstream that takes 10 s does not slow the acknowledgement (REL-04, in
+// part: a hanging agent leaves Slack's acknowledgements alone).
 #[tokio::test]
 async fn the_ack_returns_at_once_even_when_slack_and_the_agent_are_slow() {
     let app = TestApp::spawn_with(crate::common::app::Options {
@@ -423,7 +425,8 @@ async fn a_rate_limited_post_is_retried_after_retry_after() {
     app.stop().await;
 }
 
-// A question that keeps failing ends with a message to the person, never silence.
+// A question that keeps failing ends with a message to the person, never silence (REL-04,
+// in part: after bounded retries the person hears it is temporarily unavailable).
 #[tokio::test]
 async fn a_question_that_keeps_failing_ends_with_a_message_to_the_person() {
     let app = TestApp::spawn_with(crate::common::app::Options {
@@ -681,4 +684,127 @@ async fn clicking_the_connect_button_is_acknowledged() {
     payload["actions"][0]["value"] = json!(null);
     assert_eq!(app.post_interaction(&payload).await, 200);
     app.stop().await;
+}
+
+// EVT-05: a link belongs to (team, user). The same user id asking from another workspace
+// (here one whose users.info says so, so the person is not a stranger there) finds no
+// link: they get a prompt of their own for that workspace, and the linked person's token
+// is never touched.
+#[tokio::test]
+async fn the_same_user_id_in_another_workspace_does_not_use_this_workspaces_link() {
+    let app = TestApp::spawn_with(crate::common::app::Options {
+        slack_mocks: vec![
+            Mock::given(path("/api/users.info")).respond_with(ResponseTemplate::new(200).set_body_json(
+                json!({"ok": true, "user": {"id": ASKER, "team_id": "T0OTHERWS", "is_bot": false, "name": "alice",
+                       "profile": {"email": "asker@example.com"}}}),
+            )),
+        ],
+        ..Default::default()
+    })
+    .await;
+    app.link_asker().await;
+    let mut event = mention("EvOtherTeam", "<@U0LAN0Z89> whose data is this?");
+    event["team_id"] = json!("T0OTHERWS");
+    event["event"]["team"] = json!("T0OTHERWS");
+    event["authorizations"][0]["team_id"] = json!("T0OTHERWS");
+    assert_eq!(app.post_event(&event).await.status(), 200);
+
+    let prompts = app.wait_for_calls("chat.postEphemeral", 1).await;
+    assert_eq!(prompts.len(), 1);
+    assert_eq!(prompts[0]["user"], ASKER);
+    let (team, user, ..) = pending_link(&app.db_url, &link_id_of(&prompts[0]))
+        .await
+        .expect("a pending link");
+    assert_eq!((team.as_str(), user.as_str()), ("T0OTHERWS", ASKER));
+    assert_eq!(app.settled_job_states().await, ["waiting"]);
+    assert!(app.agent.requests.lock().unwrap().is_empty(), "no answer");
+    assert!(
+        app.databricks.token_requests().is_empty(),
+        "the other workspace's link was not used"
+    );
+    assert!(app.slack_calls("chat.postMessage").await.is_empty());
+    app.stop().await;
+}
+
+// SIG-05: the signature is checked over the bytes as sent, before anything parses them.
+// Signed JSON with its own spacing is accepted; the same JSON re-serialised, under the
+// same signature, is refused.
+#[tokio::test]
+async fn the_signature_covers_the_body_as_sent_not_as_re_serialised() {
+    let app = TestApp::spawn().await;
+    let event = mention("EvRaw", "<@U0LAN0Z89> raw bytes?");
+    let as_sent = serde_json::to_string_pretty(&event).unwrap();
+    let now = app.clock.now();
+    let signature = sign(SIGNING_SECRET, now, as_sent.as_bytes());
+    let post = |body: String| {
+        app.client
+            .post(app.url("/slack/events"))
+            .header("content-type", "application/json")
+            .header("x-slack-request-timestamp", now.to_string())
+            .header("x-slack-signature", &signature)
+            .body(body)
+            .send()
+    };
+    let re_serialised = serde_json::to_string(&serde_json::from_str::<Value>(&as_sent).unwrap()).unwrap();
+    assert_ne!(re_serialised, as_sent);
+    assert_eq!(post(re_serialised).await.unwrap().status(), 401);
+    assert!(app.job_states().await.is_empty());
+
+    assert_eq!(post(as_sent).await.unwrap().status(), 200);
+    assert_eq!(app.wait_for_calls("chat.postEphemeral", 1).await.len(), 1);
+    assert_eq!(app.settled_job_states().await, ["waiting"]);
+    app.stop().await;
+}
+
+// LOG-02: every refused Slack request leaves a warning with the route and a reason code
+// (and nothing of what was sent), while the caller only sees an empty 401.
+#[tokio::test]
+async fn a_refused_signature_is_logged_with_its_reason_and_the_caller_learns_nothing() {
+    let logs = crate::common::logs::Captured::default();
+    // This test's runtime is single-threaded, so the app's request handling logs here.
+    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let app = TestApp::spawn().await;
+    let body = mention("EvLogged", "<@U0LAN0Z89> body-CANARY").to_string();
+    let now = app.clock.now();
+    let forged = sign("not-the-secret", now, body.as_bytes());
+    let cases = [
+        (
+            "signature does not match",
+            vec![
+                ("x-slack-request-timestamp", now.to_string()),
+                ("x-slack-signature", forged.clone()),
+            ],
+        ),
+        (
+            "timestamp is more than 300 seconds from now",
+            vec![
+                ("x-slack-request-timestamp", (now - 301).to_string()),
+                ("x-slack-signature", sign(SIGNING_SECRET, now - 301, body.as_bytes())),
+            ],
+        ),
+        ("missing or repeated signature headers", vec![]),
+    ];
+    for (reason, headers) in &cases {
+        let mut request = app.client.post(app.url("/slack/events")).body(body.clone());
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{reason}");
+        assert!(response.text().await.unwrap().is_empty(), "{reason}: opaque");
+    }
+    app.stop().await;
+
+    let logs = logs.text();
+    let refusals: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("refused a request that is not signed by Slack"))
+        .collect();
+    assert_eq!(refusals.len(), cases.len(), "{logs}");
+    for ((reason, _), line) in cases.iter().zip(&refusals) {
+        assert!(line.contains("WARN") && line.contains("/slack/events"), "{line}");
+        assert!(line.contains(reason), "{reason} not in {line}");
+    }
+    assert!(!logs.contains("CANARY") && !logs.contains(&forged), "{logs}");
+    assert!(!logs.contains(SIGNING_SECRET));
 }

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::common::TestDb;
 use crate::common::app::{Options, TestApp, browser, mount_slack_defaults};
-use crate::common::fake_databricks::FakeUser;
+use crate::common::fake_databricks::{FakeDatabricks, FakeUser};
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -270,4 +271,114 @@ async fn the_slack_callback_is_bound_to_the_browser_and_used_once() {
     assert!(app.databricks.token_requests().is_empty());
     assert!(app.store.list_links(None).await.unwrap().is_empty());
     app.stop().await;
+}
+
+/// How many code exchanges Slack's OpenID token endpoint received.
+async fn slack_code_exchanges(app: &TestApp) -> usize {
+    app.slack
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == "/api/openid.connect.token")
+        .count()
+}
+
+// OA-05: the bot talks to two authorization servers, Slack and Databricks, each with its
+// own redirect URI and its own state. What one issuer sent back is refused at the other's
+// callback, before any code exchange, and the flow then finishes at the right ones.
+#[tokio::test]
+async fn each_issuers_answer_is_accepted_only_at_its_own_callback() {
+    let app = spawn().await;
+    let at = to_slack(&app, "Ev1").await;
+    let slack_state_at_databricks = browser()
+        .get(app.url(&format!(
+            "/oauth/databricks/callback?code=slack-code&state={}",
+            at.state
+        )))
+        .header("cookie", &at.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(slack_state_at_databricks.status(), 400);
+    assert!(app.databricks.token_requests().is_empty());
+
+    let response = back_from_slack(&app, &at, &sign(&claims(&app, &at.nonce, "U061F7AUR"), "test-key-1")).await;
+    let databricks_authorize = response.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        databricks_authorize.starts_with(&app.databricks.uri),
+        "{databricks_authorize}"
+    );
+    assert_eq!(slack_code_exchanges(&app).await, 1);
+
+    let back = app.databricks.authorize(&databricks_authorize, &FakeUser::asker());
+    let databricks_answer_at_slack = browser()
+        .get(app.url(&format!("/oauth/slack/callback?{}", back.query().unwrap())))
+        .header("cookie", &at.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(databricks_answer_at_slack.status(), 400);
+    assert_eq!(slack_code_exchanges(&app).await, 1, "no second exchange at Slack");
+    assert!(app.databricks.token_requests().is_empty());
+
+    let done = browser()
+        .get(app.url(&format!("{}?{}", back.path(), back.query().unwrap())))
+        .header("cookie", &at.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 303);
+    assert!(result(&app, &at.cookie).await.contains("You’re connected"));
+    assert_eq!(app.databricks.token_requests().len(), 1);
+    app.stop().await;
+}
+
+// REL-03: the process that handled Sign in with Slack stops; the one that receives the
+// Databricks callback (after a restart, or another replica on Postgres) finishes the
+// flow from what the database holds, and answers the kept question.
+#[tokio::test]
+async fn a_restart_between_slack_and_databricks_does_not_lose_the_flow() {
+    for db in TestDb::all().await {
+        let slack = fake_slack_with_oidc().await;
+        let databricks = Arc::new(FakeDatabricks::start().await);
+        let options = || Options {
+            db: Some(db.url.clone()),
+            slack: Some(slack.clone()),
+            databricks: Some(databricks.clone()),
+            extra_env: vec![
+                ("SLACK_CLIENT_ID", CLIENT_ID.into()),
+                ("SLACK_CLIENT_SECRET", "slack-client-secret".into()),
+                ("SLACK_OIDC_ISSUER", slack.uri()),
+            ],
+            ..Default::default()
+        };
+        let first = TestApp::spawn_with(options()).await;
+        let at = to_slack(&first, "Ev1").await;
+        let response = back_from_slack(
+            &first,
+            &at,
+            &sign(&claims(&first, &at.nonce, "U061F7AUR"), "test-key-1"),
+        )
+        .await;
+        assert_eq!(response.status(), 303, "{}", db.name);
+        let databricks_authorize = response.headers()["location"].to_str().unwrap().to_owned();
+        first.stop().await;
+
+        let second = TestApp::spawn_with(options()).await;
+        let back = databricks.authorize(&databricks_authorize, &FakeUser::asker());
+        let done = browser()
+            .get(second.url(&format!("{}?{}", back.path(), back.query().unwrap())))
+            .header("cookie", &at.cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(done.status(), 303, "{}", db.name);
+        let page = result(&second, &at.cookie).await;
+        assert!(page.contains("You’re connected"), "{}: {page}", db.name);
+        assert_eq!(second.store.list_links(None).await.unwrap().len(), 1);
+        second.wait_for_answer("answer: who am I?").await;
+        assert_eq!(second.settled_job_states().await, ["done"], "{}", db.name);
+        second.stop().await;
+    }
 }

@@ -319,3 +319,220 @@ async fn a_rejected_client_tells_the_person_and_keeps_their_link() {
     assert_eq!(link.status, LinkStatus::Active);
     app.stop().await;
 }
+
+/// The refresh token stored for `p`, opened.
+async fn stored_refresh_token(store: &Store, p: &Person) -> String {
+    let link = store.find_link(&p.team, &p.user).await.unwrap().unwrap();
+    vault(&[KEY_A])
+        .open(p.binding(), &link.sealed_refresh_token)
+        .unwrap()
+        .expose_secret()
+        .to_owned()
+}
+
+// TOK-01, before the commit: a process claimed the refresh and Databricks rotated the
+// token, then the process died before storing the answer. The next process finds the
+// stored token dead: the link needs relinking, once, with no loop replaying the old token.
+#[tokio::test]
+async fn a_refresh_lost_to_a_crash_before_its_commit_ends_in_one_relink_and_no_replay() {
+    for db in TestDb::all().await {
+        let databricks = FakeDatabricks::start().await;
+        let clock = Arc::new(ManualClock::at(NOW));
+        let (p, rt) = {
+            let (_, store) = broker(&db.url, &databricks, clock.clone()).await;
+            let (p, rt) = linked(&store, &databricks).await;
+            let link = store.find_link(&p.team, &p.user).await.unwrap().unwrap();
+            assert!(
+                store
+                    .try_lock_refresh(&p.team, &p.user, link.version, NOW, NOW + 30)
+                    .await
+                    .unwrap()
+            );
+            let answer = reqwest::Client::new()
+                .post(format!("{}/oidc/v1/token", databricks.uri))
+                .form(&[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", rt.as_str()),
+                    ("client_id", "test-client"),
+                ])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), 200, "Databricks rotated the token");
+            store.close().await;
+            (p, rt)
+        };
+
+        let (next, store) = broker(&db.url, &databricks, clock.clone()).await;
+        clock.advance(31); // the dead process's claim lapses
+        let error = next.user_context(&p.team, &p.user, None).await.unwrap_err();
+        assert!(
+            matches!(error, BrokerError::NeedsRelink { just_now: true }),
+            "{}: {error:?}",
+            db.name
+        );
+        for _ in 0..3 {
+            let again = next.user_context(&p.team, &p.user, None).await.unwrap_err();
+            assert!(
+                matches!(again, BrokerError::NeedsRelink { just_now: false }),
+                "{again:?}"
+            );
+        }
+        let sent: Vec<String> = databricks
+            .refreshes()
+            .iter()
+            .map(|r| r["refresh_token"].clone())
+            .collect();
+        assert_eq!(
+            sent,
+            [rt.clone(), rt],
+            "{}: the dead process's call and one more",
+            db.name
+        );
+        let link = store.find_link(&p.team, &p.user).await.unwrap().unwrap();
+        assert_eq!(link.status, LinkStatus::NeedsRelink);
+        store.close().await;
+    }
+}
+
+// TOK-01, after the commit: the rotated refresh token and its access token are stored
+// before the access token is handed out, so a process that starts after a crash uses that
+// access token as it is and holds the new refresh token, not the old one.
+#[tokio::test]
+async fn a_committed_refresh_is_what_the_next_process_finds() {
+    for db in TestDb::all().await {
+        let databricks = FakeDatabricks::start().await;
+        let clock = Arc::new(ManualClock::at(NOW));
+        let (first, store) = broker(&db.url, &databricks, clock.clone()).await;
+        let (p, old_rt) = linked(&store, &databricks).await;
+        let handed_out = first.user_context(&p.team, &p.user, None).await.unwrap();
+        drop(first); // the crash
+        store.close().await;
+
+        let (next, store) = broker(&db.url, &databricks, clock.clone()).await;
+        let after = next.user_context(&p.team, &p.user, None).await.unwrap();
+        assert_eq!(
+            after.access_token.expose_secret(),
+            handed_out.access_token.expose_secret(),
+            "{}",
+            db.name
+        );
+        assert_eq!(databricks.refreshes().len(), 1, "{}: no second refresh", db.name);
+        let new_rt = stored_refresh_token(&store, &p).await;
+        assert_ne!(new_rt, old_rt);
+        let at_databricks = databricks.state.lock().unwrap().refresh_tokens.clone();
+        assert!(at_databricks.contains_key(&new_rt) && !at_databricks.contains_key(&old_rt));
+        store.close().await;
+    }
+}
+
+// TOK-01: an access token whose refresh could not be committed (the link was replaced
+// while Databricks answered) is never handed out; the next call refreshes the new link.
+#[tokio::test]
+async fn an_access_token_from_a_refresh_that_could_not_be_committed_is_never_handed_out() {
+    let db = TestDb::sqlite();
+    let databricks = FakeDatabricks::start().await;
+    let clock = Arc::new(ManualClock::at(NOW));
+    let (broker, store) = broker(&db.url, &databricks, clock.clone()).await;
+    let (p, _) = linked(&store, &databricks).await;
+    databricks.script(Scripted::Delay(Duration::from_millis(500)));
+    let relinked_rt = databricks.grant(&FakeUser::asker());
+    let relink_meanwhile = async {
+        while databricks.refreshes().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        p.link(&store, &vault(&[KEY_A]), &relinked_rt, NOW).await;
+    };
+    let (refresh, ()) = tokio::join!(broker.user_context(&p.team, &p.user, None), relink_meanwhile);
+    let error = refresh.unwrap_err();
+    assert!(matches!(error, BrokerError::Transient(_)), "{error:?}");
+    assert_eq!(stored_refresh_token(&store, &p).await, relinked_rt, "the relink stands");
+
+    let ctx = broker.user_context(&p.team, &p.user, None).await.unwrap();
+    let refreshes = databricks.refreshes();
+    assert_eq!(refreshes.len(), 2);
+    assert_eq!(refreshes[1]["refresh_token"], relinked_rt);
+    assert_eq!(
+        databricks.owner_of(ctx.access_token.expose_secret()).as_deref(),
+        Some("asker@example.com")
+    );
+    store.close().await;
+}
+
+// TOK-06: an access token with 30 s left is refreshed before it is handed out; when the
+// Databricks session has ended (the refresh token is past its lifetime), the link is kept,
+// marked for relinking and audited — never silently deleted.
+#[tokio::test]
+async fn a_token_about_to_expire_is_refreshed_first_and_an_ended_session_keeps_the_link_for_relinking() {
+    for db in TestDb::all().await {
+        let databricks = FakeDatabricks::start().await;
+        let clock = Arc::new(ManualClock::at(NOW));
+        let (broker, store) = broker(&db.url, &databricks, clock.clone()).await;
+        let (p, _) = linked(&store, &databricks).await;
+        let first = broker.user_context(&p.team, &p.user, None).await.unwrap();
+
+        clock.advance(3600 - 30);
+        let second = broker.user_context(&p.team, &p.user, None).await.unwrap();
+        assert_ne!(
+            second.access_token.expose_secret(),
+            first.access_token.expose_secret(),
+            "{}",
+            db.name
+        );
+        assert_eq!(databricks.refreshes().len(), 2);
+
+        clock.advance(8 * 24 * 3600);
+        databricks.state.lock().unwrap().refresh_tokens.clear();
+        let error = broker.user_context(&p.team, &p.user, None).await.unwrap_err();
+        assert!(
+            matches!(error, BrokerError::NeedsRelink { just_now: true }),
+            "{}: {error:?}",
+            db.name
+        );
+        let link = store.find_link(&p.team, &p.user).await.unwrap().expect("kept");
+        assert_eq!(link.status, LinkStatus::NeedsRelink);
+        assert!(link.sealed_access_token.is_none(), "the access token is dropped");
+        assert!(
+            audit_trail(&db.url)
+                .await
+                .contains(&("relink_needed".to_owned(), "system".to_owned()))
+        );
+        store.close().await;
+    }
+}
+
+// CRY-08: debug output of what carries a person's tokens — the broker's context, the
+// stored link, the agent's request — shows neither the access nor the refresh token.
+#[tokio::test]
+async fn debug_output_of_a_context_a_link_and_an_agent_request_shows_no_token() {
+    let app = TestApp::spawn().await;
+    let rt = app.link_asker().await;
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> debug?")).await;
+    app.wait_for_answer("answer: debug?").await;
+    let request = app.agent.requests.lock().unwrap()[0].clone();
+    let access_token = request.context.access_token.expose_secret().to_owned();
+    let link = app.store.list_links(None).await.unwrap().remove(0);
+    let new_rt = vault(&[KEY_A])
+        .open(
+            databricks_slack_bot::crypto::Binding {
+                purpose: databricks_slack_bot::crypto::Purpose::RefreshToken,
+                team: &link.team,
+                user: &link.user,
+                workspace: &link.workspace,
+            },
+            &link.sealed_refresh_token,
+        )
+        .unwrap();
+    for shown in [
+        format!("{request:?}"),
+        format!("{:?}", request.context),
+        format!("{link:?}"),
+        format!("{:#?}", request),
+    ] {
+        assert!(shown.contains("U061F7AUR"), "{shown}");
+        for secret in [access_token.as_str(), rt.as_str(), new_rt.expose_secret()] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
+    app.stop().await;
+}
