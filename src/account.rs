@@ -22,6 +22,7 @@ use crate::slack::messages;
 use crate::store::Store;
 use crate::store::audit::Actor;
 use crate::store::jobs::Job;
+use crate::store::links::Link;
 use crate::worker::{Done, JobError, JobHandler};
 
 /// `jobs.kind` of a confirmed Disconnect click.
@@ -56,7 +57,7 @@ impl Account {
     async fn disconnect(&self, request: &AccountRequest) -> Result<Done, JobError> {
         let link = self.store.find_link(&request.team, &request.user).await?;
         if let Some(link) = &link {
-            self.revoke(link).await;
+            revoke_refresh_token(&self.oauth, &self.vault, link).await;
         }
         let was_connected = self
             .store
@@ -75,25 +76,6 @@ impl Account {
             tracing::info!(error = %error, "could not refresh App Home after a disconnect");
         }
         Ok(Done::Finished)
-    }
-
-    /// Best effort: the link is deleted whatever the workspace says.
-    async fn revoke(&self, link: &crate::store::links::Link) {
-        let binding = Binding {
-            purpose: Purpose::RefreshToken,
-            team: &link.team,
-            user: &link.user,
-            workspace: &link.workspace,
-        };
-        let Ok(refresh_token) = self.vault.open(binding, &link.sealed_refresh_token) else {
-            tracing::warn!("the stored refresh token cannot be opened; deleting the link without revoking it");
-            return;
-        };
-        match self.oauth.revoke(&refresh_token).await {
-            Ok(true) => tracing::info!("refresh token revoked at Databricks"),
-            Ok(false) => tracing::debug!("the workspace offers no token revocation"),
-            Err(error) => tracing::warn!(error = %error, "could not revoke the refresh token"),
-        }
     }
 
     /// Publishes the App Home tab for the person as things stand now.
@@ -141,5 +123,20 @@ impl JobHandler for Account {
 
     async fn give_up(&self, _job: &Job, error: &JobError, reference: &str) {
         tracing::error!(error = %error, reference, "an account job was abandoned");
+    }
+}
+
+/// Revokes `link`'s refresh token where the workspace offers RFC 7009 — best effort: the
+/// caller forgets the link whatever the workspace says.
+pub(crate) async fn revoke_refresh_token(oauth: &DatabricksOAuth, vault: &Vault, link: &Link) {
+    let binding = Binding {
+        purpose: Purpose::RefreshToken,
+        team: &link.team,
+        user: &link.user,
+        workspace: &link.workspace,
+    };
+    match vault.open(binding, &link.sealed_refresh_token) {
+        Ok(refresh_token) => oauth.revoke_quietly(&refresh_token).await,
+        Err(_) => tracing::warn!("a stored refresh token cannot be opened, so it cannot be revoked"),
     }
 }

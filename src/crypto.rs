@@ -144,6 +144,9 @@ pub enum Purpose {
     PkceVerifier,
     /// A Databricks OAuth access token (`links.access_token`), shared by replicas.
     AccessToken,
+    /// A verified sign-in waiting for the person to confirm it replaces their link
+    /// (`pending_links.held_link`).
+    HeldLink,
 }
 
 impl Purpose {
@@ -152,6 +155,7 @@ impl Purpose {
             Purpose::RefreshToken => b"refresh_token",
             Purpose::PkceVerifier => b"pkce_verifier",
             Purpose::AccessToken => b"access_token",
+            Purpose::HeldLink => b"held_link",
         }
     }
 }

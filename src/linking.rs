@@ -11,6 +11,10 @@
 //!    (`LINK_IDENTITY_CHECK`), and only then is the link stored — with the person's waiting
 //!    questions queued again, in the same transaction.
 //!
+//! 5. A person already linked to a *different* Databricks account is asked first: the
+//!    verified sign-in is held, sealed, until they confirm the replacement in the browser
+//!    (LNK-09); then the old refresh token is revoked where the workspace allows it.
+//!
 //! Every failure ends the pending link with a reason the browser is shown, and stores
 //! nothing else. A forwarded link fails the identity check: the forwardee's Databricks
 //! account never lands on the forwarder's Slack user.
@@ -22,12 +26,15 @@ use aes_gcm::aead::rand_core::RngCore;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use slack_morphism::prelude::*;
 use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 use url::Url;
+use zeroize::{Zeroize, Zeroizing};
 
+use crate::account::revoke_refresh_token;
 use crate::clock::SharedClock;
 use crate::config::IdentityCheck;
 use crate::crypto::{Binding, Purpose, Vault};
@@ -39,7 +46,7 @@ use crate::slack::messages;
 use crate::slack::oidc::SlackOidc;
 use crate::store::Store;
 use crate::store::audit::{Actor, AuditEvent, AuditKind};
-use crate::store::links::NewLink;
+use crate::store::links::{Link, NewLink};
 use crate::store::pending_links::{Completion, NewPendingLink, PendingLink};
 
 /// How long a "Connect Databricks" link stays usable, and how long the browser then has
@@ -318,13 +325,9 @@ impl LinkFlow {
         let (team, user) = ids(pending).ok_or_else(|| anyhow::anyhow!("damaged pending link"))?;
         let state = random_token();
         let verifier = random_token();
-        let binding = Binding {
-            purpose: Purpose::PkceVerifier,
-            team: &team,
-            user: &user,
-            workspace: &self.workspace,
-        };
-        let sealed_verifier = self.vault.seal(binding, &verifier);
+        let sealed_verifier = self
+            .vault
+            .seal(self.binding(Purpose::PkceVerifier, &team, &user), &verifier);
         let url = self.oauth.authorize_url(&state, &verifier).await?;
         let stored = self
             .store
@@ -452,7 +455,10 @@ impl LinkFlow {
                 "This sign-in can't be finished in this browser: it was started in another one, or has already ended.",
             );
         }
-        if matches!(pending.status.as_str(), "completed" | "failed" | "exchanging") {
+        if matches!(
+            pending.status.as_str(),
+            "completed" | "failed" | "exchanging" | "confirming"
+        ) {
             return CallbackOutcome::AlreadyHandled;
         }
         if pending.status != "claimed" {
@@ -518,22 +524,18 @@ impl LinkFlow {
         }
     }
 
-    /// Exchanges the code, verifies the identity and stores the link.
+    /// Exchanges the code, verifies the identity and stores the link — or, when the person
+    /// is linked to a different Databricks account, holds the new one until they confirm
+    /// (LNK-09).
     async fn exchange_and_link(&self, pending: &PendingLink, code: SecretString) -> Result<(), Failure> {
         let (team, user) = ids(pending).ok_or_else(|| Failure::plain("The link is damaged."))?;
-        let binding = |purpose| Binding {
-            purpose,
-            team: &team,
-            user: &user,
-            workspace: &self.workspace,
-        };
         let sealed_verifier = pending
             .pkce_verifier
             .as_deref()
             .ok_or_else(|| Failure::plain("The sign-in was not started properly."))?;
         let verifier = self
             .vault
-            .open(binding(Purpose::PkceVerifier), sealed_verifier)
+            .open(self.binding(Purpose::PkceVerifier, &team, &user), sealed_verifier)
             .map_err(|e| {
                 tracing::error!(error = %e, "a PKCE verifier cannot be opened");
                 Failure::plain("Something went wrong on our side.")
@@ -554,27 +556,102 @@ impl LinkFlow {
                 Failure::plain("Databricks did not tell us who you are.")
             })?;
         self.check_identity(&team, &user, &identity).await?;
+        let verified = Verified {
+            identity,
+            refresh_token: refresh_token.expose_secret().to_owned(),
+            access_token: tokens.access_token.expose_secret().to_owned(),
+            access_expires_at: self.clock.now() + tokens.expires_in as i64,
+            scopes: tokens.scope.clone().unwrap_or_default(),
+        };
+        match self.current_link(&team, &user).await? {
+            Some(current) if current.databricks_user_id != verified.identity.id => {
+                self.hold(pending, &team, &user, &verified, &current).await
+            }
+            _ => self.store_verified(pending, &team, &user, &verified, None).await,
+        }
+    }
 
+    async fn current_link(&self, team: &TeamId, user: &UserId) -> Result<Option<Link>, Failure> {
+        self.store.find_link(team, user).await.map_err(|e| {
+            tracing::error!(error = %e, "could not read the current link");
+            Failure::plain("Something went wrong on our side.")
+        })
+    }
+
+    /// Holds a verified sign-in, sealed, for the person to confirm on the result page that
+    /// it replaces their link to `current`.
+    async fn hold(
+        &self,
+        pending: &PendingLink,
+        team: &TeamId,
+        user: &UserId,
+        verified: &Verified,
+        current: &Link,
+    ) -> Result<(), Failure> {
+        let json = Zeroizing::new(serde_json::to_string(verified).expect("a sign-in serialises"));
+        let sealed = self.vault.seal(
+            self.binding(Purpose::HeldLink, team, user),
+            &SecretString::from(json.as_str()),
+        );
+        let held = self
+            .store
+            .hold_for_confirmation(
+                &pending.id_hash,
+                &sealed,
+                verified.identity.shown_name(),
+                &current.databricks_user_name,
+            )
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "could not hold a sign-in for confirmation");
+                Failure::plain("Something went wrong on our side.")
+            })?;
+        if !held {
+            return Err(Failure::plain("This sign-in was already handled."));
+        }
+        tracing::info!(
+            databricks_user = %verified.identity.user_name,
+            linked = %current.databricks_user_name,
+            "signed in as another Databricks account than the linked one; asking the person first"
+        );
+        Ok(())
+    }
+
+    /// Stores a verified sign-in as the person's link, replacing `replaces` (whose refresh
+    /// token is then revoked where the workspace allows), and tells them in Slack.
+    async fn store_verified(
+        &self,
+        pending: &PendingLink,
+        team: &TeamId,
+        user: &UserId,
+        verified: &Verified,
+        replaces: Option<&Link>,
+    ) -> Result<(), Failure> {
         let now = self.clock.now();
-        let sealed_refresh = self.vault.seal(binding(Purpose::RefreshToken), refresh_token);
-        let sealed_access = self.vault.seal(binding(Purpose::AccessToken), &tokens.access_token);
-        let scopes = tokens.scope.clone().unwrap_or_default();
+        let seal = |purpose, secret: &str| {
+            self.vault
+                .seal(self.binding(purpose, team, user), &SecretString::from(secret))
+        };
+        let sealed_refresh = seal(Purpose::RefreshToken, &verified.refresh_token);
+        let sealed_access = seal(Purpose::AccessToken, &verified.access_token);
+        let identity = &verified.identity;
         let completion = Completion {
             link: NewLink {
-                team: &team,
-                user: &user,
+                team,
+                user,
                 workspace: &self.workspace,
                 databricks_user_id: &identity.id,
                 databricks_user_name: &identity.user_name,
                 databricks_display_name: identity.display_name.as_deref(),
                 sealed_refresh_token: &sealed_refresh,
                 key_id: self.vault.primary_key_id().as_str(),
-                scopes: &scopes,
+                scopes: &verified.scopes,
                 sealed_access_token: Some(&sealed_access),
-                access_expires_at: Some(now + tokens.expires_in as i64),
+                access_expires_at: Some(verified.access_expires_at),
             },
             id_hash: &pending.id_hash,
             shown_name: identity.shown_name(),
+            replaces: replaces.map(|old| old.databricks_user_name.as_str()),
         };
         let stored = self.store.complete_linking(&completion, now).await.map_err(|e| {
             tracing::error!(error = %e, "could not store a verified link");
@@ -584,9 +661,78 @@ impl LinkFlow {
             return Err(Failure::plain("This sign-in was already handled."));
         }
         tracing::info!(databricks_user = %identity.user_name, "linked");
+        if let Some(old) = replaces {
+            revoke_refresh_token(&self.oauth, &self.vault, old).await;
+        }
         self.wake.notify_one();
-        self.confirm_in_slack(&user, &identity).await;
+        self.confirm_in_slack(user, identity).await;
         Ok(())
+    }
+
+    /// The person's answer on the confirmation page (LNK-09), from the browser holding
+    /// `cookie`: replace their link with the held sign-in, or keep it.
+    pub async fn confirm(&self, cookie: Option<&str>, replace: bool) -> CallbackOutcome {
+        let Some(cookie) = cookie else {
+            return CallbackOutcome::Rejected("This confirmation can't be finished in this browser.");
+        };
+        let pending = match self.store.find_finished_pending_link(&hash_secret(cookie)).await {
+            Ok(Some(p)) if p.status == "confirming" => p,
+            Ok(_) => return CallbackOutcome::Rejected("There is nothing to confirm in this browser."),
+            Err(e) => {
+                tracing::error!(error = %e, "could not read a pending link");
+                return CallbackOutcome::Rejected("Something went wrong on our side.");
+            }
+        };
+        let id_hash = pending.id_hash.clone();
+        if pending.expires_at <= self.clock.now() {
+            self.fail(&id_hash, "The confirmation expired, so nothing changed.", None)
+                .await;
+            return CallbackOutcome::Finished;
+        }
+        let held = match (ids(&pending), pending.held_link.as_deref()) {
+            (Some((team, user)), Some(sealed)) => self
+                .vault
+                .open(self.binding(Purpose::HeldLink, &team, &user), sealed)
+                .ok()
+                .and_then(|json| serde_json::from_str::<Verified>(json.expose_secret()).ok())
+                .map(|verified| (team, user, verified)),
+            _ => None,
+        };
+        let Some((team, user, verified)) = held else {
+            tracing::error!("a held sign-in cannot be opened");
+            self.fail(&id_hash, "Something went wrong on our side.", None).await;
+            return CallbackOutcome::Finished;
+        };
+        if !replace {
+            self.oauth
+                .revoke_quietly(&SecretString::from(verified.refresh_token.as_str()))
+                .await;
+            let kept = pending.replaces.as_deref().unwrap_or("your current account");
+            let text = format!("You kept your Databricks connection as {kept}. Nothing changed.");
+            self.fail(&id_hash, &text, None).await;
+            return CallbackOutcome::Finished;
+        }
+        let result = match self.current_link(&team, &user).await {
+            Ok(current) => {
+                let replaces = current.filter(|c| c.databricks_user_id != verified.identity.id);
+                self.store_verified(&pending, &team, &user, &verified, replaces.as_ref())
+                    .await
+            }
+            Err(failure) => Err(failure),
+        };
+        if let Err(reason) = result {
+            self.fail(&id_hash, &reason.text, None).await;
+        }
+        CallbackOutcome::Finished
+    }
+
+    fn binding<'a>(&'a self, purpose: Purpose, team: &'a TeamId, user: &'a UserId) -> Binding<'a> {
+        Binding {
+            purpose,
+            team,
+            user,
+            workspace: &self.workspace,
+        }
     }
 
     /// Applies `LINK_IDENTITY_CHECK`: the Slack profile email must be one of the
@@ -684,6 +830,24 @@ impl Failure {
             text: text.to_owned(),
             audit: None,
         }
+    }
+}
+
+/// A sign-in verified at Databricks, not stored as a link yet. Sealed whole while it waits
+/// for the person's confirmation; its tokens are wiped from memory when it is dropped.
+#[derive(Serialize, Deserialize)]
+struct Verified {
+    identity: Identity,
+    refresh_token: String,
+    access_token: String,
+    access_expires_at: i64,
+    scopes: String,
+}
+
+impl Drop for Verified {
+    fn drop(&mut self) {
+        self.refresh_token.zeroize();
+        self.access_token.zeroize();
     }
 }
 

@@ -29,7 +29,7 @@ pub fn http_client() -> reqwest::Client {
 }
 
 /// Who an access token belongs to (`GET /api/2.0/preview/scim/v2/Me`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Identity {
     /// The immutable Databricks user id.
     pub id: String,

@@ -200,7 +200,7 @@ impl DatabricksOAuth {
     /// Revokes a refresh token (RFC 7009) where the workspace's discovery document names
     /// a revocation endpoint; Databricks documents none today, so `Ok(false)` means there
     /// was nothing to call.
-    pub async fn revoke(&self, refresh_token: &SecretString) -> Result<bool, TokenError> {
+    async fn revoke(&self, refresh_token: &SecretString) -> Result<bool, TokenError> {
         let Some(endpoint) = self.discovery().await?.revocation_endpoint.clone() else {
             return Ok(false);
         };
@@ -219,6 +219,15 @@ impl DatabricksOAuth {
                 .map_or_else(|| "no answer".to_owned(), |s| format!("HTTP {s}"));
             TokenError::Transient(format!("revocation failed ({status})"))
         })
+    }
+
+    /// [`Self::revoke`], its outcome only logged: for tokens being forgotten anyway.
+    pub async fn revoke_quietly(&self, refresh_token: &SecretString) {
+        match self.revoke(refresh_token).await {
+            Ok(true) => tracing::info!("refresh token revoked at Databricks"),
+            Ok(false) => tracing::debug!("the workspace offers no token revocation"),
+            Err(error) => tracing::warn!(error = %error, "could not revoke a refresh token"),
+        }
     }
 }
 

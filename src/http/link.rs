@@ -1,15 +1,16 @@
-//! `GET`/`POST /link/{id}`, `GET /oauth/databricks/callback` and `GET /link/result`: the
-//! browser side of linking. The logic is in [`crate::linking`]; this module turns its
+//! `GET`/`POST /link/{id}`, `GET /oauth/databricks/callback`, `GET /link/result` and
+//! `POST /link/confirm`: the browser side of linking. The logic is in [`crate::linking`]; this module turns its
 //! outcomes into pages, cookies and redirects.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use secrecy::ExposeSecret;
+use serde::Deserialize;
 
 use super::pages::{escape_html, message, page};
 use crate::linking::{CallbackOutcome, CallbackQuery, LinkFlow, PENDING_LINK_TTL_SECONDS, Unusable};
@@ -21,6 +22,7 @@ pub fn router(flow: Arc<LinkFlow>) -> Router {
         .route("/oauth/databricks/callback", get(databricks_callback))
         .route("/oauth/slack/callback", get(slack_callback))
         .route("/link/result", get(result))
+        .route("/link/confirm", post(confirm))
         .with_state(flow)
 }
 
@@ -170,11 +172,55 @@ fn outcome_page(outcome: CallbackOutcome) -> Response {
     }
 }
 
+/// The confirmation form's answer.
+#[derive(Deserialize)]
+struct Decision {
+    decision: String,
+}
+
+/// LNK-09: replaces the person's link with the held sign-in, or keeps it. Bound to the
+/// browser by its cookie, which a cross-site form post does not carry (`SameSite=Lax`).
+async fn confirm(State(flow): State<Arc<LinkFlow>>, headers: HeaderMap, Form(form): Form<Decision>) -> Response {
+    let replace = match form.decision.as_str() {
+        "replace" => true,
+        "keep" => false,
+        _ => {
+            return message(
+                StatusCode::BAD_REQUEST,
+                "Nothing changed",
+                &["Choose Replace or Keep on the confirmation page.".into()],
+            );
+        }
+    };
+    let cookie = read_cookie(&headers, cookie_name(&flow));
+    outcome_page(flow.confirm(cookie, replace).await)
+}
+
 async fn result(State(flow): State<Arc<LinkFlow>>, headers: HeaderMap) -> Response {
     let Some(cookie) = read_cookie(&headers, cookie_name(&flow)) else {
         return unusable(Unusable::Unknown);
     };
-    let mut response = match flow.result_for_browser(cookie).await {
+    let pending = flow.result_for_browser(cookie).await;
+    // LNK-09: another Databricks account than the linked one waits for the person's word;
+    // the flow (and its cookie) goes on.
+    if let Some(p) = pending.as_ref().filter(|p| p.status == "confirming") {
+        let body = format!(
+            "<p>You’re connected to {} as <span class=\"who\">{}</span>. You just signed in as \
+             <span class=\"who\">{}</span>.</p>\
+             <p>Replace the connection? The bot will then answer your questions with the new account’s \
+             permissions.</p>\
+             <form method=\"post\" action=\"/link/confirm\">\
+             <button type=\"submit\" name=\"decision\" value=\"replace\">Replace</button> \
+             <button type=\"submit\" name=\"decision\" value=\"keep\" class=\"secondary\">Keep {}</button>\
+             </form>",
+            escape_html(flow.workspace.as_str()),
+            escape_html(p.replaces.as_deref().unwrap_or("another account")),
+            escape_html(p.databricks_user.as_deref().unwrap_or("another account")),
+            escape_html(p.replaces.as_deref().unwrap_or("the current one")),
+        );
+        return page(StatusCode::OK, "Replace your Databricks connection?", &body, &[]);
+    }
+    let mut response = match pending {
         Some(p) if p.status == "completed" => message(
             StatusCode::OK,
             "You’re connected",

@@ -62,6 +62,7 @@ main{max-width:34rem;margin:10vh auto;background:#fff;padding:2rem 2.5rem;border
 box-shadow:0 1px 3px rgba(0,0,0,.12)}h1{font-size:1.35rem;margin-top:0}\
 button{font:inherit;font-weight:600;background:#ff3621;color:#fff;border:0;border-radius:6px;\
 padding:.7rem 1.4rem;cursor:pointer}button:hover{background:#e02e1a}.who{font-weight:600}\
+button.secondary{background:#fff;color:#1b3139;border:1px solid #c4c9d0}button.secondary:hover{background:#f4f4f5}\
 .small{color:#5f6b7a;font-size:.9rem}";
 
 #[cfg(test)]

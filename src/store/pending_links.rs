@@ -4,8 +4,9 @@
 //!
 //! Life of a row: `pending` (sent to the person) → `claimed` (a browser pressed the
 //! button and got the binding cookie) → `exchanging` (the Databricks callback is being
-//! handled, exactly once) → `completed` or `failed`. A newer link for the same person
-//! makes older live ones `superseded`. Every step is one conditional UPDATE, so two
+//! handled, exactly once) → `completed` or `failed` — or, when the sign-in is another
+//! Databricks account than the linked one, `confirming` until the person replaces or
+//! keeps (LNK-09). A newer link for the same person makes older live ones `superseded`. Every step is one conditional UPDATE, so two
 //! requests can never both take it.
 
 use super::links::{NewLink, upsert_link_query};
@@ -43,10 +44,15 @@ pub struct PendingLink {
     pub failure: Option<String>,
     pub created_at: i64,
     pub expires_at: i64,
+    /// A verified sign-in waiting to replace the current link (vault envelope; LNK-09).
+    pub held_link: Option<Vec<u8>>,
+    /// Who the current link is, while `held_link` waits.
+    pub replaces: Option<String>,
 }
 
 const COLUMNS: &str = "id_hash, team_id, user_id, channel_id, thread_ts, status, browser_hash, \
-     slack_nonce_hash, slack_verified, pkce_verifier, databricks_user, failure, created_at, expires_at";
+     slack_nonce_hash, slack_verified, pkce_verifier, databricks_user, failure, created_at, expires_at, \
+     held_link, replaces";
 
 /// What completing a link writes, all in one transaction.
 pub struct Completion<'a> {
@@ -55,6 +61,9 @@ pub struct Completion<'a> {
     pub id_hash: &'a [u8],
     /// The name shown on the success page.
     pub shown_name: &'a str,
+    /// The Databricks user name of the link this one replaces, when the person confirmed
+    /// a different account (LNK-09).
+    pub replaces: Option<&'a str>,
 }
 
 impl Store {
@@ -96,8 +105,8 @@ impl Store {
                 }
             }
             sqlx::query(
-                "UPDATE pending_links SET status = 'superseded' \
-                 WHERE team_id = $1 AND user_id = $2 AND status IN ('pending', 'claimed')",
+                "UPDATE pending_links SET status = 'superseded', held_link = NULL \
+                 WHERE team_id = $1 AND user_id = $2 AND status IN ('pending', 'claimed', 'confirming')",
             )
             .bind(link.team.as_str())
             .bind(link.user.as_str())
@@ -143,7 +152,7 @@ impl Store {
     /// The most recent pending link finished in the browser holding this cookie.
     pub async fn find_finished_pending_link(&self, browser_hash: &[u8]) -> Result<Option<PendingLink>, sqlx::Error> {
         self.pending_where(
-            "browser_hash = $1 AND status IN ('completed', 'failed') ORDER BY created_at DESC LIMIT 1",
+            "browser_hash = $1 AND status IN ('confirming', 'completed', 'failed') ORDER BY created_at DESC LIMIT 1",
             browser_hash,
         )
         .await
@@ -266,8 +275,8 @@ impl Store {
         on_pool!(self.write, |pool| {
             let mut tx = pool.begin_write().await?;
             sqlx::query(
-                "UPDATE pending_links SET status = 'failed', failure = $1, pkce_verifier = NULL \
-                 WHERE id_hash = $2 AND status IN ('pending', 'claimed', 'exchanging')",
+                "UPDATE pending_links SET status = 'failed', failure = $1, pkce_verifier = NULL, held_link = NULL \
+                 WHERE id_hash = $2 AND status IN ('pending', 'claimed', 'exchanging', 'confirming')",
             )
             .bind(failure)
             .bind(id_hash)
@@ -280,14 +289,39 @@ impl Store {
         })
     }
 
+    /// Holds a verified sign-in (`held`, sealed) on its pending link until the person
+    /// confirms that it replaces their link to `replaces` (LNK-09). False when the
+    /// exchange was not this pending link's to finish.
+    pub async fn hold_for_confirmation(
+        &self,
+        id_hash: &[u8],
+        held: &[u8],
+        shown_name: &str,
+        replaces: &str,
+    ) -> Result<bool, sqlx::Error> {
+        on_pool!(self.write, |pool| {
+            sqlx::query(
+                "UPDATE pending_links SET status = 'confirming', held_link = $1, databricks_user = $2, \
+                 replaces = $3, pkce_verifier = NULL WHERE id_hash = $4 AND status = 'exchanging'",
+            )
+            .bind(held)
+            .bind(shown_name)
+            .bind(replaces)
+            .bind(id_hash)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected() == 1)
+        })
+    }
+
     /// Stores the verified link, audits it, completes the pending link and queues again
     /// the person's questions that were waiting for it — all or nothing.
     pub async fn complete_linking(&self, completion: &Completion<'_>, now: i64) -> Result<bool, sqlx::Error> {
         on_pool!(self.write, |pool| {
             let mut tx = pool.begin_write().await?;
             let finished = sqlx::query(
-                "UPDATE pending_links SET status = 'completed', databricks_user = $1, pkce_verifier = NULL \
-                 WHERE id_hash = $2 AND status = 'exchanging'",
+                "UPDATE pending_links SET status = 'completed', databricks_user = $1, pkce_verifier = NULL, \
+                 held_link = NULL WHERE id_hash = $2 AND status IN ('exchanging', 'confirming')",
             )
             .bind(completion.shown_name)
             .bind(completion.id_hash)
@@ -299,12 +333,16 @@ impl Store {
                 return Ok(false);
             }
             upsert_link_query!(&completion.link, now).execute(&mut *tx).await?;
+            let detail = match completion.replaces {
+                Some(old) => format!("{} replacing {old}", completion.link.databricks_user_name),
+                None => completion.link.databricks_user_name.to_owned(),
+            };
             let event = AuditEvent {
                 kind: AuditKind::Link,
                 team: completion.link.team,
                 user: completion.link.user,
                 actor: Actor::User,
-                detail: Some(completion.link.databricks_user_name),
+                detail: Some(&detail),
                 at: now,
             };
             insert_audit_event!(&event).execute(&mut *tx).await?;

@@ -88,7 +88,7 @@ impl Expired {
 const ABANDON_WAITING_QUESTIONS: &str = "UPDATE jobs SET state = 'failed', error = $1, updated_at = $2 \
      WHERE state = 'waiting' AND id IN (SELECT j.id FROM jobs j WHERE j.state = 'waiting' AND j.created_at < $3 \
          AND NOT EXISTS (SELECT 1 FROM pending_links p WHERE p.team_id = j.team_id AND p.user_id = j.user_id \
-             AND p.status IN ('pending', 'claimed', 'exchanging') AND p.expires_at > $2) \
+             AND p.status IN ('pending', 'claimed', 'exchanging', 'confirming') AND p.expires_at > $2) \
          ORDER BY j.id LIMIT $4)";
 
 const DELETE_FINISHED_JOBS: &str = "DELETE FROM jobs WHERE state IN ('done', 'failed') AND updated_at < $1 \

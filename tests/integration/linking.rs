@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::common::app::{TestApp, browser, mention};
+use crate::common::app::{TestApp, browser, mention, rows};
 use crate::common::fake_databricks::{FakeUser, Scripted};
 use crate::common::{KEY_A, TestDb};
 use databricks_slack_bot::clock::Clock;
@@ -606,5 +606,167 @@ async fn guessed_link_ids_and_states_all_get_the_same_answer_and_change_nothing(
     assert!(crate::common::app::audit_trail(&app.db_url).await.is_empty());
     let page = browser().get(app.url(&format!("/link/{id}"))).send().await.unwrap();
     assert_eq!(page.status(), 200, "the real link is still usable");
+    app.stop().await;
+}
+
+/// Posts the confirmation page's answer from the browser holding `cookie`.
+async fn confirm(app: &TestApp, cookie: Option<&str>, decision: &str) -> reqwest::Response {
+    let mut request = browser()
+        .post(app.url("/link/confirm"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("decision={decision}"));
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    request.send().await.unwrap()
+}
+
+/// Another Databricks account of the asker's (same email, so the identity check passes).
+fn second_account() -> FakeUser {
+    FakeUser {
+        id: "id-second".into(),
+        user_name: "alice.admin@example.com".into(),
+        display_name: "Alice (admin)".into(),
+        emails: vec!["asker@example.com".into()],
+    }
+}
+
+/// The asker, linked as `FakeUser::asker()` with a dead grant, signs in again as
+/// `second_account()`; returns the browser's cookie, at the confirmation page.
+async fn sign_in_as_another_account(app: &TestApp) -> String {
+    app.link_asker().await;
+    let (team, user) = (TeamId::parse(ASKER_TEAM).unwrap(), UserId::parse(ASKER).unwrap());
+    let link = app.store.find_link(&team, &user).await.unwrap().unwrap();
+    app.store
+        .mark_needs_relink(&team, &user, link.version, "test", app.clock.now())
+        .await
+        .unwrap();
+    let id = app.ask_for_link("Ev1", "how many orders?").await;
+    let claimed = app.claim_link(&id).await.expect("claimed");
+    let back = app.databricks.authorize(&claimed.location, &second_account());
+    let response = callback(app, &back, Some(&claimed.cookie)).await;
+    assert_eq!(response.status(), 303);
+    claimed.cookie
+}
+
+async fn linked_as(app: &TestApp) -> String {
+    let (team, user) = (TeamId::parse(ASKER_TEAM).unwrap(), UserId::parse(ASKER).unwrap());
+    app.store
+        .find_link(&team, &user)
+        .await
+        .unwrap()
+        .unwrap()
+        .databricks_user_name
+}
+
+// LNK-09: signing in as a different Databricks account than the linked one is not a
+// silent swap: the person is asked, and only on "Replace" is the new account stored
+// (audited as replacing the old one) and the waiting question answered with it.
+#[tokio::test]
+async fn a_different_databricks_account_replaces_the_link_only_once_confirmed() {
+    for db in TestDb::all().await {
+        let app = TestApp::spawn_with(crate::common::app::Options {
+            db: Some(db.url.clone()),
+            ..Default::default()
+        })
+        .await;
+        replace_after_confirming(&app).await;
+        app.stop().await;
+    }
+}
+
+async fn replace_after_confirming(app: &TestApp) {
+    let cookie = sign_in_as_another_account(app).await;
+
+    let page = result_page(app, &cookie).await;
+    assert!(page.contains("Replace your Databricks connection?"), "{page}");
+    assert!(
+        page.contains("asker@example.com") && page.contains("Alice (admin)"),
+        "{page}"
+    );
+    assert!(page.contains("action=\"/link/confirm\""), "{page}");
+    assert_eq!(linked_as(app).await, "asker@example.com", "nothing replaced yet");
+    assert_eq!(app.job_states().await, ["waiting"]);
+    assert!(
+        app.slack_calls("chat.postMessage").await.is_empty(),
+        "no \"Linked as\" yet"
+    );
+
+    let response = confirm(app, Some(&cookie), "replace").await;
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], "/link/result");
+    let page = result_page(app, &cookie).await;
+    assert!(
+        page.contains("You’re connected") && page.contains("Alice (admin)"),
+        "{page}"
+    );
+    assert_eq!(linked_as(app).await, "alice.admin@example.com");
+    let audited: Vec<(String, Option<String>)> = rows(
+        &app.db_url,
+        "SELECT kind, detail FROM audit_events WHERE kind = 'link' ORDER BY id",
+    )
+    .await;
+    assert_eq!(
+        audited.last().unwrap().1.as_deref(),
+        Some("alice.admin@example.com replacing asker@example.com")
+    );
+    assert_eq!(
+        app.settled_job_states().await,
+        ["done"],
+        "the waiting question is answered"
+    );
+    let token = app.agent.tokens().pop().expect("the agent was asked");
+    assert_eq!(
+        app.databricks.owner_of(&token).as_deref(),
+        Some("alice.admin@example.com")
+    );
+}
+
+// LNK-09: "Keep" changes nothing; the confirmation cannot be answered without the
+// browser's cookie, with another cookie, with a made-up answer, twice, or late.
+#[tokio::test]
+async fn keeping_the_linked_account_changes_nothing_and_the_confirmation_is_bound_to_its_browser() {
+    let app = TestApp::spawn().await;
+    let cookie = sign_in_as_another_account(&app).await;
+
+    for (cookie, decision) in [
+        (None, "replace"),
+        (Some("databricks-link=someone-elses-cookie"), "replace"),
+        (Some(cookie.as_str()), "whatever"),
+    ] {
+        let response = confirm(&app, cookie, decision).await;
+        assert_eq!(response.status(), 400, "{cookie:?} {decision}");
+    }
+    assert_eq!(linked_as(&app).await, "asker@example.com");
+
+    assert_eq!(confirm(&app, Some(&cookie), "keep").await.status(), 303);
+    let page = result_page(&app, &cookie).await;
+    assert!(
+        page.contains("You kept your Databricks connection as asker@example.com"),
+        "{page}"
+    );
+    assert_eq!(
+        confirm(&app, Some(&cookie), "replace").await.status(),
+        400,
+        "answered already"
+    );
+    assert_eq!(linked_as(&app).await, "asker@example.com");
+    assert_eq!(
+        app.job_states().await,
+        ["waiting"],
+        "the question still waits for a working link"
+    );
+
+    // A confirmation left until its link expired replaces nothing either.
+    app.clock.advance(61);
+    let id = app.ask_for_link("Ev2", "and now?").await;
+    let claimed = app.claim_link(&id).await.expect("claimed");
+    let back = app.databricks.authorize(&claimed.location, &second_account());
+    callback(&app, &back, Some(&claimed.cookie)).await;
+    app.clock.advance(11 * 60);
+    assert_eq!(confirm(&app, Some(&claimed.cookie), "replace").await.status(), 303);
+    let page = result_page(&app, &claimed.cookie).await;
+    assert!(page.contains("The confirmation expired"), "{page}");
+    assert_eq!(linked_as(&app).await, "asker@example.com");
     app.stop().await;
 }

@@ -176,7 +176,7 @@ async fn a_linked_persons_question_goes_to_the_agent_and_the_answer_to_the_threa
         text.contains("answer: revenue by &lt;region&gt; &amp; year?"),
         "escaped: {text}"
     );
-    assert!(text.contains("u061f7aur@example.com"), "says whose permissions: {text}");
+    assert!(text.contains("asker@example.com"), "says whose permissions: {text}");
     assert_eq!(app.agent.tokens().len(), 1, "the agent got the person's access token");
     assert!(
         app.agent.tokens()[0].starts_with("at-"),

@@ -313,8 +313,15 @@ impl TestApp {
             workspace: databricks_slack_bot::domain::WorkspaceHost::parse(&self.databricks.uri).unwrap(),
             ..super::Person::new("T061EG9R6", "U061F7AUR")
         };
+        let asker = FakeUser::asker();
         person
-            .link(&self.store, &super::vault(&[KEY_A]), &rt, self.clock.now())
+            .link_as(
+                &self.store,
+                &super::vault(&[KEY_A]),
+                &rt,
+                self.clock.now(),
+                (&asker.id, &asker.user_name),
+            )
             .await;
         rt
     }
@@ -525,7 +532,7 @@ async fn jobs(db_url: &str) -> Vec<(String, i64)> {
 }
 
 /// What `sql` returns from the database at `db_url`, SQLite or Postgres.
-async fn rows<T>(db_url: &str, sql: &str) -> Vec<T>
+pub async fn rows<T>(db_url: &str, sql: &str) -> Vec<T>
 where
     T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
     T: Send + Unpin,

@@ -182,16 +182,28 @@ impl Person {
 
     /// Stores a link for this person with `refresh_token` sealed by `vault`.
     pub async fn link(&self, store: &Store, vault: &Vault, refresh_token: &str, now: i64) {
-        let sealed = vault.seal(self.binding(), &SecretString::from(refresh_token.to_owned()));
         let name = format!("{}@example.com", self.user.as_str().to_lowercase());
+        self.link_as(store, vault, refresh_token, now, ("1234", &name)).await;
+    }
+
+    /// Stores a link for this person to the Databricks user `(id, user_name)`.
+    pub async fn link_as(
+        &self,
+        store: &Store,
+        vault: &Vault,
+        refresh_token: &str,
+        now: i64,
+        (databricks_user_id, name): (&str, &str),
+    ) {
+        let sealed = vault.seal(self.binding(), &SecretString::from(refresh_token.to_owned()));
         store
             .upsert_link(
                 &NewLink {
                     team: &self.team,
                     user: &self.user,
                     workspace: &self.workspace,
-                    databricks_user_id: "1234",
-                    databricks_user_name: &name,
+                    databricks_user_id,
+                    databricks_user_name: name,
                     databricks_display_name: Some("Test Person"),
                     sealed_refresh_token: &sealed,
                     key_id: vault.primary_key_id().as_str(),
