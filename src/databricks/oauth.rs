@@ -183,7 +183,10 @@ impl DatabricksOAuth {
             .set_pkce_verifier(PkceCodeVerifier::new(verifier.expose_secret().to_owned()))
             .request_async(&recorder)
             .await;
-        result.map(tokens).map_err(|e| classify(e, recorder.status()))
+        result
+            .map(tokens)
+            .inspect(|t| self.note_broader_grant(t))
+            .map_err(|e| classify(e, recorder.status()))
     }
 
     /// Uses a refresh token. With single-use refresh tokens the answer carries a new one.
@@ -192,7 +195,23 @@ impl DatabricksOAuth {
         let recorder = StatusRecorder::new(&self.http);
         let token = RefreshToken::new(refresh_token.expose_secret().to_owned());
         let result = client.exchange_refresh_token(&token).request_async(&recorder).await;
-        result.map(tokens).map_err(|e| classify(e, recorder.status()))
+        result
+            .map(tokens)
+            .inspect(|t| self.note_broader_grant(t))
+            .map_err(|e| classify(e, recorder.status()))
+    }
+
+    /// OA-08: a grant wider than `DATABRICKS_SCOPES` is worth an operator's look (the
+    /// app connection allows more than the bot asks for).
+    fn note_broader_grant(&self, tokens: &Tokens) {
+        let Some(granted) = tokens.scope.as_deref() else { return };
+        let extra: Vec<&str> = granted
+            .split_whitespace()
+            .filter(|scope| !self.scopes.iter().any(|asked| asked == scope))
+            .collect();
+        if !extra.is_empty() {
+            tracing::warn!(extra = %extra.join(" "), "Databricks granted scopes the bot did not ask for");
+        }
     }
 }
 

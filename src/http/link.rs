@@ -161,14 +161,19 @@ fn outcome_page(outcome: CallbackOutcome) -> Response {
                 .insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
             response
         }
-        CallbackOutcome::Rejected(reason) => message(
-            StatusCode::BAD_REQUEST,
-            "Nothing was linked",
-            &[
-                escape_html(reason),
-                "Start again from the “Connect Databricks” button in Slack.".into(),
-            ],
-        ),
+        CallbackOutcome::Rejected(reason) => {
+            // LOG-02: refused before anything changed — a replay, a forgery or another
+            // browser; the reason is fixed text, never request data.
+            tracing::warn!(reason, "a linking request was refused");
+            message(
+                StatusCode::BAD_REQUEST,
+                "Nothing was linked",
+                &[
+                    escape_html(reason),
+                    "Start again from the “Connect Databricks” button in Slack.".into(),
+                ],
+            )
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::common::app::{TestApp, browser, mention, rows};
 use crate::common::fake_databricks::{FakeUser, Scripted};
+use crate::common::logs::Captured;
 use crate::common::{KEY_A, TestDb};
 use databricks_slack_bot::clock::Clock;
 use databricks_slack_bot::crypto::{Binding, Purpose};
@@ -228,9 +229,12 @@ async fn a_callback_without_the_binding_cookie_is_refused_and_burns_the_state() 
     app.stop().await;
 }
 
-// OA-02: missing, wrong and reused state.
+// OA-02: missing, wrong and reused state. LOG-02: each refusal is logged with its reason,
+// and nothing of the request (the code) with it.
 #[tokio::test]
 async fn callbacks_with_missing_wrong_or_reused_state_get_400_and_no_token_request() {
+    let logs = Captured::default();
+    let _guard = tracing::subscriber::set_default(logs.subscriber());
     let app = TestApp::spawn().await;
     for path in [
         "/oauth/databricks/callback?code=abc",
@@ -244,6 +248,11 @@ async fn callbacks_with_missing_wrong_or_reused_state_get_400_and_no_token_reque
         assert!(html.contains("Nothing was linked"), "{path}: {html}");
     }
     assert!(app.databricks.token_requests().is_empty());
+    let logged = logs.text();
+    let refusals = logged.lines().filter(|l| l.contains("a linking request was refused"));
+    assert_eq!(refusals.count(), 4, "{logged}");
+    assert!(logged.contains("missing its state") && logged.contains("not valid any more"));
+    assert!(!logged.contains("code=abc"), "{logged}");
     app.stop().await;
 }
 
@@ -537,6 +546,8 @@ async fn the_redirect_uri_is_the_same_in_both_requests_and_added_parameters_redi
 // no other.
 #[tokio::test]
 async fn the_authorization_asks_for_exactly_the_configured_scopes() {
+    let logs = Captured::default();
+    let _guard = tracing::subscriber::set_default(logs.subscriber());
     let app = TestApp::spawn_with(crate::common::app::Options {
         extra_env: vec![("DATABRICKS_SCOPES", "sql offline_access".into())],
         ..Default::default()
@@ -556,6 +567,12 @@ async fn the_authorization_asks_for_exactly_the_configured_scopes() {
     let refreshes = app.databricks.refreshes();
     assert_eq!(refreshes.len(), 1);
     assert!(!refreshes[0].contains_key("scope"), "{:?}", refreshes[0]);
+    // The fake grants `all-apis` all the same: the operator is told, at each grant.
+    let logged = logs.text();
+    let noted = logged
+        .lines()
+        .filter(|l| l.contains("granted scopes the bot did not ask for") && l.contains("extra=all-apis"));
+    assert_eq!(noted.count(), 2, "{logged}");
     app.stop().await;
 }
 
