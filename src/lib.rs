@@ -16,6 +16,7 @@
 //! - [`worker`] — the pool that runs queued jobs, with leases and retries.
 //! - [`retention`] — the scheduled purge of what is past its time (event ids, finished jobs, …).
 //! - [`questions`] — a queued question becomes an answer or a "Connect Databricks" prompt.
+//! - [`breaker`] — the circuit breaker that pauses asking an agent that keeps failing.
 //! - [`sharing`] — "Share in channel" for private answers.
 //! - [`account`] — App Home, Connect there, and Disconnect: a person's link as they control it.
 //! - [`linking`] — from the "Connect Databricks" button to a verified, stored link.
@@ -25,6 +26,7 @@
 
 pub mod account;
 pub mod agent;
+pub mod breaker;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
@@ -16,6 +16,7 @@ use slack_morphism::prelude::*;
 use url::Url;
 
 use crate::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Progress, Thread, Unwatched, UserContext};
+use crate::breaker::{Breaker, OPEN_SECONDS};
 use crate::clock::SharedClock;
 use crate::config::AnswerVisibility;
 use crate::databricks::broker::{BrokerError, TokenBroker};
@@ -97,6 +98,7 @@ pub struct Questions {
     clock: SharedClock,
     askers: Mutex<HashMap<(TeamId, UserId), (Asker, i64)>>,
     metrics: Arc<Metrics>,
+    breaker: Breaker,
 }
 
 impl Questions {
@@ -121,6 +123,7 @@ impl Questions {
             clock,
             askers: Mutex::new(HashMap::new()),
             metrics: Arc::new(Metrics::new()),
+            breaker: Breaker::default(),
         }
     }
 
@@ -167,6 +170,14 @@ impl Questions {
             .conversation(key, self.agent.name())
             .await?
             .and_then(|kept| serde_json::from_str(&kept).ok());
+        // REL-04: while the agent keeps failing, questions wait in the queue, not on it.
+        if let Some(seconds) = self.breaker.open_for(self.clock.now()) {
+            tracing::info!(retry_in_s = seconds, "the agent keeps failing; the question waits");
+            return Err(JobError::Transient {
+                reason: "Databricks is not answering right now".into(),
+                retry_after: Some(Duration::from_secs(seconds.unsigned_abs())),
+            });
+        }
         // Progress is shown in a placeholder in the thread; private answers go without
         // one (an ephemeral message cannot be updated).
         let placeholder = match self.visibility(q) {
@@ -178,7 +189,21 @@ impl Questions {
             None => &Unwatched,
         };
         let started = Instant::now();
-        let (answer, context) = match self.ask_agent(q, context, conversation, progress).await {
+        let asked = self.ask_agent(q, context, conversation, progress).await;
+        match &asked {
+            Err(Unanswered::Agent(AgentError::Transient { reason, .. })) => {
+                if self.breaker.failed(self.clock.now()) {
+                    tracing::warn!(
+                        reason,
+                        pause_s = OPEN_SECONDS,
+                        "the agent failed again and again; questions wait before asking it again"
+                    );
+                }
+            }
+            Err(Unanswered::Token(_)) => {}
+            Ok(_) | Err(Unanswered::Agent(_)) => self.breaker.succeeded(),
+        }
+        let (answer, context) = match asked {
             Ok(answered) => answered,
             Err(unanswered) => {
                 self.remove_placeholder(q, placeholder.as_ref().map(|p| p.ts.as_str()))

@@ -465,6 +465,54 @@ async fn a_question_that_keeps_failing_ends_with_a_message_to_the_person() {
     app.stop().await;
 }
 
+// REL-04: once the agent has failed five times in a row, further questions wait in the
+// queue for the pause instead of tying up workers on it; when it answers again every
+// question is answered — nothing dropped, nobody told of a failure.
+#[tokio::test]
+async fn an_agent_that_keeps_failing_is_given_a_pause_and_no_question_is_lost() {
+    let app = TestApp::spawn_with(crate::common::app::Options {
+        workers: Some(databricks_slack_bot::worker::WorkerConfig {
+            per_user_limit: 1, // one question at a time, so the count is exact
+            ..crate::common::app::fast_workers()
+        }),
+        ..Default::default()
+    })
+    .await;
+    app.link_asker().await;
+    *app.agent.fail_with.lock().unwrap() = Some(AgentError::transient("Databricks is temporarily unavailable"));
+    for i in 1..=7 {
+        app.post_event(&mention(&format!("Ev{i}"), &format!("<@U0LAN0Z89> question {i}?")))
+            .await;
+    }
+    // Wait until every question has been tried once.
+    for _ in 0..500 {
+        let jobs = app.jobs().await;
+        if jobs.len() == 7 && jobs.iter().all(|(state, runs)| state == "queued" && *runs == 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let asked = || app.agent.requests.lock().unwrap().len();
+    assert_eq!(asked(), 5, "the agent was left alone after five failures in a row");
+    assert_eq!(
+        app.job_states().await,
+        ["queued"; 7],
+        "every question waits to be asked again"
+    );
+
+    *app.agent.fail_with.lock().unwrap() = None;
+    app.clock.advance(301); // past the pause and every backoff
+    assert_eq!(app.settled_job_states().await, ["done"; 7]);
+    for i in 1..=7 {
+        app.wait_for_answer(&format!("answer: question {i}?")).await;
+    }
+    assert!(
+        app.slack_calls("chat.postEphemeral").await.is_empty(),
+        "nobody was told of a failure"
+    );
+    app.stop().await;
+}
+
 // SIG-01 through the running app, with the clock fixed at the vector's timestamp.
 #[tokio::test]
 async fn slacks_official_signing_vector_is_accepted_with_a_fixed_clock() {

@@ -458,6 +458,11 @@ impl TestApp {
         job_states(&self.db_url).await
     }
 
+    /// Every job's state and how many times it was run, oldest first.
+    pub async fn jobs(&self) -> Vec<(String, i64)> {
+        jobs(&self.db_url).await
+    }
+
     /// The job states once no job is queued or running any more (or 10 s pass): a
     /// worker posts to Slack before it records the job's outcome.
     pub async fn settled_job_states(&self) -> Vec<String> {
