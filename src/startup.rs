@@ -186,6 +186,7 @@ impl Application {
                 interactions: interactions.clone(),
                 commands: commands.clone(),
                 clock: deps.clock.clone(),
+                refusals: Default::default(),
             })
         });
         let socket_mode = config.slack.app_token.clone().map(|token| {

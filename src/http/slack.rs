@@ -2,7 +2,8 @@
 //! deliveries. Every request is verified against the signing secret over its raw body
 //! before anything is parsed; failures get an opaque 401 and the handler does nothing.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -27,18 +28,51 @@ pub struct SlackRoutes {
     pub interactions: Interactions,
     pub commands: Commands,
     pub clock: SharedClock,
+    pub refusals: RefusalLog,
 }
 
 impl SlackRoutes {
     /// Whether the request is Slack's; logs the reason when it is not.
     fn is_signed(&self, route: &'static str, headers: &HeaderMap, body: &[u8]) -> bool {
-        match signature::verify(&self.signing_secret, headers, body, self.clock.now()) {
+        let now = self.clock.now();
+        match signature::verify(&self.signing_secret, headers, body, now) {
             Ok(()) => true,
             Err(error) => {
-                tracing::warn!(route, reason = %error, "refused a request that is not signed by Slack");
+                self.refusals.note(route, &error, now);
                 false
             }
         }
+    }
+}
+
+/// Seconds in which one refusal per reason is logged.
+const REFUSAL_LOG_WINDOW_SECONDS: i64 = 10;
+
+/// LOG-02: every refused request is logged by its reason — but a flood of forgeries
+/// writes one line per reason every [`REFUSAL_LOG_WINDOW_SECONDS`], with the count of
+/// the ones left out, not a line each.
+#[derive(Default)]
+pub struct RefusalLog {
+    /// Per reason: when its window started, and the refusals not logged in it.
+    windows: Mutex<HashMap<String, (i64, u64)>>,
+}
+
+impl RefusalLog {
+    fn note(&self, route: &'static str, error: &signature::SignatureError, now: i64) {
+        let reason = error.to_string();
+        let mut windows = self.windows.lock().expect("not poisoned");
+        let (started, left_out) = windows.entry(reason.clone()).or_insert((i64::MIN, 0));
+        if now.saturating_sub(*started) < REFUSAL_LOG_WINDOW_SECONDS {
+            *left_out += 1;
+            return;
+        }
+        tracing::warn!(
+            route,
+            reason,
+            not_logged_since_last = *left_out,
+            "refused a request that is not signed by Slack"
+        );
+        (*started, *left_out) = (now, 0);
     }
 }
 

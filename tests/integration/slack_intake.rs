@@ -856,3 +856,37 @@ async fn a_refused_signature_is_logged_with_its_reason_and_the_caller_learns_not
     assert!(!logs.contains("CANARY") && !logs.contains(&forged), "{logs}");
     assert!(!logs.contains(SIGNING_SECRET));
 }
+
+// LOG-02: a flood of forged requests writes one line per reason and window, with the
+// count of those left out — not a line each.
+#[tokio::test]
+async fn a_flood_of_forged_requests_is_logged_once_per_window_with_a_count() {
+    let logs = crate::common::logs::Captured::default();
+    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let app = TestApp::spawn().await;
+    let body = mention("EvFlood", "<@U0LAN0Z89> hi").to_string();
+    let forge = |app: &TestApp| {
+        let now = app.clock.now();
+        app.client
+            .post(app.url("/slack/events"))
+            .header("x-slack-request-timestamp", now.to_string())
+            .header("x-slack-signature", sign("not-the-secret", now, body.as_bytes()))
+            .body(body.clone())
+            .send()
+    };
+    for _ in 0..30 {
+        assert_eq!(forge(&app).await.unwrap().status(), 401);
+    }
+    app.clock.advance(10);
+    assert_eq!(forge(&app).await.unwrap().status(), 401);
+    app.stop().await;
+
+    let logs = logs.text();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("refused a request that is not signed by Slack"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{logs}");
+    assert!(lines[0].contains("not_logged_since_last=0"), "{}", lines[0]);
+    assert!(lines[1].contains("not_logged_since_last=29"), "{}", lines[1]);
+}
