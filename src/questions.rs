@@ -138,7 +138,10 @@ impl Questions {
         self.metrics.record_answer(self.agent.name(), outcome, seconds);
     }
 
-    async fn answer(&self, job: &Job, q: &Question) -> Result<Done, JobError> {
+    /// Asks the agent and posts its answer. `kept` is the placeholder an earlier run of
+    /// this job left in the thread (it failed for a moment, or its worker died), which is
+    /// reused rather than joined by another.
+    async fn answer(&self, job: &Job, q: &Question, kept: Option<String>) -> Result<Done, JobError> {
         if q.text.is_empty() {
             self.reply_privately(q, messages::help(q.bot_user_id.as_deref()))
                 .await?;
@@ -157,7 +160,10 @@ impl Questions {
         }
         let context = match self.broker.user_context(&q.team, &q.user, None).await {
             Ok(context) => context,
-            Err(error) => return self.without_token(q, error).await,
+            Err(error) => {
+                self.remove_placeholder(q, kept.as_deref()).await;
+                return self.without_token(q, error).await;
+            }
         };
         let key = PersonIn {
             team: &q.team,
@@ -181,9 +187,20 @@ impl Questions {
         // Progress is shown in a placeholder in the thread; private answers go without
         // one (an ephemeral message cannot be updated).
         let placeholder = match self.visibility(q) {
-            AnswerVisibility::Thread => Some(Placeholder::post(&self.slack, q).await?),
+            AnswerVisibility::Thread => Some(Placeholder::show(&self.slack, q, kept.as_deref()).await?),
             AnswerVisibility::Private => None,
         };
+        if let Some(shown) = placeholder.as_ref().filter(|p| kept.as_deref() != Some(p.ts.as_str())) {
+            // Kept with the job: a retry, or another worker after a crash, reuses it.
+            let waiting = Outbox {
+                placeholder: Some(shown.ts.clone()),
+                ..Outbox::default()
+            };
+            if let Err(error) = self.keep(job, &waiting).await {
+                self.remove_placeholder(q, Some(&shown.ts)).await;
+                return Err(error);
+            }
+        }
         let progress: &dyn Progress = match &placeholder {
             Some(placeholder) => placeholder,
             None => &Unwatched,
@@ -206,8 +223,16 @@ impl Questions {
         let (answer, context) = match asked {
             Ok(answered) => answered,
             Err(unanswered) => {
-                self.remove_placeholder(q, placeholder.as_ref().map(|p| p.ts.as_str()))
-                    .await;
+                match (&unanswered, &placeholder) {
+                    // The retry takes the placeholder over; meanwhile it says why it waits.
+                    (Unanswered::Agent(AgentError::Transient { .. }), Some(shown)) => {
+                        shown.working_on(Placeholder::RETRYING).await;
+                    }
+                    _ => {
+                        self.remove_placeholder(q, placeholder.as_ref().map(|p| p.ts.as_str()))
+                            .await;
+                    }
+                }
                 if let Unanswered::Agent(error) = &unanswered {
                     let outcome = match error {
                         AgentError::NoAccess(_) => AnswerOutcome::NoAccess,
@@ -269,6 +294,7 @@ impl Questions {
             _ => render::answer(&answer, &by, q.answer_thread(), None),
         };
         let outbox = Outbox {
+            answered: true,
             placeholder,
             messages: rendered.messages.into(),
             posted: 0,
@@ -284,9 +310,7 @@ impl Questions {
 
     /// Posts what an earlier run of this job left undelivered; the agent is not asked
     /// again.
-    async fn resume(&self, job: &Job, q: &Question, kept: &str) -> Result<Done, JobError> {
-        let outbox: Outbox =
-            serde_json::from_str(kept).map_err(|e| JobError::Permanent(format!("unreadable answer outbox: {e}")))?;
+    async fn resume(&self, job: &Job, q: &Question, outbox: Outbox) -> Result<Done, JobError> {
         tracing::info!(left = outbox.messages.len(), "resuming an answer's delivery");
         if !self.still_linked(q).await? {
             return self.drop_answer(q, outbox.placeholder.as_deref()).await;
@@ -621,11 +645,15 @@ impl Questions {
     }
 }
 
-/// An answer on its way to Slack, kept with its job after every message posted: a retry
-/// after a Slack failure resumes here instead of asking the agent again (which would post
-/// parts twice, and ask Genie the question twice).
-#[derive(Debug, Serialize, Deserialize)]
+/// What a question's job has sent to Slack so far, kept with the job: its "Thinking…"
+/// placeholder as soon as it is posted, and once the agent has answered, the answer's
+/// messages, ticked off as Slack takes them. A retry after a Slack failure resumes here
+/// instead of asking the agent again (which would post parts twice, and ask Genie the
+/// question twice).
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Outbox {
+    /// Whether the agent has answered (`messages` and `csv` are its answer).
+    answered: bool,
     /// The "Thinking…" message the next part replaces, while it is still there.
     placeholder: Option<String>,
     /// Messages not posted yet, in order.
@@ -654,11 +682,34 @@ struct Placeholder<'a> {
 
 impl<'a> Placeholder<'a> {
     const FIRST: &'static str = "Thinking…";
+    /// Shown while a question waits to be tried again.
+    const RETRYING: &'static str = "Databricks is busy — I'll try again in a moment…";
 
-    async fn post(slack: &'a SlackApi, q: &Question) -> Result<Self, JobError> {
-        let ts = slack
-            .post_message(&q.channel, q.answer_thread(), messages::working(Self::FIRST))
-            .await?;
+    /// Shows "Thinking…": in the placeholder at `kept` when Slack still has it, else in a
+    /// new one.
+    async fn show(slack: &'a SlackApi, q: &Question, kept: Option<&str>) -> Result<Self, JobError> {
+        let reused = match kept {
+            Some(ts) => match slack
+                .update_message(&q.channel, ts, messages::working(Self::FIRST))
+                .await
+            {
+                Ok(()) => Some(ts.to_owned()),
+                Err(error) if error.is_transient() => return Err(error.into()),
+                Err(error) => {
+                    tracing::info!(error = %error, "the earlier placeholder is gone; posting a new one");
+                    None
+                }
+            },
+            None => None,
+        };
+        let ts = match reused {
+            Some(ts) => ts,
+            None => {
+                slack
+                    .post_message(&q.channel, q.answer_thread(), messages::working(Self::FIRST))
+                    .await?
+            }
+        };
         Ok(Self {
             slack,
             channel: q.channel.clone(),
@@ -694,9 +745,15 @@ fn parse(job: &Job) -> Result<Question, JobError> {
 impl JobHandler for Questions {
     async fn run(&self, job: &Job) -> Result<Done, JobError> {
         let q = parse(job)?;
-        match job.outbox.as_deref() {
-            Some(kept) => self.resume(job, &q, kept).await,
-            None => self.answer(job, &q).await,
+        let outbox = match job.outbox.as_deref() {
+            Some(kept) => serde_json::from_str::<Outbox>(kept)
+                .map_err(|e| JobError::Permanent(format!("unreadable answer outbox: {e}")))?,
+            None => Outbox::default(),
+        };
+        if outbox.answered {
+            self.resume(job, &q, outbox).await
+        } else {
+            self.answer(job, &q, outbox.placeholder).await
         }
     }
 
@@ -718,7 +775,7 @@ impl JobHandler for Questions {
             self.remove_placeholder(&q, outbox.placeholder.as_deref()).await;
         }
         let reason = match outbox {
-            Some(outbox) if outbox.messages.is_empty() => CSV_NOT_ATTACHED.to_owned(),
+            Some(outbox) if outbox.answered && outbox.messages.is_empty() => CSV_NOT_ATTACHED.to_owned(),
             Some(outbox) if outbox.posted > 0 => format!("the rest of the answer could not be posted: {why}"),
             _ => why,
         };

@@ -457,11 +457,17 @@ async fn a_question_that_keeps_failing_ends_with_a_message_to_the_person() {
         text.contains("warehouse starting; please try again in a few minutes"),
         "an agent's transient reason is written for the person: {text}"
     );
-    assert_eq!(
-        app.slack_calls("chat.delete").await.len(),
-        3,
-        "each attempt's placeholder is removed"
-    );
+    // One placeholder throughout: it says why it waits between tries, each try takes it
+    // over again, and it goes when the person is told.
+    let placeholders = app.slack_calls("chat.postMessage").await;
+    assert_eq!(placeholders.len(), 1, "{placeholders:?}");
+    let updates = app.slack_calls("chat.update").await;
+    let shown: Vec<&str> = updates.iter().map(|u| u["text"].as_str().unwrap()).collect();
+    let busy = "Databricks is busy — I'll try again in a moment…";
+    assert_eq!(shown, [busy, "Thinking…", busy, "Thinking…", busy]);
+    let deleted = app.slack_calls("chat.delete").await;
+    assert_eq!(deleted.len(), 1, "removed once, at the end");
+    assert!(updates.iter().all(|u| u["ts"] == deleted[0]["ts"]), "{updates:?}");
     app.stop().await;
 }
 
