@@ -651,6 +651,13 @@ fn slack_internal_error() -> ResponseTemplate {
     ResponseTemplate::new(200).set_body_json(json!({"ok": false, "error": "internal_error"}))
 }
 
+/// Slack failing every post that carries part of the long answer (the placeholder aside).
+fn failing_answer_posts() -> Mock {
+    Mock::given(path("/api/chat.postMessage"))
+        .and(body_string_contains("word"))
+        .respond_with(slack_internal_error())
+}
+
 /// An app whose company agent answers every question with a long text (two or more
 /// messages, 3,000 "word"s), and whose fake Slack answers with `slack_mocks` first.
 async fn spawn_long_answer(slack_mocks: Vec<Mock>, workers: WorkerConfig) -> (TestApp, MockServer) {
@@ -685,10 +692,7 @@ async fn answer_parts(app: &TestApp, api_method: &str) -> Vec<Value> {
 #[tokio::test]
 async fn a_slack_failure_part_way_through_an_answer_resumes_it_without_asking_again() {
     // The answer's second message (the first replaces the placeholder) fails once.
-    let fail_once = Mock::given(path("/api/chat.postMessage"))
-        .and(body_string_contains("word"))
-        .respond_with(slack_internal_error())
-        .up_to_n_times(1);
+    let fail_once = failing_answer_posts().up_to_n_times(1);
     let (app, agent) = spawn_long_answer(vec![fail_once], fast_workers()).await;
     app.retry_now(1).await;
     assert_eq!(app.settled_job_states().await, ["done"]);
@@ -719,9 +723,7 @@ async fn a_slack_failure_part_way_through_an_answer_resumes_it_without_asking_ag
 // no silent half answer, and no "Thinking…" left behind.
 #[tokio::test]
 async fn when_the_rest_of_an_answer_cannot_be_posted_the_person_is_told() {
-    let always_fail = Mock::given(path("/api/chat.postMessage"))
-        .and(body_string_contains("word"))
-        .respond_with(slack_internal_error());
+    let always_fail = failing_answer_posts();
     let workers = WorkerConfig {
         max_attempts: 2,
         ..fast_workers()
@@ -758,10 +760,7 @@ async fn when_the_rest_of_an_answer_cannot_be_posted_the_person_is_told() {
 // posted yet is dropped, and they are told why.
 #[tokio::test]
 async fn the_rest_of_an_answer_is_dropped_when_the_person_disconnects_before_the_retry() {
-    let fail_once = Mock::given(path("/api/chat.postMessage"))
-        .and(body_string_contains("word"))
-        .respond_with(slack_internal_error())
-        .up_to_n_times(1);
+    let fail_once = failing_answer_posts().up_to_n_times(1);
     let (app, _agent) = spawn_long_answer(vec![fail_once], fast_workers()).await;
     app.wait_for_calls("chat.update", 1).await;
     let (team, user) = (TeamId::parse("T061EG9R6").unwrap(), UserId::parse("U061F7AUR").unwrap());
