@@ -683,7 +683,7 @@ struct Placeholder<'a> {
 impl<'a> Placeholder<'a> {
     const FIRST: &'static str = "Thinking…";
     /// Shown while a question waits to be tried again.
-    const RETRYING: &'static str = "Databricks is busy — I'll try again in a moment…";
+    const RETRYING: &'static str = "Taking longer than usual — I'll try again in a moment…";
 
     /// Shows "Thinking…": in the placeholder at `kept` when Slack still has it, else in a
     /// new one.

@@ -463,7 +463,7 @@ async fn a_question_that_keeps_failing_ends_with_a_message_to_the_person() {
     assert_eq!(placeholders.len(), 1, "{placeholders:?}");
     let updates = app.slack_calls("chat.update").await;
     let shown: Vec<&str> = updates.iter().map(|u| u["text"].as_str().unwrap()).collect();
-    let busy = "Databricks is busy — I'll try again in a moment…";
+    let busy = "Taking longer than usual — I'll try again in a moment…";
     assert_eq!(shown, [busy, "Thinking…", busy, "Thinking…", busy]);
     let deleted = app.slack_calls("chat.delete").await;
     assert_eq!(deleted.len(), 1, "removed once, at the end");
