@@ -5,7 +5,7 @@
 //! where it was asked; anyone else gets a fresh single-use link, privately, with the
 //! question kept to answer after linking.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -296,26 +296,25 @@ impl Questions {
         let outbox = Outbox {
             answered: true,
             placeholder,
-            messages: rendered.messages.into(),
-            posted: 0,
+            messages: rendered.messages,
             csv: rendered.csv,
         };
         if let Err(error) = self.keep(job, &outbox).await {
             self.remove_placeholder(q, outbox.placeholder.as_deref()).await;
             return Err(error);
         }
-        self.deliver(job, q, outbox).await?;
+        self.deliver(job, q, &outbox, 0).await?;
         Ok(Done::Finished)
     }
 
     /// Posts what an earlier run of this job left undelivered; the agent is not asked
     /// again.
-    async fn resume(&self, job: &Job, q: &Question, outbox: Outbox) -> Result<Done, JobError> {
-        tracing::info!(left = outbox.messages.len(), "resuming an answer's delivery");
+    async fn resume(&self, job: &Job, q: &Question, outbox: &Outbox, sent: usize) -> Result<Done, JobError> {
+        tracing::info!(sent, of = outbox.messages.len(), "resuming an answer's delivery");
         if !self.still_linked(q).await? {
-            return self.drop_answer(q, outbox.placeholder.as_deref()).await;
+            return self.drop_answer(q, outbox.placeholder_at(sent)).await;
         }
-        self.deliver(job, q, outbox).await?;
+        self.deliver(job, q, outbox, sent).await?;
         Ok(Done::Finished)
     }
 
@@ -395,28 +394,31 @@ impl Questions {
         }
     }
 
-    /// Posts an answer: in the thread (the first message replaces the placeholder), or
-    /// privately; then the CSV, where the answer went (a private answer's: the person's
-    /// direct messages with the bot). Progress is kept after every message, so a Slack
-    /// failure part-way is retried from where it stopped.
-    async fn deliver(&self, job: &Job, q: &Question, mut outbox: Outbox) -> Result<(), JobError> {
-        while let Some(content) = outbox.messages.front().cloned() {
-            let mut posted = self.post_part(q, &mut outbox.placeholder, content.clone()).await;
+    /// Posts an answer from its `sent`th message on: in the thread (the first message
+    /// replaces the placeholder), or privately; then the CSV, where the answer went (a
+    /// private answer's: the person's direct messages with the bot). Each message taken is
+    /// ticked off with the job, so a Slack failure part-way is retried from where it
+    /// stopped.
+    async fn deliver(&self, job: &Job, q: &Question, outbox: &Outbox, mut sent: usize) -> Result<(), JobError> {
+        let mut placeholder = outbox.placeholder_at(sent).map(str::to_owned);
+        for content in outbox.messages.iter().skip(sent) {
+            let mut posted = self.post_part(q, &mut placeholder, content.clone()).await;
             // Slack refused the message itself, most likely over blocks the company's agent
             // sent: the answer's words still go out.
-            if let (Err(JobError::Permanent(refused)), Some(plain)) = (&posted, render::plain(&content)) {
+            if let Err(JobError::Permanent(refused)) = &posted
+                && let Some(plain) = render::plain(content)
+            {
                 tracing::warn!(
                     refused,
                     "Slack refused an answer's blocks; posting it without the agent's"
                 );
-                posted = self.post_part(q, &mut outbox.placeholder, plain).await;
+                posted = self.post_part(q, &mut placeholder, plain).await;
             }
-            if posted.is_ok() {
-                outbox.messages.pop_front();
-                outbox.posted += 1;
-            }
-            self.keep(job, &outbox).await?;
             posted?;
+            sent += 1;
+            if !self.store.tick_outbox(job, sent as i64).await? {
+                return Err(JobError::transient("another worker took over this question"));
+            }
         }
         let Some(csv) = &outbox.csv else {
             return Ok(());
@@ -474,7 +476,7 @@ impl Questions {
             .map_err(JobError::from)
     }
 
-    /// Keeps what is left of `outbox` with the job, for a retry to resume from.
+    /// Keeps `outbox` with the job, for a retry to resume from.
     async fn keep(&self, job: &Job, outbox: &Outbox) -> Result<(), JobError> {
         let kept = serde_json::to_string(outbox).expect("an outbox serialises");
         if self.store.keep_outbox(job, &kept).await? {
@@ -645,23 +647,29 @@ impl Questions {
     }
 }
 
-/// What a question's job has sent to Slack so far, kept with the job: its "Thinking…"
-/// placeholder as soon as it is posted, and once the agent has answered, the answer's
-/// messages, ticked off as Slack takes them. A retry after a Slack failure resumes here
-/// instead of asking the agent again (which would post parts twice, and ask Genie the
-/// question twice).
+/// What a question's job sends to Slack, kept with the job: its "Thinking…" placeholder
+/// as soon as it is posted, then the agent's answer, written once; the job counts the
+/// messages Slack has taken (`jobs.outbox_sent`). A retry after a Slack failure resumes
+/// there instead of asking the agent again (which would post parts twice, and ask Genie
+/// the question twice).
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Outbox {
     /// Whether the agent has answered (`messages` and `csv` are its answer).
     answered: bool,
-    /// The "Thinking…" message the next part replaces, while it is still there.
+    /// The "Thinking…" message the first message replaces.
     placeholder: Option<String>,
-    /// Messages not posted yet, in order.
-    messages: VecDeque<SlackMessageContent>,
-    /// Messages posted already.
-    posted: usize,
-    /// The whole table, when it did not fit inline; cleared once attached.
+    /// The answer's messages, in order.
+    messages: Vec<SlackMessageContent>,
+    /// The whole table, when it did not fit inline: attached after the messages.
     csv: Option<FileUpload>,
+}
+
+impl Outbox {
+    /// The placeholder still in the thread once `sent` messages went out: the first one
+    /// replaced it.
+    fn placeholder_at(&self, sent: usize) -> Option<&str> {
+        self.placeholder.as_deref().filter(|_| sent == 0)
+    }
 }
 
 /// Why an agent run ended without an answer.
@@ -751,7 +759,8 @@ impl JobHandler for Questions {
             None => Outbox::default(),
         };
         if outbox.answered {
-            self.resume(job, &q, outbox).await
+            let sent = usize::try_from(job.outbox_sent).unwrap_or(0);
+            self.resume(job, &q, &outbox, sent).await
         } else {
             self.answer(job, &q, outbox.placeholder).await
         }
@@ -765,18 +774,21 @@ impl JobHandler for Questions {
         };
         // How far this run got, as kept with the job.
         let outbox = match self.store.job_outbox(job).await {
-            Ok(kept) => kept.and_then(|kept| serde_json::from_str::<Outbox>(&kept).ok()),
+            Ok(kept) => kept.and_then(|(kept, sent)| {
+                let outbox = serde_json::from_str::<Outbox>(&kept).ok()?;
+                Some((outbox, usize::try_from(sent).unwrap_or(0)))
+            }),
             Err(e) => {
                 tracing::warn!(error = %e, reference, "could not read how far an answer got");
                 None
             }
         };
-        if let Some(outbox) = &outbox {
-            self.remove_placeholder(&q, outbox.placeholder.as_deref()).await;
+        if let Some((outbox, sent)) = &outbox {
+            self.remove_placeholder(&q, outbox.placeholder_at(*sent)).await;
         }
         let reason = match outbox {
-            Some(outbox) if outbox.answered && outbox.messages.is_empty() => CSV_NOT_ATTACHED.to_owned(),
-            Some(outbox) if outbox.posted > 0 => format!("the rest of the answer could not be posted: {why}"),
+            Some((outbox, sent)) if outbox.answered && sent >= outbox.messages.len() => CSV_NOT_ATTACHED.to_owned(),
+            Some((_, sent)) if sent > 0 => format!("the rest of the answer could not be posted: {why}"),
             _ => why,
         };
         if let Err(e) = self

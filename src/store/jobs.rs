@@ -35,6 +35,8 @@ pub struct Job {
     pub attempts: i64,
     /// What an earlier run left to send (JSON understood by the job's handler).
     pub outbox: Option<String>,
+    /// How many of the outbox's messages Slack has taken.
+    pub outbox_sent: i64,
 }
 
 impl Job {
@@ -81,7 +83,7 @@ macro_rules! claim_sql {
             "AND r.state = 'running' AND r.lease_until >= $2) < $3 ",
             "ORDER BY j.id LIMIT 1 ",
             $lock,
-            ") RETURNING id, kind, team_id, user_id, payload, attempts, outbox"
+            ") RETURNING id, kind, team_id, user_id, payload, attempts, outbox, outbox_sent"
         )
     };
 }
@@ -148,12 +150,28 @@ impl Store {
         .await
     }
 
-    /// Keeps what is left to send of a held job's work, for a retry to resume from.
-    /// False when the job was lost to another worker.
+    /// Keeps what a held job has to send, none of it sent yet, for a retry to resume
+    /// from. False when the job was lost to another worker.
     pub async fn keep_outbox(&self, job: &Job, outbox: &str) -> Result<bool, sqlx::Error> {
         on_pool!(self.write, |pool| {
-            sqlx::query("UPDATE jobs SET outbox = $1 WHERE id = $2 AND attempts = $3 AND state = 'running'")
-                .bind(outbox)
+            sqlx::query(
+                "UPDATE jobs SET outbox = $1, outbox_sent = 0 WHERE id = $2 AND attempts = $3 AND state = 'running'",
+            )
+            .bind(outbox)
+            .bind(job.id)
+            .bind(job.attempts)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected() == 1)
+        })
+    }
+
+    /// Records that Slack has taken `sent` of the outbox's messages (a small write: the
+    /// outbox itself, CSV and all, is written once).
+    pub async fn tick_outbox(&self, job: &Job, sent: i64) -> Result<bool, sqlx::Error> {
+        on_pool!(self.write, |pool| {
+            sqlx::query("UPDATE jobs SET outbox_sent = $1 WHERE id = $2 AND attempts = $3 AND state = 'running'")
+                .bind(sent)
                 .bind(job.id)
                 .bind(job.attempts)
                 .execute(pool)
@@ -162,14 +180,14 @@ impl Store {
         })
     }
 
-    /// A job's outbox as it is now (the one read with the claim may be older).
-    pub async fn job_outbox(&self, job: &Job) -> Result<Option<String>, sqlx::Error> {
+    /// A job's outbox and how much of it was sent, as they are now (what was read with
+    /// the claim may be older).
+    pub async fn job_outbox(&self, job: &Job) -> Result<Option<(String, i64)>, sqlx::Error> {
         on_pool!(self.write, |pool| {
-            sqlx::query_scalar("SELECT outbox FROM jobs WHERE id = $1")
+            sqlx::query_as("SELECT outbox, outbox_sent FROM jobs WHERE id = $1 AND outbox IS NOT NULL")
                 .bind(job.id)
                 .fetch_optional(pool)
                 .await
-                .map(Option::flatten)
         })
     }
 
@@ -177,7 +195,7 @@ impl Store {
     pub async fn complete_job(&self, job: &Job, now: i64) -> Result<bool, sqlx::Error> {
         self.update_claimed(
             job,
-            "UPDATE jobs SET state = 'done', lease_until = NULL, updated_at = $1, outbox = NULL \
+            "UPDATE jobs SET state = 'done', lease_until = NULL, updated_at = $1, outbox = NULL, outbox_sent = 0 \
              WHERE id = $2 AND attempts = $3 AND state = 'running'",
             now,
             None,
@@ -219,8 +237,8 @@ impl Store {
     pub async fn fail_job(&self, job: &Job, now: i64, error: &str) -> Result<bool, sqlx::Error> {
         self.update_claimed(
             job,
-            "UPDATE jobs SET state = 'failed', lease_until = NULL, updated_at = $1, error = $4, outbox = NULL \
-             WHERE id = $2 AND attempts = $3 AND state = 'running'",
+            "UPDATE jobs SET state = 'failed', lease_until = NULL, updated_at = $1, error = $4, outbox = NULL, \
+             outbox_sent = 0 WHERE id = $2 AND attempts = $3 AND state = 'running'",
             now,
             Some(error),
         )

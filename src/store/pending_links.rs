@@ -6,8 +6,8 @@
 //! button and got the binding cookie) → `exchanging` (the Databricks callback is being
 //! handled, exactly once) → `completed` or `failed` — or, when the sign-in is another
 //! Databricks account than the linked one, `confirming` until the person replaces or
-//! keeps (LNK-09). A newer link for the same person makes older live ones `superseded`. Every step is one conditional UPDATE, so two
-//! requests can never both take it.
+//! keeps (LNK-09). A newer link for the same person makes older live ones `superseded`.
+//! Every step is one conditional UPDATE, so two requests can never both take it.
 
 use super::links::{NewLink, upsert_link_query};
 use super::{Pool, Store, WritePool, on_pool};

@@ -160,7 +160,7 @@ impl Store {
                 .await?
                 .rows_affected();
             let stopped_jobs = sqlx::query(
-                "UPDATE jobs SET state = 'failed', lease_until = NULL, error = $1, updated_at = $2, outbox = NULL \
+                "UPDATE jobs SET state = 'failed', lease_until = NULL, error = $1, updated_at = $2, outbox = NULL, outbox_sent = 0 \
                  WHERE team_id = $3 AND state IN ('queued', 'waiting', 'running')",
             )
             .bind(reason)

@@ -367,18 +367,22 @@ async fn an_outbox_is_kept_for_the_retry_fenced_and_cleared_when_the_job_ends() 
                 .unwrap();
         }
         let a = store.claim_job(NOW, NOW + 60, 2).await.unwrap().unwrap();
-        assert_eq!(a.outbox, None);
-        assert!(store.keep_outbox(&a, r#"{"left":2}"#).await.unwrap());
-        assert!(store.keep_outbox(&a, r#"{"left":1}"#).await.unwrap());
-        assert_eq!(store.job_outbox(&a).await.unwrap().as_deref(), Some(r#"{"left":1}"#));
+        assert_eq!((a.outbox.as_deref(), a.outbox_sent), (None, 0));
+        assert!(store.keep_outbox(&a, "placeholder").await.unwrap());
+        assert!(store.keep_outbox(&a, "answer").await.unwrap());
+        assert!(store.tick_outbox(&a, 1).await.unwrap());
+        assert_eq!(store.job_outbox(&a).await.unwrap(), Some(("answer".into(), 1)));
         assert!(store.retry_job(&a, NOW, NOW, "Slack 500").await.unwrap());
         assert!(
-            !store.keep_outbox(&a, r#"{"left":0}"#).await.unwrap(),
+            !store.tick_outbox(&a, 2).await.unwrap() && !store.keep_outbox(&a, "other").await.unwrap(),
             "{}: a job no longer held is fenced",
             db.name
         );
         let again = store.claim_job(NOW + 1, NOW + 61, 2).await.unwrap().unwrap();
-        assert_eq!((again.id, again.outbox.as_deref()), (a.id, Some(r#"{"left":1}"#)));
+        assert_eq!(
+            (again.id, again.outbox.as_deref(), again.outbox_sent),
+            (a.id, Some("answer"), 1)
+        );
         assert!(store.complete_job(&again, NOW + 2).await.unwrap());
         assert_eq!(store.job_outbox(&again).await.unwrap(), None, "cleared when done");
 
