@@ -163,13 +163,23 @@ impl Purpose {
 /// Whose secret an envelope holds; bound into the associated data.
 #[derive(Debug, Clone, Copy)]
 pub struct Binding<'a> {
-    pub purpose: Purpose,
-    pub team: &'a TeamId,
-    pub user: &'a UserId,
-    pub workspace: &'a WorkspaceHost,
+    purpose: Purpose,
+    team: &'a TeamId,
+    user: &'a UserId,
+    workspace: &'a WorkspaceHost,
 }
 
-impl Binding<'_> {
+impl<'a> Binding<'a> {
+    /// `purpose`'s secret of `user` in `team`, for `workspace`.
+    pub fn new(purpose: Purpose, team: &'a TeamId, user: &'a UserId, workspace: &'a WorkspaceHost) -> Self {
+        Self {
+            purpose,
+            team,
+            user,
+            workspace,
+        }
+    }
+
     fn aad(&self, key_id: &KeyId) -> Vec<u8> {
         let mut aad = Vec::with_capacity(128);
         for field in [

@@ -24,9 +24,7 @@
 //! - [`agent`] — the `Agent` seam that answers as the asker: Genie, the llm agent, http, ADK.
 //! - [`outbound`] — the HTTP client for outbound calls: no redirects, timeouts.
 
-pub mod account;
 pub mod agent;
-pub mod breaker;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -34,14 +32,13 @@ pub mod crypto;
 pub mod databricks;
 pub mod domain;
 pub mod http;
-pub mod key_rotation;
+pub mod intake;
+pub mod jobs;
+pub mod lifecycle;
 pub mod linking;
+pub mod metrics;
 pub mod outbound;
-pub mod questions;
-pub mod retention;
-pub mod sharing;
 pub mod slack;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
-pub mod worker;

@@ -11,54 +11,32 @@ use anyhow::Context;
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
-use crate::account::{Account, CONNECT_JOB, DISCONNECT_JOB, HOME_JOB};
 use crate::agent::{self, Agent};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::databricks::broker::TokenBroker;
 use crate::databricks::oauth::{self, DatabricksOAuth};
 use crate::http::slack::SlackRoutes;
-use crate::http::{self, AppState, metrics::Metrics};
+use crate::http::{self, AppState};
+use crate::intake::commands::Commands;
+use crate::intake::events::Intake;
+use crate::intake::interactions::Interactions;
+use crate::intake::socket_mode::{SlackHandlers, SocketMode};
+use crate::jobs::account::{Account, CONNECT_JOB, DISCONNECT_JOB, HOME_JOB};
+use crate::jobs::question::{QUESTION_JOB, Questions};
+use crate::jobs::retention::Retention;
+use crate::jobs::share::{SHARE_JOB, Sharing};
+use crate::jobs::worker::{ByKind, JobHandler, WorkerConfig, Workers};
+use crate::lifecycle::Lifecycle;
 use crate::linking::LinkFlow;
-use crate::questions::{QUESTION_JOB, Questions};
-use crate::retention::Retention;
-use crate::sharing::{SHARE_JOB, Sharing};
+use crate::metrics::Metrics;
 use crate::slack::api::SlackApi;
-use crate::slack::commands::Commands;
-use crate::slack::intake::Intake;
-use crate::slack::interactions::Interactions;
 use crate::slack::oidc::SlackOidc;
-use crate::slack::socket_mode::{SlackHandlers, SocketMode};
 use crate::store::Store;
-use crate::worker::{ByKind, JobHandler, WorkerConfig, Workers};
 
 /// How long in-flight work may take to finish once shutdown begins.
 pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(20);
-
-/// Whether the process is running or draining; shared by everything that must stop.
-#[derive(Clone, Debug, Default)]
-pub struct Lifecycle {
-    shutdown: CancellationToken,
-}
-
-impl Lifecycle {
-    /// Begins shutdown: readiness turns false and no new work is accepted.
-    pub fn begin_shutdown(&self) {
-        self.shutdown.cancel();
-    }
-
-    /// Whether shutdown has begun.
-    pub fn is_draining(&self) -> bool {
-        self.shutdown.is_cancelled()
-    }
-
-    /// Completes when shutdown begins.
-    pub async fn draining(&self) {
-        self.shutdown.cancelled().await
-    }
-}
 
 /// What a running service is made of that tests (and later, other deployments) choose.
 pub struct Dependencies {
@@ -117,8 +95,7 @@ impl Application {
         let account = Account {
             store: store.clone(),
             slack: slack.clone(),
-            vault: config.vault.clone(),
-            oauth: oauth.clone(),
+            broker: broker.clone(),
             public_base_url: config.public_base_url.clone(),
             clock: deps.clock.clone(),
         };
@@ -126,6 +103,7 @@ impl Application {
             store: store.clone(),
             vault: config.vault.clone(),
             oauth,
+            broker: broker.clone(),
             slack: slack.clone(),
             http,
             clock: deps.clock.clone(),
@@ -300,26 +278,5 @@ impl Application {
         store.close().await;
         tracing::info!("stopped");
         outcome
-    }
-}
-
-/// Completes on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                sigterm.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => tracing::info!("Ctrl-C received"),
-        () = terminate => tracing::info!("SIGTERM received"),
     }
 }

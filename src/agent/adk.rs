@@ -51,7 +51,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use url::Url;
 
-use crate::agent::http::{Reply, UNREADABLE, exchange};
+use crate::agent::external::{Reply, UNREADABLE, exchange};
 use crate::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Progress};
 
 /// The `state_delta` key carrying the asker's access token.

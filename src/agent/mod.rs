@@ -6,8 +6,8 @@
 //! stores it. Backends live in their own modules; [`from_config`] picks one.
 
 pub mod adk;
+pub mod external;
 pub mod genie;
-pub mod http;
 pub mod llm;
 
 use std::sync::Arc;
@@ -20,6 +20,8 @@ use crate::config::{AgentConfig, AgentKind};
 use crate::databricks::api::ApiError;
 
 pub use crate::databricks::broker::UserContext;
+pub use crate::databricks::sql::Table;
+pub use crate::databricks::{Progress, Unwatched};
 
 /// A question to answer, who asked it, and where.
 #[derive(Debug, Clone)]
@@ -41,15 +43,6 @@ pub struct Thread {
     pub channel: String,
     /// The thread's root message, or `None` for a direct message outside a thread.
     pub thread_ts: Option<String>,
-}
-
-/// A table of results: the first rows of a query, as strings (`None` is SQL NULL).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Table {
-    pub columns: Vec<String>,
-    pub rows: Vec<Vec<Option<String>>>,
-    /// Rows the whole result has, when known (may exceed `rows.len()`).
-    pub total_rows: Option<u64>,
 }
 
 /// An answer. `text` is the agent's prose (Markdown-ish; escaped when posted), the rest is
@@ -129,21 +122,6 @@ impl From<ApiError> for AgentError {
     }
 }
 
-/// Told what an agent is doing, to show the person while they wait.
-#[async_trait]
-pub trait Progress: Send + Sync {
-    /// The agent is now doing `status` (e.g. "Running query…").
-    async fn working_on(&self, status: &str);
-}
-
-/// Progress nobody watches.
-pub struct Unwatched;
-
-#[async_trait]
-impl Progress for Unwatched {
-    async fn working_on(&self, _status: &str) {}
-}
-
 /// Something that answers questions.
 #[async_trait]
 pub trait Agent: Send + Sync + 'static {
@@ -167,7 +145,7 @@ pub fn from_config(config: &AgentConfig) -> Arc<dyn Agent> {
             config.warehouse_id.clone(),
             config.genie_space_id.clone(),
         )),
-        AgentKind::Http => Arc::new(http::HttpAgent::new(external_client(), url())),
+        AgentKind::Http => Arc::new(external::HttpAgent::new(external_client(), url())),
         AgentKind::Adk => Arc::new(adk::Adk::new(external_client(), url(), required(&config.adk_app_name))),
     }
 }

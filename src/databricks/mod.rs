@@ -6,3 +6,20 @@ pub mod broker;
 pub mod genie;
 pub mod oauth;
 pub mod sql;
+
+use async_trait::async_trait;
+
+/// Told what an agent is doing, to show the person while they wait.
+#[async_trait]
+pub trait Progress: Send + Sync {
+    /// The agent is now doing `status` (e.g. "Running query…").
+    async fn working_on(&self, status: &str);
+}
+
+/// Progress nobody watches.
+pub struct Unwatched;
+
+#[async_trait]
+impl Progress for Unwatched {
+    async fn working_on(&self, _status: &str) {}
+}

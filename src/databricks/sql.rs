@@ -10,8 +10,17 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::agent::{Progress, Table};
+use crate::databricks::Progress;
 use crate::databricks::api::{ApiError, Databricks, path_segment};
+
+/// A table of results: the first rows of a query, as strings (`None` is SQL NULL).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Table {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Option<String>>>,
+    /// Rows the whole result has, when known (may exceed `rows.len()`).
+    pub total_rows: Option<u64>,
+}
 
 /// Rows fetched inline at most (the first chunk); more are counted, not fetched.
 pub const ROW_LIMIT: u64 = 10_000;

@@ -3,7 +3,6 @@
 
 pub mod health;
 pub mod link;
-pub mod metrics;
 pub mod pages;
 pub mod slack;
 
@@ -19,9 +18,9 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
-use crate::startup::Lifecycle;
+use crate::lifecycle::Lifecycle;
+use crate::metrics::{self, Metrics};
 use crate::store::Store;
-use metrics::Metrics;
 
 /// Largest request body accepted. Slack's payloads are a few KiB; the limit is enforced
 /// on the raw stream, before any handler or signature check buffers it (SIG-06).

@@ -16,9 +16,9 @@ use serde::Deserialize;
 use slack_morphism::prelude::*;
 
 use crate::clock::SharedClock;
-use crate::slack::commands::Commands;
-use crate::slack::intake::{Intake, Outcome};
-use crate::slack::interactions::Interactions;
+use crate::intake::commands::Commands;
+use crate::intake::events::{Intake, Outcome};
+use crate::intake::interactions::Interactions;
 use crate::slack::signature;
 
 /// What the Slack routes share.

@@ -1,12 +1,9 @@
-//! Everything Slack: request signing, turning events into jobs, the Web API client, Socket
-//! Mode, and the messages the bot sends.
+//! The Slack side as an outside system: request signing, Sign in with Slack, the Web API
+//! client, and the messages the bot sends. Turning Slack payloads into jobs is
+//! [`crate::intake`]'s.
 
 pub mod api;
-pub mod commands;
-pub mod intake;
-pub mod interactions;
 pub mod messages;
 pub mod oidc;
 pub mod render;
 pub mod signature;
-pub mod socket_mode;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::common::agents::{self, Shown};
 use crate::common::logs::Captured;
 use databricks_slack_bot::agent::adk::Adk;
-use databricks_slack_bot::agent::http::HttpAgent;
+use databricks_slack_bot::agent::external::HttpAgent;
 use databricks_slack_bot::agent::{Agent, AgentAnswer, AgentError, AgentRequest};
 use serde_json::{Value, json};
 use slack_morphism::prelude::SlackBlock;

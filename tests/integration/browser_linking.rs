@@ -246,12 +246,7 @@ async fn a_person_links_in_a_real_browser_and_their_kept_question_is_answered() 
         .unwrap()
         .expect("linked");
     assert_eq!(link.databricks_user_name, ASKER_EMAIL);
-    let binding = Binding {
-        purpose: Purpose::RefreshToken,
-        team: &link.team,
-        user: &link.user,
-        workspace: &link.workspace,
-    };
+    let binding = Binding::new(Purpose::RefreshToken, &link.team, &link.user, &link.workspace);
     let refresh_token = crate::common::vault(&[KEY_A])
         .open(binding, &link.sealed_refresh_token)
         .expect("the key opens it");

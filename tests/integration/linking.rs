@@ -112,12 +112,7 @@ async fn a_person_goes_from_the_prompt_to_linked_and_their_question_is_answered(
         let vault = crate::common::vault(&[KEY_A]);
         let rt = vault
             .open(
-                Binding {
-                    purpose: Purpose::RefreshToken,
-                    team: &link.team,
-                    user: &link.user,
-                    workspace: &link.workspace,
-                },
+                Binding::new(Purpose::RefreshToken, &link.team, &link.user, &link.workspace),
                 &link.sealed_refresh_token,
             )
             .unwrap();

@@ -135,12 +135,7 @@ async fn the_whole_flow_works_against_oidc_provider_configured_like_databricks()
     };
     let before = app.store.find_link(&team, &user).await.unwrap().unwrap();
     let vault = crate::common::vault(&[crate::common::KEY_A]);
-    let binding = Binding {
-        purpose: Purpose::RefreshToken,
-        team: &before.team,
-        user: &before.user,
-        workspace: &before.workspace,
-    };
+    let binding = Binding::new(Purpose::RefreshToken, &before.team, &before.user, &before.workspace);
     let old_refresh_token = vault.open(binding, &before.sealed_refresh_token).unwrap();
     app.clock.advance(3600);
     app.post_event(&mention("Ev2", "<@U0LAN0Z89> the second question"))

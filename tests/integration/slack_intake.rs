@@ -430,7 +430,7 @@ async fn a_rate_limited_post_is_retried_after_retry_after() {
 #[tokio::test]
 async fn a_question_that_keeps_failing_ends_with_a_message_to_the_person() {
     let app = TestApp::spawn_with(crate::common::app::Options {
-        workers: Some(databricks_slack_bot::worker::WorkerConfig {
+        workers: Some(databricks_slack_bot::jobs::worker::WorkerConfig {
             max_attempts: 3,
             ..crate::common::app::fast_workers()
         }),
@@ -477,7 +477,7 @@ async fn a_question_that_keeps_failing_ends_with_a_message_to_the_person() {
 #[tokio::test]
 async fn an_agent_that_keeps_failing_is_given_a_pause_and_no_question_is_lost() {
     let app = TestApp::spawn_with(crate::common::app::Options {
-        workers: Some(databricks_slack_bot::worker::WorkerConfig {
+        workers: Some(databricks_slack_bot::jobs::worker::WorkerConfig {
             per_user_limit: 1, // one question at a time, so the count is exact
             ..crate::common::app::fast_workers()
         }),

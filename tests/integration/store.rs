@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::common::{KEY_A, KEY_B, Person, TestDb, vault};
 use databricks_slack_bot::crypto::{VaultError, envelope_key_id};
-use databricks_slack_bot::key_rotation::{rotate_all, rotate_batch};
+use databricks_slack_bot::databricks::broker::rotation::{rotate_all, rotate_batch};
 use databricks_slack_bot::store::Store;
 use databricks_slack_bot::store::audit::Actor;
 use databricks_slack_bot::store::jobs::{Delivery, NewJob};

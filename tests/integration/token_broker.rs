@@ -514,12 +514,12 @@ async fn debug_output_of_a_context_a_link_and_an_agent_request_shows_no_token() 
     let link = app.store.list_links(None).await.unwrap().remove(0);
     let new_rt = vault(&[KEY_A])
         .open(
-            databricks_slack_bot::crypto::Binding {
-                purpose: databricks_slack_bot::crypto::Purpose::RefreshToken,
-                team: &link.team,
-                user: &link.user,
-                workspace: &link.workspace,
-            },
+            databricks_slack_bot::crypto::Binding::new(
+                databricks_slack_bot::crypto::Purpose::RefreshToken,
+                &link.team,
+                &link.user,
+                &link.workspace,
+            ),
             &link.sealed_refresh_token,
         )
         .unwrap();

@@ -172,12 +172,7 @@ impl Person {
     }
 
     pub fn binding(&self) -> Binding<'_> {
-        Binding {
-            purpose: Purpose::RefreshToken,
-            team: &self.team,
-            user: &self.user,
-            workspace: &self.workspace,
-        }
+        Binding::new(Purpose::RefreshToken, &self.team, &self.user, &self.workspace)
     }
 
     /// Stores a link for this person with `refresh_token` sealed by `vault`.

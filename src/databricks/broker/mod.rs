@@ -11,6 +11,8 @@
 //! - A dead grant marks the link `needs_relink` (once); transient failures leave it
 //!   alone; a rejected client is an operator error that never touches anyone's link.
 
+pub mod rotation;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -181,10 +183,7 @@ impl TokenBroker {
     /// Refreshes while holding the person's refresh claim on `link.version`.
     async fn refresh(&self, link: &Link) -> Result<UserContext, BrokerError> {
         let (team, user, version) = (&link.team, &link.user, link.version);
-        let refresh_token = match self
-            .vault
-            .open(binding(link, Purpose::RefreshToken), &link.sealed_refresh_token)
-        {
+        let refresh_token = match open_refresh_token(&self.vault, link) {
             Ok(token) => token,
             Err(error) => {
                 self.store.release_refresh_lock(team, user, version).await?;
@@ -255,6 +254,15 @@ impl TokenBroker {
 }
 
 impl TokenBroker {
+    /// Revokes `link`'s refresh token where the workspace offers RFC 7009 — best effort:
+    /// the caller forgets the link whatever the workspace says.
+    pub async fn revoke(&self, link: &Link) {
+        match open_refresh_token(&self.vault, link) {
+            Ok(refresh_token) => self.oauth.revoke_quietly(&refresh_token).await,
+            Err(_) => tracing::warn!("a stored refresh token cannot be opened, so it cannot be revoked"),
+        }
+    }
+
     /// Records a failed refresh that left the link as it was (the reason holds no secret:
     /// it is our own classification of the token endpoint's answer).
     async fn audit_refresh_failure(&self, team: &TeamId, user: &UserId, reason: &str, now: i64) {
@@ -272,13 +280,15 @@ impl TokenBroker {
     }
 }
 
+/// What `link`'s secrets of `purpose` are sealed to.
 fn binding(link: &Link, purpose: Purpose) -> Binding<'_> {
-    Binding {
-        purpose,
-        team: &link.team,
-        user: &link.user,
-        workspace: &link.workspace,
-    }
+    Binding::new(purpose, &link.team, &link.user, &link.workspace)
+}
+
+/// Opens `link`'s refresh token: the one place in the bot that does (refresh, revocation
+/// and key rotation all come here).
+fn open_refresh_token(vault: &Vault, link: &Link) -> Result<SecretString, VaultError> {
+    vault.open(binding(link, Purpose::RefreshToken), &link.sealed_refresh_token)
 }
 
 fn context(link: &Link, access_token: SecretString, version: i64) -> UserContext {

@@ -11,9 +11,9 @@ use url::Url;
 
 use crate::clock::SharedClock;
 use crate::domain::{PersonIn, TeamId, UserId};
+use crate::intake::events::Intake;
+use crate::jobs::question::Question;
 use crate::linking::offer_link;
-use crate::questions::Question;
-use crate::slack::intake::Intake;
 use crate::slack::messages;
 use crate::store::Store;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::MissedTickBehavior;
 
 use crate::clock::SharedClock;
-use crate::startup::Lifecycle;
+use crate::lifecycle::Lifecycle;
 use crate::store::Store;
 
 /// How often the purge runs.

@@ -18,10 +18,10 @@ use serde::Deserialize;
 use slack_morphism::prelude::*;
 use tokio::sync::Notify;
 
-use crate::account::{AccountRequest, HOME_JOB};
 use crate::clock::SharedClock;
 use crate::domain::{TeamId, UserId};
-use crate::questions::{QUESTION_JOB, Question};
+use crate::jobs::account::{AccountRequest, HOME_JOB};
+use crate::jobs::question::{QUESTION_JOB, Question};
 use crate::slack::render;
 use crate::store::Store;
 use crate::store::jobs::{Delivery, NewJob};

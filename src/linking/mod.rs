@@ -34,11 +34,11 @@ use tokio::sync::Notify;
 use url::Url;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::account::revoke_refresh_token;
 use crate::clock::SharedClock;
 use crate::config::IdentityCheck;
 use crate::crypto::{Binding, Purpose, Vault};
 use crate::databricks::api::{Databricks, Identity};
+use crate::databricks::broker::TokenBroker;
 use crate::databricks::oauth::DatabricksOAuth;
 use crate::domain::{PersonIn, TeamId, UserId, WorkspaceHost};
 use crate::slack::api::SlackApi;
@@ -194,6 +194,8 @@ pub struct LinkFlow {
     pub store: Store,
     pub vault: Vault,
     pub oauth: DatabricksOAuth,
+    /// Revokes the refresh token a relink replaces.
+    pub broker: Arc<TokenBroker>,
     pub slack: SlackApi,
     pub http: reqwest::Client,
     pub clock: SharedClock,
@@ -662,7 +664,7 @@ impl LinkFlow {
         }
         tracing::info!(databricks_user = %identity.user_name, "linked");
         if let Some(old) = replaces {
-            revoke_refresh_token(&self.oauth, &self.vault, old).await;
+            self.broker.revoke(old).await;
         }
         self.wake.notify_one();
         self.confirm_in_slack(user, identity).await;
@@ -727,12 +729,7 @@ impl LinkFlow {
     }
 
     fn binding<'a>(&'a self, purpose: Purpose, team: &'a TeamId, user: &'a UserId) -> Binding<'a> {
-        Binding {
-            purpose,
-            team,
-            user,
-            workspace: &self.workspace,
-        }
+        Binding::new(purpose, team, user, &self.workspace)
     }
 
     /// Applies `LINK_IDENTITY_CHECK`: the Slack profile email must be one of the

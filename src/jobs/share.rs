@@ -7,11 +7,11 @@ use slack_morphism::prelude::*;
 use url::Url;
 
 use crate::domain::{TeamId, UserId};
+use crate::jobs::worker::{Done, JobError, JobHandler};
 use crate::slack::api::SlackApi;
 use crate::slack::messages;
 use crate::store::Store;
 use crate::store::jobs::Job;
-use crate::worker::{Done, JobError, JobHandler};
 
 /// The `jobs.kind` of a click on "Share in channel".
 pub const SHARE_JOB: &str = "share";

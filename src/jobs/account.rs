@@ -7,23 +7,23 @@
 //! tokens from that row, so none can answer as the person afterwards (TOK-07, TOK-08) —
 //! records who did it, and revokes the refresh token where the workspace offers RFC 7009.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use slack_morphism::prelude::*;
 use url::Url;
 
 use crate::clock::SharedClock;
-use crate::crypto::{Binding, Purpose, Vault};
-use crate::databricks::oauth::DatabricksOAuth;
+use crate::databricks::broker::TokenBroker;
 use crate::domain::{PersonIn, TeamId, UserId};
+use crate::jobs::worker::{Done, JobError, JobHandler};
 use crate::linking::offer_link;
 use crate::slack::api::SlackApi;
 use crate::slack::messages;
 use crate::store::Store;
 use crate::store::audit::Actor;
 use crate::store::jobs::Job;
-use crate::store::links::Link;
-use crate::worker::{Done, JobError, JobHandler};
 
 /// `jobs.kind` of a confirmed Disconnect click.
 pub const DISCONNECT_JOB: &str = "disconnect";
@@ -46,8 +46,7 @@ pub struct AccountRequest {
 pub struct Account {
     pub store: Store,
     pub slack: SlackApi,
-    pub vault: Vault,
-    pub oauth: DatabricksOAuth,
+    pub broker: Arc<TokenBroker>,
     pub public_base_url: Url,
     pub clock: SharedClock,
 }
@@ -57,7 +56,7 @@ impl Account {
     async fn disconnect(&self, request: &AccountRequest) -> Result<Done, JobError> {
         let link = self.store.find_link(&request.team, &request.user).await?;
         if let Some(link) = &link {
-            revoke_refresh_token(&self.oauth, &self.vault, link).await;
+            self.broker.revoke(link).await;
         }
         let was_connected = self
             .store
@@ -123,20 +122,5 @@ impl JobHandler for Account {
 
     async fn give_up(&self, _job: &Job, error: &JobError, reference: &str) {
         tracing::error!(error = %error, reference, "an account job was abandoned");
-    }
-}
-
-/// Revokes `link`'s refresh token where the workspace offers RFC 7009 — best effort: the
-/// caller forgets the link whatever the workspace says.
-pub(crate) async fn revoke_refresh_token(oauth: &DatabricksOAuth, vault: &Vault, link: &Link) {
-    let binding = Binding {
-        purpose: Purpose::RefreshToken,
-        team: &link.team,
-        user: &link.user,
-        workspace: &link.workspace,
-    };
-    match vault.open(binding, &link.sealed_refresh_token) {
-        Ok(refresh_token) => oauth.revoke_quietly(&refresh_token).await,
-        Err(_) => tracing::warn!("a stored refresh token cannot be opened, so it cannot be revoked"),
     }
 }

@@ -6,7 +6,8 @@
 //! and running it again picks up what is left. Rows that cannot be opened (a key no longer
 //! configured, or tampering) are reported by id and left untouched: they fail closed.
 
-use crate::crypto::{Binding, Purpose, Vault, VaultError};
+use super::{binding, open_refresh_token};
+use crate::crypto::{Purpose, Vault, VaultError};
 use crate::domain::{TeamId, UserId};
 use crate::store::Store;
 use crate::store::links::Link;
@@ -70,14 +71,8 @@ pub async fn rotate_batch(
 }
 
 fn reseal(vault: &Vault, link: &Link) -> Result<Vec<u8>, VaultError> {
-    let binding = Binding {
-        purpose: Purpose::RefreshToken,
-        team: &link.team,
-        user: &link.user,
-        workspace: &link.workspace,
-    };
-    let token = vault.open(binding, &link.sealed_refresh_token)?;
-    Ok(vault.seal(binding, &token))
+    let token = open_refresh_token(vault, link)?;
+    Ok(vault.seal(binding(link, Purpose::RefreshToken), &token))
 }
 
 /// Re-seals every row not under the primary key, batch by batch, calling `on_batch` after

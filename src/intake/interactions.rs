@@ -10,10 +10,10 @@
 
 use slack_morphism::prelude::*;
 
-use crate::account::{AccountRequest, CONNECT_JOB, DISCONNECT_JOB};
 use crate::domain::{TeamId, UserId};
-use crate::sharing::{SHARE_JOB, ShareRequest};
-use crate::slack::intake::{Intake, question_from_suggestion};
+use crate::intake::events::{Intake, question_from_suggestion};
+use crate::jobs::account::{AccountRequest, CONNECT_JOB, DISCONNECT_JOB};
+use crate::jobs::share::{SHARE_JOB, ShareRequest};
 use crate::slack::{messages, render};
 use crate::store::jobs::NewJob;
 

@@ -15,8 +15,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::clock::SharedClock;
+use crate::lifecycle::Lifecycle;
 use crate::slack::api::SlackApiError;
-use crate::startup::Lifecycle;
 use crate::store::Store;
 use crate::store::jobs::Job;
 

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use secrecy::{ExposeSecret, SecretString};
 use slack_morphism::prelude::*;
 
+use crate::intake::commands::Commands;
+use crate::intake::events::Intake;
+use crate::intake::interactions::Interactions;
 use crate::slack::api::SlackApi;
-use crate::slack::commands::Commands;
-use crate::slack::intake::Intake;
-use crate::slack::interactions::Interactions;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

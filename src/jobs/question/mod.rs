@@ -16,21 +16,21 @@ use slack_morphism::prelude::*;
 use url::Url;
 
 use crate::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Progress, Thread, Unwatched, UserContext};
-use crate::breaker::{Breaker, OPEN_SECONDS};
 use crate::clock::SharedClock;
 use crate::config::AnswerVisibility;
 use crate::databricks::broker::{BrokerError, TokenBroker};
 use crate::domain::{PersonIn, TeamId, UserId};
-use crate::http::metrics::{AnswerOutcome, Metrics};
+use crate::jobs::breaker::{Breaker, OPEN_SECONDS};
+use crate::jobs::worker::{Done, JobError, JobHandler};
 use crate::linking::offer_link;
 use crate::linking::random_token;
+use crate::metrics::{AnswerOutcome, Metrics};
 use crate::slack::api::{FileUpload, SlackApi};
 use crate::slack::messages;
 use crate::slack::render::{self, Attribution};
 use crate::store::Store;
 use crate::store::jobs::Job;
 use crate::store::private_answers::NewPrivateAnswer;
-use crate::worker::{Done, JobError, JobHandler};
 
 /// The `jobs.kind` of a question.
 pub const QUESTION_JOB: &str = "question";
