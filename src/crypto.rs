@@ -17,7 +17,7 @@ use std::fmt;
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload, rand_core::RngCore};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -132,6 +132,29 @@ pub fn generate_key() -> SecretString {
     let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
     OsRng.fill_bytes(&mut bytes[..]);
     SecretString::from(BASE64.encode(&bytes[..]))
+}
+
+/// `N` bytes from the operating system's CSPRNG, base64url without padding.
+fn random_base64url<const N: usize>() -> SecretString {
+    let mut bytes = Zeroizing::new([0u8; N]);
+    OsRng.fill_bytes(&mut bytes[..]);
+    SecretString::from(URL_SAFE_NO_PAD.encode(&bytes[..]))
+}
+
+/// 32 random bytes, base64url: for cookies, OAuth state and PKCE verifiers (43 chars, the
+/// length RFC 7636 recommends) and share ids.
+pub fn random_token() -> SecretString {
+    random_base64url::<32>()
+}
+
+/// 128 random bits, base64url (22 chars): a link id, short enough for a URL.
+pub fn random_id() -> SecretString {
+    random_base64url::<16>()
+}
+
+/// SHA-256 of a secret, as stored in place of it (link ids, cookies, OAuth state).
+pub fn hash_secret(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
 }
 
 /// What a sealed secret is; part of the associated data, so a PKCE verifier can never be
@@ -531,5 +554,19 @@ mod tests {
             prop_assume!(other.team != who.team || other.user != who.user);
             prop_assert_eq!(vault.open(other.rt(), &sealed).unwrap_err(), VaultError::Integrity);
         }
+    }
+
+    // OA-01, LNK-06: verifiers, states, nonces and cookies are 43 characters of the RFC 7636
+    // alphabet (256 random bits).
+    #[test]
+    fn random_tokens_are_43_url_safe_characters() {
+        let t = random_token();
+        assert_eq!(t.expose_secret().len(), 43);
+        assert!(
+            t.expose_secret()
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
+        assert_ne!(t.expose_secret(), random_token().expose_secret());
     }
 }

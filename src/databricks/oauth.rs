@@ -6,6 +6,7 @@
 //! hop to wherever it points) and every call has a timeout. Token-endpoint failures are
 //! classified so callers can tell a dead grant from a blip from a misconfiguration.
 
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -47,6 +48,16 @@ pub struct Tokens {
     /// Seconds the access token lives; an hour when the server does not say.
     pub expires_in: u64,
     pub scope: Option<String>,
+}
+
+impl fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tokens")
+            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
+            .field("expires_in", &self.expires_in)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a token request failed.
@@ -382,5 +393,21 @@ mod tests {
         let challenge = PkceCodeChallenge::from_code_verifier_sha256(&verifier);
         assert_eq!(challenge.as_str(), vector["code_challenge"].as_str().unwrap());
         assert_eq!(challenge.method().as_str(), "S256");
+    }
+
+    // LOG-01: tokens never reach a log line through `Debug`.
+    #[test]
+    fn tokens_debug_without_the_tokens() {
+        let tokens = Tokens {
+            access_token: SecretString::from("at-secret-1"),
+            refresh_token: Some(SecretString::from("rt-secret-2")),
+            expires_in: 3600,
+            scope: Some("all-apis offline_access".into()),
+        };
+        let shown = format!("{tokens:?}");
+        assert!(
+            !shown.contains("at-secret-1") && !shown.contains("rt-secret-2"),
+            "{shown}"
+        );
     }
 }

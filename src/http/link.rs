@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -14,6 +15,7 @@ use serde::Deserialize;
 
 use super::pages::{escape_html, message, page};
 use crate::linking::{CallbackOutcome, CallbackQuery, LinkFlow, PENDING_LINK_TTL_SECONDS, Unusable};
+use crate::store::pending_links::PendingStatus;
 
 /// The linking routes.
 pub fn router(flow: Arc<LinkFlow>) -> Router {
@@ -180,15 +182,21 @@ fn outcome_page(outcome: CallbackOutcome) -> Response {
 /// The confirmation form's answer.
 #[derive(Deserialize)]
 struct Decision {
-    decision: String,
+    decision: Option<String>,
 }
 
 /// LNK-09: replaces the person's link with the held sign-in, or keeps it. Bound to the
 /// browser by its cookie, which a cross-site form post does not carry (`SameSite=Lax`).
-async fn confirm(State(flow): State<Arc<LinkFlow>>, headers: HeaderMap, Form(form): Form<Decision>) -> Response {
-    let replace = match form.decision.as_str() {
-        "replace" => true,
-        "keep" => false,
+async fn confirm(
+    State(flow): State<Arc<LinkFlow>>,
+    headers: HeaderMap,
+    form: Result<Form<Decision>, FormRejection>,
+) -> Response {
+    // A post that is not our form (no body, another content type) gets our page too.
+    let decision = form.ok().and_then(|Form(form)| form.decision);
+    let replace = match decision.as_deref() {
+        Some("replace") => true,
+        Some("keep") => false,
         _ => {
             return message(
                 StatusCode::BAD_REQUEST,
@@ -208,7 +216,7 @@ async fn result(State(flow): State<Arc<LinkFlow>>, headers: HeaderMap) -> Respon
     let pending = flow.result_for_browser(cookie).await;
     // LNK-09: another Databricks account than the linked one waits for the person's word;
     // the flow (and its cookie) goes on.
-    if let Some(p) = pending.as_ref().filter(|p| p.status == "confirming") {
+    if let Some(p) = pending.as_ref().filter(|p| p.status == PendingStatus::Confirming) {
         let body = format!(
             "<p>You’re connected to {} as <span class=\"who\">{}</span>. You just signed in as \
              <span class=\"who\">{}</span>.</p>\
@@ -226,7 +234,7 @@ async fn result(State(flow): State<Arc<LinkFlow>>, headers: HeaderMap) -> Respon
         return page(StatusCode::OK, "Replace your Databricks connection?", &body, &[]);
     }
     let mut response = match pending {
-        Some(p) if p.status == "completed" => message(
+        Some(p) if p.status == PendingStatus::Completed => message(
             StatusCode::OK,
             "You’re connected",
             &[

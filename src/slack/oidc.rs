@@ -6,6 +6,7 @@
 //! `https://slack.com/team_id` and `https://slack.com/user_id` must equal the link's.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::Arc;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
@@ -60,6 +61,17 @@ struct TokenAnswer {
     ok: Option<bool>,
     id_token: Option<String>,
     error: Option<String>,
+}
+
+/// The id_token is a bearer credential: `Debug` shows only whether it came.
+impl fmt::Debug for TokenAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenAnswer")
+            .field("ok", &self.ok)
+            .field("id_token", &self.id_token.as_ref().map(|_| "[redacted]"))
+            .field("error", &self.error)
+            .finish()
+    }
 }
 
 #[derive(Deserialize)]

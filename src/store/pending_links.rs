@@ -27,18 +27,66 @@ pub struct NewPendingLink<'a> {
     pub expires_at: i64,
 }
 
+/// Where a pending link is in its life (the module doc tells the whole story).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingStatus {
+    /// Sent to the person; nobody has pressed Continue yet.
+    Pending,
+    /// A browser pressed Continue and holds the binding cookie.
+    Claimed,
+    /// The Databricks callback is being handled, exactly once.
+    Exchanging,
+    /// Signed in as another Databricks account than the linked one: waiting for the
+    /// person to replace or keep (LNK-09).
+    Confirming,
+    Completed,
+    Failed,
+    /// A newer link for the same person replaced it.
+    Superseded,
+}
+
+impl PendingStatus {
+    /// The value stored in `pending_links.status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PendingStatus::Pending => "pending",
+            PendingStatus::Claimed => "claimed",
+            PendingStatus::Exchanging => "exchanging",
+            PendingStatus::Confirming => "confirming",
+            PendingStatus::Completed => "completed",
+            PendingStatus::Failed => "failed",
+            PendingStatus::Superseded => "superseded",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [
+            PendingStatus::Pending,
+            PendingStatus::Claimed,
+            PendingStatus::Exchanging,
+            PendingStatus::Confirming,
+            PendingStatus::Completed,
+            PendingStatus::Failed,
+            PendingStatus::Superseded,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == s)
+    }
+}
+
 /// A pending link as stored.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct PendingLink {
     pub id_hash: Vec<u8>,
-    pub team_id: String,
-    pub user_id: String,
+    pub team: TeamId,
+    pub user: UserId,
     pub channel_id: String,
     pub thread_ts: Option<String>,
-    pub status: String,
+    pub status: PendingStatus,
     pub browser_hash: Option<Vec<u8>>,
     pub slack_nonce_hash: Option<Vec<u8>>,
-    pub slack_verified: i64,
+    /// Sign in with Slack proved the browser is the link's Slack user.
+    pub slack_verified: bool,
     pub pkce_verifier: Option<Vec<u8>>,
     pub databricks_user: Option<String>,
     pub failure: Option<String>,
@@ -48,6 +96,60 @@ pub struct PendingLink {
     pub held_link: Option<Vec<u8>>,
     /// Who the current link is, while `held_link` waits.
     pub replaces: Option<String>,
+}
+
+impl PendingLink {
+    /// Whether it can still be claimed at `now`.
+    pub fn is_open(&self, now: i64) -> bool {
+        self.status == PendingStatus::Pending && self.expires_at > now
+    }
+}
+
+/// A `pending_links` row as the database returns it.
+#[derive(sqlx::FromRow)]
+struct PendingLinkRow {
+    id_hash: Vec<u8>,
+    team_id: String,
+    user_id: String,
+    channel_id: String,
+    thread_ts: Option<String>,
+    status: String,
+    browser_hash: Option<Vec<u8>>,
+    slack_nonce_hash: Option<Vec<u8>>,
+    slack_verified: i64,
+    pkce_verifier: Option<Vec<u8>>,
+    databricks_user: Option<String>,
+    failure: Option<String>,
+    created_at: i64,
+    expires_at: i64,
+    held_link: Option<Vec<u8>>,
+    replaces: Option<String>,
+}
+
+impl TryFrom<PendingLinkRow> for PendingLink {
+    type Error = sqlx::Error;
+
+    fn try_from(row: PendingLinkRow) -> Result<Self, Self::Error> {
+        let corrupt = |what: &str| sqlx::Error::Decode(format!("pending_links row has an invalid {what}").into());
+        Ok(PendingLink {
+            id_hash: row.id_hash,
+            team: TeamId::parse(&row.team_id).map_err(|_| corrupt("team_id"))?,
+            user: UserId::parse(&row.user_id).map_err(|_| corrupt("user_id"))?,
+            channel_id: row.channel_id,
+            thread_ts: row.thread_ts,
+            status: PendingStatus::parse(&row.status).ok_or_else(|| corrupt("status"))?,
+            browser_hash: row.browser_hash,
+            slack_nonce_hash: row.slack_nonce_hash,
+            slack_verified: row.slack_verified != 0,
+            pkce_verifier: row.pkce_verifier,
+            databricks_user: row.databricks_user,
+            failure: row.failure,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            held_link: row.held_link,
+            replaces: row.replaces,
+        })
+    }
 }
 
 const COLUMNS: &str = "id_hash, team_id, user_id, channel_id, thread_ts, status, browser_hash, \
@@ -160,10 +262,11 @@ impl Store {
 
     async fn pending_where(&self, condition: &str, value: &[u8]) -> Result<Option<PendingLink>, sqlx::Error> {
         let sql = format!("SELECT {COLUMNS} FROM pending_links WHERE {condition}");
-        on_pool!(self.read, |pool| sqlx::query_as(&sql)
+        let row: Option<PendingLinkRow> = on_pool!(self.read, |pool| sqlx::query_as(&sql)
             .bind(value)
             .fetch_optional(pool)
-            .await)
+            .await)?;
+        row.map(PendingLink::try_from).transpose()
     }
 
     /// Claims a pending, unexpired link for the browser whose cookie hashes to
@@ -180,7 +283,7 @@ impl Store {
             "UPDATE pending_links SET status = 'claimed', browser_hash = $1, expires_at = $2 \
              WHERE id_hash = $3 AND status = 'pending' AND expires_at > $4 RETURNING {COLUMNS}"
         );
-        on_pool!(self.write, |pool| {
+        let row: Option<PendingLinkRow> = on_pool!(self.write, |pool| {
             sqlx::query_as(&sql)
                 .bind(browser_hash)
                 .bind(expires_at)
@@ -188,7 +291,8 @@ impl Store {
                 .bind(now)
                 .fetch_optional(pool)
                 .await
-        })
+        })?;
+        row.map(PendingLink::try_from).transpose()
     }
 
     /// Records the Sign in with Slack state and nonce (hashed) of a claimed link.

@@ -749,6 +749,23 @@ async fn keeping_the_linked_account_changes_nothing_and_the_confirmation_is_boun
         let response = confirm(&app, cookie, decision).await;
         assert_eq!(response.status(), 400, "{cookie:?} {decision}");
     }
+    // A post without a decision, or not a form at all, gets the bot's page too.
+    for (content_type, body) in [
+        ("application/x-www-form-urlencoded", ""),
+        ("application/json", "{\"decision\":\"replace\"}"),
+    ] {
+        let response = browser()
+            .post(app.url("/link/confirm"))
+            .header("content-type", content_type)
+            .header("cookie", cookie.as_str())
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{content_type}");
+        let page = response.text().await.unwrap();
+        assert!(page.contains("Choose Replace or Keep"), "{page}");
+    }
     assert_eq!(linked_as(&app).await, "asker@example.com");
 
     assert_eq!(confirm(&app, Some(&cookie), "keep").await.status(), 303);

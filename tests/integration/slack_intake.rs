@@ -8,7 +8,7 @@ use crate::common::TestDb;
 use crate::common::app::{SIGNING_SECRET, TestApp, fake_slack, mention, slack_calls};
 use databricks_slack_bot::agent::AgentError;
 use databricks_slack_bot::clock::Clock;
-use databricks_slack_bot::linking::hash_link_id;
+use databricks_slack_bot::crypto::hash_secret;
 use databricks_slack_bot::slack::signature::sign;
 use serde_json::{Value, json};
 use wiremock::matchers::path;
@@ -37,7 +37,7 @@ fn link_id_of(prompt: &Value) -> String {
 
 async fn pending_link(db_url: &str, id: &str) -> Option<(String, String, String, Option<String>, String, i64, i64)> {
     let sql = "SELECT team_id, user_id, channel_id, thread_ts, status, created_at, expires_at FROM pending_links WHERE id_hash = $1";
-    let hash = hash_link_id(id).to_vec();
+    let hash = hash_secret(id).to_vec();
     if db_url.starts_with("sqlite") {
         let pool = sqlx::SqlitePool::connect(db_url).await.unwrap();
         sqlx::query_as(sql).bind(hash).fetch_optional(&pool).await.unwrap()

@@ -171,7 +171,7 @@ async fn a_link_opened_by_another_slack_user_stops_before_databricks() {
     assert_eq!(response.headers()["location"], "/link/result", "not on to Databricks");
     let page = result(&app, &at.cookie).await;
     assert!(
-        page.contains("someone other than the person this link was made for"),
+        page.contains("someone other than the person this link was made for, so nothing was linked"),
         "{page}"
     );
     assert!(app.databricks.token_requests().is_empty());
