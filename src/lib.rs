@@ -38,6 +38,7 @@ pub mod lifecycle;
 pub mod linking;
 pub mod metrics;
 pub mod outbound;
+pub mod services;
 pub mod slack;
 pub mod startup;
 pub mod store;

@@ -10,29 +10,24 @@ use std::time::Duration;
 use anyhow::Context;
 use secrecy::SecretString;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 
 use crate::agent::{self, Agent};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
-use crate::databricks::broker::TokenBroker;
-use crate::databricks::oauth::{self, DatabricksOAuth};
 use crate::http::slack::SlackRoutes;
 use crate::http::{self, AppState};
-use crate::intake::commands::Commands;
-use crate::intake::events::Intake;
-use crate::intake::interactions::Interactions;
-use crate::intake::socket_mode::{SlackHandlers, SocketMode};
-use crate::jobs::account::{Account, CONNECT_JOB, DISCONNECT_JOB, HOME_JOB};
-use crate::jobs::question::{QUESTION_JOB, Questions};
+use crate::intake::SlackIntake;
+use crate::intake::socket_mode::SocketMode;
+use crate::jobs::Handlers;
+use crate::jobs::account::Account;
+use crate::jobs::question::Questions;
 use crate::jobs::retention::Retention;
-use crate::jobs::share::{SHARE_JOB, Sharing};
-use crate::jobs::worker::{ByKind, JobHandler, WorkerConfig, Workers};
+use crate::jobs::share::Sharing;
+use crate::jobs::worker::{WorkerConfig, Workers};
 use crate::lifecycle::Lifecycle;
 use crate::linking::LinkFlow;
-use crate::metrics::Metrics;
+use crate::services::Services;
 use crate::slack::api::SlackApi;
-use crate::slack::oidc::SlackOidc;
 use crate::store::Store;
 
 /// How long in-flight work may take to finish once shutdown begins.
@@ -69,7 +64,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     workers: Option<Workers>,
-    socket_mode: Option<(SlackApi, SecretString, SlackHandlers)>,
+    socket_mode: Option<(SlackApi, SecretString, SlackIntake)>,
     clock: SharedClock,
     drain_deadline: Duration,
 }
@@ -79,113 +74,43 @@ impl Application {
     /// pool, and binds `BIND_ADDR` (port 0 picks a free port). Nothing runs until
     /// [`Application::run_until_stopped`].
     pub async fn build(config: &Config, deps: Dependencies) -> anyhow::Result<Self> {
-        let store = Store::open(&config.database).await?;
-        let metrics = Arc::new(Metrics::new());
-        let slack = SlackApi::new(&config.slack.api_url, &config.slack.bot_token)?;
-        let wake = Arc::new(Notify::new());
-        let intake = Intake::new(store.clone(), deps.clock.clone(), wake.clone());
-        let http = oauth::http_client();
-        let oauth = DatabricksOAuth::new(&config.databricks, &config.public_base_url, http.clone());
-        let broker = Arc::new(TokenBroker::new(
-            store.clone(),
-            config.vault.clone(),
-            oauth.clone(),
-            deps.clock.clone(),
-        ));
-        let account = Account {
-            store: store.clone(),
-            slack: slack.clone(),
-            broker: broker.clone(),
-            public_base_url: config.public_base_url.clone(),
-            clock: deps.clock.clone(),
-        };
-        let link = Arc::new(LinkFlow {
-            store: store.clone(),
-            vault: config.vault.clone(),
-            oauth,
-            broker: broker.clone(),
-            slack: slack.clone(),
-            http,
-            clock: deps.clock.clone(),
-            workspace: config.databricks.host.clone(),
-            identity_check: config.identity_check,
-            public_base_url: config.public_base_url.clone(),
-            slack_oidc: config.slack.oidc_client.clone().map(|(client_id, secret)| {
-                SlackOidc::new(
-                    oauth::http_client(),
-                    config.slack.oidc_issuer.clone(),
-                    client_id,
-                    secret,
-                    &config.public_base_url,
-                )
-            }),
-            wake: wake.clone(),
-        });
-        let questions = Questions::new(
-            store.clone(),
-            slack.clone(),
-            broker,
-            deps.agent,
-            config.public_base_url.clone(),
-            config.answer_visibility,
-            deps.clock.clone(),
-        )
-        .with_metrics(metrics.clone());
-        let questions: Arc<dyn JobHandler> = Arc::new(questions);
-        let account: Arc<dyn JobHandler> = Arc::new(account);
-        let handler: Arc<dyn JobHandler> = Arc::new(
-            ByKind::default()
-                .with(QUESTION_JOB, questions)
-                .with(
-                    SHARE_JOB,
-                    Arc::new(Sharing {
-                        store: store.clone(),
-                        slack: slack.clone(),
-                    }),
-                )
-                .with(DISCONNECT_JOB, account.clone())
-                .with(CONNECT_JOB, account.clone())
-                .with(HOME_JOB, account),
-        );
-        let workers = deps
-            .workers
-            .map(|config| Workers::new(store.clone(), deps.clock.clone(), handler, config, wake.clone()));
-        let interactions = Interactions { intake: intake.clone() };
-        let commands = Commands {
-            intake: intake.clone(),
-            store: store.clone(),
-            public_base_url: config.public_base_url.clone(),
-            clock: deps.clock.clone(),
-        };
-        let slack_routes = config.slack.signing_secret.clone().map(|signing_secret| {
-            Arc::new(SlackRoutes {
-                signing_secret,
-                intake: intake.clone(),
-                interactions: interactions.clone(),
-                commands: commands.clone(),
-                clock: deps.clock.clone(),
-                refusals: Default::default(),
-            })
-        });
-        let socket_mode = config.slack.app_token.clone().map(|token| {
-            let handlers = SlackHandlers {
-                intake,
-                interactions,
-                commands,
+        let services = Services::build(config, deps.clock.clone()).await?;
+        let intake = SlackIntake::new(&services);
+        let workers = deps.workers.map(|worker_config| {
+            let handlers = Handlers {
+                questions: Questions::new(&services, deps.agent, config.answer_visibility),
+                share: Sharing::new(&services),
+                account: Account::new(&services),
             };
-            (slack, token, handlers)
+            Workers::new(
+                services.store.clone(),
+                services.clock.clone(),
+                Arc::new(handlers),
+                worker_config,
+                services.wake.clone(),
+            )
         });
+        let slack_routes = config
+            .slack
+            .signing_secret
+            .clone()
+            .map(|secret| Arc::new(SlackRoutes::new(secret, intake.clone(), services.clock.clone())));
+        let socket_mode = config
+            .slack
+            .app_token
+            .clone()
+            .map(|token| (services.slack.clone(), token, intake));
         let listener = TcpListener::bind(config.bind_addr)
             .await
             .with_context(|| format!("could not listen on {} (BIND_ADDR)", config.bind_addr))?;
         Ok(Self {
             listener,
             state: AppState {
-                store,
-                metrics,
+                store: services.store.clone(),
+                metrics: services.metrics.clone(),
                 lifecycle: Lifecycle::default(),
                 slack: slack_routes,
-                link: Some(link),
+                link: Arc::new(LinkFlow::new(&services, config)),
             },
             workers,
             socket_mode,
@@ -210,6 +135,12 @@ impl Application {
         self.state.lifecycle.clone()
     }
 
+    /// The service's routes over its own state, to serve in-process (tests drive them
+    /// with `oneshot`); `run_until_stopped` serves the same.
+    pub fn router(&self) -> axum::Router {
+        http::router(self.state.clone())
+    }
+
     /// The store the service uses.
     pub fn store(&self) -> Store {
         self.state.store.clone()
@@ -221,7 +152,7 @@ impl Application {
         let lifecycle = self.state.lifecycle.clone();
         let store = self.state.store.clone();
         let socket_mode = match self.socket_mode {
-            Some((api, token, handlers)) => Some(SocketMode::start(&api, &token, handlers).await?),
+            Some((api, token, intake)) => Some(SocketMode::start(&api, &token, intake).await?),
             None => None,
         };
         let workers = self

@@ -226,7 +226,7 @@ async fn result(State(flow): State<Arc<LinkFlow>>, headers: HeaderMap) -> Respon
              <button type=\"submit\" name=\"decision\" value=\"replace\">Replace</button> \
              <button type=\"submit\" name=\"decision\" value=\"keep\" class=\"secondary\">Keep {}</button>\
              </form>",
-            escape_html(flow.workspace.as_str()),
+            escape_html(flow.workspace().as_str()),
             escape_html(p.replaces.as_deref().unwrap_or("another account")),
             escape_html(p.databricks_user.as_deref().unwrap_or("another account")),
             escape_html(p.replaces.as_deref().unwrap_or("the current one")),
@@ -241,7 +241,7 @@ async fn result(State(flow): State<Arc<LinkFlow>>, headers: HeaderMap) -> Respon
                 format!(
                     "Linked as <span class=\"who\">{}</span> in {}.",
                     escape_html(p.databricks_user.as_deref().unwrap_or("your Databricks account")),
-                    escape_html(flow.workspace.as_str())
+                    escape_html(flow.workspace().as_str())
                 ),
                 "You can close this tab. Your questions are being answered in Slack.".into(),
             ],

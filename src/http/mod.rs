@@ -19,6 +19,7 @@ use tower_http::trace::TraceLayer;
 use tracing::Span;
 
 use crate::lifecycle::Lifecycle;
+use crate::linking::LinkFlow;
 use crate::metrics::{self, Metrics};
 use crate::store::Store;
 
@@ -38,7 +39,7 @@ pub struct AppState {
     /// The Slack routes, when HTTP events are configured (a signing secret is set).
     pub slack: Option<Arc<slack::SlackRoutes>>,
     /// The linking routes.
-    pub link: Option<Arc<crate::linking::LinkFlow>>,
+    pub link: Arc<LinkFlow>,
 }
 
 impl FromRef<AppState> for Arc<Metrics> {
@@ -50,7 +51,7 @@ impl FromRef<AppState> for Arc<Metrics> {
 /// Builds the router with every route and the middleware stack.
 pub fn router(state: AppState) -> Router {
     let slack_routes = state.slack.clone().map(slack::router).unwrap_or_default();
-    let link_routes = state.link.clone().map(link::router).unwrap_or_default();
+    let link_routes = link::router(state.link.clone());
     let registry = state.metrics.clone();
     Router::new()
         .route("/healthz", get(health::healthz))

@@ -16,22 +16,29 @@ use serde::Deserialize;
 use slack_morphism::prelude::*;
 
 use crate::clock::SharedClock;
-use crate::intake::commands::Commands;
-use crate::intake::events::{Intake, Outcome};
-use crate::intake::interactions::Interactions;
+use crate::intake::SlackIntake;
+use crate::intake::events::Outcome;
 use crate::slack::signature;
 
 /// What the Slack routes share.
 pub struct SlackRoutes {
-    pub signing_secret: SecretString,
-    pub intake: Intake,
-    pub interactions: Interactions,
-    pub commands: Commands,
-    pub clock: SharedClock,
-    pub refusals: RefusalLog,
+    signing_secret: SecretString,
+    intake: SlackIntake,
+    clock: SharedClock,
+    refusals: RefusalLog,
 }
 
 impl SlackRoutes {
+    /// The routes for requests signed with `signing_secret`, handed to `intake`.
+    pub fn new(signing_secret: SecretString, intake: SlackIntake, clock: SharedClock) -> Self {
+        Self {
+            signing_secret,
+            intake,
+            clock,
+            refusals: RefusalLog::default(),
+        }
+    }
+
     /// Whether the request is Slack's; logs the reason when it is not.
     fn is_signed(&self, route: &'static str, headers: &HeaderMap, body: &[u8]) -> bool {
         let now = self.clock.now();
@@ -109,7 +116,7 @@ async fn events(State(slack): State<Arc<SlackRoutes>>, headers: HeaderMap, body:
         }
         SlackPushEvent::EventCallback(callback) => {
             let retry = headers.get("x-slack-retry-num").and_then(|v| v.to_str().ok());
-            match slack.intake.accept(&callback).await {
+            match slack.intake.events.accept(&callback).await {
                 Ok(outcome) => {
                     match outcome {
                         Outcome::Ignored(reason) => {
@@ -147,7 +154,7 @@ async fn commands(State(slack): State<Arc<SlackRoutes>>, headers: HeaderMap, bod
         Ok(command) => command,
         Err(error) => return unparseable("command", error),
     };
-    match slack.commands.handle(&command).await {
+    match slack.intake.commands.handle(&command).await {
         Ok(reply) => {
             let reply = SlackCommandEventResponse::new(reply).with_response_type(SlackMessageResponseType::Ephemeral);
             axum::Json(reply).into_response()
@@ -173,7 +180,7 @@ async fn interactions(State(slack): State<Arc<SlackRoutes>>, headers: HeaderMap,
         .map_err(|e| e.to_string())
         .and_then(|form| serde_json::from_str::<SlackInteractionEvent>(&form.payload).map_err(|e| e.to_string()));
     match event {
-        Ok(event) => match slack.interactions.handle(&event).await {
+        Ok(event) => match slack.intake.interactions.handle(&event).await {
             Ok(()) => StatusCode::OK.into_response(),
             Err(error) => {
                 tracing::error!(error = %error, "could not queue what a click asked for");

@@ -12,6 +12,7 @@ use url::Url;
 use crate::clock::SharedClock;
 use crate::domain::{PersonIn, TeamId, UserId};
 use crate::intake::events::Intake;
+use crate::jobs::Work;
 use crate::jobs::question::Question;
 use crate::linking::offer_link;
 use crate::slack::messages;
@@ -114,7 +115,7 @@ impl Commands {
                     response_url: Some(command.response_url.0.clone()),
                 };
                 let key = format!("command:{}", command.trigger_id);
-                self.intake.enqueue(&key, &question).await?;
+                self.intake.enqueue(&key, &Work::Question(question)).await?;
                 messages::looking_into_it()
             }
         })

@@ -20,8 +20,9 @@ use tokio::sync::Notify;
 
 use crate::clock::SharedClock;
 use crate::domain::{TeamId, UserId};
-use crate::jobs::account::{AccountRequest, HOME_JOB};
-use crate::jobs::question::{QUESTION_JOB, Question};
+use crate::jobs::Work;
+use crate::jobs::account::AccountRequest;
+use crate::jobs::question::Question;
 use crate::slack::render;
 use crate::store::Store;
 use crate::store::jobs::{Delivery, NewJob};
@@ -102,7 +103,8 @@ impl Intake {
             Ok(question) => question,
             Err(reason) => return Ok(Outcome::Ignored(reason)),
         };
-        self.enqueue(callback.event_id.as_ref(), &question).await
+        self.enqueue(callback.event_id.as_ref(), &Work::Question(question))
+            .await
     }
 
     /// A visit to the App Home tab: queue publishing it as things stand now.
@@ -120,19 +122,12 @@ impl Intake {
         ) else {
             return Ok(Outcome::Ignored("malformed team or user id"));
         };
-        let request = AccountRequest {
+        let home = Work::Home(AccountRequest {
             team,
             user,
             response_url: None,
-        };
-        let payload = serde_json::to_string(&request).expect("an account request serialises");
-        let job = NewJob {
-            kind: HOME_JOB,
-            team: &request.team,
-            user: &request.user,
-            payload: &payload,
-        };
-        self.enqueue_job(callback.event_id.as_ref(), &job).await
+        });
+        self.enqueue(callback.event_id.as_ref(), &home).await
     }
 
     /// Forgets the event's team. Idempotent, and de-duplicated on the event id: a
@@ -163,24 +158,20 @@ impl Intake {
         })
     }
 
-    /// Queues `question` once per `delivery_key` (an event id, or an interaction's trigger
-    /// id): the key and the job are stored in one transaction.
-    pub async fn enqueue(&self, delivery_key: &str, question: &Question) -> Result<Outcome, sqlx::Error> {
-        let payload = serde_json::to_string(&question).expect("a question serialises");
+    /// Queues `work` once per `delivery_key` (an event id, or an interaction's trigger
+    /// id): the key and the job are stored in one transaction; then a worker is woken.
+    pub async fn enqueue(&self, delivery_key: &str, work: &Work) -> Result<Outcome, sqlx::Error> {
+        let payload = work.encode();
+        let (team, user) = work.person();
         let job = NewJob {
-            kind: QUESTION_JOB,
-            team: &question.team,
-            user: &question.user,
+            kind: work.kind().as_str(),
+            team,
+            user,
             payload: &payload,
         };
-        self.enqueue_job(delivery_key, &job).await
-    }
-
-    /// Queues `job` once per `delivery_key` and wakes a worker.
-    pub async fn enqueue_job(&self, delivery_key: &str, job: &NewJob<'_>) -> Result<Outcome, sqlx::Error> {
         let delivery = self
             .store
-            .enqueue_event_job(delivery_key, job, self.clock.now())
+            .enqueue_event_job(delivery_key, &job, self.clock.now())
             .await?;
         Ok(match delivery {
             Delivery::Enqueued => {

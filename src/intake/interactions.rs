@@ -12,10 +12,10 @@ use slack_morphism::prelude::*;
 
 use crate::domain::{TeamId, UserId};
 use crate::intake::events::{Intake, question_from_suggestion};
-use crate::jobs::account::{AccountRequest, CONNECT_JOB, DISCONNECT_JOB};
-use crate::jobs::share::{SHARE_JOB, ShareRequest};
-use crate::slack::{messages, render};
-use crate::store::jobs::NewJob;
+use crate::jobs::Work;
+use crate::jobs::account::AccountRequest;
+use crate::jobs::share::ShareRequest;
+use crate::slack::actions::Action;
 
 /// Handles block actions.
 #[derive(Clone)]
@@ -33,102 +33,63 @@ impl Interactions {
         for action in actions.actions.iter().flatten() {
             let id = action.action_id.as_ref();
             tracing::info!(action = id, "block action");
-            if id.starts_with(render::SUGGESTION_ACTION_PREFIX) {
-                self.ask_suggestion(actions, action).await?;
-            } else if id == render::SHARE_ACTION_ID {
-                self.share(actions, action).await?;
-            } else if id == messages::DISCONNECT_ACTION_ID {
-                self.account(actions, DISCONNECT_JOB).await?;
-            } else if id == messages::HOME_CONNECT_ACTION_ID {
-                self.account(actions, CONNECT_JOB).await?;
+            let work = match Action::parse(id) {
+                Some(Action::Suggestion(_)) => match question_from_suggestion(actions, action) {
+                    Ok(question) => Some(Work::Question(question)),
+                    Err(reason) => {
+                        tracing::warn!(reason, "ignored a suggestion click");
+                        None
+                    }
+                },
+                Some(Action::Share) => share(actions, action),
+                Some(Action::Disconnect) => account(actions).map(Work::Disconnect),
+                Some(Action::HomeConnect) => account(actions).map(Work::Connect),
+                // The URL button opens the link page by itself.
+                Some(Action::Connect) | None => None,
+            };
+            if let Some(work) = work {
+                // One trigger per click: a double click counts once.
+                let key = format!("action:{}", actions.trigger_id);
+                let outcome = self.intake.enqueue(&key, &work).await?;
+                tracing::info!(kind = work.kind().as_str(), ?outcome, "click queued");
             }
         }
         Ok(())
     }
+}
 
-    /// The key that makes a double click count once (one trigger per click).
-    fn delivery_key(actions: &SlackInteractionBlockActionsEvent) -> String {
-        format!("action:{}", actions.trigger_id)
-    }
+/// The person who clicked: their own link only, whoever else might have seen the button.
+fn clicker(actions: &SlackInteractionBlockActionsEvent) -> Option<(TeamId, UserId)> {
+    let user = actions.user.as_ref()?;
+    Some((
+        TeamId::parse(actions.team.id.as_ref()).ok()?,
+        UserId::parse(user.id.as_ref()).ok()?,
+    ))
+}
 
-    async fn ask_suggestion(
-        &self,
-        actions: &SlackInteractionBlockActionsEvent,
-        action: &SlackInteractionActionInfo,
-    ) -> Result<(), sqlx::Error> {
-        match question_from_suggestion(actions, action) {
-            Ok(question) => {
-                let outcome = self.intake.enqueue(&Self::delivery_key(actions), &question).await?;
-                tracing::info!(?outcome, "suggested question accepted");
-            }
-            Err(reason) => tracing::warn!(reason, "ignored a suggestion click"),
-        }
-        Ok(())
-    }
+/// An account job for the person who clicked.
+fn account(actions: &SlackInteractionBlockActionsEvent) -> Option<AccountRequest> {
+    let Some((team, user)) = clicker(actions) else {
+        tracing::warn!("ignored a click without team or user");
+        return None;
+    };
+    Some(AccountRequest {
+        team,
+        user,
+        response_url: actions.response_url.as_ref().map(|u| u.0.clone()),
+    })
+}
 
-    /// Queues an account job for the person who clicked: their own link only, whoever
-    /// else might have seen the button.
-    async fn account(
-        &self,
-        actions: &SlackInteractionBlockActionsEvent,
-        kind: &'static str,
-    ) -> Result<(), sqlx::Error> {
-        let clicker = actions.user.as_ref().map(|u| u.id.as_ref());
-        let (Ok(team), Some(Ok(user))) = (TeamId::parse(actions.team.id.as_ref()), clicker.map(UserId::parse)) else {
-            tracing::warn!("ignored a click without team or user");
-            return Ok(());
-        };
-        let request = AccountRequest {
-            team,
-            user,
-            response_url: actions.response_url.as_ref().map(|u| u.0.clone()),
-        };
-        let payload = serde_json::to_string(&request).expect("an account request serialises");
-        self.queue(actions, kind, &request.team, &request.user, &payload).await
-    }
-
-    /// Queues a job once per click.
-    async fn queue(
-        &self,
-        actions: &SlackInteractionBlockActionsEvent,
-        kind: &str,
-        team: &TeamId,
-        user: &UserId,
-        payload: &str,
-    ) -> Result<(), sqlx::Error> {
-        let job = NewJob {
-            kind,
-            team,
-            user,
-            payload,
-        };
-        let outcome = self.intake.enqueue_job(&Self::delivery_key(actions), &job).await?;
-        tracing::info!(kind, ?outcome, "click queued");
-        Ok(())
-    }
-
-    async fn share(
-        &self,
-        actions: &SlackInteractionBlockActionsEvent,
-        action: &SlackInteractionActionInfo,
-    ) -> Result<(), sqlx::Error> {
-        let clicker = actions.user.as_ref().map(|u| u.id.as_ref());
-        let (Ok(team), Some(Ok(user)), Some(id)) = (
-            TeamId::parse(actions.team.id.as_ref()),
-            clicker.map(UserId::parse),
-            action.value.as_deref(),
-        ) else {
-            tracing::warn!("ignored a share click without team, user or answer");
-            return Ok(());
-        };
-        let request = ShareRequest {
-            id: id.to_owned(),
-            team,
-            user,
-            response_url: actions.response_url.as_ref().map(|u| u.0.clone()),
-        };
-        let payload = serde_json::to_string(&request).expect("a share request serialises");
-        self.queue(actions, SHARE_JOB, &request.team, &request.user, &payload)
-            .await
-    }
+/// "Share in channel": the answer's id is the button's value.
+fn share(actions: &SlackInteractionBlockActionsEvent, action: &SlackInteractionActionInfo) -> Option<Work> {
+    let (Some((team, user)), Some(id)) = (clicker(actions), action.value.as_deref()) else {
+        tracing::warn!("ignored a share click without team, user or answer");
+        return None;
+    };
+    Some(Work::Share(ShareRequest {
+        id: id.to_owned(),
+        team,
+        user,
+        response_url: actions.response_url.as_ref().map(|u| u.0.clone()),
+    }))
 }

@@ -10,19 +10,13 @@ use std::sync::Arc;
 use secrecy::{ExposeSecret, SecretString};
 use slack_morphism::prelude::*;
 
+use crate::intake::SlackIntake;
 use crate::intake::commands::Commands;
 use crate::intake::events::Intake;
 use crate::intake::interactions::Interactions;
 use crate::slack::api::SlackApi;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// What Socket Mode deliveries are handed to (the same as the HTTP routes').
-pub struct SlackHandlers {
-    pub intake: Intake,
-    pub interactions: Interactions,
-    pub commands: Commands,
-}
 
 /// A running Socket Mode connection.
 pub struct SocketMode {
@@ -31,13 +25,13 @@ pub struct SocketMode {
 
 impl SocketMode {
     /// Opens the connection(s) and starts delivering events into `intake`.
-    pub async fn start(api: &SlackApi, app_token: &SecretString, handlers: SlackHandlers) -> anyhow::Result<Self> {
+    pub async fn start(api: &SlackApi, app_token: &SecretString, intake: SlackIntake) -> anyhow::Result<Self> {
         let environment = Arc::new(
             SlackClientEventsListenerEnvironment::new(api.client())
                 .with_error_handler(on_error)
-                .with_user_state(handlers.intake)
-                .with_user_state(handlers.interactions)
-                .with_user_state(handlers.commands),
+                .with_user_state(intake.events)
+                .with_user_state(intake.interactions)
+                .with_user_state(intake.commands),
         );
         let callbacks = SlackSocketModeListenerCallbacks::new()
             .with_push_events(on_push)

@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use slack_morphism::prelude::*;
 use url::Url;
@@ -17,20 +16,13 @@ use url::Url;
 use crate::clock::SharedClock;
 use crate::databricks::broker::TokenBroker;
 use crate::domain::{PersonIn, TeamId, UserId};
-use crate::jobs::worker::{Done, JobError, JobHandler};
+use crate::jobs::worker::{Done, JobError};
 use crate::linking::offer_link;
+use crate::services::Services;
 use crate::slack::api::SlackApi;
 use crate::slack::messages;
 use crate::store::Store;
 use crate::store::audit::Actor;
-use crate::store::jobs::Job;
-
-/// `jobs.kind` of a confirmed Disconnect click.
-pub const DISCONNECT_JOB: &str = "disconnect";
-/// `jobs.kind` of an App Home visit (publish the tab).
-pub const HOME_JOB: &str = "home";
-/// `jobs.kind` of "Connect Databricks" in App Home.
-pub const CONNECT_JOB: &str = "connect";
 
 /// One person's account job, as queued.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,16 +36,27 @@ pub struct AccountRequest {
 
 /// Runs account jobs.
 pub struct Account {
-    pub store: Store,
-    pub slack: SlackApi,
-    pub broker: Arc<TokenBroker>,
-    pub public_base_url: Url,
-    pub clock: SharedClock,
+    store: Store,
+    slack: SlackApi,
+    broker: Arc<TokenBroker>,
+    public_base_url: Url,
+    clock: SharedClock,
 }
 
 impl Account {
+    /// Account jobs over `services`.
+    pub fn new(services: &Services) -> Self {
+        Self {
+            store: services.store.clone(),
+            slack: services.slack.clone(),
+            broker: services.broker.clone(),
+            public_base_url: services.public_base_url.clone(),
+            clock: services.clock.clone(),
+        }
+    }
+
     /// Forgets the person's link (idempotent) and tells them where they clicked.
-    async fn disconnect(&self, request: &AccountRequest) -> Result<Done, JobError> {
+    pub async fn disconnect(&self, request: &AccountRequest) -> Result<Done, JobError> {
         let link = self.store.find_link(&request.team, &request.user).await?;
         if let Some(link) = &link {
             self.broker.revoke(link).await;
@@ -78,7 +81,7 @@ impl Account {
     }
 
     /// Publishes the App Home tab for the person as things stand now.
-    async fn publish_home(&self, request: &AccountRequest) -> Result<(), JobError> {
+    pub async fn publish_home(&self, request: &AccountRequest) -> Result<(), JobError> {
         let link = self.store.find_link(&request.team, &request.user).await?;
         let bot = self.slack.bot_identity().await.ok().map(|b| b.user_id.clone());
         let blocks = messages::home(link.as_ref(), bot.as_deref());
@@ -89,7 +92,7 @@ impl Account {
     }
 
     /// Sends a fresh connect link to the person's direct messages.
-    async fn connect(&self, request: &AccountRequest) -> Result<Done, JobError> {
+    pub async fn connect(&self, request: &AccountRequest) -> Result<Done, JobError> {
         let dm = self.slack.open_dm(request.user.as_str()).await?;
         let to = PersonIn {
             team: &request.team,
@@ -105,22 +108,5 @@ impl Account {
             .post_message(&dm, None, messages::connect_prompt(&offer.url, reconnect))
             .await?;
         Ok(Done::Finished)
-    }
-}
-
-#[async_trait]
-impl JobHandler for Account {
-    async fn run(&self, job: &Job) -> Result<Done, JobError> {
-        let request: AccountRequest = serde_json::from_str(&job.payload)
-            .map_err(|e| JobError::Permanent(format!("unreadable {} payload: {e}", job.kind)))?;
-        match job.kind.as_str() {
-            DISCONNECT_JOB => self.disconnect(&request).await,
-            CONNECT_JOB => self.connect(&request).await,
-            _ => self.publish_home(&request).await.map(|()| Done::Finished),
-        }
-    }
-
-    async fn give_up(&self, _job: &Job, error: &JobError, reference: &str) {
-        tracing::error!(error = %error, reference, "an account job was abandoned");
     }
 }

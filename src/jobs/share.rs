@@ -1,20 +1,16 @@
 //! "Share in channel": a private answer (`ANSWER_VISIBILITY=private`) posted in its
 //! thread for everyone, once, by its asker only.
 
-use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use slack_morphism::prelude::*;
 use url::Url;
 
 use crate::domain::{TeamId, UserId};
-use crate::jobs::worker::{Done, JobError, JobHandler};
+use crate::jobs::worker::{Done, JobError};
+use crate::services::Services;
 use crate::slack::api::SlackApi;
 use crate::slack::messages;
 use crate::store::Store;
-use crate::store::jobs::Job;
-
-/// The `jobs.kind` of a click on "Share in channel".
-pub const SHARE_JOB: &str = "share";
 
 /// A click on "Share in channel", as queued.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,14 +25,22 @@ pub struct ShareRequest {
 
 /// Runs share jobs.
 pub struct Sharing {
-    pub store: Store,
-    pub slack: SlackApi,
+    store: Store,
+    slack: SlackApi,
 }
 
 impl Sharing {
+    /// Share jobs over `services`.
+    pub fn new(services: &Services) -> Self {
+        Self {
+            store: services.store.clone(),
+            slack: services.slack.clone(),
+        }
+    }
+
     /// Posts a private answer in its channel for everyone, when its asker clicks "Share
     /// in channel", and removes the private copy.
-    async fn share(&self, request: &ShareRequest) -> Result<Done, JobError> {
+    pub async fn share(&self, request: &ShareRequest) -> Result<Done, JobError> {
         let kept = self
             .store
             .private_answer(&request.id, &request.team, &request.user)
@@ -80,19 +84,5 @@ impl Sharing {
         if let Err(error) = self.slack.respond(&SlackResponseUrl(url), &response).await {
             tracing::info!(error = %error, "could not update the private answer after sharing");
         }
-    }
-}
-
-#[async_trait]
-impl JobHandler for Sharing {
-    async fn run(&self, job: &Job) -> Result<Done, JobError> {
-        let request: ShareRequest = serde_json::from_str(&job.payload)
-            .map_err(|e| JobError::Permanent(format!("unreadable share payload: {e}")))?;
-        self.share(&request).await
-    }
-
-    async fn give_up(&self, _job: &Job, error: &JobError, reference: &str) {
-        // The private copy is still there to share again.
-        tracing::error!(error = %error, reference, "a share was abandoned");
     }
 }

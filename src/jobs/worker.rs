@@ -45,11 +45,23 @@ impl JobError {
 }
 
 /// Transient reasons are said to the person when retries run out, so they are plain
-/// words; the cause is logged here.
+/// words; the cause is logged here. A row the code cannot read stays unreadable however
+/// often it is retried, so that is permanent.
 impl From<sqlx::Error> for JobError {
     fn from(error: sqlx::Error) -> Self {
-        tracing::warn!(error = %error, "database error in a job");
-        JobError::transient("my database is not answering")
+        match error {
+            sqlx::Error::Decode(_)
+            | sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::ColumnNotFound(_)
+            | sqlx::Error::TypeNotFound { .. } => {
+                tracing::error!(error = %error, "unreadable data in the database");
+                JobError::Permanent("my database holds something I cannot read".into())
+            }
+            error => {
+                tracing::warn!(error = %error, "database error in a job");
+                JobError::transient("my database is not answering")
+            }
+        }
     }
 }
 
@@ -65,37 +77,6 @@ impl From<SlackApiError> for JobError {
                 JobError::transient("Slack is not answering me")
             }
             e => JobError::Permanent(e.to_string()),
-        }
-    }
-}
-
-/// Runs each job with the handler registered for its kind.
-#[derive(Default)]
-pub struct ByKind(std::collections::HashMap<&'static str, Arc<dyn JobHandler>>);
-
-impl ByKind {
-    /// Registers `handler` for jobs of `kind`.
-    pub fn with(mut self, kind: &'static str, handler: Arc<dyn JobHandler>) -> Self {
-        self.0.insert(kind, handler);
-        self
-    }
-}
-
-#[async_trait]
-impl JobHandler for ByKind {
-    async fn run(&self, job: &Job) -> Result<Done, JobError> {
-        match self.0.get(job.kind.as_str()) {
-            Some(handler) => handler.run(job).await,
-            None => Err(JobError::Permanent(format!(
-                "no handler for jobs of kind {:?}",
-                job.kind
-            ))),
-        }
-    }
-
-    async fn give_up(&self, job: &Job, error: &JobError, reference: &str) {
-        if let Some(handler) = self.0.get(job.kind.as_str()) {
-            handler.give_up(job, error, reference).await;
         }
     }
 }
@@ -277,5 +258,20 @@ impl Workers {
     fn backoff(&self, attempt: i64) -> Duration {
         let factor = 1u32 << attempt.clamp(1, 16).saturating_sub(1);
         (self.config.base_backoff * factor).min(self.config.max_backoff)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_row_is_permanent_and_an_unreachable_database_transient() {
+        let decode = JobError::from(sqlx::Error::Decode("links row has an invalid team_id".into()));
+        assert!(matches!(decode, JobError::Permanent(_)), "{decode:?}");
+        let missing = JobError::from(sqlx::Error::ColumnNotFound("outbox".into()));
+        assert!(matches!(missing, JobError::Permanent(_)), "{missing:?}");
+        let down = JobError::from(sqlx::Error::PoolTimedOut);
+        assert!(matches!(down, JobError::Transient { .. }), "{down:?}");
     }
 }

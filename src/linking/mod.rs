@@ -37,11 +37,12 @@ use tokio::sync::Notify;
 use url::Url;
 
 use crate::clock::SharedClock;
-use crate::config::IdentityCheck;
+use crate::config::{Config, IdentityCheck};
 use crate::crypto::{Binding, Purpose, Vault, hash_secret};
 use crate::databricks::broker::TokenBroker;
-use crate::databricks::oauth::DatabricksOAuth;
+use crate::databricks::oauth::{self, DatabricksOAuth};
 use crate::domain::{TeamId, UserId, WorkspaceHost};
+use crate::services::Services;
 use crate::slack::api::SlackApi;
 use crate::slack::oidc::SlackOidc;
 use crate::store::Store;
@@ -127,32 +128,64 @@ pub enum CallbackOutcome {
     AlreadyHandled,
 }
 
-/// The linking service behind the `/link` and `/oauth/databricks/callback` routes.
+/// The linking service behind the `/link` and `/oauth/…/callback` routes.
 pub struct LinkFlow {
-    pub store: Store,
-    pub vault: Vault,
-    pub oauth: DatabricksOAuth,
+    store: Store,
+    vault: Vault,
+    oauth: DatabricksOAuth,
     /// Revokes the refresh token a relink replaces.
-    pub broker: Arc<TokenBroker>,
-    pub slack: SlackApi,
-    pub http: reqwest::Client,
-    pub clock: SharedClock,
-    pub workspace: WorkspaceHost,
-    pub identity_check: IdentityCheck,
-    pub public_base_url: Url,
+    broker: Arc<TokenBroker>,
+    slack: SlackApi,
+    /// For SCIM Me with the new access token.
+    http: reqwest::Client,
+    clock: SharedClock,
+    workspace: WorkspaceHost,
+    identity_check: IdentityCheck,
+    public_base_url: Url,
     /// Sign in with Slack, when configured.
-    pub slack_oidc: Option<SlackOidc>,
+    slack_oidc: Option<SlackOidc>,
     /// Notified when linking queued waiting questions again.
-    pub wake: Arc<Notify>,
+    wake: Arc<Notify>,
 }
 
 impl LinkFlow {
+    /// Linking for the workspace and identity check of `config`.
+    pub fn new(services: &Services, config: &Config) -> Self {
+        Self {
+            store: services.store.clone(),
+            vault: services.vault.clone(),
+            oauth: services.oauth.clone(),
+            broker: services.broker.clone(),
+            slack: services.slack.clone(),
+            http: services.http.clone(),
+            clock: services.clock.clone(),
+            workspace: config.databricks.host.clone(),
+            identity_check: config.identity_check,
+            public_base_url: services.public_base_url.clone(),
+            slack_oidc: config.slack.oidc_client.clone().map(|(client_id, secret)| {
+                SlackOidc::new(
+                    oauth::http_client(),
+                    config.slack.oidc_issuer.clone(),
+                    client_id,
+                    secret,
+                    &services.public_base_url,
+                )
+            }),
+            wake: services.wake.clone(),
+        }
+    }
+
     /// Whether this deployment proves the browser's Slack identity before Databricks.
     fn requires_slack_sign_in(&self) -> bool {
         matches!(
             self.identity_check,
             IdentityCheck::SlackOidc | IdentityCheck::SlackOidcAndEmail
         )
+    }
+
+    /// The Databricks workspace people link to.
+    pub fn workspace(&self) -> &WorkspaceHost {
+        &self.workspace
     }
 
     /// Whether cookies must be `Secure` (`__Host-` prefixed): everywhere but plain-http

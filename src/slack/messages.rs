@@ -4,11 +4,9 @@
 use slack_morphism::prelude::*;
 
 use crate::domain::UserId;
+use crate::slack::actions::Action;
 use crate::store::links::{Link, LinkStatus};
 use url::Url;
-
-/// `action_id` of the "Connect Databricks" URL button (its click is acked, nothing more).
-pub const CONNECT_ACTION_ID: &str = "connect_databricks";
 
 /// Escapes the three characters mrkdwn treats as control characters, and only those.
 pub fn escape_mrkdwn(text: &str) -> String {
@@ -32,7 +30,7 @@ pub(crate) fn context(mrkdwn: String) -> SlackBlock {
 /// when a previous connection stopped working.
 pub fn connect_prompt(link: &Url, reconnect: bool) -> SlackMessageContent {
     let button = SlackBlockButtonElement::new(pt!("Connect Databricks"))
-        .with_action_id(CONNECT_ACTION_ID.into())
+        .with_action_id(Action::Connect.id())
         .with_url(link.clone())
         .with_style(SlackBlockButtonStyle::Primary);
     let headline = if reconnect {
@@ -56,14 +54,11 @@ pub fn connect_prompt(link: &Url, reconnect: bool) -> SlackMessageContent {
         .with_blocks(blocks)
 }
 
-/// `action_id` of the "Disconnect" button on the linked confirmation.
-pub const DISCONNECT_ACTION_ID: &str = "disconnect";
-
 /// A "Disconnect" button that asks Slack to confirm before it reports the click.
 fn disconnect_button() -> SlackBlockButtonElement {
     SlackBlockButtonElement::new(pt!("Disconnect"))
-        .with_action_id(DISCONNECT_ACTION_ID.into())
-        .with_value(DISCONNECT_ACTION_ID.into())
+        .with_action_id(Action::Disconnect.id())
+        .with_value("disconnect".into())
         .with_style(SlackBlockButtonStyle::Danger)
         .with_confirm(SlackBlockConfirmItem::new(
             pt!("Disconnect Databricks?"),
@@ -72,9 +67,6 @@ fn disconnect_button() -> SlackBlockButtonElement {
             pt!("Keep it"),
         ))
 }
-
-/// `action_id` of the "Connect Databricks" button in App Home (the link is sent by DM).
-pub const HOME_CONNECT_ACTION_ID: &str = "home_connect";
 
 /// The direct message confirming a new link, with a way out if it was not them.
 pub fn linked(shown_name: &str, user_name: &str, workspace: &str) -> SlackMessageContent {
@@ -239,7 +231,7 @@ pub fn home(link: Option<&Link>, bot_user_id: Option<&str>) -> Vec<SlackBlock> {
     let button: SlackActionBlockElement = match link {
         Some(link) if link.status == LinkStatus::Active => disconnect_button().into(),
         _ => SlackBlockButtonElement::new(pt!("Connect Databricks"))
-            .with_action_id(HOME_CONNECT_ACTION_ID.into())
+            .with_action_id(Action::HomeConnect.id())
             .with_style(SlackBlockButtonStyle::Primary)
             .into(),
     };
@@ -322,7 +314,7 @@ mod tests {
         let json = serde_json::to_value(connect_prompt(&link, true)).unwrap();
         let button = &json["blocks"][1]["elements"][0];
         assert_eq!(button["url"], "https://bot.example.com/link/abc");
-        assert_eq!(button["action_id"], CONNECT_ACTION_ID);
+        assert_eq!(button["action_id"], Action::Connect.id().0);
         assert_eq!(button["style"], "primary");
         assert!(json["text"].as_str().unwrap().contains("Connect"));
         assert!(json.to_string().contains("own Databricks permissions"));

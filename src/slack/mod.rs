@@ -1,7 +1,8 @@
 //! The Slack side as an outside system: request signing, Sign in with Slack, the Web API
-//! client, and the messages the bot sends. Turning Slack payloads into jobs is
+//! client, the messages the bot sends and the buttons in them. Turning Slack payloads into jobs is
 //! [`crate::intake`]'s.
 
+pub mod actions;
 pub mod api;
 pub mod messages;
 pub mod oidc;

@@ -14,6 +14,7 @@
 use slack_morphism::prelude::*;
 
 use crate::agent::{AgentAnswer, Table};
+use crate::slack::actions::Action;
 use crate::slack::api::FileUpload;
 use crate::slack::messages::{context, escape_mrkdwn, section};
 
@@ -38,13 +39,8 @@ const BUTTON_LABEL_LIMIT: usize = 75;
 /// Characters of a button value (Slack allows 2000).
 const BUTTON_VALUE_LIMIT: usize = 2000;
 
-/// `action_id` prefix of a suggested follow-up button; its value is the question.
-pub const SUGGESTION_ACTION_PREFIX: &str = "ask_suggestion";
 /// Prefix of the block id of an answer's buttons, followed by the answer's thread.
 pub const THREAD_BLOCK_PREFIX: &str = "thread:";
-
-/// `action_id` of the "Share in channel" button on a private answer.
-pub const SHARE_ACTION_ID: &str = "share_answer";
 
 /// An answer ready to post: one or more messages, and a CSV when the table is larger than
 /// what fits inline.
@@ -100,7 +96,7 @@ pub fn answer(answer: &AgentAnswer, by: &Attribution<'_>, thread: Option<&str>, 
         .enumerate()
         .map(|(i, question)| {
             SlackBlockButtonElement::new(pt!(truncate(question.trim(), BUTTON_LABEL_LIMIT)))
-                .with_action_id(format!("{SUGGESTION_ACTION_PREFIX}_{i}").into())
+                .with_action_id(Action::Suggestion(i).id())
                 .with_value(truncate(question.trim(), BUTTON_VALUE_LIMIT))
                 .into()
         })
@@ -108,7 +104,7 @@ pub fn answer(answer: &AgentAnswer, by: &Attribution<'_>, thread: Option<&str>, 
     if let Some(share) = share {
         buttons.push(
             SlackBlockButtonElement::new(pt!("Share in channel"))
-                .with_action_id(SHARE_ACTION_ID.into())
+                .with_action_id(Action::Share.id())
                 .with_value(share.to_owned())
                 .into(),
         );
@@ -750,7 +746,7 @@ mod tests {
         assert_eq!(elements[0]["action_id"], "ask_suggestion_0");
         assert_eq!(elements[0]["value"], "What about last week?");
         assert_eq!(elements[1]["action_id"], "ask_suggestion_1");
-        assert_eq!(elements[2]["action_id"], SHARE_ACTION_ID);
+        assert_eq!(elements[2]["action_id"], Action::Share.id().0);
         assert_eq!(elements[2]["value"], "share-id");
         assert_eq!(
             actions["block_id"], "thread:1700000000.000100",

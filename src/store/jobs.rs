@@ -24,12 +24,12 @@ pub struct NewJob<'a> {
 }
 
 /// A claimed job.
-#[derive(Debug, Clone, FromRow)]
+#[derive(Debug, Clone)]
 pub struct Job {
     pub id: i64,
     pub kind: String,
-    pub team_id: String,
-    pub user_id: String,
+    pub team: TeamId,
+    pub user: UserId,
     pub payload: String,
     /// How many times the job has been claimed, this claim included; the fencing token.
     pub attempts: i64,
@@ -37,6 +37,37 @@ pub struct Job {
     pub outbox: Option<String>,
     /// How many of the outbox's messages Slack has taken.
     pub outbox_sent: i64,
+}
+
+/// A `jobs` row as the claim returns it.
+#[derive(FromRow)]
+struct JobRow {
+    id: i64,
+    kind: String,
+    team_id: String,
+    user_id: String,
+    payload: String,
+    attempts: i64,
+    outbox: Option<String>,
+    outbox_sent: i64,
+}
+
+impl TryFrom<JobRow> for Job {
+    type Error = sqlx::Error;
+
+    fn try_from(row: JobRow) -> Result<Self, Self::Error> {
+        let corrupt = |what: &str| sqlx::Error::Decode(format!("jobs row has an invalid {what}").into());
+        Ok(Job {
+            id: row.id,
+            kind: row.kind,
+            team: TeamId::parse(&row.team_id).map_err(|_| corrupt("team_id"))?,
+            user: UserId::parse(&row.user_id).map_err(|_| corrupt("user_id"))?,
+            payload: row.payload,
+            attempts: row.attempts,
+            outbox: row.outbox,
+            outbox_sent: row.outbox_sent,
+        })
+    }
 }
 
 impl Job {
@@ -129,14 +160,15 @@ impl Store {
             Pool::Sqlite(_) => claim_sql!(""),
             Pool::Postgres(_) => claim_sql!("FOR UPDATE SKIP LOCKED"),
         };
-        on_pool!(self.write, |pool| {
+        let row: Option<JobRow> = on_pool!(self.write, |pool| {
             sqlx::query_as(sql)
                 .bind(lease_until)
                 .bind(now)
                 .bind(per_user_limit)
                 .fetch_optional(pool)
                 .await
-        })
+        })?;
+        row.map(Job::try_from).transpose()
     }
 
     /// Extends the lease of a job this worker still holds. False when it was lost.

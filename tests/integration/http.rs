@@ -4,12 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::TestDb;
-use crate::common::app::TestApp;
+use crate::common::app::{RecordingAgent, TestApp, config_env};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use databricks_slack_bot::http::{AppState, MAX_BODY_BYTES, router};
-use databricks_slack_bot::lifecycle::Lifecycle;
-use databricks_slack_bot::metrics::Metrics;
+use databricks_slack_bot::clock::SystemClock;
+use databricks_slack_bot::config::{Config, Env};
+use databricks_slack_bot::http::MAX_BODY_BYTES;
+use databricks_slack_bot::startup::{Application, Dependencies};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tower::ServiceExt;
@@ -55,30 +56,30 @@ async fn an_oversize_body_is_refused_with_413() {
 #[tokio::test]
 async fn readiness_is_false_while_draining_and_when_the_database_is_gone() {
     let db = TestDb::sqlite();
-    let store = db.open().await;
-    let state = AppState {
-        store: store.clone(),
-        metrics: Arc::new(Metrics::new()),
-        lifecycle: Lifecycle::default(),
-        slack: None,
-        link: None,
+    // Nothing outside is called: the app is only built, and its router driven in-process.
+    let env = config_env(&db.url, "http://127.0.0.1:9", "http://127.0.0.1:9");
+    let config = Config::load(&Env::from_pairs(env)).expect("test configuration is valid");
+    let deps = Dependencies {
+        clock: Arc::new(SystemClock),
+        agent: Arc::new(RecordingAgent::default()),
+        workers: None,
     };
+    let app = Application::build(&config, deps).await.unwrap();
+    let (router, lifecycle, store) = (app.router(), app.lifecycle(), app.store());
     let readyz = || Request::get("/readyz").body(Body::empty()).unwrap();
 
-    let ready = router(state.clone()).oneshot(readyz()).await.unwrap();
+    let ready = router.clone().oneshot(readyz()).await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
 
-    state.lifecycle.begin_shutdown();
-    let draining = router(state.clone()).oneshot(readyz()).await.unwrap();
-    assert_eq!(draining.status(), StatusCode::SERVICE_UNAVAILABLE);
-
-    let fresh = AppState {
-        lifecycle: Lifecycle::default(),
-        ..state
-    };
     store.close().await;
-    let gone = router(fresh).oneshot(readyz()).await.unwrap();
+    let gone = router.clone().oneshot(readyz()).await.unwrap();
     assert_eq!(gone.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    lifecycle.begin_shutdown();
+    let draining = router.oneshot(readyz()).await.unwrap();
+    assert_eq!(draining.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = axum::body::to_bytes(draining.into_body(), 1024).await.unwrap();
+    assert_eq!(&body[..], b"draining");
 }
 
 // REL-06: shutdown answers what was asked, does not wait on idle keep-alive clients, and

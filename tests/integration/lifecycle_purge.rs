@@ -232,7 +232,7 @@ async fn job(store: &Store, event_id: &str, team: &str, user: &str, at: i64, end
         .await
         .unwrap()
         .expect("the job just queued");
-    assert_eq!(claimed.user_id, user.as_str());
+    assert_eq!(claimed.user, user);
     match ends {
         Ends::Queued | Ends::Running => {}
         Ends::Waiting => assert!(store.park_job(&claimed, at).await.unwrap()),
@@ -553,7 +553,8 @@ async fn purging_a_workspace_stops_its_running_and_waiting_questions_and_fences_
         // Not even once its lease runs out.
         let next = store.claim_job(NOW + 120, NOW + 180, 10).await.unwrap().unwrap();
         assert_eq!(
-            next.team_id, TEAM_B,
+            next.team.as_str(),
+            TEAM_B,
             "{}: only the other workspace's question runs",
             db.name
         );

@@ -1,15 +1,19 @@
 //! Where a queued question becomes an answer — or a private "Connect Databricks" prompt.
 //!
-//! For each question: an empty one gets help; bots and people from another organisation
-//! are turned away; a linked person's question goes to the agent and the answer is posted
-//! where it was asked; anyone else gets a fresh single-use link, privately, with the
-//! question kept to answer after linking.
+//! Each question goes prepare → ask → publish:
+//! - **prepare**: an empty one gets help; bots and people from another organisation are
+//!   turned away; anyone without a working link gets a fresh single-use link, privately,
+//!   with the question kept to answer after linking;
+//! - **ask**: the agent answers as the person, its progress shown in a "Thinking…"
+//!   placeholder in the thread;
+//! - **publish**: the answer is rendered and kept with the job, then posted where it was
+//!   asked ([`delivery`]).
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use slack_morphism::prelude::*;
@@ -22,18 +26,19 @@ use crate::crypto::random_token;
 use crate::databricks::broker::{BrokerError, TokenBroker};
 use crate::domain::{PersonIn, TeamId, UserId};
 use crate::jobs::breaker::{Breaker, OPEN_SECONDS};
-use crate::jobs::worker::{Done, JobError, JobHandler};
+use crate::jobs::worker::{Done, JobError};
 use crate::linking::offer_link;
 use crate::metrics::{AnswerOutcome, Metrics};
-use crate::slack::api::{FileUpload, SlackApi};
+use crate::services::Services;
+use crate::slack::api::SlackApi;
 use crate::slack::messages;
 use crate::slack::render::{self, Attribution};
+use delivery::{Outbox, Placeholder};
+
+mod delivery;
 use crate::store::Store;
 use crate::store::jobs::Job;
 use crate::store::private_answers::NewPrivateAnswer;
-
-/// The `jobs.kind` of a question.
-pub const QUESTION_JOB: &str = "question";
 
 /// How long what we learned about a Slack user (bot? another organisation?) is trusted.
 const USER_CACHE_TTL_SECONDS: i64 = 3600;
@@ -76,6 +81,17 @@ impl Question {
             (None, true) => None,
         }
     }
+
+    /// The asker in the conversation the answer goes to (the key of the thread's kept
+    /// conversation, and where a kept question is answered after linking).
+    pub fn person(&self) -> PersonIn<'_> {
+        PersonIn {
+            team: &self.team,
+            user: &self.user,
+            channel: &self.channel,
+            thread_ts: self.answer_thread(),
+        }
+    }
 }
 
 /// What we know about an asker from `users.info`.
@@ -101,36 +117,48 @@ pub struct Questions {
     breaker: Breaker,
 }
 
+/// How an answer run ended, short of telling the person.
+enum Ending {
+    /// The answer went out; the outbox took the placeholder over.
+    Delivered,
+    /// Nothing to say (a bot asked).
+    Quiet,
+    /// Tell the person this, privately.
+    Tell(SlackMessageContent),
+    /// No usable token: the question waits until they connect (or they hear why not).
+    NoToken(BrokerError),
+}
+
+/// What prepare hands to ask.
+struct Prepared {
+    context: UserContext,
+    conversation: Option<serde_json::Value>,
+}
+
+/// What ask hands to publish.
+struct Answered {
+    answer: AgentAnswer,
+    /// The token the answer was made with (refreshed if Databricks refused the first).
+    context: UserContext,
+    started: Instant,
+}
+
 impl Questions {
-    /// A handler posting through `slack`, answering with `agent`, building links on
-    /// `public_base_url`.
-    pub fn new(
-        store: Store,
-        slack: SlackApi,
-        broker: Arc<TokenBroker>,
-        agent: Arc<dyn Agent>,
-        public_base_url: Url,
-        visibility: AnswerVisibility,
-        clock: SharedClock,
-    ) -> Self {
+    /// A handler answering with `agent`, its answers shown `visibility` by default and
+    /// counted in the service's metrics.
+    pub fn new(services: &Services, agent: Arc<dyn Agent>, visibility: AnswerVisibility) -> Self {
         Self {
-            store,
-            slack,
-            broker,
+            store: services.store.clone(),
+            slack: services.slack.clone(),
+            broker: services.broker.clone(),
             agent,
-            public_base_url,
+            public_base_url: services.public_base_url.clone(),
             visibility,
-            clock,
+            clock: services.clock.clone(),
             askers: Mutex::new(HashMap::new()),
-            metrics: Arc::new(Metrics::new()),
+            metrics: services.metrics.clone(),
             breaker: Breaker::default(),
         }
-    }
-
-    /// Counts answers in `metrics` (shown at `/metrics`).
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = metrics;
-        self
     }
 
     fn record(&self, outcome: AnswerOutcome, started: Instant) {
@@ -138,75 +166,133 @@ impl Questions {
         self.metrics.record_answer(self.agent.name(), outcome, seconds);
     }
 
+    /// Runs a question's job: answers it, or resumes posting an answer an earlier run
+    /// made but could not finish posting.
+    pub async fn run(&self, job: &Job, q: &Question) -> Result<Done, JobError> {
+        let outbox = match job.outbox.as_deref() {
+            Some(kept) => serde_json::from_str::<Outbox>(kept)
+                .map_err(|e| JobError::Permanent(format!("unreadable answer outbox: {e}")))?,
+            None => Outbox::default(),
+        };
+        if outbox.answered {
+            let sent = usize::try_from(job.outbox_sent).unwrap_or(0);
+            self.resume(job, q, &outbox, sent).await
+        } else {
+            self.answer(job, q, outbox.placeholder).await
+        }
+    }
+
     /// Asks the agent and posts its answer. `kept` is the placeholder an earlier run of
     /// this job left in the thread (it failed for a moment, or its worker died), which is
     /// reused rather than joined by another.
     async fn answer(&self, job: &Job, q: &Question, kept: Option<String>) -> Result<Done, JobError> {
+        // The placeholder this run answers for. A step that hands it on — to the outbox
+        // with the answer, or to the next try — takes it; what is left is removed here,
+        // the one place, before the person is told anything.
+        let mut placeholder = kept;
+        let ending = self.prepare_ask_publish(job, q, &mut placeholder).await;
+        self.remove_placeholder(q, placeholder.as_deref()).await;
+        match ending? {
+            Ending::Delivered | Ending::Quiet => Ok(Done::Finished),
+            Ending::Tell(content) => {
+                self.reply_privately(q, content).await?;
+                Ok(Done::Finished)
+            }
+            Ending::NoToken(error) => self.without_token(q, error).await,
+        }
+    }
+
+    async fn prepare_ask_publish(
+        &self,
+        job: &Job,
+        q: &Question,
+        placeholder: &mut Option<String>,
+    ) -> Result<Ending, JobError> {
+        let prepared = match self.prepare(q).await? {
+            ControlFlow::Continue(prepared) => prepared,
+            ControlFlow::Break(ending) => return Ok(ending),
+        };
+        let answered = match self.ask(job, q, prepared, placeholder).await? {
+            ControlFlow::Continue(answered) => answered,
+            ControlFlow::Break(ending) => return Ok(ending),
+        };
+        self.publish(job, q, answered, placeholder).await
+    }
+
+    /// Who asks, and with which token: help for an empty question, nothing for bots, a
+    /// refusal for other organisations, the person's token and the thread's conversation
+    /// for everyone else.
+    async fn prepare(&self, q: &Question) -> Result<ControlFlow<Ending, Prepared>, JobError> {
         if q.text.is_empty() {
-            self.reply_privately(q, messages::help(q.bot_user_id.as_deref()))
-                .await?;
-            return Ok(Done::Finished);
+            return Ok(ControlFlow::Break(Ending::Tell(messages::help(
+                q.bot_user_id.as_deref(),
+            ))));
         }
         match self.asker(q).await? {
             Asker::Bot => {
                 tracing::info!("question from a bot ignored");
-                return Ok(Done::Finished);
+                return Ok(ControlFlow::Break(Ending::Quiet));
             }
-            Asker::External => {
-                self.reply_privately(q, messages::external_user_refusal()).await?;
-                return Ok(Done::Finished);
-            }
+            Asker::External => return Ok(ControlFlow::Break(Ending::Tell(messages::external_user_refusal()))),
             Asker::Person => {}
         }
         let context = match self.broker.user_context(&q.team, &q.user, None).await {
             Ok(context) => context,
-            Err(error) => {
-                self.remove_placeholder(q, kept.as_deref()).await;
-                return self.without_token(q, error).await;
-            }
-        };
-        let key = PersonIn {
-            team: &q.team,
-            user: &q.user,
-            channel: &q.channel,
-            thread_ts: q.answer_thread(),
+            Err(error) => return Ok(ControlFlow::Break(Ending::NoToken(error))),
         };
         let conversation = self
             .store
-            .conversation(key, self.agent.name())
+            .conversation(q.person(), self.agent.name())
             .await?
             .and_then(|kept| serde_json::from_str(&kept).ok());
+        Ok(ControlFlow::Continue(Prepared { context, conversation }))
+    }
+
+    /// Asks the agent, showing its progress in the placeholder (private answers go
+    /// without one: an ephemeral message cannot be updated).
+    async fn ask(
+        &self,
+        job: &Job,
+        q: &Question,
+        prepared: Prepared,
+        placeholder: &mut Option<String>,
+    ) -> Result<ControlFlow<Ending, Answered>, JobError> {
         // REL-04: while the agent keeps failing, questions wait in the queue, not on it.
         if let Some(seconds) = self.breaker.open_for(self.clock.now()) {
             tracing::info!(retry_in_s = seconds, "the agent keeps failing; the question waits");
+            placeholder.take();
             return Err(JobError::Transient {
                 reason: "Databricks is not answering right now".into(),
                 retry_after: Some(Duration::from_secs(seconds.unsigned_abs())),
             });
         }
-        // Progress is shown in a placeholder in the thread; private answers go without
-        // one (an ephemeral message cannot be updated).
-        let placeholder = match self.visibility(q) {
-            AnswerVisibility::Thread => Some(Placeholder::show(&self.slack, q, kept.as_deref()).await?),
+        let shown = match self.visibility(q) {
+            AnswerVisibility::Thread => match Placeholder::show(&self.slack, q, placeholder.as_deref()).await {
+                Ok(shown) => Some(shown),
+                Err(error) => {
+                    // Slack failed for a moment: the retry shows it again.
+                    placeholder.take();
+                    return Err(error);
+                }
+            },
             AnswerVisibility::Private => None,
         };
-        if let Some(shown) = placeholder.as_ref().filter(|p| kept.as_deref() != Some(p.ts.as_str())) {
+        if let Some(shown) = &shown
+            && placeholder.replace(shown.ts.clone()).as_deref() != Some(shown.ts.as_str())
+        {
             // Kept with the job: a retry, or another worker after a crash, reuses it.
             let waiting = Outbox {
                 placeholder: Some(shown.ts.clone()),
                 ..Outbox::default()
             };
-            if let Err(error) = self.keep(job, &waiting).await {
-                self.remove_placeholder(q, Some(&shown.ts)).await;
-                return Err(error);
-            }
+            self.keep(job, &waiting).await?;
         }
-        let progress: &dyn Progress = match &placeholder {
-            Some(placeholder) => placeholder,
+        let progress: &dyn Progress = match &shown {
+            Some(shown) => shown,
             None => &Unwatched,
         };
         let started = Instant::now();
-        let asked = self.ask_agent(q, context, conversation, progress).await;
+        let asked = self.ask_agent(q, prepared, progress).await;
         match &asked {
             Err(Unanswered::Agent(AgentError::Transient { reason, .. })) => {
                 if self.breaker.failed(self.clock.now()) {
@@ -220,41 +306,70 @@ impl Questions {
             Err(Unanswered::Token(_)) => {}
             Ok(_) | Err(Unanswered::Agent(_)) => self.breaker.succeeded(),
         }
-        let (answer, context) = match asked {
-            Ok(answered) => answered,
-            Err(unanswered) => {
-                match (&unanswered, &placeholder) {
-                    // The retry takes the placeholder over; meanwhile it says why it waits.
-                    (Unanswered::Agent(AgentError::Transient { .. }), Some(shown)) => {
-                        shown.working_on(Placeholder::RETRYING).await;
-                    }
-                    _ => {
-                        self.remove_placeholder(q, placeholder.as_ref().map(|p| p.ts.as_str()))
-                            .await;
-                    }
-                }
-                if let Unanswered::Agent(error) = &unanswered {
-                    let outcome = match error {
-                        AgentError::NoAccess(_) => AnswerOutcome::NoAccess,
-                        AgentError::Transient { .. } => AnswerOutcome::Retry,
-                        AgentError::Failed(_) | AgentError::Unauthorized => AnswerOutcome::Failed,
-                    };
-                    self.record(outcome, started);
-                }
-                return self.unanswered(job, q, unanswered).await;
+        let error = match asked {
+            Ok((answer, context)) => {
+                return Ok(ControlFlow::Continue(Answered {
+                    answer,
+                    context,
+                    started,
+                }));
             }
+            Err(Unanswered::Token(error)) => return Ok(ControlFlow::Break(Ending::NoToken(error))),
+            Err(Unanswered::Agent(error)) => error,
         };
-        let placeholder = placeholder.map(|placeholder| placeholder.ts);
-        let still_linked = match self.still_linked(q).await {
-            Ok(linked) => linked,
-            Err(error) => {
-                self.remove_placeholder(q, placeholder.as_deref()).await;
-                return Err(error);
+        let outcome = match &error {
+            AgentError::NoAccess(_) => AnswerOutcome::NoAccess,
+            AgentError::Transient { .. } => AnswerOutcome::Retry,
+            AgentError::Failed(_) | AgentError::Unauthorized => AnswerOutcome::Failed,
+        };
+        self.record(outcome, started);
+        let reference = job.reference();
+        match error {
+            AgentError::Unauthorized => Err(JobError::Permanent(
+                "Databricks refused a freshly refreshed token".into(),
+            )),
+            AgentError::Transient { reason, retry_after } => {
+                // The retry takes the placeholder over; meanwhile it says why it waits.
+                if let Some(shown) = &shown {
+                    shown.working_on(Placeholder::RETRYING).await;
+                    placeholder.take();
+                }
+                Err(JobError::Transient { reason, retry_after })
             }
-        };
-        if !still_linked {
+            AgentError::NoAccess(databricks_says) => {
+                tracing::info!(reference, "Databricks denied the person access; told them");
+                Ok(ControlFlow::Break(Ending::Tell(messages::no_access(
+                    &databricks_says,
+                    &reference,
+                ))))
+            }
+            AgentError::Failed(reason) => {
+                tracing::warn!(reference, reason, "the agent could not answer; told the person");
+                Ok(ControlFlow::Break(Ending::Tell(messages::could_not_answer(
+                    &reason, &reference,
+                ))))
+            }
+        }
+    }
+
+    /// Renders the answer, keeps it with the job (which takes the placeholder over) and
+    /// posts it — unless the person disconnected meanwhile (TOK-07).
+    async fn publish(
+        &self,
+        job: &Job,
+        q: &Question,
+        answered: Answered,
+        placeholder: &mut Option<String>,
+    ) -> Result<Ending, JobError> {
+        let Answered {
+            answer,
+            context,
+            started,
+        } = answered;
+        if !self.still_linked(q).await? {
             self.record(AnswerOutcome::Dropped, started);
-            return self.drop_answer(q, placeholder.as_deref()).await;
+            tracing::info!("the person disconnected while their question was answered; answer dropped");
+            return Ok(Ending::Tell(messages::dropped_after_disconnect()));
         }
         self.record(AnswerOutcome::Answered, started);
         let now = self.clock.now();
@@ -262,7 +377,7 @@ impl Questions {
         if let Some(kept) = &answer.conversation
             && let Err(error) = self
                 .store
-                .save_conversation(key, self.agent.name(), &kept.to_string(), now)
+                .save_conversation(q.person(), self.agent.name(), &kept.to_string(), now)
                 .await
         {
             tracing::warn!(error = %error, "could not keep the thread's conversation");
@@ -295,41 +410,14 @@ impl Questions {
         };
         let outbox = Outbox {
             answered: true,
-            placeholder,
+            placeholder: placeholder.clone(),
             messages: rendered.messages,
             csv: rendered.csv,
         };
-        if let Err(error) = self.keep(job, &outbox).await {
-            self.remove_placeholder(q, outbox.placeholder.as_deref()).await;
-            return Err(error);
-        }
+        self.keep(job, &outbox).await?;
+        placeholder.take();
         self.deliver(job, q, &outbox, 0).await?;
-        Ok(Done::Finished)
-    }
-
-    /// Posts what an earlier run of this job left undelivered; the agent is not asked
-    /// again.
-    async fn resume(&self, job: &Job, q: &Question, outbox: &Outbox, sent: usize) -> Result<Done, JobError> {
-        tracing::info!(sent, of = outbox.messages.len(), "resuming an answer's delivery");
-        if !self.still_linked(q).await? {
-            return self.drop_answer(q, outbox.placeholder_at(sent)).await;
-        }
-        self.deliver(job, q, outbox, sent).await?;
-        Ok(Done::Finished)
-    }
-
-    /// TOK-07: whether the asker still has the connection their answer was made with.
-    async fn still_linked(&self, q: &Question) -> Result<bool, JobError> {
-        Ok(self.store.find_link(&q.team, &q.user).await?.is_some())
-    }
-
-    /// Drops an answer made with a connection the person has since removed, and tells
-    /// them why.
-    async fn drop_answer(&self, q: &Question, placeholder: Option<&str>) -> Result<Done, JobError> {
-        tracing::info!("the person disconnected while their question was answered; answer dropped");
-        self.remove_placeholder(q, placeholder).await;
-        self.reply_privately(q, messages::dropped_after_disconnect()).await?;
-        Ok(Done::Finished)
+        Ok(Ending::Delivered)
     }
 
     /// Runs the agent; when Databricks refuses the token, refreshes it once and asks once
@@ -337,10 +425,13 @@ impl Questions {
     async fn ask_agent(
         &self,
         q: &Question,
-        mut context: UserContext,
-        conversation: Option<serde_json::Value>,
+        prepared: Prepared,
         progress: &dyn Progress,
     ) -> Result<(AgentAnswer, UserContext), Unanswered> {
+        let Prepared {
+            mut context,
+            conversation,
+        } = prepared;
         let mut refused_once = false;
         loop {
             let request = AgentRequest {
@@ -364,142 +455,6 @@ impl Questions {
                 }
                 Err(error) => return Err(Unanswered::Agent(error)),
             }
-        }
-    }
-
-    /// Tells the person why there is no answer, or schedules another try.
-    async fn unanswered(&self, job: &Job, q: &Question, unanswered: Unanswered) -> Result<Done, JobError> {
-        let reference = job.reference();
-        let error = match unanswered {
-            Unanswered::Token(error) => return self.without_token(q, error).await,
-            Unanswered::Agent(error) => error,
-        };
-        match error {
-            AgentError::Unauthorized => Err(JobError::Permanent(
-                "Databricks refused a freshly refreshed token".into(),
-            )),
-            AgentError::Transient { reason, retry_after } => Err(JobError::Transient { reason, retry_after }),
-            AgentError::NoAccess(databricks_says) => {
-                tracing::info!(reference, "Databricks denied the person access; told them");
-                self.reply_privately(q, messages::no_access(&databricks_says, &reference))
-                    .await?;
-                Ok(Done::Finished)
-            }
-            AgentError::Failed(reason) => {
-                tracing::warn!(reference, reason, "the agent could not answer; told the person");
-                self.reply_privately(q, messages::could_not_answer(&reason, &reference))
-                    .await?;
-                Ok(Done::Finished)
-            }
-        }
-    }
-
-    /// Posts an answer from its `sent`th message on: in the thread (the first message
-    /// replaces the placeholder), or privately; then the CSV, where the answer went (a
-    /// private answer's: the person's direct messages with the bot). Each message taken is
-    /// ticked off with the job, so a Slack failure part-way is retried from where it
-    /// stopped.
-    async fn deliver(&self, job: &Job, q: &Question, outbox: &Outbox, mut sent: usize) -> Result<(), JobError> {
-        let mut placeholder = outbox.placeholder_at(sent).map(str::to_owned);
-        for content in outbox.messages.iter().skip(sent) {
-            let mut posted = self.post_part(q, &mut placeholder, content.clone()).await;
-            // Slack refused the message itself, most likely over blocks the company's agent
-            // sent: the answer's words still go out.
-            if let Err(JobError::Permanent(refused)) = &posted
-                && let Some(plain) = render::plain(content)
-            {
-                tracing::warn!(
-                    refused,
-                    "Slack refused an answer's blocks; posting it without the agent's"
-                );
-                posted = self.post_part(q, &mut placeholder, plain).await;
-            }
-            posted?;
-            sent += 1;
-            if !self.store.tick_outbox(job, sent as i64).await? {
-                return Err(JobError::transient("another worker took over this question"));
-            }
-        }
-        let Some(csv) = &outbox.csv else {
-            return Ok(());
-        };
-        let (channel, thread) = match self.visibility(q) {
-            AnswerVisibility::Thread => (q.channel.clone(), q.answer_thread().map(str::to_owned)),
-            AnswerVisibility::Private if q.is_dm && q.response_url.is_none() => {
-                (q.channel.clone(), q.thread_ts.clone())
-            }
-            // A slash command may come from a conversation the bot is not a member of.
-            AnswerVisibility::Private => (self.slack.open_dm(q.user.as_str()).await?, None),
-        };
-        match self.slack.upload_file(&channel, thread.as_deref(), csv).await {
-            Ok(()) => Ok(()),
-            Err(error) if error.is_transient() => Err(error.into()),
-            Err(error) => {
-                let reference = job.reference();
-                tracing::warn!(error = %error, reference, "could not attach a result as a CSV file");
-                self.reply_privately(q, messages::could_not_answer(CSV_NOT_ATTACHED, &reference))
-                    .await
-            }
-        }
-    }
-
-    /// Posts one message of an answer; in the thread, the first replaces the placeholder
-    /// (or, when Slack will not update it, the placeholder is deleted and the message
-    /// posted anew).
-    async fn post_part(
-        &self,
-        q: &Question,
-        placeholder: &mut Option<String>,
-        content: SlackMessageContent,
-    ) -> Result<(), JobError> {
-        if self.visibility(q) == AnswerVisibility::Private {
-            return self.reply_privately(q, content).await;
-        }
-        if let Some(ts) = placeholder.as_deref() {
-            match self.slack.update_message(&q.channel, ts, content.clone()).await {
-                Ok(()) => {
-                    *placeholder = None;
-                    return Ok(());
-                }
-                // Kept for the retry to replace.
-                Err(error) if error.is_transient() => return Err(error.into()),
-                Err(error) => {
-                    tracing::warn!(error = %error, "could not replace the placeholder; posting the answer anew");
-                    self.remove_placeholder(q, placeholder.take().as_deref()).await;
-                }
-            }
-        }
-        self.slack
-            .post_message(&q.channel, q.answer_thread(), content)
-            .await
-            .map(|_| ())
-            .map_err(JobError::from)
-    }
-
-    /// Keeps `outbox` with the job, for a retry to resume from.
-    async fn keep(&self, job: &Job, outbox: &Outbox) -> Result<(), JobError> {
-        let kept = serde_json::to_string(outbox).expect("an outbox serialises");
-        if self.store.keep_outbox(job, &kept).await? {
-            Ok(())
-        } else {
-            Err(JobError::transient("another worker took over this question"))
-        }
-    }
-
-    /// Deletes the "Thinking…" placeholder at `ts`, if there is one.
-    async fn remove_placeholder(&self, q: &Question, ts: Option<&str>) {
-        let Some(ts) = ts else { return };
-        if let Err(error) = self.slack.delete_message(&q.channel, ts).await {
-            tracing::warn!(error = %error, "could not delete a placeholder");
-        }
-    }
-
-    /// Where this question's answer goes: slash commands are always answered privately.
-    fn visibility(&self, q: &Question) -> AnswerVisibility {
-        if q.response_url.is_some() {
-            AnswerVisibility::Private
-        } else {
-            self.visibility
         }
     }
 
@@ -566,16 +521,10 @@ impl Questions {
     /// Parks the question until the person connects, sending a private prompt with a
     /// fresh single-use link — one prompt for a burst of questions, not one each.
     async fn park_until_connected(&self, q: &Question, reconnect: bool) -> Result<Done, JobError> {
-        let to = PersonIn {
-            team: &q.team,
-            user: &q.user,
-            channel: &q.channel,
-            thread_ts: q.answer_thread(),
-        };
         let offer = offer_link(
             &self.store,
             &self.public_base_url,
-            to,
+            q.person(),
             self.clock.now(),
             PROMPT_QUIET_SECONDS,
         )
@@ -594,180 +543,9 @@ impl Questions {
         Ok(Done::Parked)
     }
 
-    /// Ephemeral in a channel (a DM when Slack refuses that, e.g. the person left the
-    /// channel); a plain message in a DM. An ephemeral goes into a thread only if the
-    /// question was already in one: Slack does not show ephemerals in a thread that has
-    /// no replies yet.
-    async fn reply_privately(&self, q: &Question, content: SlackMessageContent) -> Result<(), JobError> {
-        if let Some(url) = &q.response_url {
-            let reply = SlackApiPostWebhookMessageRequest::new(content.clone()).with_replace_original(false);
-            match self.slack.respond(&SlackResponseUrl(url.clone()), &reply).await {
-                Ok(()) => return Ok(()),
-                Err(error) if error.is_transient() => return Err(error.into()),
-                Err(error) => {
-                    tracing::info!(error = %error, "the command's response_url is used up; sending a direct message");
-                    let dm = self.slack.open_dm(q.user.as_str()).await?;
-                    return self
-                        .slack
-                        .post_message(&dm, None, content)
-                        .await
-                        .map(|_| ())
-                        .map_err(JobError::from);
-                }
-            }
-        }
-        if q.is_dm {
-            return self
-                .slack
-                .post_message(&q.channel, q.thread_ts.as_deref(), content)
-                .await
-                .map(|_| ())
-                .map_err(JobError::from);
-        }
-        match self
-            .slack
-            .post_ephemeral(&q.channel, q.user.as_str(), q.thread_ts.as_deref(), content.clone())
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(error) if error.is_transient() => Err(error.into()),
-            Err(error) => {
-                tracing::info!(
-                    code = error.code(),
-                    "ephemeral reply refused; sending a direct message instead"
-                );
-                let dm = self.slack.open_dm(q.user.as_str()).await?;
-                self.slack
-                    .post_message(&dm, None, content)
-                    .await
-                    .map(|_| ())
-                    .map_err(JobError::from)
-            }
-        }
-    }
-}
-
-/// What a question's job sends to Slack, kept with the job: its "Thinking…" placeholder
-/// as soon as it is posted, then the agent's answer, written once; the job counts the
-/// messages Slack has taken (`jobs.outbox_sent`). A retry after a Slack failure resumes
-/// there instead of asking the agent again (which would post parts twice, and ask Genie
-/// the question twice).
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Outbox {
-    /// Whether the agent has answered (`messages` and `csv` are its answer).
-    answered: bool,
-    /// The "Thinking…" message the first message replaces.
-    placeholder: Option<String>,
-    /// The answer's messages, in order.
-    messages: Vec<SlackMessageContent>,
-    /// The whole table, when it did not fit inline: attached after the messages.
-    csv: Option<FileUpload>,
-}
-
-impl Outbox {
-    /// The placeholder still in the thread once `sent` messages went out: the first one
-    /// replaced it.
-    fn placeholder_at(&self, sent: usize) -> Option<&str> {
-        self.placeholder.as_deref().filter(|_| sent == 0)
-    }
-}
-
-/// Why an agent run ended without an answer.
-enum Unanswered {
-    /// No usable token (after Databricks refused the one we had).
-    Token(BrokerError),
-    Agent(AgentError),
-}
-
-/// The "Thinking…" message in the thread, updated as the agent works and replaced by
-/// the answer.
-struct Placeholder<'a> {
-    slack: &'a SlackApi,
-    channel: String,
-    ts: String,
-    shown: tokio::sync::Mutex<String>,
-}
-
-impl<'a> Placeholder<'a> {
-    const FIRST: &'static str = "Thinking…";
-    /// Shown while a question waits to be tried again.
-    const RETRYING: &'static str = "Taking longer than usual — I'll try again in a moment…";
-
-    /// Shows "Thinking…": in the placeholder at `kept` when Slack still has it, else in a
-    /// new one.
-    async fn show(slack: &'a SlackApi, q: &Question, kept: Option<&str>) -> Result<Self, JobError> {
-        let reused = match kept {
-            Some(ts) => match slack
-                .update_message(&q.channel, ts, messages::working(Self::FIRST))
-                .await
-            {
-                Ok(()) => Some(ts.to_owned()),
-                Err(error) if error.is_transient() => return Err(error.into()),
-                Err(error) => {
-                    tracing::info!(error = %error, "the earlier placeholder is gone; posting a new one");
-                    None
-                }
-            },
-            None => None,
-        };
-        let ts = match reused {
-            Some(ts) => ts,
-            None => {
-                slack
-                    .post_message(&q.channel, q.answer_thread(), messages::working(Self::FIRST))
-                    .await?
-            }
-        };
-        Ok(Self {
-            slack,
-            channel: q.channel.clone(),
-            ts,
-            shown: tokio::sync::Mutex::new(Self::FIRST.to_owned()),
-        })
-    }
-}
-
-#[async_trait]
-impl Progress for Placeholder<'_> {
-    async fn working_on(&self, status: &str) {
-        let mut shown = self.shown.lock().await;
-        if *shown == status {
-            return;
-        }
-        match self
-            .slack
-            .update_message(&self.channel, &self.ts, messages::working(status))
-            .await
-        {
-            Ok(()) => *shown = status.to_owned(),
-            Err(error) => tracing::debug!(error = %error, "could not update a placeholder"),
-        }
-    }
-}
-
-fn parse(job: &Job) -> Result<Question, JobError> {
-    serde_json::from_str(&job.payload).map_err(|e| JobError::Permanent(format!("unreadable question payload: {e}")))
-}
-
-#[async_trait]
-impl JobHandler for Questions {
-    async fn run(&self, job: &Job) -> Result<Done, JobError> {
-        let q = parse(job)?;
-        let outbox = match job.outbox.as_deref() {
-            Some(kept) => serde_json::from_str::<Outbox>(kept)
-                .map_err(|e| JobError::Permanent(format!("unreadable answer outbox: {e}")))?,
-            None => Outbox::default(),
-        };
-        if outbox.answered {
-            let sent = usize::try_from(job.outbox_sent).unwrap_or(0);
-            self.resume(job, &q, &outbox, sent).await
-        } else {
-            self.answer(job, &q, outbox.placeholder).await
-        }
-    }
-
-    async fn give_up(&self, job: &Job, error: &JobError, reference: &str) {
-        let Ok(q) = parse(job) else { return };
+    /// Tells the person their question failed, once retries ran out, removing what is
+    /// left of its placeholder.
+    pub async fn give_up(&self, job: &Job, q: &Question, error: &JobError, reference: &str) {
         let why = match error {
             JobError::Transient { reason, .. } => format!("{reason}; please try again in a few minutes"),
             JobError::Permanent(_) => "something went wrong on my side".to_owned(),
@@ -784,7 +562,7 @@ impl JobHandler for Questions {
             }
         };
         if let Some((outbox, sent)) = &outbox {
-            self.remove_placeholder(&q, outbox.placeholder_at(*sent)).await;
+            self.remove_placeholder(q, outbox.placeholder_at(*sent)).await;
         }
         let reason = match outbox {
             Some((outbox, sent)) if outbox.answered && sent >= outbox.messages.len() => CSV_NOT_ATTACHED.to_owned(),
@@ -792,10 +570,17 @@ impl JobHandler for Questions {
             _ => why,
         };
         if let Err(e) = self
-            .reply_privately(&q, messages::could_not_answer(&reason, reference))
+            .reply_privately(q, messages::could_not_answer(&reason, reference))
             .await
         {
             tracing::error!(error = %e, reference, "could not tell the person their question failed");
         }
     }
+}
+
+/// Why an agent run ended without an answer.
+enum Unanswered {
+    /// No usable token (after Databricks refused the one we had).
+    Token(BrokerError),
+    Agent(AgentError),
 }

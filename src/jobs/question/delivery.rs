@@ -1,0 +1,300 @@
+//! Getting an answer to Slack: the "Thinking…" placeholder the agent's progress shows
+//! in, the outbox kept with the job, posting it part by part (resuming where a Slack
+//! failure stopped), the CSV, and private replies.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use slack_morphism::prelude::*;
+
+use super::{CSV_NOT_ATTACHED, Question, Questions};
+use crate::agent::Progress;
+use crate::config::AnswerVisibility;
+use crate::jobs::worker::{Done, JobError};
+use crate::slack::api::{FileUpload, SlackApi};
+use crate::slack::{messages, render};
+use crate::store::jobs::Job;
+
+impl Questions {
+    /// Posts what an earlier run of this job left undelivered; the agent is not asked
+    /// again.
+    pub(super) async fn resume(&self, job: &Job, q: &Question, outbox: &Outbox, sent: usize) -> Result<Done, JobError> {
+        tracing::info!(sent, of = outbox.messages.len(), "resuming an answer's delivery");
+        if !self.still_linked(q).await? {
+            return self.drop_answer(q, outbox.placeholder_at(sent)).await;
+        }
+        self.deliver(job, q, outbox, sent).await?;
+        Ok(Done::Finished)
+    }
+
+    /// TOK-07: whether the asker still has the connection their answer was made with.
+    pub(super) async fn still_linked(&self, q: &Question) -> Result<bool, JobError> {
+        Ok(self.store.find_link(&q.team, &q.user).await?.is_some())
+    }
+
+    /// Drops an answer made with a connection the person has since removed, and tells
+    /// them why.
+    async fn drop_answer(&self, q: &Question, placeholder: Option<&str>) -> Result<Done, JobError> {
+        tracing::info!("the person disconnected while their question was answered; answer dropped");
+        self.remove_placeholder(q, placeholder).await;
+        self.reply_privately(q, messages::dropped_after_disconnect()).await?;
+        Ok(Done::Finished)
+    }
+
+    /// Posts an answer from its `sent`th message on: in the thread (the first message
+    /// replaces the placeholder), or privately; then the CSV, where the answer went (a
+    /// private answer's: the person's direct messages with the bot). Each message taken is
+    /// ticked off with the job, so a Slack failure part-way is retried from where it
+    /// stopped.
+    pub(super) async fn deliver(
+        &self,
+        job: &Job,
+        q: &Question,
+        outbox: &Outbox,
+        mut sent: usize,
+    ) -> Result<(), JobError> {
+        let mut placeholder = outbox.placeholder_at(sent).map(str::to_owned);
+        for content in outbox.messages.iter().skip(sent) {
+            let mut posted = self.post_part(q, &mut placeholder, content.clone()).await;
+            // Slack refused the message itself, most likely over blocks the company's agent
+            // sent: the answer's words still go out.
+            if let Err(JobError::Permanent(refused)) = &posted
+                && let Some(plain) = render::plain(content)
+            {
+                tracing::warn!(
+                    refused,
+                    "Slack refused an answer's blocks; posting it without the agent's"
+                );
+                posted = self.post_part(q, &mut placeholder, plain).await;
+            }
+            posted?;
+            sent += 1;
+            if !self.store.tick_outbox(job, sent as i64).await? {
+                return Err(JobError::transient("another worker took over this question"));
+            }
+        }
+        let Some(csv) = &outbox.csv else {
+            return Ok(());
+        };
+        let (channel, thread) = match self.visibility(q) {
+            AnswerVisibility::Thread => (q.channel.clone(), q.answer_thread().map(str::to_owned)),
+            AnswerVisibility::Private if q.is_dm && q.response_url.is_none() => {
+                (q.channel.clone(), q.thread_ts.clone())
+            }
+            // A slash command may come from a conversation the bot is not a member of.
+            AnswerVisibility::Private => (self.slack.open_dm(q.user.as_str()).await?, None),
+        };
+        match self.slack.upload_file(&channel, thread.as_deref(), csv).await {
+            Ok(()) => Ok(()),
+            Err(error) if error.is_transient() => Err(error.into()),
+            Err(error) => {
+                let reference = job.reference();
+                tracing::warn!(error = %error, reference, "could not attach a result as a CSV file");
+                self.reply_privately(q, messages::could_not_answer(CSV_NOT_ATTACHED, &reference))
+                    .await
+            }
+        }
+    }
+
+    /// Posts one message of an answer; in the thread, the first replaces the placeholder
+    /// (or, when Slack will not update it, the placeholder is deleted and the message
+    /// posted anew).
+    async fn post_part(
+        &self,
+        q: &Question,
+        placeholder: &mut Option<String>,
+        content: SlackMessageContent,
+    ) -> Result<(), JobError> {
+        if self.visibility(q) == AnswerVisibility::Private {
+            return self.reply_privately(q, content).await;
+        }
+        if let Some(ts) = placeholder.as_deref() {
+            match self.slack.update_message(&q.channel, ts, content.clone()).await {
+                Ok(()) => {
+                    *placeholder = None;
+                    return Ok(());
+                }
+                // Kept for the retry to replace.
+                Err(error) if error.is_transient() => return Err(error.into()),
+                Err(error) => {
+                    tracing::warn!(error = %error, "could not replace the placeholder; posting the answer anew");
+                    self.remove_placeholder(q, placeholder.take().as_deref()).await;
+                }
+            }
+        }
+        self.slack
+            .post_message(&q.channel, q.answer_thread(), content)
+            .await
+            .map(|_| ())
+            .map_err(JobError::from)
+    }
+
+    /// Keeps `outbox` with the job, for a retry to resume from.
+    pub(super) async fn keep(&self, job: &Job, outbox: &Outbox) -> Result<(), JobError> {
+        let kept = serde_json::to_string(outbox).expect("an outbox serialises");
+        if self.store.keep_outbox(job, &kept).await? {
+            Ok(())
+        } else {
+            Err(JobError::transient("another worker took over this question"))
+        }
+    }
+
+    /// Deletes the "Thinking…" placeholder at `ts`, if there is one.
+    pub(super) async fn remove_placeholder(&self, q: &Question, ts: Option<&str>) {
+        let Some(ts) = ts else { return };
+        if let Err(error) = self.slack.delete_message(&q.channel, ts).await {
+            tracing::warn!(error = %error, "could not delete a placeholder");
+        }
+    }
+
+    /// Where this question's answer goes: slash commands are always answered privately.
+    pub(super) fn visibility(&self, q: &Question) -> AnswerVisibility {
+        if q.response_url.is_some() {
+            AnswerVisibility::Private
+        } else {
+            self.visibility
+        }
+    }
+
+    /// Ephemeral in a channel (a DM when Slack refuses that, e.g. the person left the
+    /// channel); a plain message in a DM. An ephemeral goes into a thread only if the
+    /// question was already in one: Slack does not show ephemerals in a thread that has
+    /// no replies yet.
+    pub(super) async fn reply_privately(&self, q: &Question, content: SlackMessageContent) -> Result<(), JobError> {
+        if let Some(url) = &q.response_url {
+            let reply = SlackApiPostWebhookMessageRequest::new(content.clone()).with_replace_original(false);
+            match self.slack.respond(&SlackResponseUrl(url.clone()), &reply).await {
+                Ok(()) => return Ok(()),
+                Err(error) if error.is_transient() => return Err(error.into()),
+                Err(error) => {
+                    tracing::info!(error = %error, "the command's response_url is used up; sending a direct message");
+                    let dm = self.slack.open_dm(q.user.as_str()).await?;
+                    return self
+                        .slack
+                        .post_message(&dm, None, content)
+                        .await
+                        .map(|_| ())
+                        .map_err(JobError::from);
+                }
+            }
+        }
+        if q.is_dm {
+            return self
+                .slack
+                .post_message(&q.channel, q.thread_ts.as_deref(), content)
+                .await
+                .map(|_| ())
+                .map_err(JobError::from);
+        }
+        match self
+            .slack
+            .post_ephemeral(&q.channel, q.user.as_str(), q.thread_ts.as_deref(), content.clone())
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(error) if error.is_transient() => Err(error.into()),
+            Err(error) => {
+                tracing::info!(
+                    code = error.code(),
+                    "ephemeral reply refused; sending a direct message instead"
+                );
+                let dm = self.slack.open_dm(q.user.as_str()).await?;
+                self.slack
+                    .post_message(&dm, None, content)
+                    .await
+                    .map(|_| ())
+                    .map_err(JobError::from)
+            }
+        }
+    }
+}
+
+/// What a question's job sends to Slack, kept with the job: its "Thinking…" placeholder
+/// as soon as it is posted, then the agent's answer, written once; the job counts the
+/// messages Slack has taken (`jobs.outbox_sent`). A retry after a Slack failure resumes
+/// there instead of asking the agent again (which would post parts twice, and ask Genie
+/// the question twice).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(super) struct Outbox {
+    /// Whether the agent has answered (`messages` and `csv` are its answer).
+    pub(super) answered: bool,
+    /// The "Thinking…" message the first message replaces.
+    pub(super) placeholder: Option<String>,
+    /// The answer's messages, in order.
+    pub(super) messages: Vec<SlackMessageContent>,
+    /// The whole table, when it did not fit inline: attached after the messages.
+    pub(super) csv: Option<FileUpload>,
+}
+
+impl Outbox {
+    /// The placeholder still in the thread once `sent` messages went out: the first one
+    /// replaced it.
+    pub(super) fn placeholder_at(&self, sent: usize) -> Option<&str> {
+        self.placeholder.as_deref().filter(|_| sent == 0)
+    }
+}
+
+/// The "Thinking…" message in the thread, updated as the agent works and replaced by
+/// the answer.
+pub(super) struct Placeholder<'a> {
+    slack: &'a SlackApi,
+    channel: String,
+    pub(super) ts: String,
+    shown: tokio::sync::Mutex<String>,
+}
+
+impl<'a> Placeholder<'a> {
+    const FIRST: &'static str = "Thinking…";
+    /// Shown while a question waits to be tried again.
+    pub(super) const RETRYING: &'static str = "Taking longer than usual — I'll try again in a moment…";
+
+    /// Shows "Thinking…": in the placeholder at `kept` when Slack still has it, else in a
+    /// new one.
+    pub(super) async fn show(slack: &'a SlackApi, q: &Question, kept: Option<&str>) -> Result<Self, JobError> {
+        let reused = match kept {
+            Some(ts) => match slack
+                .update_message(&q.channel, ts, messages::working(Self::FIRST))
+                .await
+            {
+                Ok(()) => Some(ts.to_owned()),
+                Err(error) if error.is_transient() => return Err(error.into()),
+                Err(error) => {
+                    tracing::info!(error = %error, "the earlier placeholder is gone; posting a new one");
+                    None
+                }
+            },
+            None => None,
+        };
+        let ts = match reused {
+            Some(ts) => ts,
+            None => {
+                slack
+                    .post_message(&q.channel, q.answer_thread(), messages::working(Self::FIRST))
+                    .await?
+            }
+        };
+        Ok(Self {
+            slack,
+            channel: q.channel.clone(),
+            ts,
+            shown: tokio::sync::Mutex::new(Self::FIRST.to_owned()),
+        })
+    }
+}
+
+#[async_trait]
+impl Progress for Placeholder<'_> {
+    async fn working_on(&self, status: &str) {
+        let mut shown = self.shown.lock().await;
+        if *shown == status {
+            return;
+        }
+        match self
+            .slack
+            .update_message(&self.channel, &self.ts, messages::working(status))
+            .await
+        {
+            Ok(()) => *shown = status.to_owned(),
+            Err(error) => tracing::debug!(error = %error, "could not update a placeholder"),
+        }
+    }
+}
