@@ -489,84 +489,10 @@ impl Config {
         let database = read_database(&mut r);
         let vault = read_vault(&mut r);
 
-        let bot_token = r.required_secret(
-            "SLACK_BOT_TOKEN",
-            "the app's bot token (xoxb-…) from Slack's OAuth & Permissions page",
-        );
-        if bot_token
-            .as_ref()
-            .is_some_and(|t| !t.expose_secret().starts_with("xoxb-"))
-        {
-            r.problem("SLACK_BOT_TOKEN", "must be a bot token starting with xoxb-");
-        }
-        let app_token = r.secret("SLACK_APP_TOKEN");
-        if app_token
-            .as_ref()
-            .is_some_and(|t| !t.expose_secret().starts_with("xapp-"))
-        {
-            r.problem(
-                "SLACK_APP_TOKEN",
-                "must be an app-level token starting with xapp- (or be unset for HTTP mode)",
-            );
-        }
-        let signing_secret = if app_token.is_none() {
-            r.required_secret(
-                "SLACK_SIGNING_SECRET",
-                "the request signing secret from Slack's Basic Information page (needed for HTTP events)",
-            )
-        } else {
-            r.secret("SLACK_SIGNING_SECRET")
-        };
-        let api_url = r.url("SLACK_API_URL", Some("https://slack.com/api"));
-        let oidc_client = match (r.optional("SLACK_CLIENT_ID"), r.secret("SLACK_CLIENT_SECRET")) {
-            (Some(id), Some(secret)) => Some((id, secret)),
-            (None, None) => None,
-            (Some(_), None) => {
-                r.problem(
-                    "SLACK_CLIENT_SECRET",
-                    "is required when SLACK_CLIENT_ID is set (Sign in with Slack)",
-                );
-                None
-            }
-            (None, Some(_)) => {
-                r.problem(
-                    "SLACK_CLIENT_ID",
-                    "is required when SLACK_CLIENT_SECRET is set (Sign in with Slack)",
-                );
-                None
-            }
-        };
-        let oidc_issuer = r.url("SLACK_OIDC_ISSUER", Some("https://slack.com"));
+        let slack = read_slack(&mut r);
+        let databricks = read_databricks(&mut r);
 
-        let host = r
-            .required("DATABRICKS_HOST", "the workspace URL, e.g. https://dbc-1234.cloud.databricks.com")
-            .and_then(|raw| match WorkspaceHost::parse(&raw) {
-                Ok(h) => Some(h),
-                Err(_) => {
-                    r.problem("DATABRICKS_HOST", "must be a workspace origin such as https://dbc-1234.cloud.databricks.com (https://, no path; plain http only for loopback)");
-                    None
-                }
-            });
-        let client_id = r.required("DATABRICKS_CLIENT_ID", "the client id of the Databricks app connection");
-        let client_secret = r.secret("DATABRICKS_CLIENT_SECRET");
-        let scopes: Vec<String> = r
-            .optional("DATABRICKS_SCOPES")
-            .unwrap_or_else(|| DEFAULT_SCOPES.to_owned())
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
-        if !scopes.iter().any(|s| s == "offline_access") {
-            r.problem(
-                "DATABRICKS_SCOPES",
-                "must include offline_access (without it Databricks issues no refresh token)",
-            );
-        }
-        let default_discovery = host
-            .as_ref()
-            .map(|h| h.url("/oidc/.well-known/oauth-authorization-server"));
-        let discovery_url = r.url("DATABRICKS_OIDC_DISCOVERY_URL", default_discovery.as_deref());
-
-        let slack_oidc_configured = oidc_client.is_some();
+        let slack_oidc_configured = slack.as_ref().is_some_and(|s| s.oidc_client.is_some());
         let identity_check = r
             .choice(
                 "LINK_IDENTITY_CHECK",
@@ -617,21 +543,8 @@ impl Config {
             public_base_url: public_base_url.expect("validated"),
             database: database.expect("validated"),
             vault: vault.expect("validated"),
-            slack: SlackConfig {
-                bot_token: bot_token.expect("validated"),
-                signing_secret,
-                app_token,
-                api_url: api_url.expect("validated"),
-                oidc_client,
-                oidc_issuer: oidc_issuer.expect("validated"),
-            },
-            databricks: DatabricksConfig {
-                host: host.expect("validated"),
-                client_id: client_id.expect("validated"),
-                client_secret,
-                scopes,
-                discovery_url: discovery_url.expect("validated"),
-            },
+            slack: slack.expect("validated"),
+            databricks: databricks.expect("validated"),
             identity_check: identity_check.expect("validated"),
             agent: agent.expect("validated"),
             answer_visibility,
@@ -639,6 +552,106 @@ impl Config {
             worker_per_user_limit,
         })
     }
+}
+
+/// The `SLACK_*` variables. Without an app token (HTTP mode) the signing secret is
+/// required; Sign in with Slack needs both its client id and secret.
+fn read_slack(r: &mut Reader<'_>) -> Option<SlackConfig> {
+    let bot_token = r.required_secret(
+        "SLACK_BOT_TOKEN",
+        "the app's bot token (xoxb-…) from Slack's OAuth & Permissions page",
+    );
+    if bot_token
+        .as_ref()
+        .is_some_and(|t| !t.expose_secret().starts_with("xoxb-"))
+    {
+        r.problem("SLACK_BOT_TOKEN", "must be a bot token starting with xoxb-");
+    }
+    let app_token = r.secret("SLACK_APP_TOKEN");
+    if app_token
+        .as_ref()
+        .is_some_and(|t| !t.expose_secret().starts_with("xapp-"))
+    {
+        r.problem(
+            "SLACK_APP_TOKEN",
+            "must be an app-level token starting with xapp- (or be unset for HTTP mode)",
+        );
+    }
+    let signing_secret = if app_token.is_none() {
+        r.required_secret(
+            "SLACK_SIGNING_SECRET",
+            "the request signing secret from Slack's Basic Information page (needed for HTTP events)",
+        )
+    } else {
+        r.secret("SLACK_SIGNING_SECRET")
+    };
+    let api_url = r.url("SLACK_API_URL", Some("https://slack.com/api"));
+    let oidc_client = match (r.optional("SLACK_CLIENT_ID"), r.secret("SLACK_CLIENT_SECRET")) {
+        (Some(id), Some(secret)) => Some((id, secret)),
+        (None, None) => None,
+        (Some(_), None) => {
+            r.problem(
+                "SLACK_CLIENT_SECRET",
+                "is required when SLACK_CLIENT_ID is set (Sign in with Slack)",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            r.problem(
+                "SLACK_CLIENT_ID",
+                "is required when SLACK_CLIENT_SECRET is set (Sign in with Slack)",
+            );
+            None
+        }
+    };
+    let oidc_issuer = r.url("SLACK_OIDC_ISSUER", Some("https://slack.com"));
+    Some(SlackConfig {
+        bot_token: bot_token?,
+        signing_secret,
+        app_token,
+        api_url: api_url?,
+        oidc_client,
+        oidc_issuer: oidc_issuer?,
+    })
+}
+
+/// The `DATABRICKS_*` variables of the app connection. The discovery URL defaults to the
+/// workspace's own, and the scopes must allow a refresh token.
+fn read_databricks(r: &mut Reader<'_>) -> Option<DatabricksConfig> {
+    let host = r
+        .required("DATABRICKS_HOST", "the workspace URL, e.g. https://dbc-1234.cloud.databricks.com")
+        .and_then(|raw| match WorkspaceHost::parse(&raw) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                r.problem("DATABRICKS_HOST", "must be a workspace origin such as https://dbc-1234.cloud.databricks.com (https://, no path; plain http only for loopback)");
+                None
+            }
+        });
+    let client_id = r.required("DATABRICKS_CLIENT_ID", "the client id of the Databricks app connection");
+    let client_secret = r.secret("DATABRICKS_CLIENT_SECRET");
+    let scopes: Vec<String> = r
+        .optional("DATABRICKS_SCOPES")
+        .unwrap_or_else(|| DEFAULT_SCOPES.to_owned())
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    if !scopes.iter().any(|s| s == "offline_access") {
+        r.problem(
+            "DATABRICKS_SCOPES",
+            "must include offline_access (without it Databricks issues no refresh token)",
+        );
+    }
+    let default_discovery = host
+        .as_ref()
+        .map(|h| h.url("/oidc/.well-known/oauth-authorization-server"));
+    let discovery_url = r.url("DATABRICKS_OIDC_DISCOVERY_URL", default_discovery.as_deref());
+    Some(DatabricksConfig {
+        host: host?,
+        client_id: client_id?,
+        client_secret,
+        scopes,
+        discovery_url: discovery_url?,
+    })
 }
 
 fn read_agent(r: &mut Reader<'_>) -> Option<AgentConfig> {
