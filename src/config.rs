@@ -459,99 +459,144 @@ impl Config {
     /// Reads and validates every variable, reporting all problems at once.
     pub fn load(env: &Env) -> Result<Self, ConfigError> {
         let mut r = Reader::new(env);
-
-        let bind_addr = match r.optional("BIND_ADDR") {
-            None => Some(SocketAddr::from(([127, 0, 0, 1], 3000))),
-            Some(raw) => raw.parse().ok().or_else(|| {
-                r.problem(
-                    "BIND_ADDR",
-                    "must be an address and port such as 127.0.0.1:3000 or 0.0.0.0:8080",
-                );
-                None
-            }),
-        };
-        let public_base_url = if r.optional("PUBLIC_BASE_URL").is_none() {
-            r.problem("PUBLIC_BASE_URL", "is required: the bot's public https:// address, e.g. https://bot.example.com (link and OAuth callback URLs are built from it)");
-            None
-        } else {
-            r.url("PUBLIC_BASE_URL", None).and_then(|u| {
-                if u.path() != "/" || u.query().is_some() {
-                    r.problem(
-                        "PUBLIC_BASE_URL",
-                        "must be an origin without path or query, e.g. https://bot.example.com",
-                    );
-                    None
-                } else {
-                    Some(u)
-                }
-            })
-        };
+        let server = read_server(&mut r);
         let database = read_database(&mut r);
         let vault = read_vault(&mut r);
-
         let slack = read_slack(&mut r);
         let databricks = read_databricks(&mut r);
-
-        let slack_oidc_configured = slack.as_ref().is_some_and(|s| s.oidc_client.is_some());
-        let identity_check = r
-            .choice(
-                "LINK_IDENTITY_CHECK",
-                &[
-                    ("email", IdentityCheck::Email),
-                    ("slack-oidc", IdentityCheck::SlackOidc),
-                    ("slack-oidc+email", IdentityCheck::SlackOidcAndEmail),
-                    ("none", IdentityCheck::None),
-                ],
-            )
-            .or(Some(if slack_oidc_configured {
-                IdentityCheck::SlackOidcAndEmail
-            } else {
-                IdentityCheck::Email
-            }));
-        if matches!(
-            identity_check,
-            Some(IdentityCheck::SlackOidc | IdentityCheck::SlackOidcAndEmail)
-        ) && !slack_oidc_configured
-            && r.optional("SLACK_CLIENT_ID").is_none()
-        {
-            r.problem(
-                "LINK_IDENTITY_CHECK",
-                "slack-oidc needs SLACK_CLIENT_ID and SLACK_CLIENT_SECRET (Sign in with Slack)",
-            );
-        }
-
+        let identity_check = read_identity_check(&mut r, slack.as_ref());
         let agent = read_agent(&mut r);
-        let answer_visibility = r
-            .choice(
-                "ANSWER_VISIBILITY",
-                &[
-                    ("thread", AnswerVisibility::Thread),
-                    ("private", AnswerVisibility::Private),
-                ],
-            )
-            .unwrap_or(AnswerVisibility::Thread);
-        let worker_concurrency = r.number("WORKER_CONCURRENCY", 8, 1..=256);
-        let worker_per_user_limit = r.number("WORKER_PER_USER_LIMIT", 2, 1..=16);
-        // Read by telemetry before anything else; validated here so a typo is reported.
-        r.choice(
-            "LOG_FORMAT",
-            &[("pretty", LogFormat::Pretty), ("json", LogFormat::Json)],
-        );
+        let workers = read_workers(&mut r);
+        check_log_format(&mut r);
 
-        r.finish(|| Config {
-            bind_addr: bind_addr.expect("validated"),
-            public_base_url: public_base_url.expect("validated"),
-            database: database.expect("validated"),
-            vault: vault.expect("validated"),
-            slack: slack.expect("validated"),
-            databricks: databricks.expect("validated"),
-            identity_check: identity_check.expect("validated"),
-            agent: agent.expect("validated"),
-            answer_visibility,
-            worker_concurrency,
-            worker_per_user_limit,
+        r.finish(|| {
+            let (server, workers) = (server.expect("validated"), workers.expect("validated"));
+            Config {
+                bind_addr: server.bind_addr,
+                public_base_url: server.public_base_url,
+                database: database.expect("validated"),
+                vault: vault.expect("validated"),
+                slack: slack.expect("validated"),
+                databricks: databricks.expect("validated"),
+                identity_check: identity_check.expect("validated"),
+                agent: agent.expect("validated"),
+                answer_visibility: workers.answer_visibility,
+                worker_concurrency: workers.concurrency,
+                worker_per_user_limit: workers.per_user_limit,
+            }
         })
     }
+}
+
+/// Where the bot listens and the address people reach it at.
+struct ServerSettings {
+    bind_addr: SocketAddr,
+    public_base_url: Url,
+}
+
+/// `BIND_ADDR` (default `127.0.0.1:3000`) and `PUBLIC_BASE_URL`, which must be a bare
+/// origin since link and OAuth callback URLs are built from it.
+fn read_server(r: &mut Reader<'_>) -> Option<ServerSettings> {
+    let bind_addr = match r.optional("BIND_ADDR") {
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 3000))),
+        Some(raw) => raw.parse().ok().or_else(|| {
+            r.problem(
+                "BIND_ADDR",
+                "must be an address and port such as 127.0.0.1:3000 or 0.0.0.0:8080",
+            );
+            None
+        }),
+    };
+    let public_base_url = if r.optional("PUBLIC_BASE_URL").is_none() {
+        r.problem("PUBLIC_BASE_URL", "is required: the bot's public https:// address, e.g. https://bot.example.com (link and OAuth callback URLs are built from it)");
+        None
+    } else {
+        r.url("PUBLIC_BASE_URL", None).and_then(|u| {
+            if u.path() != "/" || u.query().is_some() {
+                r.problem(
+                    "PUBLIC_BASE_URL",
+                    "must be an origin without path or query, e.g. https://bot.example.com",
+                );
+                None
+            } else {
+                Some(u)
+            }
+        })
+    };
+    Some(ServerSettings {
+        bind_addr: bind_addr?,
+        public_base_url: public_base_url?,
+    })
+}
+
+/// `LINK_IDENTITY_CHECK`, defaulting to `slack-oidc+email` when Sign in with Slack is
+/// configured and to `email` otherwise; the slack-oidc checks need Sign in with Slack.
+fn read_identity_check(r: &mut Reader<'_>, slack: Option<&SlackConfig>) -> Option<IdentityCheck> {
+    let slack_oidc_configured = slack.is_some_and(|s| s.oidc_client.is_some());
+    let identity_check = r
+        .choice(
+            "LINK_IDENTITY_CHECK",
+            &[
+                ("email", IdentityCheck::Email),
+                ("slack-oidc", IdentityCheck::SlackOidc),
+                ("slack-oidc+email", IdentityCheck::SlackOidcAndEmail),
+                ("none", IdentityCheck::None),
+            ],
+        )
+        .or(Some(if slack_oidc_configured {
+            IdentityCheck::SlackOidcAndEmail
+        } else {
+            IdentityCheck::Email
+        }));
+    if matches!(
+        identity_check,
+        Some(IdentityCheck::SlackOidc | IdentityCheck::SlackOidcAndEmail)
+    ) && !slack_oidc_configured
+        && r.optional("SLACK_CLIENT_ID").is_none()
+    {
+        r.problem(
+            "LINK_IDENTITY_CHECK",
+            "slack-oidc needs SLACK_CLIENT_ID and SLACK_CLIENT_SECRET (Sign in with Slack)",
+        );
+    }
+    identity_check
+}
+
+/// Where answers go and how many questions are worked on at once.
+struct WorkerSettings {
+    answer_visibility: AnswerVisibility,
+    concurrency: u32,
+    per_user_limit: u32,
+}
+
+/// `ANSWER_VISIBILITY` (default `thread`), `WORKER_CONCURRENCY` (default 8, 1–256) and
+/// `WORKER_PER_USER_LIMIT` (default 2, 1–16). A bad value is reported and its default kept.
+fn read_workers(r: &mut Reader<'_>) -> Option<WorkerSettings> {
+    let answer_visibility = r
+        .choice(
+            "ANSWER_VISIBILITY",
+            &[
+                ("thread", AnswerVisibility::Thread),
+                ("private", AnswerVisibility::Private),
+            ],
+        )
+        .unwrap_or(AnswerVisibility::Thread);
+    let concurrency = r.number("WORKER_CONCURRENCY", 8, 1..=256);
+    let per_user_limit = r.number("WORKER_PER_USER_LIMIT", 2, 1..=16);
+    Some(WorkerSettings {
+        answer_visibility,
+        concurrency,
+        per_user_limit,
+    })
+}
+
+/// `LOG_FORMAT` is read by telemetry before anything else ([`LogFormat::from_env`], which
+/// falls back to its default); it is validated here so a typo is reported.
+fn check_log_format(r: &mut Reader<'_>) {
+    r.choice(
+        "LOG_FORMAT",
+        &[("pretty", LogFormat::Pretty), ("json", LogFormat::Json)],
+    );
 }
 
 /// The `SLACK_*` variables. Without an app token (HTTP mode) the signing secret is
