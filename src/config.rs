@@ -459,186 +459,244 @@ impl Config {
     /// Reads and validates every variable, reporting all problems at once.
     pub fn load(env: &Env) -> Result<Self, ConfigError> {
         let mut r = Reader::new(env);
-
-        let bind_addr = match r.optional("BIND_ADDR") {
-            None => Some(SocketAddr::from(([127, 0, 0, 1], 3000))),
-            Some(raw) => raw.parse().ok().or_else(|| {
-                r.problem(
-                    "BIND_ADDR",
-                    "must be an address and port such as 127.0.0.1:3000 or 0.0.0.0:8080",
-                );
-                None
-            }),
-        };
-        let public_base_url = if r.optional("PUBLIC_BASE_URL").is_none() {
-            r.problem("PUBLIC_BASE_URL", "is required: the bot's public https:// address, e.g. https://bot.example.com (link and OAuth callback URLs are built from it)");
-            None
-        } else {
-            r.url("PUBLIC_BASE_URL", None).and_then(|u| {
-                if u.path() != "/" || u.query().is_some() {
-                    r.problem(
-                        "PUBLIC_BASE_URL",
-                        "must be an origin without path or query, e.g. https://bot.example.com",
-                    );
-                    None
-                } else {
-                    Some(u)
-                }
-            })
-        };
+        let server = read_server(&mut r);
         let database = read_database(&mut r);
         let vault = read_vault(&mut r);
-
-        let bot_token = r.required_secret(
-            "SLACK_BOT_TOKEN",
-            "the app's bot token (xoxb-…) from Slack's OAuth & Permissions page",
-        );
-        if bot_token
-            .as_ref()
-            .is_some_and(|t| !t.expose_secret().starts_with("xoxb-"))
-        {
-            r.problem("SLACK_BOT_TOKEN", "must be a bot token starting with xoxb-");
-        }
-        let app_token = r.secret("SLACK_APP_TOKEN");
-        if app_token
-            .as_ref()
-            .is_some_and(|t| !t.expose_secret().starts_with("xapp-"))
-        {
-            r.problem(
-                "SLACK_APP_TOKEN",
-                "must be an app-level token starting with xapp- (or be unset for HTTP mode)",
-            );
-        }
-        let signing_secret = if app_token.is_none() {
-            r.required_secret(
-                "SLACK_SIGNING_SECRET",
-                "the request signing secret from Slack's Basic Information page (needed for HTTP events)",
-            )
-        } else {
-            r.secret("SLACK_SIGNING_SECRET")
-        };
-        let api_url = r.url("SLACK_API_URL", Some("https://slack.com/api"));
-        let oidc_client = match (r.optional("SLACK_CLIENT_ID"), r.secret("SLACK_CLIENT_SECRET")) {
-            (Some(id), Some(secret)) => Some((id, secret)),
-            (None, None) => None,
-            (Some(_), None) => {
-                r.problem(
-                    "SLACK_CLIENT_SECRET",
-                    "is required when SLACK_CLIENT_ID is set (Sign in with Slack)",
-                );
-                None
-            }
-            (None, Some(_)) => {
-                r.problem(
-                    "SLACK_CLIENT_ID",
-                    "is required when SLACK_CLIENT_SECRET is set (Sign in with Slack)",
-                );
-                None
-            }
-        };
-        let oidc_issuer = r.url("SLACK_OIDC_ISSUER", Some("https://slack.com"));
-
-        let host = r
-            .required("DATABRICKS_HOST", "the workspace URL, e.g. https://dbc-1234.cloud.databricks.com")
-            .and_then(|raw| match WorkspaceHost::parse(&raw) {
-                Ok(h) => Some(h),
-                Err(_) => {
-                    r.problem("DATABRICKS_HOST", "must be a workspace origin such as https://dbc-1234.cloud.databricks.com (https://, no path; plain http only for loopback)");
-                    None
-                }
-            });
-        let client_id = r.required("DATABRICKS_CLIENT_ID", "the client id of the Databricks app connection");
-        let client_secret = r.secret("DATABRICKS_CLIENT_SECRET");
-        let scopes: Vec<String> = r
-            .optional("DATABRICKS_SCOPES")
-            .unwrap_or_else(|| DEFAULT_SCOPES.to_owned())
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
-        if !scopes.iter().any(|s| s == "offline_access") {
-            r.problem(
-                "DATABRICKS_SCOPES",
-                "must include offline_access (without it Databricks issues no refresh token)",
-            );
-        }
-        let default_discovery = host
-            .as_ref()
-            .map(|h| h.url("/oidc/.well-known/oauth-authorization-server"));
-        let discovery_url = r.url("DATABRICKS_OIDC_DISCOVERY_URL", default_discovery.as_deref());
-
-        let slack_oidc_configured = oidc_client.is_some();
-        let identity_check = r
-            .choice(
-                "LINK_IDENTITY_CHECK",
-                &[
-                    ("email", IdentityCheck::Email),
-                    ("slack-oidc", IdentityCheck::SlackOidc),
-                    ("slack-oidc+email", IdentityCheck::SlackOidcAndEmail),
-                    ("none", IdentityCheck::None),
-                ],
-            )
-            .or(Some(if slack_oidc_configured {
-                IdentityCheck::SlackOidcAndEmail
-            } else {
-                IdentityCheck::Email
-            }));
-        if matches!(
-            identity_check,
-            Some(IdentityCheck::SlackOidc | IdentityCheck::SlackOidcAndEmail)
-        ) && !slack_oidc_configured
-            && r.optional("SLACK_CLIENT_ID").is_none()
-        {
-            r.problem(
-                "LINK_IDENTITY_CHECK",
-                "slack-oidc needs SLACK_CLIENT_ID and SLACK_CLIENT_SECRET (Sign in with Slack)",
-            );
-        }
-
+        let slack = read_slack(&mut r);
+        let databricks = read_databricks(&mut r);
+        let identity_check = read_identity_check(&mut r, slack.as_ref());
         let agent = read_agent(&mut r);
-        let answer_visibility = r
-            .choice(
-                "ANSWER_VISIBILITY",
-                &[
-                    ("thread", AnswerVisibility::Thread),
-                    ("private", AnswerVisibility::Private),
-                ],
-            )
-            .unwrap_or(AnswerVisibility::Thread);
-        let worker_concurrency = r.number("WORKER_CONCURRENCY", 8, 1..=256);
-        let worker_per_user_limit = r.number("WORKER_PER_USER_LIMIT", 2, 1..=16);
-        // Read by telemetry before anything else; validated here so a typo is reported.
-        r.choice(
-            "LOG_FORMAT",
-            &[("pretty", LogFormat::Pretty), ("json", LogFormat::Json)],
-        );
+        let workers = read_workers(&mut r);
+        check_log_format(&mut r);
 
-        r.finish(|| Config {
-            bind_addr: bind_addr.expect("validated"),
-            public_base_url: public_base_url.expect("validated"),
-            database: database.expect("validated"),
-            vault: vault.expect("validated"),
-            slack: SlackConfig {
-                bot_token: bot_token.expect("validated"),
-                signing_secret,
-                app_token,
-                api_url: api_url.expect("validated"),
-                oidc_client,
-                oidc_issuer: oidc_issuer.expect("validated"),
-            },
-            databricks: DatabricksConfig {
-                host: host.expect("validated"),
-                client_id: client_id.expect("validated"),
-                client_secret,
-                scopes,
-                discovery_url: discovery_url.expect("validated"),
-            },
-            identity_check: identity_check.expect("validated"),
-            agent: agent.expect("validated"),
-            answer_visibility,
-            worker_concurrency,
-            worker_per_user_limit,
+        r.finish(|| {
+            let (server, workers) = (server.expect("validated"), workers.expect("validated"));
+            Config {
+                bind_addr: server.bind_addr,
+                public_base_url: server.public_base_url,
+                database: database.expect("validated"),
+                vault: vault.expect("validated"),
+                slack: slack.expect("validated"),
+                databricks: databricks.expect("validated"),
+                identity_check: identity_check.expect("validated"),
+                agent: agent.expect("validated"),
+                answer_visibility: workers.answer_visibility,
+                worker_concurrency: workers.concurrency,
+                worker_per_user_limit: workers.per_user_limit,
+            }
         })
     }
+}
+
+/// Where the bot listens and the address people reach it at.
+struct ServerSettings {
+    bind_addr: SocketAddr,
+    public_base_url: Url,
+}
+
+/// `BIND_ADDR` (default `127.0.0.1:3000`) and `PUBLIC_BASE_URL`, which must be a bare
+/// origin since link and OAuth callback URLs are built from it.
+fn read_server(r: &mut Reader<'_>) -> Option<ServerSettings> {
+    let bind_addr = match r.optional("BIND_ADDR") {
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 3000))),
+        Some(raw) => raw.parse().ok().or_else(|| {
+            r.problem(
+                "BIND_ADDR",
+                "must be an address and port such as 127.0.0.1:3000 or 0.0.0.0:8080",
+            );
+            None
+        }),
+    };
+    let public_base_url = if r.optional("PUBLIC_BASE_URL").is_none() {
+        r.problem("PUBLIC_BASE_URL", "is required: the bot's public https:// address, e.g. https://bot.example.com (link and OAuth callback URLs are built from it)");
+        None
+    } else {
+        r.url("PUBLIC_BASE_URL", None).and_then(|u| {
+            if u.path() != "/" || u.query().is_some() {
+                r.problem(
+                    "PUBLIC_BASE_URL",
+                    "must be an origin without path or query, e.g. https://bot.example.com",
+                );
+                None
+            } else {
+                Some(u)
+            }
+        })
+    };
+    Some(ServerSettings {
+        bind_addr: bind_addr?,
+        public_base_url: public_base_url?,
+    })
+}
+
+/// `LINK_IDENTITY_CHECK`, defaulting to `slack-oidc+email` when Sign in with Slack is
+/// configured and to `email` otherwise; the slack-oidc checks need Sign in with Slack.
+fn read_identity_check(r: &mut Reader<'_>, slack: Option<&SlackConfig>) -> Option<IdentityCheck> {
+    let slack_oidc_configured = slack.is_some_and(|s| s.oidc_client.is_some());
+    let identity_check = r
+        .choice(
+            "LINK_IDENTITY_CHECK",
+            &[
+                ("email", IdentityCheck::Email),
+                ("slack-oidc", IdentityCheck::SlackOidc),
+                ("slack-oidc+email", IdentityCheck::SlackOidcAndEmail),
+                ("none", IdentityCheck::None),
+            ],
+        )
+        .or(Some(if slack_oidc_configured {
+            IdentityCheck::SlackOidcAndEmail
+        } else {
+            IdentityCheck::Email
+        }));
+    if matches!(
+        identity_check,
+        Some(IdentityCheck::SlackOidc | IdentityCheck::SlackOidcAndEmail)
+    ) && !slack_oidc_configured
+        && r.optional("SLACK_CLIENT_ID").is_none()
+    {
+        r.problem(
+            "LINK_IDENTITY_CHECK",
+            "slack-oidc needs SLACK_CLIENT_ID and SLACK_CLIENT_SECRET (Sign in with Slack)",
+        );
+    }
+    identity_check
+}
+
+/// Where answers go and how many questions are worked on at once.
+struct WorkerSettings {
+    answer_visibility: AnswerVisibility,
+    concurrency: u32,
+    per_user_limit: u32,
+}
+
+/// `ANSWER_VISIBILITY` (default `thread`), `WORKER_CONCURRENCY` (default 8, 1–256) and
+/// `WORKER_PER_USER_LIMIT` (default 2, 1–16). A bad value is reported and its default kept.
+fn read_workers(r: &mut Reader<'_>) -> Option<WorkerSettings> {
+    let answer_visibility = r
+        .choice(
+            "ANSWER_VISIBILITY",
+            &[
+                ("thread", AnswerVisibility::Thread),
+                ("private", AnswerVisibility::Private),
+            ],
+        )
+        .unwrap_or(AnswerVisibility::Thread);
+    let concurrency = r.number("WORKER_CONCURRENCY", 8, 1..=256);
+    let per_user_limit = r.number("WORKER_PER_USER_LIMIT", 2, 1..=16);
+    Some(WorkerSettings {
+        answer_visibility,
+        concurrency,
+        per_user_limit,
+    })
+}
+
+/// `LOG_FORMAT` is read by telemetry before anything else ([`LogFormat::from_env`], which
+/// falls back to its default); it is validated here so a typo is reported.
+fn check_log_format(r: &mut Reader<'_>) {
+    r.choice(
+        "LOG_FORMAT",
+        &[("pretty", LogFormat::Pretty), ("json", LogFormat::Json)],
+    );
+}
+
+/// The `SLACK_*` variables. Without an app token (HTTP mode) the signing secret is
+/// required; Sign in with Slack needs both its client id and secret.
+fn read_slack(r: &mut Reader<'_>) -> Option<SlackConfig> {
+    let bot_token = r.required_secret(
+        "SLACK_BOT_TOKEN",
+        "the app's bot token (xoxb-…) from Slack's OAuth & Permissions page",
+    );
+    if bot_token
+        .as_ref()
+        .is_some_and(|t| !t.expose_secret().starts_with("xoxb-"))
+    {
+        r.problem("SLACK_BOT_TOKEN", "must be a bot token starting with xoxb-");
+    }
+    let app_token = r.secret("SLACK_APP_TOKEN");
+    if app_token
+        .as_ref()
+        .is_some_and(|t| !t.expose_secret().starts_with("xapp-"))
+    {
+        r.problem(
+            "SLACK_APP_TOKEN",
+            "must be an app-level token starting with xapp- (or be unset for HTTP mode)",
+        );
+    }
+    let signing_secret = if app_token.is_none() {
+        r.required_secret(
+            "SLACK_SIGNING_SECRET",
+            "the request signing secret from Slack's Basic Information page (needed for HTTP events)",
+        )
+    } else {
+        r.secret("SLACK_SIGNING_SECRET")
+    };
+    let api_url = r.url("SLACK_API_URL", Some("https://slack.com/api"));
+    let oidc_client = match (r.optional("SLACK_CLIENT_ID"), r.secret("SLACK_CLIENT_SECRET")) {
+        (Some(id), Some(secret)) => Some((id, secret)),
+        (None, None) => None,
+        (Some(_), None) => {
+            r.problem(
+                "SLACK_CLIENT_SECRET",
+                "is required when SLACK_CLIENT_ID is set (Sign in with Slack)",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            r.problem(
+                "SLACK_CLIENT_ID",
+                "is required when SLACK_CLIENT_SECRET is set (Sign in with Slack)",
+            );
+            None
+        }
+    };
+    let oidc_issuer = r.url("SLACK_OIDC_ISSUER", Some("https://slack.com"));
+    Some(SlackConfig {
+        bot_token: bot_token?,
+        signing_secret,
+        app_token,
+        api_url: api_url?,
+        oidc_client,
+        oidc_issuer: oidc_issuer?,
+    })
+}
+
+/// The `DATABRICKS_*` variables of the app connection. The discovery URL defaults to the
+/// workspace's own, and the scopes must allow a refresh token.
+fn read_databricks(r: &mut Reader<'_>) -> Option<DatabricksConfig> {
+    let host = r
+        .required("DATABRICKS_HOST", "the workspace URL, e.g. https://dbc-1234.cloud.databricks.com")
+        .and_then(|raw| match WorkspaceHost::parse(&raw) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                r.problem("DATABRICKS_HOST", "must be a workspace origin such as https://dbc-1234.cloud.databricks.com (https://, no path; plain http only for loopback)");
+                None
+            }
+        });
+    let client_id = r.required("DATABRICKS_CLIENT_ID", "the client id of the Databricks app connection");
+    let client_secret = r.secret("DATABRICKS_CLIENT_SECRET");
+    let scopes: Vec<String> = r
+        .optional("DATABRICKS_SCOPES")
+        .unwrap_or_else(|| DEFAULT_SCOPES.to_owned())
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    if !scopes.iter().any(|s| s == "offline_access") {
+        r.problem(
+            "DATABRICKS_SCOPES",
+            "must include offline_access (without it Databricks issues no refresh token)",
+        );
+    }
+    let default_discovery = host
+        .as_ref()
+        .map(|h| h.url("/oidc/.well-known/oauth-authorization-server"));
+    let discovery_url = r.url("DATABRICKS_OIDC_DISCOVERY_URL", default_discovery.as_deref());
+    Some(DatabricksConfig {
+        host: host?,
+        client_id: client_id?,
+        client_secret,
+        scopes,
+        discovery_url: discovery_url?,
+    })
 }
 
 fn read_agent(r: &mut Reader<'_>) -> Option<AgentConfig> {
