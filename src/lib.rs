@@ -1,28 +1,24 @@
 //! databricks-slack-bot: people ask Databricks questions in Slack and the bot answers with
 //! *their own* Databricks identity (OAuth U2M), never a shared service principal.
 //!
-//! Module map:
-//! - [`cli`] — the command line (`serve`, `check`, `migrate`, `keys`, `links`).
-//! - [`config`] — environment → typed, validated [`config::Config`]; secrets in `secrecy`.
-//! - [`domain`] — validated identifiers (Slack team/user ids, workspace hosts).
-//! - [`crypto`] — the token vault: AES-256-GCM envelopes bound to team, user, workspace.
-//! - [`key_rotation`] — re-sealing stored secrets under the primary key.
+//! Module map, lowest layer first (each imports only from the ones above it; see
+//! `docs/ARCHITECTURE.md`, checked by `.ci/layers.py`):
+//! - foundations: [`domain`] (validated ids), [`clock`], [`outbound`] (the HTTP client for
+//!   outside calls), [`lifecycle`] (running or draining), [`metrics`], [`crypto`] (the
+//!   token vault), [`config`], [`telemetry`].
 //! - [`store`] — every SQL query, for SQLite (default) and Postgres.
-//! - [`http`] — routes, shared state, middleware, health and metrics.
-//! - [`startup`] — binding, serving and graceful shutdown.
-//! - [`telemetry`] — logging setup.
-//! - [`clock`] — time, injectable for tests.
-//! - [`slack`] — request signing, event intake, the Web API client, Socket Mode, messages.
-//! - [`worker`] — the pool that runs queued jobs, with leases and retries.
-//! - [`retention`] — the scheduled purge of what is past its time (event ids, finished jobs, …).
-//! - [`questions`] — a queued question becomes an answer or a "Connect Databricks" prompt.
-//! - [`breaker`] — the circuit breaker that pauses asking an agent that keeps failing.
-//! - [`sharing`] — "Share in channel" for private answers.
-//! - [`account`] — App Home, Connect there, and Disconnect: a person's link as they control it.
+//! - [`databricks`] — OAuth, REST calls as the person, and the token broker: the only
+//!   place a refresh token is opened.
+//! - [`agent`] — the `Agent` seam that answers as the asker: Genie, the llm agent, the
+//!   company's external agent, ADK.
+//! - [`slack`] — the Web API client, request signatures, Sign in with Slack, messages,
+//!   buttons and rendering.
+//! - [`services`] — what the running parts share, built once.
 //! - [`linking`] — from the "Connect Databricks" button to a verified, stored link.
-//! - [`databricks`] — OAuth, the token broker, REST calls as the person.
-//! - [`agent`] — the `Agent` seam that answers as the asker: Genie, the llm agent, http, ADK.
-//! - [`outbound`] — the HTTP client for outbound calls: no redirects, timeouts.
+//! - [`jobs`] — the worker pool, and where a job becomes an answer (`jobs::question`).
+//! - [`intake`] — where a Slack event, command or click becomes a job.
+//! - [`http`] — routes.
+//! - [`startup`] — wiring; [`cli`] — the command line.
 
 pub mod agent;
 pub mod cli;
