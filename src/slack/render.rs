@@ -364,35 +364,61 @@ struct InlineTable {
 
 /// The first rows and the columns that fit, aligned in a code block.
 fn inline_table(table: &Table) -> InlineTable {
-    let cell = |value: &Option<String>| -> String {
-        let raw = value.as_deref().unwrap_or("NULL").replace(['\n', '\r', '\t'], " ");
-        truncate(&raw, CELL_WIDTH)
-    };
-    let shown_rows = table.rows.len().min(TABLE_ROWS);
-    // Widths of each column over the header and the shown rows.
-    let widths: Vec<usize> = (0..table.columns.len())
+    let fetched_rows = table.rows.len().min(TABLE_ROWS);
+    let widths = column_widths(table, fetched_rows);
+    let shown_columns = columns_that_fit(&widths);
+    let (body, emitted) = within_a_section(table_lines(table, &widths[..shown_columns], fetched_rows));
+    // The header and its rule come first; what is left are rows.
+    let shown_rows = emitted.saturating_sub(2).min(fetched_rows);
+    let (note, partial) = left_out(table, shown_rows, shown_columns);
+    InlineTable {
+        text: format!("```\n{body}```"),
+        note,
+        partial,
+    }
+}
+
+/// A cell as shown inline: one line, at most `CELL_WIDTH` characters.
+fn cell(value: &Option<String>) -> String {
+    let raw = value.as_deref().unwrap_or("NULL").replace(['\n', '\r', '\t'], " ");
+    truncate(&raw, CELL_WIDTH)
+}
+
+/// The width of each column over its header and the first `rows` rows.
+fn column_widths(table: &Table, rows: usize) -> Vec<usize> {
+    (0..table.columns.len())
         .map(|c| {
             let header = truncate(&table.columns[c], CELL_WIDTH).chars().count();
-            table.rows[..shown_rows]
+            table.rows[..rows]
                 .iter()
                 .map(|row| row.get(c).map_or(4, |v| cell(v).chars().count()))
                 .fold(header, usize::max)
         })
-        .collect();
-    let mut shown_columns = 0;
+        .collect()
+}
+
+/// How many leading columns fit in `TABLE_WIDTH` (always at least one).
+fn columns_that_fit(widths: &[usize]) -> usize {
+    let mut shown = 0;
     let mut line_width = 0;
-    for width in &widths {
-        let next = line_width + width + if shown_columns > 0 { 2 } else { 0 };
-        if shown_columns > 0 && next > TABLE_WIDTH {
+    for width in widths {
+        let next = line_width + width + if shown > 0 { 2 } else { 0 };
+        if shown > 0 && next > TABLE_WIDTH {
             break;
         }
         line_width = next;
-        shown_columns += 1;
+        shown += 1;
     }
+    shown
+}
+
+/// The header, its rule and the first `rows` rows, padded to `widths` (one per shown
+/// column).
+fn table_lines(table: &Table, widths: &[usize], rows: usize) -> Vec<String> {
     let line = |cells: Vec<String>| -> String {
         cells
             .iter()
-            .zip(&widths)
+            .zip(widths)
             .map(|(text, width)| format!("{text:<width$}"))
             .collect::<Vec<_>>()
             .join("  ")
@@ -400,23 +426,28 @@ fn inline_table(table: &Table) -> InlineTable {
             .to_owned()
     };
     let mut lines = vec![line(
-        table.columns[..shown_columns]
+        table.columns[..widths.len()]
             .iter()
             .map(|c| truncate(c, CELL_WIDTH))
             .collect(),
     )];
-    lines.push(line(widths[..shown_columns].iter().map(|w| "-".repeat(*w)).collect()));
-    for row in &table.rows[..shown_rows] {
+    lines.push(line(widths.iter().map(|w| "-".repeat(*w)).collect()));
+    for row in &table.rows[..rows] {
         lines.push(line(
-            (0..shown_columns)
+            (0..widths.len())
                 .map(|c| row.get(c).map_or_else(String::new, cell))
                 .collect(),
         ));
     }
-    // Keep the code block within one section whatever the cell contents (escaping can
-    // triple a line): rows that do not fit are left to the CSV.
+    lines
+}
+
+/// The lines, escaped for the code block, that fit in one section whatever the cell
+/// contents (escaping can triple a line), and how many that is: rows that do not fit
+/// are left to the CSV.
+fn within_a_section(lines: Vec<String>) -> (String, usize) {
     let mut body = String::new();
-    let mut emitted: usize = 0;
+    let mut emitted = 0;
     for line in lines {
         let escaped = fenced(&line);
         if body.chars().count() + escaped.chars().count() + 1 > SECTION_LIMIT - 16 {
@@ -426,8 +457,15 @@ fn inline_table(table: &Table) -> InlineTable {
         body.push('\n');
         emitted += 1;
     }
-    let shown_rows = emitted.saturating_sub(2).min(shown_rows);
+    (body, emitted)
+}
 
+/// The note under an inline table saying what it leaves out, and whether it left out
+/// anything (then the full result goes in a CSV).
+fn left_out(table: &Table, shown_rows: usize, shown_columns: usize) -> (String, bool) {
+    if table.rows.is_empty() {
+        return ("The query returned no rows.".into(), false);
+    }
     let total = table.total_rows.unwrap_or(table.rows.len() as u64);
     let fetched = table.rows.len() as u64;
     let mut parts = Vec::new();
@@ -437,29 +475,18 @@ fn inline_table(table: &Table) -> InlineTable {
     if shown_columns < table.columns.len() {
         parts.push(format!("{} of {} columns", shown_columns, table.columns.len()));
     }
-    let partial = !parts.is_empty();
-    let mut note = if partial {
-        format!(
-            "Showing {}. The full result is attached as a CSV file",
-            parts.join(" and ")
-        )
-    } else {
-        String::new()
-    };
-    if partial && fetched < total {
+    if parts.is_empty() {
+        return (String::new(), false);
+    }
+    let mut note = format!(
+        "Showing {}. The full result is attached as a CSV file",
+        parts.join(" and ")
+    );
+    if fetched < total {
         note.push_str(&format!(" (its first {} rows)", thousands(fetched)));
     }
-    if partial {
-        note.push('.');
-    }
-    if table.rows.is_empty() {
-        note = "The query returned no rows.".into();
-    }
-    InlineTable {
-        text: format!("```\n{}```", body),
-        note,
-        partial: partial && !table.rows.is_empty(),
-    }
+    note.push('.');
+    (note, true)
 }
 
 /// `1234567` → `1,234,567`.
