@@ -9,7 +9,7 @@
 
 use sqlx::FromRow;
 
-use super::{Pool, Store, WritePool, on_pool};
+use super::{Pool, Store, WritePool, on_pool, person};
 use crate::domain::{TeamId, UserId};
 
 /// A job to enqueue.
@@ -56,12 +56,12 @@ impl TryFrom<JobRow> for Job {
     type Error = sqlx::Error;
 
     fn try_from(row: JobRow) -> Result<Self, Self::Error> {
-        let corrupt = |what: &str| sqlx::Error::Decode(format!("jobs row has an invalid {what}").into());
+        let (team, user) = person("jobs", &row.team_id, &row.user_id)?;
         Ok(Job {
             id: row.id,
             kind: row.kind,
-            team: TeamId::parse(&row.team_id).map_err(|_| corrupt("team_id"))?,
-            user: UserId::parse(&row.user_id).map_err(|_| corrupt("user_id"))?,
+            team,
+            user,
             payload: row.payload,
             attempts: row.attempts,
             outbox: row.outbox,

@@ -2,7 +2,7 @@
 //! a vault envelope.
 
 use super::audit::{Actor, AuditEvent, AuditKind, insert_audit_event};
-use super::{Store, WritePool, on_pool};
+use super::{Store, WritePool, column, on_pool, person};
 use crate::domain::{TeamId, UserId, WorkspaceHost};
 
 /// Whether a link can be used.
@@ -120,18 +120,18 @@ impl TryFrom<LinkRow> for Link {
     type Error = sqlx::Error;
 
     fn try_from(row: LinkRow) -> Result<Self, Self::Error> {
-        let corrupt = |what: &str| sqlx::Error::Decode(format!("links row has an invalid {what}").into());
+        let (team, user) = person("links", &row.team_id, &row.user_id)?;
         Ok(Link {
-            team: TeamId::parse(&row.team_id).map_err(|_| corrupt("team_id"))?,
-            user: UserId::parse(&row.user_id).map_err(|_| corrupt("user_id"))?,
-            workspace: WorkspaceHost::parse(&row.workspace_host).map_err(|_| corrupt("workspace_host"))?,
+            team,
+            user,
+            workspace: column("links", "workspace_host", WorkspaceHost::parse(&row.workspace_host))?,
             databricks_user_id: row.databricks_user_id,
             databricks_user_name: row.databricks_user_name,
             databricks_display_name: row.databricks_display_name,
             sealed_refresh_token: row.refresh_token,
             key_id: row.key_id,
             scopes: row.scopes,
-            status: LinkStatus::parse(&row.status).ok_or_else(|| corrupt("status"))?,
+            status: column("links", "status", LinkStatus::parse(&row.status).ok_or(()))?,
             version: row.version,
             linked_at: row.linked_at,
             refreshed_at: row.refreshed_at,

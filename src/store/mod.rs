@@ -26,6 +26,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{Postgres, Sqlite, Transaction};
 
 use crate::config::DatabaseConfig;
+use crate::domain::{TeamId, UserId};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -51,6 +52,20 @@ macro_rules! on_pool {
     };
 }
 pub(crate) use on_pool;
+
+/// Reads a column of a `table` row as `T`; a value that does not parse is a decode error
+/// naming where it is (the row was written by something other than this code).
+fn column<T, E>(table: &str, column: &str, parsed: Result<T, E>) -> Result<T, sqlx::Error> {
+    parsed.map_err(|_| sqlx::Error::Decode(format!("{table} row has an invalid {column}").into()))
+}
+
+/// The Slack person a `table` row belongs to.
+fn person(table: &str, team_id: &str, user_id: &str) -> Result<(TeamId, UserId), sqlx::Error> {
+    Ok((
+        column(table, "team_id", TeamId::parse(team_id))?,
+        column(table, "user_id", UserId::parse(user_id))?,
+    ))
+}
 
 /// Opens a transaction that intends to write.
 ///

@@ -10,7 +10,7 @@
 //! Every step is one conditional UPDATE, so two requests can never both take it.
 
 use super::links::{NewLink, upsert_link_query};
-use super::{Pool, Store, WritePool, on_pool};
+use super::{Pool, Store, WritePool, column, on_pool, person};
 use crate::domain::{TeamId, UserId};
 use crate::store::audit::{Actor, AuditEvent, AuditKind, insert_audit_event};
 
@@ -130,14 +130,14 @@ impl TryFrom<PendingLinkRow> for PendingLink {
     type Error = sqlx::Error;
 
     fn try_from(row: PendingLinkRow) -> Result<Self, Self::Error> {
-        let corrupt = |what: &str| sqlx::Error::Decode(format!("pending_links row has an invalid {what}").into());
+        let (team, user) = person("pending_links", &row.team_id, &row.user_id)?;
         Ok(PendingLink {
             id_hash: row.id_hash,
-            team: TeamId::parse(&row.team_id).map_err(|_| corrupt("team_id"))?,
-            user: UserId::parse(&row.user_id).map_err(|_| corrupt("user_id"))?,
+            team,
+            user,
             channel_id: row.channel_id,
             thread_ts: row.thread_ts,
-            status: PendingStatus::parse(&row.status).ok_or_else(|| corrupt("status"))?,
+            status: column("pending_links", "status", PendingStatus::parse(&row.status).ok_or(()))?,
             browser_hash: row.browser_hash,
             slack_nonce_hash: row.slack_nonce_hash,
             slack_verified: row.slack_verified != 0,
