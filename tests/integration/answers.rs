@@ -3,9 +3,8 @@
 //! by per-test mocks) and a fake external agent — asserting what the person saw and that
 //! Databricks (or the company's agent) only ever received that person's token.
 
-use std::time::Duration;
-
 use crate::common::app::{Options, TestApp, fast_workers, mention};
+use crate::common::{PATIENCE, eventually};
 use databricks_slack_bot::clock::Clock;
 use databricks_slack_bot::domain::{TeamId, UserId};
 use databricks_slack_bot::jobs::worker::WorkerConfig;
@@ -409,12 +408,10 @@ async fn an_adk_agent_gets_the_token_only_as_temporary_state_and_keeps_one_sessi
     app.post_event(&mention("Ev1", "<@U0LAN0Z89> pipelines ok?")).await;
     app.wait_for_answer("All pipelines are green.").await;
     app.post_event(&follow_up("Ev2", "<@U0LAN0Z89> and yesterday?")).await;
-    for _ in 0..500 {
-        if app.settled_job_states().await == ["done", "done"] {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("both questions to be answered", PATIENCE, || async {
+        (app.job_states().await == ["done", "done"]).then_some(())
+    })
+    .await;
     let runs: Vec<Value> = adk
         .received_requests()
         .await

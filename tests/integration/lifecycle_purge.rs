@@ -3,10 +3,10 @@
 //! time. On SQLite and, when `TEST_DATABASE_URL` is set, Postgres.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::app::{Options, TestApp, mention, slack_calls};
-use crate::common::{KEY_A, Person, TestDb, vault};
+use crate::common::{KEY_A, PATIENCE, Person, TestDb, eventually, vault};
 use databricks_slack_bot::clock::{Clock, ManualClock};
 use databricks_slack_bot::domain::{PersonIn, TeamId, UserId};
 use databricks_slack_bot::jobs::retention::Retention;
@@ -240,22 +240,6 @@ async fn job(store: &Store, event_id: &str, team: &str, user: &str, at: i64, end
         Ends::Failed => assert!(store.fail_job(&claimed, at, "gave up").await.unwrap()),
     }
     Some(claimed)
-}
-
-/// Waits (up to 10 s) for `check` to hold.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -726,10 +710,9 @@ async fn the_retention_task_purges_at_start_and_on_every_tick_until_shutdown() {
                 .with_interval(Duration::from_millis(50))
                 .run(lifecycle.clone()),
         );
-        eventually(
-            "the purge at start",
-            || async move { rows(url, "conversations").await == 0 },
-        )
+        eventually("the purge at start", PATIENCE, || async move {
+            (rows(url, "conversations").await == 0).then_some(())
+        })
         .await;
 
         // Time moves on: what was fresh becomes old and the next tick takes it.
@@ -737,8 +720,8 @@ async fn the_retention_task_purges_at_start_and_on_every_tick_until_shutdown() {
         tokio::time::sleep(Duration::from_millis(120)).await;
         assert_eq!(rows(url, "conversations").await, 1, "{}: still fresh", db.name);
         clock.advance(8 * DAY);
-        eventually("a purge on a later tick", || async move {
-            rows(url, "conversations").await == 0
+        eventually("a purge on a later tick", PATIENCE, || async move {
+            (rows(url, "conversations").await == 0).then_some(())
         })
         .await;
 
@@ -773,8 +756,8 @@ async fn a_failing_purge_is_logged_and_the_task_keeps_running() {
         );
 
         execute(url, "ALTER TABLE conversations_away RENAME TO conversations").await;
-        eventually("a purge once the database is back", || async move {
-            rows(url, "conversations").await == 0
+        eventually("a purge once the database is back", PATIENCE, || async move {
+            (rows(url, "conversations").await == 0).then_some(())
         })
         .await;
         lifecycle.begin_shutdown();

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::TestDb;
 use crate::common::app::{SIGNING_SECRET, TestApp, fake_slack, mention, slack_calls};
+use crate::common::{PATIENCE, TestDb, eventually};
 use databricks_slack_bot::agent::AgentError;
 use databricks_slack_bot::clock::Clock;
 use databricks_slack_bot::linking::hash_link_id;
@@ -128,12 +128,10 @@ async fn questions_asked_right_after_a_prompt_wait_for_the_same_link() {
             .await;
     }
     app.wait_for_calls("chat.postEphemeral", 1).await;
-    for _ in 0..100 {
-        if app.job_states().await == ["waiting", "waiting", "waiting"] {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("all three questions to wait", PATIENCE, || async {
+        (app.job_states().await == ["waiting", "waiting", "waiting"]).then_some(())
+    })
+    .await;
     assert_eq!(app.settled_job_states().await, ["waiting", "waiting", "waiting"]);
     assert_eq!(app.slack_calls("chat.postEphemeral").await.len(), 1, "one prompt");
     app.stop().await;
@@ -415,12 +413,10 @@ async fn a_rate_limited_post_is_retried_after_retry_after() {
     app.post_event(&mention("Ev1", "<@U0LAN0Z89> hello?")).await;
     let calls = app.wait_for_calls("chat.postEphemeral", 2).await;
     assert_eq!(calls.len(), 2, "one refused, one delivered");
-    for _ in 0..100 {
-        if app.job_states().await == ["waiting"] {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the question to wait", PATIENCE, || async {
+        (app.job_states().await == ["waiting"]).then_some(())
+    })
+    .await;
     assert_eq!(app.settled_job_states().await, ["waiting"]);
     app.stop().await;
 }
@@ -440,13 +436,14 @@ async fn a_question_that_keeps_failing_ends_with_a_message_to_the_person() {
     app.link_asker().await;
     *app.agent.fail_with.lock().unwrap() = Some(AgentError::transient("warehouse starting"));
     app.post_event(&mention("Ev1", "<@U0LAN0Z89> will this work?")).await;
-    for _ in 0..200 {
+    eventually("the question to fail for good", PATIENCE, || async {
         if app.job_states().await == ["failed"] {
-            break;
+            return Some(());
         }
         app.clock.advance(60); // let the backoff pass
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        None
+    })
+    .await;
     assert_eq!(app.settled_job_states().await, ["failed"]);
     assert_eq!(app.agent.requests.lock().unwrap().len(), 3, "three attempts");
     let told = app.wait_for_calls("chat.postEphemeral", 1).await;
@@ -490,14 +487,11 @@ async fn an_agent_that_keeps_failing_is_given_a_pause_and_no_question_is_lost() 
         app.post_event(&mention(&format!("Ev{i}"), &format!("<@U0LAN0Z89> question {i}?")))
             .await;
     }
-    // Wait until every question has been tried once.
-    for _ in 0..500 {
+    eventually("every question to have been tried once", PATIENCE, || async {
         let jobs = app.jobs().await;
-        if jobs.len() == 7 && jobs.iter().all(|(state, runs)| state == "queued" && *runs == 1) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (jobs.len() == 7 && jobs.iter().all(|(state, runs)| state == "queued" && *runs == 1)).then_some(())
+    })
+    .await;
     let asked = || app.agent.requests.lock().unwrap().len();
     assert_eq!(asked(), 5, "the agent was left alone after five failures in a row");
     assert_eq!(
