@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::app::{Options, TestApp, mention, slack_calls};
+use crate::common::logs::Captured;
 use crate::common::{KEY_A, PATIENCE, Person, TestDb, eventually, vault};
 use databricks_slack_bot::clock::{Clock, ManualClock};
 use databricks_slack_bot::domain::{PersonIn, TeamId, UserId};
@@ -364,7 +365,7 @@ async fn a_question_still_queued_when_its_workspace_uninstalls_is_never_answered
         .await;
         // Team A's question came first in the queue; team B's answer proves the workers ran.
         workers.wait_for_answer("answer: what did team B sell?").await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Once every job has settled, nothing more can reach the agent or Slack.
         assert_eq!(workers.settled_job_states().await, ["failed", "done"], "{}", db.name);
         let asked: Vec<String> = workers
             .agent
@@ -717,7 +718,13 @@ async fn the_retention_task_purges_at_start_and_on_every_tick_until_shutdown() {
 
         // Time moves on: what was fresh becomes old and the next tick takes it.
         conversation(&store, TEAM_A, "U0AAAAAA1", "1.2", clock.now()).await;
-        tokio::time::sleep(Duration::from_millis(120)).await;
+        // An old conversation saved after the fresh one: the tick that takes it saw both.
+        conversation(&store, TEAM_A, "U0AAAAAA1", "1.3", clock.now() - 8 * DAY).await;
+        eventually("a tick to purge the old conversation", PATIENCE, || async move {
+            let old = "SELECT COUNT(*) FROM conversations WHERE thread_ts = '1.3'";
+            (number(url, old, &[]).await == 0).then_some(())
+        })
+        .await;
         assert_eq!(rows(url, "conversations").await, 1, "{}: still fresh", db.name);
         clock.advance(8 * DAY);
         eventually("a purge on a later tick", PATIENCE, || async move {
@@ -737,6 +744,9 @@ async fn the_retention_task_purges_at_start_and_on_every_tick_until_shutdown() {
 #[tokio::test]
 async fn a_failing_purge_is_logged_and_the_task_keeps_running() {
     for db in TestDb::all().await {
+        let logs = Captured::default();
+        // This test's runtime is single-threaded, so the retention task logs here.
+        let _guard = tracing::subscriber::set_default(logs.subscriber());
         let (store, url) = (db.open().await, db.url.as_str());
         let clock = Arc::new(ManualClock::at(NOW));
         conversation(&store, TEAM_A, "U0AAAAAA1", "1.1", NOW - 8 * DAY).await;
@@ -748,7 +758,10 @@ async fn a_failing_purge_is_logged_and_the_task_keeps_running() {
                 .with_interval(Duration::from_millis(30))
                 .run(lifecycle.clone()),
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        eventually("the task to purge again after a failed purge", PATIENCE, || async {
+            (logs.text().matches("purge failed").count() >= 2).then_some(())
+        })
+        .await;
         assert!(
             !task.is_finished(),
             "{}: a database error does not end the task",
