@@ -759,7 +759,11 @@ async fn when_the_rest_of_an_answer_cannot_be_posted_the_person_is_told() {
 async fn the_rest_of_an_answer_is_dropped_when_the_person_disconnects_before_the_retry() {
     let fail_once = failing_answer_posts().up_to_n_times(1);
     let (app, _agent) = spawn_long_answer(vec![fail_once], fast_workers()).await;
-    app.wait_for_calls("chat.update", 1).await;
+    // Not the first chat.update: that is the agent's progress, before the answer exists.
+    eventually("the first try to fail part-way", PATIENCE, || async {
+        (app.jobs().await == [("queued".to_owned(), 1)]).then_some(())
+    })
+    .await;
     let (team, user) = (TeamId::parse("T061EG9R6").unwrap(), UserId::parse("U061F7AUR").unwrap());
     let now = app.clock.now();
     assert!(app.store.delete_link(&team, &user, Actor::User, now).await.unwrap());
