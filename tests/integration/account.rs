@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::common::app::{Options, TestApp, audit_trail, interaction, mention};
+use crate::common::{PATIENCE, eventually};
 use databricks_slack_bot::agent::Table;
 use databricks_slack_bot::clock::Clock;
 use databricks_slack_bot::domain::{TeamId, UserId};
@@ -54,13 +55,11 @@ fn disconnect_click(app: &TestApp, trigger: &str) -> Value {
 }
 
 async fn wait_for_responses(app: &TestApp, n: usize) -> Vec<Value> {
-    for _ in 0..500 {
-        if app.responses().await.len() >= n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    app.responses().await
+    eventually(&format!("{n} posts to response_url"), PATIENCE, || async {
+        let responses = app.responses().await;
+        (responses.len() >= n).then_some(responses)
+    })
+    .await
 }
 
 async fn spawn() -> TestApp {
@@ -302,12 +301,10 @@ async fn a_question_in_flight_during_a_disconnect_is_not_answered_and_a_late_ret
     app.link_asker().await;
     *app.agent.delay.lock().unwrap() = Some(Duration::from_millis(700));
     app.post_event(&mention("Ev1", "<@U0LAN0Z89> in flight?")).await;
-    for _ in 0..200 {
-        if !app.agent.requests.lock().unwrap().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the question to reach the agent", PATIENCE, || async {
+        (!app.agent.requests.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
     app.post_interaction(&disconnect_click(&app, "d1")).await;
     wait_for_responses(&app, 1).await;
     assert_eq!(app.settled_job_states().await, ["done", "done"]);

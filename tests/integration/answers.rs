@@ -3,9 +3,8 @@
 //! by per-test mocks) and a fake external agent — asserting what the person saw and that
 //! Databricks (or the company's agent) only ever received that person's token.
 
-use std::time::Duration;
-
 use crate::common::app::{Options, TestApp, fast_workers, mention};
+use crate::common::{PATIENCE, eventually};
 use databricks_slack_bot::clock::Clock;
 use databricks_slack_bot::domain::{TeamId, UserId};
 use databricks_slack_bot::jobs::worker::WorkerConfig;
@@ -409,12 +408,10 @@ async fn an_adk_agent_gets_the_token_only_as_temporary_state_and_keeps_one_sessi
     app.post_event(&mention("Ev1", "<@U0LAN0Z89> pipelines ok?")).await;
     app.wait_for_answer("All pipelines are green.").await;
     app.post_event(&follow_up("Ev2", "<@U0LAN0Z89> and yesterday?")).await;
-    for _ in 0..500 {
-        if app.settled_job_states().await == ["done", "done"] {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("both questions to be answered", PATIENCE, || async {
+        (app.job_states().await == ["done", "done"]).then_some(())
+    })
+    .await;
     let runs: Vec<Value> = adk
         .received_requests()
         .await
@@ -762,7 +759,11 @@ async fn when_the_rest_of_an_answer_cannot_be_posted_the_person_is_told() {
 async fn the_rest_of_an_answer_is_dropped_when_the_person_disconnects_before_the_retry() {
     let fail_once = failing_answer_posts().up_to_n_times(1);
     let (app, _agent) = spawn_long_answer(vec![fail_once], fast_workers()).await;
-    app.wait_for_calls("chat.update", 1).await;
+    // Not the first chat.update: that is the agent's progress, before the answer exists.
+    eventually("the first try to fail part-way", PATIENCE, || async {
+        (app.jobs().await == [("queued".to_owned(), 1)]).then_some(())
+    })
+    .await;
     let (team, user) = (TeamId::parse("T061EG9R6").unwrap(), UserId::parse("U061F7AUR").unwrap());
     let now = app.clock.now();
     assert!(app.store.delete_link(&team, &user, Actor::User, now).await.unwrap());

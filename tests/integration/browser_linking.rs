@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::common::app::{Options, TestApp, mention};
 use crate::common::oidc_provider::{self, DIR};
-use crate::common::{KEY_A, TestDb};
+use crate::common::{KEY_A, PATIENCE, TestDb, eventually};
 use databricks_slack_bot::crypto::{Binding, Purpose};
 use databricks_slack_bot::domain::{TeamId, UserId};
 use secrecy::ExposeSecret;
@@ -89,22 +89,20 @@ async fn walk_through(link: &str, login: &str, screenshot: &Path) -> Value {
     report
 }
 
-/// Waits (up to 10 s) for a message containing `needle` that the fake Slack received,
-/// posted or as an update of an earlier one.
+/// Waits (up to [`PATIENCE`]) for a message containing `needle` that the fake Slack
+/// received, posted or as an update of an earlier one.
 async fn slack_message_containing(app: &TestApp, needle: &str) -> Value {
-    for _ in 0..500 {
+    let what = format!("a Slack message containing {needle:?}");
+    eventually(&what, PATIENCE, || async {
         for api_method in ["chat.postMessage", "chat.update"] {
             let calls = app.slack_calls(api_method).await;
             if let Some(found) = calls.into_iter().find(|m| m.to_string().contains(needle)) {
-                return found;
+                return Some(found);
             }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!(
-        "Slack got no message containing {needle:?}: {:?}",
-        app.slack_calls("chat.postMessage").await
-    );
+        None
+    })
+    .await
 }
 
 /// Whether `needle` appears anywhere in the SQLite database file, its WAL or shared memory.

@@ -4,9 +4,9 @@
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::common::{KEY_A, KEY_B, Person, TestDb, bin, vault};
+use crate::common::{KEY_A, KEY_B, Person, TestDb, bin, eventually, vault};
 use base64::Engine;
 use databricks_slack_bot::store::links::LinkStatus;
 
@@ -410,28 +410,30 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn wait_until_serving(port: u16, child: &mut std::process::Child) {
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Some(status) = child.try_wait().unwrap() {
+/// Waits (up to 20 s) until the server `child` accepts connections on `port`; panics with
+/// its stderr if it exits first.
+async fn wait_until_serving(port: u16, child: &mut std::process::Child) {
+    eventually("the server to start", Duration::from_secs(20), || {
+        let serving = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        if !serving && let Some(status) = child.try_wait().unwrap() {
             let mut err = String::new();
             child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
             panic!("server exited early with {status}: {err}");
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "server did not start");
-        std::thread::sleep(Duration::from_millis(25));
-    }
+        std::future::ready(serving.then_some(()))
+    })
+    .await;
 }
 
 // CRY-09 (permissions) and REL-06 (SIGTERM drains and exits cleanly), with the process
 // started under umask 000.
-#[test]
-fn serve_creates_a_private_database_even_under_umask_000_and_stops_cleanly_on_sigterm() {
+#[tokio::test]
+async fn serve_creates_a_private_database_even_under_umask_000_and_stops_cleanly_on_sigterm() {
     let db = TestDb::sqlite();
     let path = db.sqlite_path().unwrap();
     let port = free_port();
     let mut child = start_server(&db, port);
-    wait_until_serving(port, &mut child);
+    wait_until_serving(port, &mut child).await;
 
     assert_eq!(mode(path.parent().unwrap()), 0o700, "database directory");
     for suffix in ["", "-wal", "-shm"] {
@@ -457,17 +459,10 @@ fn serve_creates_a_private_database_even_under_umask_000_and_stops_cleanly_on_si
         .status()
         .unwrap();
     assert!(kill.success());
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(25),
-            "server did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    };
+    let status = eventually("the server to stop on SIGTERM", Duration::from_secs(25), || {
+        std::future::ready(child.try_wait().unwrap())
+    })
+    .await;
     let mut logs = String::new();
     child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
     assert!(status.success(), "exit {status}: {logs}");

@@ -3,10 +3,11 @@
 //! time. On SQLite and, when `TEST_DATABASE_URL` is set, Postgres.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::app::{Options, TestApp, mention, slack_calls};
-use crate::common::{KEY_A, Person, TestDb, vault};
+use crate::common::logs::Captured;
+use crate::common::{KEY_A, PATIENCE, Person, TestDb, eventually, vault};
 use databricks_slack_bot::clock::{Clock, ManualClock};
 use databricks_slack_bot::domain::{PersonIn, TeamId, UserId};
 use databricks_slack_bot::jobs::retention::Retention;
@@ -242,22 +243,6 @@ async fn job(store: &Store, event_id: &str, team: &str, user: &str, at: i64, end
     Some(claimed)
 }
 
-/// Waits (up to 10 s) for `check` to hold.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
 // ---------------------------------------------------------------------------------------
 // Uninstall and revoked tokens (EVT-04)
 
@@ -380,7 +365,7 @@ async fn a_question_still_queued_when_its_workspace_uninstalls_is_never_answered
         .await;
         // Team A's question came first in the queue; team B's answer proves the workers ran.
         workers.wait_for_answer("answer: what did team B sell?").await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Once every job has settled, nothing more can reach the agent or Slack.
         assert_eq!(workers.settled_job_states().await, ["failed", "done"], "{}", db.name);
         let asked: Vec<String> = workers
             .agent
@@ -727,19 +712,24 @@ async fn the_retention_task_purges_at_start_and_on_every_tick_until_shutdown() {
                 .with_interval(Duration::from_millis(50))
                 .run(lifecycle.clone()),
         );
-        eventually(
-            "the purge at start",
-            || async move { rows(url, "conversations").await == 0 },
-        )
+        eventually("the purge at start", PATIENCE, || async move {
+            (rows(url, "conversations").await == 0).then_some(())
+        })
         .await;
 
         // Time moves on: what was fresh becomes old and the next tick takes it.
         conversation(&store, TEAM_A, "U0AAAAAA1", "1.2", clock.now()).await;
-        tokio::time::sleep(Duration::from_millis(120)).await;
+        // An old conversation saved after the fresh one: the tick that takes it saw both.
+        conversation(&store, TEAM_A, "U0AAAAAA1", "1.3", clock.now() - 8 * DAY).await;
+        eventually("a tick to purge the old conversation", PATIENCE, || async move {
+            let old = "SELECT COUNT(*) FROM conversations WHERE thread_ts = '1.3'";
+            (number(url, old, &[]).await == 0).then_some(())
+        })
+        .await;
         assert_eq!(rows(url, "conversations").await, 1, "{}: still fresh", db.name);
         clock.advance(8 * DAY);
-        eventually("a purge on a later tick", || async move {
-            rows(url, "conversations").await == 0
+        eventually("a purge on a later tick", PATIENCE, || async move {
+            (rows(url, "conversations").await == 0).then_some(())
         })
         .await;
 
@@ -755,6 +745,9 @@ async fn the_retention_task_purges_at_start_and_on_every_tick_until_shutdown() {
 #[tokio::test]
 async fn a_failing_purge_is_logged_and_the_task_keeps_running() {
     for db in TestDb::all().await {
+        let logs = Captured::default();
+        // This test's runtime is single-threaded, so the retention task logs here.
+        let _guard = tracing::subscriber::set_default(logs.subscriber());
         let (store, url) = (db.open().await, db.url.as_str());
         let clock = Arc::new(ManualClock::at(NOW));
         conversation(&store, TEAM_A, "U0AAAAAA1", "1.1", NOW - 8 * DAY).await;
@@ -766,7 +759,10 @@ async fn a_failing_purge_is_logged_and_the_task_keeps_running() {
                 .with_interval(Duration::from_millis(30))
                 .run(lifecycle.clone()),
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        eventually("the task to purge again after a failed purge", PATIENCE, || async {
+            (logs.text().matches("purge failed").count() >= 2).then_some(())
+        })
+        .await;
         assert!(
             !task.is_finished(),
             "{}: a database error does not end the task",
@@ -774,8 +770,8 @@ async fn a_failing_purge_is_logged_and_the_task_keeps_running() {
         );
 
         execute(url, "ALTER TABLE conversations_away RENAME TO conversations").await;
-        eventually("a purge once the database is back", || async move {
-            rows(url, "conversations").await == 0
+        eventually("a purge once the database is back", PATIENCE, || async move {
+            (rows(url, "conversations").await == 0).then_some(())
         })
         .await;
         lifecycle.begin_shutdown();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::common::app::{TestApp, browser, mention, rows};
 use crate::common::fake_databricks::{FakeUser, Scripted};
 use crate::common::logs::Captured;
-use crate::common::{KEY_A, TestDb};
+use crate::common::{KEY_A, PATIENCE, TestDb, eventually};
 use databricks_slack_bot::clock::Clock;
 use databricks_slack_bot::crypto::{Binding, Purpose};
 use databricks_slack_bot::domain::{TeamId, UserId};
@@ -374,12 +374,10 @@ async fn relinking_replaces_the_old_link_only_after_verification() {
     assert_eq!(relinked.databricks_user_name, "asker@example.com");
     assert!(relinked.version > before.version);
     // Both waiting questions are answered now.
-    for _ in 0..200 {
-        if app.job_states().await.iter().all(|s| s == "done") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("both waiting questions to be answered", PATIENCE, || async {
+        app.job_states().await.iter().all(|s| s == "done").then_some(())
+    })
+    .await;
     assert_eq!(app.settled_job_states().await, ["done", "done"]);
     app.stop().await;
 }

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::TestDb;
 use crate::common::app::{SIGNING_SECRET, TestApp, fake_slack, mention, slack_calls};
+use crate::common::{PATIENCE, TestDb, eventually};
 use databricks_slack_bot::agent::AgentError;
 use databricks_slack_bot::clock::Clock;
 use databricks_slack_bot::crypto::hash_secret;
@@ -128,12 +128,10 @@ async fn questions_asked_right_after_a_prompt_wait_for_the_same_link() {
             .await;
     }
     app.wait_for_calls("chat.postEphemeral", 1).await;
-    for _ in 0..100 {
-        if app.job_states().await == ["waiting", "waiting", "waiting"] {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("all three questions to wait", PATIENCE, || async {
+        (app.job_states().await == ["waiting", "waiting", "waiting"]).then_some(())
+    })
+    .await;
     assert_eq!(app.settled_job_states().await, ["waiting", "waiting", "waiting"]);
     assert_eq!(app.slack_calls("chat.postEphemeral").await.len(), 1, "one prompt");
     app.stop().await;
@@ -261,9 +259,11 @@ async fn the_same_event_delivered_four_times_makes_one_job_and_one_prompt() {
         assert_eq!(r.status(), 200, "every delivery is acknowledged");
     }
     app.wait_for_calls("chat.postEphemeral", 1).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every delivery was stored or found a duplicate before its ack, and a worker posts
+    // before it records the outcome: once every job has settled, no other prompt can come.
+    let settled = app.settled_job_states().await;
     assert_eq!(app.slack_calls("chat.postEphemeral").await.len(), 1);
-    assert_eq!(app.settled_job_states().await, ["waiting"]);
+    assert_eq!(settled, ["waiting"]);
     app.stop().await;
 }
 
@@ -284,9 +284,11 @@ async fn the_same_event_reaching_two_replicas_on_postgres_is_answered_once() {
     let (ra, rb) = tokio::join!(a.post_event(&event), b.post_event(&event));
     assert_eq!((ra.status().as_u16(), rb.status().as_u16()), (200, 200));
     a.wait_for_calls("chat.postEphemeral", 1).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Both deliveries were stored or found a duplicate before their acks: once every job
+    // (in the shared database) has settled, neither replica can post another prompt.
+    let settled = a.settled_job_states().await;
     assert_eq!(slack_calls(&slack, "chat.postEphemeral").await.len(), 1);
-    assert_eq!(a.settled_job_states().await, ["waiting"]);
+    assert_eq!(settled, ["waiting"]);
     a.stop().await;
     b.stop().await;
 }
@@ -304,6 +306,7 @@ async fn our_own_messages_and_bot_messages_produce_nothing() {
     for event in [&bot, &own, &edited] {
         assert_eq!(app.post_event(event).await.status(), 200);
     }
+    // A fixed wait: an ignored event leaves no trace, so there is no end event to await.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let requests = app.slack.received_requests().await.unwrap();
     assert!(requests.is_empty(), "nothing posted: {requests:?}");
@@ -367,9 +370,10 @@ async fn a_question_acknowledged_before_a_crash_is_answered_once_after_restart()
         })
         .await;
         second.wait_for_calls("chat.postEphemeral", 1).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Once the job has settled, no other prompt can come.
+        let settled = second.settled_job_states().await;
         assert_eq!(slack_calls(&slack, "chat.postEphemeral").await.len(), 1, "{}", db.name);
-        assert_eq!(second.settled_job_states().await, ["waiting"]);
+        assert_eq!(settled, ["waiting"]);
         second.stop().await;
     }
 }
@@ -415,12 +419,10 @@ async fn a_rate_limited_post_is_retried_after_retry_after() {
     app.post_event(&mention("Ev1", "<@U0LAN0Z89> hello?")).await;
     let calls = app.wait_for_calls("chat.postEphemeral", 2).await;
     assert_eq!(calls.len(), 2, "one refused, one delivered");
-    for _ in 0..100 {
-        if app.job_states().await == ["waiting"] {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the question to wait", PATIENCE, || async {
+        (app.job_states().await == ["waiting"]).then_some(())
+    })
+    .await;
     assert_eq!(app.settled_job_states().await, ["waiting"]);
     app.stop().await;
 }
@@ -440,13 +442,10 @@ async fn a_question_that_keeps_failing_ends_with_a_message_to_the_person() {
     app.link_asker().await;
     *app.agent.fail_with.lock().unwrap() = Some(AgentError::transient("warehouse starting"));
     app.post_event(&mention("Ev1", "<@U0LAN0Z89> will this work?")).await;
-    for _ in 0..200 {
-        if app.job_states().await == ["failed"] {
-            break;
-        }
-        app.clock.advance(60); // let the backoff pass
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Let each backoff pass only once the failed run is recorded: moving the clock while a
+    // run is under way could lapse its lease and have the job taken twice.
+    app.retry_now(1).await;
+    app.retry_now(2).await;
     assert_eq!(app.settled_job_states().await, ["failed"]);
     assert_eq!(app.agent.requests.lock().unwrap().len(), 3, "three attempts");
     let told = app.wait_for_calls("chat.postEphemeral", 1).await;
@@ -490,14 +489,11 @@ async fn an_agent_that_keeps_failing_is_given_a_pause_and_no_question_is_lost() 
         app.post_event(&mention(&format!("Ev{i}"), &format!("<@U0LAN0Z89> question {i}?")))
             .await;
     }
-    // Wait until every question has been tried once.
-    for _ in 0..500 {
+    eventually("every question to have been tried once", PATIENCE, || async {
         let jobs = app.jobs().await;
-        if jobs.len() == 7 && jobs.iter().all(|(state, runs)| state == "queued" && *runs == 1) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (jobs.len() == 7 && jobs.iter().all(|(state, runs)| state == "queued" && *runs == 1)).then_some(())
+    })
+    .await;
     let asked = || app.agent.requests.lock().unwrap().len();
     assert_eq!(asked(), 5, "the agent was left alone after five failures in a row");
     assert_eq!(
@@ -647,6 +643,7 @@ async fn forged_stale_and_garbled_requests_get_401_and_change_nothing() {
     assert_eq!(r.status(), 401);
     assert!(!r.text().await.unwrap().contains("3eZbrw1a"));
 
+    // A fixed wait: a refused request leaves no trace, so there is no end event to await.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(app.job_states().await.is_empty(), "no job from a forgery");
     assert!(

@@ -102,13 +102,11 @@ async fn socket_mode_events_are_acknowledged_and_answered_through_the_same_queue
     let prompts = app.wait_for_calls("chat.postEphemeral", 1).await;
     assert_eq!(prompts.len(), 1);
     assert!(prompts[0].to_string().contains("https://bot.example.com/link/"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both envelopes were stored or found a duplicate before their acks, and a worker posts
+    // before it records the outcome: once every job has settled, no other prompt can come.
+    let settled = app.settled_job_states().await;
     assert_eq!(app.slack_calls("chat.postEphemeral").await.len(), 1);
-    assert_eq!(
-        app.settled_job_states().await,
-        ["waiting"],
-        "the question waits for the connection"
-    );
+    assert_eq!(settled, ["waiting"], "the question waits for the connection");
 
     // The app-level token went only to apps.connections.open.
     let opened = app.slack.received_requests().await.unwrap();
@@ -146,6 +144,7 @@ async fn a_socket_mode_delivery_that_cannot_be_stored_is_left_unacknowledged() {
 
     let event: Value = serde_json::from_str(include_str!("../fixtures/slack/event_app_mention.json")).unwrap();
     ws.send(envelope("env-lost", "events_api", event)).await.unwrap();
+    // A fixed wait: withholding an ack is an absence the bot gives no end event for.
     let ack = tokio::time::timeout(Duration::from_secs(2), async {
         loop {
             match ws.next().await {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::common::app::{TestApp, audit_trail, config_env, mention};
 use crate::common::fake_databricks::{FakeDatabricks, FakeUser, Scripted};
-use crate::common::{KEY_A, Person, TestDb, vault};
+use crate::common::{KEY_A, PATIENCE, Person, TestDb, eventually, vault};
 use databricks_slack_bot::clock::{Clock, ManualClock};
 use databricks_slack_bot::config::{Config, Env};
 use databricks_slack_bot::databricks::broker::{BrokerError, REFRESH_MARGIN_SECONDS, TokenBroker};
@@ -289,12 +289,10 @@ async fn questions_that_hit_a_dead_grant_bring_one_prompt_and_wait() {
     app.post_event(&mention("Ev2", "<@U0LAN0Z89> two")).await;
     let prompts = app.wait_for_calls("chat.postEphemeral", 1).await;
     assert!(prompts[0].to_string().contains("expired"), "{}", prompts[0]);
-    for _ in 0..100 {
-        if app.job_states().await == ["waiting", "waiting"] {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("both questions to wait", PATIENCE, || async {
+        (app.job_states().await == ["waiting", "waiting"]).then_some(())
+    })
+    .await;
     assert_eq!(app.settled_job_states().await, ["waiting", "waiting"]);
     assert_eq!(app.slack_calls("chat.postEphemeral").await.len(), 1, "one prompt");
     assert_eq!(app.databricks.refreshes().len(), 1, "no retry loop");
@@ -438,9 +436,10 @@ async fn an_access_token_from_a_refresh_that_could_not_be_committed_is_never_han
     databricks.script(Scripted::Delay(Duration::from_millis(500)));
     let relinked_rt = databricks.grant(&FakeUser::asker());
     let relink_meanwhile = async {
-        while databricks.refreshes().is_empty() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually("the refresh to reach Databricks", PATIENCE, || async {
+            (!databricks.refreshes().is_empty()).then_some(())
+        })
+        .await;
         p.link(&store, &vault(&[KEY_A]), &relinked_rt, NOW).await;
     };
     let (refresh, ()) = tokio::join!(broker.user_context(&p.team, &p.user, None), relink_meanwhile);

@@ -19,7 +19,7 @@ use wiremock::matchers::path;
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 use super::fake_databricks::{FakeDatabricks, FakeUser};
-use super::{KEY_A, TestDb};
+use super::{KEY_A, PATIENCE, TestDb, eventually};
 
 pub const SIGNING_SECRET: &str = "test-signing-secret-CANARY";
 pub const BOT_TOKEN: &str = "xoxb-test-CANARY-bot-token";
@@ -420,39 +420,31 @@ impl TestApp {
             .collect()
     }
 
-    /// Waits until the fake Slack has seen `n` calls of `api_method` (or 10 s pass).
+    /// Waits (up to [`PATIENCE`]) until the fake Slack has seen `n` calls of `api_method`;
+    /// returns every call of it so far.
     pub async fn wait_for_calls(&self, api_method: &str, n: usize) -> Vec<Value> {
-        for _ in 0..500 {
+        eventually(&format!("{n} calls of {api_method}"), PATIENCE, || async {
             let calls = self.slack_calls(api_method).await;
-            if calls.len() >= n {
-                return calls;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.slack_calls(api_method).await
+            (calls.len() >= n).then_some(calls)
+        })
+        .await
     }
 
-    /// Waits (up to 10 s) for an answer containing `needle`: the placeholder replaced by
-    /// `chat.update`, or a message posted with `chat.postMessage`. Returns that request.
+    /// Waits (up to [`PATIENCE`]) for an answer containing `needle`: the placeholder
+    /// replaced by `chat.update`, or a message posted with `chat.postMessage`. Returns that
+    /// request.
     pub async fn wait_for_answer(&self, needle: &str) -> Value {
-        for _ in 0..500 {
+        let what = format!("an answer containing {needle:?} (by chat.update or chat.postMessage)");
+        eventually(&what, PATIENCE, || async {
             for api_method in ["chat.update", "chat.postMessage"] {
-                if let Some(found) = self
-                    .slack_calls(api_method)
-                    .await
-                    .into_iter()
-                    .find(|m| m.to_string().contains(needle))
-                {
-                    return found;
+                let calls = self.slack_calls(api_method).await;
+                if let Some(found) = calls.into_iter().find(|m| m.to_string().contains(needle)) {
+                    return Some(found);
                 }
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!(
-            "no answer containing {needle:?}; posted: {:?}; updated: {:?}",
-            self.slack_calls("chat.postMessage").await,
-            self.slack_calls("chat.update").await
-        );
+            None
+        })
+        .await
     }
 
     pub async fn job_states(&self) -> Vec<String> {
@@ -464,34 +456,27 @@ impl TestApp {
         jobs(&self.db_url).await
     }
 
-    /// The job states once no job is queued or running any more (or 10 s pass): a
-    /// worker posts to Slack before it records the job's outcome.
+    /// The job states once no job is queued or running any more (waiting up to
+    /// [`PATIENCE`]): a worker posts to Slack before it records the job's outcome, so
+    /// nothing more comes from a settled job.
     pub async fn settled_job_states(&self) -> Vec<String> {
-        for _ in 0..500 {
+        eventually("every job to settle (none queued or running)", PATIENCE, || async {
             let states = self.job_states().await;
-            if states.iter().all(|s| s != "queued" && s != "running") {
-                return states;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.job_states().await
+            states.iter().all(|s| s != "queued" && s != "running").then_some(states)
+        })
+        .await
     }
 
     /// Once the only job has failed its `attempt`th run and waits to be retried, moves the
     /// clock past any backoff so the retry runs now.
     pub async fn retry_now(&self, attempt: i64) {
-        for _ in 0..500 {
-            if jobs(&self.db_url).await == [("queued".to_owned(), attempt)] {
-                self.clock
-                    .advance(WorkerConfig::default().max_backoff.as_secs() as i64 + 1);
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!(
-            "no job waits for a retry after attempt {attempt}: {:?}",
-            jobs(&self.db_url).await
-        );
+        let what = format!("the only job to wait for a retry after attempt {attempt}");
+        eventually(&what, PATIENCE, || async {
+            (jobs(&self.db_url).await == [("queued".to_owned(), attempt)]).then_some(())
+        })
+        .await;
+        self.clock
+            .advance(WorkerConfig::default().max_backoff.as_secs() as i64 + 1);
     }
 
     pub async fn stop(self) {

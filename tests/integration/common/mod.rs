@@ -1,11 +1,15 @@
 //! Shared test helpers: fresh databases on both backends, fixtures for links, the
-//! compiled binary, agent requests, captured logs and the oidc-provider server.
+//! compiled binary, agent requests, captured logs, the oidc-provider server and waiting
+//! for what happens in the background.
 
 pub mod agents;
 pub mod app;
 pub mod fake_databricks;
 pub mod logs;
 pub mod oidc_provider;
+pub mod wait;
+
+pub use wait::{PATIENCE, eventually};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
