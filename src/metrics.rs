@@ -1,5 +1,5 @@
-//! `/metrics`: Prometheus text exposition of request counts and latencies, and of answers
-//! by agent and outcome.
+//! `/metrics`: Prometheus text exposition of request counts and latencies, of answers by
+//! agent and outcome, and of token-endpoint refusals an operator must act on.
 //!
 //! Labels are the HTTP method, the *matched route template* (`/link/{id}`, never the real
 //! path, which may carry a link id), the status code, the agent's name and a fixed set of
@@ -44,6 +44,11 @@ struct AgentLabels {
     agent: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    code: &'static str,
+}
+
 /// How a question with a linked asker ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AnswerOutcome {
@@ -79,6 +84,7 @@ pub struct Metrics {
     latency: HistogramFamily,
     answers: Family<AnswerLabels, Counter>,
     agent_duration: Family<AgentLabels, Histogram, fn() -> Histogram>,
+    token_refusals: Family<CodeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -115,12 +121,19 @@ impl Metrics {
             "Time an agent took to answer (or fail)",
             agent_duration.clone(),
         );
+        let token_refusals = Family::<CodeLabels, Counter>::default();
+        registry.register(
+            "token_endpoint_refusals",
+            "Refreshes the token endpoint refused for a reason of the bot's (an operator must act), by OAuth code",
+            token_refusals.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
             latency,
             answers,
             agent_duration,
+            token_refusals,
         }
     }
 
@@ -137,6 +150,11 @@ impl Metrics {
                 agent: agent.to_owned(),
             })
             .observe(seconds);
+    }
+
+    /// Counts a refresh the token endpoint refused with `code` (one of a fixed few).
+    pub fn record_token_refusal(&self, code: &'static str) {
+        self.token_refusals.get_or_create(&CodeLabels { code }).inc();
     }
 
     /// The registry in Prometheus text format.

@@ -43,11 +43,13 @@ impl Services {
         let slack = SlackApi::new(&config.slack.api_url, &config.slack.bot_token)?;
         let http = oauth::http_client();
         let oauth = DatabricksOAuth::new(&config.databricks, &config.public_base_url, http.clone());
+        let metrics = Arc::new(Metrics::new());
         let broker = Arc::new(TokenBroker::new(
             store.clone(),
             config.vault.clone(),
             oauth.clone(),
             clock.clone(),
+            metrics.clone(),
         ));
         Ok(Self {
             store,
@@ -57,7 +59,7 @@ impl Services {
             http,
             broker,
             clock,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             public_base_url: config.public_base_url.clone(),
             wake: Arc::new(Notify::new()),
         })

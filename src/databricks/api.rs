@@ -80,15 +80,74 @@ pub enum ApiError {
     Unexpected(String),
 }
 
-/// A Databricks error body (`{"error_code": …, "message": …}`; SCIM uses `detail`).
-#[derive(Deserialize, Default)]
-struct ErrorBody {
-    #[serde(default)]
-    error_code: String,
-    #[serde(default)]
+/// What a failed call said, whatever shape it came in: a JSON body with `error_code` as a
+/// string (`"PERMISSION_DENIED"`) or a number (`403`, as a real workspace refuses a
+/// token: databricks-sdk-go #873), SCIM's `detail`, an HTML page from a gateway, or
+/// nothing — then the `X-Databricks-Reason-Phrase` header is the message.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Refusal {
+    code: String,
     message: String,
-    #[serde(default)]
-    detail: String,
+}
+
+impl Refusal {
+    fn read(body: &[u8], content_type: &str, reason_phrase: Option<&str>) -> Self {
+        let json = serde_json::from_slice::<serde_json::Value>(body).ok();
+        // A short plain-text body is the message ("Invalid Token"); HTML never is.
+        let plain = std::str::from_utf8(body)
+            .ok()
+            .filter(|text| content_type.starts_with("text/plain") && text.len() <= 200)
+            .map(|text| text.trim().to_owned());
+        let field = |name: &str| {
+            json.as_ref()
+                .and_then(|j| j.get(name))
+                .and_then(text_of)
+                .map(|text| text.trim().to_owned())
+                .unwrap_or_default()
+        };
+        let message = [field("message"), field("detail")]
+            .into_iter()
+            .find(|m| !m.is_empty())
+            .or_else(|| reason_phrase.map(|r| r.trim().to_owned()))
+            .or(plain)
+            .unwrap_or_default();
+        Self {
+            code: field("error_code"),
+            message,
+        }
+    }
+
+    /// Whether the token itself was refused, in any of the words workspaces use for it:
+    /// "Invalid access token." and "JWT has expired" (403, databricks-sdk-go #873, #1061),
+    /// "Invalid Token" (a plain-text 400 from SCIM, databricks-sdk-go #1709). 401 always is.
+    fn refuses_the_token(&self) -> bool {
+        let message = self.message.to_ascii_lowercase();
+        self.code == "UNAUTHENTICATED"
+            || [
+                "invalid access token",
+                "invalid token",
+                "jwt has expired",
+                "token has expired",
+                "token is expired",
+            ]
+            .iter()
+            .any(|words| message.contains(words))
+    }
+}
+
+/// A string or a number as text: Databricks sends `error_code` as either.
+fn text_of(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(text) => Some(text.clone()),
+        serde_json::Value::Number(number) => Some(number.to_string()),
+        _ => None,
+    }
+}
+
+/// Deserializes an `error_code` inside a success body (a SQL statement's or a Genie
+/// message's status), string or number; anything else is no code.
+pub fn error_code<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<serde_json::Value>::deserialize(deserializer)?.and_then(|value| text_of(&value)))
 }
 
 fn retry_after(response: &reqwest::Response) -> Option<Duration> {
@@ -100,24 +159,40 @@ fn retry_after(response: &reqwest::Response) -> Option<Duration> {
 async fn error_of(response: reqwest::Response) -> ApiError {
     let status = response.status().as_u16();
     let wait = retry_after(&response);
-    let body: ErrorBody = response.json().await.unwrap_or_default();
-    let message = if body.message.is_empty() {
-        body.detail
-    } else {
-        body.message
-    };
-    let invalid_token = message.to_ascii_lowercase().contains("invalid access token");
+    let reason_phrase = response
+        .headers()
+        .get("x-databricks-reason-phrase")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = response.bytes().await.unwrap_or_default();
+    classify(
+        status,
+        wait,
+        Refusal::read(&body, &content_type, reason_phrase.as_deref()),
+    )
+}
+
+fn classify(status: u16, wait: Option<Duration>, refusal: Refusal) -> ApiError {
     match status {
         401 => ApiError::InvalidToken,
-        403 if invalid_token => ApiError::InvalidToken,
-        403 => ApiError::PermissionDenied(message),
+        400 | 403 if refusal.refuses_the_token() => ApiError::InvalidToken,
+        403 if refusal.message.is_empty() => ApiError::PermissionDenied("no reason was given (HTTP 403)".into()),
+        403 => ApiError::PermissionDenied(refusal.message),
         429 => ApiError::RateLimited { retry_after: wait },
         503 if wait.is_some() => ApiError::RateLimited { retry_after: wait },
-        500..=599 => ApiError::Transient(format!("HTTP {status} {}", body.error_code)),
+        // A gateway's HTML page has no code: the status says enough.
+        500..=599 if refusal.code.is_empty() => ApiError::Transient(format!("HTTP {status}")),
+        500..=599 => ApiError::Transient(format!("HTTP {status} {}", refusal.code)),
         _ => ApiError::Rejected {
             status,
-            code: body.error_code,
-            message,
+            code: refusal.code,
+            message: refusal.message,
         },
     }
 }
@@ -241,5 +316,121 @@ impl<'a> Databricks<'a> {
             display_name: me.display_name,
             emails: me.emails.into_iter().map(|e| e.value).collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the bot makes of a response recorded from a real workspace
+    /// (`tests/fixtures/databricks/`, each naming its source).
+    fn recorded(fixture: &str) -> ApiError {
+        let path = format!(
+            "{}/tests/fixtures/databricks/{fixture}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let fixture: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let header = |name: &str| {
+            fixture["headers"]
+                .as_object()
+                .and_then(|h| h.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)))
+                .and_then(|(_, v)| v.as_str())
+                .map(str::to_owned)
+        };
+        let body = match fixture["body_text"].as_str() {
+            Some(text) => text.as_bytes().to_vec(),
+            None => serde_json::to_vec(&fixture["body"]).unwrap(),
+        };
+        let wait = header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_secs);
+        let refusal = Refusal::read(
+            &body,
+            &header("content-type").unwrap_or_default(),
+            header("x-databricks-reason-phrase").as_deref(),
+        );
+        classify(fixture["status"].as_u64().unwrap() as u16, wait, refusal)
+    }
+
+    // Every way a real workspace refuses a token means "refresh once", never "no access".
+    #[test]
+    fn every_recorded_token_refusal_is_an_invalid_token() {
+        for fixture in [
+            "invalid-access-token-403",
+            "expired-token-403-jwt",
+            "unauthenticated-401",
+            "unauthenticated-401-reqid",
+            "unauthenticated-401-html",
+            "invalid-token-400-plaintext",
+        ] {
+            assert_eq!(recorded(fixture), ApiError::InvalidToken, "{fixture}");
+        }
+    }
+
+    #[test]
+    fn a_permission_denial_keeps_databricks_words_and_never_reads_empty() {
+        assert_eq!(
+            recorded("permission-denied-403"),
+            ApiError::PermissionDenied("User does not have USE CATALOG on Catalog 'main'.".into())
+        );
+        let scim =
+            br#"{"schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"], "detail": "Forbidden", "status": "403"}"#;
+        let refusal = Refusal::read(scim, "application/json", None);
+        assert_eq!(
+            classify(403, None, refusal),
+            ApiError::PermissionDenied("Forbidden".into())
+        );
+        let html = Refusal::read(b"<html><body>Forbidden</body></html>", "text/html", None);
+        let ApiError::PermissionDenied(said) = classify(403, None, html) else {
+            panic!("a denial")
+        };
+        assert!(!said.is_empty() && !said.contains("html"), "{said}");
+    }
+
+    #[test]
+    fn rate_limits_and_gateway_pages_are_transient_without_their_html() {
+        assert_eq!(
+            recorded("rate-limited-429-retry-after"),
+            ApiError::RateLimited {
+                retry_after: Some(Duration::from_secs(100))
+            }
+        );
+        for fixture in ["rate-limited-429", "rate-limited-429-concurrent"] {
+            assert_eq!(
+                recorded(fixture),
+                ApiError::RateLimited { retry_after: None },
+                "{fixture}"
+            );
+        }
+        assert_eq!(recorded("gateway-502"), ApiError::Transient("HTTP 502".into()));
+        assert_eq!(recorded("gateway-503"), ApiError::Transient("HTTP 503".into()));
+        assert_eq!(
+            recorded("gateway-503-no-healthy-upstream"),
+            ApiError::Transient("HTTP 503".into())
+        );
+        assert_eq!(
+            recorded("temporarily-unavailable-503"),
+            ApiError::Transient("HTTP 503 TEMPORARILY_UNAVAILABLE".into())
+        );
+    }
+
+    #[test]
+    fn an_error_code_is_read_as_a_string_or_a_number() {
+        let numeric = Refusal::read(
+            br#"{"error_code": 400, "message": null}"#,
+            "application/json",
+            Some("Bad Request"),
+        );
+        assert_eq!(
+            classify(400, None, numeric),
+            ApiError::Rejected {
+                status: 400,
+                code: "400".into(),
+                message: "Bad Request".into()
+            }
+        );
+        let odd = Refusal::read(b"[1, 2]", "application/json", None);
+        assert_eq!(classify(429, None, odd), ApiError::RateLimited { retry_after: None });
     }
 }

@@ -66,12 +66,16 @@ pub enum TokenError {
     /// The grant (code or refresh token) is dead: the person must connect again.
     #[error("the grant is no longer valid ({0})")]
     DeadGrant(String),
-    /// Our client is not accepted (wrong id or secret, app connection removed): an
-    /// operator problem, never a reason to drop anyone's link.
+    /// The bot's request was refused for a reason of the bot's, not the person's: the
+    /// client (wrong id or secret, app connection removed), its scopes, its grant type, or
+    /// an answer nobody documents (an unknown code, an HTML page). An operator problem,
+    /// never a reason to drop anyone's link. The code is one of a fixed few OAuth codes,
+    /// `other` or `unreadable`.
     #[error(
-        "Databricks rejected the bot's OAuth client ({0}); check DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET"
+        "Databricks' token endpoint refused the bot's request ({0}); check DATABRICKS_CLIENT_ID, \
+         DATABRICKS_CLIENT_SECRET and DATABRICKS_SCOPES"
     )]
-    Client(String),
+    Client(&'static str),
     /// No answer in time: the server may or may not have acted on the request.
     #[error("the token endpoint did not answer in time")]
     Timeout,
@@ -343,7 +347,10 @@ fn without_url(error: &reqwest::Error) -> String {
     e
 }
 
-/// Sorts a token-endpoint failure into what the caller must do about it.
+/// Sorts a token-endpoint failure into what the caller must do about it. Only
+/// `invalid_grant`, and Databricks' dead refresh token (`invalid_request`, "Refresh token
+/// is invalid": databricks/cli #667), mean the person must connect again; any other
+/// refusal is the bot's problem and leaves links alone.
 fn classify(error: BasicRequestTokenError<SendError>, status: Option<u16>) -> TokenError {
     match error {
         RequestTokenError::ServerResponse(response) => {
@@ -355,28 +362,38 @@ fn classify(error: BasicRequestTokenError<SendError>, status: Option<u16>) -> To
                 format!("{code}: {description}")
             };
             match response.error() {
-                BasicErrorResponseType::InvalidClient | BasicErrorResponseType::UnauthorizedClient => {
-                    TokenError::Client(code)
-                }
                 BasicErrorResponseType::InvalidGrant => TokenError::DeadGrant(summary),
-                // Databricks answers a dead refresh token with invalid_request and this text.
                 BasicErrorResponseType::InvalidRequest
                     if description.to_ascii_lowercase().contains("refresh token is invalid") =>
                 {
                     TokenError::DeadGrant(summary)
                 }
                 _ if matches!(status, Some(429) | Some(500..=599)) => TokenError::Transient(summary),
-                _ if matches!(status, Some(400) | Some(401)) => TokenError::DeadGrant(summary),
-                _ => TokenError::Transient(summary),
+                error => TokenError::Client(refusal_code(error)),
             }
         }
         RequestTokenError::Request(e) if e.0 == "timeout" => TokenError::Timeout,
         RequestTokenError::Request(e) => TokenError::Transient(e.0),
         RequestTokenError::Parse(_, _) | RequestTokenError::Other(_) => match status {
             Some(code @ 300..=399) => TokenError::Transient(format!("refused to follow a redirect (HTTP {code})")),
+            // A 4xx we cannot read (an HTML error page) is a refusal all the same.
+            Some(400..=499) => TokenError::Client("unreadable"),
             Some(code) => TokenError::Transient(format!("unreadable answer (HTTP {code})")),
             None => TokenError::Transient("unreadable answer".into()),
         },
+    }
+}
+
+/// A refusal's OAuth error code, from a fixed few (a metric label must stay bounded).
+fn refusal_code(error: &BasicErrorResponseType) -> &'static str {
+    match error {
+        BasicErrorResponseType::InvalidClient => "invalid_client",
+        BasicErrorResponseType::UnauthorizedClient => "unauthorized_client",
+        BasicErrorResponseType::InvalidScope => "invalid_scope",
+        BasicErrorResponseType::UnsupportedGrantType => "unsupported_grant_type",
+        BasicErrorResponseType::InvalidRequest => "invalid_request",
+        BasicErrorResponseType::InvalidGrant => "invalid_grant",
+        BasicErrorResponseType::Extension(_) => "other",
     }
 }
 

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::databricks::Progress;
-use crate::databricks::api::{ApiError, Databricks, path_segment};
+use crate::databricks::api::{self, ApiError, Databricks, path_segment};
 
 /// A table of results: the first rows of a query, as strings (`None` is SQL NULL).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,7 +48,7 @@ pub struct StatementStatus {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct StatementError {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "api::error_code")]
     pub error_code: Option<String>,
     #[serde(default)]
     pub message: Option<String>,

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::common::agents::{self, Shown};
+use crate::common::recorded::recorded;
 use databricks_slack_bot::agent::genie::{Genie, Timing};
 use databricks_slack_bot::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Table, Unwatched};
 use databricks_slack_bot::databricks::api::http_client;
@@ -192,11 +193,11 @@ async fn error_of(response: Value) -> AgentError {
     ask(&server).await.expect_err("Genie did not answer")
 }
 
-/// The failure when Genie answers every `POST` with `status` and `body`.
-async fn error_when_refused(status: u16, body: Value) -> AgentError {
+/// The failure when Genie answers every `POST` as the recorded `fixture`.
+async fn error_when_refused(fixture: &str) -> AgentError {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(status).set_body_json(body))
+        .respond_with(recorded(fixture).template())
         .mount(&server)
         .await;
     ask(&server).await.unwrap_err()
@@ -428,9 +429,9 @@ async fn a_rate_limited_poll_is_waited_out_and_the_answer_still_arrives() {
     polls(
         &server,
         vec![
-            ResponseTemplate::new(429)
-                .insert_header("Retry-After", "0")
-                .set_body_json(json!({"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "Too many requests"})),
+            recorded("rate-limited-429-retry-after")
+                .with_header("Retry-After", "0")
+                .template(),
             completed(),
         ],
     )
@@ -456,10 +457,7 @@ async fn a_passing_server_error_while_polling_is_polled_through_instead_of_askin
     starts_conversation(&server).await;
     polls(
         &server,
-        vec![
-            ResponseTemplate::new(503).set_body_json(json!({"error_code": "TEMPORARILY_UNAVAILABLE"})),
-            completed(),
-        ],
+        vec![recorded("temporarily-unavailable-503").template(), completed()],
     )
     .await;
     query_result(&server, two_quarters()).await;
@@ -509,35 +507,46 @@ async fn a_message_that_never_finishes_fails_at_the_bound_without_a_retry() {
     );
 }
 
+// Every way a real workspace refuses a token (a numeric 403, "JWT has expired", 401 with
+// WWW-Authenticate or as an HTML page, a plain-text 400) asks the caller to refresh.
 #[tokio::test]
-async fn a_refused_token_is_unauthorized_so_the_caller_refreshes() {
-    let error = error_when_refused(
-        401,
-        json!({
-            "error_code": "UNAUTHENTICATED",
-            "message": "Credential was not sent or was of an unsupported type for this API.",
-        }),
-    )
-    .await;
-
-    assert_eq!(error, AgentError::Unauthorized);
+async fn every_recorded_token_refusal_is_unauthorized_so_the_caller_refreshes() {
+    for fixture in [
+        "invalid-access-token-403",
+        "expired-token-403-jwt",
+        "unauthenticated-401",
+        "unauthenticated-401-reqid",
+        "unauthenticated-401-html",
+        "invalid-token-400-plaintext",
+    ] {
+        assert_eq!(error_when_refused(fixture).await, AgentError::Unauthorized, "{fixture}");
+    }
 }
 
 #[tokio::test]
 async fn a_permission_denial_is_no_access_in_databricks_own_words() {
-    let error = error_when_refused(
-        403,
-        json!({
-            "error_code": "PERMISSION_DENIED",
-            "message": "You do not have permission to run this Genie space.",
-        }),
-    )
-    .await;
+    let error = error_when_refused("permission-denied-403").await;
 
     assert_eq!(
         error,
-        AgentError::NoAccess("You do not have permission to run this Genie space.".into())
+        AgentError::NoAccess("User does not have USE CATALOG on Catalog 'main'.".into())
     );
+}
+
+// A gateway's page is a passing failure, and none of its HTML reaches the person.
+#[tokio::test]
+async fn gateway_pages_and_unavailability_are_transient() {
+    for fixture in [
+        "gateway-502",
+        "gateway-503",
+        "gateway-503-no-healthy-upstream",
+        "temporarily-unavailable-503",
+    ] {
+        match error_when_refused(fixture).await {
+            AgentError::Transient { reason, .. } => assert!(!reason.contains('<'), "{fixture}: {reason}"),
+            other => panic!("{fixture}: {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::common::agents::{self, Shown};
+use crate::common::recorded::recorded;
 use databricks_slack_bot::agent::llm::Llm;
 use databricks_slack_bot::agent::{Agent, AgentAnswer, AgentError, AgentRequest};
 use databricks_slack_bot::databricks::api::http_client;
@@ -554,10 +555,7 @@ async fn a_permission_denied_on_a_tool_goes_back_to_the_model_to_explain() {
         .await;
     Mock::given(method("GET"))
         .and(path("/api/2.1/unity-catalog/tables"))
-        .respond_with(ResponseTemplate::new(403).set_body_json(json!({
-            "error_code": "PERMISSION_DENIED",
-            "message": "User does not have USE SCHEMA on Schema 'main.hr'.",
-        })))
+        .respond_with(recorded("permission-denied-403").template())
         .mount(&workspace.server)
         .await;
 
@@ -567,7 +565,7 @@ async fn a_permission_denied_on_a_tool_goes_back_to_the_model_to_explain() {
     let results = workspace.tool_results().await;
     assert_eq!(
         results[0].1,
-        "permission denied: User does not have USE SCHEMA on Schema 'main.hr'."
+        "permission denied: User does not have USE CATALOG on Catalog 'main'."
     );
 }
 
@@ -576,7 +574,7 @@ async fn a_refused_token_at_the_model_endpoint_is_unauthorized() {
     let workspace = Workspace::start().await;
     Mock::given(method("POST"))
         .and(path(CHAT))
-        .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error_code": "UNAUTHENTICATED"})))
+        .respond_with(recorded("unauthenticated-401").template())
         .mount(&workspace.server)
         .await;
 
@@ -591,10 +589,7 @@ async fn a_refused_token_in_a_tool_call_is_unauthorized_not_a_tool_result() {
     workspace.model(vec![call("list_catalogs", json!({}))]).await;
     Mock::given(method("GET"))
         .and(path("/api/2.1/unity-catalog/catalogs"))
-        .respond_with(ResponseTemplate::new(403).set_body_json(json!({
-            "error_code": "403",
-            "message": "Invalid access token. [ReqId: 1]",
-        })))
+        .respond_with(recorded("invalid-access-token-403").template())
         .mount(&workspace.server)
         .await;
 
@@ -609,18 +604,14 @@ async fn a_rate_limited_model_endpoint_is_transient_with_its_retry_hint() {
     let workspace = Workspace::start().await;
     Mock::given(method("POST"))
         .and(path(CHAT))
-        .respond_with(
-            ResponseTemplate::new(429)
-                .insert_header("retry-after", "60")
-                .set_body_json(json!({"error_code": "REQUEST_LIMIT_EXCEEDED"})),
-        )
+        .respond_with(recorded("rate-limited-429-retry-after").template())
         .mount(&workspace.server)
         .await;
 
     let (answer, _) = workspace.ask("Anything").await;
 
     match answer {
-        Err(AgentError::Transient { retry_after, .. }) => assert_eq!(retry_after, Some(Duration::from_secs(60))),
+        Err(AgentError::Transient { retry_after, .. }) => assert_eq!(retry_after, Some(Duration::from_secs(100))),
         other => panic!("expected a transient failure, got {other:?}"),
     }
 }

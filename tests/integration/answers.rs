@@ -4,6 +4,7 @@
 //! Databricks (or the company's agent) only ever received that person's token.
 
 use crate::common::app::{Options, TestApp, fast_workers, mention};
+use crate::common::recorded::recorded;
 use crate::common::{PATIENCE, eventually};
 use databricks_slack_bot::clock::Clock;
 use databricks_slack_bot::domain::{TeamId, UserId};
@@ -276,16 +277,14 @@ async fn no_access_is_told_privately_as_the_persons_answer_and_the_placeholder_g
     let app = spawn(vec![("GENIE_SPACE_ID", SPACE.into())]).await;
     Mock::given(method("POST"))
         .and(path(genie("/start-conversation")))
-        .respond_with(ResponseTemplate::new(403).set_body_json(json!({
-            "error_code": "PERMISSION_DENIED",
-            "message": "User does not have CAN RUN on Genie space 01ef-space"})))
+        .respond_with(recorded("permission-denied-403").template())
         .mount(&app.databricks.api)
         .await;
     app.post_event(&mention("Ev1", "<@U0LAN0Z89> secret numbers?")).await;
     let told = app.wait_for_calls("chat.postEphemeral", 1).await;
     let text = told[0].to_string();
     assert!(
-        text.contains("don't have access") && text.contains("CAN RUN on Genie space"),
+        text.contains("don't have access") && text.contains("USE CATALOG on Catalog"),
         "{text}"
     );
     assert!(text.contains("ref `job-1`"), "a correlation id: {text}");

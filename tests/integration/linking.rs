@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::common::app::{TestApp, browser, mention, rows};
 use crate::common::fake_databricks::{FakeUser, Scripted};
 use crate::common::logs::Captured;
+use crate::common::recorded::recorded;
 use crate::common::{KEY_A, PATIENCE, TestDb, eventually};
 use databricks_slack_bot::clock::Clock;
 use databricks_slack_bot::crypto::{Binding, Purpose};
@@ -317,8 +318,9 @@ async fn a_forwarded_link_completed_by_another_databricks_user_stores_nothing_an
 async fn token_endpoint_errors_timeouts_and_redirects_store_nothing() {
     let app = TestApp::spawn().await;
     let scripts = [
-        Scripted::Status(500, json!({"error": "server_error"})),
-        Scripted::Status(400, json!({"error": "invalid_grant", "error_description": "bad code"})),
+        Scripted::Recorded(recorded("token-endpoint-temporarily-unavailable-503")),
+        Scripted::Recorded(recorded("token-endpoint-html-error")),
+        Scripted::Recorded(recorded("token-endpoint-invalid-grant")),
         Scripted::Redirect("http://169.254.169.254/latest/meta-data".into()),
         Scripted::Delay(Duration::from_secs(20)),
     ];

@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use crate::common::app::{TestApp, audit_trail, config_env, mention};
 use crate::common::fake_databricks::{FakeDatabricks, FakeUser, Scripted};
+use crate::common::recorded::recorded;
 use crate::common::{KEY_A, PATIENCE, Person, TestDb, eventually, vault};
 use databricks_slack_bot::clock::{Clock, ManualClock};
 use databricks_slack_bot::config::{Config, Env};
 use databricks_slack_bot::databricks::broker::{BrokerError, REFRESH_MARGIN_SECONDS, TokenBroker};
 use databricks_slack_bot::databricks::oauth::{DatabricksOAuth, http_client};
+use databricks_slack_bot::metrics::Metrics;
 use databricks_slack_bot::store::Store;
 use databricks_slack_bot::store::links::LinkStatus;
 use secrecy::ExposeSecret;
@@ -21,6 +23,16 @@ const NOW: i64 = 1_800_000_000;
 
 /// A broker over its own store connection (as another process would have), on `db_url`.
 async fn broker(db_url: &str, databricks: &FakeDatabricks, clock: Arc<ManualClock>) -> (TokenBroker, Store) {
+    broker_with(db_url, databricks, clock, Arc::new(Metrics::new())).await
+}
+
+/// [`broker`], counting into `metrics`.
+async fn broker_with(
+    db_url: &str,
+    databricks: &FakeDatabricks,
+    clock: Arc<ManualClock>,
+    metrics: Arc<Metrics>,
+) -> (TokenBroker, Store) {
     let config = Config::load(&Env::from_pairs(config_env(
         db_url,
         "http://127.0.0.1:9",
@@ -29,7 +41,7 @@ async fn broker(db_url: &str, databricks: &FakeDatabricks, clock: Arc<ManualCloc
     .unwrap();
     let store = Store::open(&config.database).await.unwrap();
     let oauth = DatabricksOAuth::new(&config.databricks, &config.public_base_url, http_client());
-    let broker = TokenBroker::new(store.clone(), vault(&[KEY_A]), oauth, clock);
+    let broker = TokenBroker::new(store.clone(), vault(&[KEY_A]), oauth, clock, metrics);
     (broker, store)
 }
 
@@ -209,6 +221,57 @@ async fn a_lost_refresh_answer_is_retried_once_and_ends_as_needs_relink() {
     store.close().await;
 }
 
+// Only invalid_grant and Databricks' dead-refresh shape end a link; every other refusal
+// (scope, grant type, an unknown code, an HTML page) is the operator's to fix: counted,
+// logged, and nobody's link is touched.
+#[tokio::test]
+async fn token_endpoint_refusals_other_than_a_dead_grant_keep_every_link_and_are_counted() {
+    for (fixture, code) in [
+        ("token-endpoint-invalid-client", "invalid_client"),
+        ("token-endpoint-invalid-scope", "invalid_scope"),
+        ("token-endpoint-unsupported-grant-type", "unsupported_grant_type"),
+        ("token-endpoint-unknown-code", "other"),
+        ("token-endpoint-400-empty", "unreadable"),
+    ] {
+        let db = TestDb::sqlite();
+        let databricks = FakeDatabricks::start().await;
+        let metrics = Arc::new(Metrics::new());
+        let (broker, store) = broker_with(&db.url, &databricks, Arc::new(ManualClock::at(NOW)), metrics.clone()).await;
+        let (p, _) = linked(&store, &databricks).await;
+        databricks.script(Scripted::Recorded(recorded(fixture)));
+        let error = broker.user_context(&p.team, &p.user, None).await.unwrap_err();
+        assert!(
+            matches!(error, BrokerError::Misconfigured(c) if c == code),
+            "{fixture}: {error:?}"
+        );
+        let link = store.find_link(&p.team, &p.user).await.unwrap().unwrap();
+        assert_eq!(link.status, LinkStatus::Active, "{fixture}");
+        let counted = format!("token_endpoint_refusals_total{{code=\"{code}\"}} 1");
+        assert!(metrics.render().contains(&counted), "{fixture}: {}", metrics.render());
+        store.close().await;
+    }
+}
+
+// The dead refresh token as Databricks answers it, and invalid_grant, do end the link.
+#[tokio::test]
+async fn a_dead_refresh_token_in_either_recorded_shape_asks_the_person_to_connect_again() {
+    for fixture in ["token-endpoint-dead-refresh", "token-endpoint-invalid-grant"] {
+        let db = TestDb::sqlite();
+        let databricks = FakeDatabricks::start().await;
+        let (broker, store) = broker(&db.url, &databricks, Arc::new(ManualClock::at(NOW))).await;
+        let (p, _) = linked(&store, &databricks).await;
+        databricks.script(Scripted::Recorded(recorded(fixture)));
+        let error = broker.user_context(&p.team, &p.user, None).await.unwrap_err();
+        assert!(
+            matches!(error, BrokerError::NeedsRelink { just_now: true }),
+            "{fixture}: {error:?}"
+        );
+        let link = store.find_link(&p.team, &p.user).await.unwrap().unwrap();
+        assert_eq!(link.status, LinkStatus::NeedsRelink, "{fixture}");
+        store.close().await;
+    }
+}
+
 #[tokio::test]
 async fn a_rejected_client_is_an_operator_error_that_keeps_every_link() {
     let db = TestDb::sqlite();
@@ -216,7 +279,7 @@ async fn a_rejected_client_is_an_operator_error_that_keeps_every_link() {
     let clock = Arc::new(ManualClock::at(NOW));
     let (broker, store) = broker(&db.url, &databricks, clock).await;
     let (p, _) = linked(&store, &databricks).await;
-    databricks.script(Scripted::Status(401, json!({"error": "invalid_client"})));
+    databricks.script(Scripted::Recorded(recorded("token-endpoint-invalid-client")));
     let error = broker.user_context(&p.team, &p.user, None).await.unwrap_err();
     assert!(matches!(error, BrokerError::Misconfigured(_)), "{error:?}");
     assert_eq!(
@@ -305,7 +368,7 @@ async fn a_rejected_client_tells_the_person_and_keeps_their_link() {
     let app = TestApp::spawn().await;
     app.link_asker().await;
     app.databricks
-        .script(Scripted::Status(401, json!({"error": "invalid_client"})));
+        .script(Scripted::Recorded(recorded("token-endpoint-invalid-client")));
     app.post_event(&mention("Ev1", "<@U0LAN0Z89> misconfigured?")).await;
     let told = app.wait_for_calls("chat.postEphemeral", 1).await;
     assert!(told[0].to_string().contains("misconfigured"), "{}", told[0]);

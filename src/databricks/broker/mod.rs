@@ -13,7 +13,7 @@
 
 pub mod rotation;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,6 +24,7 @@ use crate::clock::SharedClock;
 use crate::crypto::{Binding, Purpose, Vault, VaultError};
 use crate::databricks::oauth::{DatabricksOAuth, TokenError};
 use crate::domain::{TeamId, UserId, WorkspaceHost};
+use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::audit::{Actor, AuditEvent, AuditKind};
 use crate::store::links::{Link, LinkStatus};
@@ -76,7 +77,7 @@ pub enum BrokerError {
     #[error("Databricks is temporarily unavailable: {0}")]
     Transient(String),
     #[error("the bot's Databricks OAuth client is misconfigured: {0}")]
-    Misconfigured(String),
+    Misconfigured(&'static str),
     #[error("the stored refresh token cannot be opened: {0}")]
     Unreadable(#[from] VaultError),
     #[error("database error: {0}")]
@@ -89,20 +90,25 @@ pub struct TokenBroker {
     vault: Vault,
     oauth: DatabricksOAuth,
     clock: SharedClock,
+    metrics: Arc<Metrics>,
     flights: Mutex<HashMap<(TeamId, UserId), Flight>>,
+    /// Token-endpoint refusal codes already logged by this process.
+    refusals_logged: Mutex<HashSet<&'static str>>,
 }
 
 /// One person's in-process refresh lock.
 type Flight = Arc<tokio::sync::Mutex<()>>;
 
 impl TokenBroker {
-    pub fn new(store: Store, vault: Vault, oauth: DatabricksOAuth, clock: SharedClock) -> Self {
+    pub fn new(store: Store, vault: Vault, oauth: DatabricksOAuth, clock: SharedClock, metrics: Arc<Metrics>) -> Self {
         Self {
             store,
             vault,
             oauth,
             clock,
+            metrics,
             flights: Mutex::new(HashMap::new()),
+            refusals_logged: Mutex::new(HashSet::new()),
         }
     }
 
@@ -237,11 +243,19 @@ impl TokenBroker {
                 );
                 Err(BrokerError::NeedsRelink { just_now })
             }
-            Err(TokenError::Client(reason)) => {
+            Err(TokenError::Client(code)) => {
                 self.store.release_refresh_lock(team, user, version).await?;
-                tracing::error!(reason, "Databricks rejected the bot's OAuth client; links are kept");
-                self.audit_refresh_failure(team, user, "invalid_client", now).await;
-                Err(BrokerError::Misconfigured(reason))
+                self.metrics.record_token_refusal(code);
+                // Once per code per process: every question would say the same.
+                if self.refusals_logged.lock().expect("not poisoned").insert(code) {
+                    tracing::error!(
+                        code,
+                        "Databricks' token endpoint refused the bot's request; links are kept. Check \
+                         DATABRICKS_CLIENT_ID, DATABRICKS_CLIENT_SECRET and DATABRICKS_SCOPES"
+                    );
+                }
+                self.audit_refresh_failure(team, user, code, now).await;
+                Err(BrokerError::Misconfigured(code))
             }
             Err(error) => {
                 self.store.release_refresh_lock(team, user, version).await?;

@@ -18,6 +18,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use url::Url;
 
+use super::recorded::{Recorded, recorded};
+
 /// A Databricks user.
 #[derive(Clone, Debug)]
 pub struct FakeUser {
@@ -46,6 +48,8 @@ impl FakeUser {
 /// A canned answer for the next token request(s), instead of the normal behaviour.
 pub enum Scripted {
     Status(u16, Value),
+    /// Answer as the real token endpoint once did (`tests/fixtures/databricks/`).
+    Recorded(Recorded),
     /// Hang this long, then answer normally (a timeout for the bot).
     Delay(Duration),
     /// Answer normally (rotating the token), then hang so the bot never sees it.
@@ -231,6 +235,7 @@ async fn token(
     };
     match scripted {
         Some(Scripted::Status(code, body)) => return (StatusCode::from_u16(code).unwrap(), Json(body)).into_response(),
+        Some(Scripted::Recorded(recorded)) => return recorded.response(),
         Some(Scripted::Redirect(to)) => return (StatusCode::FOUND, [("location", to)]).into_response(),
         Some(Scripted::Delay(d)) => tokio::time::sleep(d).await,
         Some(Scripted::RotateThenHang(d)) => {
@@ -293,8 +298,7 @@ async fn forward(state: Arc<Mutex<FakeState>>, api: String, request: axum::extra
         s.access_tokens.contains_key(&token) && !s.refused_access_tokens.contains(&token)
     };
     if !known {
-        let refusal = json!({"error_code": "403", "message": "Invalid access token. [ReqId: fake]"});
-        return (StatusCode::FORBIDDEN, Json(refusal)).into_response();
+        return recorded("invalid-access-token-403").response();
     }
     let body = axum::body::to_bytes(body, 16 << 20).await.unwrap();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -331,10 +335,7 @@ async fn me(State((state, _)): State<Shared>, headers: HeaderMap) -> Response {
             "emails": user.emails.iter().map(|e| json!({"value": e, "primary": true})).collect::<Vec<_>>()
         }))
         .into_response(),
-        _ => (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({"error_code": "401", "message": "Invalid access token"})),
-        )
-            .into_response(),
+        // A real workspace refuses the token before SCIM sees the request.
+        _ => recorded("invalid-access-token-403").response(),
     }
 }

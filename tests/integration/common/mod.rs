@@ -7,6 +7,7 @@ pub mod app;
 pub mod fake_databricks;
 pub mod logs;
 pub mod oidc_provider;
+pub mod recorded;
 pub mod wait;
 
 pub use wait::{PATIENCE, eventually};
