@@ -256,7 +256,8 @@ impl Agent for Genie {
 
     async fn answer(&self, request: &AgentRequest, progress: &dyn Progress) -> Result<AgentAnswer, AgentError> {
         let context = &request.context;
-        let db = Databricks::new(&self.http, &context.host, &context.access_token);
+        let bearer = context.bearer();
+        let db = Databricks::new(&self.http, &context.host, &bearer);
         let space = GenieSpace::new(db, &self.space_id);
         let mut backoff = Backoff::new(self.timing);
         let mut shown = Shown { progress, last: None };

@@ -9,10 +9,11 @@
 use std::time::Duration;
 
 use reqwest::Method;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::databricks::bearer::Bearer;
 use crate::domain::WorkspaceHost;
 
 /// Longest a single Databricks REST call may take.
@@ -228,13 +229,13 @@ pub fn path_segment(value: &str) -> String {
 pub struct Databricks<'a> {
     http: &'a reqwest::Client,
     host: &'a WorkspaceHost,
-    token: &'a SecretString,
+    bearer: &'a Bearer,
 }
 
 impl<'a> Databricks<'a> {
-    /// Calls `host` as the owner of `token`.
-    pub fn new(http: &'a reqwest::Client, host: &'a WorkspaceHost, token: &'a SecretString) -> Self {
-        Self { http, host, token }
+    /// Calls `host` as the owner of `bearer`'s token.
+    pub fn new(http: &'a reqwest::Client, host: &'a WorkspaceHost, bearer: &'a Bearer) -> Self {
+        Self { http, host, bearer }
     }
 
     /// The workspace this client calls.
@@ -260,12 +261,14 @@ impl<'a> Databricks<'a> {
         body: Option<&impl Serialize>,
     ) -> Result<T, ApiError> {
         let mut attempt = 0;
+        let (mut token, version) = self.bearer.current();
+        let mut refused_once = false;
         loop {
             let mut request = self
                 .http
                 .request(method.clone(), self.host.url(path))
                 .query(query)
-                .bearer_auth(self.token.expose_secret());
+                .bearer_auth(token.expose_secret());
             if let Some(body) = body {
                 request = request.json(body);
             }
@@ -287,6 +290,21 @@ impl<'a> Databricks<'a> {
                         "Databricks rate limited a call; waiting"
                     );
                     tokio::time::sleep(wait).await;
+                }
+                // The token expired or was revoked part-way through the answer: this call,
+                // and only this call, is sent again with a renewed one.
+                ApiError::InvalidToken if !refused_once => {
+                    refused_once = true;
+                    match self.bearer.after_refusal(version).await {
+                        Some(renewed) => {
+                            tracing::info!(
+                                path,
+                                "Databricks refused the access token; retrying the call with a renewed one"
+                            );
+                            token = renewed;
+                        }
+                        None => return Err(ApiError::InvalidToken),
+                    }
                 }
                 error => return Err(error),
             }

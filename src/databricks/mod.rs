@@ -2,6 +2,7 @@
 //! keeps one fresh access token per person, and REST calls made as that person.
 
 pub mod api;
+pub mod bearer;
 pub mod broker;
 pub mod genie;
 pub mod oauth;

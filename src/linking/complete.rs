@@ -10,6 +10,7 @@ use super::{CallbackOutcome, LinkFlow};
 use crate::config::IdentityCheck;
 use crate::crypto::{Purpose, hash_secret};
 use crate::databricks::api::{Databricks, Identity};
+use crate::databricks::bearer::Bearer;
 use crate::domain::{TeamId, UserId};
 use crate::slack::api::SlackApiError;
 use crate::slack::messages;
@@ -41,7 +42,9 @@ impl LinkFlow {
             tracing::error!("Databricks issued no refresh token; DATABRICKS_SCOPES needs offline_access");
             Failure::plain("Databricks did not grant lasting access (no refresh token).")
         })?;
-        let identity = Databricks::new(&self.http, &self.workspace, &tokens.access_token)
+        // A token issued a moment ago: nothing to renew it with yet.
+        let bearer = Bearer::fixed(tokens.access_token.clone());
+        let identity = Databricks::new(&self.http, &self.workspace, &bearer)
             .current_user()
             .await
             .map_err(|e| {

@@ -1,6 +1,7 @@
 //! The Genie agent against a fake Genie space on loopback: what the person gets back, and
 //! what Databricks received (always the person's own token).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -505,6 +506,65 @@ async fn a_message_that_never_finishes_fails_at_the_bound_without_a_retry() {
         server.received_requests().await.unwrap().len() > 3,
         "polled more than once"
     );
+}
+
+// Issue 11: a token that expires while Genie is still working (a real workspace's numeric
+// 403 on a poll) is renewed and only that poll is sent again: Genie is asked once.
+#[tokio::test]
+async fn a_token_refused_mid_answer_is_renewed_and_only_the_refused_call_is_sent_again() {
+    let server = MockServer::start().await;
+    starts_conversation(&server).await;
+    Mock::given(method("GET"))
+        .and(path(message_path("c-1", "m-1")))
+        .and(bearer_token("at-renewed"))
+        .respond_with(completed())
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(message_path("c-1", "m-1")))
+        .respond_with(recorded("invalid-access-token-403").template())
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(attachment_path("c-1", "m-1", "a-query", "query-result")))
+        .and(bearer_token("at-renewed"))
+        .respond_with(ok(two_quarters()))
+        .mount(&server)
+        .await;
+    let renewer = Arc::new(agents::Renewer::default());
+    let mut asked = request(&server, None);
+    asked.context.renew = Some(renewer.clone());
+
+    let answer = genie(fast()).answer(&asked, &Unwatched).await.unwrap();
+
+    assert_eq!(answer.table, Some(the_two_quarters_table()));
+    assert_eq!(
+        *renewer.renewals.lock().unwrap(),
+        [1],
+        "renewed once, from the refused version"
+    );
+    let requests = server.received_requests().await.unwrap();
+    let starts = requests.iter().filter(|r| r.method.as_str() == "POST").count();
+    assert_eq!(starts, 1, "the question was asked once");
+}
+
+// The renewed token refused as well: the caller hears Unauthorized, with no third try.
+#[tokio::test]
+async fn a_renewed_token_refused_again_is_unauthorized() {
+    let server = MockServer::start().await;
+    starts_conversation(&server).await;
+    Mock::given(method("GET"))
+        .respond_with(recorded("expired-token-403-jwt").template())
+        .mount(&server)
+        .await;
+    let renewer = Arc::new(agents::Renewer::default());
+    let mut asked = request(&server, None);
+    asked.context.renew = Some(renewer.clone());
+
+    let error = genie(fast()).answer(&asked, &Unwatched).await.unwrap_err();
+
+    assert_eq!(error, AgentError::Unauthorized);
+    assert_eq!(renewer.renewals.lock().unwrap().len(), 1);
 }
 
 // Every way a real workspace refuses a token (a numeric 403, "JWT has expired", 401 with

@@ -3,7 +3,11 @@
 //! by per-test mocks) and a fake external agent — asserting what the person saw and that
 //! Databricks (or the company's agent) only ever received that person's token.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
 use crate::common::app::{Options, TestApp, fast_workers, mention};
+use crate::common::fake_databricks::FakeState;
 use crate::common::recorded::recorded;
 use crate::common::{PATIENCE, eventually};
 use databricks_slack_bot::clock::Clock;
@@ -12,7 +16,7 @@ use databricks_slack_bot::jobs::worker::WorkerConfig;
 use databricks_slack_bot::store::audit::Actor;
 use serde_json::{Value, json};
 use wiremock::matchers::{body_string_contains, method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::{Mock, MockServer, Respond, ResponseTemplate};
 
 const ASKER: &str = "asker@example.com";
 const SPACE: &str = "01ef-space";
@@ -65,6 +69,11 @@ async fn mount_genie_first_answer(api: &MockServer) {
         .expect(1)
         .mount(api)
         .await;
+    mount_genie_first_message(api).await;
+}
+
+/// Genie's answer to message `m-1` of conversation `c-1`, and its query result.
+async fn mount_genie_first_message(api: &MockServer) {
     Mock::given(method("GET"))
         .and(path(genie("/conversations/c-1/messages/m-1")))
         .respond_with(ok(completed(
@@ -159,6 +168,54 @@ async fn genie_answers_in_the_thread_and_a_follow_up_continues_the_same_conversa
         "{metrics}"
     );
     app.stop().await; // the `expect(1)`s are checked when the mocks drop
+}
+
+/// Answers Genie's start-conversation, and then revokes every access token the fake
+/// workspace has issued, as if the person's token expired while Genie worked. Keeps how
+/// many token requests the workspace had seen by then.
+struct StartThenRevoke(Arc<Mutex<FakeState>>, Arc<AtomicUsize>);
+
+impl Respond for StartThenRevoke {
+    fn respond(&self, _: &wiremock::Request) -> ResponseTemplate {
+        let mut state = self.0.lock().unwrap();
+        state.revoke_access_tokens();
+        self.1.store(state.token_requests.len(), Ordering::SeqCst);
+        ok(json!({"conversation_id": "c-1", "message_id": "m-1",
+                  "message": {"message_id": "m-1", "status": "SUBMITTED"}}))
+    }
+}
+
+// Issue 11: the token is refused (a real workspace's numeric 403) after Genie took the
+// question; the bot refreshes once, sends that poll again, and Genie is asked once.
+#[tokio::test]
+async fn a_token_revoked_while_genie_works_is_refreshed_and_genie_is_asked_once() {
+    let app = spawn(vec![("GENIE_SPACE_ID", SPACE.into())]).await;
+    let api = &app.databricks.api;
+    let at_revocation = Arc::new(AtomicUsize::new(0));
+    Mock::given(method("POST"))
+        .and(path(genie("/start-conversation")))
+        .respond_with(StartThenRevoke(app.databricks.state.clone(), at_revocation.clone()))
+        .expect(1)
+        .mount(api)
+        .await;
+    mount_genie_first_message(api).await;
+
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> how did revenue change?"))
+        .await;
+    app.wait_for_answer("Revenue grew").await;
+
+    let token_requests = app.databricks.state.lock().unwrap().token_requests.len();
+    assert_eq!(
+        token_requests,
+        at_revocation.load(Ordering::SeqCst) + 1,
+        "one refresh after the revocation"
+    );
+    assert_eq!(app.settled_job_states().await, ["done"]);
+    assert!(
+        app.slack_calls("chat.postEphemeral").await.is_empty(),
+        "no \"no access\""
+    );
+    app.stop().await; // start-conversation's `expect(1)` is checked when the mocks drop
 }
 
 #[tokio::test]

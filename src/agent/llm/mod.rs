@@ -85,7 +85,8 @@ impl Llm {
     async fn work(&self, request: &AgentRequest, progress: &dyn Progress) -> Result<AgentAnswer, AgentError> {
         let progress = &Changes::new(progress);
         let context = &request.context;
-        let db = Databricks::new(&self.http, &context.host, &context.access_token);
+        let bearer = context.bearer();
+        let db = Databricks::new(&self.http, &context.host, &bearer);
         let mut conversation = Conversation::from_value(request.conversation.as_ref());
         let genie = self.genie.as_ref().map(|agent| GenieTool {
             agent,

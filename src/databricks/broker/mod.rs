@@ -18,10 +18,12 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use secrecy::SecretString;
 
 use crate::clock::SharedClock;
 use crate::crypto::{Binding, Purpose, Vault, VaultError};
+use crate::databricks::bearer::{Bearer, Renew};
 use crate::databricks::oauth::{DatabricksOAuth, TokenError};
 use crate::domain::{TeamId, UserId, WorkspaceHost};
 use crate::metrics::Metrics;
@@ -52,6 +54,16 @@ pub struct UserContext {
     /// The link version this token belongs to; pass it back to force a refresh when
     /// Databricks refuses the token.
     pub version: i64,
+    /// Renews the token when Databricks refuses it part-way through an answer; `None`
+    /// where nothing can ([`TokenBroker::renewal`] makes one).
+    pub renew: Option<Arc<dyn Renew>>,
+}
+
+impl UserContext {
+    /// The bearer token one answer's Databricks calls carry.
+    pub fn bearer(&self) -> Bearer {
+        Bearer::new(self.access_token.clone(), self.version, self.renew.clone())
+    }
 }
 
 impl fmt::Debug for UserContext {
@@ -267,7 +279,41 @@ impl TokenBroker {
     }
 }
 
+/// Renews one person's token through the broker: the same single refresh as every other
+/// caller's, across replicas.
+struct Renewal {
+    broker: Arc<TokenBroker>,
+    team: TeamId,
+    user: UserId,
+}
+
+#[async_trait]
+impl Renew for Renewal {
+    async fn renew(&self, refused_version: i64) -> Option<(SecretString, i64)> {
+        match self
+            .broker
+            .user_context(&self.team, &self.user, Some(refused_version))
+            .await
+        {
+            Ok(context) => Some((context.access_token, context.version)),
+            Err(error) => {
+                tracing::warn!(error = %error, "could not renew a refused access token mid-answer");
+                None
+            }
+        }
+    }
+}
+
 impl TokenBroker {
+    /// What renews `user`'s token mid-answer (for [`UserContext::renew`]).
+    pub fn renewal(self: &Arc<Self>, team: &TeamId, user: &UserId) -> Arc<dyn Renew> {
+        Arc::new(Renewal {
+            broker: self.clone(),
+            team: team.clone(),
+            user: user.clone(),
+        })
+    }
+
     /// Revokes `link`'s refresh token where the workspace offers RFC 7009 — best effort:
     /// the caller forgets the link whatever the workspace says.
     pub async fn revoke(&self, link: &Link) {
@@ -314,5 +360,6 @@ fn context(link: &Link, access_token: SecretString, version: i64) -> UserContext
         databricks_user_id: link.databricks_user_id.clone(),
         databricks_user_name: link.databricks_user_name.clone(),
         version,
+        renew: None,
     }
 }

@@ -236,7 +236,7 @@ impl Questions {
             Asker::External => return Ok(ControlFlow::Break(Ending::Tell(messages::external_user_refusal()))),
             Asker::Person => {}
         }
-        let context = match self.broker.user_context(&q.team, &q.user, None).await {
+        let context = match self.user_context(q, None).await {
             Ok(context) => context,
             Err(error) => return Ok(ControlFlow::Break(Ending::NoToken(error))),
         };
@@ -246,6 +246,15 @@ impl Questions {
             .await?
             .and_then(|kept| serde_json::from_str(&kept).ok());
         Ok(ControlFlow::Continue(Prepared { context, conversation }))
+    }
+
+    /// The asker's token from the broker, renewable mid-answer through it.
+    async fn user_context(&self, q: &Question, refused_version: Option<i64>) -> Result<UserContext, BrokerError> {
+        let context = self.broker.user_context(&q.team, &q.user, refused_version).await?;
+        Ok(UserContext {
+            renew: Some(self.broker.renewal(&q.team, &q.user)),
+            ..context
+        })
     }
 
     /// Asks the agent, showing its progress in the placeholder (private answers go
@@ -448,8 +457,7 @@ impl Questions {
                 Err(AgentError::Unauthorized) if !refused_once => {
                     refused_once = true;
                     context = self
-                        .broker
-                        .user_context(&q.team, &q.user, Some(context.version))
+                        .user_context(q, Some(context.version))
                         .await
                         .map_err(Unanswered::Token)?;
                 }

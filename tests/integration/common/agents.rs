@@ -23,6 +23,7 @@ pub fn request(host: &str, token: &str, question: &str, conversation: Option<Val
             databricks_user_id: "4242".into(),
             databricks_user_name: "ada@example.com".into(),
             version: 1,
+            renew: None,
         },
         thread: Thread {
             channel: "C0CHANNEL".into(),
@@ -59,5 +60,19 @@ impl Progress for Shown {
 impl Shown {
     pub fn seen(&self) -> Vec<String> {
         self.0.lock().unwrap().clone()
+    }
+}
+
+/// Renews a refused token as the broker would: `at-renewed`, version 2. Counts renewals.
+#[derive(Default)]
+pub struct Renewer {
+    pub renewals: Mutex<Vec<i64>>,
+}
+
+#[async_trait]
+impl databricks_slack_bot::databricks::bearer::Renew for Renewer {
+    async fn renew(&self, refused_version: i64) -> Option<(SecretString, i64)> {
+        self.renewals.lock().unwrap().push(refused_version);
+        Some((SecretString::from("at-renewed"), 2))
     }
 }

@@ -75,6 +75,14 @@ pub struct FakeState {
     pub refused_access_tokens: Vec<String>,
 }
 
+impl FakeState {
+    /// Revokes every access token issued so far: the API and SCIM refuse them from now on.
+    pub fn revoke_access_tokens(&mut self) {
+        let issued: Vec<String> = self.access_tokens.keys().cloned().collect();
+        self.refused_access_tokens.extend(issued);
+    }
+}
+
 pub struct FakeDatabricks {
     pub uri: String,
     pub state: Arc<Mutex<FakeState>>,
