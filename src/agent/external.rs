@@ -23,6 +23,10 @@
 //! }
 //! ```
 //!
+//! The request also carries an `Idempotency-Key` header: the same on every try of one
+//! question (a retry after a timeout, a 5xx, or a refreshed token), different for every
+//! question. An agent that acts (writes, sends, orders) should do so once per key.
+//!
 //! `thread.thread_ts` is `null` for a direct message outside a thread. `conversation` is
 //! `null` on the first question in a thread; on a follow-up from the same person in the
 //! same thread it is whatever the agent returned as `conversation` last time, so the agent
@@ -54,7 +58,7 @@
 //! |---|---|
 //! | a timeout ([`crate::agent::EXTERNAL_AGENT_TIMEOUT`]), or `504` | "your agent did not answer in time" (retried later) |
 //! | no connection, `429`, other `5xx` | "your agent is unavailable right now" (retried later; `Retry-After` seconds honoured) |
-//! | `401` with `WWW-Authenticate: Bearer error="invalid_token"` | nothing yet: Databricks refused the token, so the bot refreshes it and asks once more |
+//! | `401` with `WWW-Authenticate: Bearer error="invalid_token"` | nothing yet: Databricks refused the token, so the bot refreshes it and sends the request once more (same `Idempotency-Key`) |
 //! | any other `401` or `403` | "your agent refused the request" |
 //! | any other status | "your agent could not handle the request" |
 //! | `2xx` that is not such JSON, or without `text` | "your agent sent an answer I could not read" |
@@ -98,6 +102,8 @@ const MAX_REPLY_BYTES: usize = 4 * 1024 * 1024;
 const LOG_EXCERPT_CHARS: usize = 300;
 /// Slack posts at most 50 blocks in one message.
 pub const MAX_BLOCKS: usize = 50;
+/// The header naming one question across its tries.
+const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 /// The largest `conversation` kept for the next question (serialised JSON); larger ones are
 /// dropped with a warning so a runaway agent cannot bloat the bot's database.
 pub const MAX_CONVERSATION_BYTES: usize = 64 * 1024;
@@ -174,21 +180,33 @@ impl Agent for HttpAgent {
             },
             conversation: request.conversation.as_ref(),
         };
-        let token = &context.access_token;
-        let call = self
-            .http
-            .post(self.url.clone())
-            .bearer_auth(token.expose_secret())
-            .json(&question);
-        let reply = exchange("http", call).await?;
-        if !reply.status.is_success() {
+        let bearer = context.bearer();
+        let (mut token, version) = bearer.current();
+        let mut renewed = false;
+        let reply = loop {
+            let call = self
+                .http
+                .post(self.url.clone())
+                .bearer_auth(token.expose_secret())
+                .header(IDEMPOTENCY_KEY, &request.key)
+                .json(&question);
+            let reply = exchange("http", call).await?;
             if reply.status == StatusCode::UNAUTHORIZED && says_invalid_token(&reply.headers) {
                 tracing::info!(agent = "http", "the agent says Databricks refused the access token");
+                // Sent once more with a renewed token and the same key.
+                if !renewed && let Some(fresh) = bearer.after_refusal(version).await {
+                    renewed = true;
+                    token = fresh;
+                    continue;
+                }
                 return Err(AgentError::Unauthorized);
             }
-            return Err(reply.failure("http", token));
+            break reply;
+        };
+        if !reply.status.is_success() {
+            return Err(reply.failure("http", &token));
         }
-        let answer: Answer = reply.json("http", token)?;
+        let answer: Answer = reply.json("http", &token)?;
         let text = answer.text.as_deref().map(str::trim).unwrap_or_default();
         if text.is_empty() {
             tracing::warn!(agent = "http", "the agent's answer has no text");

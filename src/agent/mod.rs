@@ -35,6 +35,9 @@ pub struct AgentRequest {
     /// What this agent kept about this person's conversation in this thread after its
     /// previous answer ([`AgentAnswer::conversation`]); `None` in a new thread.
     pub conversation: Option<serde_json::Value>,
+    /// The same on every try of one question (its job and the message that asked), so an
+    /// agent can tell a retry from a new question (the http agent's `Idempotency-Key`).
+    pub key: String,
 }
 
 /// Where in Slack a question was asked.

@@ -273,8 +273,9 @@ async fn a_401_from_the_agent_is_its_own_refusal_not_a_databricks_token_problem(
     }
 }
 
+// Without a way to renew the token (none was given), the refusal goes to the caller.
 #[tokio::test]
-async fn an_agent_saying_the_bearer_is_an_invalid_token_gets_the_token_refreshed() {
+async fn an_agent_saying_the_bearer_is_an_invalid_token_is_unauthorized_when_nothing_renews_it() {
     let error = http_agent_answering(
         ResponseTemplate::new(401).insert_header("www-authenticate", r#"Bearer error="invalid_token""#),
     )
@@ -282,6 +283,38 @@ async fn an_agent_saying_the_bearer_is_an_invalid_token_gets_the_token_refreshed
     .unwrap_err();
 
     assert_eq!(error, AgentError::Unauthorized);
+}
+
+// Issue 11: the agent's 401 invalid_token gets the token renewed and that one request sent
+// again, with the same Idempotency-Key so the agent can tell it is the same question.
+#[tokio::test]
+async fn an_agent_refusing_the_token_gets_the_request_again_with_a_renewed_token_and_the_same_key() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(header("authorization", "Bearer at-renewed"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"text": "42 orders"})))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(401).insert_header("www-authenticate", r#"Bearer error="invalid_token""#))
+        .mount(&server)
+        .await;
+    let renewer = std::sync::Arc::new(agents::Renewer::default());
+    let mut asked = question("how many orders?", None);
+    asked.context.renew = Some(renewer.clone());
+
+    let answer = ask(&http_agent(&server), &asked).await.unwrap();
+
+    assert_eq!(answer.text, "42 orders");
+    assert_eq!(*renewer.renewals.lock().unwrap(), [1]);
+    let keys: Vec<String> = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.headers["idempotency-key"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(keys, [asked.key.clone(), asked.key], "two tries of one question");
 }
 
 // ---- adk -----------------------------------------------------------------------------

@@ -324,7 +324,7 @@ async fn transient_failures_leave_the_link_alone_and_the_next_call_succeeds() {
 
 // A Databricks 401 on a question: exactly one forced refresh and one retry.
 #[tokio::test]
-async fn a_refused_access_token_is_refreshed_once_and_the_question_retried() {
+async fn a_refused_access_token_is_refreshed_once_and_the_refused_call_retried() {
     let app = TestApp::spawn().await;
     app.link_asker().await;
     *app.agent.refuse_next.lock().unwrap() = 1;

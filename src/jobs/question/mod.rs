@@ -301,7 +301,7 @@ impl Questions {
             None => &Unwatched,
         };
         let started = Instant::now();
-        let asked = self.ask_agent(q, prepared, progress).await;
+        let asked = self.ask_agent(job, q, prepared, progress).await;
         match &asked {
             Err(Unanswered::Agent(AgentError::Transient { reason, .. })) => {
                 if self.breaker.failed(self.clock.now()) {
@@ -429,40 +429,34 @@ impl Questions {
         Ok(Ending::Delivered)
     }
 
-    /// Runs the agent; when Databricks refuses the token, refreshes it once and asks once
-    /// more.
+    /// Runs the agent. Agents renew a refused token themselves and send the refused call
+    /// again ([`crate::databricks::bearer`]); a refusal that still reaches here is asked
+    /// about once more at the broker, so a grant that died meanwhile brings a prompt.
     async fn ask_agent(
         &self,
+        job: &Job,
         q: &Question,
         prepared: Prepared,
         progress: &dyn Progress,
     ) -> Result<(AgentAnswer, UserContext), Unanswered> {
-        let Prepared {
-            mut context,
+        let Prepared { context, conversation } = prepared;
+        let request = AgentRequest {
+            question: q.text.clone(),
+            context: context.clone(),
+            thread: Thread {
+                channel: q.channel.clone(),
+                thread_ts: q.answer_thread().map(str::to_owned),
+            },
             conversation,
-        } = prepared;
-        let mut refused_once = false;
-        loop {
-            let request = AgentRequest {
-                question: q.text.clone(),
-                context: context.clone(),
-                thread: Thread {
-                    channel: q.channel.clone(),
-                    thread_ts: q.answer_thread().map(str::to_owned),
-                },
-                conversation: conversation.clone(),
-            };
-            match self.agent.answer(&request, progress).await {
-                Ok(answer) => return Ok((answer, context)),
-                Err(AgentError::Unauthorized) if !refused_once => {
-                    refused_once = true;
-                    context = self
-                        .user_context(q, Some(context.version))
-                        .await
-                        .map_err(Unanswered::Token)?;
-                }
-                Err(error) => return Err(Unanswered::Agent(error)),
-            }
+            key: format!("{}:{}", job.reference(), q.ts),
+        };
+        match self.agent.answer(&request, progress).await {
+            Ok(answer) => Ok((answer, context)),
+            Err(AgentError::Unauthorized) => match self.user_context(q, Some(context.version)).await {
+                Err(error) => Err(Unanswered::Token(error)),
+                Ok(_) => Err(Unanswered::Agent(AgentError::Unauthorized)),
+            },
+            Err(error) => Err(Unanswered::Agent(error)),
         }
     }
 

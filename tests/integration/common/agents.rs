@@ -30,6 +30,7 @@ pub fn request(host: &str, token: &str, question: &str, conversation: Option<Val
             thread_ts: Some("1712345678.000100".into()),
         },
         conversation,
+        key: "job-1:1712345678.000200".into(),
     }
 }
 

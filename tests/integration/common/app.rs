@@ -33,8 +33,9 @@ pub struct RecordingAgent {
     pub table: Mutex<Option<Table>>,
     pub delay: Mutex<Option<Duration>>,
     pub fail_with: Mutex<Option<AgentError>>,
-    /// How many of the next answers to refuse with `Unauthorized`, as Databricks would a
-    /// revoked token.
+    /// How many of the next calls Databricks refuses (a revoked token): the agent renews
+    /// the token as real agents do and calls again, or answers `Unauthorized` when it
+    /// cannot.
     pub refuse_next: Mutex<usize>,
 }
 
@@ -66,12 +67,22 @@ impl Agent for RecordingAgent {
         if let Some(error) = self.fail_with.lock().unwrap().clone() {
             return Err(error);
         }
-        {
+        let refused = {
             let mut refuse = self.refuse_next.lock().unwrap();
-            if *refuse > 0 {
-                *refuse -= 1;
+            let refused = *refuse > 0;
+            *refuse = refuse.saturating_sub(1);
+            refused
+        };
+        if refused {
+            let bearer = request.context.bearer();
+            let (_, version) = bearer.current();
+            let Some(fresh) = bearer.after_refusal(version).await else {
                 return Err(AgentError::Unauthorized);
-            }
+            };
+            // The call again, with the renewed token.
+            let mut again = request.clone();
+            again.context.access_token = fresh;
+            self.requests.lock().unwrap().push(again);
         }
         Ok(AgentAnswer {
             table: self.table.lock().unwrap().clone(),
