@@ -163,11 +163,13 @@ impl Intake {
     pub async fn enqueue(&self, delivery_key: &str, work: &Work) -> Result<Outcome, sqlx::Error> {
         let payload = work.encode();
         let (team, user) = work.person();
+        let conversation = work.conversation_key();
         let job = NewJob {
             kind: work.kind().as_str(),
             team,
             user,
             payload: &payload,
+            conversation: conversation.as_deref(),
         };
         let delivery = self
             .store

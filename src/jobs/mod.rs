@@ -93,6 +93,21 @@ impl Work {
         }
     }
 
+    /// The conversation the work belongs to, which runs one job at a time: a question's
+    /// person and answer thread (a Genie conversation or ADK session is kept per those).
+    pub fn conversation_key(&self) -> Option<String> {
+        match self {
+            Work::Question(q) => Some(format!(
+                "{}:{}:{}:{}",
+                q.team,
+                q.user,
+                q.channel,
+                q.answer_thread().unwrap_or_default()
+            )),
+            Work::Share(_) | Work::Connect(_) | Work::Disconnect(_) | Work::Home(_) => None,
+        }
+    }
+
     /// The payload as `jobs.payload` stores it.
     pub fn encode(&self) -> String {
         let encoded = match self {

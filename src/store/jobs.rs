@@ -21,6 +21,9 @@ pub struct NewJob<'a> {
     pub user: &'a UserId,
     /// JSON payload understood by the job's handler.
     pub payload: &'a str,
+    /// The conversation the job belongs to, if any: jobs with the same key run one at a
+    /// time, in order.
+    pub conversation: Option<&'a str>,
 }
 
 /// A claimed job.
@@ -112,6 +115,10 @@ macro_rules! claim_sql {
             "WHERE ((j.state = 'queued' AND j.run_after <= $2) OR (j.state = 'running' AND j.lease_until < $2)) ",
             "AND (SELECT COUNT(*) FROM jobs r WHERE r.team_id = j.team_id AND r.user_id = j.user_id ",
             "AND r.state = 'running' AND r.lease_until >= $2) < $3 ",
+            // One run at a time per conversation, in order: an earlier job of the same
+            // conversation still queued or running holds this one back.
+            "AND (j.conversation_key IS NULL OR NOT EXISTS (SELECT 1 FROM jobs c ",
+            "WHERE c.conversation_key = j.conversation_key AND c.id < j.id AND c.state IN ('queued', 'running'))) ",
             "ORDER BY j.id LIMIT 1 ",
             $lock,
             ") RETURNING id, kind, team_id, user_id, payload, attempts, outbox, outbox_sent"
@@ -128,6 +135,7 @@ macro_rules! insert_job {
             .bind(job.user.as_str())
             .bind(job.payload)
             .bind($now)
+            .bind(job.conversation)
     }};
 }
 
@@ -288,5 +296,5 @@ impl Store {
     }
 }
 
-const INSERT_JOB: &str = "INSERT INTO jobs (kind, team_id, user_id, payload, state, attempts, run_after, created_at, updated_at) \
-     VALUES ($1, $2, $3, $4, 'queued', 0, $5, $5, $5)";
+const INSERT_JOB: &str = "INSERT INTO jobs (kind, team_id, user_id, payload, state, attempts, run_after, created_at, updated_at, \
+     conversation_key) VALUES ($1, $2, $3, $4, 'queued', 0, $5, $5, $5, $6)";

@@ -223,6 +223,7 @@ async fn job(store: &Store, event_id: &str, team: &str, user: &str, at: i64, end
         team: &team,
         user: &user,
         payload: "{}",
+        conversation: None,
     };
     store.enqueue_event_job(event_id, &new, at).await.unwrap();
     if matches!(ends, Ends::Queued) {

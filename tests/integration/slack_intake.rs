@@ -486,8 +486,10 @@ async fn an_agent_that_keeps_failing_is_given_a_pause_and_no_question_is_lost() 
     app.link_asker().await;
     *app.agent.fail_with.lock().unwrap() = Some(AgentError::transient("Databricks is temporarily unavailable"));
     for i in 1..=7 {
-        app.post_event(&mention(&format!("Ev{i}"), &format!("<@U0LAN0Z89> question {i}?")))
-            .await;
+        // Seven mentions, each starting its own thread.
+        let mut event = mention(&format!("Ev{i}"), &format!("<@U0LAN0Z89> question {i}?"));
+        event["event"]["ts"] = json!(format!("1515449522.00001{i}"));
+        app.post_event(&event).await;
     }
     eventually("every question to have been tried once", PATIENCE, || async {
         let jobs = app.jobs().await;
@@ -892,4 +894,39 @@ async fn a_flood_of_forged_requests_is_logged_once_per_window_with_a_count() {
     assert_eq!(lines.len(), 2, "{logs}");
     assert!(lines[0].contains("not_logged_since_last=0"), "{}", lines[0]);
     assert!(lines[1].contains("not_logged_since_last=29"), "{}", lines[1]);
+}
+
+// Issue 11: two follow-ups in one thread sent 50 ms apart: the second is asked only after
+// the first is answered (a Genie conversation never has two runs at once), while a
+// question in another thread runs beside them.
+#[tokio::test]
+async fn follow_ups_in_one_thread_are_answered_one_after_another() {
+    let app = TestApp::spawn().await;
+    app.link_asker().await;
+    *app.agent.delay.lock().unwrap() = Some(Duration::from_millis(300));
+    let in_thread = |event_id: &str, text: &str| {
+        let mut event = mention(event_id, text);
+        event["event"]["ts"] = json!(format!("1515449600.00010{}", &event_id[2..]));
+        event["event"]["thread_ts"] = json!("1515449522.000016");
+        event
+    };
+    app.post_event(&in_thread("Ev1", "<@U0LAN0Z89> first")).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    app.post_event(&in_thread("Ev2", "<@U0LAN0Z89> second")).await;
+    let mut elsewhere = mention("Ev3", "<@U0LAN0Z89> elsewhere");
+    elsewhere["event"]["ts"] = json!("1515449999.000001");
+    app.post_event(&elsewhere).await;
+    assert_eq!(app.settled_job_states().await, ["done", "done", "done"]);
+    let order = app.agent.finished_before.lock().unwrap().clone();
+    let asked = |question: &str| order.iter().find(|(q, _)| q == question).unwrap().1;
+    assert_eq!(asked("first"), 0);
+    assert!(
+        asked("second") >= 1,
+        "the follow-up waited for the first answer: {order:?}"
+    );
+    assert!(
+        asked("elsewhere") < 2,
+        "another thread did not wait for both: {order:?}"
+    );
+    app.stop().await;
 }

@@ -258,6 +258,7 @@ fn job<'a>(
         team,
         user,
         payload,
+        conversation: None,
     }
 }
 
@@ -349,6 +350,53 @@ async fn retried_jobs_wait_for_their_time_and_failed_jobs_never_return() {
         assert!(store.claim_job(NOW + 29, NOW + 89, 2).await.unwrap().is_none());
         let again = store.claim_job(NOW + 30, NOW + 90, 2).await.unwrap().unwrap();
         assert_eq!((again.payload.as_str(), again.attempts), ("a", 2));
+        store.close().await;
+    }
+}
+
+// Issue 11: jobs of one conversation (person and thread) run one at a time and in order,
+// even a retried one that waits for its time; other conversations and keyless jobs run
+// beside them.
+#[tokio::test]
+async fn jobs_of_one_conversation_run_one_at_a_time_in_order() {
+    for db in TestDb::all().await {
+        let store = db.open().await;
+        let p = Person::new("T1", "U1");
+        let enqueue = |event: &'static str, payload: &'static str, conversation: Option<&'static str>| {
+            let store = store.clone();
+            let (team, user) = (p.team.clone(), p.user.clone());
+            async move {
+                let new = NewJob {
+                    conversation,
+                    ..job(&team, &user, payload)
+                };
+                store.enqueue_event_job(event, &new, NOW).await.unwrap();
+            }
+        };
+        enqueue("Ev1", "first in thread", Some("T1:U1:C1:1.1")).await;
+        enqueue("Ev2", "second in thread", Some("T1:U1:C1:1.1")).await;
+        enqueue("Ev3", "other thread", Some("T1:U1:C1:2.2")).await;
+        enqueue("Ev4", "keyless", None).await;
+        let claim = |at: i64| {
+            let store = store.clone();
+            async move { store.claim_job(at, at + 60, 10).await.unwrap() }
+        };
+        let first = claim(NOW).await.unwrap();
+        assert_eq!(first.payload, "first in thread", "{}", db.name);
+        let next: Vec<String> = [claim(NOW).await, claim(NOW).await, claim(NOW).await]
+            .into_iter()
+            .flatten()
+            .map(|j| j.payload)
+            .collect();
+        assert_eq!(next, ["other thread", "keyless"], "{}: the follow-up waits", db.name);
+        // Retried, the first still holds the thread until it is done.
+        assert!(store.retry_job(&first, NOW, NOW + 30, "upstream 503").await.unwrap());
+        assert!(claim(NOW + 10).await.is_none(), "{}", db.name);
+        let again = claim(NOW + 30).await.unwrap();
+        assert_eq!(again.payload, "first in thread", "{}", db.name);
+        assert!(store.complete_job(&again, NOW + 31).await.unwrap());
+        let second = claim(NOW + 31).await.unwrap();
+        assert_eq!(second.payload, "second in thread", "{}", db.name);
         store.close().await;
     }
 }

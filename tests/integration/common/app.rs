@@ -37,6 +37,10 @@ pub struct RecordingAgent {
     /// the token as real agents do and calls again, or answers `Unauthorized` when it
     /// cannot.
     pub refuse_next: Mutex<usize>,
+    /// Answers finished so far, and for each question, how many had finished when it
+    /// was asked (to tell runs that overlapped from runs one after another).
+    pub finished: Mutex<usize>,
+    pub finished_before: Mutex<Vec<(String, usize)>>,
 }
 
 impl RecordingAgent {
@@ -60,6 +64,19 @@ impl Agent for RecordingAgent {
 
     async fn answer(&self, request: &AgentRequest, _progress: &dyn Progress) -> Result<AgentAnswer, AgentError> {
         self.requests.lock().unwrap().push(request.clone());
+        let finished = *self.finished.lock().unwrap();
+        self.finished_before
+            .lock()
+            .unwrap()
+            .push((request.question.clone(), finished));
+        let answer = self.answer_now(request).await;
+        *self.finished.lock().unwrap() += 1;
+        answer
+    }
+}
+
+impl RecordingAgent {
+    async fn answer_now(&self, request: &AgentRequest) -> Result<AgentAnswer, AgentError> {
         let delay = *self.delay.lock().unwrap();
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
