@@ -75,6 +75,7 @@ impl Genie {
     /// Asks the question: as a follow-up in the thread's conversation if there is one
     /// still to be had, else in a new conversation.
     async fn ask(&self, space: &GenieSpace<'_>, request: &AgentRequest) -> Result<MessageRef, AgentError> {
+        let asked_at = now_millis();
         if let Some(conversation_id) = self.kept_conversation(request.conversation.as_ref()) {
             match space.send_message(conversation_id, &request.question).await {
                 Ok(message) if !message.id().is_empty() => {
@@ -88,11 +89,23 @@ impl Genie {
                 Err(error) if is_gone(&error) => {
                     tracing::info!(space_id = %self.space_id, "the thread's Genie conversation is gone; starting anew");
                 }
+                Err(error) if answer_may_be_lost(&error) => {
+                    return match asked_in(space, conversation_id, &request.question, asked_at).await {
+                        Some(at) => Ok(at),
+                        None => Err(error.into()),
+                    };
+                }
                 Err(error) => return Err(error.into()),
             }
         }
-        let started = space.start_conversation(&request.question).await?;
-        started.message_ref().ok_or_else(unreadable)
+        match space.start_conversation(&request.question).await {
+            Ok(started) => started.message_ref().ok_or_else(unreadable),
+            Err(error) if answer_may_be_lost(&error) => match started_with(space, &request.question, asked_at).await {
+                Some(at) => Ok(at),
+                None => Err(error.into()),
+            },
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// The conversation id kept for this thread, if it is one of this space's.
@@ -428,6 +441,49 @@ fn spoken(bound: Duration) -> String {
         s if s % 60 == 0 => plural(s / 60, "minute"),
         s => plural(s, "second"),
     }
+}
+
+/// Whether a failed ask may still have reached Genie: the answer was lost (a timeout, a
+/// reset connection) or a gateway failed after passing the request on. Asking again would
+/// put the question to Genie twice, so it is looked up first.
+fn answer_may_be_lost(error: &ApiError) -> bool {
+    matches!(error, ApiError::Timeout | ApiError::Transient(_))
+}
+
+/// How far back (and, for clock skew, forward) a message counts as the one just asked.
+const ASKED_WINDOW_MS: i64 = 2 * 60 * 1000;
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The message asking `question` that Genie received in `conversation_id` around
+/// `asked_at`, if a lost answer hid it.
+async fn asked_in(space: &GenieSpace<'_>, conversation_id: &str, question: &str, asked_at: i64) -> Option<MessageRef> {
+    let messages = space.messages(conversation_id).await.ok()?;
+    let found = messages
+        .iter()
+        .filter(|m| m.content == question && m.created_timestamp >= asked_at - ASKED_WINDOW_MS && !m.id().is_empty())
+        .max_by_key(|m| m.created_timestamp)?;
+    tracing::info!("the answer to a Genie question was lost, but Genie has it; not asking again");
+    Some(MessageRef {
+        conversation_id: conversation_id.to_owned(),
+        message_id: found.id().to_owned(),
+    })
+}
+
+/// The conversation Genie started for `question` around `asked_at`, if a lost answer hid
+/// it: Genie titles a conversation with its first question (cut to 255 characters).
+async fn started_with(space: &GenieSpace<'_>, question: &str, asked_at: i64) -> Option<MessageRef> {
+    let title: String = question.chars().take(255).collect();
+    let conversations = space.recent_conversations().await.ok()?;
+    let conversation = conversations
+        .iter()
+        .filter(|c| c.title == title && c.created_timestamp >= asked_at - ASKED_WINDOW_MS)
+        .max_by_key(|c| c.created_timestamp)?;
+    asked_in(space, &conversation.conversation_id, question, asked_at).await
 }
 
 #[cfg(test)]

@@ -72,6 +72,12 @@ pub struct GenieMessage {
     /// Why the message `FAILED`.
     #[serde(default)]
     pub error: Option<MessageError>,
+    /// The question as asked.
+    #[serde(default, deserialize_with = "or_default")]
+    pub content: String,
+    /// When Genie received it, in milliseconds since the Unix epoch.
+    #[serde(default, deserialize_with = "or_default")]
+    pub created_timestamp: i64,
 }
 
 impl GenieMessage {
@@ -83,6 +89,30 @@ impl GenieMessage {
             &self.message_id
         }
     }
+}
+
+/// One of the caller's conversations in a space, as `GET …/conversations` lists it.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ConversationSummary {
+    #[serde(default, deserialize_with = "or_default")]
+    pub conversation_id: String,
+    /// Genie's title: the first question, cut to 255 characters.
+    #[serde(default, deserialize_with = "or_default")]
+    pub title: String,
+    #[serde(default, deserialize_with = "or_default")]
+    pub created_timestamp: i64,
+}
+
+#[derive(Deserialize)]
+struct Conversations {
+    #[serde(default, deserialize_with = "or_default")]
+    conversations: Vec<ConversationSummary>,
+}
+
+#[derive(Deserialize)]
+struct Messages {
+    #[serde(default, deserialize_with = "or_default")]
+    messages: Vec<GenieMessage>,
 }
 
 /// Where a message is. Statuses this client does not know are [`MessageStatus::Other`],
@@ -223,6 +253,23 @@ impl<'a> GenieSpace<'a> {
     pub async fn send_message(&self, conversation_id: &str, question: &str) -> Result<GenieMessage, ApiError> {
         let path = self.path(&format!("/conversations/{}/messages", path_segment(conversation_id)));
         self.db.post(&path, &json!({ "content": question })).await
+    }
+
+    /// `GET …/conversations`: the caller's own conversations in the space, most recent
+    /// first.
+    pub async fn recent_conversations(&self) -> Result<Vec<ConversationSummary>, ApiError> {
+        let listed: Conversations = self
+            .db
+            .get(&self.path("/conversations"), &[("page_size", "20")])
+            .await?;
+        Ok(listed.conversations)
+    }
+
+    /// `GET …/conversations/{conversation_id}/messages`: the conversation's messages.
+    pub async fn messages(&self, conversation_id: &str) -> Result<Vec<GenieMessage>, ApiError> {
+        let path = self.path(&format!("/conversations/{}/messages", path_segment(conversation_id)));
+        let listed: Messages = self.db.get(&path, &[("page_size", "50")]).await?;
+        Ok(listed.messages)
     }
 
     /// `GET …/messages/{message_id}`: the message as it is now.

@@ -567,6 +567,112 @@ async fn a_renewed_token_refused_again_is_unauthorized() {
     assert_eq!(renewer.renewals.lock().unwrap().len(), 1);
 }
 
+/// Milliseconds since the epoch, as Genie stamps what it receives.
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// The recorded conversation list, its first conversation `c-1` started by [`QUESTION`] now.
+fn listed_conversations() -> ResponseTemplate {
+    let fixture = recorded("genie-list-conversations");
+    let mut body = fixture.json();
+    body["conversations"][0] = json!({"conversation_id": "c-1", "title": QUESTION, "created_timestamp": now_millis()});
+    fixture.with_json(&body).template()
+}
+
+/// The recorded message list of `c-1`, holding `question` as message `m-1`, received now.
+fn listed_messages(question: &str) -> ResponseTemplate {
+    let fixture = recorded("genie-list-messages");
+    let mut body = fixture.json();
+    let listed = &mut body["messages"][0];
+    listed["message_id"] = json!("m-1");
+    listed["id"] = json!("m-1");
+    listed["conversation_id"] = json!("c-1");
+    listed["content"] = json!(question);
+    listed["created_timestamp"] = json!(now_millis());
+    fixture.with_json(&body).template()
+}
+
+// Issue 11: the gateway failed after Genie took the question (a recorded 502): the bot
+// finds the conversation Genie started and follows it instead of asking again.
+#[tokio::test]
+async fn a_question_whose_answer_was_lost_is_found_in_genie_not_asked_again() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/api/2.0/genie/spaces/{SPACE}/start-conversation")))
+        .respond_with(recorded("gateway-502").template())
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/api/2.0/genie/spaces/{SPACE}/conversations")))
+        .respond_with(listed_conversations())
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("{}/messages", conversation_path("c-1"))))
+        .respond_with(listed_messages(QUESTION))
+        .mount(&server)
+        .await;
+    polls(&server, vec![completed()]).await;
+    query_result(&server, two_quarters()).await;
+
+    let answer = ask(&server).await.unwrap();
+
+    assert_eq!(answer.table, Some(the_two_quarters_table()));
+    assert_eq!(answer.conversation.unwrap()["conversation_id"], "c-1");
+}
+
+// A follow-up whose answer was lost is found among the conversation's messages.
+#[tokio::test]
+async fn a_follow_up_whose_answer_was_lost_is_found_in_its_conversation() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!("{}/messages", conversation_path("c-1"))))
+        .respond_with(recorded("gateway-503").template())
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("{}/messages", conversation_path("c-1"))))
+        .respond_with(listed_messages(QUESTION))
+        .mount(&server)
+        .await;
+    polls(&server, vec![completed()]).await;
+    query_result(&server, two_quarters()).await;
+    let kept = json!({"conversation_id": "c-1", "space_id": SPACE});
+
+    let answer = genie(fast())
+        .answer(&request(&server, Some(kept)), &Unwatched)
+        .await
+        .unwrap();
+
+    assert_eq!(answer.table, Some(the_two_quarters_table()));
+}
+
+// When Genie has no such question, it never got it: the failure stands, and the retry
+// may ask.
+#[tokio::test]
+async fn a_lost_question_genie_never_received_stays_a_passing_failure() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(recorded("gateway-502").template())
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/api/2.0/genie/spaces/{SPACE}/conversations")))
+        .respond_with(recorded("genie-list-conversations").template())
+        .mount(&server)
+        .await;
+
+    let error = ask(&server).await.unwrap_err();
+
+    assert!(matches!(error, AgentError::Transient { .. }), "{error:?}");
+}
+
 // Every way a real workspace refuses a token (a numeric 403, "JWT has expired", 401 with
 // WWW-Authenticate or as an HTML page, a plain-text 400) asks the caller to refresh.
 #[tokio::test]
