@@ -255,9 +255,27 @@ impl SlackApi {
 
     /// `conversations.open`: the direct-message channel with `user`.
     pub async fn open_dm(&self, user: &str) -> Result<String, SlackApiError> {
-        let request = SlackApiConversationsOpenRequest::new().with_users(vec![user.into()]);
-        let r = call!(self, |s| s.conversations_open(&request))?;
-        Ok(r.channel.id.to_string())
+        // Slack documents `users` as a comma-separated string; slack-morphism's typed
+        // request sends a JSON array, so this one call is made with the documented shape.
+        #[derive(Serialize)]
+        struct Open<'a> {
+            users: &'a str,
+        }
+        #[derive(Deserialize)]
+        struct Opened {
+            channel: OpenedChannel,
+        }
+        #[derive(Deserialize)]
+        struct OpenedChannel {
+            id: String,
+        }
+        let request = Open { users: user };
+        let opened: Opened = call!(self, |s| s.http_session_api.http_post(
+            "conversations.open",
+            &request,
+            None
+        ))?;
+        Ok(opened.channel.id)
     }
 
     /// `users.info`.

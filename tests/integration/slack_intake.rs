@@ -396,7 +396,7 @@ async fn when_slack_refuses_an_ephemeral_the_prompt_goes_by_direct_message() {
     );
     link_id_of(&dms[0]);
     let opened = app.slack_calls("conversations.open").await;
-    assert_eq!(opened[0]["users"], json!([ASKER]));
+    assert_eq!(opened[0]["users"], json!(ASKER), "a string, as Slack documents it");
     app.stop().await;
 }
 

@@ -152,8 +152,16 @@ pub async fn mount_slack_defaults(slack: &MockServer) {
         .respond_with(ok(json!({"ok": true, "message_ts": "1700000000.000200"})))
         .mount(slack)
         .await;
+    // Strict, as Slack documents it: `users` is a comma-separated string of user ids.
     Mock::given(path("/api/conversations.open"))
+        .and(|request: &wiremock::Request| {
+            serde_json::from_slice::<Value>(&request.body).is_ok_and(|body| body["users"].is_string())
+        })
         .respond_with(ok(json!({"ok": true, "channel": {"id": "D0DM000001"}})))
+        .mount(slack)
+        .await;
+    Mock::given(path("/api/conversations.open"))
+        .respond_with(ok(json!({"ok": false, "error": "invalid_arguments"})))
         .mount(slack)
         .await;
     Mock::given(path("/api/users.info"))
