@@ -4,6 +4,9 @@
 //! starting) or `RUNNING`, it is polled with backoff up to a bound and cancelled when the
 //! bound passes. Execution failures are HTTP 200 with state `FAILED`: they come back as a
 //! [`StatementResponse`], not an error, because they are the person's answer.
+//!
+//! A result Databricks cut (`truncated`) or whose rows were not all fetched is marked so,
+//! and the person is told only its first rows are shown.
 
 use std::time::Duration;
 
@@ -20,6 +23,10 @@ pub struct Table {
     pub rows: Vec<Vec<Option<String>>>,
     /// Rows the whole result has, when known (may exceed `rows.len()`).
     pub total_rows: Option<u64>,
+    /// Whether `rows` are only the first rows of the result: Databricks cut it at a limit,
+    /// or not every chunk was fetched. Then `total_rows` may undercount too (whether
+    /// Databricks counts rows before or after the cut is not documented).
+    pub truncated: bool,
 }
 
 /// Rows fetched inline at most (the first chunk); more are counted, not fetched.
@@ -54,12 +61,26 @@ pub struct StatementError {
     pub message: Option<String>,
 }
 
+/// What a succeeded statement's result holds: its columns, row count and chunks.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Manifest {
     #[serde(default)]
     pub schema: Option<Schema>,
     #[serde(default)]
     pub total_row_count: Option<u64>,
+    /// Whether Databricks cut the result at `row_limit` or `byte_limit`.
+    #[serde(default)]
+    pub truncated: Option<bool>,
+    /// The result's chunks, in order.
+    #[serde(default)]
+    pub chunks: Option<Vec<ChunkInfo>>,
+}
+
+/// One chunk of a result, as the manifest lists it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChunkInfo {
+    #[serde(default)]
+    pub chunk_index: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -73,11 +94,17 @@ pub struct Column {
     pub name: String,
 }
 
+/// One chunk of rows: the `result` of a statement (its first chunk), or the answer of
+/// `GET …/result/chunks/{n}` (any chunk; the same shape).
 #[derive(Debug, Clone, Deserialize)]
 pub struct ResultData {
-    /// `JSON_ARRAY` rows: strings or null. Databricks can send `null` for the whole array.
+    /// `JSON_ARRAY` rows: strings or null. Databricks can send `null` for the whole array,
+    /// and sends none at all when the rows are elsewhere (another chunk, external links).
     #[serde(default)]
     pub data_array: Option<Vec<Vec<Option<String>>>>,
+    /// The chunk after this one; absent on the last.
+    #[serde(default)]
+    pub next_chunk_index: Option<u32>,
 }
 
 impl StatementResponse {
@@ -100,7 +127,8 @@ impl StatementResponse {
         }
     }
 
-    /// The rows received, with their column names.
+    /// The rows received with the statement (its first chunk), with their column names;
+    /// marked truncated when Databricks cut the result or more chunks were not fetched.
     pub fn table(&self) -> Option<Table> {
         let manifest = self.manifest.as_ref()?;
         let columns: Vec<String> = manifest
@@ -117,7 +145,24 @@ impl StatementResponse {
             total_rows: manifest.total_row_count.or(Some(rows.len() as u64)),
             columns,
             rows,
+            truncated: manifest.truncated == Some(true) || self.next_chunk().is_some(),
         })
+    }
+
+    /// The chunk to fetch after what came with the statement: the one its `result` names
+    /// next or, when rows were counted but none came (no `data_array`), the first chunk
+    /// the manifest lists (0 when it lists none).
+    fn next_chunk(&self) -> Option<u32> {
+        let result = self.result.as_ref();
+        if result.is_some_and(|r| r.data_array.is_some()) {
+            return result.and_then(|r| r.next_chunk_index);
+        }
+        let manifest = self.manifest.as_ref()?;
+        if manifest.total_row_count.unwrap_or(0) == 0 {
+            return None;
+        }
+        let listed = manifest.chunks.as_ref().and_then(|chunks| chunks.first());
+        Some(listed.and_then(|c| c.chunk_index).unwrap_or(0))
     }
 }
 
