@@ -31,6 +31,11 @@ pub struct Table {
 
 /// Rows fetched inline at most (the first chunk); more are counted, not fetched.
 pub const ROW_LIMIT: u64 = 10_000;
+/// Bytes of result asked for at most (`byte_limit`). An INLINE result over 25 MiB fails the
+/// whole statement; under a byte limit Databricks cuts the result instead and says so.
+/// Well below 25 MiB because Databricks counts bytes of its own representation, which
+/// "might not match the final size" of the JSON it sends.
+pub const BYTE_LIMIT: u64 = 16 * 1024 * 1024;
 /// Longest a statement may run before it is cancelled.
 const STATEMENT_DEADLINE: Duration = Duration::from_secs(120);
 
@@ -179,6 +184,7 @@ pub async fn execute(
         "disposition": "INLINE",
         "format": "JSON_ARRAY",
         "row_limit": ROW_LIMIT,
+        "byte_limit": BYTE_LIMIT,
         "wait_timeout": "10s",
         "on_wait_timeout": "CONTINUE",
     });
