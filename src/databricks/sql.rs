@@ -5,8 +5,10 @@
 //! bound passes. Execution failures are HTTP 200 with state `FAILED`: they come back as a
 //! [`StatementResponse`], not an error, because they are the person's answer.
 //!
-//! A result Databricks cut (`truncated`) or whose rows were not all fetched is marked so,
-//! and the person is told only its first rows are shown.
+//! A result comes in chunks: the first inline with the statement, the rest fetched by
+//! index ([`fetch_table`]) up to [`ROW_LIMIT`] rows. A result Databricks cut (`truncated`,
+//! past `row_limit` or `byte_limit`) or whose rows were not all fetched is marked so, and
+//! the person is told only its first rows are shown.
 
 use std::time::Duration;
 
@@ -29,7 +31,8 @@ pub struct Table {
     pub truncated: bool,
 }
 
-/// Rows fetched inline at most (the first chunk); more are counted, not fetched.
+/// Rows fetched at most, over all of a result's chunks: the CSV attached to an answer holds
+/// no more. Sent as `row_limit` too, so Databricks stops there and says so (`truncated`).
 pub const ROW_LIMIT: u64 = 10_000;
 /// Bytes of result asked for at most (`byte_limit`). An INLINE result over 25 MiB fails the
 /// whole statement; under a byte limit Databricks cuts the result instead and says so.
@@ -134,6 +137,7 @@ impl StatementResponse {
 
     /// The rows received with the statement (its first chunk), with their column names;
     /// marked truncated when Databricks cut the result or more chunks were not fetched.
+    /// [`fetch_table`] fetches the other chunks.
     pub fn table(&self) -> Option<Table> {
         let manifest = self.manifest.as_ref()?;
         let columns: Vec<String> = manifest
@@ -169,6 +173,49 @@ impl StatementResponse {
         let listed = manifest.chunks.as_ref().and_then(|chunks| chunks.first());
         Some(listed.and_then(|c| c.chunk_index).unwrap_or(0))
     }
+}
+
+/// The rows of the finished statement `response`, fetched chunk after chunk
+/// (`GET …/result/chunks/{n}`, each naming the next) up to [`ROW_LIMIT`] rows, and no
+/// further. The table is marked truncated when Databricks cut the result or rows were left
+/// unfetched. A chunk that fails after some rows arrived leaves those rows, marked
+/// truncated, rather than losing the answer; a refused token still ends it.
+pub async fn fetch_table(db: &Databricks<'_>, response: &StatementResponse) -> Result<Option<Table>, ApiError> {
+    let Some(mut table) = response.table() else {
+        return Ok(None);
+    };
+    let mut next = response.next_chunk();
+    let mut fetched: Option<u32> = None;
+    while let Some(index) = next {
+        // A chunk naming one already fetched would otherwise be fetched forever.
+        if table.rows.len() as u64 >= ROW_LIMIT || fetched.is_some_and(|last| index <= last) {
+            break;
+        }
+        let path = format!(
+            "/api/2.0/sql/statements/{}/result/chunks/{index}",
+            path_segment(&response.statement_id)
+        );
+        let chunk: ResultData = match db.get(&path, &[]).await {
+            Ok(chunk) => chunk,
+            Err(error) if table.rows.is_empty() || error == ApiError::InvalidToken => return Err(error),
+            Err(error) => {
+                tracing::warn!(error = %error, chunk = index, "could not fetch a result chunk; showing the rows before it");
+                break;
+            }
+        };
+        fetched = Some(index);
+        // No rows inline (external links): nothing more can be read here.
+        let Some(rows) = chunk.data_array else {
+            break;
+        };
+        table.rows.extend(rows);
+        next = chunk.next_chunk_index;
+    }
+    let over = table.rows.len() as u64 > ROW_LIMIT;
+    table.rows.truncate(ROW_LIMIT as usize);
+    let manifest_says = response.manifest.as_ref().and_then(|m| m.truncated) == Some(true);
+    table.truncated = manifest_says || over || next.is_some();
+    Ok(Some(table))
 }
 
 /// Runs `statement` on `warehouse_id` and waits (bounded) for it to finish.

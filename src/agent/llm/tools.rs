@@ -411,7 +411,7 @@ impl<'a> Toolbox<'a> {
             self.last_failure = Some(failure.clone());
             return Err(ToolFailure::ToModel(format!("the statement failed: {failure}")));
         }
-        let table = response.table();
+        let table = sql::fetch_table(&self.db, &response).await?;
         let result = table
             .as_ref()
             .map(rows_for_model)

@@ -52,6 +52,17 @@ impl Recorded {
         self
     }
 
+    /// The JSON body, to read or to tweak a copy of (fewer rows, another chunk).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+
+    /// The same answer (status, headers) with `body` instead: a tweaked copy of [`json`](Self::json).
+    pub fn with_json(mut self, body: &Value) -> Self {
+        self.body = serde_json::to_vec(body).unwrap();
+        self
+    }
+
     /// For a wiremock mock.
     pub fn template(&self) -> ResponseTemplate {
         let mut template = ResponseTemplate::new(self.status).set_body_raw(self.body.clone(), &self.content_type());
