@@ -4,6 +4,11 @@
 //! starting) or `RUNNING`, it is polled with backoff up to a bound and cancelled when the
 //! bound passes. Execution failures are HTTP 200 with state `FAILED`: they come back as a
 //! [`StatementResponse`], not an error, because they are the person's answer.
+//!
+//! A result comes in chunks: the first inline with the statement, the rest fetched by
+//! index ([`fetch_table`]) up to [`ROW_LIMIT`] rows. A result Databricks cut (`truncated`,
+//! past `row_limit` or `byte_limit`) or whose rows were not all fetched is marked so, and
+//! the person is told only its first rows are shown.
 
 use std::time::Duration;
 
@@ -20,10 +25,20 @@ pub struct Table {
     pub rows: Vec<Vec<Option<String>>>,
     /// Rows the whole result has, when known (may exceed `rows.len()`).
     pub total_rows: Option<u64>,
+    /// Whether `rows` are only the first rows of the result: Databricks cut it at a limit,
+    /// or not every chunk was fetched. Then `total_rows` may undercount too (whether
+    /// Databricks counts rows before or after the cut is not documented).
+    pub truncated: bool,
 }
 
-/// Rows fetched inline at most (the first chunk); more are counted, not fetched.
+/// Rows fetched at most, over all of a result's chunks: the CSV attached to an answer holds
+/// no more. Sent as `row_limit` too, so Databricks stops there and says so (`truncated`).
 pub const ROW_LIMIT: u64 = 10_000;
+/// Bytes of result asked for at most (`byte_limit`). An INLINE result over 25 MiB fails the
+/// whole statement; under a byte limit Databricks cuts the result instead and says so.
+/// Well below 25 MiB because Databricks counts bytes of its own representation, which
+/// "might not match the final size" of the JSON it sends.
+pub const BYTE_LIMIT: u64 = 16 * 1024 * 1024;
 /// Longest a statement may run before it is cancelled.
 const STATEMENT_DEADLINE: Duration = Duration::from_secs(120);
 
@@ -54,12 +69,26 @@ pub struct StatementError {
     pub message: Option<String>,
 }
 
+/// What a succeeded statement's result holds: its columns, row count and chunks.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Manifest {
     #[serde(default)]
     pub schema: Option<Schema>,
     #[serde(default)]
     pub total_row_count: Option<u64>,
+    /// Whether Databricks cut the result at `row_limit` or `byte_limit`.
+    #[serde(default)]
+    pub truncated: Option<bool>,
+    /// The result's chunks, in order.
+    #[serde(default)]
+    pub chunks: Option<Vec<ChunkInfo>>,
+}
+
+/// One chunk of a result, as the manifest lists it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChunkInfo {
+    #[serde(default)]
+    pub chunk_index: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -73,11 +102,17 @@ pub struct Column {
     pub name: String,
 }
 
+/// One chunk of rows: the `result` of a statement (its first chunk), or the answer of
+/// `GET …/result/chunks/{n}` (any chunk; the same shape).
 #[derive(Debug, Clone, Deserialize)]
 pub struct ResultData {
-    /// `JSON_ARRAY` rows: strings or null. Databricks can send `null` for the whole array.
+    /// `JSON_ARRAY` rows: strings or null. Databricks can send `null` for the whole array,
+    /// and sends none at all when the rows are elsewhere (another chunk, external links).
     #[serde(default)]
     pub data_array: Option<Vec<Vec<Option<String>>>>,
+    /// The chunk after this one; absent on the last.
+    #[serde(default)]
+    pub next_chunk_index: Option<u32>,
 }
 
 impl StatementResponse {
@@ -100,7 +135,9 @@ impl StatementResponse {
         }
     }
 
-    /// The rows received, with their column names.
+    /// The rows received with the statement (its first chunk), with their column names;
+    /// marked truncated when Databricks cut the result or more chunks were not fetched.
+    /// [`fetch_table`] fetches the other chunks.
     pub fn table(&self) -> Option<Table> {
         let manifest = self.manifest.as_ref()?;
         let columns: Vec<String> = manifest
@@ -117,8 +154,68 @@ impl StatementResponse {
             total_rows: manifest.total_row_count.or(Some(rows.len() as u64)),
             columns,
             rows,
+            truncated: manifest.truncated == Some(true) || self.next_chunk().is_some(),
         })
     }
+
+    /// The chunk to fetch after what came with the statement: the one its `result` names
+    /// next or, when rows were counted but none came (no `data_array`), the first chunk
+    /// the manifest lists (0 when it lists none).
+    fn next_chunk(&self) -> Option<u32> {
+        let result = self.result.as_ref();
+        if result.is_some_and(|r| r.data_array.is_some()) {
+            return result.and_then(|r| r.next_chunk_index);
+        }
+        let manifest = self.manifest.as_ref()?;
+        if manifest.total_row_count.unwrap_or(0) == 0 {
+            return None;
+        }
+        let listed = manifest.chunks.as_ref().and_then(|chunks| chunks.first());
+        Some(listed.and_then(|c| c.chunk_index).unwrap_or(0))
+    }
+}
+
+/// The rows of the finished statement `response`, fetched chunk after chunk
+/// (`GET …/result/chunks/{n}`, each naming the next) up to [`ROW_LIMIT`] rows, and no
+/// further. The table is marked truncated when Databricks cut the result or rows were left
+/// unfetched. A chunk that fails after some rows arrived leaves those rows, marked
+/// truncated, rather than losing the answer; a refused token still ends it.
+pub async fn fetch_table(db: &Databricks<'_>, response: &StatementResponse) -> Result<Option<Table>, ApiError> {
+    let Some(mut table) = response.table() else {
+        return Ok(None);
+    };
+    let mut next = response.next_chunk();
+    let mut fetched: Option<u32> = None;
+    while let Some(index) = next {
+        // A chunk naming one already fetched would otherwise be fetched forever.
+        if table.rows.len() as u64 >= ROW_LIMIT || fetched.is_some_and(|last| index <= last) {
+            break;
+        }
+        let path = format!(
+            "/api/2.0/sql/statements/{}/result/chunks/{index}",
+            path_segment(&response.statement_id)
+        );
+        let chunk: ResultData = match db.get(&path, &[]).await {
+            Ok(chunk) => chunk,
+            Err(error) if table.rows.is_empty() || error == ApiError::InvalidToken => return Err(error),
+            Err(error) => {
+                tracing::warn!(error = %error, chunk = index, "could not fetch a result chunk; showing the rows before it");
+                break;
+            }
+        };
+        fetched = Some(index);
+        // No rows inline (external links): nothing more can be read here.
+        let Some(rows) = chunk.data_array else {
+            break;
+        };
+        table.rows.extend(rows);
+        next = chunk.next_chunk_index;
+    }
+    let over = table.rows.len() as u64 > ROW_LIMIT;
+    table.rows.truncate(ROW_LIMIT as usize);
+    let manifest_says = response.manifest.as_ref().and_then(|m| m.truncated) == Some(true);
+    table.truncated = manifest_says || over || next.is_some();
+    Ok(Some(table))
 }
 
 /// Runs `statement` on `warehouse_id` and waits (bounded) for it to finish.
@@ -134,6 +231,7 @@ pub async fn execute(
         "disposition": "INLINE",
         "format": "JSON_ARRAY",
         "row_limit": ROW_LIMIT,
+        "byte_limit": BYTE_LIMIT,
         "wait_timeout": "10s",
         "on_wait_timeout": "CONTINUE",
     });

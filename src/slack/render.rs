@@ -7,7 +7,7 @@
 //!   13,200 characters (`msg_blocks_too_long`, undocumented), so long answers are split
 //!   across several messages at paragraph or line boundaries, never inside a code fence.
 //! - Tables: the first rows and the columns that fit, in a monospace block; anything
-//!   larger is attached in full as a CSV file.
+//!   larger is attached as a CSV file (the rows fetched; a result cut short says so).
 //! - The last message carries the suggested follow-ups as buttons and a context line
 //!   saying whose permissions answered.
 
@@ -461,13 +461,22 @@ fn within_a_section(lines: Vec<String>) -> (String, usize) {
 }
 
 /// The note under an inline table saying what it leaves out, and whether it left out
-/// anything (then the full result goes in a CSV).
+/// anything (then the fetched rows go in a CSV). A truncated result says that only its
+/// first rows are there, so no one takes them for the whole.
 fn left_out(table: &Table, shown_rows: usize, shown_columns: usize) -> (String, bool) {
+    let fetched = table.rows.len() as u64;
+    let total = table.total_rows.unwrap_or(fetched).max(fetched);
     if table.rows.is_empty() {
+        if total > 0 {
+            // Counted but not readable here (e.g. offered only as external links).
+            let note = format!(
+                "The result has {} rows, but they could not be fetched.",
+                thousands(total)
+            );
+            return (note, false);
+        }
         return ("The query returned no rows.".into(), false);
     }
-    let total = table.total_rows.unwrap_or(table.rows.len() as u64);
-    let fetched = table.rows.len() as u64;
     let mut parts = Vec::new();
     if (shown_rows as u64) < total {
         parts.push(format!("{} of {} rows", shown_rows, thousands(total)));
@@ -475,18 +484,26 @@ fn left_out(table: &Table, shown_rows: usize, shown_columns: usize) -> (String, 
     if shown_columns < table.columns.len() {
         parts.push(format!("{} of {} columns", shown_columns, table.columns.len()));
     }
-    if parts.is_empty() {
-        return (String::new(), false);
+    let partial = !parts.is_empty();
+    let mut note = if partial {
+        format!("Showing {}. ", parts.join(" and "))
+    } else {
+        String::new()
+    };
+    if table.truncated {
+        note.push_str(&format!(
+            "The result was too large to fetch in full: only its first {} rows are {}.",
+            thousands(fetched),
+            if partial { "attached as a CSV file" } else { "shown" }
+        ));
+    } else if partial {
+        note.push_str("The full result is attached as a CSV file");
+        if fetched < total {
+            note.push_str(&format!(" (its first {} rows)", thousands(fetched)));
+        }
+        note.push('.');
     }
-    let mut note = format!(
-        "Showing {}. The full result is attached as a CSV file",
-        parts.join(" and ")
-    );
-    if fetched < total {
-        note.push_str(&format!(" (its first {} rows)", thousands(fetched)));
-    }
-    note.push('.');
-    (note, true)
+    (note, partial)
 }
 
 /// `1234567` → `1,234,567`.
@@ -618,6 +635,7 @@ mod tests {
                 .map(|r| (0..columns).map(|c| Some(cell(r, c))).collect())
                 .collect(),
             total_rows: Some(rows as u64),
+            truncated: false,
         }
     }
 
@@ -779,6 +797,67 @@ mod tests {
             actions["block_id"], "thread:1700000000.000100",
             "the thread rides on the buttons"
         );
+    }
+
+    #[test]
+    fn a_truncated_result_says_only_its_first_rows_are_shown_and_the_csv_is_not_called_full() {
+        let note = |t: Table| {
+            let rendered = answer(
+                &AgentAnswer {
+                    table: Some(t),
+                    ..AgentAnswer::default()
+                },
+                &BY,
+                None,
+                None,
+            );
+            (json(&rendered.messages)[0].to_string(), rendered.csv.is_some())
+        };
+        let (fits, csv) = note(Table {
+            truncated: true,
+            ..table(3, 2, |r, c| format!("r{r}c{c}"))
+        });
+        assert!(
+            fits.contains("The result was too large to fetch in full: only its first 3 rows are shown."),
+            "{fits}"
+        );
+        assert!(!csv);
+        let (large, csv) = note(Table {
+            truncated: true,
+            ..table(10_000, 2, |r, c| format!("r{r}c{c}"))
+        });
+        assert!(
+            large.contains(
+                "Showing 10 of 10,000 rows. The result was too large to fetch in full: only its first 10,000 rows \
+                 are attached as a CSV file."
+            ),
+            "{large}"
+        );
+        assert!(!large.contains("full result"), "{large}");
+        assert!(csv);
+    }
+
+    #[test]
+    fn rows_counted_but_not_fetched_are_not_called_no_rows() {
+        let rendered = answer(
+            &AgentAnswer {
+                table: Some(Table {
+                    total_rows: Some(150),
+                    truncated: true,
+                    ..table(0, 2, |_, _| String::new())
+                }),
+                ..AgentAnswer::default()
+            },
+            &BY,
+            None,
+            None,
+        );
+        let text = json(&rendered.messages)[0].to_string();
+        assert!(
+            text.contains("The result has 150 rows, but they could not be fetched."),
+            "{text}"
+        );
+        assert!(!text.contains("no rows"), "{text}");
     }
 
     #[test]

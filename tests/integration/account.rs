@@ -176,6 +176,7 @@ async fn a_command_answers_csv_goes_to_the_persons_direct_messages_with_the_bot(
             .map(|r| (0..50).map(|c| Some(format!("r{r}c{c}"))).collect())
             .collect(),
         total_rows: Some(20),
+        truncated: false,
     });
     command_in(&app, ("D0TWOPEOPLE", "directmessage"), "all the orders", "csv").await;
     let attached = app.wait_for_calls("files.completeUploadExternal", 1).await;

@@ -148,6 +148,7 @@ fn the_two_quarters_table() -> Table {
             vec![Some("Q3".into()), None],
         ],
         total_rows: Some(2),
+        truncated: false,
     }
 }
 

@@ -18,5 +18,6 @@ mod oidc_conformance;
 mod slack_intake;
 mod slack_sign_in;
 mod socket_mode;
+mod sql_results;
 mod store;
 mod token_broker;

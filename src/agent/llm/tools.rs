@@ -411,7 +411,7 @@ impl<'a> Toolbox<'a> {
             self.last_failure = Some(failure.clone());
             return Err(ToolFailure::ToModel(format!("the statement failed: {failure}")));
         }
-        let table = response.table();
+        let table = sql::fetch_table(&self.db, &response).await?;
         let result = table
             .as_ref()
             .map(rows_for_model)
@@ -522,6 +522,13 @@ fn rows_for_model(table: &Table) -> Value {
                 rows.len()
             )
             .into();
+        }
+        if table.truncated {
+            // Otherwise the model may state the cut count as the whole result's.
+            result["truncated"] = true.into();
+            result["truncated_note"] = "the result was too large and was cut after its first rows, so total_rows \
+                 may not be its true size; say so rather than give totals, the person is told too"
+                .into();
         }
         if rows.is_empty() || result.to_string().len() <= MAX_RESULT_BYTES {
             return result;
@@ -724,6 +731,7 @@ mod tests {
                 .map(|i| vec![Some(format!("{i}-{}", "x".repeat(500)))])
                 .collect(),
             total_rows: Some(10_000),
+            truncated: false,
         };
         let result = rows_for_model(&table);
         assert!(result.to_string().len() <= MAX_RESULT_BYTES);
@@ -734,5 +742,21 @@ mod tests {
         assert_eq!(truncate("ééé", 5), "é…");
         assert_eq!(truncate("abc", 3), "abc");
         assert_eq!(path_segment("main.sales.my table/x"), "main.sales.my%20table%2Fx");
+    }
+
+    #[test]
+    fn a_truncated_result_tells_the_model_that_its_row_count_is_not_the_whole() {
+        let mut table = Table {
+            columns: vec!["a".into()],
+            rows: vec![vec![Some("1".into())]; 3],
+            total_rows: Some(3),
+            truncated: false,
+        };
+        assert!(rows_for_model(&table).get("truncated").is_none());
+        table.truncated = true;
+        let result = rows_for_model(&table);
+        assert_eq!(result["truncated"], true);
+        assert!(result["truncated_note"].as_str().unwrap().contains("cut"));
+        assert_eq!(result["rows"].as_array().unwrap().len(), 3);
     }
 }

@@ -52,12 +52,12 @@ impl Recorded {
         self
     }
 
-    /// The JSON body.
+    /// The JSON body, to read or to tweak a copy of (fewer rows, another chunk).
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).expect("a JSON body")
     }
 
-    /// The same answer with its JSON body replaced (a tweak of the recorded one).
+    /// The same answer (status, headers) with `body` instead: a tweaked copy of [`json`](Self::json).
     pub fn with_json(mut self, body: &Value) -> Self {
         self.body = serde_json::to_vec(body).unwrap();
         self
