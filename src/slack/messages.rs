@@ -78,7 +78,12 @@ pub fn linked(shown_name: &str, user_name: &str, workspace: &str) -> SlackMessag
     );
     let disconnect = disconnect_button();
     SlackMessageContent::new()
-        .with_text(format!("Linked as {shown_name} ({user_name}) in {workspace}"))
+        .with_text(format!(
+            "Linked as {} ({}) in {}",
+            escape_mrkdwn(shown_name),
+            escape_mrkdwn(user_name),
+            escape_mrkdwn(workspace)
+        ))
         .with_blocks(vec![
             section(text),
             context("Not you? Disconnect, and tell your Databricks admin.".to_owned()),
@@ -289,7 +294,7 @@ pub fn shared_by(user: &UserId) -> SlackBlock {
 /// The placeholder in the thread while an answer is being worked on.
 pub fn working(status: &str) -> SlackMessageContent {
     SlackMessageContent::new()
-        .with_text(status.to_owned())
+        .with_text(escape_mrkdwn(status))
         .with_blocks(vec![context(format!(
             ":hourglass_flowing_sand: {}",
             escape_mrkdwn(status)
@@ -299,6 +304,28 @@ pub fn working(status: &str) -> SlackMessageContent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Slack reads a message's `text` as mrkdwn too (notifications, screen readers): words
+    // from outside the bot are escaped there exactly as in the blocks.
+    #[test]
+    fn every_text_fallback_escapes_words_from_outside_as_the_blocks_do() {
+        let hostile = "<!channel> & <@U0BOSS>";
+        let escaped = "&lt;!channel&gt; &amp; &lt;@U0BOSS&gt;";
+        for message in [
+            linked(hostile, hostile, hostile),
+            working(hostile),
+            could_not_answer(hostile, "job-1"),
+            no_access(hostile, "job-1"),
+            unknown_command(hostile),
+        ] {
+            let text = message.text.clone().unwrap_or_default();
+            assert!(!text.contains("<!channel>") && !text.contains("<@U0BOSS>"), "{text}");
+            assert!(text.contains("&lt;!channel&gt;"), "{text}");
+            let blocks = serde_json::to_string(&message.blocks).unwrap();
+            assert!(!blocks.contains("<!channel>"), "{blocks}");
+        }
+        assert!(linked(hostile, "a", "b").text.unwrap().contains(escaped));
+    }
 
     #[test]
     fn mrkdwn_control_characters_are_escaped_and_nothing_else() {

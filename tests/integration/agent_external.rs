@@ -159,6 +159,20 @@ async fn an_answer_with_blocks_and_suggestions_keeps_them() {
     assert_eq!(answer.suggestions, ["And by country?"]);
 }
 
+// A `markdown` block may carry up to 12,000 characters; other texts keep the 3000 limit.
+#[tokio::test]
+async fn a_long_markdown_block_is_kept_where_a_section_that_long_would_not_be() {
+    let answer = http_agent_answering(ResponseTemplate::new(200).set_body_json(json!({
+        "text": "The long report",
+        "blocks": [{ "type": "markdown", "text": format!("# Report\n{}", "word ".repeat(2_000)) }],
+    })))
+    .await
+    .unwrap();
+
+    assert_eq!(answer.blocks.len(), 1);
+    assert!(matches!(answer.blocks[0], SlackBlock::Markdown(_)));
+}
+
 #[tokio::test]
 async fn invalid_blocks_are_dropped_and_the_text_still_answers() {
     for blocks in [
@@ -169,6 +183,9 @@ async fn invalid_blocks_are_dropped_and_the_text_still_answers() {
         // Texts longer than Slack takes would make it refuse the whole answer.
         json!([{ "type": "section", "text": { "type": "mrkdwn", "text": "x".repeat(3001) } }]),
         json!([{ "type": "header", "text": { "type": "plain_text", "text": "h".repeat(151) } }]),
+        json!([{ "type": "markdown", "text": "m".repeat(12_001) }]),
+        // 12,000 may count for all of a message's markdown blocks together.
+        json!([{ "type": "markdown", "text": "m".repeat(7_000) }, { "type": "markdown", "text": "n".repeat(7_000) }]),
         // Interactive blocks would be clicked at this bot, e.g. as its own Disconnect.
         json!([{ "type": "actions", "elements": [{ "type": "button", "action_id": "disconnect",
                                                      "text": { "type": "plain_text", "text": "Go" } }] }]),
