@@ -1,6 +1,9 @@
 //! The end of linking: the code exchanged, the identity read and checked, and the link
 //! stored — or held for the person to confirm when it replaces another account (LNK-09).
 
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use slack_morphism::prelude::*;
@@ -10,7 +13,8 @@ use super::{CallbackOutcome, LinkFlow};
 use crate::config::IdentityCheck;
 use crate::crypto::{Purpose, hash_secret};
 use crate::databricks::api::{Databricks, Identity};
-use crate::databricks::bearer::Bearer;
+use crate::databricks::bearer::{Bearer, Renew};
+use crate::databricks::oauth::DatabricksOAuth;
 use crate::domain::{TeamId, UserId};
 use crate::slack::api::SlackApiError;
 use crate::slack::messages;
@@ -42,8 +46,13 @@ impl LinkFlow {
             tracing::error!("Databricks issued no refresh token; DATABRICKS_SCOPES needs offline_access");
             Failure::plain("Databricks did not grant lasting access (no refresh token).")
         })?;
-        // A token issued a moment ago: nothing to renew it with yet.
-        let bearer = Bearer::fixed(tokens.access_token.clone());
+        // Refused already (revoked, or expired on a clock far ahead of ours), the new
+        // access token is renewed once with the new refresh token, as in any answer.
+        let grant = Arc::new(NewGrant {
+            oauth: self.oauth.clone(),
+            tokens: Mutex::new((refresh_token.clone(), tokens.access_token.clone(), tokens.expires_in)),
+        });
+        let bearer = Bearer::new(tokens.access_token.clone(), 0, Some(grant.clone()));
         let identity = Databricks::new(&self.http, &self.workspace, &bearer)
             .current_user()
             .await
@@ -52,11 +61,12 @@ impl LinkFlow {
                 Failure::plain("Databricks did not tell us who you are.")
             })?;
         self.check_identity(team, user, &identity).await?;
+        let (refresh_token, access_token, expires_in) = grant.tokens.lock().expect("not poisoned").clone();
         let verified = Verified {
             identity,
             refresh_token: refresh_token.expose_secret().to_owned(),
-            access_token: tokens.access_token.expose_secret().to_owned(),
-            access_expires_at: self.clock.now() + tokens.expires_in as i64,
+            access_token: access_token.expose_secret().to_owned(),
+            access_expires_at: self.clock.now() + expires_in as i64,
             scopes: tokens.scope.clone().unwrap_or_default(),
         };
         match self.current_link(team, user).await? {
@@ -276,6 +286,33 @@ impl LinkFlow {
     async fn dm(&self, user: &UserId, content: SlackMessageContent) -> Result<(), SlackApiError> {
         let channel = self.slack.open_dm(user.as_str()).await?;
         self.slack.post_message(&channel, None, content).await.map(|_| ())
+    }
+}
+
+/// The tokens of a sign-in being verified: the refresh token renews a refused access token
+/// once, and whatever it rotated to is what the link keeps.
+struct NewGrant {
+    oauth: DatabricksOAuth,
+    /// Refresh token, access token and its lifetime in seconds, as they are now.
+    tokens: Mutex<(SecretString, SecretString, u64)>,
+}
+
+#[async_trait]
+impl Renew for NewGrant {
+    async fn renew(&self, refused_version: i64) -> Option<(SecretString, i64)> {
+        let refresh_token = self.tokens.lock().expect("not poisoned").0.clone();
+        match self.oauth.refresh(&refresh_token).await {
+            Ok(renewed) => {
+                let rotated = renewed.refresh_token.unwrap_or(refresh_token);
+                *self.tokens.lock().expect("not poisoned") =
+                    (rotated, renewed.access_token.clone(), renewed.expires_in);
+                Some((renewed.access_token, refused_version + 1))
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "could not renew a new access token Databricks refused");
+                None
+            }
+        }
     }
 }
 

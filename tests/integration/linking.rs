@@ -313,6 +313,35 @@ async fn a_forwarded_link_completed_by_another_databricks_user_stores_nothing_an
     app.stop().await;
 }
 
+// Issue 11: the access token the exchange issued is refused at once (a real workspace's
+// numeric 403 on SCIM Me): it is renewed once with the new refresh token, the identity is
+// read, and the link keeps the refresh token the renewal rotated to.
+#[tokio::test]
+async fn a_new_access_token_refused_at_scim_me_is_renewed_once_and_the_rotated_grant_kept() {
+    let app = TestApp::spawn().await;
+    app.databricks.state.lock().unwrap().refuse_exchanged_access_token = true;
+    let id = app.ask_for_link("Ev1", "how many orders?").await;
+    let claimed = app.claim_link(&id).await.expect("claimed");
+    let back = app.databricks.authorize(&claimed.location, &FakeUser::asker());
+    assert_eq!(callback(&app, &back, Some(&claimed.cookie)).await.status(), 303);
+    let page = result_page(&app, &claimed.cookie).await;
+    assert!(
+        page.contains("Linked as <span class=\"who\">Alice Asker</span>"),
+        "{page}"
+    );
+    assert_eq!(linked_as(&app).await, "asker@example.com");
+    let grants: Vec<String> = app
+        .databricks
+        .token_requests()
+        .iter()
+        .map(|r| r["grant_type"].clone())
+        .collect();
+    assert_eq!(grants, ["authorization_code", "refresh_token"], "one renewal");
+    // The kept refresh token is the rotated one: the kept question is answered with it.
+    app.wait_for_answer("answer: how many orders?").await;
+    app.stop().await;
+}
+
 // OA-07: the token endpoint fails in each way; nothing is stored.
 #[tokio::test]
 async fn token_endpoint_errors_timeouts_and_redirects_store_nothing() {

@@ -73,6 +73,8 @@ pub struct FakeState {
     counter: u64,
     /// Access tokens SCIM and the API refuse (revoked).
     pub refused_access_tokens: Vec<String>,
+    /// Whether the access token a code exchange issues is refused from the start.
+    pub refuse_exchanged_access_token: bool,
 }
 
 impl FakeState {
@@ -272,7 +274,12 @@ fn answer(state: &Arc<Mutex<FakeState>>, form: &HashMap<String, String>) -> Resp
             if form.get("redirect_uri") != Some(&redirect) {
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "redirect_uri mismatch");
             }
-            Json(issue(&mut s, &user, true)).into_response()
+            let issued = issue(&mut s, &user, true);
+            if s.refuse_exchanged_access_token {
+                let at = issued["access_token"].as_str().unwrap().to_owned();
+                s.refused_access_tokens.push(at);
+            }
+            Json(issued).into_response()
         }
         Some("refresh_token") => {
             let rt = form.get("refresh_token").cloned().unwrap_or_default();
