@@ -509,7 +509,7 @@ async fn a_message_that_never_finishes_fails_at_the_bound_without_a_retry() {
     );
 }
 
-// Issue 11: a token that expires while Genie is still working (a real workspace's numeric
+// TOK-06 (issue 11): a token that expires while Genie is still working (a real workspace's numeric
 // 403 on a poll) is renewed and only that poll is sent again: Genie is asked once.
 #[tokio::test]
 async fn a_token_refused_mid_answer_is_renewed_and_only_the_refused_call_is_sent_again() {

@@ -185,7 +185,7 @@ impl Respond for StartThenRevoke {
     }
 }
 
-// Issue 11: the token is refused (a real workspace's numeric 403) after Genie took the
+// TOK-06 (issue 11): the token is refused (a real workspace's numeric 403) after Genie took the
 // question; the bot refreshes once, sends that poll again, and Genie is asked once.
 #[tokio::test]
 async fn a_token_revoked_while_genie_works_is_refreshed_and_genie_is_asked_once() {

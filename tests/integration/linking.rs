@@ -313,7 +313,7 @@ async fn a_forwarded_link_completed_by_another_databricks_user_stores_nothing_an
     app.stop().await;
 }
 
-// Issue 11: the access token the exchange issued is refused at once (a real workspace's
+// TOK-06 (issue 11): the access token the exchange issued is refused at once (a real workspace's
 // numeric 403 on SCIM Me): it is renewed once with the new refresh token, the identity is
 // read, and the link keeps the refresh token the renewal rotated to.
 #[tokio::test]

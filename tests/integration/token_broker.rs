@@ -221,7 +221,7 @@ async fn a_lost_refresh_answer_is_retried_once_and_ends_as_needs_relink() {
     store.close().await;
 }
 
-// Only invalid_grant and Databricks' dead-refresh shape end a link; every other refusal
+// TOK-04 (issue 11): only invalid_grant and Databricks' dead-refresh shape end a link; every other refusal
 // (scope, grant type, an unknown code, an HTML page) is the operator's to fix: counted,
 // logged, and nobody's link is touched.
 #[tokio::test]
@@ -252,7 +252,7 @@ async fn token_endpoint_refusals_other_than_a_dead_grant_keep_every_link_and_are
     }
 }
 
-// The dead refresh token as Databricks answers it, and invalid_grant, do end the link.
+// TOK-04: the dead refresh token as Databricks answers it, and invalid_grant, end the link.
 #[tokio::test]
 async fn a_dead_refresh_token_in_either_recorded_shape_asks_the_person_to_connect_again() {
     for fixture in ["token-endpoint-dead-refresh", "token-endpoint-invalid-grant"] {
