@@ -187,6 +187,15 @@ async fn query_result(server: &MockServer, body: Value) {
         .await;
 }
 
+/// A recorded `FAILED` message (tests/fixtures/databricks/), as message `m-1` of `c-1`.
+fn recorded_failure(fixture: &str) -> Value {
+    let mut body = recorded(fixture).json();
+    body["conversation_id"] = json!("c-1");
+    body["message_id"] = json!("m-1");
+    body["id"] = json!("m-1");
+    body
+}
+
 /// The failure when the message polls as `response`.
 async fn error_of(response: Value) -> AgentError {
     let server = MockServer::start().await;
@@ -353,15 +362,22 @@ async fn kept_state_that_is_unreadable_or_from_another_space_starts_a_new_conver
 
 #[tokio::test]
 async fn a_message_failed_by_genies_rate_limit_is_transient() {
-    let error = error_of(failed(
-        "RATE_LIMIT_EXCEEDED_GENERIC_EXCEPTION",
-        "Rate limit exceeded for space.",
-    ))
-    .await;
+    let error = error_of(recorded_failure("genie-message-failed-rate-limit")).await;
     assert!(
         matches!(&error, AgentError::Transient { reason, .. } if reason.starts_with("Genie is busy right now")),
         "{error:?}"
     );
+}
+
+// A query Genie ran that the warehouse refused for want of a grant is the person's
+// answer (no access), in Databricks' words.
+#[tokio::test]
+async fn a_message_failed_in_sql_execution_for_want_of_a_grant_is_no_access() {
+    let error = error_of(recorded_failure("genie-message-failed-sql-execution")).await;
+    match error {
+        AgentError::NoAccess(said) => assert!(said.contains("does not have SELECT on Table"), "{said}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -379,14 +395,12 @@ async fn a_message_failed_for_another_reason_says_why_in_plain_words() {
 
 #[tokio::test]
 async fn a_message_failed_for_want_of_the_warehouse_is_no_access() {
-    let error = error_of(failed(
-        "WAREHOUSE_ACCESS_MISSING_EXCEPTION",
-        "You need CAN USE on the warehouse used by this space.",
-    ))
-    .await;
+    let error = error_of(recorded_failure("genie-message-failed-warehouse-access")).await;
     assert_eq!(
         error,
-        AgentError::NoAccess("You need CAN USE on the warehouse used by this space.".into())
+        AgentError::NoAccess(
+            "User does not have CAN USE permission on the SQL warehouse attached to this space.".into()
+        )
     );
 }
 
