@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 
+use crate::agent::adk::{self, Adk};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ConfigError, DatabaseConfig, Env, vault_and_database};
+use crate::config::{AgentKind, Config, ConfigError, DatabaseConfig, Env, vault_and_database};
 use crate::crypto::generate_key;
 use crate::databricks::broker::rotation::rotate_all;
 use crate::databricks::oauth::{DatabricksOAuth, http_client};
@@ -210,6 +211,16 @@ async fn check(env: &Env) -> Result<(), Failure> {
             println!("databricks     FAILED: {e}");
             healthy = false;
         }
+    }
+    // A warning only: the bot runs with any ADK, the asker's token just does not reach
+    // the agent on an old one.
+    if let (AgentKind::Adk, Some(url), Some(app)) = (
+        config.agent.kind,
+        config.agent.agent_url.clone(),
+        config.agent.adk_app_name.clone(),
+    ) {
+        let report = Adk::new(adk::client(), url, app).probe_version().await;
+        println!("adk            {report}");
     }
     if healthy {
         Ok(())

@@ -10,8 +10,7 @@
 //!    `POST {AGENT_URL}/apps/{ADK_APP_NAME}/users/{user_id}/sessions` with body `{}`; ADK
 //!    answers with the session, whose `id` the bot keeps for the thread
 //!    ([`AgentAnswer::conversation`] = `{"session_id": "<id>"}`).
-//! 2. Every question, the first included, is one
-//!    `POST {AGENT_URL}/run`:
+//! 2. Every question, the first included, is one `POST {AGENT_URL}/run_sse`:
 //!
 //!    ```json
 //!    {
@@ -19,6 +18,7 @@
 //!      "user_id": "T0123ABCD:U0123ABCD",
 //!      "session_id": "<id>",
 //!      "new_message": { "role": "user", "parts": [ { "text": "<the question>" } ] },
+//!      "streaming": true,
 //!      "state_delta": {
 //!        "temp:databricks_token": "<the asker's short-lived access token>",
 //!        "temp:databricks_host": "https://dbc-123.cloud.databricks.com"
@@ -28,30 +28,55 @@
 //!
 //!    The agent's tools read `tool_context.state["temp:databricks_token"]` and
 //!    `["temp:databricks_host"]` and call Databricks as the asker. ADK applies `temp:`
-//!    state for the current invocation only and never persists it (recent ADK releases;
-//!    older ones dropped `temp:` keys from `state_delta` before the agent could read them).
-//! 3. ADK answers with the run's events (a JSON list). The answer is the text of the
-//!    last event that is a final response of an agent: authored by anything but `user`,
-//!    not `partial`, without function calls or responses; `thought` parts are left out.
-//!    Several text parts of that event are joined with blank lines.
+//!    state for the current invocation only and never persists it.
+//! 3. ADK streams the run's events as server-sent events, `data: <event JSON>\n\n` each
+//!    (`streaming: true` adds `partial` events as the model writes). The answer is the text
+//!    of the last event that is a final response of an agent: authored by anything but
+//!    `user`, not `partial`, without function calls or responses; `thought` parts are left
+//!    out. Several text parts of that event are joined with blank lines.
 //! 4. If the kept session is gone (ADK restarted with in-memory sessions, or it expired),
-//!    `/run` answers `404` `{"detail": "Session not found…"}`: the bot creates a new
-//!    session and asks once more, once.
+//!    `/run_sse` answers `404` `{"detail": "Session not found…"}` before running anything:
+//!    the bot creates a new session and asks once more, once.
+//!
+//! # Which ADK
+//!
+//! google-adk (Python) **1.27.0 or later, but not 2.0.x or 2.1.x** ([`supports`]). Read in
+//! the released wheels: `BaseSessionService.append_event` first applies `temp:` keys of an
+//! event's `state_delta` to the in-memory session (`_apply_temp_state`) in 1.27.0
+//! (google/adk-python PR #4501, closing issues #3047 and #3399); before that it dropped
+//! them, so the token never reached a tool. `/run_sse` forwards `state_delta` to the runner
+//! since 1.7.0. ADK 2.0.0 and 2.1.0 run a root `LlmAgent` on the node runner, which dropped
+//! `state_delta` (issue #5763, fixed in 2.2.0 by PR #5767). 1.27.0 itself was yanked from
+//! PyPI, so 1.27.1 is the first to install. `GET /version` (1.25.0 and later) tells the
+//! version; [`Adk::probe_version`] reads it at start-up and in `check`.
+//!
+//! # Failures
 //!
 //! No `Authorization` header is sent to ADK: the token travels only in `state_delta`.
-//! Failures are told as for the [`http`](super::http) backend (timeouts and 5xx retried
-//! later, 401/403 "your agent refused the request", an unreadable list or one without an
-//! answer "your agent sent an answer I could not read"); an ADK event carrying an
-//! `errorCode` and no answer is "your agent ran into a problem answering".
+//! Failures before ADK answered are told as for the [`http`](super::external) backend (timeouts
+//! and 5xx retried later, 401/403 "your agent refused the request"). Once the stream has
+//! begun the agent is acting, so nothing is retried: [`IDLE_TIMEOUT`] without a byte, or a
+//! broken connection, is "your agent stopped answering" — asking again could repeat what
+//! the agent already did. There is no limit on a run that keeps sending events. A run that
+//! ends without a final text is "your agent finished without an answer", or "your agent
+//! ran into a problem answering" if ADK reported an error (an event's `errorCode`, or the
+//! `{"error": …}` frame ADK sends when the run raised); a stream that is not ADK's events is
+//! "your agent sent an answer I could not read".
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio::time::timeout;
 use url::Url;
 
-use crate::agent::external::{Reply, UNREADABLE, exchange};
+use crate::agent::external::{NOT_HANDLED, REFUSED, TIMED_OUT, UNAVAILABLE, UNREADABLE, exchange};
 use crate::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Progress};
 
 /// The `state_delta` key carrying the asker's access token.
@@ -59,22 +84,59 @@ pub const TOKEN_STATE_KEY: &str = "temp:databricks_token";
 /// The `state_delta` key carrying the asker's workspace URL.
 pub const HOST_STATE_KEY: &str = "temp:databricks_host";
 
+/// Longest ADK may stay silent: before it answers a request, and between two pieces of a
+/// run's stream. A run may take as long as it keeps sending events.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest the start-up version probe waits.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a TCP/TLS connection to ADK may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most of one server-sent event (or of an error body) the bot holds.
+const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
+/// Characters of an error body kept in a log line.
+const LOG_EXCERPT_CHARS: usize = 300;
+
 /// Said to the asker when ADK reports an error instead of an answer (a blocked or failed
-/// model call).
+/// model call, a tool that raised).
 const AGENT_ERROR: &str = "your agent ran into a problem answering";
+/// Said to the asker when a run went quiet or its connection broke after it had begun.
+const STOPPED: &str = "your agent stopped answering";
+/// Said to the asker when a run ended without a final text.
+const NO_ANSWER: &str = "your agent finished without an answer";
 
 /// An app on an ADK `api_server` at `url` (see the module docs).
 pub struct Adk {
     http: reqwest::Client,
     url: Url,
     app_name: String,
+    idle_timeout: Duration,
+}
+
+/// The HTTP client for ADK: no redirects (the request carries a token), a connect timeout,
+/// and no total timeout, since a run is bounded by [`IDLE_TIMEOUT`] between events instead.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(CONNECT_TIMEOUT)
+        .build()
+        .expect("a reqwest client with rustls builds")
 }
 
 impl Adk {
-    /// The ADK app `app_name` served at `url`, called with `http` (which carries the
-    /// timeouts and follows no redirects).
+    /// The ADK app `app_name` served at `url`, called with `http` (see [`client`]).
     pub fn new(http: reqwest::Client, url: Url, app_name: String) -> Self {
-        Self { http, url, app_name }
+        Self {
+            http,
+            url,
+            app_name,
+            idle_timeout: IDLE_TIMEOUT,
+        }
+    }
+
+    /// The same app with another idle limit (tests use a short one).
+    pub fn with_idle_timeout(mut self, idle_timeout: Duration) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
     }
 
     /// `self.url` with `segments` appended to its path.
@@ -87,10 +149,46 @@ impl Adk {
         url
     }
 
+    /// What `GET {AGENT_URL}/version` says about the ADK serving this app. Never fails:
+    /// anything but a readable version is [`VersionReport::Unknown`].
+    pub async fn probe_version(&self) -> VersionReport {
+        let call = self.http.get(self.endpoint(&["version"]));
+        let reply = match timeout(PROBE_TIMEOUT, exchange("adk", call)).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(error)) => return VersionReport::Unknown(format!("GET /version failed: {error}")),
+            Err(_) => return VersionReport::Unknown("GET /version did not answer in time".into()),
+        };
+        if reply.status == StatusCode::NOT_FOUND {
+            return VersionReport::Unknown(
+                "ADK has no GET /version (added in google-adk 1.25.0, so this one is probably older)".into(),
+            );
+        }
+        if !reply.status.is_success() {
+            return VersionReport::Unknown(format!("GET /version answered {}", reply.status.as_u16()));
+        }
+        #[derive(Deserialize)]
+        struct Served {
+            version: String,
+        }
+        let Ok(served) = reply.json::<Served>("adk", &SecretString::from(String::new())) else {
+            return VersionReport::Unknown("GET /version did not name a version".into());
+        };
+        match parse_version(&served.version) {
+            Some(version) if supports(version) => VersionReport::Supported(served.version),
+            Some(_) => VersionReport::Unsupported(served.version),
+            None => VersionReport::Unknown(format!("GET /version named {:?}", served.version)),
+        }
+    }
+
     /// A new session of `user_id` in this app; its id.
     async fn create_session(&self, user_id: &str, token: &SecretString) -> Result<String, AgentError> {
         let url = self.endpoint(&["apps", &self.app_name, "users", user_id, "sessions"]);
-        let reply = exchange("adk", self.http.post(url).json(&json!({}))).await?;
+        let call = exchange("adk", self.http.post(url).json(&json!({})));
+        let Ok(reply) = timeout(self.idle_timeout, call).await else {
+            tracing::warn!(agent = "adk", "ADK did not create a session in time");
+            return Err(AgentError::transient(TIMED_OUT));
+        };
+        let reply = reply?;
         if !reply.status.is_success() {
             return Err(reply.failure("adk", token));
         }
@@ -103,8 +201,9 @@ impl Adk {
         Ok(session.id)
     }
 
-    /// One run of the agent in `session_id`; `None` if ADK no longer has that session.
-    async fn run(&self, request: &AgentRequest, user_id: &str, session_id: &str) -> Result<Option<Reply>, AgentError> {
+    /// One run of the agent in `session_id`: its answer, or `None` if ADK no longer has
+    /// that session.
+    async fn run(&self, request: &AgentRequest, user_id: &str, session_id: &str) -> Result<Option<String>, AgentError> {
         let context = &request.context;
         let token = &context.access_token;
         let body = Run {
@@ -117,20 +216,276 @@ impl Adk {
                     text: &request.question,
                 }],
             },
+            // Partial events while the model writes keep a long answer within the idle limit.
+            streaming: true,
             state_delta: json!({
                 TOKEN_STATE_KEY: token.expose_secret(),
                 HOST_STATE_KEY: context.host.as_str(),
             }),
         };
-        let reply = exchange("adk", self.http.post(self.endpoint(&["run"])).json(&body)).await?;
-        if reply.status == StatusCode::NOT_FOUND && reply.mentions("session not found") {
-            tracing::info!(agent = "adk", session_id, "ADK no longer has the thread's session");
-            return Ok(None);
+        let call = self.http.post(self.endpoint(&["run_sse"])).json(&body).send();
+        let mut response = match timeout(self.idle_timeout, call).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => return Err(not_started(error)),
+            Err(_) => {
+                tracing::warn!(agent = "adk", "ADK did not start the run in time");
+                return Err(AgentError::transient(TIMED_OUT));
+            }
+        };
+        let status = response.status();
+        if !status.is_success() {
+            let headers = response.headers().clone();
+            let body = self.error_body(&mut response).await;
+            if status == StatusCode::NOT_FOUND && body.to_ascii_lowercase().contains("session not found") {
+                tracing::info!(agent = "adk", session_id, "ADK no longer has the thread's session");
+                return Ok(None);
+            }
+            return Err(refusal(status, &headers, &body, token));
         }
-        if !reply.status.is_success() {
-            return Err(reply.failure("adk", token));
+        // From here on the agent is running: whatever breaks is not worth a second run.
+        let mut events = EventStream::default();
+        loop {
+            let chunk = match timeout(self.idle_timeout, response.chunk()).await {
+                Ok(Ok(Some(chunk))) => chunk,
+                Ok(Ok(None)) => break,
+                Ok(Err(error)) => {
+                    tracing::warn!(agent = "adk", error = %error.without_url(), events = events.seen, "ADK's stream broke mid-run; not asked again");
+                    return Err(AgentError::Failed(STOPPED.into()));
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        agent = "adk",
+                        idle_secs = self.idle_timeout.as_secs_f64(),
+                        events = events.seen,
+                        "ADK sent nothing for too long mid-run; not asked again, as a second run could repeat what the agent did"
+                    );
+                    return Err(AgentError::Failed(STOPPED.into()));
+                }
+            };
+            events.feed(&chunk)?;
         }
-        Ok(Some(reply))
+        events.finish().map(Some)
+    }
+
+    /// The start of a refusal's body, read within the idle limit (empty if it cannot be).
+    async fn error_body(&self, response: &mut reqwest::Response) -> String {
+        let mut body = Vec::new();
+        while let Ok(Ok(Some(chunk))) = timeout(self.idle_timeout, response.chunk()).await {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_FRAME_BYTES {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&body).into_owned()
+    }
+}
+
+/// Starts a [`Adk::probe_version`] of `adk` whose report is logged, if there is a runtime to
+/// run it on; start-up does not wait for it.
+pub fn probe_in_background(adk: &Arc<Adk>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let adk = Arc::clone(adk);
+    runtime.spawn(async move { adk.probe_version().await.log() });
+}
+
+/// What the start-up probe learned about the ADK behind `AGENT_URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionReport {
+    /// A google-adk version that gives the agent the asker's token (see the module docs).
+    Supported(String),
+    /// A google-adk version whose agent would not see the asker's token.
+    Unsupported(String),
+    /// No version could be read: why.
+    Unknown(String),
+}
+
+impl VersionReport {
+    /// Logs the report once: a warning unless the version is supported.
+    pub fn log(&self) {
+        match self {
+            Self::Supported(version) => tracing::info!(agent = "adk", version, "ADK version supported"),
+            Self::Unsupported(version) => tracing::warn!(
+                agent = "adk",
+                version,
+                "this ADK does not give the agent the asker's temp: token; use google-adk 1.27.1 to 1.39.x, or 2.2.0 or later"
+            ),
+            Self::Unknown(why) => tracing::warn!(
+                agent = "adk",
+                why,
+                "could not tell the ADK version; it needs google-adk 1.27.1 to 1.39.x, or 2.2.0 or later"
+            ),
+        }
+    }
+}
+
+impl fmt::Display for VersionReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Supported(version) => write!(f, "ok (google-adk {version})"),
+            Self::Unsupported(version) => write!(
+                f,
+                "WARNING: google-adk {version} does not give the agent the asker's token; use 1.27.1 to 1.39.x, or 2.2.0 or later"
+            ),
+            Self::Unknown(why) => write!(
+                f,
+                "WARNING: version unknown ({why}); it needs google-adk 1.27.1+ (not 2.0/2.1)"
+            ),
+        }
+    }
+}
+
+/// `major.minor.patch` of a google-adk version (`1.27.1`, `2.2.0rc1`); a missing patch is 0.
+fn parse_version(version: &str) -> Option<(u64, u64, u64)> {
+    let mut numbers = version.trim().trim_start_matches('v').split('.').map(|part| {
+        let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<u64>().ok()
+    });
+    let major = numbers.next()??;
+    let minor = numbers.next()??;
+    let patch = numbers.next().flatten().unwrap_or(0);
+    Some((major, minor, patch))
+}
+
+/// Whether google-adk `version` gives the agent `temp:` state from `/run_sse`'s
+/// `state_delta` (see the module docs for the sources).
+pub fn supports(version: (u64, u64, u64)) -> bool {
+    version >= (1, 27, 0) && !((2, 0, 0)..(2, 2, 0)).contains(&version)
+}
+
+/// A failure to get any answer from ADK: worth asking again later.
+fn not_started(error: reqwest::Error) -> AgentError {
+    // The URL may carry the agent's own key in its query: keep it out of the logs.
+    let error = error.without_url();
+    if error.is_timeout() {
+        tracing::warn!(agent = "adk", error = %error, "ADK did not answer in time");
+        AgentError::transient(TIMED_OUT)
+    } else {
+        tracing::warn!(agent = "adk", error = %error, "could not reach ADK");
+        AgentError::transient(UNAVAILABLE)
+    }
+}
+
+/// What an error status from `/run_sse` means for the asker, as [`Reply::failure`](crate::agent::external::Reply::failure) says for
+/// a whole reply (the stream cannot be read into one); logged without the token.
+fn refusal(status: StatusCode, headers: &HeaderMap, body: &str, token: &SecretString) -> AgentError {
+    // FastAPI's 422 echoes the request, state_delta and token included.
+    let secret = token.expose_secret();
+    let body = if secret.is_empty() {
+        body.to_owned()
+    } else {
+        body.replace(secret, "[redacted]")
+    };
+    let excerpt: String = body.chars().take(LOG_EXCERPT_CHARS).collect();
+    tracing::warn!(agent = "adk", status = status.as_u16(), body = %excerpt, "the agent answered with an error status");
+    let retry_after = headers
+        .get(RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse().ok())
+        .map(Duration::from_secs);
+    match status.as_u16() {
+        504 => AgentError::Transient {
+            reason: TIMED_OUT.into(),
+            retry_after,
+        },
+        429 | 500..=599 => AgentError::Transient {
+            reason: UNAVAILABLE.into(),
+            retry_after,
+        },
+        401 | 403 => AgentError::Failed(REFUSED.into()),
+        _ => AgentError::Failed(NOT_HANDLED.into()),
+    }
+}
+
+/// A run's server-sent events as they arrive, keeping only what the answer needs.
+#[derive(Default)]
+struct EventStream {
+    /// Bytes of the event being received.
+    pending: Vec<u8>,
+    /// Events read so far.
+    seen: usize,
+    /// The text of the last final agent response.
+    answer: Option<String>,
+    /// The last error ADK reported, for the log.
+    error: Option<String>,
+}
+
+impl EventStream {
+    /// Takes in `chunk`, reading every event it completes.
+    fn feed(&mut self, chunk: &[u8]) -> Result<(), AgentError> {
+        self.pending.extend_from_slice(chunk);
+        while let Some(end) = frame_end(&self.pending) {
+            let frame: Vec<u8> = self.pending.drain(..end.1).collect();
+            self.read_frame(&frame[..end.0])?;
+        }
+        if self.pending.len() > MAX_FRAME_BYTES {
+            tracing::warn!(
+                agent = "adk",
+                limit = MAX_FRAME_BYTES,
+                "one of ADK's events is too large"
+            );
+            return Err(AgentError::Failed(UNREADABLE.into()));
+        }
+        Ok(())
+    }
+
+    /// Reads one event: its `data:` lines (comments and other fields are ignored).
+    fn read_frame(&mut self, frame: &[u8]) -> Result<(), AgentError> {
+        let frame = String::from_utf8_lossy(frame);
+        let data: Vec<&str> = frame
+            .lines()
+            .filter_map(|line| line.strip_prefix("data:"))
+            .map(|data| data.strip_prefix(' ').unwrap_or(data))
+            .collect();
+        if data.is_empty() {
+            return Ok(());
+        }
+        let event: Event = serde_json::from_str(&data.join("\n")).map_err(|error| {
+            tracing::warn!(agent = "adk", error = %error, "one of ADK's events is not the JSON expected");
+            AgentError::Failed(UNREADABLE.into())
+        })?;
+        self.seen += 1;
+        if let Some(error) = event.error_report() {
+            self.error = Some(error);
+        } else if event.is_final_agent_response()
+            && let Some(text) = event.text()
+        {
+            self.answer = Some(text);
+        }
+        Ok(())
+    }
+
+    /// The run's answer once its stream has ended (see the module docs).
+    fn finish(mut self) -> Result<String, AgentError> {
+        if !self.pending.iter().all(u8::is_ascii_whitespace) {
+            // ADK ends every event with a blank line; a last one without it still counts.
+            let rest = std::mem::take(&mut self.pending);
+            self.read_frame(&rest)?;
+        }
+        if let Some(answer) = self.answer {
+            return Ok(answer);
+        }
+        if let Some(error) = self.error {
+            tracing::warn!(agent = "adk", error, "ADK reported an error instead of an answer");
+            return Err(AgentError::Failed(AGENT_ERROR.into()));
+        }
+        tracing::warn!(
+            agent = "adk",
+            events = self.seen,
+            "ADK's run ended without a final text from the agent"
+        );
+        Err(AgentError::Failed(NO_ANSWER.into()))
+    }
+}
+
+/// Where the first event in `bytes` ends: (end of its text, start of the next event).
+fn frame_end(bytes: &[u8]) -> Option<(usize, usize)> {
+    let lf = bytes.windows(2).position(|w| w == b"\n\n").map(|at| (at, at + 2));
+    let crlf = bytes.windows(4).position(|w| w == b"\r\n\r\n").map(|at| (at, at + 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
     }
 }
 
@@ -153,6 +508,7 @@ struct Run<'a> {
     user_id: &'a str,
     session_id: &'a str,
     new_message: Message<'a>,
+    streaming: bool,
     state_delta: serde_json::Value,
 }
 
@@ -179,6 +535,8 @@ struct Event {
     error_code: Option<serde_json::Value>,
     #[serde(rename = "errorMessage", alias = "error_message")]
     error_message: Option<String>,
+    /// The whole frame when the run raised: `{"error": "<exception>"}`.
+    error: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -226,38 +584,25 @@ impl Event {
             .collect();
         (!texts.is_empty()).then(|| texts.join("\n\n"))
     }
-}
 
-/// The answer in a run's events (see the module docs).
-fn answer_of(events: &[Event]) -> Result<String, AgentError> {
-    if let Some(text) = events
-        .iter()
-        .rev()
-        .filter(|event| event.is_final_agent_response())
-        .find_map(Event::text)
-    {
-        return Ok(text);
+    /// The error this event reports, for the log: an `errorCode`/`errorMessage`, the
+    /// `{"error": …}` frame, or the `system` event newer ADK sends when the run raised.
+    fn error_report(&self) -> Option<String> {
+        if let Some(error) = &self.error {
+            return Some(error.to_string());
+        }
+        if self.error_code.is_some() || self.error_message.is_some() {
+            return Some(format!(
+                "{} {}",
+                self.error_code.clone().unwrap_or_default(),
+                self.error_message.as_deref().unwrap_or_default()
+            ));
+        }
+        if self.author.as_deref() == Some("system") {
+            return self.text().filter(|text| text.starts_with("Error:"));
+        }
+        None
     }
-    if let Some(event) = events
-        .iter()
-        .rev()
-        .find(|event| event.error_code.is_some() || event.error_message.is_some())
-    {
-        tracing::warn!(
-            agent = "adk",
-            author = event.author.as_deref().unwrap_or_default(),
-            error_code = %event.error_code.clone().unwrap_or_default(),
-            error_message = event.error_message.as_deref().unwrap_or_default(),
-            "ADK reported an error instead of an answer"
-        );
-        return Err(AgentError::Failed(AGENT_ERROR.into()));
-    }
-    tracing::warn!(
-        agent = "adk",
-        events = events.len(),
-        "ADK's run has no final text from the agent"
-    );
-    Err(AgentError::Failed(UNREADABLE.into()))
 }
 
 #[async_trait]
@@ -280,9 +625,9 @@ impl Agent for Adk {
             Some(id) => (id, false),
             None => (self.create_session(&user_id, token).await?, true),
         };
-        let reply = loop {
+        let text = loop {
             match self.run(request, &user_id, &session_id).await? {
-                Some(reply) => break reply,
+                Some(text) => break text,
                 None if !fresh => {
                     session_id = self.create_session(&user_id, token).await?;
                     fresh = true;
@@ -293,9 +638,8 @@ impl Agent for Adk {
                 }
             }
         };
-        let events: Vec<Event> = reply.json("adk", token)?;
         Ok(AgentAnswer {
-            text: answer_of(&events)?,
+            text,
             conversation: Some(json!({ "session_id": session_id })),
             ..AgentAnswer::default()
         })
@@ -306,13 +650,18 @@ impl Agent for Adk {
 mod tests {
     use super::*;
 
-    fn events(raw: serde_json::Value) -> Vec<Event> {
-        serde_json::from_value(raw).unwrap()
+    /// What a stream of `events`, framed as ADK frames them, answers.
+    fn streamed(events: serde_json::Value) -> Result<String, AgentError> {
+        let mut stream = EventStream::default();
+        for event in events.as_array().unwrap() {
+            stream.feed(format!("data: {event}\n\n").as_bytes())?;
+        }
+        stream.finish()
     }
 
     #[test]
     fn the_answer_is_the_last_final_text_of_an_agent() {
-        let run = events(json!([
+        let run = json!([
             {"author": "user", "content": {"role": "user", "parts": [{"text": "question"}]}},
             {"author": "data_agent", "content": {"role": "model", "parts": [
                 {"text": "Let me look.", "thought": true},
@@ -322,29 +671,72 @@ mod tests {
             {"author": "data_agent", "content": {"role": "user", "parts": [
                 {"functionResponse": {"name": "run_sql", "response": {"rows": 3}}}
             ]}},
+            {"author": "data_agent", "partial": true, "content": {"role": "model", "parts": [{"text": "Three"}]}},
             {"author": "data_agent", "content": {"role": "model", "parts": [
                 {"text": "thinking", "thought": true},
                 {"text": "Three rows."},
                 {"text": "Nothing else."}
             ]}},
             {"author": "data_agent", "content": {"role": "model", "parts": []}}
-        ]));
-        assert_eq!(answer_of(&run).unwrap(), "Three rows.\n\nNothing else.");
+        ]);
+        assert_eq!(streamed(run).unwrap(), "Three rows.\n\nNothing else.");
     }
 
     #[test]
-    fn an_error_event_without_an_answer_is_the_agents_problem() {
-        let run = events(json!([{"author": "data_agent", "errorCode": "SAFETY", "errorMessage": "blocked"}]));
-        assert_eq!(answer_of(&run), Err(AgentError::Failed(AGENT_ERROR.into())));
-        assert_eq!(answer_of(&[]), Err(AgentError::Failed(UNREADABLE.into())));
+    fn an_error_without_an_answer_is_the_agents_problem_and_silence_is_no_answer() {
+        let agent_error = Err(AgentError::Failed(AGENT_ERROR.into()));
+        assert_eq!(
+            streamed(json!([{"author": "data_agent", "errorCode": "SAFETY", "errorMessage": "blocked"}])),
+            agent_error
+        );
+        assert_eq!(streamed(json!([{"error": "boom"}])), agent_error);
+        assert_eq!(
+            streamed(json!([{"author": "system", "content": {"role": "model", "parts": [{"text": "Error: boom"}]}}])),
+            agent_error
+        );
+        let partial_only = json!([{"author": "data_agent", "partial": true, "content": {"parts": [{"text": "Thr"}]}}]);
+        assert_eq!(streamed(partial_only), Err(AgentError::Failed(NO_ANSWER.into())));
+        assert_eq!(streamed(json!([])), Err(AgentError::Failed(NO_ANSWER.into())));
+    }
+
+    #[test]
+    fn events_split_across_chunks_or_ended_with_crlf_are_read_whole() {
+        let event = json!({"author": "a", "content": {"parts": [{"text": "Whole."}]}}).to_string();
+        let wire = format!(": comment\r\n\r\ndata: {event}\r\n\r\n");
+        let mut stream = EventStream::default();
+        for byte in wire.as_bytes() {
+            stream.feed(std::slice::from_ref(byte)).unwrap();
+        }
+        assert_eq!(stream.finish().unwrap(), "Whole.");
+        let mut unterminated = EventStream::default();
+        unterminated.feed(format!("data: {event}").as_bytes()).unwrap();
+        assert_eq!(unterminated.finish().unwrap(), "Whole.");
+        let mut garbage = EventStream::default();
+        assert_eq!(
+            garbage.feed(b"data: <html>\n\n"),
+            Err(AgentError::Failed(UNREADABLE.into()))
+        );
+    }
+
+    #[test]
+    fn adk_versions_from_1_27_are_supported_except_2_0_and_2_1() {
+        let supported = |v: &str| supports(parse_version(v).unwrap());
+        assert!(supported("1.27.0") && supported("1.27.1") && supported("1.39.1"));
+        assert!(supported("2.2.0") && supported("2.13.0") && supported("10.0"));
+        assert!(!supported("1.26.0") && !supported("1.4.2") && !supported("0.5.0"));
+        assert!(!supported("2.0.0") && !supported("2.1.0") && !supported("2.0.0rc1"));
+        assert_eq!(parse_version("1.27.1"), Some((1, 27, 1)));
+        assert_eq!(parse_version("2.2.0rc1"), Some((2, 2, 0)));
+        assert_eq!(parse_version("latest"), None);
+        assert_eq!(parse_version("1"), None);
     }
 
     #[test]
     fn endpoints_keep_the_base_path_and_escape_segments() {
         let adk = |base: &str| Adk::new(reqwest::Client::new(), Url::parse(base).unwrap(), "app".into());
         assert_eq!(
-            adk("https://a.example/").endpoint(&["run"]).as_str(),
-            "https://a.example/run"
+            adk("https://a.example/").endpoint(&["run_sse"]).as_str(),
+            "https://a.example/run_sse"
         );
         assert_eq!(
             adk("https://a.example/adk/")
@@ -353,8 +745,8 @@ mod tests {
             "https://a.example/adk/apps/app/users/T1:U1/sessions"
         );
         assert_eq!(
-            adk("https://a.example/adk").endpoint(&["run"]).as_str(),
-            "https://a.example/adk/run"
+            adk("https://a.example/adk").endpoint(&["run_sse"]).as_str(),
+            "https://a.example/adk/run_sse"
         );
     }
 }

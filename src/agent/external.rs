@@ -433,13 +433,6 @@ impl Reply {
         })
     }
 
-    /// Whether the body mentions `needle`, ignoring ASCII case.
-    pub(crate) fn mentions(&self, needle: &str) -> bool {
-        String::from_utf8_lossy(&self.body)
-            .to_ascii_lowercase()
-            .contains(&needle.to_ascii_lowercase())
-    }
-
     /// What a non-success status means for the asker (logged with the start of the body).
     pub(crate) fn failure(&self, agent: &'static str, token: &SecretString) -> AgentError {
         tracing::warn!(

@@ -149,7 +149,11 @@ pub fn from_config(config: &AgentConfig) -> Arc<dyn Agent> {
             config.genie_space_id.clone(),
         )),
         AgentKind::Http => Arc::new(external::HttpAgent::new(external_client(), url())),
-        AgentKind::Adk => Arc::new(adk::Adk::new(external_client(), url(), required(&config.adk_app_name))),
+        AgentKind::Adk => {
+            let adk = Arc::new(adk::Adk::new(adk::client(), url(), required(&config.adk_app_name)));
+            adk::probe_in_background(&adk);
+            adk
+        }
     }
 }
 

@@ -2,15 +2,18 @@
 //! receives, what the asker gets back, and how failures read. Each agent is a wiremock
 //! server on loopback.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::common::agents::{self, Shown};
 use crate::common::logs::Captured;
-use databricks_slack_bot::agent::adk::Adk;
+use databricks_slack_bot::agent::adk::{Adk, VersionReport};
 use databricks_slack_bot::agent::external::HttpAgent;
 use databricks_slack_bot::agent::{Agent, AgentAnswer, AgentError, AgentRequest};
 use serde_json::{Value, json};
 use slack_morphism::prelude::SlackBlock;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use url::Url;
 use wiremock::matchers::{body_json, body_partial_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -336,33 +339,61 @@ async fn an_agent_refusing_the_token_gets_the_request_again_with_a_renewed_token
 
 // ---- adk -----------------------------------------------------------------------------
 
+/// The ADK fixture `tests/fixtures/adk/{name}.json`.
+fn adk_fixture(name: &str) -> Value {
+    let path = format!("{}/tests/fixtures/adk/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// `events` framed as ADK's `/run_sse` frames them.
+fn sse(events: &[Value]) -> String {
+    events.iter().map(|event| format!("data: {event}\n\n")).collect()
+}
+
+/// A `/run_sse` answer streaming `events`.
+fn streaming(events: &[Value]) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_raw(sse(events), "text/event-stream; charset=utf-8")
+}
+
+/// The recorded `/run_sse` answer in `name`.
+fn recorded_stream(name: &str) -> ResponseTemplate {
+    let fixture = adk_fixture(name);
+    streaming(fixture["events"].as_array().unwrap())
+}
+
+/// The recorded JSON answer in `name`.
+fn recorded_json(name: &str) -> ResponseTemplate {
+    let fixture = adk_fixture(name);
+    ResponseTemplate::new(fixture["status"].as_u64().unwrap() as u16).set_body_json(&fixture["body"])
+}
+
 fn session(id: &str) -> ResponseTemplate {
     ResponseTemplate::new(200).set_body_json(json!({
         "id": id, "appName": APP, "userId": ADK_USER, "state": {}, "events": [], "lastUpdateTime": 1743711430.02
     }))
 }
 
-/// The events ADK returns for a run that called one tool and then answered.
+/// The events ADK streams for a run that called one tool and then answered.
 fn ran(answer: &str) -> ResponseTemplate {
-    ResponseTemplate::new(200).set_body_json(json!([
-        {
+    streaming(&[
+        json!({
             "id": "e1", "invocationId": "i1", "author": APP,
             "content": { "role": "model", "parts": [
                 { "text": "I should count the orders.", "thought": true },
                 { "functionCall": { "id": "c1", "name": "run_sql", "args": { "sql": "SELECT count(*) FROM orders" } } }
             ] }
-        },
-        {
+        }),
+        json!({
             "id": "e2", "invocationId": "i1", "author": APP,
             "content": { "role": "user", "parts": [
                 { "functionResponse": { "id": "c1", "name": "run_sql", "response": { "rows": [[1234]] } } }
             ] }
-        },
-        {
+        }),
+        json!({
             "id": "e3", "invocationId": "i1", "author": APP,
             "content": { "role": "model", "parts": [{ "text": answer }] }
-        }
-    ]))
+        }),
+    ])
 }
 
 /// What the ADK agent makes of `events` from its run of the question "q" in a new session.
@@ -372,7 +403,7 @@ async fn adk_running(events: ResponseTemplate) -> Result<AgentAnswer, AgentError
         .respond_with(session("s-1"))
         .mount(&server)
         .await;
-    Mock::given(path("/run")).respond_with(events).mount(&server).await;
+    Mock::given(path("/run_sse")).respond_with(events).mount(&server).await;
     ask(&adk(&server), &question("q", None)).await
 }
 
@@ -390,12 +421,13 @@ async fn the_first_adk_question_creates_a_session_and_runs_with_the_token_in_tem
         .mount(&server)
         .await;
     Mock::given(method("POST"))
-        .and(path("/run"))
+        .and(path("/run_sse"))
         .and(body_json(json!({
             "app_name": APP,
             "user_id": ADK_USER,
             "session_id": "s-1",
             "new_message": { "role": "user", "parts": [{ "text": "How many orders?" }] },
+            "streaming": true,
             "state_delta": {
                 "temp:databricks_token": TOKEN,
                 "temp:databricks_host": HOST
@@ -427,7 +459,7 @@ async fn an_adk_follow_up_reuses_the_threads_session_without_creating_another() 
         .mount(&server)
         .await;
     Mock::given(method("POST"))
-        .and(path("/run"))
+        .and(path("/run_sse"))
         .and(run_in("s-1"))
         .and(body_partial_json(
             json!({ "new_message": { "parts": [{ "text": "And before?" }] } }),
@@ -451,7 +483,7 @@ async fn an_adk_follow_up_reuses_the_threads_session_without_creating_another() 
 #[tokio::test]
 async fn a_session_adk_no_longer_has_is_replaced_once() {
     let server = MockServer::start().await;
-    Mock::given(path("/run"))
+    Mock::given(path("/run_sse"))
         .and(run_in("s-gone"))
         .respond_with(ResponseTemplate::new(404).set_body_json(json!({ "detail": "Session not found: s-gone" })))
         .expect(1)
@@ -462,7 +494,7 @@ async fn a_session_adk_no_longer_has_is_replaced_once() {
         .expect(1)
         .mount(&server)
         .await;
-    Mock::given(path("/run"))
+    Mock::given(path("/run_sse"))
         .and(run_in("s-new"))
         .respond_with(ran("Fresh answer."))
         .expect(1)
@@ -480,7 +512,7 @@ async fn a_session_adk_no_longer_has_is_replaced_once() {
 #[tokio::test]
 async fn a_session_lost_again_right_after_creation_fails_instead_of_looping() {
     let server = MockServer::start().await;
-    Mock::given(path("/run"))
+    Mock::given(path("/run_sse"))
         .respond_with(ResponseTemplate::new(404).set_body_json(json!({ "detail": "Session not found" })))
         .expect(2)
         .mount(&server)
@@ -499,25 +531,63 @@ async fn a_session_lost_again_right_after_creation_fails_instead_of_looping() {
 }
 
 #[tokio::test]
+async fn a_streamed_adk_answer_is_the_final_event_not_the_partial_ones_before_it() {
+    let answer = adk_running(recorded_stream("run-sse-streamed")).await.unwrap();
+
+    assert_eq!(answer.text, "We shipped 1,234 orders last week.");
+}
+
+#[tokio::test]
 async fn the_adk_answer_is_the_final_agent_text_not_thoughts_tool_calls_or_the_user() {
-    let answer = adk_running(ResponseTemplate::new(200).set_body_json(json!([
-        { "author": "user", "content": { "role": "user", "parts": [{ "text": "the question" }] } },
-        { "author": APP, "content": { "role": "model", "parts": [
+    let answer = adk_running(streaming(&[
+        json!({ "author": "user", "content": { "role": "user", "parts": [{ "text": "the question" }] } }),
+        json!({ "author": APP, "content": { "role": "model", "parts": [
             { "text": "Let me check." },
             { "functionCall": { "name": "run_sql", "args": {} } }
-        ] } },
-        { "author": APP, "content": { "role": "user", "parts": [
+        ] } }),
+        json!({ "author": APP, "content": { "role": "user", "parts": [
             { "functionResponse": { "name": "run_sql", "response": { "result": "1234" } } }
-        ] } },
-        { "author": APP, "content": { "role": "model", "parts": [
+        ] } }),
+        json!({ "author": APP, "content": { "role": "model", "parts": [
             { "text": "Counting rows…", "thought": true },
             { "text": "1,234 orders." }
-        ] } }
-    ])))
+        ] } }),
+    ]))
     .await
     .unwrap();
 
     assert_eq!(answer.text, "1,234 orders.");
+}
+
+#[tokio::test]
+async fn an_adk_run_ending_without_a_final_event_says_the_agent_finished_without_an_answer() {
+    let events = adk_fixture("run-sse-streamed")["events"].as_array().unwrap().clone();
+    let partial_only = &events[..events.len() - 1];
+    for stream in [
+        streaming(partial_only),
+        streaming(&[]),
+        streaming(&[json!({ "author": APP, "content": { "parts": [{ "functionCall": { "name": "x" } }] } })]),
+    ] {
+        let error = adk_running(stream).await.unwrap_err();
+
+        assert_eq!(error, failed("your agent finished without an answer"));
+    }
+}
+
+#[tokio::test]
+async fn an_adk_run_that_raised_is_the_agents_problem() {
+    let error = adk_running(recorded_stream("run-sse-error-frame")).await.unwrap_err();
+
+    assert_eq!(error, failed("your agent ran into a problem answering"));
+}
+
+#[tokio::test]
+async fn an_adk_stream_that_is_not_adk_events_could_not_be_read() {
+    let error = adk_running(ResponseTemplate::new(200).set_body_raw("data: <html>\n\n", "text/event-stream"))
+        .await
+        .unwrap_err();
+
+    assert_eq!(error, failed("your agent sent an answer I could not read"));
 }
 
 #[tokio::test]
@@ -530,27 +600,54 @@ async fn a_500_from_adk_is_worth_retrying_later() {
 }
 
 #[tokio::test]
-async fn adk_events_that_are_not_json_or_carry_no_answer_could_not_be_read() {
-    for events in [
-        ResponseTemplate::new(200).set_body_string("not json"),
-        ResponseTemplate::new(200).set_body_json(json!({ "events": [] })),
-        ResponseTemplate::new(200).set_body_json(json!([])),
-        ResponseTemplate::new(200)
-            .set_body_json(json!([{ "author": APP, "content": { "parts": [{ "functionCall": { "name": "x" } }] } }])),
-    ] {
-        let error = adk_running(events).await.unwrap_err();
-
-        assert_eq!(error, failed("your agent sent an answer I could not read"));
-    }
-}
-
-#[tokio::test]
 async fn an_adk_agent_slower_than_the_timeout_did_not_answer_in_time() {
     let error = adk_running(ran("too late").set_delay(Duration::from_secs(2)))
         .await
         .unwrap_err();
 
     assert_eq!(error, transient("your agent did not answer in time"));
+}
+
+/// An ADK that accepts one `/run_sse`, streams `first` and then goes quiet; how many
+/// requests it got.
+async fn adk_going_quiet_after(first: Value) -> (Url, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&requests);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let frame = sse(std::slice::from_ref(&first));
+            tokio::spawn(async move {
+                let mut request = vec![0; 64 * 1024];
+                let _ = socket.read(&mut request).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                let chunk = format!("{:x}\r\n{frame}\r\n", frame.len());
+                let _ = socket.write_all(format!("{head}{chunk}").as_bytes()).await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            });
+        }
+    });
+    (url, requests)
+}
+
+#[tokio::test]
+async fn an_adk_run_that_goes_quiet_after_starting_stopped_answering_and_is_not_asked_again() {
+    let first = adk_fixture("run-sse-streamed")["events"][0].clone();
+    let (url, requests) = adk_going_quiet_after(first).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let agent = Adk::new(client, url, APP.into()).with_idle_timeout(Duration::from_millis(300));
+
+    let error = ask(&agent, &question("q", Some(json!({ "session_id": "s-1" }))))
+        .await
+        .unwrap_err();
+
+    assert_eq!(error, failed("your agent stopped answering"));
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
@@ -566,6 +663,45 @@ async fn an_adk_server_refusing_the_bot_is_a_plain_refusal() {
     assert_eq!(error, failed("your agent refused the request"));
 }
 
+/// What the version probe reports of an ADK answering `GET /version` with `response`.
+async fn adk_version(response: ResponseTemplate) -> VersionReport {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/version"))
+        .respond_with(response)
+        .expect(1)
+        .mount(&server)
+        .await;
+    adk(&server).probe_version().await
+}
+
+#[tokio::test]
+async fn the_version_probe_tells_a_supported_adk_from_an_old_or_unknown_one() {
+    assert_eq!(
+        adk_version(recorded_json("version")).await,
+        VersionReport::Supported("1.27.1".into())
+    );
+    assert_eq!(
+        adk_version(recorded_json("version-2.1.0")).await,
+        VersionReport::Unsupported("2.1.0".into())
+    );
+    let old = json!({ "version": "1.26.0", "language": "python", "language_version": "3.12.3" });
+    assert_eq!(
+        adk_version(ResponseTemplate::new(200).set_body_json(old)).await,
+        VersionReport::Unsupported("1.26.0".into())
+    );
+    for unknown in [
+        recorded_json("version-404"),
+        ResponseTemplate::new(200).set_body_json(json!({ "version": "latest" })),
+        ResponseTemplate::new(200).set_body_string("<html>ok</html>"),
+        ResponseTemplate::new(502),
+    ] {
+        let report = adk_version(unknown).await;
+
+        assert!(matches!(report, VersionReport::Unknown(_)), "{report:?}");
+    }
+}
+
 // ---- logs ----------------------------------------------------------------------------
 
 #[tokio::test]
@@ -579,7 +715,7 @@ async fn an_agent_echoing_the_request_back_in_an_error_does_not_put_the_token_in
         .respond_with(session("s-1"))
         .mount(&server)
         .await;
-    Mock::given(path("/run"))
+    Mock::given(path("/run_sse"))
         .respond_with(ResponseTemplate::new(422).set_body_json(json!({ "detail": [{
             "type": "missing", "loc": ["body", "x"], "msg": "Field required",
             "input": { "state_delta": { "temp:databricks_token": TOKEN } }
