@@ -453,11 +453,12 @@ async fn an_adk_agent_gets_the_token_only_as_temporary_state_and_keeps_one_sessi
         .expect(1)
         .mount(&adk)
         .await;
+    // `/run_sse` streams events as `data: <event>` frames (tests/fixtures/adk/).
+    let event =
+        json!({"author": "ops_agent", "content": {"role": "model", "parts": [{"text": "All pipelines are green."}]}});
     Mock::given(method("POST"))
-        .and(path("/run"))
-        .respond_with(ok(json!([
-            {"author": "ops_agent", "content": {"role": "model", "parts": [{"text": "All pipelines are green."}]}}
-        ])))
+        .and(path("/run_sse"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(format!("data: {event}\n\n"), "text/event-stream"))
         .mount(&adk)
         .await;
     let app = spawn(vec![("AGENT_URL", adk.uri()), ("ADK_APP_NAME", "ops_agent".into())]).await;
@@ -473,7 +474,7 @@ async fn an_adk_agent_gets_the_token_only_as_temporary_state_and_keeps_one_sessi
         .await
         .unwrap()
         .iter()
-        .filter(|r| r.url.path() == "/run")
+        .filter(|r| r.url.path() == "/run_sse")
         .map(|r| serde_json::from_slice(&r.body).unwrap())
         .collect();
     assert_eq!(runs.len(), 2);
