@@ -69,14 +69,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::time::timeout;
 use url::Url;
 
-use crate::agent::external::{NOT_HANDLED, REFUSED, TIMED_OUT, UNAVAILABLE, UNREADABLE, exchange};
+use crate::agent::external::{Reply, TIMED_OUT, UNAVAILABLE, UNREADABLE, exchange};
 use crate::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Progress};
 
 /// The `state_delta` key carrying the asker's access token.
@@ -93,8 +92,6 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most of one server-sent event (or of an error body) the bot holds.
 const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
-/// Characters of an error body kept in a log line.
-const LOG_EXCERPT_CHARS: usize = 300;
 
 /// Said to the asker when ADK reports an error instead of an answer (a blocked or failed
 /// model call, a tool that raised).
@@ -240,7 +237,7 @@ impl Adk {
                 tracing::info!(agent = "adk", session_id, "ADK no longer has the thread's session");
                 return Ok(None);
             }
-            return Err(refusal(status, &headers, &body, token));
+            return Err(Reply::new(status, headers, body.into_bytes()).failure("adk", token));
         }
         // From here on the agent is running: whatever breaks is not worth a second run.
         let mut events = EventStream::default();
@@ -364,37 +361,6 @@ fn not_started(error: reqwest::Error) -> AgentError {
     } else {
         tracing::warn!(agent = "adk", error = %error, "could not reach ADK");
         AgentError::transient(UNAVAILABLE)
-    }
-}
-
-/// What an error status from `/run_sse` means for the asker, as [`Reply::failure`](crate::agent::external::Reply::failure) says for
-/// a whole reply (the stream cannot be read into one); logged without the token.
-fn refusal(status: StatusCode, headers: &HeaderMap, body: &str, token: &SecretString) -> AgentError {
-    // FastAPI's 422 echoes the request, state_delta and token included.
-    let secret = token.expose_secret();
-    let body = if secret.is_empty() {
-        body.to_owned()
-    } else {
-        body.replace(secret, "[redacted]")
-    };
-    let excerpt: String = body.chars().take(LOG_EXCERPT_CHARS).collect();
-    tracing::warn!(agent = "adk", status = status.as_u16(), body = %excerpt, "the agent answered with an error status");
-    let retry_after = headers
-        .get(RETRY_AFTER)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.trim().parse().ok())
-        .map(Duration::from_secs);
-    match status.as_u16() {
-        504 => AgentError::Transient {
-            reason: TIMED_OUT.into(),
-            retry_after,
-        },
-        429 | 500..=599 => AgentError::Transient {
-            reason: UNAVAILABLE.into(),
-            retry_after,
-        },
-        401 | 403 => AgentError::Failed(REFUSED.into()),
-        _ => AgentError::Failed(NOT_HANDLED.into()),
     }
 }
 

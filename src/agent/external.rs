@@ -420,6 +420,11 @@ fn transport_error(agent: &'static str, error: reqwest::Error) -> AgentError {
 }
 
 impl Reply {
+    /// A reply read some other way (ADK's stream, when it answers an error status).
+    pub(crate) fn new(status: StatusCode, headers: HeaderMap, body: Vec<u8>) -> Self {
+        Self { status, headers, body }
+    }
+
     /// The body as `T`, or "could not read" (logged).
     pub(crate) fn json<T: DeserializeOwned>(&self, agent: &'static str, token: &SecretString) -> Result<T, AgentError> {
         serde_json::from_slice(&self.body).map_err(|error| {
