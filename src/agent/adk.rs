@@ -52,7 +52,9 @@
 //!
 //! # Failures
 //!
-//! No `Authorization` header is sent to ADK: the token travels only in `state_delta`.
+//! No `Authorization` header is sent to ADK: the token travels only in `state_delta`, so
+//! a 401 from ADK is its own gateway refusing the bot, which a renewed Databricks token
+//! would not change (a Databricks refusal inside a tool comes back as an error event).
 //! Failures before ADK answered are told as for the [`http`](super::external) backend (timeouts
 //! and 5xx retried later, 401/403 "your agent refused the request"). Once the stream has
 //! begun the agent is acting, so nothing is retried: [`IDLE_TIMEOUT`] without a byte, or a
