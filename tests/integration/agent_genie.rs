@@ -611,6 +611,18 @@ fn listed_messages(question: &str) -> ResponseTemplate {
     fixture.with_json(&body).template()
 }
 
+/// Genie holding [`QUESTION`] as message `m-1` of `c-1`, answered: its message list, the
+/// poll and the query result.
+async fn genie_has_the_question(server: &MockServer) {
+    Mock::given(method("GET"))
+        .and(path(format!("{}/messages", conversation_path("c-1"))))
+        .respond_with(listed_messages(QUESTION))
+        .mount(server)
+        .await;
+    polls(server, vec![completed()]).await;
+    query_result(server, two_quarters()).await;
+}
+
 // Issue 11: the gateway failed after Genie took the question (a recorded 502): the bot
 // finds the conversation Genie started and follows it instead of asking again.
 #[tokio::test]
@@ -627,13 +639,7 @@ async fn a_question_whose_answer_was_lost_is_found_in_genie_not_asked_again() {
         .respond_with(listed_conversations())
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path(format!("{}/messages", conversation_path("c-1"))))
-        .respond_with(listed_messages(QUESTION))
-        .mount(&server)
-        .await;
-    polls(&server, vec![completed()]).await;
-    query_result(&server, two_quarters()).await;
+    genie_has_the_question(&server).await;
 
     let answer = ask(&server).await.unwrap();
 
@@ -651,13 +657,7 @@ async fn a_follow_up_whose_answer_was_lost_is_found_in_its_conversation() {
         .expect(1)
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path(format!("{}/messages", conversation_path("c-1"))))
-        .respond_with(listed_messages(QUESTION))
-        .mount(&server)
-        .await;
-    polls(&server, vec![completed()]).await;
-    query_result(&server, two_quarters()).await;
+    genie_has_the_question(&server).await;
     let kept = json!({"conversation_id": "c-1", "space_id": SPACE});
 
     let answer = genie(fast())

@@ -129,8 +129,9 @@ async fn a_statement_asks_for_at_most_10000_rows_and_16_mib_so_databricks_cuts_a
     );
 }
 
-#[tokio::test]
-async fn a_truncated_result_follows_its_next_chunk_and_the_person_is_told_only_its_first_rows_are_shown() {
+/// A warehouse answering the recorded truncated statement, and its chunk 1 (fetched once)
+/// with `chunk`.
+async fn truncated_statement(chunk: ResponseTemplate) -> MockServer {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path(STATEMENTS))
@@ -139,10 +140,16 @@ async fn a_truncated_result_follows_its_next_chunk_and_the_person_is_told_only_i
         .await;
     Mock::given(method("GET"))
         .and(path(chunk_path(TRUNCATED_ID, 1)))
-        .respond_with(recorded("sql-statement-result-chunk").template())
+        .respond_with(chunk)
         .expect(1)
         .mount(&server)
         .await;
+    server
+}
+
+#[tokio::test]
+async fn a_truncated_result_follows_its_next_chunk_and_the_person_is_told_only_its_first_rows_are_shown() {
+    let server = truncated_statement(recorded("sql-statement-result-chunk").template()).await;
 
     let table = run(&server).await;
 
@@ -301,18 +308,7 @@ async fn a_result_offered_only_as_external_links_is_not_called_empty() {
 
 #[tokio::test]
 async fn a_chunk_that_fails_leaves_the_rows_before_it_shown_as_only_the_first() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(STATEMENTS))
-        .respond_with(recorded("sql-statement-succeeded-truncated").template())
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path(chunk_path(TRUNCATED_ID, 1)))
-        .respond_with(recorded("gateway-503-no-healthy-upstream").template())
-        .expect(1)
-        .mount(&server)
-        .await;
+    let server = truncated_statement(recorded("gateway-503-no-healthy-upstream").template()).await;
 
     let table = run(&server).await;
 
