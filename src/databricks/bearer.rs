@@ -3,7 +3,6 @@
 //! token is renewed once and only the refused call is sent again — the question is not
 //! asked again.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -21,7 +20,9 @@ pub trait Renew: Send + Sync {
 pub struct Bearer {
     current: Mutex<(SecretString, i64)>,
     renew: Option<Arc<dyn Renew>>,
-    renewed: AtomicBool,
+    /// Held while a renewal runs, so calls refused meanwhile wait for its token; whether
+    /// this answer has renewed already.
+    renewing: tokio::sync::Mutex<bool>,
 }
 
 impl Bearer {
@@ -30,7 +31,7 @@ impl Bearer {
         Self {
             current: Mutex::new((token, version)),
             renew,
-            renewed: AtomicBool::new(false),
+            renewing: tokio::sync::Mutex::new(false),
         }
     }
 
@@ -48,15 +49,15 @@ impl Bearer {
     /// call's renewal if there was one, else a renewal of our own — once per answer, so a
     /// token refused again is final.
     pub async fn after_refusal(&self, refused_version: i64) -> Option<SecretString> {
-        {
-            let current = self.current.lock().expect("not poisoned");
-            if current.1 != refused_version {
-                return Some(current.0.clone());
-            }
+        let mut renewed = self.renewing.lock().await;
+        let (token, version) = self.current();
+        if version != refused_version {
+            return Some(token);
         }
-        if self.renewed.swap(true, Ordering::SeqCst) {
+        if *renewed {
             return None;
         }
+        *renewed = true;
         let (token, version) = self.renew.as_ref()?.renew(refused_version).await?;
         *self.current.lock().expect("not poisoned") = (token.clone(), version);
         Some(token)
@@ -94,5 +95,28 @@ mod tests {
         assert!(bearer.after_refusal(2).await.is_none());
         assert_eq!(*renew.0.lock().unwrap(), 1);
         assert!(Bearer::fixed(SecretString::from("x")).after_refusal(0).await.is_none());
+    }
+
+    /// Renews slowly, so two refused calls overlap the renewal.
+    struct Slow(Counting);
+
+    #[async_trait]
+    impl Renew for Slow {
+        async fn renew(&self, refused_version: i64) -> Option<(SecretString, i64)> {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            self.0.renew(refused_version).await
+        }
+    }
+
+    // Two calls refused at once share one renewal: the second waits for its token
+    // instead of finding "renewed already" and giving up.
+    #[tokio::test]
+    async fn calls_refused_while_a_renewal_runs_wait_for_its_token() {
+        let renew = Arc::new(Slow(Counting(Mutex::new(0))));
+        let bearer = Bearer::new(SecretString::from("at-1"), 1, Some(renew.clone()));
+        let (a, b) = tokio::join!(bearer.after_refusal(1), bearer.after_refusal(1));
+        assert_eq!(a.unwrap().expose_secret(), "at-2");
+        assert_eq!(b.unwrap().expose_secret(), "at-2");
+        assert_eq!(*renew.0.0.lock().unwrap(), 1);
     }
 }
