@@ -639,6 +639,19 @@ mod tests {
         }
     }
 
+    /// An answer that is only `table`, rendered in a channel thread.
+    fn only_table(table: Table) -> Rendered {
+        answer(
+            &AgentAnswer {
+                table: Some(table),
+                ..AgentAnswer::default()
+            },
+            &BY,
+            None,
+            None,
+        )
+    }
+
     #[test]
     fn markdown_becomes_mrkdwn_and_nothing_can_ping_anyone() {
         let md = "# Totals\n**Revenue** is up & <@U123> said <!channel>; see [the docs](https://x.example/a?b=1&c=2).\n`a<b` __done__";
@@ -740,15 +753,7 @@ mod tests {
             1 => "```rm```\nnext".into(),
             _ => "a,\"b\"".into(),
         });
-        let rendered = answer(
-            &AgentAnswer {
-                table: Some(t),
-                ..AgentAnswer::default()
-            },
-            &BY,
-            None,
-            None,
-        );
+        let rendered = only_table(t);
         let messages = json(&rendered.messages);
         assert_within_limits(&messages[0]);
         let table = messages[0]["blocks"][0]["text"]["text"].as_str().unwrap();
@@ -802,15 +807,7 @@ mod tests {
     #[test]
     fn a_truncated_result_says_only_its_first_rows_are_shown_and_the_csv_is_not_called_full() {
         let note = |t: Table| {
-            let rendered = answer(
-                &AgentAnswer {
-                    table: Some(t),
-                    ..AgentAnswer::default()
-                },
-                &BY,
-                None,
-                None,
-            );
+            let rendered = only_table(t);
             (json(&rendered.messages)[0].to_string(), rendered.csv.is_some())
         };
         let (fits, csv) = note(Table {
@@ -839,19 +836,11 @@ mod tests {
 
     #[test]
     fn rows_counted_but_not_fetched_are_not_called_no_rows() {
-        let rendered = answer(
-            &AgentAnswer {
-                table: Some(Table {
-                    total_rows: Some(150),
-                    truncated: true,
-                    ..table(0, 2, |_, _| String::new())
-                }),
-                ..AgentAnswer::default()
-            },
-            &BY,
-            None,
-            None,
-        );
+        let rendered = only_table(Table {
+            total_rows: Some(150),
+            truncated: true,
+            ..table(0, 2, |_, _| String::new())
+        });
         let text = json(&rendered.messages)[0].to_string();
         assert!(
             text.contains("The result has 150 rows, but they could not be fetched."),
@@ -862,15 +851,7 @@ mod tests {
 
     #[test]
     fn an_empty_result_says_so() {
-        let rendered = answer(
-            &AgentAnswer {
-                table: Some(table(0, 2, |_, _| String::new())),
-                ..AgentAnswer::default()
-            },
-            &BY,
-            None,
-            None,
-        );
+        let rendered = only_table(table(0, 2, |_, _| String::new()));
         assert!(json(&rendered.messages)[0].to_string().contains("no rows"));
         assert!(rendered.csv.is_none());
     }
