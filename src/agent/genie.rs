@@ -75,8 +75,21 @@ impl Genie {
     /// Asks the question: as a follow-up in the thread's conversation if there is one
     /// still to be had, else in a new conversation.
     async fn ask(&self, space: &GenieSpace<'_>, request: &AgentRequest) -> Result<MessageRef, AgentError> {
+        let kept = self.kept_conversation(request.conversation.as_ref());
+        // An earlier try may have asked already and then failed, or the bot stopped, before
+        // Genie's answer was kept: that message is the answer, not a reason to ask twice.
+        if let Some(since) = request.retry_since {
+            let since = since * 1000;
+            let earlier = match kept {
+                Some(conversation_id) => asked_in(space, conversation_id, &request.question, since).await,
+                None => started_with(space, &request.question, since).await,
+            };
+            if let Some(at) = earlier {
+                return Ok(at);
+            }
+        }
         let asked_at = now_millis();
-        if let Some(conversation_id) = self.kept_conversation(request.conversation.as_ref()) {
+        if let Some(conversation_id) = kept {
             match space.send_message(conversation_id, &request.question).await {
                 Ok(message) if !message.id().is_empty() => {
                     return Ok(MessageRef {
@@ -467,7 +480,7 @@ async fn asked_in(space: &GenieSpace<'_>, conversation_id: &str, question: &str,
         .iter()
         .filter(|m| m.content == question && m.created_timestamp >= asked_at - ASKED_WINDOW_MS && !m.id().is_empty())
         .max_by_key(|m| m.created_timestamp)?;
-    tracing::info!("the answer to a Genie question was lost, but Genie has it; not asking again");
+    tracing::info!("Genie has the question already (an earlier try, or a lost answer); not asking again");
     Some(MessageRef {
         conversation_id: conversation_id.to_owned(),
         message_id: found.id().to_owned(),

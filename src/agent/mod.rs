@@ -38,6 +38,11 @@ pub struct AgentRequest {
     /// The same on every try of one question (its job and the message that asked), so an
     /// agent can tell a retry from a new question (the http agent's `Idempotency-Key`).
     pub key: String,
+    /// On a later try of the question, when it was first taken up (Unix seconds): an
+    /// earlier try may have reached the agent before it failed or the bot stopped, so an
+    /// agent that takes no idempotency key (Genie) looks for it before asking again.
+    /// `None` on the first try.
+    pub retry_since: Option<i64>,
 }
 
 /// Where in Slack a question was asked.

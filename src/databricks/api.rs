@@ -179,6 +179,30 @@ async fn error_of(response: reqwest::Response) -> ApiError {
     )
 }
 
+/// A successful answer's JSON. A web page instead (a workspace behind private link, or a
+/// host that is not the workspace, redirects API calls to its sign-in page: sdk-go #1122)
+/// is said to be one, for the operator, without its HTML.
+async fn read_json<T: DeserializeOwned>(response: reqwest::Response, path: &str) -> Result<T, ApiError> {
+    let unreadable = |detail: String| {
+        tracing::warn!(%detail, "an unreadable answer from Databricks");
+        ApiError::Unexpected(detail)
+    };
+    let is_page = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if is_page {
+        return Err(unreadable(format!(
+            "{path}: a web page instead of JSON (HTTP {}; redirected to a sign-in page? check DATABRICKS_HOST \
+             and private-link access)",
+            response.status().as_u16()
+        )));
+    }
+    let bytes = response.bytes().await.map_err(|e| transport_error(&e))?;
+    serde_json::from_slice(&bytes).map_err(|e| unreadable(format!("{path}: {e}")))
+}
+
 fn classify(status: u16, wait: Option<Duration>, refusal: Refusal) -> ApiError {
     match status {
         401 => ApiError::InvalidToken,
@@ -274,8 +298,7 @@ impl<'a> Databricks<'a> {
             }
             let response = request.send().await.map_err(|e| transport_error(&e))?;
             if response.status().is_success() {
-                let bytes = response.bytes().await.map_err(|e| transport_error(&e))?;
-                return serde_json::from_slice(&bytes).map_err(|e| ApiError::Unexpected(format!("{path}: {e}")));
+                return read_json(response, path).await;
             }
             match error_of(response).await {
                 ApiError::RateLimited { retry_after } if attempt < RATE_LIMIT_RETRIES => {

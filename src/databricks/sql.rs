@@ -105,14 +105,52 @@ pub struct Column {
 /// One chunk of rows: the `result` of a statement (its first chunk), or the answer of
 /// `GET …/result/chunks/{n}` (any chunk; the same shape).
 #[derive(Debug, Clone, Deserialize)]
+#[serde(from = "WireResult")]
 pub struct ResultData {
     /// `JSON_ARRAY` rows: strings or null. Databricks can send `null` for the whole array,
     /// and sends none at all when the rows are elsewhere (another chunk, external links).
-    #[serde(default)]
     pub data_array: Option<Vec<Vec<Option<String>>>>,
     /// The chunk after this one; absent on the last.
-    #[serde(default)]
     pub next_chunk_index: Option<u32>,
+}
+
+/// [`ResultData`] as it arrives: the rows as `data_array`, or in the older typed form
+/// `data_typed_array` (`[{"values": [{"str": "…"}, {}]}]`, `{}` for null) that Genie's
+/// message-level query result sent (databricks-sdk-java #424).
+#[derive(Deserialize)]
+struct WireResult {
+    #[serde(default)]
+    data_array: Option<Vec<Vec<Option<String>>>>,
+    #[serde(default)]
+    data_typed_array: Option<Vec<TypedRow>>,
+    #[serde(default)]
+    next_chunk_index: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct TypedRow {
+    #[serde(default)]
+    values: Vec<TypedValue>,
+}
+
+#[derive(Deserialize)]
+struct TypedValue {
+    #[serde(default)]
+    str: Option<String>,
+}
+
+impl From<WireResult> for ResultData {
+    fn from(wire: WireResult) -> Self {
+        let typed = wire.data_typed_array.map(|rows| {
+            rows.into_iter()
+                .map(|row| row.values.into_iter().map(|value| value.str).collect())
+                .collect()
+        });
+        Self {
+            data_array: wire.data_array.or(typed),
+            next_chunk_index: wire.next_chunk_index,
+        }
+    }
 }
 
 impl StatementResponse {

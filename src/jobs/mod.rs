@@ -180,6 +180,7 @@ mod tests {
             user: UserId::parse("U1").unwrap(),
             payload: payload.into(),
             attempts: 1,
+            created_at: 0,
             outbox: None,
             outbox_sent: 0,
         }

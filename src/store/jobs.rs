@@ -36,6 +36,8 @@ pub struct Job {
     pub payload: String,
     /// How many times the job has been claimed, this claim included; the fencing token.
     pub attempts: i64,
+    /// When the job was enqueued (Unix seconds).
+    pub created_at: i64,
     /// What an earlier run left to send (JSON understood by the job's handler).
     pub outbox: Option<String>,
     /// How many of the outbox's messages Slack has taken.
@@ -51,6 +53,7 @@ struct JobRow {
     user_id: String,
     payload: String,
     attempts: i64,
+    created_at: i64,
     outbox: Option<String>,
     outbox_sent: i64,
 }
@@ -67,6 +70,7 @@ impl TryFrom<JobRow> for Job {
             user,
             payload: row.payload,
             attempts: row.attempts,
+            created_at: row.created_at,
             outbox: row.outbox,
             outbox_sent: row.outbox_sent,
         })
@@ -121,7 +125,7 @@ macro_rules! claim_sql {
             "WHERE c.conversation_key = j.conversation_key AND c.id < j.id AND c.state IN ('queued', 'running'))) ",
             "ORDER BY j.id LIMIT 1 ",
             $lock,
-            ") RETURNING id, kind, team_id, user_id, payload, attempts, outbox, outbox_sent"
+            ") RETURNING id, kind, team_id, user_id, payload, attempts, created_at, outbox, outbox_sent"
         )
     };
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::common::agents::{self, Shown};
-use crate::common::recorded::recorded;
+use crate::common::recorded::{genie_message, genie_started, recorded};
 use databricks_slack_bot::agent::genie::{Genie, Timing};
 use databricks_slack_bot::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Table, Unwatched};
 use databricks_slack_bot::databricks::api::http_client;
@@ -79,25 +79,18 @@ fn attachment_path(conversation: &str, message: &str, attachment: &str, action: 
     )
 }
 
+/// Message `id` of `conversation` in `status`, asking [`QUESTION`] in [`SPACE`].
 fn message(conversation: &str, id: &str, status: &str, attachments: Value) -> Value {
-    json!({
-        "message_id": id,
-        "id": id,
-        "conversation_id": conversation,
-        "space_id": SPACE,
-        "content": QUESTION,
-        "status": status,
-        "attachments": attachments,
-    })
+    let mut message = genie_message(conversation, id, status, attachments);
+    message["space_id"] = json!(SPACE);
+    message["content"] = json!(QUESTION);
+    message
 }
 
 fn failed(kind: &str, error: &str) -> Value {
-    json!({
-        "message_id": "m-1",
-        "conversation_id": "c-1",
-        "status": "FAILED",
-        "error": {"error": error, "type": kind},
-    })
+    let mut failed = message("c-1", "m-1", "FAILED", Value::Null);
+    failed["error"] = json!({"error": error, "type": kind});
+    failed
 }
 
 /// Genie's full answer: prose, a query, and follow-up questions both ways Genie sends them.
@@ -123,17 +116,15 @@ fn completed() -> ResponseTemplate {
     ok(message("c-1", "m-1", "COMPLETED", answer_attachments()))
 }
 
+/// Genie's recorded query result (columns `quarter` and `revenue`) in `state`, with
+/// `data_array` as its rows.
 fn statement(state: &str, data_array: Value) -> Value {
-    json!({"statement_response": {
-        "statement_id": "st-1",
-        "status": {"state": state},
-        "manifest": {
-            "format": "JSON_ARRAY",
-            "schema": {"column_count": 2, "columns": [{"name": "quarter"}, {"name": "revenue"}]},
-            "total_row_count": 2,
-        },
-        "result": {"chunk_index": 0, "row_offset": 0, "data_array": data_array},
-    }})
+    let mut result = recorded("genie-query-result").json();
+    let statement = &mut result["statement_response"];
+    statement["statement_id"] = json!("st-1");
+    statement["status"]["state"] = json!(state);
+    statement["result"]["data_array"] = data_array;
+    result
 }
 
 fn two_quarters() -> Value {
@@ -158,12 +149,7 @@ async fn starts_conversation(server: &MockServer) {
         .and(path(format!("/api/2.0/genie/spaces/{SPACE}/start-conversation")))
         .and(bearer_token(TOKEN))
         .and(body_json(json!({"content": QUESTION})))
-        .respond_with(ok(json!({
-            "conversation_id": "c-1",
-            "message_id": "m-1",
-            "conversation": {"id": "c-1", "space_id": SPACE, "title": QUESTION},
-            "message": message("c-1", "m-1", "SUBMITTED", json!([])),
-        })))
+        .respond_with(ok(genie_started("c-1", "m-1")))
         .mount(server)
         .await;
 }
@@ -668,6 +654,78 @@ async fn a_follow_up_whose_answer_was_lost_is_found_in_its_conversation() {
     assert_eq!(answer.table, Some(the_two_quarters_table()));
 }
 
+/// A later try of [`QUESTION`], first taken up a minute ago.
+fn retried(server: &MockServer, conversation: Option<Value>) -> AgentRequest {
+    let mut retried = request(server, conversation);
+    retried.retry_since = Some(now_millis() / 1000 - 60);
+    retried
+}
+
+// Issue 11: the bot stopped (or the try failed) after Genie took the question: the next try
+// finds the conversation Genie started and follows it; nothing is asked again.
+#[tokio::test]
+async fn a_retried_question_genie_already_has_is_followed_not_asked_again() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ok(genie_started("c-2", "m-2")))
+        .expect(0)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/api/2.0/genie/spaces/{SPACE}/conversations")))
+        .respond_with(listed_conversations())
+        .mount(&server)
+        .await;
+    genie_has_the_question(&server).await;
+
+    let answer = genie(fast()).answer(&retried(&server, None), &Unwatched).await.unwrap();
+
+    assert_eq!(answer.table, Some(the_two_quarters_table()));
+    assert_eq!(answer.conversation.unwrap()["conversation_id"], "c-1");
+    server.verify().await;
+}
+
+// The same for a follow-up: found among its conversation's messages, not sent again.
+#[tokio::test]
+async fn a_retried_follow_up_genie_already_has_is_followed_not_sent_again() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ok(genie_message("c-1", "m-2", "SUBMITTED", Value::Null)))
+        .expect(0)
+        .mount(&server)
+        .await;
+    genie_has_the_question(&server).await;
+    let kept = json!({"conversation_id": "c-1", "space_id": SPACE});
+
+    let answer = genie(fast())
+        .answer(&retried(&server, Some(kept)), &Unwatched)
+        .await
+        .unwrap();
+
+    assert_eq!(answer.table, Some(the_two_quarters_table()));
+    server.verify().await;
+}
+
+// A retry whose question Genie never got (the earlier try failed before asking) asks it.
+#[tokio::test]
+async fn a_retried_question_genie_never_got_is_asked_once() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(format!("/api/2.0/genie/spaces/{SPACE}/conversations")))
+        .respond_with(recorded("genie-list-conversations").template())
+        .mount(&server)
+        .await;
+    starts_conversation(&server).await;
+    polls(&server, vec![completed()]).await;
+    query_result(&server, two_quarters()).await;
+
+    let answer = genie(fast()).answer(&retried(&server, None), &Unwatched).await.unwrap();
+
+    assert_eq!(answer.table, Some(the_two_quarters_table()));
+    let starts = server.received_requests().await.unwrap();
+    assert_eq!(starts.iter().filter(|r| r.method.as_str() == "POST").count(), 1);
+}
+
 // When Genie has no such question, it never got it: the failure stands, and the retry
 // may ask.
 #[tokio::test]
@@ -765,4 +823,105 @@ async fn a_query_that_failed_in_the_warehouse_is_told_beside_genies_answer() {
     );
     assert_eq!(answer.sql.as_deref(), Some(SQL));
     assert_eq!(answer.table, None);
+}
+
+/// Genie answering exactly as recorded: `start-conversation` as `start`, every poll of the
+/// message it names as `completed`, and its query result as `result`. Returns the recorded
+/// answer and the id of the conversation started.
+async fn recorded_genie(start: &str, completed: &str, result: &str) -> (MockServer, Value, String) {
+    let server = MockServer::start().await;
+    let started = recorded(start).json();
+    let message = &started["message"];
+    let conversation = message["conversation_id"].as_str().unwrap();
+    let id = message["id"].as_str().unwrap();
+    Mock::given(method("POST"))
+        .and(path(format!("/api/2.0/genie/spaces/{SPACE}/start-conversation")))
+        .respond_with(recorded(start).template())
+        .mount(&server)
+        .await;
+    let answer = recorded(completed).json();
+    Mock::given(method("GET"))
+        .and(path(message_path(conversation, id)))
+        .respond_with(in_turn(vec![
+            recorded("genie-message-executing-no-attachments").template(),
+            recorded("genie-message-executing").template(),
+            recorded(completed).template(),
+        ]))
+        .mount(&server)
+        .await;
+    let query = answer["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a.get("query").is_some())
+        .unwrap();
+    let attachment = query["attachment_id"].as_str().unwrap();
+    Mock::given(method("GET"))
+        .and(path(attachment_path(conversation, id, attachment, "query-result")))
+        .respond_with(recorded(result).template())
+        .mount(&server)
+        .await;
+    (server, answer, conversation.to_owned())
+}
+
+// Genie's answers as recorded, each variant the sources disagree on (ids only in the nested
+// message, attachments absent while the query runs, text without an attachment id or with
+// a purpose, rows as `data_typed_array`), read into the same answer.
+#[tokio::test]
+async fn genie_answers_as_recorded_in_every_variant_read_the_same() {
+    let variants = [
+        (
+            "genie-start-conversation",
+            "genie-message-completed",
+            "genie-query-result",
+        ),
+        (
+            "genie-start-conversation-docs-sample",
+            "genie-message-completed",
+            "genie-query-result",
+        ),
+        (
+            "genie-start-conversation",
+            "genie-message-completed-sdk-fields",
+            "genie-query-result",
+        ),
+        (
+            "genie-start-conversation",
+            "genie-message-completed",
+            "genie-query-result-data-typed-array",
+        ),
+    ];
+    for (start, completed, result) in variants {
+        let (server, recorded_answer, conversation) = recorded_genie(start, completed, result).await;
+        let attachments = recorded_answer["attachments"].as_array().unwrap();
+        let of = |kind: &str| attachments.iter().find_map(|a| a.get(kind)).unwrap().clone();
+
+        let answer = ask(&server)
+            .await
+            .unwrap_or_else(|e| panic!("{start}/{completed}/{result}: {e:?}"));
+
+        let case = format!("{start} / {completed} / {result}");
+        assert_eq!(answer.text, of("text")["content"].as_str().unwrap(), "{case}");
+        assert_eq!(answer.sql.as_deref(), of("query")["query"].as_str(), "{case}");
+        assert_eq!(
+            answer.suggestions,
+            of("suggested_questions")["questions"].as_array().unwrap().clone(),
+            "{case}"
+        );
+        let table = answer.table.unwrap_or_else(|| panic!("{case}: no table"));
+        assert_eq!(table.columns, ["quarter", "revenue"], "{case}");
+        assert_eq!(
+            table.rows,
+            [
+                [Some("2025-Q2".to_owned()), Some("1204500.00".to_owned())],
+                [Some("2025-Q3".to_owned()), Some("1311250.50".to_owned())]
+            ],
+            "{case}"
+        );
+        assert_eq!(
+            answer.conversation,
+            Some(json!({"conversation_id": conversation, "space_id": SPACE})),
+            "{case}"
+        );
+    }
 }

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::common::agents::{self, Shown};
-use crate::common::recorded::recorded;
+use crate::common::recorded::{model_calls, model_says, recorded, statement_succeeded};
 use databricks_slack_bot::agent::llm::Llm;
 use databricks_slack_bot::agent::{Agent, AgentAnswer, AgentError, AgentRequest};
 use databricks_slack_bot::databricks::api::http_client;
@@ -90,7 +90,7 @@ impl Workspace {
     }
 
     /// The bodies of the chat requests, in order.
-    async fn model_calls(&self) -> Vec<Value> {
+    async fn calls(&self) -> Vec<Value> {
         let requests = self.requests().await;
         let chats = requests.iter().filter(|r| r.url.path() == CHAT);
         chats.map(|r| serde_json::from_slice(&r.body).unwrap()).collect()
@@ -98,7 +98,7 @@ impl Workspace {
 
     /// The tool results the model was finally sent, by tool call id.
     async fn tool_results(&self) -> Vec<(String, String)> {
-        let calls = self.model_calls().await;
+        let calls = self.calls().await;
         let last = calls.last().expect("the model was called");
         last["messages"]
             .as_array()
@@ -138,54 +138,18 @@ impl Respond for InTurn {
     }
 }
 
-/// The model calls tools: `(id, name, arguments as the JSON string it sends)`.
-fn calls(tools: &[(&str, &str, &str)]) -> Value {
-    let tool_calls: Vec<Value> = tools
-        .iter()
-        .map(|(id, name, arguments)| {
-            json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}})
-        })
-        .collect();
-    json!({
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "model": ENDPOINT,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": null, "tool_calls": tool_calls},
-            "finish_reason": "tool_calls",
-        }],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
-    })
-}
-
 fn call(name: &str, arguments: Value) -> Value {
-    calls(&[("call-1", name, &arguments.to_string())])
+    model_calls(&[("call-1", name, &arguments.to_string())])
 }
 
-/// The model's final answer.
-fn says(text: &str) -> Value {
-    json!({
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "finish_reason": "stop",
-        }],
-    })
-}
-
-fn succeeded(id: &str, columns: &[&str], rows: Value) -> Value {
-    let count = rows.as_array().unwrap().len();
-    let columns: Vec<Value> = columns
-        .iter()
-        .map(|c| json!({"name": c, "type_name": "STRING"}))
-        .collect();
-    json!({
-        "statement_id": id,
-        "status": {"state": "SUCCEEDED"},
-        "manifest": {"format": "JSON_ARRAY", "schema": {"columns": columns}, "total_row_count": count},
-        "result": {"data_array": rows},
-    })
+/// The recorded SCIM `Me` as user 4242, `user_name`, with that one email.
+fn recorded_me(user_name: &str, display_name: &str) -> Value {
+    let mut me = recorded("scim-me").json();
+    me["id"] = json!("4242");
+    me["userName"] = json!(user_name);
+    me["displayName"] = json!(display_name);
+    me["emails"] = json!([{"type": "work", "value": user_name, "primary": true}]);
+    me
 }
 
 const REVENUE_SQL: &str = "SELECT region, sum(amount) AS revenue FROM main.sales.orders GROUP BY region";
@@ -196,11 +160,13 @@ async fn a_question_answered_with_a_query_carries_the_models_words_the_sql_and_t
     workspace
         .model(vec![
             call("run_sql", json!({ "statement": format!("{REVENUE_SQL};") })),
-            says("EMEA leads with *1200*."),
+            model_says("EMEA leads with *1200*."),
         ])
         .await;
     let rows = json!([["EMEA", "1200"], ["AMER", "900"], ["APAC", null]]);
-    workspace.statement(succeeded("s1", &["region", "revenue"], rows)).await;
+    workspace
+        .statement(statement_succeeded("s1", &["region", "revenue"], rows))
+        .await;
 
     let (answer, shown) = workspace.ask("Which region sells most?").await;
 
@@ -228,7 +194,7 @@ async fn a_question_answered_with_a_query_carries_the_models_words_the_sql_and_t
     assert_eq!(submitted["warehouse_id"], WAREHOUSE);
 
     // The model was asked with the endpoint's name, the tools, the question, and then the rows.
-    let model_calls = workspace.model_calls().await;
+    let model_calls = workspace.calls().await;
     assert_eq!(model_calls.len(), 2);
     assert_eq!(model_calls[0]["model"], ENDPOINT);
     let messages = model_calls[0]["messages"].as_array().unwrap();
@@ -267,7 +233,7 @@ async fn a_statement_still_pending_is_polled_until_it_succeeds() {
     workspace
         .model(vec![
             call("run_sql", json!({"statement": "SELECT 1 AS one"})),
-            says("It is 1."),
+            model_says("It is 1."),
         ])
         .await;
     workspace
@@ -276,7 +242,7 @@ async fn a_statement_still_pending_is_polled_until_it_succeeds() {
     workspace
         .get(
             "/api/2.0/sql/statements/s-slow",
-            succeeded("s-slow", &["one"], json!([["1"]])),
+            statement_succeeded("s-slow", &["one"], json!([["1"]])),
         )
         .await;
 
@@ -304,7 +270,7 @@ async fn a_failed_statement_goes_back_to_the_model_which_explains_it() {
     workspace
         .model(vec![
             call("run_sql", json!({"statement": "SELECT * FROM main.sales.ordrs"})),
-            says("There is no table `main.sales.ordrs`; did you mean `orders`?"),
+            model_says("There is no table `main.sales.ordrs`; did you mean `orders`?"),
         ])
         .await;
     workspace.statement(failed()).await;
@@ -362,7 +328,7 @@ async fn a_model_that_never_stops_calling_tools_is_stopped_after_eight_calls() {
         Err(AgentError::Failed(said)) => assert!(said.starts_with("I couldn't finish"), "{said}"),
         other => panic!("expected a failure, got {other:?}"),
     }
-    assert_eq!(workspace.model_calls().await.len(), 8);
+    assert_eq!(workspace.calls().await.len(), 8);
 }
 
 #[tokio::test]
@@ -370,7 +336,7 @@ async fn write_statements_are_refused_and_never_reach_databricks() {
     let workspace = Workspace::start().await;
     workspace
         .model(vec![
-            calls(&[
+            model_calls(&[
                 ("del", "run_sql", r#"{"statement": "DELETE FROM main.sales.orders"}"#),
                 (
                     "two",
@@ -388,10 +354,10 @@ async fn write_statements_are_refused_and_never_reach_databricks() {
                     r#"{"statement": "/* SELECT */ DROP TABLE main.sales.orders"}"#,
                 ),
             ]),
-            says("I can only read data, not delete it."),
+            model_says("I can only read data, not delete it."),
         ])
         .await;
-    workspace.statement(succeeded("s1", &["x"], json!([]))).await;
+    workspace.statement(statement_succeeded("s1", &["x"], json!([]))).await;
 
     let (answer, _) = workspace.ask("Delete all orders").await;
 
@@ -409,13 +375,13 @@ async fn tool_calls_with_invalid_arguments_or_unknown_names_get_an_error_the_mod
     let workspace = Workspace::start().await;
     workspace
         .model(vec![
-            calls(&[
+            model_calls(&[
                 ("bad-json", "list_schemas", "{\"catalog\": "),
                 ("missing", "list_tables", r#"{"catalog": "main"}"#),
                 ("unknown", "drop_everything", "{}"),
                 ("no-genie", "ask_genie", r#"{"question": "why?"}"#),
             ]),
-            says("Sorry, I got confused."),
+            model_says("Sorry, I got confused."),
         ])
         .await;
 
@@ -446,14 +412,14 @@ async fn browsing_unity_catalog_calls_the_catalog_schema_and_table_endpoints() {
     let workspace = Workspace::start().await;
     workspace
         .model(vec![
-            calls(&[
+            model_calls(&[
                 ("c", "list_catalogs", ""),
                 ("s", "list_schemas", r#"{"catalog": "main"}"#),
                 ("t", "list_tables", r#"{"catalog": "main", "schema": "sales"}"#),
                 ("d", "describe_table", r#"{"full_name": "`main`.`sales`.`orders`"}"#),
                 ("w", "whoami", "{}"),
             ]),
-            says("`main.sales.orders` has the orders."),
+            model_says("`main.sales.orders` has the orders."),
         ])
         .await;
     // Catalogs come in two pages.
@@ -480,9 +446,7 @@ async fn browsing_unity_catalog_calls_the_catalog_schema_and_table_endpoints() {
         .and(path("/api/2.1/unity-catalog/tables"))
         .and(query_param("catalog_name", "main"))
         .and(query_param("schema_name", "sales"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(
-            json!({"tables": [{"name": "orders", "table_type": "MANAGED", "comment": "One row per order"}]}),
-        ))
+        .respond_with(recorded("uc-list-tables").template())
         .mount(&workspace.server)
         .await;
     workspace
@@ -501,15 +465,7 @@ async fn browsing_unity_catalog_calls_the_catalog_schema_and_table_endpoints() {
         )
         .await;
     workspace
-        .get(
-            "/api/2.0/preview/scim/v2/Me",
-            json!({
-                "id": "4242",
-                "userName": "ada@example.com",
-                "displayName": "Ada",
-                "emails": [{"value": "ada@example.com"}],
-            }),
-        )
+        .get("/api/2.0/preview/scim/v2/Me", recorded_me("ada@example.com", "Ada"))
         .await;
 
     let (answer, shown) = workspace.ask("Where are orders?").await;
@@ -530,7 +486,10 @@ async fn browsing_unity_catalog_calls_the_catalog_schema_and_table_endpoints() {
     assert_eq!(results[1], json!({"schemas": [{"name": "sales"}]}));
     assert_eq!(
         results[2],
-        json!({"tables": [{"name": "orders", "type": "MANAGED", "comment": "One row per order"}]})
+        json!({"tables": [
+            {"name": "orders", "type": "MANAGED", "comment": "One row per order line"},
+            {"name": "revenue_by_quarter", "type": "VIEW"},
+        ]})
     );
     assert_eq!(
         results[3],
@@ -553,7 +512,7 @@ async fn a_permission_denied_on_a_tool_goes_back_to_the_model_to_explain() {
     workspace
         .model(vec![
             call("list_tables", json!({"catalog": "main", "schema": "hr"})),
-            says("You don't have access to `main.hr`."),
+            model_says("You don't have access to `main.hr`."),
         ])
         .await;
     Mock::given(method("GET"))
@@ -599,7 +558,7 @@ async fn a_refused_token_in_a_tool_call_is_unauthorized_not_a_tool_result() {
     let (answer, _) = workspace.ask("Catalogs?").await;
 
     assert_eq!(answer.unwrap_err(), AgentError::Unauthorized);
-    assert_eq!(workspace.model_calls().await.len(), 1);
+    assert_eq!(workspace.calls().await.len(), 1);
 }
 
 #[tokio::test]
@@ -625,12 +584,12 @@ async fn a_large_result_is_cut_for_the_model_but_the_answer_keeps_every_row() {
     workspace
         .model(vec![
             call("run_sql", json!({"statement": "SELECT * FROM main.sales.orders"})),
-            says("Lots."),
+            model_says("Lots."),
         ])
         .await;
     let rows: Vec<Value> = (0..300).map(|i| json!([i.to_string(), "x".repeat(300)])).collect();
     workspace
-        .statement(succeeded("s1", &["id", "note"], Value::Array(rows)))
+        .statement(statement_succeeded("s1", &["id", "note"], Value::Array(rows)))
         .await;
 
     let (answer, _) = workspace.ask("All orders").await;
@@ -650,12 +609,16 @@ async fn a_follow_up_question_shows_the_model_the_previous_turns() {
     workspace
         .model(vec![
             call("run_sql", json!({"statement": REVENUE_SQL})),
-            says("EMEA leads."),
-            says("By month, March was best."),
+            model_says("EMEA leads."),
+            model_says("By month, March was best."),
         ])
         .await;
     workspace
-        .statement(succeeded("s1", &["region", "revenue"], json!([["EMEA", "1200"]])))
+        .statement(statement_succeeded(
+            "s1",
+            &["region", "revenue"],
+            json!([["EMEA", "1200"]]),
+        ))
         .await;
     let agent = workspace.agent(true, false);
     let first = agent
@@ -673,7 +636,7 @@ async fn a_follow_up_question_shows_the_model_the_previous_turns() {
 
     assert_eq!(second.text, "By month, March was best.");
     assert_eq!(second.sql, None);
-    let model_calls = workspace.model_calls().await;
+    let model_calls = workspace.calls().await;
     let messages = model_calls[2]["messages"].as_array().unwrap();
     let roles: Vec<&str> = messages.iter().map(|m| m["role"].as_str().unwrap()).collect();
     assert_eq!(roles, ["system", "user", "assistant", "user"]);
@@ -691,7 +654,7 @@ async fn a_follow_up_question_shows_the_model_the_previous_turns() {
 #[tokio::test]
 async fn long_threads_keep_only_the_last_turns_each_bounded() {
     let workspace = Workspace::start().await;
-    workspace.model(vec![says("Fine.")]).await;
+    workspace.model(vec![model_says("Fine.")]).await;
     let turns: Vec<Value> = (0..20)
         .map(|i| {
             let role = if i % 2 == 0 { "user" } else { "assistant" };
@@ -708,7 +671,7 @@ async fn long_threads_keep_only_the_last_turns_each_bounded() {
         .await
         .unwrap();
 
-    let model_calls = workspace.model_calls().await;
+    let model_calls = workspace.calls().await;
     let messages = model_calls[0]["messages"].as_array().unwrap();
     assert_eq!(messages.len(), 1 + 6 + 1);
     assert!(messages[1]["content"].as_str().unwrap().starts_with("turn 14 "));
@@ -729,7 +692,7 @@ async fn run_sql_is_offered_only_with_a_warehouse_and_ask_genie_only_with_a_spac
             .collect()
     };
     let workspace = Workspace::start().await;
-    workspace.model(vec![says("Hi.")]).await;
+    workspace.model(vec![model_says("Hi.")]).await;
 
     for (warehouse, genie) in [(false, false), (true, true)] {
         workspace
@@ -739,7 +702,7 @@ async fn run_sql_is_offered_only_with_a_warehouse_and_ask_genie_only_with_a_spac
             .unwrap();
     }
 
-    let model_calls = workspace.model_calls().await;
+    let model_calls = workspace.calls().await;
     let base = [
         "whoami",
         "list_catalogs",
@@ -763,9 +726,9 @@ async fn ask_genie_asks_the_space_as_the_person_and_follow_ups_continue_its_conv
     workspace
         .model(vec![
             call("ask_genie", json!({"question": "Top product last quarter?"})),
-            says("Genie says *Widgets*."),
+            model_says("Genie says *Widgets*."),
             call("ask_genie", json!({"question": "And the quarter before?"})),
-            says("Gadgets."),
+            model_says("Gadgets."),
         ])
         .await;
     let spaces = format!("/api/2.0/genie/spaces/{SPACE}");
@@ -806,7 +769,7 @@ async fn ask_genie_asks_the_space_as_the_person_and_follow_ups_continue_its_conv
         workspace
             .get(
                 &format!("{spaces}/conversations/c1/messages/{message}/attachments/a-query/query-result"),
-                json!({"statement_response": succeeded("s9", &["product"], json!([["Widgets"]]))}),
+                json!({"statement_response": statement_succeeded("s9", &["product"], json!([["Widgets"]]))}),
             )
             .await;
     }
@@ -847,7 +810,7 @@ async fn ask_genie_asks_the_space_as_the_person_and_follow_ups_continue_its_conv
 async fn endless_catalog_pages_stop_after_a_few_and_the_model_is_told_there_are_more() {
     let workspace = Workspace::start().await;
     workspace
-        .model(vec![call("list_catalogs", json!({})), says("Many catalogs.")])
+        .model(vec![call("list_catalogs", json!({})), model_says("Many catalogs.")])
         .await;
     workspace
         .get(
@@ -879,12 +842,11 @@ async fn a_burst_of_tool_calls_is_capped_and_the_rest_are_told_to_stop() {
         .iter()
         .map(|(id, name, args)| (id.as_str(), *name, *args))
         .collect();
-    workspace.model(vec![calls(&burst), says("You are Ada.")]).await;
     workspace
-        .get(
-            "/api/2.0/preview/scim/v2/Me",
-            json!({"id": "4242", "userName": "ada@example.com"}),
-        )
+        .model(vec![model_calls(&burst), model_says("You are Ada.")])
+        .await;
+    workspace
+        .get("/api/2.0/preview/scim/v2/Me", recorded_me("ada@example.com", "Ada"))
         .await;
 
     let (answer, _) = workspace.ask("Who am I, thirty times?").await;
@@ -903,10 +865,12 @@ async fn an_empty_final_answer_after_a_query_still_shows_the_rows() {
     workspace
         .model(vec![
             call("run_sql", json!({"statement": "SELECT 1 AS one"})),
-            says("  "),
+            model_says("  "),
         ])
         .await;
-    workspace.statement(succeeded("s1", &["one"], json!([["1"]]))).await;
+    workspace
+        .statement(statement_succeeded("s1", &["one"], json!([["1"]])))
+        .await;
 
     let (answer, _) = workspace.ask("One?").await;
 

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::common::app::{Options, TestApp, fast_workers, mention};
 use crate::common::fake_databricks::FakeState;
-use crate::common::recorded::recorded;
+use crate::common::recorded::{
+    genie_message, genie_query_result, genie_started, model_calls, model_says, recorded, statement_succeeded,
+};
 use crate::common::{PATIENCE, eventually};
 use databricks_slack_bot::clock::Clock;
 use databricks_slack_bot::domain::{TeamId, UserId};
@@ -49,23 +51,14 @@ fn genie(rest: &str) -> String {
 }
 
 fn completed(conversation: &str, message: &str, attachments: Value) -> Value {
-    json!({"conversation_id": conversation, "message_id": message, "id": message,
-           "status": "COMPLETED", "attachments": attachments})
-}
-
-fn statement(columns: &[&str], rows: Value, total: u64) -> Value {
-    json!({"statement_id": "st-1", "status": {"state": "SUCCEEDED"},
-           "manifest": {"schema": {"columns": columns.iter().map(|c| json!({"name": c})).collect::<Vec<_>>()},
-                        "total_row_count": total},
-           "result": {"data_array": rows}})
+    genie_message(conversation, message, "COMPLETED", attachments)
 }
 
 /// Genie's first answer in a thread: text, SQL, two rows, and two suggested follow-ups.
 async fn mount_genie_first_answer(api: &MockServer) {
     Mock::given(method("POST"))
         .and(path(genie("/start-conversation")))
-        .respond_with(ok(json!({"conversation_id": "c-1", "message_id": "m-1",
-                                "message": {"message_id": "m-1", "status": "SUBMITTED"}})))
+        .respond_with(ok(genie_started("c-1", "m-1")))
         .expect(1)
         .mount(api)
         .await;
@@ -92,11 +85,11 @@ async fn mount_genie_first_message(api: &MockServer) {
         .and(path(genie(
             "/conversations/c-1/messages/m-1/attachments/a-query/query-result",
         )))
-        .respond_with(ok(json!({"statement_response": statement(
+        .respond_with(ok(genie_query_result(
             &["quarter", "revenue"],
             json!([["Q1", "100"], ["Q2", "<b>&`112`"]]),
-            2
-        )})))
+            2,
+        )))
         .mount(api)
         .await;
 }
@@ -128,9 +121,7 @@ async fn genie_answers_in_the_thread_and_a_follow_up_continues_the_same_conversa
     // The follow-up in the same thread goes to the same Genie conversation.
     Mock::given(method("POST"))
         .and(path(genie("/conversations/c-1/messages")))
-        .respond_with(ok(
-            json!({"conversation_id": "c-1", "message_id": "m-2", "status": "SUBMITTED"}),
-        ))
+        .respond_with(ok(genie_message("c-1", "m-2", "SUBMITTED", Value::Null)))
         .expect(1)
         .mount(api)
         .await;
@@ -180,8 +171,7 @@ impl Respond for StartThenRevoke {
         let mut state = self.0.lock().unwrap();
         state.revoke_access_tokens();
         self.1.store(state.token_requests.len(), Ordering::SeqCst);
-        ok(json!({"conversation_id": "c-1", "message_id": "m-1",
-                  "message": {"message_id": "m-1", "status": "SUBMITTED"}}))
+        ok(genie_started("c-1", "m-1"))
     }
 }
 
@@ -224,9 +214,7 @@ async fn a_clicked_suggestion_is_asked_as_the_person_who_clicked_in_the_same_thr
     mount_genie_first_answer(&app.databricks.api).await;
     Mock::given(method("POST"))
         .and(path(genie("/conversations/c-1/messages")))
-        .respond_with(ok(
-            json!({"conversation_id": "c-1", "message_id": "m-2", "status": "SUBMITTED"}),
-        ))
+        .respond_with(ok(genie_message("c-1", "m-2", "SUBMITTED", Value::Null)))
         .mount(&app.databricks.api)
         .await;
     Mock::given(method("GET"))
@@ -273,7 +261,7 @@ async fn a_clicked_suggestion_is_asked_as_the_person_who_clicked_in_the_same_thr
 async fn mount_genie_wide_result(api: &MockServer) {
     Mock::given(method("POST"))
         .and(path(genie("/start-conversation")))
-        .respond_with(ok(json!({"conversation_id": "c-1", "message_id": "m-1"})))
+        .respond_with(ok(genie_started("c-1", "m-1")))
         .mount(api)
         .await;
     Mock::given(method("GET"))
@@ -294,9 +282,7 @@ async fn mount_genie_wide_result(api: &MockServer) {
         .and(path(genie(
             "/conversations/c-1/messages/m-1/attachments/a-q/query-result",
         )))
-        .respond_with(ok(
-            json!({"statement_response": statement(&columns, json!(rows), 10_000)}),
-        ))
+        .respond_with(ok(genie_query_result(&columns, json!(rows), 10_000)))
         .mount(api)
         .await;
 }
@@ -367,12 +353,12 @@ async fn the_llm_agent_runs_sql_as_the_person_and_answers_with_the_table() {
     ])
     .await;
     let api = &app.databricks.api;
-    let tool_call = json!({"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
-        "role": "assistant", "content": null,
-        "tool_calls": [{"id": "call-1", "type": "function",
-                        "function": {"name": "run_sql", "arguments": "{\"statement\": \"SELECT count(*) AS n FROM orders\"}"}}]}}]});
-    let final_answer = json!({"choices": [{"index": 0, "finish_reason": "stop", "message": {
-        "role": "assistant", "content": "You have **3** orders."}}]});
+    let tool_call = model_calls(&[(
+        "call-1",
+        "run_sql",
+        r#"{"statement": "SELECT count(*) AS n FROM orders"}"#,
+    )]);
+    let final_answer = model_says("You have **3** orders.");
     Mock::given(method("POST"))
         .and(path("/serving-endpoints/chat/completions"))
         .respond_with(ok(tool_call))
@@ -386,7 +372,7 @@ async fn the_llm_agent_runs_sql_as_the_person_and_answers_with_the_table() {
         .await;
     Mock::given(method("POST"))
         .and(path("/api/2.0/sql/statements"))
-        .respond_with(ok(statement(&["n"], json!([["3"]]), 1)))
+        .respond_with(ok(statement_succeeded("st-1", &["n"], json!([["3"]]))))
         .mount(api)
         .await;
 

@@ -15,6 +15,7 @@ mod http;
 mod lifecycle_purge;
 mod linking;
 mod oidc_conformance;
+mod refusals;
 mod slack_intake;
 mod slack_sign_in;
 mod socket_mode;

@@ -7,7 +7,7 @@
 use std::sync::Mutex;
 
 use crate::common::app::{Options, TestApp, mention};
-use crate::common::recorded::recorded;
+use crate::common::recorded::{model_calls, model_says, recorded};
 use databricks_slack_bot::agent::AgentAnswer;
 use databricks_slack_bot::databricks::Unwatched;
 use databricks_slack_bot::databricks::api::{Databricks, http_client};
@@ -406,12 +406,8 @@ async fn a_30_mib_result_is_cut_the_person_is_told_and_the_csv_holds_at_most_100
     .await;
     app.link_asker().await;
     let api = &app.databricks.api;
-    let tool_call = json!({"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
-        "role": "assistant", "content": null,
-        "tool_calls": [{"id": "call-1", "type": "function",
-                        "function": {"name": "run_sql", "arguments": "{\"statement\": \"SELECT * FROM events\"}"}}]}}]});
-    let final_answer = json!({"choices": [{"index": 0, "finish_reason": "stop", "message": {
-        "role": "assistant", "content": "Here are the events."}}]});
+    let tool_call = model_calls(&[("call-1", "run_sql", r#"{"statement": "SELECT * FROM events"}"#)]);
+    let final_answer = model_says("Here are the events.");
     Mock::given(method("POST"))
         .and(path("/serving-endpoints/chat/completions"))
         .respond_with(ResponseTemplate::new(200).set_body_json(tool_call))

@@ -315,6 +315,8 @@ async fn an_expired_lease_lets_another_worker_take_the_job_and_fences_the_first(
             .unwrap()
             .expect("lease expired");
         assert_eq!((second.id, second.attempts), (first.id, 2), "{}", db.name);
+        // When it was first taken up, for an agent to look for an earlier try's question.
+        assert_eq!((first.created_at, second.created_at), (NOW, NOW), "{}", db.name);
         assert!(
             !store.complete_job(&first, NOW + 122).await.unwrap(),
             "the first worker is fenced off"

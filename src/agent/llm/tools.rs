@@ -185,10 +185,8 @@ impl From<ApiError> for ToolFailure {
             ApiError::Rejected { code, message, .. } if code.is_empty() => Self::ToModel(format!("error: {message}")),
             ApiError::Rejected { code, message, .. } => Self::ToModel(format!("error: {code}: {message}")),
             ApiError::Timeout => Self::ToModel("error: Databricks did not answer in time".into()),
-            ApiError::Unexpected(detail) => {
-                tracing::warn!(%detail, "a tool got an unreadable answer from Databricks");
-                Self::ToModel("error: Databricks sent an answer that could not be read".into())
-            }
+            // Logged, with its detail, where it was read.
+            ApiError::Unexpected(_) => Self::ToModel("error: Databricks sent an answer that could not be read".into()),
             error @ (ApiError::InvalidToken | ApiError::RateLimited { .. } | ApiError::Transient(_)) => {
                 Self::Abort(error.into())
             }

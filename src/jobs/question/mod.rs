@@ -449,6 +449,7 @@ impl Questions {
             },
             conversation,
             key: format!("{}:{}", job.reference(), q.ts),
+            retry_since: (job.attempts > 1).then_some(job.created_at),
         };
         match self.agent.answer(&request, progress).await {
             Ok(answer) => Ok((answer, context)),

@@ -31,6 +31,7 @@ pub fn request(host: &str, token: &str, question: &str, conversation: Option<Val
         },
         conversation,
         key: "job-1:1712345678.000200".into(),
+        retry_since: None,
     }
 }
 

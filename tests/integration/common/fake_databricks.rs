@@ -345,11 +345,18 @@ async fn me(State((state, _)): State<Shared>, headers: HeaderMap) -> Response {
         .to_owned();
     let s = state.lock().unwrap();
     match s.access_tokens.get(&token) {
-        Some(user) if !s.refused_access_tokens.contains(&token) => Json(json!({
-            "id": user.id, "userName": user.user_name, "displayName": user.display_name,
-            "emails": user.emails.iter().map(|e| json!({"value": e, "primary": true})).collect::<Vec<_>>()
-        }))
-        .into_response(),
+        Some(user) if !s.refused_access_tokens.contains(&token) => {
+            let mut me = recorded("scim-me").json();
+            me["id"] = json!(user.id);
+            me["userName"] = json!(user.user_name);
+            me["displayName"] = json!(user.display_name);
+            me["emails"] = user
+                .emails
+                .iter()
+                .map(|e| json!({"type": "work", "value": e, "primary": true}))
+                .collect();
+            Json(me).into_response()
+        }
         // A real workspace refuses the token before SCIM sees the request.
         _ => recorded("invalid-access-token-403").response(),
     }

@@ -90,3 +90,79 @@ impl Recorded {
             .map_or_else(|| "application/json".to_owned(), |(_, v)| v.clone())
     }
 }
+
+/// A recorded successful statement (`sql-statement-succeeded`) as statement `id`, with
+/// `columns` (all strings) and `rows`, all of them inline in its one chunk.
+pub fn statement_succeeded(id: &str, columns: &[&str], rows: Value) -> Value {
+    let count = rows.as_array().map_or(0, Vec::len);
+    let mut statement = recorded("sql-statement-succeeded").json();
+    statement["statement_id"] = id.into();
+    let manifest = &mut statement["manifest"];
+    manifest["schema"] = serde_json::json!({
+        "column_count": columns.len(),
+        "columns": columns.iter().enumerate().map(|(position, name)| serde_json::json!(
+            {"name": name, "position": position, "type_name": "STRING", "type_text": "string"}
+        )).collect::<Vec<_>>(),
+    });
+    manifest["total_row_count"] = count.into();
+    manifest["chunks"][0]["row_count"] = count.into();
+    statement["result"]["row_count"] = count.into();
+    statement["result"]["data_array"] = rows;
+    statement
+}
+
+/// A recorded chat completion calling `tools`: `(call id, tool name, arguments as the JSON
+/// string the model sends)`.
+pub fn model_calls(tools: &[(&str, &str, &str)]) -> Value {
+    let mut completion = recorded("serving-chat-tool-calls").json();
+    completion["choices"][0]["message"]["tool_calls"] = tools
+        .iter()
+        .map(|(id, name, arguments)| {
+            serde_json::json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}})
+        })
+        .collect();
+    completion
+}
+
+/// A recorded chat completion whose final answer is `text`.
+pub fn model_says(text: &str) -> Value {
+    let mut completion = recorded("serving-chat-stop").json();
+    completion["choices"][0]["message"]["content"] = text.into();
+    completion
+}
+
+/// Genie's recorded message (`genie-message-executing`, its envelope as recorded) as
+/// message `id` of `conversation`, in `status`, with `attachments`.
+pub fn genie_message(conversation: &str, id: &str, status: &str, attachments: Value) -> Value {
+    let mut message = recorded("genie-message-executing").json();
+    message["message_id"] = id.into();
+    message["id"] = id.into();
+    message["conversation_id"] = conversation.into();
+    message["status"] = status.into();
+    message["attachments"] = attachments;
+    message
+}
+
+/// Genie's recorded answer to `start-conversation`, as conversation `conversation` with
+/// its first message `id`.
+pub fn genie_started(conversation: &str, id: &str) -> Value {
+    let mut started = recorded("genie-start-conversation").json();
+    started["conversation_id"] = conversation.into();
+    started["message_id"] = id.into();
+    started["conversation"]["conversation_id"] = conversation.into();
+    started["conversation"]["id"] = conversation.into();
+    started["message"] = genie_message(conversation, id, "SUBMITTED", Value::Null);
+    started
+}
+
+/// Genie's recorded query result, with `columns` and `rows` of a result of `total` rows.
+pub fn genie_query_result(columns: &[&str], rows: Value, total: u64) -> Value {
+    let statement = statement_succeeded("st-1", columns, rows);
+    let mut result = recorded("genie-query-result").json();
+    let response = &mut result["statement_response"];
+    response["statement_id"] = statement["statement_id"].clone();
+    response["manifest"]["schema"] = statement["manifest"]["schema"].clone();
+    response["manifest"]["total_row_count"] = total.into();
+    response["result"] = statement["result"].clone();
+    result
+}
