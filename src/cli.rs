@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 
-use crate::agent::adk::{self, Adk};
+use crate::agent;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{AgentKind, Config, ConfigError, DatabaseConfig, Env, vault_and_database};
+use crate::config::{Config, ConfigError, DatabaseConfig, Env, vault_and_database};
 use crate::crypto::generate_key;
 use crate::databricks::broker::rotation::rotate_all;
 use crate::databricks::oauth::{DatabricksOAuth, http_client};
@@ -151,6 +151,10 @@ async fn serve(env: &Env) -> Result<(), Failure> {
         shutdown_signal().await;
         lifecycle.begin_shutdown();
     });
+    // Which google-adk answers, logged when known; serving does not wait for it.
+    if let Some(adk) = agent::adk_of(&config.agent) {
+        tokio::spawn(async move { adk.probe_version().await.log() });
+    }
     tracing::info!(addr = %app.local_addr(), "listening");
     app.run_until_stopped().await?;
     Ok(())
@@ -214,13 +218,8 @@ async fn check(env: &Env) -> Result<(), Failure> {
     }
     // A warning only: the bot runs with any ADK, the asker's token just does not reach
     // the agent on an old one.
-    if let (AgentKind::Adk, Some(url), Some(app)) = (
-        config.agent.kind,
-        config.agent.agent_url.clone(),
-        config.agent.adk_app_name.clone(),
-    ) {
-        let report = Adk::new(adk::client(), url, app).probe_version().await;
-        println!("adk            {report}");
+    if let Some(adk) = agent::adk_of(&config.agent) {
+        println!("adk            {}", adk.probe_version().await);
     }
     if healthy {
         Ok(())

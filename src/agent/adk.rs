@@ -66,7 +66,6 @@
 //! "your agent sent an answer I could not read".
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -277,16 +276,6 @@ impl Adk {
         }
         String::from_utf8_lossy(&body).into_owned()
     }
-}
-
-/// Starts a [`Adk::probe_version`] of `adk` whose report is logged, if there is a runtime to
-/// run it on; start-up does not wait for it.
-pub fn probe_in_background(adk: &Arc<Adk>) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    let adk = Arc::clone(adk);
-    runtime.spawn(async move { adk.probe_version().await.log() });
 }
 
 /// What the start-up probe learned about the ADK behind `AGENT_URL`.

@@ -154,11 +154,15 @@ pub fn from_config(config: &AgentConfig) -> Arc<dyn Agent> {
             config.genie_space_id.clone(),
         )),
         AgentKind::Http => Arc::new(external::HttpAgent::new(external_client(), url())),
-        AgentKind::Adk => {
-            let adk = Arc::new(adk::Adk::new(adk::client(), url(), required(&config.adk_app_name)));
-            adk::probe_in_background(&adk);
-            adk
-        }
+        AgentKind::Adk => Arc::new(adk_of(config).expect("validated by Config::load")),
+    }
+}
+
+/// The ADK agent `config` asks for, if it asks for one (also for its version probe).
+pub fn adk_of(config: &AgentConfig) -> Option<adk::Adk> {
+    match (config.kind, &config.agent_url, &config.adk_app_name) {
+        (AgentKind::Adk, Some(url), Some(app)) => Some(adk::Adk::new(adk::client(), url.clone(), app.clone())),
+        _ => None,
     }
 }
 

@@ -608,9 +608,18 @@ async fn an_adk_agent_slower_than_the_timeout_did_not_answer_in_time() {
     assert_eq!(error, transient("your agent did not answer in time"));
 }
 
-/// An ADK that accepts one `/run_sse`, streams `first` and then goes quiet; how many
+/// What an ADK does after the first event of a run.
+#[derive(Clone, Copy)]
+enum Then {
+    /// Sends nothing more and keeps the connection open.
+    GoesQuiet,
+    /// Closes the connection mid-stream (the chunked body never ends).
+    Resets,
+}
+
+/// An ADK that accepts one `/run_sse`, streams `first` and then does `then`; how many
 /// requests it got.
-async fn adk_going_quiet_after(first: Value) -> (Url, Arc<AtomicUsize>) {
+async fn adk_stopping_after(first: Value, then: Then) -> (Url, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
     let requests = Arc::new(AtomicUsize::new(0));
@@ -625,7 +634,10 @@ async fn adk_going_quiet_after(first: Value) -> (Url, Arc<AtomicUsize>) {
                 let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
                 let chunk = format!("{:x}\r\n{frame}\r\n", frame.len());
                 let _ = socket.write_all(format!("{head}{chunk}").as_bytes()).await;
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                match then {
+                    Then::GoesQuiet => tokio::time::sleep(Duration::from_secs(5)).await,
+                    Then::Resets => drop(socket),
+                }
             });
         }
     });
@@ -635,12 +647,27 @@ async fn adk_going_quiet_after(first: Value) -> (Url, Arc<AtomicUsize>) {
 #[tokio::test]
 async fn an_adk_run_that_goes_quiet_after_starting_stopped_answering_and_is_not_asked_again() {
     let first = adk_fixture("run-sse-streamed")["events"][0].clone();
-    let (url, requests) = adk_going_quiet_after(first).await;
+    let (url, requests) = adk_stopping_after(first, Then::GoesQuiet).await;
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
     let agent = Adk::new(client, url, APP.into()).with_idle_timeout(Duration::from_millis(300));
+
+    let error = ask(&agent, &question("q", Some(json!({ "session_id": "s-1" }))))
+        .await
+        .unwrap_err();
+
+    assert_eq!(error, failed("your agent stopped answering"));
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+}
+
+// A connection reset after the run began: the agent may have acted, so it is not run again.
+#[tokio::test]
+async fn an_adk_run_cut_off_mid_stream_is_not_asked_again() {
+    let first = adk_fixture("run-sse-streamed")["events"][0].clone();
+    let (url, requests) = adk_stopping_after(first, Then::Resets).await;
+    let agent = Adk::new(reqwest::Client::new(), url, APP.into());
 
     let error = ask(&agent, &question("q", Some(json!({ "session_id": "s-1" }))))
         .await

@@ -251,6 +251,50 @@ async fn migrate_then_check_report_on_both_backends() {
     }
 }
 
+// Issue 11: `check` says which google-adk answers at AGENT_URL, and warns (without failing)
+// when it is one that would not give the agent the asker's token.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reports_the_adk_version_and_warns_of_one_that_drops_the_token() {
+    let (_slack, slack_url) = fake_slack().await;
+    let databricks = crate::common::fake_databricks::FakeDatabricks::start().await;
+    let db = TestDb::sqlite();
+    for (fixture, line) in [
+        ("version", "adk            ok (google-adk 1.27.1)"),
+        (
+            "version-2.1.0",
+            "adk            WARNING: google-adk 2.1.0 does not give the agent the asker's token",
+        ),
+    ] {
+        let adk = wiremock::MockServer::start().await;
+        let recorded: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(format!(
+                "{}/tests/fixtures/adk/{fixture}.json",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        wiremock::Mock::given(wiremock::matchers::path("/version"))
+            .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(&recorded["body"]))
+            .expect(1)
+            .mount(&adk)
+            .await;
+        let mut env = valid_env(&db.url);
+        set(&mut env, "SLACK_API_URL", slack_url.clone());
+        set(&mut env, "DATABRICKS_HOST", databricks.uri.clone());
+        set(&mut env, "AGENT", "adk".into());
+        set(&mut env, "AGENT_URL", adk.uri());
+        set(&mut env, "ADK_APP_NAME", "sales_agent".into());
+
+        let out = run_async(with_env(&db, &["check"], &env)).await;
+
+        let all = text(&out);
+        assert!(out.status.success(), "{fixture}: {all}");
+        assert!(all.contains(line), "{fixture}: {all}");
+        adk.verify().await;
+    }
+}
+
 #[test]
 fn check_fails_with_exit_1_and_names_what_is_unreachable() {
     let db = TestDb::sqlite();
