@@ -10,7 +10,7 @@ use secrecy::ExposeSecret;
 
 use crate::agent;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ConfigError, DatabaseConfig, Env, vault_and_database};
+use crate::config::{Config, ConfigError, DatabaseConfig, Env, IdentityCheck, vault_and_database};
 use crate::crypto::generate_key;
 use crate::databricks::broker::rotation::rotate_all;
 use crate::databricks::oauth::{DatabricksOAuth, http_client};
@@ -172,6 +172,12 @@ async fn check(env: &Env) -> Result<(), Failure> {
         "configuration  ok ({mode}; agent: {agent}; keys: primary {})",
         config.vault.primary_key_id()
     );
+    if config.identity_check == IdentityCheck::None {
+        println!(
+            "linking        WARNING: LINK_IDENTITY_CHECK=none: whoever opens a person's link can connect any \
+             Databricks account to that person's Slack user"
+        );
+    }
     let database = match Store::connect(&config.database).await {
         Ok(store) => {
             let probe = async { store.ping().await.and(store.pending_migrations().await) }.await;

@@ -35,6 +35,7 @@ pub const VARIABLES: &[&str] = &[
     "DATABRICKS_SCOPES",
     "DATABRICKS_OIDC_DISCOVERY_URL",
     "LINK_IDENTITY_CHECK",
+    "LINK_IDENTITY_CHECK_NONE_ACKNOWLEDGED",
     "AGENT",
     "GENIE_SPACE_ID",
     "DATABRICKS_SERVING_ENDPOINT",
@@ -559,6 +560,17 @@ fn read_identity_check(r: &mut Reader<'_>, slack: Option<&SlackConfig>) -> Optio
             "slack-oidc needs SLACK_CLIENT_ID and SLACK_CLIENT_SECRET (Sign in with Slack)",
         );
     }
+    // LNK-01: without a check, whoever opens a link binds whatever Databricks account they
+    // sign in with to the Slack user the link was for. That is only ever a deliberate choice.
+    if identity_check == Some(IdentityCheck::None)
+        && r.optional("LINK_IDENTITY_CHECK_NONE_ACKNOWLEDGED").as_deref() != Some("yes")
+    {
+        r.problem(
+            "LINK_IDENTITY_CHECK_NONE_ACKNOWLEDGED",
+            "`yes` with LINK_IDENTITY_CHECK=none, which lets whoever opens a person's link connect any Databricks \
+             account to that person's Slack user",
+        );
+    }
     identity_check
 }
 
@@ -936,6 +948,29 @@ mod tests {
             ])),
             ["ADK_APP_NAME"]
         );
+    }
+
+    // LNK-01 (issue 12): no identity check is only ever a deliberate choice.
+    #[test]
+    fn no_identity_check_needs_its_own_acknowledgement() {
+        assert_eq!(
+            problems(&with(&[("LINK_IDENTITY_CHECK", "none")])),
+            ["LINK_IDENTITY_CHECK_NONE_ACKNOWLEDGED"]
+        );
+        assert_eq!(
+            problems(&with(&[
+                ("LINK_IDENTITY_CHECK", "none"),
+                ("LINK_IDENTITY_CHECK_NONE_ACKNOWLEDGED", "true")
+            ])),
+            ["LINK_IDENTITY_CHECK_NONE_ACKNOWLEDGED"],
+            "only the exact word"
+        );
+        let c = Config::load(&with(&[
+            ("LINK_IDENTITY_CHECK", "none"),
+            ("LINK_IDENTITY_CHECK_NONE_ACKNOWLEDGED", "yes"),
+        ]))
+        .unwrap();
+        assert_eq!(c.identity_check, IdentityCheck::None);
     }
 
     #[test]

@@ -12,8 +12,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
+use subtle::ConstantTimeEq;
 
 use super::pages::{escape_html, message, page};
+use crate::crypto::{hash_secret, random_token};
 use crate::linking::{CallbackOutcome, CallbackQuery, LinkFlow, PENDING_LINK_TTL_SECONDS, Unusable};
 use crate::store::pending_links::PendingStatus;
 
@@ -58,6 +60,97 @@ fn set_cookie(flow: &LinkFlow, value: &str, max_age: i64) -> HeaderValue {
     HeaderValue::from_str(&cookie).expect("cookie values are base64url")
 }
 
+/// The landing page's own cookie, behind its form token when the browser does not say where
+/// a post came from.
+fn form_cookie_name(flow: &LinkFlow) -> &'static str {
+    if flow.secure_cookies() {
+        "__Host-databricks-link-form"
+    } else {
+        "databricks-link-form"
+    }
+}
+
+fn set_form_cookie(flow: &LinkFlow, value: &str) -> HeaderValue {
+    let secure = if flow.secure_cookies() { "; Secure" } else { "" };
+    // Strict: it has no reason to travel on any request another site starts.
+    let cookie = format!(
+        "{}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={PENDING_LINK_TTL_SECONDS}{secure}",
+        form_cookie_name(flow)
+    );
+    HeaderValue::from_str(&cookie).expect("cookie values are base64url")
+}
+
+/// The hidden field a page's form carries: derived from a cookie of that browser's, which
+/// another site can neither read nor set, so it cannot forge the field.
+fn form_token(cookie: &str) -> String {
+    hash_secret(&format!("link-form:{cookie}"))
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// LNK-11: where a `POST` that changes a link came from, as the browser tells it.
+#[derive(Debug, PartialEq, Eq)]
+enum Provenance {
+    /// The bot's own page: `Sec-Fetch-Site: same-origin`, or an `Origin` that is
+    /// `PUBLIC_BASE_URL`'s.
+    OwnPage,
+    /// Another site (even a sibling subdomain: `same-site`), or an opaque origin (`null`).
+    Elsewhere,
+    /// The browser said neither (an old browser, or a proxy stripped both): the page's
+    /// form token decides.
+    Unsaid,
+}
+
+fn provenance(headers: &HeaderMap, public_origin: &str) -> Provenance {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return if site == "same-origin" {
+            Provenance::OwnPage
+        } else {
+            Provenance::Elsewhere
+        };
+    }
+    match headers.get(header::ORIGIN) {
+        Some(origin) if origin.as_bytes() == public_origin.as_bytes() => Provenance::OwnPage,
+        Some(_) => Provenance::Elsewhere,
+        None => Provenance::Unsaid,
+    }
+}
+
+/// Whether a post that would claim or replace a link came from the bot's own page: the
+/// browser says so, or (when it says nothing) the form carries the token derived from
+/// `cookie`. An attacker's page that auto-submits a form in the victim's browser fails both.
+fn from_own_page(flow: &LinkFlow, headers: &HeaderMap, cookie: Option<&str>, token: Option<&str>) -> bool {
+    match provenance(headers, &flow.public_origin()) {
+        Provenance::OwnPage => true,
+        Provenance::Elsewhere => false,
+        Provenance::Unsaid => match (cookie, token) {
+            (Some(cookie), Some(token)) => bool::from(form_token(cookie).as_bytes().ct_eq(token.as_bytes())),
+            _ => false,
+        },
+    }
+}
+
+/// The answer to a post from anywhere but the bot's own page.
+fn not_from_own_page() -> Response {
+    tracing::warn!("a linking form was posted from another site, or without proof of its page; refused");
+    message(
+        StatusCode::FORBIDDEN,
+        "Nothing was linked",
+        &[
+            "This request did not come from the bot’s own page, so nothing was done.".into(),
+            "To connect Databricks, open the link the bot sent you in Slack and press Continue there.".into(),
+        ],
+    )
+}
+
+/// A form's hidden token, if it was posted as one.
+#[derive(Deserialize)]
+struct Posted {
+    form_token: Option<String>,
+    decision: Option<String>,
+}
+
 fn unusable(reason: Unusable) -> Response {
     match reason {
         Unusable::Unknown => message(
@@ -85,25 +178,41 @@ fn unusable(reason: Unusable) -> Response {
 async fn landing(State(flow): State<Arc<LinkFlow>>, Path(id): Path<String>) -> Response {
     match flow.landing(&id).await {
         Ok(landing) => {
+            let form_cookie = random_token();
             let body = format!(
                 "<p>Connect Databricks for <span class=\"who\">{}</span> in the Slack workspace \
                  <span class=\"who\">{}</span>.</p>\
                  <p>You will sign in to <span class=\"who\">{}</span>. The bot will then answer your questions with \
                  your own Databricks permissions.</p>\
-                 <form method=\"post\"><button type=\"submit\">Continue to Databricks</button></form>\
+                 <form method=\"post\"><input type=\"hidden\" name=\"form_token\" value=\"{}\">\
+                 <button type=\"submit\">Continue to Databricks</button></form>\
                  <p class=\"small\">Only continue if you asked the bot a question yourself. This link works once.</p>",
                 escape_html(&landing.slack_user),
                 escape_html(&landing.slack_workspace),
                 escape_html(landing.databricks_workspace.as_str()),
+                form_token(form_cookie.expose_secret()),
             );
             let origins: Vec<&str> = landing.next_origins.iter().map(String::as_str).collect();
-            page(StatusCode::OK, "Connect Databricks", &body, &origins)
+            let mut response = page(StatusCode::OK, "Connect Databricks", &body, &origins);
+            let cookie = set_form_cookie(&flow, form_cookie.expose_secret());
+            response.headers_mut().insert(header::SET_COOKIE, cookie);
+            response
         }
         Err(reason) => unusable(reason),
     }
 }
 
-async fn claim(State(flow): State<Arc<LinkFlow>>, Path(id): Path<String>) -> Response {
+async fn claim(
+    State(flow): State<Arc<LinkFlow>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    form: Result<Form<Posted>, FormRejection>,
+) -> Response {
+    let token = form.ok().and_then(|Form(form)| form.form_token);
+    let cookie = read_cookie(&headers, form_cookie_name(&flow));
+    if !from_own_page(&flow, &headers, cookie, token.as_deref()) {
+        return not_from_own_page();
+    }
     match flow.claim(&id).await {
         Ok(claimed) => {
             let mut response = (StatusCode::SEE_OTHER, [(header::LOCATION, claimed.redirect.as_str())]).into_response();
@@ -179,21 +288,22 @@ fn outcome_page(outcome: CallbackOutcome) -> Response {
     }
 }
 
-/// The confirmation form's answer.
-#[derive(Deserialize)]
-struct Decision {
-    decision: Option<String>,
-}
-
 /// LNK-09: replaces the person's link with the held sign-in, or keeps it. Bound to the
-/// browser by its cookie, which a cross-site form post does not carry (`SameSite=Lax`).
+/// browser by its cookie, and (LNK-11) only from the bot's own confirmation page.
 async fn confirm(
     State(flow): State<Arc<LinkFlow>>,
     headers: HeaderMap,
-    form: Result<Form<Decision>, FormRejection>,
+    form: Result<Form<Posted>, FormRejection>,
 ) -> Response {
     // A post that is not our form (no body, another content type) gets our page too.
-    let decision = form.ok().and_then(|Form(form)| form.decision);
+    let (token, decision) = match form {
+        Ok(Form(form)) => (form.form_token, form.decision),
+        Err(_) => (None, None),
+    };
+    let cookie = read_cookie(&headers, cookie_name(&flow));
+    if !from_own_page(&flow, &headers, cookie, token.as_deref()) {
+        return not_from_own_page();
+    }
     let replace = match decision.as_deref() {
         Some("replace") => true,
         Some("keep") => false,
@@ -205,7 +315,6 @@ async fn confirm(
             );
         }
     };
-    let cookie = read_cookie(&headers, cookie_name(&flow));
     outcome_page(flow.confirm(cookie, replace).await)
 }
 
@@ -223,12 +332,14 @@ async fn result(State(flow): State<Arc<LinkFlow>>, headers: HeaderMap) -> Respon
              <p>Replace the connection? The bot will then answer your questions with the new account’s \
              permissions.</p>\
              <form method=\"post\" action=\"/link/confirm\">\
+             <input type=\"hidden\" name=\"form_token\" value=\"{}\">\
              <button type=\"submit\" name=\"decision\" value=\"replace\">Replace</button> \
              <button type=\"submit\" name=\"decision\" value=\"keep\" class=\"secondary\">Keep {}</button>\
              </form>",
             escape_html(flow.workspace().as_str()),
             escape_html(p.replaces.as_deref().unwrap_or("another account")),
             escape_html(p.databricks_user.as_deref().unwrap_or("another account")),
+            form_token(cookie),
             escape_html(p.replaces.as_deref().unwrap_or("the current one")),
         );
         return page(StatusCode::OK, "Replace your Databricks connection?", &body, &[]);

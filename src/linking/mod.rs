@@ -190,6 +190,11 @@ impl LinkFlow {
 
     /// Whether cookies must be `Secure` (`__Host-` prefixed): everywhere but plain-http
     /// loopback development.
+    /// `PUBLIC_BASE_URL`'s origin, as a browser sends it in `Origin`.
+    pub fn public_origin(&self) -> String {
+        self.public_base_url.origin().ascii_serialization()
+    }
+
     pub fn secure_cookies(&self) -> bool {
         self.public_base_url.scheme() == "https"
     }

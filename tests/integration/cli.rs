@@ -295,6 +295,36 @@ async fn check_reports_the_adk_version_and_warns_of_one_that_drops_the_token() {
     }
 }
 
+// LNK-01 (issue 12): running without an identity check needs its acknowledgement, and
+// `check` warns of it even then.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_identity_check_must_be_acknowledged_and_check_warns_of_it() {
+    let (_slack, slack_url) = fake_slack().await;
+    let databricks = crate::common::fake_databricks::FakeDatabricks::start().await;
+    let db = TestDb::sqlite();
+    let mut env = valid_env(&db.url);
+    set(&mut env, "SLACK_API_URL", slack_url);
+    set(&mut env, "DATABRICKS_HOST", databricks.uri.clone());
+    set(&mut env, "LINK_IDENTITY_CHECK", "none".into());
+
+    let refused = run_async(with_env(&db, &["check"], &env)).await;
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("LINK_IDENTITY_CHECK_NONE_ACKNOWLEDGED"),
+        "{}",
+        text(&refused)
+    );
+
+    set(&mut env, "LINK_IDENTITY_CHECK_NONE_ACKNOWLEDGED", "yes".into());
+    let warned = run_async(with_env(&db, &["check"], &env)).await;
+    let all = text(&warned);
+    assert!(warned.status.success(), "{all}");
+    assert!(
+        all.contains("linking        WARNING: LINK_IDENTITY_CHECK=none"),
+        "{all}"
+    );
+}
+
 #[test]
 fn check_fails_with_exit_1_and_names_what_is_unreachable() {
     let db = TestDb::sqlite();

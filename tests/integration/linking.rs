@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::common::app::{TestApp, browser, mention, rows};
+use crate::common::app::{TestApp, browser, from_own_page, mention, rows};
 use crate::common::fake_databricks::{FakeUser, Scripted};
 use crate::common::logs::Captured;
 use crate::common::recorded::recorded;
@@ -518,13 +518,12 @@ async fn a_code_from_someone_elses_flow_is_refused_by_pkce_and_nothing_is_stored
 async fn the_redirect_uri_is_the_same_in_both_requests_and_added_parameters_redirect_nowhere() {
     let app = TestApp::spawn().await;
     let id = app.ask_for_link("Ev1", "redirects?").await;
-    let claim = browser()
-        .post(app.url(&format!(
-            "/link/{id}?return_to=https://evil.example.com/&next=https://evil.example.com/"
-        )))
-        .send()
-        .await
-        .unwrap();
+    let claim = from_own_page(browser().post(app.url(&format!(
+        "/link/{id}?return_to=https://evil.example.com/&next=https://evil.example.com/"
+    ))))
+    .send()
+    .await
+    .unwrap();
     assert_eq!(claim.status(), 303);
     let authorize = claim.headers()["location"].to_str().unwrap().to_owned();
     assert!(
@@ -618,7 +617,11 @@ async fn guessed_link_ids_and_states_all_get_the_same_answer_and_change_nothing(
     for guess in &guesses {
         for post in [false, true] {
             let url = app.url(&format!("/link/{guess}"));
-            let request = if post { browser().post(url) } else { browser().get(url) };
+            let request = if post {
+                from_own_page(browser().post(url))
+            } else {
+                browser().get(url)
+            };
             let response = request.send().await.unwrap();
             assert_eq!(response.status(), 404, "{guess}");
             assert!(response.headers().get("set-cookie").is_none(), "{guess}");
@@ -652,8 +655,7 @@ async fn guessed_link_ids_and_states_all_get_the_same_answer_and_change_nothing(
 
 /// Posts the confirmation page's answer from the browser holding `cookie`.
 async fn confirm(app: &TestApp, cookie: Option<&str>, decision: &str) -> reqwest::Response {
-    let mut request = browser()
-        .post(app.url("/link/confirm"))
+    let mut request = from_own_page(browser().post(app.url("/link/confirm")))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(format!("decision={decision}"));
     if let Some(cookie) = cookie {
@@ -783,8 +785,7 @@ async fn keeping_the_linked_account_changes_nothing_and_the_confirmation_is_boun
         ("application/x-www-form-urlencoded", ""),
         ("application/json", "{\"decision\":\"replace\"}"),
     ] {
-        let response = browser()
-            .post(app.url("/link/confirm"))
+        let response = from_own_page(browser().post(app.url("/link/confirm")))
             .header("content-type", content_type)
             .header("cookie", cookie.as_str())
             .body(body)
@@ -826,5 +827,149 @@ async fn keeping_the_linked_account_changes_nothing_and_the_confirmation_is_boun
     let page = result_page(&app, &claimed.cookie).await;
     assert!(page.contains("The confirmation expired"), "{page}");
     assert_eq!(linked_as(&app).await, "asker@example.com");
+    app.stop().await;
+}
+
+/// The hidden `form_token` of a page's form.
+fn form_token_of(page: &str) -> String {
+    let start = page.find("name=\"form_token\" value=\"").expect("a form token") + 25;
+    page[start..start + 64].to_owned()
+}
+
+/// `POST /link/{id}` as a browser on some page posts it: with `headers`, `cookie` and `body`.
+async fn post_claim(
+    app: &TestApp,
+    id: &str,
+    headers: &[(&str, &str)],
+    cookie: Option<&str>,
+    body: &str,
+) -> reqwest::Response {
+    let mut request = browser()
+        .post(app.url(&format!("/link/{id}")))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.to_owned());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    request.send().await.unwrap()
+}
+
+// LNK-11 (issue 12): an attacker's page auto-submitting a claim of the attacker's own link
+// in a victim's browser is refused with the bot's page, whatever the browser says of it,
+// and the link is left as it was for its owner.
+#[tokio::test]
+async fn a_claim_posted_from_another_site_is_refused_and_the_link_stays_usable() {
+    let app = TestApp::spawn().await;
+    let id = app.ask_for_link("Ev1", "whose data?").await;
+
+    for headers in [
+        &[("sec-fetch-site", "cross-site"), ("origin", "https://evil.example")][..],
+        &[
+            ("sec-fetch-site", "same-site"),
+            ("origin", "https://evil.bot.example.com"),
+        ],
+        &[("origin", "https://evil.example")],
+        &[("origin", "null")],
+        &[("origin", "http://bot.example.com")],
+        // Neither header, and no token: nothing shows it came from the bot's page.
+        &[],
+    ] {
+        let response = post_claim(&app, &id, headers, None, "").await;
+        assert_eq!(response.status(), 403, "{headers:?}");
+        assert!(response.headers().get("set-cookie").is_none(), "{headers:?}");
+        let page = response.text().await.unwrap();
+        assert!(page.contains("did not come from the bot’s own page"), "{page}");
+    }
+
+    assert!(app.databricks.token_requests().is_empty());
+    let claimed = app.claim_link(&id).await.expect("the link is still its owner's to use");
+    assert!(claimed.location.contains("/oidc/v1/authorize"), "{}", claimed.location);
+    app.stop().await;
+}
+
+// LNK-11: a browser that says nothing of where a post came from (an old one, or a proxy
+// stripped the headers) proves it with the landing page's form token, bound to a cookie
+// the page set; a token without its cookie, or from another browser's page, is refused.
+#[tokio::test]
+async fn without_origin_headers_the_landing_pages_form_token_proves_the_claim() {
+    let app = TestApp::spawn().await;
+    let id = app.ask_for_link("Ev1", "old browser?").await;
+    let landing = |_: ()| browser().get(app.url(&format!("/link/{id}"))).send();
+    let mine = landing(()).await.unwrap();
+    let cookie = mine.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(
+        mine.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("SameSite=Strict")
+    );
+    let token = form_token_of(&mine.text().await.unwrap());
+    let theirs = landing(()).await.unwrap().text().await.unwrap();
+
+    let body = |token: &str| format!("form_token={token}");
+    for (cookie, body) in [
+        (None, body(&token)),
+        (Some(cookie.as_str()), body(&form_token_of(&theirs))),
+        (Some(cookie.as_str()), String::new()),
+    ] {
+        let response = post_claim(&app, &id, &[], cookie, &body).await;
+        assert_eq!(response.status(), 403, "{cookie:?} {body}");
+    }
+
+    let response = post_claim(&app, &id, &[], Some(&cookie), &body(&token)).await;
+    assert_eq!(response.status(), 303);
+    app.stop().await;
+}
+
+// LNK-11 for the confirmation page: replacing a link is only ever the person's own choice
+// on the bot's page, never a form another site posts with their cookie.
+#[tokio::test]
+async fn a_replacement_confirmed_from_another_site_is_refused() {
+    let app = TestApp::spawn().await;
+    let cookie = sign_in_as_another_account(&app).await;
+    let page = result_page(&app, &cookie).await;
+    let token = form_token_of(&page);
+
+    for (headers, body) in [
+        (
+            &[("sec-fetch-site", "cross-site"), ("origin", "https://evil.example")][..],
+            "decision=replace".to_owned(),
+        ),
+        (&[][..], "decision=replace".to_owned()),
+        (&[][..], format!("decision=replace&form_token={}", "0".repeat(64))),
+    ] {
+        let mut request = browser()
+            .post(app.url("/link/confirm"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("cookie", cookie.as_str())
+            .body(body.clone());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 403, "{headers:?} {body}");
+    }
+    assert_eq!(linked_as(&app).await, "asker@example.com", "nothing replaced");
+
+    // The page's own form, from a browser that sends no Origin: the token proves it.
+    let response = browser()
+        .post(app.url("/link/confirm"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("cookie", cookie.as_str())
+        .body(format!("decision=replace&form_token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    assert_eq!(linked_as(&app).await, "alice.admin@example.com");
     app.stop().await;
 }

@@ -377,9 +377,14 @@ impl TestApp {
         prompt[start..start + 22].to_owned()
     }
 
-    /// Presses "Continue": `POST /link/{id}`; the response when it is not a redirect.
+    /// Presses "Continue": `POST /link/{id}` from the landing page, as a browser sends it
+    /// (`Origin` and `Sec-Fetch-Site` say it is the bot's own page); the response when it
+    /// is not a redirect.
     pub async fn claim_link(&self, id: &str) -> Result<Claim, reqwest::Response> {
-        let response = browser().post(self.url(&format!("/link/{id}"))).send().await.unwrap();
+        let response = from_own_page(browser().post(self.url(&format!("/link/{id}"))))
+            .send()
+            .await
+            .unwrap();
         if response.status() != 303 {
             return Err(response);
         }
@@ -591,4 +596,11 @@ pub fn mention(event_id: &str, text: &str) -> Value {
     event["event_id"] = json!(event_id);
     event["event"]["text"] = json!(text);
     event
+}
+
+/// `request` as a browser sends a form posted from the bot's own page at `PUBLIC_BASE_URL`.
+pub fn from_own_page(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    request
+        .header("origin", "https://bot.example.com")
+        .header("sec-fetch-site", "same-origin")
 }
