@@ -234,8 +234,8 @@ async fn databricks_callback(
     Query(query): Query<CallbackQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let cookie = read_cookie(&headers, cookie_name(&flow));
-    outcome_page(flow.databricks_callback(&query, cookie).await)
+    let cookie = read_cookie(&headers, cookie_name(&flow)).map(str::to_owned);
+    detached(async move { flow.databricks_callback(&query, cookie.as_deref()).await }).await
 }
 
 async fn slack_callback(
@@ -243,8 +243,21 @@ async fn slack_callback(
     Query(query): Query<CallbackQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let cookie = read_cookie(&headers, cookie_name(&flow));
-    outcome_page(flow.slack_callback(&query, cookie).await)
+    let cookie = read_cookie(&headers, cookie_name(&flow)).map(str::to_owned);
+    detached(async move { flow.slack_callback(&query, cookie.as_deref()).await }).await
+}
+
+/// Runs a callback to its end even when the browser's request ends first (the request
+/// timeout, a closed tab): an authorization code is single-use, so a code exchange cut off
+/// half-way would lose the sign-in and leave the flow hanging.
+async fn detached(callback: impl Future<Output = CallbackOutcome> + Send + 'static) -> Response {
+    match tokio::spawn(callback).await {
+        Ok(outcome) => outcome_page(outcome),
+        Err(error) => {
+            tracing::error!(error = %error, "a sign-in callback failed");
+            outcome_page(CallbackOutcome::Rejected("Something went wrong on our side."))
+        }
+    }
 }
 
 fn redirect(to: &str) -> Response {
@@ -343,6 +356,23 @@ async fn result(State(flow): State<Arc<LinkFlow>>, headers: HeaderMap) -> Respon
             escape_html(p.replaces.as_deref().unwrap_or("the current one")),
         );
         return page(StatusCode::OK, "Replace your Databricks connection?", &body, &[]);
+    }
+    // A flow still under way (its exchange running, or the sign-in not back yet) keeps its
+    // cookie: a reload mid-flow must not end it.
+    if let Some(p) = pending
+        .as_ref()
+        .filter(|p| matches!(p.status, PendingStatus::Claimed | PendingStatus::Exchanging))
+    {
+        let doing = if p.status == PendingStatus::Exchanging {
+            "Finishing the connection to Databricks…"
+        } else {
+            "Waiting for you to finish signing in…"
+        };
+        return message(
+            StatusCode::OK,
+            "Still connecting",
+            &[doing.into(), "Reload this page in a moment to see how it went.".into()],
+        );
     }
     let mut response = match pending {
         Some(p) if p.status == PendingStatus::Completed => message(

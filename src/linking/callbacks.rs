@@ -3,12 +3,14 @@
 //! pending link and the browser holding it is the one that claimed it (LNK-03) — and
 //! then each checks its own step.
 
+use std::time::Duration;
+
 use secrecy::SecretString;
 use subtle::ConstantTimeEq;
 
 use super::{CallbackOutcome, CallbackQuery, LinkFlow, same_browser};
 use crate::crypto::hash_secret;
-use crate::store::pending_links::{PendingLink, PendingStatus};
+use crate::store::pending_links::{EXCHANGE_BUDGET_SECONDS, EXCHANGE_CUT_OFF, PendingLink, PendingStatus};
 
 /// Which sign-in the browser is coming back from.
 #[derive(Clone, Copy)]
@@ -134,8 +136,14 @@ impl LinkFlow {
                 return CallbackOutcome::Rejected("Something went wrong on our side.");
             }
         }
-        if let Err(reason) = self.exchange_and_link(&pending, code).await {
-            self.fail(&id_hash, &reason.text, reason.audit.as_deref()).await;
+        let budget = Duration::from_secs(EXCHANGE_BUDGET_SECONDS.unsigned_abs());
+        match tokio::time::timeout(budget, self.exchange_and_link(&pending, code)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => self.fail(&id_hash, &reason.text, reason.audit.as_deref()).await,
+            Err(_) => {
+                tracing::warn!("a code exchange outran its budget; nothing was linked");
+                self.fail(&id_hash, EXCHANGE_CUT_OFF, None).await;
+            }
         }
         CallbackOutcome::Finished
     }

@@ -6,7 +6,7 @@ use url::Url;
 
 use super::{Claimed, Landing, LinkFlow, PENDING_LINK_TTL_SECONDS, Unusable};
 use crate::crypto::{Purpose, hash_secret, random_token};
-use crate::store::pending_links::PendingLink;
+use crate::store::pending_links::{EXCHANGE_BUDGET_SECONDS, EXCHANGE_CUT_OFF, PendingLink, PendingStatus};
 
 impl LinkFlow {
     /// The landing page's facts for link `id`, or why it cannot be used. Reads only.
@@ -125,12 +125,20 @@ impl LinkFlow {
         Ok(url)
     }
 
-    /// The finished pending link of the browser holding `cookie`, for the result page.
+    /// The pending link of the browser holding `cookie`, for the result page. An exchange
+    /// still running past [`EXCHANGE_BUDGET_SECONDS`] was cut off (the bot stopped mid-way):
+    /// it ends as failed here, rather than showing "still connecting" for ever.
     pub async fn result_for_browser(&self, cookie: &str) -> Option<PendingLink> {
-        self.store
-            .find_finished_pending_link(&hash_secret(cookie))
-            .await
-            .ok()
-            .flatten()
+        let browser = hash_secret(cookie);
+        let pending = self.store.find_claimed_pending_link(&browser).await.ok().flatten()?;
+        let cut_off = pending.status == PendingStatus::Exchanging
+            && pending
+                .exchange_started_at
+                .is_some_and(|at| at + EXCHANGE_BUDGET_SECONDS < self.clock.now());
+        if !cut_off {
+            return Some(pending);
+        }
+        self.fail(&pending.id_hash, EXCHANGE_CUT_OFF, None).await;
+        self.store.find_claimed_pending_link(&browser).await.ok().flatten()
     }
 }

@@ -92,6 +92,8 @@ pub struct PendingLink {
     pub failure: Option<String>,
     pub created_at: i64,
     pub expires_at: i64,
+    /// When the code exchange began, once it has.
+    pub exchange_started_at: Option<i64>,
     /// A verified sign-in waiting to replace the current link (vault envelope; LNK-09).
     pub held_link: Option<Vec<u8>>,
     /// Who the current link is, while `held_link` waits.
@@ -104,6 +106,14 @@ impl PendingLink {
         self.status == PendingStatus::Pending && self.expires_at > now
     }
 }
+
+/// How long a code exchange may take, from the Databricks callback to the link stored (the
+/// token request, SCIM `Me`, the writes). It runs on when the browser's request ends first;
+/// one still `exchanging` after this was cut off (the bot stopped mid-way) and is ended.
+pub const EXCHANGE_BUDGET_SECONDS: i64 = 120;
+
+/// What the browser is told of an exchange that was cut off.
+pub const EXCHANGE_CUT_OFF: &str = "The connection to Databricks was cut off before it finished.";
 
 /// A `pending_links` row as the database returns it.
 #[derive(sqlx::FromRow)]
@@ -122,6 +132,7 @@ struct PendingLinkRow {
     failure: Option<String>,
     created_at: i64,
     expires_at: i64,
+    exchange_started_at: Option<i64>,
     held_link: Option<Vec<u8>>,
     replaces: Option<String>,
 }
@@ -146,6 +157,7 @@ impl TryFrom<PendingLinkRow> for PendingLink {
             failure: row.failure,
             created_at: row.created_at,
             expires_at: row.expires_at,
+            exchange_started_at: row.exchange_started_at,
             held_link: row.held_link,
             replaces: row.replaces,
         })
@@ -154,7 +166,7 @@ impl TryFrom<PendingLinkRow> for PendingLink {
 
 const COLUMNS: &str = "id_hash, team_id, user_id, channel_id, thread_ts, status, browser_hash, \
      slack_nonce_hash, slack_verified, pkce_verifier, databricks_user, failure, created_at, expires_at, \
-     held_link, replaces";
+     exchange_started_at, held_link, replaces";
 
 /// What completing a link writes, all in one transaction.
 pub struct Completion<'a> {
@@ -249,6 +261,16 @@ impl Store {
         slack_state_hash: &[u8],
     ) -> Result<Option<PendingLink>, sqlx::Error> {
         self.pending_where("slack_state_hash = $1", slack_state_hash).await
+    }
+
+    /// The most recent pending link this browser claimed, however far it got.
+    pub async fn find_claimed_pending_link(&self, browser_hash: &[u8]) -> Result<Option<PendingLink>, sqlx::Error> {
+        self.pending_where(
+            "browser_hash = $1 AND status IN ('claimed', 'exchanging', 'confirming', 'completed', 'failed') \
+             ORDER BY created_at DESC LIMIT 1",
+            browser_hash,
+        )
+        .await
     }
 
     /// The most recent pending link finished in the browser holding this cookie.
@@ -356,7 +378,7 @@ impl Store {
     pub async fn begin_exchange(&self, id_hash: &[u8], now: i64) -> Result<bool, sqlx::Error> {
         on_pool!(self.write, |pool| {
             sqlx::query(
-                "UPDATE pending_links SET status = 'exchanging' \
+                "UPDATE pending_links SET status = 'exchanging', exchange_started_at = $2 \
                  WHERE id_hash = $1 AND status = 'claimed' AND expires_at > $2",
             )
             .bind(id_hash)

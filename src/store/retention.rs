@@ -5,7 +5,8 @@
 //! - delivered event ids: a day (Slack retries for minutes; a day is ample for de-duplication);
 //! - finished jobs (`done`, `failed`): seven days after they finished;
 //! - conversations: seven days after their last turn;
-//! - pending links, whatever their state: a day after they expired;
+//! - pending links, whatever their state: a day after they expired; and before that, an
+//!   exchange still `exchanging` past its budget (the bot stopped mid-way) ends as failed;
 //! - private answers not shared: a day (their "Share in channel" button then stops working);
 //! - questions still `waiting` a week after they were asked, with no live link in flight
 //!   for their person: `failed` (their person never connected; linking would have queued
@@ -16,6 +17,7 @@
 
 use super::audit::{Actor, AuditEvent, AuditKind, insert_audit_event};
 use super::jobs::record_slack_event;
+use super::pending_links::{EXCHANGE_BUDGET_SECONDS, EXCHANGE_CUT_OFF};
 use super::{Store, WritePool, on_pool};
 use crate::domain::{TeamId, UserId};
 
@@ -63,6 +65,8 @@ pub struct Expired {
     pub finished_jobs: u64,
     /// Idle conversations deleted.
     pub conversations: u64,
+    /// Code exchanges cut off (still `exchanging` past their budget) ended as failed.
+    pub cut_off_exchanges: u64,
     /// Long-expired pending links deleted.
     pub pending_links: u64,
     /// Private answers past their sharing time deleted.
@@ -76,6 +80,7 @@ impl Expired {
             + self.abandoned_questions
             + self.finished_jobs
             + self.conversations
+            + self.cut_off_exchanges
             + self.pending_links
             + self.private_answers
     }
@@ -103,6 +108,11 @@ const DELETE_IDLE_CONVERSATIONS: &str = "DELETE FROM conversations WHERE updated
 
 const DELETE_OLD_PRIVATE_ANSWERS: &str = "DELETE FROM private_answers WHERE created_at < $1 \
      AND id IN (SELECT id FROM private_answers WHERE created_at < $1 LIMIT $2)";
+
+const FAIL_CUT_OFF_EXCHANGES: &str = "UPDATE pending_links SET status = 'failed', failure = $1, \
+     pkce_verifier = NULL WHERE status = 'exchanging' AND exchange_started_at < $2 \
+     AND id_hash IN (SELECT id_hash FROM pending_links WHERE status = 'exchanging' AND exchange_started_at < $2 \
+         LIMIT $3)";
 
 const DELETE_EXPIRED_PENDING_LINKS: &str = "DELETE FROM pending_links WHERE expires_at < $1 \
      AND id_hash IN (SELECT id_hash FROM pending_links WHERE expires_at < $1 LIMIT $2)";
@@ -221,6 +231,14 @@ impl Store {
                 batch,
             )
             .await?;
+        let cut_off_exchanges = self
+            .in_batches(
+                FAIL_CUT_OFF_EXCHANGES,
+                Some(EXCHANGE_CUT_OFF),
+                &[now - EXCHANGE_BUDGET_SECONDS],
+                batch,
+            )
+            .await?;
         let pending_links = self
             .in_batches(
                 DELETE_EXPIRED_PENDING_LINKS,
@@ -242,6 +260,7 @@ impl Store {
             abandoned_questions,
             finished_jobs,
             conversations,
+            cut_off_exchanges,
             pending_links,
             private_answers,
         })

@@ -14,7 +14,7 @@ use databricks_slack_bot::jobs::retention::Retention;
 use databricks_slack_bot::lifecycle::Lifecycle;
 use databricks_slack_bot::store::Store;
 use databricks_slack_bot::store::jobs::{Job, NewJob};
-use databricks_slack_bot::store::pending_links::NewPendingLink;
+use databricks_slack_bot::store::pending_links::{EXCHANGE_CUT_OFF, NewPendingLink, PendingStatus};
 use databricks_slack_bot::store::retention::{Expired, NEVER_CONNECTED, TeamPurge};
 use serde_json::{Value, json};
 
@@ -560,6 +560,34 @@ async fn purging_a_workspace_stops_its_running_and_waiting_questions_and_fences_
 // ---------------------------------------------------------------------------------------
 // Retention
 
+// Issue 12: a code exchange the bot was stopped in the middle of (a crash, a restart) stays
+// `exchanging`; past its budget the purge ends it as failed, for the result page to say so,
+// and one still within its budget is left to finish.
+#[tokio::test]
+async fn an_exchange_cut_off_past_its_budget_is_ended_as_failed() {
+    for db in TestDb::all().await {
+        let store = db.open().await;
+        for (tag, user, started) in [(1, "U0AAAAAA1", NOW - 121), (2, "U0AAAAAA2", NOW - 60)] {
+            pending_link(&store, tag, TEAM_A, user, started - 30, NOW + 600).await;
+            let claimed = store
+                .claim_pending_link(&[tag; 32], &[9; 32], started - 20, NOW + 600)
+                .await;
+            assert!(claimed.unwrap().is_some());
+            assert!(store.begin_exchange(&[tag; 32], started).await.unwrap());
+        }
+
+        let expired = store.purge_expired(NOW, 10).await.unwrap();
+
+        assert_eq!(expired.cut_off_exchanges, 1, "{}", db.name);
+        let cut_off = store.find_pending_link(&[1; 32]).await.unwrap().unwrap();
+        assert_eq!(cut_off.status, PendingStatus::Failed, "{}", db.name);
+        assert_eq!(cut_off.failure.as_deref(), Some(EXCHANGE_CUT_OFF));
+        assert!(cut_off.pkce_verifier.is_none());
+        let running = store.find_pending_link(&[2; 32]).await.unwrap().unwrap();
+        assert_eq!(running.status, PendingStatus::Exchanging, "{}", db.name);
+    }
+}
+
 #[tokio::test]
 async fn retention_purges_exactly_the_rows_past_their_time_in_small_batches_and_keeps_the_rest() {
     for db in TestDb::all().await {
@@ -616,6 +644,7 @@ async fn retention_purges_exactly_the_rows_past_their_time_in_small_batches_and_
                 abandoned_questions: 1,
                 finished_jobs: 2,
                 conversations: 3,
+                cut_off_exchanges: 0,
                 pending_links: 3,
                 private_answers: 1,
             },

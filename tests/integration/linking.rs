@@ -973,3 +973,76 @@ async fn a_replacement_confirmed_from_another_site_is_refused() {
     assert_eq!(linked_as(&app).await, "alice.admin@example.com");
     app.stop().await;
 }
+
+// Issue 12: the browser's request for the Databricks callback ends before the code exchange
+// does (a closed tab, the request timeout). The exchange still finishes: the person is
+// linked and their question answered; the result page meanwhile says it is still connecting
+// and keeps the cookie, so a reload does not end the flow.
+#[tokio::test]
+async fn a_callback_cut_off_mid_exchange_still_links_and_answers() {
+    let app = TestApp::spawn().await;
+    let id = app.ask_for_link("Ev1", "how many orders?").await;
+    let claimed = app.claim_link(&id).await.expect("claimed");
+    let back = app.databricks.authorize(&claimed.location, &FakeUser::asker());
+    app.databricks.script(Scripted::Delay(Duration::from_millis(1500)));
+
+    let path = format!("{}?{}", back.path(), back.query().unwrap());
+    let cut_off = browser()
+        .get(app.url(&path))
+        .header("cookie", claimed.cookie.as_str())
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await;
+    assert!(cut_off.is_err(), "the browser gave up first");
+
+    let reloaded = browser()
+        .get(app.url("/link/result"))
+        .header("cookie", claimed.cookie.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        reloaded.headers().get("set-cookie").is_none(),
+        "the flow's cookie stays"
+    );
+    let page = reloaded.text().await.unwrap();
+    assert!(page.contains("Still connecting"), "{page}");
+
+    app.wait_for_answer("answer: how many orders?").await;
+    assert_eq!(links_count(&app).await, 1);
+    let page = result_page(&app, &claimed.cookie).await;
+    assert!(page.contains("You’re connected"), "{page}");
+    app.stop().await;
+}
+
+// Issue 12: an exchange the bot was stopped in the middle of is not "still connecting" for
+// ever: past its budget the result page ends it and says so.
+#[tokio::test]
+async fn an_exchange_cut_off_by_a_stop_is_told_as_failed_after_its_budget() {
+    let app = TestApp::spawn().await;
+    let id = app.ask_for_link("Ev1", "how many orders?").await;
+    let claimed = app.claim_link(&id).await.expect("claimed");
+    let pending = app
+        .store
+        .find_pending_link(&databricks_slack_bot::crypto::hash_secret(&id))
+        .await
+        .unwrap()
+        .unwrap();
+    // As a process that stopped right after taking the exchange leaves it.
+    assert!(
+        app.store
+            .begin_exchange(&pending.id_hash, app.clock.now())
+            .await
+            .unwrap()
+    );
+
+    assert!(result_page(&app, &claimed.cookie).await.contains("Still connecting"));
+    app.clock.advance(121);
+    let page = result_page(&app, &claimed.cookie).await;
+    assert!(
+        page.contains("Nothing was linked") && page.contains("cut off before it finished"),
+        "{page}"
+    );
+    assert_eq!(links_count(&app).await, 0);
+    app.stop().await;
+}
