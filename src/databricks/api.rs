@@ -48,7 +48,10 @@ impl Identity {
             .unwrap_or(&self.user_name)
     }
 
-    /// Whether `email` is one of this user's addresses or their userName (ignoring case).
+    /// Whether `email` is one of this user's addresses or their userName: the whole address,
+    /// surrounding spaces aside, equal but for ASCII case. Nothing else is folded: a
+    /// `+tag` is part of the address (`ada+x@` is not `ada@`: only the mail provider knows
+    /// whether they share a mailbox), and non-ASCII letters must match exactly.
     pub fn has_email(&self, email: &str) -> bool {
         let email = email.trim();
         !email.is_empty()
@@ -454,6 +457,35 @@ mod tests {
             recorded("temporarily-unavailable-503"),
             ApiError::Transient("HTTP 503 TEMPORARILY_UNAVAILABLE".into())
         );
+    }
+
+    // LNK-08 (issue 12): the rule the email check compares by.
+    #[test]
+    fn emails_match_whole_and_only_across_ascii_case() {
+        let ada = Identity {
+            id: "1".into(),
+            user_name: "Ada.Lovelace@Example.com".into(),
+            display_name: None,
+            emails: vec!["ada@analytical.example".into()],
+        };
+        for same in [
+            "ada.lovelace@example.com",
+            "  ADA.LOVELACE@EXAMPLE.COM ",
+            "Ada@Analytical.Example",
+        ] {
+            assert!(ada.has_email(same), "{same}");
+        }
+        for other in [
+            "",
+            " ",
+            "ada.lovelace+x@example.com",
+            "ada.lovelace@example.com.evil",
+            "lovelace@example.com",
+            "ada@analytical.example\u{0}",
+            "ada.lovelace@examp\u{0131}e.com",
+        ] {
+            assert!(!ada.has_email(other), "{other:?}");
+        }
     }
 
     #[test]

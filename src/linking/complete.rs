@@ -16,7 +16,7 @@ use crate::databricks::api::{Databricks, Identity};
 use crate::databricks::bearer::{Bearer, Renew};
 use crate::databricks::oauth::DatabricksOAuth;
 use crate::domain::{TeamId, UserId};
-use crate::slack::api::SlackApiError;
+use crate::slack::api::{SlackApiError, SlackEmail};
 use crate::slack::messages;
 use crate::store::links::{Link, NewLink};
 use crate::store::pending_links::{Completion, PendingLink, PendingStatus};
@@ -240,8 +240,8 @@ impl LinkFlow {
         ) {
             return Ok(());
         }
-        let slack_email = match self.slack.user_info(user.as_str()).await {
-            Ok(u) => u.profile.and_then(|p| p.email).map(|e| e.0),
+        let slack_email = match self.slack.email_of(user.as_str()).await {
+            Ok(email) => email,
             Err(e) => {
                 tracing::warn!(error = %e, "users.info failed during the identity check");
                 return Err(Failure::plain(
@@ -250,8 +250,17 @@ impl LinkFlow {
             }
         };
         match slack_email {
-            Some(email) if identity.has_email(&email) => Ok(()),
-            _ => {
+            SlackEmail::Confirmed(email) if identity.has_email(&email) => Ok(()),
+            // An address anyone could have typed into their profile proves nothing.
+            SlackEmail::Unconfirmed | SlackEmail::Missing => {
+                tracing::warn!(%team, %user, "no confirmed Slack email to check a link against");
+                Err(Failure::plain(
+                    "Slack does not report a confirmed email address for your account, so it can't be matched \
+                     to your Databricks account and nothing was linked. Confirm your email in Slack, or ask your \
+                     Slack admin, then try again.",
+                ))
+            }
+            SlackEmail::Confirmed(_) => {
                 tracing::warn!(%team, %user, databricks_user = %identity.user_name, "identity mismatch while linking");
                 let text = format!(
                     "The Databricks account you signed in with ({}) does not match your Slack account's email, \

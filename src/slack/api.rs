@@ -278,9 +278,53 @@ impl SlackApi {
         Ok(opened.channel.id)
     }
 
+    /// `user`'s email as Slack vouches for it: `users.info`'s `is_email_confirmed` (which
+    /// slack-morphism's `SlackUser` leaves out, so this call reads it itself).
+    pub async fn email_of(&self, user: &str) -> Result<SlackEmail, SlackApiError> {
+        #[derive(Deserialize)]
+        struct Info {
+            user: Person,
+        }
+        #[derive(Deserialize)]
+        struct Person {
+            #[serde(default)]
+            is_email_confirmed: Option<bool>,
+            #[serde(default)]
+            profile: Option<Profile>,
+        }
+        #[derive(Deserialize)]
+        struct Profile {
+            #[serde(default)]
+            email: Option<String>,
+        }
+        let params = vec![("user", Some(user))];
+        let info: Info = call!(self, |s| s.http_session_api.http_get(
+            "users.info",
+            &params,
+            Some(&SLACK_TIER4_METHOD_CONFIG)
+        ))?;
+        let email = info.user.profile.and_then(|p| p.email).filter(|e| !e.trim().is_empty());
+        Ok(match (email, info.user.is_email_confirmed) {
+            (Some(email), Some(true)) => SlackEmail::Confirmed(email),
+            (Some(_), _) => SlackEmail::Unconfirmed,
+            (None, _) => SlackEmail::Missing,
+        })
+    }
+
     /// `users.info`.
     pub async fn user_info(&self, user: &str) -> Result<SlackUser, SlackApiError> {
         let request = SlackApiUsersInfoRequest::new(user.into());
         Ok(call!(self, |s| s.users_info(&request))?.user)
     }
+}
+
+/// A person's email, as far as Slack vouches for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlackEmail {
+    /// Slack reports the address confirmed (`is_email_confirmed: true`).
+    Confirmed(String),
+    /// An address Slack does not report confirmed: it proves nothing.
+    Unconfirmed,
+    /// No address (the `users:read.email` scope is missing, or the profile has none).
+    Missing,
 }

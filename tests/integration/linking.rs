@@ -13,7 +13,7 @@ use databricks_slack_bot::clock::Clock;
 use databricks_slack_bot::crypto::{Binding, Purpose};
 use databricks_slack_bot::domain::{TeamId, UserId};
 use secrecy::ExposeSecret;
-use serde_json::json;
+use serde_json::{Value, json};
 
 const ASKER_TEAM: &str = "T061EG9R6";
 const ASKER: &str = "U061F7AUR";
@@ -1045,4 +1045,38 @@ async fn an_exchange_cut_off_by_a_stop_is_told_as_failed_after_its_budget() {
     );
     assert_eq!(links_count(&app).await, 0);
     app.stop().await;
+}
+
+// Issue 12 (LNK-08): an email Slack does not report confirmed proves nothing (anyone can type
+// any address into a profile on some workspaces): nothing is linked, even when it matches.
+#[tokio::test]
+async fn an_unconfirmed_slack_email_links_nothing_even_when_it_matches() {
+    for confirmation in [json!(false), Value::Null] {
+        let mut user = json!({"id": "U061F7AUR", "team_id": "T061EG9R6", "name": "alice",
+                              "profile": {"real_name": "Alice Asker", "email": "asker@example.com"}});
+        if !confirmation.is_null() {
+            user["is_email_confirmed"] = confirmation.clone();
+        }
+        let app = TestApp::spawn_with(crate::common::app::Options {
+            slack_mocks: vec![
+                wiremock::Mock::given(wiremock::matchers::path("/api/users.info")).respond_with(
+                    wiremock::ResponseTemplate::new(200).set_body_json(json!({"ok": true, "user": user})),
+                ),
+            ],
+            ..Default::default()
+        })
+        .await;
+        let id = app.ask_for_link("Ev1", "unconfirmed?").await;
+        let claimed = app.claim_link(&id).await.expect("claimed");
+        let back = app.databricks.authorize(&claimed.location, &FakeUser::asker());
+        assert_eq!(callback(&app, &back, Some(&claimed.cookie)).await.status(), 303);
+
+        let page = result_page(&app, &claimed.cookie).await;
+        assert!(
+            page.contains("Nothing was linked") && page.contains("does not report a confirmed email"),
+            "{confirmation}: {page}"
+        );
+        assert_eq!(links_count(&app).await, 0, "{confirmation}");
+        app.stop().await;
+    }
 }

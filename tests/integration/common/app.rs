@@ -167,6 +167,7 @@ pub async fn mount_slack_defaults(slack: &MockServer) {
     Mock::given(path("/api/users.info"))
         .respond_with(ok(
             json!({"ok": true, "user": {"id": "U061F7AUR", "team_id": "T061EG9R6", "is_bot": false, "name": "alice",
+                   "is_email_confirmed": true,
                    "profile": {"display_name": "alice", "real_name": "Alice Asker", "email": "Asker@Example.com"}}}),
         ))
         .mount(slack)
