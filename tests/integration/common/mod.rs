@@ -8,6 +8,7 @@ pub mod fake_databricks;
 pub mod logs;
 pub mod oidc_provider;
 pub mod recorded;
+pub mod slack_oidc;
 pub mod wait;
 
 pub use wait::{PATIENCE, eventually};
