@@ -664,7 +664,7 @@ async fn a_token_endpoint_slower_than_the_refresh_claim_does_not_let_another_pro
 
         assert_eq!(
             sent_refresh_tokens(&databricks),
-            [rt.clone()],
+            [rt],
             "{}: the refresh token was sent once, by the first process",
             db.name
         );
