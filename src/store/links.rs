@@ -336,6 +336,38 @@ impl Store {
         })
     }
 
+    /// Extends a refresh claim to `lock_until` while the refresh runs, only if the claim is
+    /// still the caller's: the link is at `version` and the claim ends at `held_until`, as
+    /// the caller last set it. False when the claim lapsed and another process took it, or
+    /// the link moved on (refreshed, relinked, marked): a renewal never extends someone
+    /// else's claim. (Claims end on whole seconds, so a claim taken over in the same second
+    /// the old one would have ended is indistinguishable; the version still fences every
+    /// write of the result.)
+    pub async fn renew_refresh_lock(
+        &self,
+        team: &TeamId,
+        user: &UserId,
+        version: i64,
+        held_until: i64,
+        lock_until: i64,
+    ) -> Result<bool, sqlx::Error> {
+        on_pool!(self.write, |pool| {
+            sqlx::query(
+                "UPDATE links SET refresh_lock_until = $1 \
+                 WHERE team_id = $2 AND user_id = $3 AND version = $4 AND status = 'active' \
+                   AND refresh_lock_until = $5",
+            )
+            .bind(lock_until)
+            .bind(team.as_str())
+            .bind(user.as_str())
+            .bind(version)
+            .bind(held_until)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected() == 1)
+        })
+    }
+
     /// Commits the result of a refresh of `version`: the (possibly rotated) refresh token,
     /// the new access token, a new version, and the lock released — before anyone uses
     /// the new access token. False if the link changed meanwhile (relinked, removed).
@@ -388,7 +420,9 @@ impl Store {
 
     /// Marks `version` of a link as needing a new connection (Databricks declared the
     /// grant dead), drops its access token, and audits it, in one transaction. False if
-    /// the link had already moved on.
+    /// the link had already moved on: the compare-and-swap on `version` is what keeps a
+    /// refusal of a token another process has since rotated away from ending a healthy
+    /// link (TOK-04).
     pub async fn mark_needs_relink(
         &self,
         team: &TeamId,

@@ -5,19 +5,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::app::{TestApp, audit_trail, config_env, mention};
+use crate::common::app::{TestApp, audit_trail, config_env, mention, rows};
 use crate::common::fake_databricks::{FakeDatabricks, FakeUser, Scripted};
+use crate::common::logs::Captured;
 use crate::common::recorded::recorded;
 use crate::common::{KEY_A, PATIENCE, Person, TestDb, eventually, vault};
 use databricks_slack_bot::clock::{Clock, ManualClock};
 use databricks_slack_bot::config::{Config, Env};
+use databricks_slack_bot::crypto::{Binding, Purpose};
 use databricks_slack_bot::databricks::broker::{BrokerError, REFRESH_MARGIN_SECONDS, TokenBroker};
 use databricks_slack_bot::databricks::oauth::{DatabricksOAuth, http_client};
 use databricks_slack_bot::metrics::Metrics;
 use databricks_slack_bot::store::Store;
 use databricks_slack_bot::store::links::LinkStatus;
-use secrecy::ExposeSecret;
-use serde_json::json;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
 
 const NOW: i64 = 1_800_000_000;
 
@@ -597,4 +600,297 @@ async fn debug_output_of_a_context_a_link_and_an_agent_request_shows_no_token() 
         }
     }
     app.stop().await;
+}
+
+/// The refresh tokens `sent` to the token endpoint, in order.
+fn sent_refresh_tokens(databricks: &FakeDatabricks) -> Vec<String> {
+    databricks
+        .refreshes()
+        .iter()
+        .map(|r| r["refresh_token"].clone())
+        .collect()
+}
+
+// TOK-03: Databricks rotates the refresh token at once but answers after the 30-second
+// claim would have run out. The claim is renewed while the request runs, so the other
+// process waits for that answer instead of sending the token that was just rotated away
+// (which would be refused and end a healthy link).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_endpoint_slower_than_the_refresh_claim_does_not_let_another_process_send_the_spent_token() {
+    for db in TestDb::all().await {
+        let databricks = FakeDatabricks::start().await;
+        let clock = Arc::new(ManualClock::at(NOW));
+        let (a, store) = broker(&db.url, &databricks, clock.clone()).await;
+        let a = Arc::new(a.renewing_claims_every(Duration::from_millis(20)));
+        let (b, other_store) = broker(&db.url, &databricks, clock.clone()).await;
+        let (p, rt) = linked(&store, &databricks).await;
+        let answer = Arc::new(Notify::new());
+        databricks.script(Scripted::RotateThenWaitFor(answer.clone()));
+
+        let first = tokio::spawn({
+            let (a, team, user) = (a.clone(), p.team.clone(), p.user.clone());
+            async move { a.user_context(&team, &user, None).await }
+        });
+        eventually("the first refresh to reach Databricks", PATIENCE, || async {
+            (!databricks.refreshes().is_empty()).then_some(())
+        })
+        .await;
+        clock.advance(31); // longer than a claim lasts unrenewed
+        // Where the claim is not renewed this wait runs out, and the second process shows
+        // what goes wrong.
+        let renewed = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                let link = store.find_link(&p.team, &p.user).await.unwrap().unwrap();
+                if link.refresh_lock_until.is_some_and(|until| until > clock.now()) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .is_ok();
+        let mut second = tokio::spawn({
+            let (team, user) = (p.team.clone(), p.user.clone());
+            async move { b.user_context(&team, &user, None).await }
+        });
+        // Time enough for the second process to refresh on its own, if it were going to.
+        let finished_early = tokio::time::timeout(Duration::from_millis(300), &mut second).await;
+        answer.notify_one();
+        let first = first.await.unwrap();
+        let second = match finished_early {
+            Ok(done) => done.unwrap(),
+            Err(_) => second.await.unwrap(),
+        };
+
+        assert_eq!(
+            sent_refresh_tokens(&databricks),
+            [rt],
+            "{}: the refresh token was sent once, by the first process",
+            db.name
+        );
+        let link = store.find_link(&p.team, &p.user).await.unwrap().unwrap();
+        assert_eq!(link.status, LinkStatus::Active, "{}", db.name);
+        let first = first.unwrap_or_else(|e| panic!("{}: first process: {e}", db.name));
+        let second = second.unwrap_or_else(|e| panic!("{}: second process: {e}", db.name));
+        assert_eq!(
+            first.access_token.expose_secret(),
+            second.access_token.expose_secret(),
+            "{}: the second process uses the first one's token",
+            db.name
+        );
+        assert_eq!(
+            databricks.owner_of(second.access_token.expose_secret()).as_deref(),
+            Some("asker@example.com")
+        );
+        assert!(renewed, "{}: the claim was renewed while the refresh ran", db.name);
+        store.close().await;
+        other_store.close().await;
+    }
+}
+
+// TOK-04: our refresh token is refused because another process refreshed with it first
+// (rotating it) and committed while our request was on its way. The link has moved on, so
+// the refusal says nothing about it: the other process's token is used, nothing is marked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refresh_token_refused_after_another_process_rotated_it_uses_the_new_token_and_marks_nothing() {
+    for db in TestDb::all().await {
+        let databricks = FakeDatabricks::start().await;
+        let clock = Arc::new(ManualClock::at(NOW));
+        let (broker, store) = broker(&db.url, &databricks, clock).await;
+        let (p, rt) = linked(&store, &databricks).await;
+        let version = store.find_link(&p.team, &p.user).await.unwrap().unwrap().version;
+        let ours_arrives = Arc::new(Notify::new());
+        databricks.script(Scripted::WaitFor(ours_arrives.clone()));
+        let other_process = async {
+            eventually("our refresh to reach Databricks", PATIENCE, || async {
+                (!databricks.refreshes().is_empty()).then_some(())
+            })
+            .await;
+            let answer: Value = reqwest::Client::new()
+                .post(format!("{}/oidc/v1/token", databricks.uri))
+                .form(&[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", rt.as_str()),
+                    ("client_id", "test-client"),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let secret = |field: &str| SecretString::from(answer[field].as_str().unwrap().to_owned());
+            let keys = vault(&[KEY_A]);
+            let access = Binding::new(Purpose::AccessToken, &p.team, &p.user, &p.workspace);
+            let committed = store
+                .store_refreshed_tokens(
+                    &p.team,
+                    &p.user,
+                    version,
+                    &keys.seal(p.binding(), &secret("refresh_token")),
+                    keys.primary_key_id().as_str(),
+                    &keys.seal(access, &secret("access_token")),
+                    NOW + 3600,
+                    NOW,
+                )
+                .await
+                .unwrap();
+            assert!(committed);
+            ours_arrives.notify_one();
+            answer["access_token"].as_str().unwrap().to_owned()
+        };
+        let (ours, theirs) = tokio::join!(broker.user_context(&p.team, &p.user, None), other_process);
+
+        let ours = ours.unwrap_or_else(|e| panic!("{}: {e}", db.name));
+        assert_eq!(ours.access_token.expose_secret(), theirs, "{}", db.name);
+        assert_eq!(ours.version, version + 1);
+        assert_eq!(
+            sent_refresh_tokens(&databricks),
+            [rt.clone(), rt],
+            "{}: ours, then the other process's; no third",
+            db.name
+        );
+        let link = store.find_link(&p.team, &p.user).await.unwrap().unwrap();
+        assert_eq!(link.status, LinkStatus::Active, "{}", db.name);
+        assert!(
+            !audit_trail(&db.url)
+                .await
+                .contains(&("relink_needed".to_owned(), "system".to_owned())),
+            "{}",
+            db.name
+        );
+        store.close().await;
+    }
+}
+
+/// Makes the next `failures` writes of a refresh token to `links` fail with a database
+/// error: a trigger whose countdown survives the failed statement (SQLite's `RAISE(FAIL)`
+/// keeps the trigger's earlier changes; a Postgres sequence is never rolled back).
+async fn fail_refresh_token_writes(db_url: &str, failures: u32) {
+    if db_url.starts_with("sqlite://") {
+        let pool = sqlx::SqlitePool::connect(db_url).await.unwrap();
+        sqlx::raw_sql(&format!(
+            "CREATE TABLE injected_failures (remaining INTEGER NOT NULL); \
+             INSERT INTO injected_failures VALUES ({failures}); \
+             CREATE TRIGGER inject_failure BEFORE UPDATE OF refresh_token ON links \
+             WHEN (SELECT remaining FROM injected_failures) > 0 \
+             BEGIN \
+                 UPDATE injected_failures SET remaining = remaining - 1; \
+                 SELECT RAISE(FAIL, 'injected write failure'); \
+             END;"
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(db_url).await.unwrap();
+        sqlx::raw_sql(&format!(
+            "CREATE SEQUENCE injected_failures; \
+             CREATE FUNCTION inject_failure() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN \
+                 IF nextval('injected_failures') <= {failures} THEN \
+                     RAISE EXCEPTION 'injected write failure'; \
+                 END IF; \
+                 RETURN NEW; \
+             END $$; \
+             CREATE TRIGGER inject_failure BEFORE UPDATE OF refresh_token ON links \
+             FOR EACH ROW EXECUTE FUNCTION inject_failure();"
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    }
+}
+
+/// How many write failures [`fail_refresh_token_writes`] has injected so far.
+async fn injected_failures(db_url: &str, failures: u32) -> i64 {
+    let sql = if db_url.starts_with("sqlite://") {
+        format!("SELECT {failures} - remaining FROM injected_failures")
+    } else {
+        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM injected_failures".to_owned()
+    };
+    let injected: Vec<(i64,)> = rows(db_url, &sql).await;
+    injected[0].0.min(i64::from(failures))
+}
+
+// After Databricks has rotated the refresh token, the new one exists only in the
+// process's memory until it is stored: a failing write is tried again, not given up.
+#[tokio::test]
+async fn a_refreshed_token_whose_first_writes_fail_is_stored_by_a_retry() {
+    for db in TestDb::all().await {
+        let databricks = FakeDatabricks::start().await;
+        let clock = Arc::new(ManualClock::at(NOW));
+        let (broker, store) = broker(&db.url, &databricks, clock.clone()).await;
+        let (p, rt) = linked(&store, &databricks).await;
+        fail_refresh_token_writes(&db.url, 2).await;
+
+        let ctx = broker
+            .user_context(&p.team, &p.user, None)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", db.name));
+        assert_eq!(
+            injected_failures(&db.url, 2).await,
+            2,
+            "{}: both writes failed",
+            db.name
+        );
+        assert_eq!(
+            databricks.owner_of(ctx.access_token.expose_secret()).as_deref(),
+            Some("asker@example.com")
+        );
+        let stored = stored_refresh_token(&store, &p).await;
+        assert_ne!(stored, rt, "{}", db.name);
+        assert!(
+            databricks.state.lock().unwrap().refresh_tokens.contains_key(&stored),
+            "{}: the rotated token is the one stored",
+            db.name
+        );
+        // And it works: the next refresh uses it.
+        clock.advance(3600);
+        broker.user_context(&p.team, &p.user, None).await.unwrap();
+        assert_eq!(sent_refresh_tokens(&databricks), [rt, stored], "{}", db.name);
+        store.close().await;
+    }
+}
+
+// When every write fails, the rotated refresh token is lost: that is said loudly in the
+// logs, without the token, and the person is not handed an access token nothing stored.
+#[tokio::test]
+async fn a_refreshed_token_that_cannot_be_stored_is_reported_loudly_without_the_token() {
+    let logs = Captured::default();
+    // This test's runtime is single-threaded, so everything it awaits logs here.
+    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let db = TestDb::sqlite();
+    let databricks = FakeDatabricks::start().await;
+    let (broker, store) = broker(&db.url, &databricks, Arc::new(ManualClock::at(NOW))).await;
+    let (p, rt) = linked(&store, &databricks).await;
+    fail_refresh_token_writes(&db.url, 1000).await;
+
+    let error = broker.user_context(&p.team, &p.user, None).await.unwrap_err();
+    assert!(matches!(error, BrokerError::Store(_)), "{error:?}");
+    assert_eq!(
+        injected_failures(&db.url, 1000).await,
+        4,
+        "the first write and three more"
+    );
+    let logged = logs.text();
+    let loud = logged
+        .lines()
+        .find(|line| line.contains("ERROR") && line.contains("could not store a refreshed token"));
+    assert!(loud.is_some_and(|line| line.contains("attempts=4")), "{logged}");
+    let rotated: Vec<String> = databricks
+        .state
+        .lock()
+        .unwrap()
+        .refresh_tokens
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(rotated.len(), 1, "Databricks rotated the token");
+    for secret in [&rotated[0], &rt] {
+        assert!(!logged.contains(secret.as_str()), "{secret} in {logged}");
+    }
+    store.close().await;
 }

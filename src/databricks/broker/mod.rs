@@ -6,15 +6,23 @@
 //! - At most one refresh per person at a time: across tasks (an in-process lock per
 //!   person) and across processes (`refresh_lock_until`, set by compare-and-swap on the
 //!   link's `version`). Everyone else waits and then uses the winner's token.
+//! - The cross-process claim outlives the refresh: it is renewed while the token request
+//!   runs, and the request is bounded. Otherwise a slow token endpoint lets the claim
+//!   lapse, a second process sends the refresh token the first has just had rotated away,
+//!   and a healthy link ends in `needs_relink` (TOK-03).
 //! - The rotated refresh token is committed before the new access token is used; an
-//!   answer without a refresh token keeps the old one.
-//! - A dead grant marks the link `needs_relink` (once); transient failures leave it
-//!   alone; a rejected client is an operator error that never touches anyone's link.
+//!   answer without a refresh token keeps the old one. A failed write is tried again: by
+//!   then the new refresh token exists only in this process's memory.
+//! - A dead grant marks the link `needs_relink` (once), but only if the link is still at
+//!   the version whose token was refused; if another process refreshed meanwhile, its
+//!   token is used instead (TOK-04). Transient failures leave the link alone; a rejected
+//!   client is an operator error that never touches anyone's link.
 
 pub mod rotation;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +32,7 @@ use secrecy::SecretString;
 use crate::clock::SharedClock;
 use crate::crypto::{Binding, Purpose, Vault, VaultError};
 use crate::databricks::bearer::{Bearer, Renew};
-use crate::databricks::oauth::{DatabricksOAuth, TokenError};
+use crate::databricks::oauth::{DatabricksOAuth, TokenError, Tokens};
 use crate::domain::{TeamId, UserId, WorkspaceHost};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -36,10 +44,25 @@ use crate::store::links::{Link, LinkStatus};
 /// handed out outlives it: one expiring mid-answer would make the agent start over (and
 /// Genie hold the question twice).
 pub const REFRESH_MARGIN_SECONDS: i64 = 900;
-/// How long a refresh claim holds before another process may take over.
+/// How long a refresh claim holds, from when it was taken or last renewed, before another
+/// process may take over: how long a process that dies mid-refresh blocks the person.
 const REFRESH_LOCK_SECONDS: i64 = 30;
-/// How long to wait for another process's refresh before giving up for now.
-const WAIT_FOR_OTHER_REFRESH: Duration = Duration::from_secs(35);
+/// How often a running refresh renews its claim: a third of the claim, so two renewals
+/// in a row can fail (a database blip) before it lapses.
+const RENEW_CLAIM_EVERY: Duration = Duration::from_secs(10);
+/// Longest one token request may take, discovery included. Half the claim, so even a
+/// claim nobody renews outlives one request; a refresh makes at most two (TOK-05), and
+/// the bound is what keeps a hung token endpoint from holding a renewed claim forever.
+const TOKEN_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Pauses between attempts to store a refresh's result when the database fails.
+const STORE_RETRY_PAUSES: [Duration; 3] = [
+    Duration::from_millis(100),
+    Duration::from_millis(500),
+    Duration::from_secs(2),
+];
+/// How long to wait for another process's refresh before giving up for now: longer than
+/// a refresh takes with a working database (two token requests, then the write's retries).
+const WAIT_FOR_OTHER_REFRESH: Duration = Duration::from_secs(40);
 
 /// Everything an agent needs to act as the person: never stored by the agent.
 #[derive(Clone)]
@@ -103,6 +126,8 @@ pub struct TokenBroker {
     oauth: DatabricksOAuth,
     clock: SharedClock,
     metrics: Arc<Metrics>,
+    /// How often a running refresh renews its claim ([`RENEW_CLAIM_EVERY`]).
+    renew_claim_every: Duration,
     flights: Mutex<HashMap<(TeamId, UserId), Flight>>,
     /// Token-endpoint refusal codes already logged by this process.
     refusals_logged: Mutex<HashSet<&'static str>>,
@@ -119,9 +144,17 @@ impl TokenBroker {
             oauth,
             clock,
             metrics,
+            renew_claim_every: RENEW_CLAIM_EVERY,
             flights: Mutex::new(HashMap::new()),
             refusals_logged: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Renews a running refresh's claim every `every` instead of every ten seconds: for
+    /// tests, whose clock moves past the claim in an instant.
+    pub fn renewing_claims_every(mut self, every: Duration) -> Self {
+        self.renew_claim_every = every;
+        self
     }
 
     /// A usable access token for the person. `refused_version` is the version of a token
@@ -167,13 +200,18 @@ impl TokenBroker {
             }
             let now = self.clock.now();
             let locked_elsewhere = link.refresh_lock_until.is_some_and(|until| until > now);
+            let claim_until = now + REFRESH_LOCK_SECONDS;
             if !locked_elsewhere
                 && self
                     .store
-                    .try_lock_refresh(team, user, link.version, now, now + REFRESH_LOCK_SECONDS)
+                    .try_lock_refresh(team, user, link.version, now, claim_until)
                     .await?
             {
-                return self.refresh(&link).await;
+                match self.refresh(&link, claim_until).await? {
+                    Refreshed::Done(context) => return Ok(context),
+                    // Read the link again and use what the other process stored.
+                    Refreshed::Superseded => continue,
+                }
             }
             // Another process is refreshing (or just did): wait for its result.
             if tokio::time::Instant::now() >= give_up_at {
@@ -198,8 +236,9 @@ impl TokenBroker {
         self.vault.open(binding(link, Purpose::AccessToken), sealed).ok()
     }
 
-    /// Refreshes while holding the person's refresh claim on `link.version`.
-    async fn refresh(&self, link: &Link) -> Result<UserContext, BrokerError> {
+    /// Refreshes while holding the person's refresh claim on `link.version`, which ends
+    /// `claim_until` unless renewed.
+    async fn refresh(&self, link: &Link, claim_until: i64) -> Result<Refreshed, BrokerError> {
         let (team, user, version) = (&link.team, &link.user, link.version);
         let refresh_token = match open_refresh_token(&self.vault, link) {
             Ok(token) => token,
@@ -209,51 +248,35 @@ impl TokenBroker {
                 return Err(BrokerError::Unreadable(error));
             }
         };
-        let mut result = self.oauth.refresh(&refresh_token).await;
-        if matches!(result, Err(TokenError::Timeout)) {
-            // The answer may have been lost after the server rotated the token. Asking once
-            // more with the same token either succeeds or tells us the grant is gone (TOK-05).
-            tracing::warn!("refresh timed out; asking once more with the same refresh token");
-            result = self.oauth.refresh(&refresh_token).await;
-        }
+        // The claim is renewed until the result is stored, or the token endpoint has
+        // refused: a slow answer must not let another process send the same refresh token.
+        let result = self
+            .holding_claim(link, claim_until, async {
+                let tokens = self.ask_for_tokens(&refresh_token).await?;
+                Ok(self.commit(link, tokens, refresh_token.clone()).await)
+            })
+            .await;
         let now = self.clock.now();
         match result {
-            Ok(tokens) => {
-                let refresh_token = tokens.refresh_token.unwrap_or(refresh_token);
-                let sealed_refresh = self.vault.seal(binding(link, Purpose::RefreshToken), &refresh_token);
-                let sealed_access = self
-                    .vault
-                    .seal(binding(link, Purpose::AccessToken), &tokens.access_token);
-                let expires_at = now + tokens.expires_in as i64;
-                let key_id = self.vault.primary_key_id().as_str();
-                // Committed before the access token is used or handed out.
-                if self
-                    .store
-                    .store_refreshed_tokens(
-                        team,
-                        user,
-                        version,
-                        &sealed_refresh,
-                        key_id,
-                        &sealed_access,
-                        expires_at,
-                        now,
-                    )
-                    .await?
-                {
-                    tracing::info!("access token refreshed");
-                    Ok(context(link, tokens.access_token, version + 1))
-                } else {
-                    Err(BrokerError::Transient("the link changed during the refresh".into()))
-                }
-            }
+            Ok(committed) => committed,
             Err(TokenError::DeadGrant(reason)) => {
-                let just_now = self.store.mark_needs_relink(team, user, version, &reason, now).await?;
-                tracing::warn!(
-                    reason,
-                    "the refresh token is no longer valid; the person must connect again"
-                );
-                Err(BrokerError::NeedsRelink { just_now })
+                // Marked only if the link is still at the version whose refresh token was
+                // refused. If it moved on, another process refreshed meanwhile (with
+                // rotation, the token we sent was already spent) or the person relinked:
+                // the refusal says nothing about the token stored now, so use that.
+                if self.store.mark_needs_relink(team, user, version, &reason, now).await? {
+                    tracing::warn!(
+                        reason,
+                        "the refresh token is no longer valid; the person must connect again"
+                    );
+                    Err(BrokerError::NeedsRelink { just_now: true })
+                } else {
+                    tracing::info!(
+                        reason,
+                        "a refresh token was refused after the link had moved on; using the stored one"
+                    );
+                    Ok(Refreshed::Superseded)
+                }
             }
             Err(TokenError::Client(code)) => {
                 self.store.release_refresh_lock(team, user, version).await?;
@@ -277,6 +300,126 @@ impl TokenBroker {
             }
         }
     }
+
+    /// Asks the token endpoint for new tokens, each request bounded by
+    /// [`TOKEN_REQUEST_TIMEOUT`].
+    async fn ask_for_tokens(&self, refresh_token: &SecretString) -> Result<Tokens, TokenError> {
+        let ask = || async {
+            tokio::time::timeout(TOKEN_REQUEST_TIMEOUT, self.oauth.refresh(refresh_token))
+                .await
+                .unwrap_or(Err(TokenError::Timeout))
+        };
+        let result = ask().await;
+        if !matches!(result, Err(TokenError::Timeout)) {
+            return result;
+        }
+        // The answer may have been lost after the server rotated the token. Asking once
+        // more with the same token either succeeds or tells us the grant is gone (TOK-05).
+        tracing::warn!("refresh timed out; asking once more with the same refresh token");
+        ask().await
+    }
+
+    /// Stores a refresh's result on `link.version` before the access token is handed out.
+    /// A database error is tried again after a pause, a few times: Databricks may already
+    /// have rotated the refresh token, and then the new one exists only here. If every
+    /// attempt fails it is lost (never logged): the stored token is refused at the next
+    /// refresh and the person is asked to connect again.
+    async fn commit(
+        &self,
+        link: &Link,
+        tokens: Tokens,
+        old_refresh_token: SecretString,
+    ) -> Result<Refreshed, BrokerError> {
+        let (team, user, version) = (&link.team, &link.user, link.version);
+        let now = self.clock.now();
+        let refresh_token = tokens.refresh_token.unwrap_or(old_refresh_token);
+        let sealed_refresh = self.vault.seal(binding(link, Purpose::RefreshToken), &refresh_token);
+        let sealed_access = self
+            .vault
+            .seal(binding(link, Purpose::AccessToken), &tokens.access_token);
+        let expires_at = now + tokens.expires_in as i64;
+        let key_id = self.vault.primary_key_id().as_str();
+        let mut pauses = STORE_RETRY_PAUSES.iter();
+        let stored = loop {
+            let attempt = self
+                .store
+                .store_refreshed_tokens(
+                    team,
+                    user,
+                    version,
+                    &sealed_refresh,
+                    key_id,
+                    &sealed_access,
+                    expires_at,
+                    now,
+                )
+                .await;
+            match (attempt, pauses.next()) {
+                (Ok(stored), _) => break stored,
+                (Err(error), Some(pause)) => {
+                    tracing::warn!(error = %error, "could not store a refreshed token; trying again");
+                    tokio::time::sleep(*pause).await;
+                }
+                (Err(error), None) => {
+                    tracing::error!(
+                        error = %error,
+                        attempts = STORE_RETRY_PAUSES.len() + 1,
+                        "could not store a refreshed token; if Databricks rotated the refresh token, the new \
+                         one is lost and the person will be asked to connect again at the next refresh"
+                    );
+                    return Err(BrokerError::Store(error));
+                }
+            }
+        };
+        if stored {
+            tracing::info!("access token refreshed");
+            Ok(Refreshed::Done(context(link, tokens.access_token, version + 1)))
+        } else {
+            Err(BrokerError::Transient("the link changed during the refresh".into()))
+        }
+    }
+
+    /// Runs `work` while renewing the refresh claim on `link.version` (which ends
+    /// `claim_until`) every [`RENEW_CLAIM_EVERY`], so the claim outlives a slow refresh.
+    /// A renewal only extends this process's own claim (see
+    /// [`Store::renew_refresh_lock`]); once the claim is lost, renewals stop and `work`
+    /// goes on: its result is stored only if the link is still at `link.version`.
+    async fn holding_claim<T>(&self, link: &Link, claim_until: i64, work: impl Future<Output = T>) -> T {
+        let renew = async {
+            let mut held_until = claim_until;
+            loop {
+                tokio::time::sleep(self.renew_claim_every).await;
+                let until = self.clock.now() + REFRESH_LOCK_SECONDS;
+                match self
+                    .store
+                    .renew_refresh_lock(&link.team, &link.user, link.version, held_until, until)
+                    .await
+                {
+                    Ok(true) => held_until = until,
+                    Ok(false) => {
+                        tracing::warn!("a running refresh lost its claim (it lapsed, or the link changed)");
+                        return;
+                    }
+                    Err(error) => tracing::warn!(error = %error, "could not renew a refresh claim; trying again"),
+                }
+            }
+        };
+        let mut work = std::pin::pin!(work);
+        tokio::select! {
+            output = &mut work => return output,
+            () = renew => {}
+        }
+        work.await
+    }
+}
+
+/// What came of a refresh this process made.
+enum Refreshed {
+    /// The new token, stored.
+    Done(UserContext),
+    /// The link moved on while the refresh ran (another process refreshed, or the person
+    /// relinked): read it again.
+    Superseded,
 }
 
 /// Renews one person's token through the broker: the same single refresh as every other

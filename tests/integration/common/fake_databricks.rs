@@ -54,6 +54,12 @@ pub enum Scripted {
     Delay(Duration),
     /// Answer normally (rotating the token), then hang so the bot never sees it.
     RotateThenHang(Duration),
+    /// Hold the request until the test releases it, then answer normally: the server
+    /// acts on it late.
+    WaitFor(Arc<tokio::sync::Notify>),
+    /// Answer normally (rotating the token) at once, but hold the answer until the test
+    /// releases it: the server acted, its answer is slow.
+    RotateThenWaitFor(Arc<tokio::sync::Notify>),
     Redirect(String),
 }
 
@@ -251,6 +257,12 @@ async fn token(
         Some(Scripted::RotateThenHang(d)) => {
             let _ = answer(&state, &form);
             tokio::time::sleep(d).await;
+        }
+        Some(Scripted::WaitFor(release)) => release.notified().await,
+        Some(Scripted::RotateThenWaitFor(release)) => {
+            let answered = answer(&state, &form);
+            release.notified().await;
+            return answered;
         }
         None => {}
     }
