@@ -1,7 +1,9 @@
 //! LOG-01: with every log at TRACE, a whole linking round-trip and a refresh leave no
-//! secret in the logs or the metrics — not the code, state, PKCE verifier, refresh or
-//! access tokens, the client secret, the signing secret, the bot token or the token
-//! encryption key (CRY-07: the key is never logged).
+//! secret in the logs or the metrics — not the link id, code, state, PKCE verifier,
+//! refresh or access tokens, the client secret, the signing secret, the bot token or the
+//! token encryption key (CRY-07: the key is never logged). Nor do Sign in with Slack (its
+//! client secret, code, state, nonce and id_token) and every way linking fails: consent
+//! denied, an identity mismatch, a made-up state, the token endpoint refusing the client.
 //!
 //! A binary of its own: it installs the process-wide subscriber, which would otherwise
 //! capture every other test's logs as well.
@@ -10,18 +12,45 @@
 #[path = "integration/common/mod.rs"]
 mod common;
 
+use std::sync::OnceLock;
+
 use common::KEY_A;
 use common::app::{BOT_TOKEN, Options, SIGNING_SECRET, TestApp, browser, mention};
-use common::fake_databricks::FakeUser;
+use common::fake_databricks::{FakeUser, Scripted};
 use common::logs::Captured;
+use common::recorded::recorded;
+use common::slack_oidc::{back_from_slack_with, claims, sign, spawn_with_sign_in, to_slack};
 use tracing_subscriber::util::SubscriberInitExt;
 
 const CLIENT_SECRET: &str = "CANARY-databricks-client-secret";
+const SLACK_CLIENT_SECRET: &str = "CANARY-slack-client-secret";
+
+/// Every log line of this binary, at TRACE: the subscriber is process-wide.
+fn logs() -> &'static Captured {
+    static LOGS: OnceLock<Captured> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Captured::default();
+        logs.subscriber().init();
+        logs
+    })
+}
+
+/// Asserts that none of `secrets` is in the logs or in `metrics`.
+fn assert_nowhere(secrets: &[String], metrics: &str) {
+    let logs = logs().text();
+    for secret in secrets {
+        assert!(!secret.is_empty());
+        assert!(!logs.contains(secret.as_str()), "a secret reached the logs: {secret}");
+        assert!(
+            !metrics.contains(secret.as_str()),
+            "a secret reached the metrics: {secret}"
+        );
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_the_logs_or_metrics_even_at_trace() {
-    let logs = Captured::default();
-    logs.subscriber().init();
+    let logs = logs();
 
     let app = TestApp::spawn_with(Options {
         extra_env: vec![("DATABRICKS_CLIENT_SECRET", CLIENT_SECRET.into())],
@@ -51,6 +80,7 @@ async fn no_secret_reaches_the_logs_or_metrics_even_at_trace() {
     let metrics = app.get("/metrics").await.1;
 
     let mut secrets: Vec<String> = vec![
+        id.clone(),
         CLIENT_SECRET.into(),
         SIGNING_SECRET.into(),
         BOT_TOKEN.into(),
@@ -71,16 +101,132 @@ async fn no_secret_reaches_the_logs_or_metrics_even_at_trace() {
     secrets.extend(agent_tokens);
     assert!(secrets.len() >= 10, "{secrets:?}");
     app.stop().await;
-    let logs = logs.text();
+    let text = logs.text();
     assert!(
-        logs.contains("TRACE") && logs.contains("access token refreshed"),
+        text.contains("TRACE") && text.contains("access token refreshed"),
         "logging ran at trace"
     );
-    for secret in &secrets {
-        assert!(!logs.contains(secret.as_str()), "a secret reached the logs: {secret}");
-        assert!(
-            !metrics.contains(secret.as_str()),
-            "a secret reached the metrics: {secret}"
-        );
+    assert_nowhere(&secrets, &metrics);
+}
+
+// Sign in with Slack, and linking's error paths: each leaves its secrets out of the logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_of_sign_in_with_slack_or_a_failed_link_reaches_the_logs() {
+    let logs = logs();
+    let app = spawn_with_sign_in(
+        SLACK_CLIENT_SECRET,
+        vec![("DATABRICKS_CLIENT_SECRET", CLIENT_SECRET.into())],
+    )
+    .await;
+    let mut secrets: Vec<String> = vec![SLACK_CLIENT_SECRET.into(), CLIENT_SECRET.into()];
+    let cookie_value = |cookie: &str| cookie.split('=').nth(1).unwrap().to_owned();
+
+    // Another Slack user opens the link: refused at Slack (an identity mismatch).
+    let at = to_slack(&app, "Ev1").await;
+    let id_token = sign(&claims(&app, &at.nonce, "U0MALLORY"), "test-key-1");
+    back_from_slack_with(&app, &at, "CANARY-slack-code-1", &id_token).await;
+    secrets.extend([
+        cookie_value(&at.cookie),
+        at.state,
+        at.nonce,
+        id_token,
+        "CANARY-slack-code-1".into(),
+    ]);
+
+    // The right Slack user, then consent denied at Databricks.
+    app.clock.advance(61);
+    let at = to_slack(&app, "Ev2").await;
+    let id_token = sign(&claims(&app, &at.nonce, "U061F7AUR"), "test-key-1");
+    let on = back_from_slack_with(&app, &at, "CANARY-slack-code-2", &id_token).await;
+    let authorize = url::Url::parse(on.headers()["location"].to_str().unwrap()).unwrap();
+    let state = authorize
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    browser()
+        .get(app.url(&format!("/oauth/databricks/callback?error=access_denied&state={state}")))
+        .header("cookie", &at.cookie)
+        .send()
+        .await
+        .unwrap();
+    secrets.extend([
+        cookie_value(&at.cookie),
+        at.state,
+        at.nonce,
+        id_token,
+        state,
+        "CANARY-slack-code-2".into(),
+    ]);
+
+    // The right Slack user, then another Databricks account (an identity mismatch), then a
+    // token endpoint refusing the client.
+    for (event, script) in [("Ev3", None), ("Ev4", Some(recorded("token-endpoint-invalid-client")))] {
+        app.clock.advance(61);
+        let at = to_slack(&app, event).await;
+        let id_token = sign(&claims(&app, &at.nonce, "U061F7AUR"), "test-key-1");
+        let on = back_from_slack_with(&app, &at, "CANARY-slack-code-3", &id_token).await;
+        let location = on.headers()["location"].to_str().unwrap().to_owned();
+        let user = match &script {
+            None => FakeUser::named("mallory@example.com", "Mallory"),
+            Some(_) => FakeUser::asker(),
+        };
+        let back = app.databricks.authorize(&location, &user);
+        if let Some(script) = script {
+            app.databricks.script(Scripted::Recorded(script));
+        }
+        let path = format!("{}?{}", back.path(), back.query().unwrap());
+        browser()
+            .get(app.url(&path))
+            .header("cookie", &at.cookie)
+            .send()
+            .await
+            .unwrap();
+        let q: std::collections::HashMap<String, String> = back.query_pairs().into_owned().collect();
+        secrets.extend([
+            cookie_value(&at.cookie),
+            at.state,
+            at.nonce,
+            id_token,
+            q["code"].clone(),
+            q["state"].clone(),
+        ]);
     }
+    for request in app.databricks.token_requests() {
+        for field in ["code_verifier", "code"] {
+            if let Some(value) = request.get(field) {
+                secrets.push(value.clone());
+            }
+        }
+    }
+
+    // A made-up state, and a link id guessed wrong.
+    browser()
+        .get(app.url("/oauth/databricks/callback?code=CANARY-code-guess&state=CANARY-state-guess"))
+        .send()
+        .await
+        .unwrap();
+    browser()
+        .get(app.url("/link/CANARYlinkidguess00000"))
+        .send()
+        .await
+        .unwrap();
+    secrets.extend([
+        "CANARY-code-guess".into(),
+        "CANARY-state-guess".into(),
+        "CANARYlinkidguess00000".into(),
+    ]);
+
+    let metrics = app.get("/metrics").await.1;
+    app.stop().await;
+    let text = logs.text();
+    assert!(
+        text.contains("Sign in with Slack: the browser belongs to someone else")
+            && text.contains("identity mismatch while linking")
+            && text.contains("a linking request was refused"),
+        "the error paths ran: {text}"
+    );
+    assert!(secrets.len() >= 25, "{secrets:?}");
+    assert_nowhere(&secrets, &metrics);
 }
