@@ -30,7 +30,7 @@ use crate::jobs::worker::{Done, JobError};
 use crate::linking::offer_link;
 use crate::metrics::{AnswerOutcome, Metrics};
 use crate::services::Services;
-use crate::slack::api::SlackApi;
+use crate::slack::api::{Membership, SlackApi};
 use crate::slack::messages;
 use crate::slack::render::{self, Attribution};
 use delivery::{Outbox, Placeholder};
@@ -94,15 +94,6 @@ impl Question {
     }
 }
 
-/// What we know about an asker from `users.info`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Asker {
-    Person,
-    Bot,
-    /// From another organisation (a Slack Connect channel).
-    External,
-}
-
 /// Answers questions.
 pub struct Questions {
     store: Store,
@@ -112,7 +103,7 @@ pub struct Questions {
     public_base_url: Url,
     visibility: AnswerVisibility,
     clock: SharedClock,
-    askers: Mutex<HashMap<(TeamId, UserId), (Asker, i64)>>,
+    askers: Mutex<HashMap<(TeamId, UserId), (Membership, i64)>>,
     metrics: Arc<Metrics>,
     breaker: Breaker,
 }
@@ -229,12 +220,12 @@ impl Questions {
             ))));
         }
         match self.asker(q).await? {
-            Asker::Bot => {
+            Membership::Bot => {
                 tracing::info!("question from a bot ignored");
                 return Ok(ControlFlow::Break(Ending::Quiet));
             }
-            Asker::External => return Ok(ControlFlow::Break(Ending::Tell(messages::external_user_refusal()))),
-            Asker::Person => {}
+            Membership::External => return Ok(ControlFlow::Break(Ending::Tell(messages::external_user_refusal()))),
+            Membership::Member => {}
         }
         let context = match self.user_context(q, None).await {
             Ok(context) => context,
@@ -491,7 +482,7 @@ impl Questions {
     }
 
     /// Whether the asker is a person of this organisation, asking Slack once an hour.
-    async fn asker(&self, q: &Question) -> Result<Asker, JobError> {
+    async fn asker(&self, q: &Question) -> Result<Membership, JobError> {
         let key = (q.team.clone(), q.user.clone());
         let now = self.clock.now();
         if let Some((asker, at)) = self.askers.lock().expect("not poisoned").get(&key)
@@ -499,24 +490,7 @@ impl Questions {
         {
             return Ok(*asker);
         }
-        let asker = match self.slack.user_info(q.user.as_str()).await {
-            Ok(user) if user.flags.is_bot == Some(true) => Asker::Bot,
-            Ok(user)
-                if user.flags.is_stranger == Some(true)
-                    || user.team_id.as_ref().is_some_and(|t| t.as_ref() != q.team.as_str())
-                        && user.enterprise_user.is_none() =>
-            {
-                Asker::External
-            }
-            Ok(_) => Asker::Person,
-            Err(error) if error.is_transient() => return Err(error.into()),
-            Err(error) => {
-                // Without users:read we cannot tell; treat the asker as one of ours (the
-                // link's identity check still decides whose data they can see).
-                tracing::warn!(error = %error, "users.info failed; assuming an internal person");
-                Asker::Person
-            }
-        };
+        let asker = self.slack.membership(&q.team, &q.user).await?;
         self.askers.lock().expect("not poisoned").insert(key, (asker, now));
         Ok(asker)
     }
