@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use crate::agent::{self, Agent};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
+use crate::databricks::broker::rotation::{sealed_under_unknown_keys, unknown_keys};
 use crate::http::slack::SlackRoutes;
 use crate::http::{self, AppState};
 use crate::intake::SlackIntake;
@@ -75,6 +76,12 @@ impl Application {
     /// [`Application::run_until_stopped`].
     pub async fn build(config: &Config, deps: Dependencies) -> anyhow::Result<Self> {
         let services = Services::build(config, deps.clock.clone()).await?;
+        // CRY-06: secrets under a key no longer configured are refused all at once, not
+        // discovered one person at a time as their questions fail.
+        let unknown = unknown_keys(&services.store, &config.vault).await?;
+        if !unknown.is_empty() {
+            anyhow::bail!("{}", sealed_under_unknown_keys(&unknown));
+        }
         let intake = SlackIntake::new(&services);
         let workers = deps.workers.map(|worker_config| {
             let handlers = Handlers {
