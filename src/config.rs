@@ -366,6 +366,9 @@ pub enum AnswerVisibility {
     Thread,
     /// An ephemeral reply with a "Share" button.
     Private,
+    /// Private in channels shared with other organisations (Slack Connect), in the thread
+    /// elsewhere: an answer shows the asker's data to everyone who can read the thread.
+    Auto,
 }
 
 /// Log output format.
@@ -581,18 +584,19 @@ struct WorkerSettings {
     per_user_limit: u32,
 }
 
-/// `ANSWER_VISIBILITY` (default `thread`), `WORKER_CONCURRENCY` (default 8, 1–256) and
+/// `ANSWER_VISIBILITY` (default `auto`), `WORKER_CONCURRENCY` (default 8, 1–256) and
 /// `WORKER_PER_USER_LIMIT` (default 2, 1–16). A bad value is reported and its default kept.
 fn read_workers(r: &mut Reader<'_>) -> Option<WorkerSettings> {
     let answer_visibility = r
         .choice(
             "ANSWER_VISIBILITY",
             &[
+                ("auto", AnswerVisibility::Auto),
                 ("thread", AnswerVisibility::Thread),
                 ("private", AnswerVisibility::Private),
             ],
         )
-        .unwrap_or(AnswerVisibility::Thread);
+        .unwrap_or(AnswerVisibility::Auto);
     let concurrency = r.number("WORKER_CONCURRENCY", 8, 1..=256);
     let per_user_limit = r.number("WORKER_PER_USER_LIMIT", 2, 1..=16);
     Some(WorkerSettings {
@@ -828,7 +832,7 @@ mod tests {
             "https://dbc-1.cloud.databricks.com/oidc/.well-known/oauth-authorization-server"
         );
         assert_eq!(c.identity_check, IdentityCheck::Email);
-        assert_eq!(c.answer_visibility, AnswerVisibility::Thread);
+        assert_eq!(c.answer_visibility, AnswerVisibility::Auto);
         assert_eq!(c.agent.kind, AgentKind::Genie);
         assert_eq!(c.vault.primary_key_id().as_str(), "k1");
     }

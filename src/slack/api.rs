@@ -335,6 +335,30 @@ impl SlackApi {
         }
     }
 
+    /// Whether `channel` is shared with another organisation (Slack Connect), or about to
+    /// be: `conversations.info`'s `is_ext_shared` and `is_pending_ext_shared`, which
+    /// slack-morphism's channel flags leave out, so this call reads them itself.
+    pub async fn is_shared_externally(&self, channel: &str) -> Result<bool, SlackApiError> {
+        #[derive(Deserialize)]
+        struct Info {
+            channel: Flags,
+        }
+        #[derive(Deserialize)]
+        struct Flags {
+            #[serde(default)]
+            is_ext_shared: Option<bool>,
+            #[serde(default)]
+            is_pending_ext_shared: Option<bool>,
+        }
+        let params = vec![("channel", Some(channel))];
+        let info: Info = call!(self, |s| s.http_session_api.http_get(
+            "conversations.info",
+            &params,
+            Some(&SLACK_TIER3_METHOD_CONFIG)
+        ))?;
+        Ok(info.channel.is_ext_shared == Some(true) || info.channel.is_pending_ext_shared == Some(true))
+    }
+
     /// `users.info`.
     pub async fn user_info(&self, user: &str) -> Result<SlackUser, SlackApiError> {
         let request = SlackApiUsersInfoRequest::new(user.into());

@@ -164,6 +164,13 @@ pub async fn mount_slack_defaults(slack: &MockServer) {
         .respond_with(ok(json!({"ok": false, "error": "invalid_arguments"})))
         .mount(slack)
         .await;
+    // A channel of the workspace's own (conversations.info, trimmed to what matters).
+    Mock::given(path("/api/conversations.info"))
+        .respond_with(ok(json!({"ok": true, "channel": {
+            "id": "C0LAN2Q65", "name": "general", "is_channel": true, "is_private": false,
+            "is_shared": false, "is_ext_shared": false, "is_org_shared": false, "is_pending_ext_shared": false}})))
+        .mount(slack)
+        .await;
     Mock::given(path("/api/users.info"))
         .respond_with(ok(
             json!({"ok": true, "user": {"id": "U061F7AUR", "team_id": "T061EG9R6", "is_bot": false, "name": "alice",
