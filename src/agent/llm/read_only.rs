@@ -132,7 +132,7 @@ pub fn check(statement: &str) -> Result<&str, String> {
 ///   `sqlparser` reads it as a comment.
 ///
 /// Unicode spaces (U+00A0, U+3000, …) are left alone: both lexers take them for
-/// whitespace between tokens. Two more differences show only in tokens; see
+/// whitespace between tokens. Other differences show only in tokens; see
 /// [`refuse_ambiguous_tokens`].
 fn refuse_ambiguous_text(statement: &str) -> Result<(), String> {
     let mut chars = statement.chars().peekable();
