@@ -143,6 +143,13 @@ impl Application {
         self
     }
 
+    /// Changes the per-client quota on the linking routes (default [`LINK_QUOTA`]), for
+    /// tests that run many linking flows from one address in a moment.
+    pub fn with_link_quota(mut self, quota: governor::Quota) -> Self {
+        self.state.link_limit = Arc::new(self.state.link_limit.with_quota(quota));
+        self
+    }
+
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")

@@ -119,6 +119,11 @@ impl ClientLimit {
         }
     }
 
+    /// The same limiter, with a fresh state, giving each client `quota` instead.
+    pub fn with_quota(&self, quota: Quota) -> Self {
+        Self::new(quota, self.proxies.clone())
+    }
+
     /// Counts one request from the client behind `peer`; `Err` says how long until it may
     /// send the next one.
     pub fn check(&self, peer: IpAddr, headers: &HeaderMap) -> Result<(), Duration> {

@@ -2,9 +2,9 @@
 //! (`METRICS_BIND_ADDR`), and the per-client rate limit on the linking routes (LNK-06),
 //! keyed by the TCP peer or, behind `TRUSTED_PROXIES`, by `X-Forwarded-For`.
 //!
-//! The limit is the real one ([`LINK_QUOTA`]: bursts of 20, one more every 2 s): the
-//! first 20 requests always pass, and a 429 must come within the next few however slow
-//! the machine.
+//! The limit is the real one ([`LINK_QUOTA`]: bursts of 20, one more every 2 s), not the
+//! test harness's default: the first 20 requests always pass, and a 429 must come within
+//! the next few however slow the machine.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +20,16 @@ use tokio::net::TcpStream;
 /// Requests beyond the burst within which a 429 must come (one refill per 2 s, so this
 /// many requests would have to take 20 s to all pass).
 const GRACE: usize = 10;
+
+/// The app with the real quota on linking, and `env` besides the usual test configuration.
+async fn spawn(env: &[(&'static str, &str)]) -> TestApp {
+    TestApp::spawn_with(Options {
+        extra_env: env.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+        link_quota: LINK_QUOTA,
+        ..Options::default()
+    })
+    .await
+}
 
 fn burst() -> usize {
     LINK_QUOTA.burst_size().get() as usize
@@ -70,7 +80,7 @@ async fn url_verification(app: &TestApp) -> u16 {
 // the allowance); Slack's routes and the probes are not limited.
 #[tokio::test]
 async fn a_client_walking_link_ids_is_told_to_wait_but_slack_and_the_probes_are_not_limited() {
-    let app = TestApp::spawn().await;
+    let app = spawn(&[]).await;
     let (status, retry_after, page) = exhaust(&app, |_| None).await;
     assert_eq!(status, 429);
     let retry_after: u64 = retry_after.expect("a Retry-After header").parse().unwrap();
@@ -100,7 +110,7 @@ async fn a_client_walking_link_ids_is_told_to_wait_but_slack_and_the_probes_are_
 // request does not buy a new allowance.
 #[tokio::test]
 async fn without_trusted_proxies_a_spoofed_forwarded_for_does_not_escape_the_limit() {
-    let app = TestApp::spawn().await;
+    let app = spawn(&[]).await;
     let (status, _, _) = exhaust(&app, |n| Some(format!("198.51.100.{n}"))).await;
     assert_eq!(status, 429);
 }
@@ -110,11 +120,7 @@ async fn without_trusted_proxies_a_spoofed_forwarded_for_does_not_escape_the_lim
 // do not help it.
 #[tokio::test]
 async fn behind_a_trusted_proxy_forwarded_clients_are_limited_separately() {
-    let app = TestApp::spawn_with(Options {
-        extra_env: vec![("TRUSTED_PROXIES", "127.0.0.1".into())],
-        ..Options::default()
-    })
-    .await;
+    let app = spawn(&[("TRUSTED_PROXIES", "127.0.0.1")]).await;
     let (status, _, _) = exhaust(&app, |_| Some("203.0.113.1".into())).await;
     assert_eq!(status, 429);
 
