@@ -32,8 +32,8 @@ use super::pages::message;
 pub const LINK_QUOTA: Quota = Quota::per_minute(NonZeroU32::new(30).unwrap()).allow_burst(NonZeroU32::new(20).unwrap());
 
 /// How often (in checks) clients whose allowance is full again are forgotten. So the
-/// state holds the clients seen in the last 40 s (a full refill at [`LINK_QUOTA`]) plus
-/// at most this many, and tidying costs one pass per this many requests.
+/// state holds the clients seen in about the last 40 s (a full refill at [`LINK_QUOTA`])
+/// plus at most this many, and tidying costs one pass over it per this many requests.
 const TIDY_EVERY: usize = 1024;
 
 /// The reverse proxies whose `X-Forwarded-For` is believed (`TRUSTED_PROXIES`); none by
@@ -137,11 +137,6 @@ impl ClientLimit {
             self.limiter.shrink_to_fit();
         }
         outcome
-    }
-
-    /// How many clients the limiter holds state for.
-    pub fn tracked_clients(&self) -> usize {
-        self.limiter.len()
     }
 }
 
