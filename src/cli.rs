@@ -172,6 +172,15 @@ async fn check(env: &Env) -> Result<(), Failure> {
         "configuration  ok ({mode}; agent: {agent}; keys: primary {})",
         config.vault.primary_key_id()
     );
+    let metrics_on = config.metrics_bind_addr.map_or_else(
+        || format!("{} with everything else", config.bind_addr),
+        |addr| format!("{addr} only (METRICS_BIND_ADDR)"),
+    );
+    let clients = match config.trusted_proxies.len() {
+        0 => "the TCP peer".to_owned(),
+        n => format!("X-Forwarded-For via {n} trusted proxy range(s)"),
+    };
+    println!("exposure       /metrics on {metrics_on}; linking rate-limited per client, from {clients}");
     if config.identity_check == IdentityCheck::None {
         println!(
             "linking        WARNING: LINK_IDENTITY_CHECK=none: whoever opens a person's link can connect any \
