@@ -70,11 +70,11 @@ fn form_cookie_name(flow: &LinkFlow) -> &'static str {
     }
 }
 
-fn set_form_cookie(flow: &LinkFlow, value: &str) -> HeaderValue {
+fn set_form_cookie(flow: &LinkFlow, value: &str, max_age: i64) -> HeaderValue {
     let secure = if flow.secure_cookies() { "; Secure" } else { "" };
     // Strict: it has no reason to travel on any request another site starts.
     let cookie = format!(
-        "{}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={PENDING_LINK_TTL_SECONDS}{secure}",
+        "{}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}",
         form_cookie_name(flow)
     );
     HeaderValue::from_str(&cookie).expect("cookie values are base64url")
@@ -194,7 +194,7 @@ async fn landing(State(flow): State<Arc<LinkFlow>>, Path(id): Path<String>) -> R
             );
             let origins: Vec<&str> = landing.next_origins.iter().map(String::as_str).collect();
             let mut response = page(StatusCode::OK, "Connect Databricks", &body, &origins);
-            let cookie = set_form_cookie(&flow, form_cookie.expose_secret());
+            let cookie = set_form_cookie(&flow, form_cookie.expose_secret(), PENDING_LINK_TTL_SECONDS);
             response.headers_mut().insert(header::SET_COOKIE, cookie);
             response
         }
@@ -221,6 +221,8 @@ async fn claim(
                 header::SET_COOKIE,
                 set_cookie(&flow, claimed.cookie.expose_secret(), PENDING_LINK_TTL_SECONDS),
             );
+            // The landing page's form cookie has done its work.
+            headers.append(header::SET_COOKIE, set_form_cookie(&flow, "", 0));
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
             response
