@@ -12,9 +12,9 @@ use crate::agent;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, DatabaseConfig, Env, IdentityCheck, vault_and_database};
 use crate::crypto::generate_key;
-use crate::databricks::broker::rotation::rotate_all;
+use crate::databricks::broker::rotation::{rotate_all, rotate_pending_links, sealed_under_unknown_keys, unknown_keys};
 use crate::databricks::oauth::{DatabricksOAuth, http_client};
-use crate::domain::{TeamId, UserId};
+use crate::domain::{TeamId, UserId, WorkspaceHost};
 use crate::lifecycle::shutdown_signal;
 use crate::slack::api::SlackApi;
 use crate::startup::{Application, Dependencies};
@@ -172,6 +172,15 @@ async fn check(env: &Env) -> Result<(), Failure> {
         "configuration  ok ({mode}; agent: {agent}; keys: primary {})",
         config.vault.primary_key_id()
     );
+    let metrics_on = config.metrics_bind_addr.map_or_else(
+        || format!("{} with everything else", config.bind_addr),
+        |addr| format!("{addr} only (METRICS_BIND_ADDR)"),
+    );
+    let clients = match config.trusted_proxies.len() {
+        0 => "the TCP peer".to_owned(),
+        n => format!("X-Forwarded-For via {n} trusted proxy range(s)"),
+    };
+    println!("exposure       /metrics on {metrics_on}; linking rate-limited per client, from {clients}");
     if config.identity_check == IdentityCheck::None {
         println!(
             "linking        WARNING: LINK_IDENTITY_CHECK=none: whoever opens a person's link can connect any \
@@ -180,14 +189,32 @@ async fn check(env: &Env) -> Result<(), Failure> {
     }
     let database = match Store::connect(&config.database).await {
         Ok(store) => {
-            let probe = async { store.ping().await.and(store.pending_migrations().await) }.await;
+            let probe = async {
+                store.ping().await?;
+                let pending = store.pending_migrations().await?;
+                // Counted on the schema `serve` would run on; an older one is migrated first.
+                let unknown = match pending {
+                    0 => Some(unknown_keys(&store, &config.vault).await?),
+                    _ => None,
+                };
+                Ok::<_, sqlx::Error>((pending, unknown))
+            }
+            .await;
             store.close().await;
             probe.map_err(anyhow::Error::from)
         }
         Err(e) => Err(e),
     };
     let mut healthy = true;
-    match database {
+    if let Ok((_, Some(unknown))) = &database {
+        if unknown.is_empty() {
+            println!("stored secrets ok (all under configured keys)");
+        } else {
+            println!("stored secrets FAILED: {}", sealed_under_unknown_keys(unknown));
+            healthy = false;
+        }
+    }
+    match database.map(|(pending, _)| pending) {
         Ok(0) => println!("database       ok ({})", describe(&config.database)),
         Ok(n) => println!(
             "database       ok ({}); {n} migration(s) pending, applied by `serve` or `migrate`",
@@ -264,11 +291,23 @@ async fn rotate(env: &Env, batch_size: i64) -> Result<(), Failure> {
         );
     })
     .await?;
-    store.close().await;
     println!(
-        "re-encrypted {} secret(s) under key {primary}; {} already re-encrypted by a concurrent refresh",
+        "re-encrypted {} link(s) under key {primary}; {} already re-encrypted by a concurrent refresh",
         total.resealed, total.changed_meanwhile
     );
+    // Pending links' secrets are bound to the workspace; without it they are left to
+    // expire (they live ten minutes).
+    match env.get("DATABRICKS_HOST").map(WorkspaceHost::parse) {
+        Some(Ok(workspace)) => {
+            let pending = rotate_pending_links(&store, &vault, &workspace).await?;
+            println!(
+                "re-encrypted {} sign-in(s) in progress; {} could not be opened and will fail",
+                pending.resealed, pending.unreadable
+            );
+        }
+        _ => println!("sign-ins in progress left as they are (DATABRICKS_HOST is not set); they expire in 10 minutes"),
+    }
+    store.close().await;
     if total.failures.is_empty() {
         return Ok(());
     }

@@ -10,6 +10,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
@@ -19,6 +20,8 @@ use crate::domain::{WorkspaceHost, is_secure_or_loopback};
 /// Every variable the bot reads. `.env.example` and the README document each one.
 pub const VARIABLES: &[&str] = &[
     "BIND_ADDR",
+    "METRICS_BIND_ADDR",
+    "TRUSTED_PROXIES",
     "PUBLIC_BASE_URL",
     "DATABASE_URL",
     "TOKEN_ENCRYPTION_KEYS",
@@ -366,6 +369,9 @@ pub enum AnswerVisibility {
     Thread,
     /// An ephemeral reply with a "Share" button.
     Private,
+    /// Private in channels shared with other organisations (Slack Connect), in the thread
+    /// elsewhere: an answer shows the asker's data to everyone who can read the thread.
+    Auto,
 }
 
 /// Log output format.
@@ -437,6 +443,10 @@ pub struct AgentConfig {
 pub struct Config {
     /// `BIND_ADDR`.
     pub bind_addr: SocketAddr,
+    /// `METRICS_BIND_ADDR`: when set, `/metrics` is served only there, with the probes.
+    pub metrics_bind_addr: Option<SocketAddr>,
+    /// `TRUSTED_PROXIES`: the reverse proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<IpNet>,
     /// `PUBLIC_BASE_URL`, without a trailing slash.
     pub public_base_url: Url,
     /// `DATABASE_URL`.
@@ -461,6 +471,7 @@ impl Config {
     pub fn load(env: &Env) -> Result<Self, ConfigError> {
         let mut r = Reader::new(env);
         let server = read_server(&mut r);
+        let exposure = read_exposure(&mut r);
         let database = read_database(&mut r);
         let vault = read_vault(&mut r);
         let slack = read_slack(&mut r);
@@ -474,6 +485,8 @@ impl Config {
             let (server, workers) = (server.expect("validated"), workers.expect("validated"));
             Config {
                 bind_addr: server.bind_addr,
+                metrics_bind_addr: exposure.metrics_bind_addr,
+                trusted_proxies: exposure.trusted_proxies,
                 public_base_url: server.public_base_url,
                 database: database.expect("validated"),
                 vault: vault.expect("validated"),
@@ -530,6 +543,51 @@ fn read_server(r: &mut Reader<'_>) -> Option<ServerSettings> {
     })
 }
 
+/// What is exposed where: the metrics listener and the proxies trusted to name clients.
+struct Exposure {
+    metrics_bind_addr: Option<SocketAddr>,
+    trusted_proxies: Vec<IpNet>,
+}
+
+/// `METRICS_BIND_ADDR` (unset: `/metrics` is on `BIND_ADDR`) and `TRUSTED_PROXIES`, a
+/// comma list of addresses and CIDR ranges (unset: no proxy is trusted, LNK-06). A bad
+/// entry is named by its position; these are not secrets, but the rule stays the same.
+fn read_exposure(r: &mut Reader<'_>) -> Exposure {
+    let metrics_bind_addr = r.optional("METRICS_BIND_ADDR").and_then(|raw| {
+        raw.parse().ok().or_else(|| {
+            r.problem(
+                "METRICS_BIND_ADDR",
+                "must be an address and port such as 127.0.0.1:9090",
+            );
+            None
+        })
+    });
+    let mut trusted_proxies = Vec::new();
+    for (n, entry) in r.optional("TRUSTED_PROXIES").unwrap_or_default().split(',').enumerate() {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            continue;
+        }
+        match entry
+            .parse::<IpNet>()
+            .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
+        {
+            Ok(net) => trusted_proxies.push(net),
+            Err(_) => r.problem(
+                "TRUSTED_PROXIES",
+                format!(
+                    "entry {} must be an IP address or CIDR range, e.g. 10.0.0.0/8,192.168.1.10",
+                    n + 1
+                ),
+            ),
+        }
+    }
+    Exposure {
+        metrics_bind_addr,
+        trusted_proxies,
+    }
+}
+
 /// `LINK_IDENTITY_CHECK`, defaulting to `slack-oidc+email` when Sign in with Slack is
 /// configured and to `email` otherwise; the slack-oidc checks need Sign in with Slack.
 fn read_identity_check(r: &mut Reader<'_>, slack: Option<&SlackConfig>) -> Option<IdentityCheck> {
@@ -581,18 +639,19 @@ struct WorkerSettings {
     per_user_limit: u32,
 }
 
-/// `ANSWER_VISIBILITY` (default `thread`), `WORKER_CONCURRENCY` (default 8, 1–256) and
+/// `ANSWER_VISIBILITY` (default `auto`), `WORKER_CONCURRENCY` (default 8, 1–256) and
 /// `WORKER_PER_USER_LIMIT` (default 2, 1–16). A bad value is reported and its default kept.
 fn read_workers(r: &mut Reader<'_>) -> Option<WorkerSettings> {
     let answer_visibility = r
         .choice(
             "ANSWER_VISIBILITY",
             &[
+                ("auto", AnswerVisibility::Auto),
                 ("thread", AnswerVisibility::Thread),
                 ("private", AnswerVisibility::Private),
             ],
         )
-        .unwrap_or(AnswerVisibility::Thread);
+        .unwrap_or(AnswerVisibility::Auto);
     let concurrency = r.number("WORKER_CONCURRENCY", 8, 1..=256);
     let per_user_limit = r.number("WORKER_PER_USER_LIMIT", 2, 1..=16);
     Some(WorkerSettings {
@@ -828,7 +887,7 @@ mod tests {
             "https://dbc-1.cloud.databricks.com/oidc/.well-known/oauth-authorization-server"
         );
         assert_eq!(c.identity_check, IdentityCheck::Email);
-        assert_eq!(c.answer_visibility, AnswerVisibility::Thread);
+        assert_eq!(c.answer_visibility, AnswerVisibility::Auto);
         assert_eq!(c.agent.kind, AgentKind::Genie);
         assert_eq!(c.vault.primary_key_id().as_str(), "k1");
     }
@@ -853,6 +912,31 @@ mod tests {
         let mut env = with(&[("SLACK_APP_TOKEN", "xapp-1-test")]);
         env.0.remove("SLACK_SIGNING_SECRET");
         assert!(Config::load(&env).is_ok());
+    }
+
+    // LNK-06: no proxy is trusted unless named; a bad entry is named by variable and position.
+    #[test]
+    fn metrics_listener_and_trusted_proxies_are_off_unless_set_and_validated() {
+        let c = Config::load(&with(&[])).unwrap();
+        assert_eq!((c.metrics_bind_addr, c.trusted_proxies.len()), (None, 0));
+        let c = Config::load(&with(&[
+            ("METRICS_BIND_ADDR", "127.0.0.1:9090"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1,2001:db8::/32"),
+        ]))
+        .unwrap();
+        assert_eq!(c.metrics_bind_addr.unwrap().to_string(), "127.0.0.1:9090");
+        assert_eq!(c.trusted_proxies.len(), 3);
+        assert!(c.trusted_proxies[1].contains(&"192.0.2.1".parse::<std::net::IpAddr>().unwrap()));
+        let env = with(&[
+            ("METRICS_BIND_ADDR", "9090"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8,proxy.internal"),
+        ]);
+        let error = Config::load(&env).unwrap_err();
+        assert_eq!(
+            error.0.iter().map(|p| p.var).collect::<Vec<_>>(),
+            ["METRICS_BIND_ADDR", "TRUSTED_PROXIES"]
+        );
+        assert!(error.0[1].expected.starts_with("entry 2 "), "{error}");
     }
 
     #[test]

@@ -272,6 +272,11 @@ impl Vault {
         Self { keys }
     }
 
+    /// Whether a key with id `key_id` is configured.
+    pub fn has_key(&self, key_id: &str) -> bool {
+        self.keys.iter().any(|key| key.id.as_str() == key_id)
+    }
+
     /// The key that seals new secrets.
     pub fn primary_key_id(&self) -> &KeyId {
         &self.keys[0].id

@@ -1,7 +1,13 @@
 //! The HTTP surface: routes, shared state and the middleware every request passes through
-//! (metrics, a tracing span naming the matched route, a body limit and a timeout).
+//! (metrics, a tracing span naming the matched route, a body limit and a timeout), plus a
+//! per-client rate limit on the linking routes.
+//!
+//! `/metrics` is served with the other routes, or, when `METRICS_BIND_ADDR` is set, only on
+//! a listener of its own with the probes ([`metrics_router`]), so the public address does
+//! not show request counts and latencies to the world.
 
 pub mod health;
+pub mod limit;
 pub mod link;
 pub mod pages;
 pub mod slack;
@@ -40,6 +46,17 @@ pub struct AppState {
     pub slack: Option<Arc<slack::SlackRoutes>>,
     /// The linking routes.
     pub link: Arc<LinkFlow>,
+    /// The per-client rate limit on the linking routes (LNK-06).
+    pub link_limit: Arc<limit::ClientLimit>,
+}
+
+/// Whether the public router serves `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsRoute {
+    /// With the other routes (no `METRICS_BIND_ADDR`).
+    Public,
+    /// Only on its own listener, from [`metrics_router`]; the public router answers 404.
+    Separate,
 }
 
 impl FromRef<AppState> for Arc<Metrics> {
@@ -48,18 +65,41 @@ impl FromRef<AppState> for Arc<Metrics> {
     }
 }
 
-/// Builds the router with every route and the middleware stack.
-pub fn router(state: AppState) -> Router {
+/// Builds the public router: Slack's routes, linking's (rate-limited per client), the
+/// probes, and `/metrics` when it is [`MetricsRoute::Public`].
+pub fn router(state: AppState, metrics_route: MetricsRoute) -> Router {
     let slack_routes = state.slack.clone().map(slack::router).unwrap_or_default();
-    let link_routes = link::router(state.link.clone());
+    // `route_layer`: only requests that match a linking route count against the quota.
+    let link_routes = link::router(state.link.clone()).route_layer(axum::middleware::from_fn_with_state(
+        state.link_limit.clone(),
+        limit::limit,
+    ));
     let registry = state.metrics.clone();
-    Router::new()
+    let mut own = Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz));
+    if metrics_route == MetricsRoute::Public {
+        own = own.route("/metrics", get(metrics::render));
+    }
+    let routes = own.with_state(state).merge(slack_routes).merge(link_routes);
+    with_middleware(routes, registry)
+}
+
+/// Builds the router of the `METRICS_BIND_ADDR` listener: `/metrics` and the probes, for
+/// Prometheus and the orchestrator on a private address.
+pub fn metrics_router(state: AppState) -> Router {
+    let registry = state.metrics.clone();
+    let routes = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::render))
-        .with_state(state)
-        .merge(slack_routes)
-        .merge(link_routes)
+        .with_state(state);
+    with_middleware(routes, registry)
+}
+
+/// The middleware every request passes through, whichever listener it came to.
+fn with_middleware(routes: Router, registry: Arc<Metrics>) -> Router {
+    routes
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

@@ -15,6 +15,7 @@ use crate::intake::events::Intake;
 use crate::jobs::Work;
 use crate::jobs::question::Question;
 use crate::linking::offer_link;
+use crate::slack::api::{Membership, SlackApi};
 use crate::slack::messages;
 use crate::store::Store;
 
@@ -57,11 +58,24 @@ impl<'a> Command<'a> {
 pub struct Commands {
     pub intake: Intake,
     pub store: Store,
+    pub slack: SlackApi,
     pub public_base_url: Url,
     pub clock: SharedClock,
 }
 
 impl Commands {
+    /// Whether the person is from another organisation. When Slack cannot say right now,
+    /// no: the link's identity check still stands between them and anyone's data.
+    async fn is_external(&self, team: &TeamId, user: &UserId) -> bool {
+        match self.slack.membership(team, user).await {
+            Ok(membership) => membership == Membership::External,
+            Err(error) => {
+                tracing::warn!(error = %error, "could not tell whether a person is from this organisation");
+                false
+            }
+        }
+    }
+
     /// The immediate, private reply to `command`. An `Err` means nothing was done; the
     /// caller answers with an error so the person sees the command failed.
     pub async fn handle(&self, command: &SlackCommandEvent) -> Result<SlackMessageContent, sqlx::Error> {
@@ -88,6 +102,8 @@ impl Commands {
             Command::TooLong => messages::question_too_long(MAX_QUESTION_CHARS),
             Command::Status => messages::status(self.store.find_link(&team, &user).await?.as_ref()),
             Command::Disconnect => messages::disconnect_confirm(self.store.find_link(&team, &user).await?.as_ref()),
+            // EVT-05: nobody from another organisation is linked, as nobody is answered.
+            Command::Connect if self.is_external(&team, &user).await => messages::external_user_refusal(),
             Command::Connect => {
                 let to = PersonIn {
                     team: &team,

@@ -29,6 +29,7 @@ impl SlackIntake {
             commands: Commands {
                 intake: events.clone(),
                 store: services.store.clone(),
+                slack: services.slack.clone(),
                 public_base_url: services.public_base_url.clone(),
                 clock: services.clock.clone(),
             },

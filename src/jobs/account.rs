@@ -19,7 +19,7 @@ use crate::domain::{PersonIn, TeamId, UserId};
 use crate::jobs::worker::{Done, JobError};
 use crate::linking::offer_link;
 use crate::services::Services;
-use crate::slack::api::SlackApi;
+use crate::slack::api::{Membership, SlackApi};
 use crate::slack::messages;
 use crate::store::Store;
 use crate::store::audit::Actor;
@@ -94,6 +94,13 @@ impl Account {
     /// Sends a fresh connect link to the person's direct messages.
     pub async fn connect(&self, request: &AccountRequest) -> Result<Done, JobError> {
         let dm = self.slack.open_dm(request.user.as_str()).await?;
+        // EVT-05: nobody from another organisation is linked, as nobody is answered.
+        if self.slack.membership(&request.team, &request.user).await? == Membership::External {
+            self.slack
+                .post_message(&dm, None, messages::external_user_refusal())
+                .await?;
+            return Ok(Done::Finished);
+        }
         let to = PersonIn {
             team: &request.team,
             user: &request.user,

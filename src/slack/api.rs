@@ -13,6 +13,8 @@ use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
 use url::Url;
 
+use crate::domain::{TeamId, UserId};
+
 /// Longest any single Web API call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// 429 retries before giving up (the caller's job can still be retried later).
@@ -311,6 +313,52 @@ impl SlackApi {
         })
     }
 
+    /// Who `user` is to the bot of `team` (EVT-05). A failure Slack may get over is an
+    /// error; any other (say, `users:read` missing) counts the person as a member, since
+    /// the link's identity check still decides whose data they can see.
+    pub async fn membership(&self, team: &TeamId, user: &UserId) -> Result<Membership, SlackApiError> {
+        match self.user_info(user.as_str()).await {
+            Ok(info) if info.flags.is_bot == Some(true) => Ok(Membership::Bot),
+            Ok(info)
+                if info.flags.is_stranger == Some(true)
+                    || info.team_id.as_ref().is_some_and(|t| t.as_ref() != team.as_str())
+                        && info.enterprise_user.is_none() =>
+            {
+                Ok(Membership::External)
+            }
+            Ok(_) => Ok(Membership::Member),
+            Err(error) if error.is_transient() => Err(error),
+            Err(error) => {
+                tracing::warn!(error = %error, "users.info failed; assuming a member of the organisation");
+                Ok(Membership::Member)
+            }
+        }
+    }
+
+    /// Whether `channel` is shared with another organisation (Slack Connect), or about to
+    /// be: `conversations.info`'s `is_ext_shared` and `is_pending_ext_shared`, which
+    /// slack-morphism's channel flags leave out, so this call reads them itself.
+    pub async fn is_shared_externally(&self, channel: &str) -> Result<bool, SlackApiError> {
+        #[derive(Deserialize)]
+        struct Info {
+            channel: Flags,
+        }
+        #[derive(Deserialize)]
+        struct Flags {
+            #[serde(default)]
+            is_ext_shared: Option<bool>,
+            #[serde(default)]
+            is_pending_ext_shared: Option<bool>,
+        }
+        let params = vec![("channel", Some(channel))];
+        let info: Info = call!(self, |s| s.http_session_api.http_get(
+            "conversations.info",
+            &params,
+            Some(&SLACK_TIER3_METHOD_CONFIG)
+        ))?;
+        Ok(info.channel.is_ext_shared == Some(true) || info.channel.is_pending_ext_shared == Some(true))
+    }
+
     /// `users.info`.
     pub async fn user_info(&self, user: &str) -> Result<SlackUser, SlackApiError> {
         let request = SlackApiUsersInfoRequest::new(user.into());
@@ -327,4 +375,16 @@ pub enum SlackEmail {
     Unconfirmed,
     /// No address (the `users:read.email` scope is missing, or the profile has none).
     Missing,
+}
+
+/// Who someone is to the bot's workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// A person of the workspace's organisation.
+    Member,
+    /// A bot.
+    Bot,
+    /// A person from another organisation (a Slack Connect channel): never answered and
+    /// never linked.
+    External,
 }

@@ -281,9 +281,10 @@ impl Store {
         into_links(rows)
     }
 
-    /// Replaces a sealed refresh token with a re-sealed copy of the same token, only if the
-    /// stored envelope is still `expected` (a refresh may have replaced it meanwhile).
-    /// Leaves `version` alone: the token itself has not changed.
+    /// Replaces a sealed refresh token with a re-sealed copy of the same token (and the
+    /// access token, when `access` is given, with its re-sealed copy), only if the stored
+    /// refresh envelope is still `expected` (a refresh may have replaced both meanwhile).
+    /// Leaves `version` alone: the tokens themselves have not changed.
     pub async fn reseal_refresh_token(
         &self,
         team: &TeamId,
@@ -291,10 +292,11 @@ impl Store {
         expected: &[u8],
         resealed: &[u8],
         key_id: &str,
+        access: Option<&[u8]>,
     ) -> Result<bool, sqlx::Error> {
         on_pool!(self.write, |pool| {
             sqlx::query(
-                "UPDATE links SET refresh_token = $1, key_id = $2 \
+                "UPDATE links SET refresh_token = $1, key_id = $2, access_token = COALESCE($6, access_token) \
                  WHERE team_id = $3 AND user_id = $4 AND refresh_token = $5",
             )
             .bind(resealed)
@@ -302,9 +304,19 @@ impl Store {
             .bind(team.as_str())
             .bind(user.as_str())
             .bind(expected)
+            .bind(access)
             .execute(pool)
             .await
             .map(|done| done.rows_affected() == 1)
+        })
+    }
+
+    /// How many links each key id seals, by `links.key_id`.
+    pub async fn links_per_key(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        on_pool!(self.read, |pool| {
+            sqlx::query_as("SELECT key_id, COUNT(*) FROM links GROUP BY key_id ORDER BY key_id")
+                .fetch_all(pool)
+                .await
         })
     }
 

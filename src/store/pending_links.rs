@@ -263,6 +263,39 @@ impl Store {
         self.pending_where("slack_state_hash = $1", slack_state_hash).await
     }
 
+    /// Every pending link holding a sealed secret (a PKCE verifier, a held sign-in): for a
+    /// key rotation and the start-up count of secrets under keys no longer configured.
+    pub async fn sealed_pending_links(&self) -> Result<Vec<PendingLink>, sqlx::Error> {
+        let sql =
+            format!("SELECT {COLUMNS} FROM pending_links WHERE pkce_verifier IS NOT NULL OR held_link IS NOT NULL");
+        let rows: Vec<PendingLinkRow> = on_pool!(self.read, |pool| sqlx::query_as(&sql).fetch_all(pool).await)?;
+        rows.into_iter().map(PendingLink::try_from).collect()
+    }
+
+    /// Replaces a pending link's sealed verifier and held sign-in with re-sealed copies of
+    /// the same secrets, only if both are still as `expected` (the flow may have moved on).
+    pub async fn reseal_pending_link(
+        &self,
+        id_hash: &[u8],
+        expected: (Option<&[u8]>, Option<&[u8]>),
+        resealed: (Option<&[u8]>, Option<&[u8]>),
+    ) -> Result<bool, sqlx::Error> {
+        on_pool!(self.write, |pool| {
+            sqlx::query(
+                "UPDATE pending_links SET pkce_verifier = $1, held_link = $2 WHERE id_hash = $3 \
+                 AND pkce_verifier IS NOT DISTINCT FROM $4 AND held_link IS NOT DISTINCT FROM $5",
+            )
+            .bind(resealed.0)
+            .bind(resealed.1)
+            .bind(id_hash)
+            .bind(expected.0)
+            .bind(expected.1)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected() == 1)
+        })
+    }
+
     /// The most recent pending link this browser claimed, however far it got.
     pub async fn find_claimed_pending_link(&self, browser_hash: &[u8]) -> Result<Option<PendingLink>, sqlx::Error> {
         self.pending_where(

@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use crate::common::app::{Options, TestApp, audit_trail, interaction, mention};
+use crate::common::app::{Options, TestApp, audit_trail, interaction, mention, rows};
 use crate::common::{PATIENCE, eventually};
 use databricks_slack_bot::agent::Table;
 use databricks_slack_bot::clock::Clock;
 use databricks_slack_bot::domain::{TeamId, UserId};
 use serde_json::{Value, json};
-use wiremock::matchers::{method, path_regex};
+use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, ResponseTemplate};
 
 const TEAM: &str = "T061EG9R6";
@@ -397,5 +397,59 @@ async fn connect_in_app_home_sends_a_fresh_link_by_direct_message() {
         "{}",
         dms[0]
     );
+    app.stop().await;
+}
+
+async fn pending_links(app: &TestApp) -> i64 {
+    let counted: Vec<(i64,)> = rows(&app.db_url, "SELECT COUNT(*) FROM pending_links").await;
+    counted[0].0
+}
+
+/// The app, with Slack saying the asker is from another organisation (Slack Connect).
+async fn spawn_for_a_stranger() -> TestApp {
+    TestApp::spawn_with(Options {
+        slack_mocks: vec![
+            Mock::given(path("/api/users.info")).respond_with(ResponseTemplate::new(200).set_body_json(
+                json!({"ok": true, "user": {"id": ASKER, "team_id": "TOTHERORG", "is_stranger": true}}),
+            )),
+        ],
+        ..Options::default()
+    })
+    .await
+}
+
+// EVT-05 (issue 12): `/databricks connect` from someone of another organisation makes no
+// link, as their mentions get no answer.
+#[tokio::test]
+async fn connect_by_command_refuses_a_person_from_another_organisation() {
+    let app = spawn_for_a_stranger().await;
+
+    let reply = command(&app, "connect", "c1").await.to_string();
+
+    assert!(
+        reply.contains("I can only answer people from this workspace"),
+        "{reply}"
+    );
+    assert!(!reply.contains("/link/"), "{reply}");
+    assert_eq!(pending_links(&app).await, 0);
+    app.stop().await;
+}
+
+// EVT-05 (issue 12): nor does "Connect Databricks" in App Home.
+#[tokio::test]
+async fn connect_in_app_home_refuses_a_person_from_another_organisation() {
+    let app = spawn_for_a_stranger().await;
+    let mut payload: Value =
+        serde_json::from_str(include_str!("../fixtures/slack/block_actions_disconnect.json")).unwrap();
+    payload["actions"][0]["action_id"] = json!("home_connect");
+    payload["container"] = json!({"type": "view", "view_id": "V0HOME0001"});
+
+    assert_eq!(app.post_interaction(&payload).await, 200);
+
+    let dms = app.wait_for_calls("chat.postMessage", 1).await;
+    let dm = dms[0].to_string();
+    assert!(dm.contains("I can only answer people from this workspace"), "{dm}");
+    assert!(!dm.contains("/link/"), "{dm}");
+    assert_eq!(pending_links(&app).await, 0);
     app.stop().await;
 }

@@ -353,6 +353,17 @@ async fn write_statements_are_refused_and_never_reach_databricks() {
                     "run_sql",
                     r#"{"statement": "/* SELECT */ DROP TABLE main.sales.orders"}"#,
                 ),
+                // Databricks ends a `--` comment at a bare carriage return (SQL-01).
+                (
+                    "cr",
+                    "run_sql",
+                    r#"{"statement": "WITH t AS (SELECT 1) --\rINSERT INTO main.sales.orders SELECT * FROM t"}"#,
+                ),
+                (
+                    "http",
+                    "run_sql",
+                    r#"{"statement": "SELECT http_request(conn => 'c', method => 'GET', path => '/') FROM main.sales.orders"}"#,
+                ),
             ]),
             model_says("I can only read data, not delete it."),
         ])
@@ -364,7 +375,7 @@ async fn write_statements_are_refused_and_never_reach_databricks() {
     assert_eq!(answer.unwrap().text, "I can only read data, not delete it.");
     assert!(!workspace.paths().await.iter().any(|p| p.starts_with(STATEMENTS)));
     let results = workspace.tool_results().await;
-    assert_eq!(results.len(), 4);
+    assert_eq!(results.len(), 6);
     for (id, result) in results {
         assert!(result.starts_with("refused, nothing was run"), "{id}: {result}");
     }

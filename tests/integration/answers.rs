@@ -906,3 +906,66 @@ async fn an_answer_whose_agent_blocks_slack_refuses_still_arrives_in_words() {
     );
     app.stop().await;
 }
+
+/// The app with the default `ANSWER_VISIBILITY` (auto), an http agent answering `text`,
+/// and Slack answering `conversations.info` with `info`.
+async fn spawn_auto(text: &str, info: ResponseTemplate) -> (TestApp, MockServer) {
+    let agent = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ok(json!({"text": text})))
+        .mount(&agent)
+        .await;
+    let app = TestApp::spawn_with(Options {
+        extra_env: vec![("AGENT_URL", agent.uri())],
+        configured_agent: true,
+        slack_mocks: vec![Mock::given(path("/api/conversations.info")).respond_with(info)],
+        ..Options::default()
+    })
+    .await;
+    app.link_asker().await;
+    (app, agent)
+}
+
+/// `conversations.info` of #general as Slack describes a channel shared with another
+/// organisation (Slack Connect), or pending being shared.
+fn shared_channel(flag: &str) -> ResponseTemplate {
+    let mut channel = json!({"id": "C0LAN2Q65", "name": "general", "is_channel": true, "is_private": false,
+                             "is_shared": true, "is_ext_shared": false, "is_org_shared": false,
+                             "is_pending_ext_shared": false});
+    channel[flag] = json!(true);
+    ok(json!({"ok": true, "channel": channel}))
+}
+
+// Issue 12 (TOK-07): by default, an answer in a channel shared with another organisation is
+// private to the asker (with a Share button), since a thread reply would show their data to
+// people outside the organisation; and so while Slack cannot say whether it is shared.
+#[tokio::test]
+async fn by_default_answers_in_a_channel_shared_with_another_organisation_are_private() {
+    for info in [
+        shared_channel("is_ext_shared"),
+        shared_channel("is_pending_ext_shared"),
+        ok(json!({"ok": false, "error": "missing_scope", "needed": "channels:read"})),
+    ] {
+        let (app, _agent) = spawn_auto("Revenue: 12", info).await;
+        app.post_event(&mention("Ev1", "<@U0LAN0Z89> my numbers?")).await;
+
+        let told = app.wait_for_calls("chat.postEphemeral", 1).await;
+        let answer = told[0].to_string();
+        assert!(answer.contains("Revenue: 12") && answer.contains("share"), "{answer}");
+        assert!(app.slack_calls("chat.postMessage").await.is_empty(), "nothing public");
+        app.stop().await;
+    }
+}
+
+// ... and in the workspace's own channels, answers go in the thread, as before.
+#[tokio::test]
+async fn by_default_answers_in_the_organisations_own_channels_go_in_the_thread() {
+    let (app, _agent) = spawn_auto("Revenue: 12", shared_channel("is_org_shared")).await;
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> my numbers?")).await;
+
+    app.wait_for_answer("Revenue: 12").await;
+    assert!(app.slack_calls("chat.postEphemeral").await.is_empty());
+    let asked: Vec<Value> = app.slack_calls("conversations.info").await;
+    assert_eq!(asked.len(), 1);
+    app.stop().await;
+}

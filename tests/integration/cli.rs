@@ -437,7 +437,7 @@ async fn keys_rotate_reseals_real_rows_and_logs_no_secret_even_at_trace() {
         let out = run(bin(db.dir.path(), &["keys", "rotate", "--batch-size", "2"], &env));
         let all = text(&out);
         assert!(out.status.success(), "{}: {all}", db.name);
-        assert!(all.contains("re-encrypted 5 secret(s) under key kb"), "{all}");
+        assert!(all.contains("re-encrypted 5 link(s) under key kb"), "{all}");
         assert!(!all.contains("CANARY"), "secret in output:\n{all}");
         assert!(
             !all.contains("ICEiIyQlJico") && !all.contains("AAECAwQFBgcI"),
@@ -453,6 +453,44 @@ async fn keys_rotate_reseals_real_rows_and_logs_no_secret_even_at_trace() {
         }
         store.close().await;
     }
+}
+
+// CRY-06 (issue 12): links sealed under a key no longer configured are counted at once:
+// `check` fails naming the key and the count, and `serve` refuses to start, instead of
+// each person finding out when their question fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_under_a_missing_key_stop_the_start_and_fail_check_with_their_count() {
+    let (_slack, slack_url) = fake_slack().await;
+    let databricks = crate::common::fake_databricks::FakeDatabricks::start().await;
+    let db = TestDb::sqlite();
+    let store = db.open().await;
+    let retired = vault(&["kc:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="]);
+    for i in 0..3 {
+        Person::new("T1", &format!("UOLD{i}"))
+            .link(&store, &retired, "rt-CANARY-retired", NOW)
+            .await;
+    }
+    Person::new("T1", "UNEW")
+        .link(&store, &vault(&[KEY_A]), "rt-new", NOW)
+        .await;
+    store.close().await;
+    let mut env = valid_env(&db.url);
+    set(&mut env, "SLACK_API_URL", slack_url);
+    set(&mut env, "DATABRICKS_HOST", databricks.uri.clone());
+
+    let checked = run_async(with_env(&db, &["check"], &env)).await;
+    let all = text(&checked);
+    assert_eq!(checked.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("stored secrets FAILED: 3 stored secret(s) are sealed under key ids TOKEN_ENCRYPTION_KEYS does not have: kc (3)"),
+        "{all}"
+    );
+
+    let served = run_async(with_env(&db, &["serve"], &env)).await;
+    let all = text(&served);
+    assert!(!served.status.success(), "{all}");
+    assert!(all.contains("kc (3)"), "{all}");
+    assert_no_canary(&all);
 }
 
 fn mode(path: &std::path::Path) -> u32 {

@@ -11,6 +11,7 @@ mod agent_llm;
 mod answers;
 mod browser_linking;
 mod cli;
+mod exposure;
 mod http;
 mod lifecycle_purge;
 mod linking;

@@ -4,13 +4,16 @@
 use std::sync::Arc;
 
 use crate::common::{KEY_A, KEY_B, Person, TestDb, vault};
-use databricks_slack_bot::crypto::{VaultError, envelope_key_id};
-use databricks_slack_bot::databricks::broker::rotation::{rotate_all, rotate_batch};
+use databricks_slack_bot::crypto::{Binding, Purpose, VaultError, envelope_key_id};
+use databricks_slack_bot::databricks::broker::rotation::{
+    rotate_all, rotate_batch, rotate_pending_links, unknown_keys,
+};
 use databricks_slack_bot::store::Store;
 use databricks_slack_bot::store::audit::Actor;
 use databricks_slack_bot::store::jobs::{Delivery, NewJob};
 use databricks_slack_bot::store::links::LinkStatus;
-use secrecy::ExposeSecret;
+use databricks_slack_bot::store::pending_links::NewPendingLink;
+use secrecy::{ExposeSecret, SecretString};
 
 const NOW: i64 = 1_800_000_000;
 
@@ -197,7 +200,7 @@ async fn fifty_concurrent_writers_never_surface_a_busy_error() {
                             &vault.open(p.binding(), &link.sealed_refresh_token).unwrap(),
                         );
                         store
-                            .reseal_refresh_token(&p.team, &p.user, &link.sealed_refresh_token, &resealed, "ka")
+                            .reseal_refresh_token(&p.team, &p.user, &link.sealed_refresh_token, &resealed, "ka", None)
                             .await?;
                         store.delete_link(&p.team, &p.user, Actor::User, NOW).await?;
                     }
@@ -473,6 +476,79 @@ async fn one_persons_burst_does_not_hold_up_everyone_else() {
             "{}: at most two per person at once",
             db.name
         );
+        store.close().await;
+    }
+}
+
+// CRY-05 (issue 12): rotation re-seals every sealed column, not only refresh tokens: the
+// access token kept with a link, and a sign-in in progress's PKCE verifier and held link.
+#[tokio::test]
+async fn key_rotation_reseals_access_tokens_and_sign_ins_in_progress_too() {
+    for db in TestDb::all().await {
+        let store = db.open().await;
+        let old = vault(&[KEY_A]);
+        let p = Person::new("T1", "UROTATE");
+        p.link(&store, &old, "rt-rotate", NOW).await;
+        let access = Binding::new(Purpose::AccessToken, &p.team, &p.user, &p.workspace);
+        let sealed_access = old.seal(access, &SecretString::from("at-rotate"));
+        let refresh = store
+            .find_link(&p.team, &p.user)
+            .await
+            .unwrap()
+            .unwrap()
+            .sealed_refresh_token;
+        assert!(
+            store
+                .store_refreshed_tokens(&p.team, &p.user, 0, &refresh, "ka", &sealed_access, NOW + 3600, NOW)
+                .await
+                .unwrap()
+        );
+        // A sign-in in progress, its verifier sealed under the old key.
+        let id_hash = [7u8; 32];
+        let new = NewPendingLink {
+            id_hash: &id_hash,
+            team: &p.team,
+            user: &p.user,
+            channel_id: "C0CHANNEL",
+            thread_ts: None,
+            expires_at: NOW + 600,
+        };
+        assert!(store.create_pending_link(&new, NOW, 0).await.unwrap());
+        store
+            .claim_pending_link(&id_hash, &[9; 32], NOW, NOW + 600)
+            .await
+            .unwrap()
+            .unwrap();
+        let verifier = Binding::new(Purpose::PkceVerifier, &p.team, &p.user, &p.workspace);
+        let sealed_verifier = old.seal(verifier, &SecretString::from("verifier-rotate"));
+        assert!(
+            store
+                .set_databricks_state(&id_hash, &[3; 32], &sealed_verifier)
+                .await
+                .unwrap()
+        );
+        let rotated = vault(&[KEY_B, KEY_A]);
+        assert_eq!(
+            unknown_keys(&store, &vault(&[KEY_B])).await.unwrap(),
+            [("ka".to_owned(), 2)]
+        );
+
+        rotate_all(&store, &rotated, 10, |_| {}).await.unwrap();
+        let pending = rotate_pending_links(&store, &rotated, &p.workspace).await.unwrap();
+
+        assert_eq!((pending.resealed, pending.unreadable), (1, 0), "{}", db.name);
+        let only_b = vault(&[KEY_B]);
+        let link = store.find_link(&p.team, &p.user).await.unwrap().unwrap();
+        let at = only_b
+            .open(access, link.sealed_access_token.as_deref().unwrap())
+            .unwrap();
+        assert_eq!(at.expose_secret(), "at-rotate", "{}", db.name);
+        let pending = store.find_pending_link(&id_hash).await.unwrap().unwrap();
+        let v = only_b
+            .open(verifier, pending.pkce_verifier.as_deref().unwrap())
+            .unwrap();
+        assert_eq!(v.expose_secret(), "verifier-rotate");
+        assert!(unknown_keys(&store, &only_b).await.unwrap().is_empty(), "{}", db.name);
         store.close().await;
     }
 }

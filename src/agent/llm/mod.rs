@@ -6,6 +6,7 @@
 //! own token, so it sees only what they may see. Model calls, tool calls and the size of
 //! every tool result are bounded.
 
+pub mod read_only;
 pub mod tools;
 
 use std::sync::Mutex;

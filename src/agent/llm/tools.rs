@@ -16,7 +16,7 @@ use crate::agent::{Agent, AgentError, AgentRequest, Progress, Table};
 use crate::databricks::api::{ApiError, Databricks, path_segment};
 use crate::databricks::sql;
 
-use super::truncate;
+use super::{read_only, truncate};
 
 /// Rows of a query result the model sees; the person gets every row received.
 const MODEL_ROWS: usize = 50;
@@ -32,23 +32,6 @@ const MAX_ITEMS: usize = 200;
 const MAX_COLUMNS: usize = 300;
 /// Tool calls allowed for one question, across all model steps.
 const MAX_TOOL_CALLS: usize = 24;
-
-/// Statements `run_sql` accepts, by first keyword.
-const READ_ONLY_STARTS: [&str; 6] = ["SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN"];
-/// Keywords that make a `SELECT` or `WITH` statement write (`WITH … INSERT`, `MERGE`, …).
-const WRITE_KEYWORDS: [&str; 11] = [
-    "INSERT",
-    "UPDATE",
-    "DELETE",
-    "MERGE",
-    "DROP",
-    "CREATE",
-    "ALTER",
-    "TRUNCATE",
-    "GRANT",
-    "REVOKE",
-    "OVERWRITE",
-];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tool {
@@ -390,7 +373,7 @@ impl<'a> Toolbox<'a> {
 
     async fn run_sql(&mut self, statement: &str) -> Result<Value, ToolFailure> {
         let warehouse_id = self.warehouse_id.expect("run_sql is offered only with a warehouse");
-        let statement = read_only(statement).map_err(|why| {
+        let statement = read_only::check(statement).map_err(|why| {
             ToolFailure::ToModel(format!(
                 "refused, nothing was run: {why}. Only one read-only statement (SELECT, WITH, SHOW, DESCRIBE or \
                  EXPLAIN) may run; put identifiers that are SQL keywords in backquotes."
@@ -540,186 +523,9 @@ fn bounded(value: &Value) -> String {
     truncate(&value.to_string(), MAX_RESULT_BYTES)
 }
 
-/// The statement to run when `statement` is one read-only statement, or why not.
-///
-/// Comments, string literals and backquoted identifiers are skipped, so neither a `;` nor a
-/// keyword inside them counts; one trailing `;` is allowed and dropped.
-pub(crate) fn read_only(statement: &str) -> Result<&str, String> {
-    let bytes = statement.as_bytes();
-    let mut words: Vec<&str> = Vec::new();
-    let mut end = None;
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b.is_ascii_whitespace() {
-            i += 1;
-            continue;
-        }
-        if b == b'-' && bytes.get(i + 1) == Some(&b'-') {
-            i = bytes[i..]
-                .iter()
-                .position(|&c| c == b'\n')
-                .map_or(bytes.len(), |n| i + n);
-            continue;
-        }
-        if b == b'/' && bytes.get(i + 1) == Some(&b'*') {
-            i = skip_block_comment(bytes, i)?;
-            continue;
-        }
-        if end.is_some() {
-            return Err("it holds more than one statement".into());
-        }
-        match b {
-            b';' => {
-                end = Some(i);
-                i += 1;
-            }
-            b'\'' | b'"' => i = skip_quoted(bytes, i, true)?,
-            b'`' => i = skip_quoted(bytes, i, false)?,
-            _ if b.is_ascii_alphanumeric() || b == b'_' => {
-                let start = i;
-                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
-                    i += 1;
-                }
-                let word = &statement[start..i];
-                // r'…' is a raw string: a backslash in it escapes nothing.
-                if word.eq_ignore_ascii_case("r") && matches!(bytes.get(i), Some(b'\'' | b'"')) {
-                    i = skip_quoted(bytes, i, false)?;
-                } else {
-                    words.push(word);
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    let first = words.first().ok_or("it is empty")?.to_ascii_uppercase();
-    if !READ_ONLY_STARTS.contains(&first.as_str()) {
-        return Err(format!("it is a {first} statement"));
-    }
-    // SHOW, DESCRIBE and EXPLAIN never write (SHOW CREATE TABLE is fine); a WITH can lead
-    // into an INSERT or MERGE.
-    if first == "SELECT" || first == "WITH" {
-        let write = words
-            .iter()
-            .find(|word| WRITE_KEYWORDS.iter().any(|k| word.eq_ignore_ascii_case(k)));
-        if let Some(write) = write {
-            return Err(format!("it contains {}", write.to_ascii_uppercase()));
-        }
-    }
-    Ok(statement[..end.unwrap_or(bytes.len())].trim())
-}
-
-/// The index after the quoted text opening at `start` (`'…'`, `"…"` or `` `…` ``).
-fn skip_quoted(bytes: &[u8], start: usize, backslash_escapes: bool) -> Result<usize, String> {
-    let quote = bytes[start];
-    let mut i = start + 1;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' if backslash_escapes => i += 2,
-            c if c == quote => return Ok(i + 1),
-            _ => i += 1,
-        }
-    }
-    Err("a quote is not closed".into())
-}
-
-/// The index after the (possibly nested) `/* … */` comment opening at `start`.
-fn skip_block_comment(bytes: &[u8], start: usize) -> Result<usize, String> {
-    let mut depth = 0;
-    let mut i = start;
-    while i + 1 < bytes.len() {
-        match (bytes[i], bytes[i + 1]) {
-            (b'/', b'*') => {
-                depth += 1;
-                i += 2;
-            }
-            (b'*', b'/') => {
-                depth -= 1;
-                i += 2;
-                if depth == 0 {
-                    return Ok(i);
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    Err("a comment is not closed".into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn read_only_statements_pass_with_a_trailing_semicolon_dropped() {
-        for (statement, sent) in [
-            ("SELECT 1", "SELECT 1"),
-            (
-                "  select * from main.sales.orders;  ",
-                "select * from main.sales.orders",
-            ),
-            (
-                "WITH t AS (SELECT 1 AS a) SELECT a FROM t",
-                "WITH t AS (SELECT 1 AS a) SELECT a FROM t",
-            ),
-            ("-- top customers\nSELECT 1; -- done", "-- top customers\nSELECT 1"),
-            (
-                "/* a /* nested */ comment */ SHOW TABLES IN main.sales",
-                "/* a /* nested */ comment */ SHOW TABLES IN main.sales",
-            ),
-            ("DESCRIBE TABLE main.sales.orders", "DESCRIBE TABLE main.sales.orders"),
-            ("desc main.sales.orders", "desc main.sales.orders"),
-            ("EXPLAIN SELECT 1", "EXPLAIN SELECT 1"),
-            (
-                "SHOW CREATE TABLE main.sales.orders",
-                "SHOW CREATE TABLE main.sales.orders",
-            ),
-            ("(SELECT 1) UNION (SELECT 2)", "(SELECT 1) UNION (SELECT 2)"),
-            ("SELECT 'a; DROP TABLE x' AS s", "SELECT 'a; DROP TABLE x' AS s"),
-            ("SELECT 'it\\'s; delete' AS s", "SELECT 'it\\'s; delete' AS s"),
-            ("SELECT `update`, `delete` FROM t", "SELECT `update`, `delete` FROM t"),
-            (
-                "SELECT created, updated_at, deleted FROM t",
-                "SELECT created, updated_at, deleted FROM t",
-            ),
-            (
-                "SELECT replace(name, 'a', 'b') FROM t",
-                "SELECT replace(name, 'a', 'b') FROM t",
-            ),
-        ] {
-            assert_eq!(read_only(statement), Ok(sent), "{statement}");
-        }
-    }
-
-    #[test]
-    fn writes_several_statements_and_unclosed_text_are_refused() {
-        for statement in [
-            "",
-            "  ;",
-            "-- only a comment",
-            "DELETE FROM main.sales.orders",
-            "delete from t",
-            "SELECT 1; DROP TABLE x",
-            "SELECT 1;;",
-            "SELECT 1; SELECT 2",
-            "WITH t AS (SELECT 1) INSERT INTO x SELECT * FROM t",
-            "WITH t AS (SELECT 1) MERGE INTO x USING t ON true WHEN MATCHED THEN DELETE",
-            "INSERT OVERWRITE x SELECT 1",
-            "UPDATE t SET a = 1",
-            "CREATE TABLE x AS SELECT 1",
-            "GRANT SELECT ON TABLE t TO `x`",
-            "OPTIMIZE t",
-            "SET spark.x = 1",
-            "/* SELECT */ DROP TABLE x",
-            "SELECT 'unclosed",
-            "SELECT 1 /* unclosed",
-            "SELECT 1 /* /* */ ; DROP TABLE x /* */",
-            "SELECT r'\\'; DROP TABLE x; --'",
-            "SELECT `a; DROP TABLE x",
-        ] {
-            assert!(read_only(statement).is_err(), "{statement:?} was accepted");
-        }
-    }
 
     #[test]
     fn results_for_the_model_are_bounded() {

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use slack_morphism::prelude::*;
 
-use super::{CSV_NOT_ATTACHED, Question, Questions};
+use super::{CHANNEL_CACHE_TTL_SECONDS, CSV_NOT_ATTACHED, Question, Questions};
 use crate::agent::Progress;
 use crate::config::AnswerVisibility;
 use crate::jobs::worker::{Done, JobError};
@@ -53,8 +53,12 @@ impl Questions {
         mut sent: usize,
     ) -> Result<(), JobError> {
         let mut placeholder = outbox.placeholder_at(sent).map(str::to_owned);
+        let shown = match outbox.shown {
+            Some(shown) => shown,
+            None => self.visibility(q).await,
+        };
         for content in outbox.messages.iter().skip(sent) {
-            let mut posted = self.post_part(q, &mut placeholder, content.clone()).await;
+            let mut posted = self.post_part(q, shown, &mut placeholder, content.clone()).await;
             // Slack refused the message itself, most likely over blocks the company's agent
             // sent: the answer's words still go out.
             if let Err(JobError::Permanent(refused)) = &posted
@@ -64,7 +68,7 @@ impl Questions {
                     refused,
                     "Slack refused an answer's blocks; posting it without the agent's"
                 );
-                posted = self.post_part(q, &mut placeholder, plain).await;
+                posted = self.post_part(q, shown, &mut placeholder, plain).await;
             }
             posted?;
             sent += 1;
@@ -75,13 +79,11 @@ impl Questions {
         let Some(csv) = &outbox.csv else {
             return Ok(());
         };
-        let (channel, thread) = match self.visibility(q) {
-            AnswerVisibility::Thread => (q.channel.clone(), q.answer_thread().map(str::to_owned)),
-            AnswerVisibility::Private if q.is_dm && q.response_url.is_none() => {
-                (q.channel.clone(), q.thread_ts.clone())
-            }
+        let (channel, thread) = match shown {
+            Shown::InThread => (q.channel.clone(), q.answer_thread().map(str::to_owned)),
+            Shown::Privately if q.is_dm && q.response_url.is_none() => (q.channel.clone(), q.thread_ts.clone()),
             // A slash command may come from a conversation the bot is not a member of.
-            AnswerVisibility::Private => (self.slack.open_dm(q.user.as_str()).await?, None),
+            Shown::Privately => (self.slack.open_dm(q.user.as_str()).await?, None),
         };
         match self.slack.upload_file(&channel, thread.as_deref(), csv).await {
             Ok(()) => Ok(()),
@@ -101,10 +103,11 @@ impl Questions {
     async fn post_part(
         &self,
         q: &Question,
+        shown: Shown,
         placeholder: &mut Option<String>,
         content: SlackMessageContent,
     ) -> Result<(), JobError> {
-        if self.visibility(q) == AnswerVisibility::Private {
+        if shown == Shown::Privately {
             return self.reply_privately(q, content).await;
         }
         if let Some(ts) = placeholder.as_deref() {
@@ -146,12 +149,44 @@ impl Questions {
         }
     }
 
-    /// Where this question's answer goes: slash commands are always answered privately.
-    pub(super) fn visibility(&self, q: &Question) -> AnswerVisibility {
+    /// Where this question's answer goes: slash commands are always answered privately;
+    /// with `auto`, privately in a channel shared with another organisation, where a
+    /// thread reply would show the asker's data to people outside it.
+    pub(super) async fn visibility(&self, q: &Question) -> Shown {
         if q.response_url.is_some() {
-            AnswerVisibility::Private
-        } else {
-            self.visibility
+            return Shown::Privately;
+        }
+        match self.visibility {
+            AnswerVisibility::Thread => Shown::InThread,
+            AnswerVisibility::Private => Shown::Privately,
+            AnswerVisibility::Auto if q.is_dm => Shown::InThread,
+            AnswerVisibility::Auto if self.shared_externally(&q.channel).await => Shown::Privately,
+            AnswerVisibility::Auto => Shown::InThread,
+        }
+    }
+
+    /// Whether `channel` is shared with another organisation, asking Slack at most every
+    /// ten minutes per channel. When Slack cannot say, it is taken as shared: a private
+    /// answer is the safe mistake.
+    async fn shared_externally(&self, channel: &str) -> bool {
+        let now = self.clock.now();
+        if let Some((shared, at)) = self.shared_channels.lock().expect("not poisoned").get(channel)
+            && now - at < CHANNEL_CACHE_TTL_SECONDS
+        {
+            return *shared;
+        }
+        match self.slack.is_shared_externally(channel).await {
+            Ok(shared) => {
+                self.shared_channels
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(channel.to_owned(), (shared, now));
+                shared
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "conversations.info failed; answering privately");
+                true
+            }
         }
     }
 
@@ -223,6 +258,20 @@ pub(super) struct Outbox {
     pub(super) messages: Vec<SlackMessageContent>,
     /// The whole table, when it did not fit inline: attached after the messages.
     pub(super) csv: Option<FileUpload>,
+    /// Where the answer was rendered for, decided once: a retry posts it there even if
+    /// the channel changed meanwhile. (`None` in an outbox kept before this was recorded:
+    /// decided again.)
+    #[serde(default)]
+    pub(super) shown: Option<Shown>,
+}
+
+/// Where an answer goes, decided for one question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) enum Shown {
+    /// A reply in the thread, for everyone in the channel.
+    InThread,
+    /// Only to the asker (ephemeral, a DM, or the slash command's response).
+    Privately,
 }
 
 impl Outbox {

@@ -30,10 +30,10 @@ use crate::jobs::worker::{Done, JobError};
 use crate::linking::offer_link;
 use crate::metrics::{AnswerOutcome, Metrics};
 use crate::services::Services;
-use crate::slack::api::SlackApi;
+use crate::slack::api::{Membership, SlackApi};
 use crate::slack::messages;
 use crate::slack::render::{self, Attribution};
-use delivery::{Outbox, Placeholder};
+use delivery::{Outbox, Placeholder, Shown};
 
 mod delivery;
 use crate::store::Store;
@@ -42,6 +42,8 @@ use crate::store::private_answers::NewPrivateAnswer;
 
 /// How long what we learned about a Slack user (bot? another organisation?) is trusted.
 const USER_CACHE_TTL_SECONDS: i64 = 3600;
+/// How long whether a channel is shared with another organisation is believed.
+const CHANNEL_CACHE_TTL_SECONDS: i64 = 600;
 
 /// Further questions within this many seconds of a prompt wait for the same link.
 const PROMPT_QUIET_SECONDS: i64 = 60;
@@ -94,15 +96,6 @@ impl Question {
     }
 }
 
-/// What we know about an asker from `users.info`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Asker {
-    Person,
-    Bot,
-    /// From another organisation (a Slack Connect channel).
-    External,
-}
-
 /// Answers questions.
 pub struct Questions {
     store: Store,
@@ -112,7 +105,9 @@ pub struct Questions {
     public_base_url: Url,
     visibility: AnswerVisibility,
     clock: SharedClock,
-    askers: Mutex<HashMap<(TeamId, UserId), (Asker, i64)>>,
+    askers: Mutex<HashMap<(TeamId, UserId), (Membership, i64)>>,
+    /// Whether each channel is shared with another organisation, and since when known.
+    shared_channels: Mutex<HashMap<String, (bool, i64)>>,
     metrics: Arc<Metrics>,
     breaker: Breaker,
 }
@@ -133,6 +128,8 @@ enum Ending {
 struct Prepared {
     context: UserContext,
     conversation: Option<serde_json::Value>,
+    /// Where the answer will go.
+    shown: Shown,
 }
 
 /// What ask hands to publish.
@@ -141,6 +138,7 @@ struct Answered {
     /// The token the answer was made with (refreshed if Databricks refused the first).
     context: UserContext,
     started: Instant,
+    shown: Shown,
 }
 
 impl Questions {
@@ -156,6 +154,7 @@ impl Questions {
             visibility,
             clock: services.clock.clone(),
             askers: Mutex::new(HashMap::new()),
+            shared_channels: Mutex::new(HashMap::new()),
             metrics: services.metrics.clone(),
             breaker: Breaker::default(),
         }
@@ -229,12 +228,12 @@ impl Questions {
             ))));
         }
         match self.asker(q).await? {
-            Asker::Bot => {
+            Membership::Bot => {
                 tracing::info!("question from a bot ignored");
                 return Ok(ControlFlow::Break(Ending::Quiet));
             }
-            Asker::External => return Ok(ControlFlow::Break(Ending::Tell(messages::external_user_refusal()))),
-            Asker::Person => {}
+            Membership::External => return Ok(ControlFlow::Break(Ending::Tell(messages::external_user_refusal()))),
+            Membership::Member => {}
         }
         let context = match self.user_context(q, None).await {
             Ok(context) => context,
@@ -245,7 +244,12 @@ impl Questions {
             .conversation(q.person(), self.agent.name())
             .await?
             .and_then(|kept| serde_json::from_str(&kept).ok());
-        Ok(ControlFlow::Continue(Prepared { context, conversation }))
+        let shown = self.visibility(q).await;
+        Ok(ControlFlow::Continue(Prepared {
+            context,
+            conversation,
+            shown,
+        }))
     }
 
     /// The asker's token from the broker, renewable mid-answer through it.
@@ -275,32 +279,34 @@ impl Questions {
                 retry_after: Some(Duration::from_secs(seconds.unsigned_abs())),
             });
         }
-        let shown = match self.visibility(q) {
-            AnswerVisibility::Thread => match Placeholder::show(&self.slack, q, placeholder.as_deref()).await {
-                Ok(shown) => Some(shown),
+        let showing = match prepared.shown {
+            Shown::InThread => match Placeholder::show(&self.slack, q, placeholder.as_deref()).await {
+                Ok(showing) => Some(showing),
                 Err(error) => {
                     // Slack failed for a moment: the retry shows it again.
                     placeholder.take();
                     return Err(error);
                 }
             },
-            AnswerVisibility::Private => None,
+            Shown::Privately => None,
         };
-        if let Some(shown) = &shown
-            && placeholder.replace(shown.ts.clone()).as_deref() != Some(shown.ts.as_str())
+        if let Some(showing) = &showing
+            && placeholder.replace(showing.ts.clone()).as_deref() != Some(showing.ts.as_str())
         {
             // Kept with the job: a retry, or another worker after a crash, reuses it.
             let waiting = Outbox {
-                placeholder: Some(shown.ts.clone()),
+                placeholder: Some(showing.ts.clone()),
+                shown: Some(prepared.shown),
                 ..Outbox::default()
             };
             self.keep(job, &waiting).await?;
         }
-        let progress: &dyn Progress = match &shown {
-            Some(shown) => shown,
+        let progress: &dyn Progress = match &showing {
+            Some(showing) => showing,
             None => &Unwatched,
         };
         let started = Instant::now();
+        let shown = prepared.shown;
         let asked = self.ask_agent(job, q, prepared, progress).await;
         match &asked {
             Err(Unanswered::Agent(AgentError::Transient { reason, .. })) => {
@@ -321,6 +327,7 @@ impl Questions {
                     answer,
                     context,
                     started,
+                    shown,
                 }));
             }
             Err(Unanswered::Token(error)) => return Ok(ControlFlow::Break(Ending::NoToken(error))),
@@ -339,8 +346,8 @@ impl Questions {
             )),
             AgentError::Transient { reason, retry_after } => {
                 // The retry takes the placeholder over; meanwhile it says why it waits.
-                if let Some(shown) = &shown {
-                    shown.working_on(Placeholder::RETRYING).await;
+                if let Some(showing) = &showing {
+                    showing.working_on(Placeholder::RETRYING).await;
                     placeholder.take();
                 }
                 Err(JobError::Transient { reason, retry_after })
@@ -374,6 +381,7 @@ impl Questions {
             answer,
             context,
             started,
+            shown,
         } = answered;
         if !self.still_linked(q).await? {
             self.record(AnswerOutcome::Dropped, started);
@@ -398,9 +406,9 @@ impl Questions {
             databricks_user: &context.databricks_user_name,
             agent: self.agent.name(),
         };
-        let rendered = match self.visibility(q) {
+        let rendered = match shown {
             // A private answer to a mention can be shared in its channel by its asker.
-            AnswerVisibility::Private if !q.is_dm && q.response_url.is_none() => {
+            Shown::Privately if !q.is_dm && q.response_url.is_none() => {
                 let share_id = random_token();
                 let public = render::answer(&answer, &by, q.answer_thread(), None);
                 let content = serde_json::to_string(&public.messages).expect("messages serialise");
@@ -422,6 +430,7 @@ impl Questions {
             placeholder: placeholder.clone(),
             messages: rendered.messages,
             csv: rendered.csv,
+            shown: Some(shown),
         };
         self.keep(job, &outbox).await?;
         placeholder.take();
@@ -439,7 +448,9 @@ impl Questions {
         prepared: Prepared,
         progress: &dyn Progress,
     ) -> Result<(AgentAnswer, UserContext), Unanswered> {
-        let Prepared { context, conversation } = prepared;
+        let Prepared {
+            context, conversation, ..
+        } = prepared;
         let request = AgentRequest {
             question: q.text.clone(),
             context: context.clone(),
@@ -491,7 +502,7 @@ impl Questions {
     }
 
     /// Whether the asker is a person of this organisation, asking Slack once an hour.
-    async fn asker(&self, q: &Question) -> Result<Asker, JobError> {
+    async fn asker(&self, q: &Question) -> Result<Membership, JobError> {
         let key = (q.team.clone(), q.user.clone());
         let now = self.clock.now();
         if let Some((asker, at)) = self.askers.lock().expect("not poisoned").get(&key)
@@ -499,24 +510,7 @@ impl Questions {
         {
             return Ok(*asker);
         }
-        let asker = match self.slack.user_info(q.user.as_str()).await {
-            Ok(user) if user.flags.is_bot == Some(true) => Asker::Bot,
-            Ok(user)
-                if user.flags.is_stranger == Some(true)
-                    || user.team_id.as_ref().is_some_and(|t| t.as_ref() != q.team.as_str())
-                        && user.enterprise_user.is_none() =>
-            {
-                Asker::External
-            }
-            Ok(_) => Asker::Person,
-            Err(error) if error.is_transient() => return Err(error.into()),
-            Err(error) => {
-                // Without users:read we cannot tell; treat the asker as one of ours (the
-                // link's identity check still decides whose data they can see).
-                tracing::warn!(error = %error, "users.info failed; assuming an internal person");
-                Asker::Person
-            }
-        };
+        let asker = self.slack.membership(&q.team, &q.user).await?;
         self.askers.lock().expect("not poisoned").insert(key, (asker, now));
         Ok(asker)
     }

@@ -2,6 +2,7 @@
 //! and a recording agent.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use databricks_slack_bot::lifecycle::Lifecycle;
 use databricks_slack_bot::slack::signature::sign;
 use databricks_slack_bot::startup::{Application, Dependencies};
 use databricks_slack_bot::store::Store;
+use governor::Quota;
 use serde_json::{Value, json};
 use wiremock::matchers::path;
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
@@ -164,6 +166,13 @@ pub async fn mount_slack_defaults(slack: &MockServer) {
         .respond_with(ok(json!({"ok": false, "error": "invalid_arguments"})))
         .mount(slack)
         .await;
+    // A channel of the workspace's own (conversations.info, trimmed to what matters).
+    Mock::given(path("/api/conversations.info"))
+        .respond_with(ok(json!({"ok": true, "channel": {
+            "id": "C0LAN2Q65", "name": "general", "is_channel": true, "is_private": false,
+            "is_shared": false, "is_ext_shared": false, "is_org_shared": false, "is_pending_ext_shared": false}})))
+        .mount(slack)
+        .await;
     Mock::given(path("/api/users.info"))
         .respond_with(ok(
             json!({"ok": true, "user": {"id": "U061F7AUR", "team_id": "T061EG9R6", "is_bot": false, "name": "alice",
@@ -203,6 +212,10 @@ pub struct Options {
     /// Answer with the agent the configuration names (`AGENT`, `GENIE_SPACE_ID`, …)
     /// instead of the recording agent.
     pub configured_agent: bool,
+    /// The per-client quota on the linking routes. By default one no test meets: every
+    /// test's browser is 127.0.0.1, and flows run back to back would otherwise pass or
+    /// meet the real quota depending on the machine's speed.
+    pub link_quota: Quota,
 }
 
 impl Default for Options {
@@ -215,6 +228,7 @@ impl Default for Options {
             slack_mocks: Vec::new(),
             databricks: None,
             configured_agent: false,
+            link_quota: Quota::per_second(NonZeroU32::new(10_000).unwrap()),
         }
     }
 }
@@ -325,7 +339,8 @@ impl TestApp {
         let app = Application::build(&config, deps)
             .await
             .unwrap()
-            .with_drain_deadline(Duration::from_secs(5));
+            .with_drain_deadline(Duration::from_secs(5))
+            .with_link_quota(options.link_quota);
         let (addr, lifecycle, store) = (app.local_addr(), app.lifecycle(), app.store());
         let server = tokio::spawn(app.run_until_stopped());
         Self {
