@@ -15,6 +15,9 @@ fuzz_target!(|body: &[u8]| {
     let _ = access_lost(&callback);
     if let Ok(question) = question_from(&callback) {
         // What intake keeps of a question never carries a mention's markup or padding.
-        assert_eq!(question.text, question.text.split_whitespace().collect::<Vec<_>>().join(" "));
+        assert_eq!(
+            question.text,
+            question.text.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
     }
 });

@@ -39,11 +39,12 @@ struct Issuer {
 }
 
 static ISSUER: LazyLock<Issuer> = LazyLock::new(|| {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let answer = Arc::new(Mutex::new(Vec::new()));
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .unwrap();
+    let answer = Arc::new(Mutex::new(Vec::new()));
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
     let origin = format!("http://{addr}");
     let discovery = serde_json::json!({
@@ -107,18 +108,19 @@ fuzz_target!(|data: &[u8]| {
         let Ok(token) = jsonwebtoken::encode(&header, &claims, &issuer.key) else {
             return;
         };
-        serde_json::json!({"ok": true, "id_token": token}).to_string().into_bytes()
+        serde_json::json!({"ok": true, "id_token": token})
+            .to_string()
+            .into_bytes()
     };
     *issuer.answer.lock().unwrap() = body;
     let nonce_accepted = Cell::new(false);
-    let identity = issuer.runtime.block_on(issuer.oidc.identify(
-        &SecretString::from("code".to_owned()),
-        |nonce| {
+    let identity = issuer
+        .runtime
+        .block_on(issuer.oidc.identify(&SecretString::from("code".to_owned()), |nonce| {
             let ok = nonce == NONCE;
             nonce_accepted.set(ok);
             ok
-        },
-    ));
+        }));
     if identity.is_ok() {
         // Accepted only with this attempt's nonce.
         assert!(nonce_accepted.get());

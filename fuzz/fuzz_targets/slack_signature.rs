@@ -65,7 +65,12 @@ fuzz_target!(|input: Input| {
         // Accepted: exactly one of each header, and a signature only the secret could make.
         let ts = signed_ts.expect("accepted with a well-formed timestamp");
         assert_eq!(map.get_all(TIMESTAMP_HEADER).iter().count(), 1);
-        let given = map.get(SIGNATURE_HEADER).unwrap().to_str().unwrap().to_ascii_lowercase();
+        let given = map
+            .get(SIGNATURE_HEADER)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase();
         assert_eq!(given, sign(SECRET, ts, &input.body));
         assert!(now.abs_diff(ts) <= MAX_SKEW_SECONDS as u64);
 

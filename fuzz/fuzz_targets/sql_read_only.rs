@@ -1,5 +1,5 @@
 //! `agent::llm::read_only::check`, which decides whether SQL a model wrote may run: any
-//! text, no panic, no hang. (Builds once the `read_only` module is on the branch.)
+//! text, no panic, no hang.
 #![no_main]
 
 use databricks_slack_bot::agent::llm::read_only::check;
