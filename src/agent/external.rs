@@ -462,8 +462,7 @@ impl Reply {
 
     /// `Retry-After` in seconds (the HTTP-date form is rare from APIs and ignored).
     fn retry_after(&self) -> Option<Duration> {
-        let value = self.headers.get(RETRY_AFTER)?.to_str().ok()?;
-        value.trim().parse().ok().map(Duration::from_secs)
+        crate::databricks::api::parse_retry_after(self.headers.get(RETRY_AFTER)?.to_str().ok()?)
     }
 
     /// The start of the body for a log line, with the asker's token cut out: agents

@@ -155,8 +155,13 @@ pub fn error_code<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<O
 }
 
 fn retry_after(response: &reqwest::Response) -> Option<Duration> {
-    let value = response.headers().get(reqwest::header::RETRY_AFTER)?;
-    value.to_str().ok()?.trim().parse().ok().map(Duration::from_secs)
+    parse_retry_after(response.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?)
+}
+
+/// A `Retry-After` value in seconds (the HTTP-date form is rare from APIs and ignored).
+/// Public so the fuzz target `retry_after` can reach it; the external agent reads it too.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    value.trim().parse().ok().map(Duration::from_secs)
 }
 
 /// Maps a non-success response to an [`ApiError`].
