@@ -225,7 +225,7 @@ impl Workers {
                 let delay = retry_after.unwrap_or_else(|| self.backoff(job.attempts));
                 tracing::warn!(error = %error, retry_in_s = delay.as_secs(), "job failed; will retry");
                 self.store
-                    .retry_job(&job, now, now + delay.as_secs().max(1) as i64, &error.to_string())
+                    .retry_job(&job, now, retry_at(now, delay), &error.to_string())
                     .await
             }
             Err(error) => {
@@ -261,9 +261,31 @@ impl Workers {
     }
 }
 
+/// Longest a job waits before its next try, whatever a `Retry-After` asked for: a
+/// question an hour late is as good as lost, and a huge header must not overflow.
+const MAX_RETRY_DELAY_SECONDS: u64 = 3600;
+
+/// When a job failing at `now` is tried again after `delay`: at least a second later, at
+/// most [`MAX_RETRY_DELAY_SECONDS`].
+fn retry_at(now: i64, delay: Duration) -> i64 {
+    now.saturating_add(delay.as_secs().clamp(1, MAX_RETRY_DELAY_SECONDS) as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // A Retry-After of any size (the fuzz target found values that overflowed) gives a
+    // retry time between one second and an hour ahead.
+    #[test]
+    fn any_retry_after_gives_a_retry_within_the_hour() {
+        assert_eq!(retry_at(100, Duration::ZERO), 101);
+        assert_eq!(retry_at(100, Duration::from_secs(30)), 130);
+        for huge in [u64::MAX, 1 << 63, i64::MAX as u64] {
+            assert_eq!(retry_at(100, Duration::from_secs(huge)), 3700);
+        }
+        assert_eq!(retry_at(i64::MAX - 5, Duration::from_secs(30)), i64::MAX);
+    }
 
     #[test]
     fn an_unreadable_row_is_permanent_and_an_unreachable_database_transient() {
