@@ -173,12 +173,7 @@ async fn error_of(response: reqwest::Response) -> ApiError {
         .get("x-databricks-reason-phrase")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let content_type = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let content_type = content_type(&response).to_owned();
     let body = response.bytes().await.unwrap_or_default();
     classify(
         status,
@@ -195,12 +190,7 @@ async fn read_json<T: DeserializeOwned>(response: reqwest::Response, path: &str)
         tracing::warn!(%detail, "an unreadable answer from Databricks");
         ApiError::Unexpected(detail)
     };
-    let is_page = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/html"));
-    if is_page {
+    if content_type(&response).starts_with("text/html") {
         return Err(unreadable(format!(
             "{path}: a web page instead of JSON (HTTP {}; redirected to a sign-in page? check DATABRICKS_HOST \
              and private-link access)",
@@ -209,6 +199,15 @@ async fn read_json<T: DeserializeOwned>(response: reqwest::Response, path: &str)
     }
     let bytes = response.bytes().await.map_err(|e| transport_error(&e))?;
     serde_json::from_slice(&bytes).map_err(|e| unreadable(format!("{path}: {e}")))
+}
+
+/// The response's `Content-Type`, or "" when it has none.
+fn content_type(response: &reqwest::Response) -> &str {
+    response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
 }
 
 fn classify(status: u16, wait: Option<Duration>, refusal: Refusal) -> ApiError {

@@ -45,6 +45,15 @@ async fn command_in(app: &TestApp, channel: (&str, &str), text: &str, trigger: &
     response.json().await.unwrap()
 }
 
+/// "Connect Databricks" clicked in the asker's App Home.
+fn home_connect_click() -> Value {
+    let mut payload: Value =
+        serde_json::from_str(include_str!("../fixtures/slack/block_actions_disconnect.json")).unwrap();
+    payload["actions"][0]["action_id"] = json!("home_connect");
+    payload["container"] = json!({"type": "view", "view_id": "V0HOME0001"});
+    payload
+}
+
 /// The Disconnect button clicked by the asker, as Slack reports it once confirmed.
 fn disconnect_click(app: &TestApp, trigger: &str) -> Value {
     let mut payload: Value =
@@ -385,10 +394,7 @@ async fn app_home_shows_the_current_state_each_time_it_is_opened() {
 #[tokio::test]
 async fn connect_in_app_home_sends_a_fresh_link_by_direct_message() {
     let app = spawn().await;
-    let mut payload: Value =
-        serde_json::from_str(include_str!("../fixtures/slack/block_actions_disconnect.json")).unwrap();
-    payload["actions"][0]["action_id"] = json!("home_connect");
-    payload["container"] = json!({"type": "view", "view_id": "V0HOME0001"});
+    let payload = home_connect_click();
     assert_eq!(app.post_interaction(&payload).await, 200);
     let dms = app.wait_for_calls("chat.postMessage", 1).await;
     assert_eq!(dms[0]["channel"], "D0DM000001");
@@ -439,10 +445,7 @@ async fn connect_by_command_refuses_a_person_from_another_organisation() {
 #[tokio::test]
 async fn connect_in_app_home_refuses_a_person_from_another_organisation() {
     let app = spawn_for_a_stranger().await;
-    let mut payload: Value =
-        serde_json::from_str(include_str!("../fixtures/slack/block_actions_disconnect.json")).unwrap();
-    payload["actions"][0]["action_id"] = json!("home_connect");
-    payload["container"] = json!({"type": "view", "view_id": "V0HOME0001"});
+    let payload = home_connect_click();
 
     assert_eq!(app.post_interaction(&payload).await, 200);
 

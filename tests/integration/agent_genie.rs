@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::common::agents::{self, Shown};
-use crate::common::recorded::{genie_message, genie_started, recorded};
+use crate::common::recorded::{TOKEN_REFUSALS, genie_message, genie_started, recorded};
 use databricks_slack_bot::agent::genie::{Genie, Timing};
 use databricks_slack_bot::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Table, Unwatched};
 use databricks_slack_bot::databricks::api::http_client;
@@ -750,14 +750,7 @@ async fn a_lost_question_genie_never_received_stays_a_passing_failure() {
 // WWW-Authenticate or as an HTML page, a plain-text 400) asks the caller to refresh.
 #[tokio::test]
 async fn every_recorded_token_refusal_is_unauthorized_so_the_caller_refreshes() {
-    for fixture in [
-        "invalid-access-token-403",
-        "expired-token-403-jwt",
-        "unauthenticated-401",
-        "unauthenticated-401-reqid",
-        "unauthenticated-401-html",
-        "invalid-token-400-plaintext",
-    ] {
+    for fixture in TOKEN_REFUSALS {
         assert_eq!(error_when_refused(fixture).await, AgentError::Unauthorized, "{fixture}");
     }
 }

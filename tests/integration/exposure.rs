@@ -6,15 +6,11 @@
 //! test harness's default: the first 20 requests always pass, and a 429 must come within
 //! the next few however slow the machine.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::TestDb;
-use crate::common::app::{Options, RecordingAgent, TestApp, config_env};
-use databricks_slack_bot::clock::SystemClock;
-use databricks_slack_bot::config::{Config, Env};
+use crate::common::app::{Options, TestApp, build_offline};
 use databricks_slack_bot::http::limit::LINK_QUOTA;
-use databricks_slack_bot::startup::{Application, Dependencies};
 use tokio::net::TcpStream;
 
 /// Requests beyond the burst within which a 429 must come (one refill per 2 s, so this
@@ -140,15 +136,7 @@ async fn behind_a_trusted_proxy_forwarded_clients_are_limited_separately() {
 async fn metrics_move_to_their_own_listener_and_stop_with_the_service() {
     let db = TestDb::sqlite();
     // Nothing outside is called: no workers, no Socket Mode.
-    let mut env = config_env(&db.url, "http://127.0.0.1:9", "http://127.0.0.1:9");
-    env.push(("METRICS_BIND_ADDR", "127.0.0.1:0".into()));
-    let config = Config::load(&Env::from_pairs(env)).expect("test configuration is valid");
-    let deps = Dependencies {
-        clock: Arc::new(SystemClock),
-        agent: Arc::new(RecordingAgent::default()),
-        workers: None,
-    };
-    let app = Application::build(&config, deps).await.unwrap();
+    let app = build_offline(&db.url, vec![("METRICS_BIND_ADDR", "127.0.0.1:0".into())]).await;
     let (public, private) = (app.local_addr(), app.metrics_addr().expect("a metrics listener"));
     assert_ne!(private.port(), 0);
     let lifecycle = app.lifecycle();

@@ -1,16 +1,12 @@
 //! The HTTP server on port 0: probes, metrics, limits and shutdown.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::TestDb;
-use crate::common::app::{RecordingAgent, TestApp, config_env};
+use crate::common::app::{TestApp, build_offline};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use databricks_slack_bot::clock::SystemClock;
-use databricks_slack_bot::config::{Config, Env};
 use databricks_slack_bot::http::MAX_BODY_BYTES;
-use databricks_slack_bot::startup::{Application, Dependencies};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tower::ServiceExt;
@@ -57,14 +53,7 @@ async fn an_oversize_body_is_refused_with_413() {
 async fn readiness_is_false_while_draining_and_when_the_database_is_gone() {
     let db = TestDb::sqlite();
     // Nothing outside is called: the app is only built, and its router driven in-process.
-    let env = config_env(&db.url, "http://127.0.0.1:9", "http://127.0.0.1:9");
-    let config = Config::load(&Env::from_pairs(env)).expect("test configuration is valid");
-    let deps = Dependencies {
-        clock: Arc::new(SystemClock),
-        agent: Arc::new(RecordingAgent::default()),
-        workers: None,
-    };
-    let app = Application::build(&config, deps).await.unwrap();
+    let app = build_offline(&db.url, Vec::new()).await;
     let (router, lifecycle, store) = (app.router(), app.lifecycle(), app.store());
     let readyz = || Request::get("/readyz").body(Body::empty()).unwrap();
 

@@ -836,16 +836,17 @@ fn form_token_of(page: &str) -> String {
     page[start..start + 64].to_owned()
 }
 
-/// `POST /link/{id}` as a browser on some page posts it: with `headers`, `cookie` and `body`.
-async fn post_claim(
+/// A form posted to `path` as a browser on some page posts it: with `headers`, `cookie`
+/// and `body`.
+async fn post_form(
     app: &TestApp,
-    id: &str,
+    path: &str,
     headers: &[(&str, &str)],
     cookie: Option<&str>,
     body: &str,
 ) -> reqwest::Response {
     let mut request = browser()
-        .post(app.url(&format!("/link/{id}")))
+        .post(app.url(path))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(body.to_owned());
     for (name, value) in headers {
@@ -877,7 +878,7 @@ async fn a_claim_posted_from_another_site_is_refused_and_the_link_stays_usable()
         // Neither header, and no token: nothing shows it came from the bot's page.
         &[],
     ] {
-        let response = post_claim(&app, &id, headers, None, "").await;
+        let response = post_form(&app, &format!("/link/{id}"), headers, None, "").await;
         assert_eq!(response.status(), 403, "{headers:?}");
         assert!(response.headers().get("set-cookie").is_none(), "{headers:?}");
         let page = response.text().await.unwrap();
@@ -921,11 +922,11 @@ async fn without_origin_headers_the_landing_pages_form_token_proves_the_claim() 
         (Some(cookie.as_str()), body(&form_token_of(&theirs))),
         (Some(cookie.as_str()), String::new()),
     ] {
-        let response = post_claim(&app, &id, &[], cookie, &body).await;
+        let response = post_form(&app, &format!("/link/{id}"), &[], cookie, &body).await;
         assert_eq!(response.status(), 403, "{cookie:?} {body}");
     }
 
-    let response = post_claim(&app, &id, &[], Some(&cookie), &body(&token)).await;
+    let response = post_form(&app, &format!("/link/{id}"), &[], Some(&cookie), &body(&token)).await;
     assert_eq!(response.status(), 303);
     app.stop().await;
 }
@@ -947,28 +948,14 @@ async fn a_replacement_confirmed_from_another_site_is_refused() {
         (&[][..], "decision=replace".to_owned()),
         (&[][..], format!("decision=replace&form_token={}", "0".repeat(64))),
     ] {
-        let mut request = browser()
-            .post(app.url("/link/confirm"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("cookie", cookie.as_str())
-            .body(body.clone());
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = request.send().await.unwrap();
+        let response = post_form(&app, "/link/confirm", headers, Some(&cookie), &body).await;
         assert_eq!(response.status(), 403, "{headers:?} {body}");
     }
     assert_eq!(linked_as(&app).await, "asker@example.com", "nothing replaced");
 
     // The page's own form, from a browser that sends no Origin: the token proves it.
-    let response = browser()
-        .post(app.url("/link/confirm"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("cookie", cookie.as_str())
-        .body(format!("decision=replace&form_token={token}"))
-        .send()
-        .await
-        .unwrap();
+    let body = format!("decision=replace&form_token={token}");
+    let response = post_form(&app, "/link/confirm", &[], Some(&cookie), &body).await;
     assert_eq!(response.status(), 303);
     assert_eq!(linked_as(&app).await, "alice.admin@example.com");
     app.stop().await;

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::common::agents::{self, Renewer, Shown};
-use crate::common::recorded::recorded;
+use crate::common::recorded::{TOKEN_REFUSALS, recorded};
 use databricks_slack_bot::agent::llm::Llm;
 use databricks_slack_bot::agent::llm::tools::Toolbox;
 use databricks_slack_bot::agent::{Agent, AgentError};
@@ -26,16 +26,6 @@ const EXPIRING: &str = "at-expiring";
 const RENEWED: &str = "at-renewed";
 const SPACE: &str = "space-1";
 const WAREHOUSE: &str = "wh-123";
-
-/// Each way a real workspace refuses the token itself.
-const TOKEN_REFUSALS: [&str; 6] = [
-    "invalid-access-token-403",
-    "expired-token-403-jwt",
-    "unauthenticated-401",
-    "unauthenticated-401-reqid",
-    "unauthenticated-401-html",
-    "invalid-token-400-plaintext",
-];
 
 /// Passing failures told at once: gateways, an unavailable service, and a rate limit whose
 /// `Retry-After` (100 s) is longer than a call waits inline.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use databricks_slack_bot::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Progress, Table};
-use databricks_slack_bot::clock::{Clock, ManualClock};
+use databricks_slack_bot::clock::{Clock, ManualClock, SystemClock};
 use databricks_slack_bot::config::{Config, Env};
 use databricks_slack_bot::jobs::worker::WorkerConfig;
 use databricks_slack_bot::lifecycle::Lifecycle;
@@ -270,6 +270,20 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub db_url: String,
     _db: Option<TestDb>,
+}
+
+/// The app built on `db_url` with `extra` settings, without workers and with Slack and
+/// Databricks unreachable: for tests of its HTTP surface alone. Nothing runs until asked.
+pub async fn build_offline(db_url: &str, extra: Vec<(&'static str, String)>) -> Application {
+    let mut env = config_env(db_url, "http://127.0.0.1:9", "http://127.0.0.1:9");
+    env.extend(extra);
+    let config = Config::load(&Env::from_pairs(env)).expect("test configuration is valid");
+    let deps = Dependencies {
+        clock: Arc::new(SystemClock),
+        agent: Arc::new(RecordingAgent::default()),
+        workers: None,
+    };
+    Application::build(&config, deps).await.unwrap()
 }
 
 pub fn config_env(db_url: &str, slack_uri: &str, databricks_uri: &str) -> Vec<(&'static str, String)> {

@@ -7,6 +7,17 @@ use std::path::Path;
 use serde_json::Value;
 use wiremock::ResponseTemplate;
 
+/// Every recorded way a real workspace refuses the token itself: a numeric 403, "JWT has
+/// expired", 401 with `WWW-Authenticate`, with a request id, as an HTML page, a plain-text 400.
+pub const TOKEN_REFUSALS: [&str; 6] = [
+    "invalid-access-token-403",
+    "expired-token-403-jwt",
+    "unauthenticated-401",
+    "unauthenticated-401-reqid",
+    "unauthenticated-401-html",
+    "invalid-token-400-plaintext",
+];
+
 /// One recorded answer: status, headers and body, exactly as the fixture holds them.
 #[derive(Clone, Debug)]
 pub struct Recorded {
