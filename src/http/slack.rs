@@ -18,7 +18,7 @@ use slack_morphism::prelude::*;
 use crate::clock::SharedClock;
 use crate::intake::SlackIntake;
 use crate::intake::events::Outcome;
-use crate::slack::signature;
+use crate::slack::{envelope, signature};
 
 /// What the Slack routes share.
 pub struct SlackRoutes {
@@ -102,7 +102,11 @@ async fn events(State(slack): State<Arc<SlackRoutes>>, headers: HeaderMap, body:
     if !slack.is_signed("/slack/events", &headers, &body) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    let event: SlackPushEvent = match serde_json::from_slice(&body) {
+    let event = serde_json::from_slice::<serde_json::Value>(&body).and_then(|mut envelope| {
+        envelope::settle_event(&mut envelope);
+        serde_json::from_value::<SlackPushEvent>(envelope)
+    });
+    let event = match event {
         Ok(event) => event,
         Err(error) => return unparseable("event", error),
     };
@@ -178,7 +182,11 @@ async fn interactions(State(slack): State<Arc<SlackRoutes>>, headers: HeaderMap,
     }
     let event = serde_urlencoded::from_bytes::<InteractionForm>(&body)
         .map_err(|e| e.to_string())
-        .and_then(|form| serde_json::from_str::<SlackInteractionEvent>(&form.payload).map_err(|e| e.to_string()));
+        .and_then(|form| {
+            let mut payload = serde_json::from_str::<serde_json::Value>(&form.payload).map_err(|e| e.to_string())?;
+            envelope::settle_interaction(&mut payload);
+            serde_json::from_value::<SlackInteractionEvent>(payload).map_err(|e| e.to_string())
+        });
     match event {
         Ok(event) => match slack.intake.interactions.handle(&event).await {
             Ok(()) => StatusCode::OK.into_response(),

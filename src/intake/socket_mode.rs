@@ -8,6 +8,8 @@
 use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use slack_morphism::errors::{SlackClientError, SlackClientProtocolError};
 use slack_morphism::prelude::*;
 
 use crate::intake::SlackIntake;
@@ -15,6 +17,7 @@ use crate::intake::commands::Commands;
 use crate::intake::events::Intake;
 use crate::intake::interactions::Interactions;
 use crate::slack::api::SlackApi;
+use crate::slack::envelope;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -93,7 +96,74 @@ async fn on_interaction(
 }
 
 /// A callback failed: answer 503 so the envelope is not acknowledged and Slack redelivers.
-fn on_error(error: BoxError, _client: Arc<SlackHyperClient>, _state: SlackClientEventsUserState) -> HttpStatusCode {
-    tracing::error!(error = %error, "Socket Mode delivery failed; leaving it unacknowledged for redelivery");
-    HttpStatusCode::SERVICE_UNAVAILABLE
+///
+/// A frame slack-morphism could not read comes here too, and it acknowledges that frame
+/// whatever this returns. An org-wide install's events and clicks can carry `null` where
+/// slack-morphism requires a workspace ([`envelope`]): those are settled and delivered
+/// here, before the acknowledgement, like any other. The frame's body (which holds what
+/// people wrote) is never logged.
+fn on_error(error: BoxError, client: Arc<SlackHyperClient>, state: SlackClientEventsUserState) -> HttpStatusCode {
+    let unreadable =
+        error
+            .downcast_ref::<SlackClientProtocolError>()
+            .or_else(|| match error.downcast_ref::<SlackClientError>() {
+                Some(SlackClientError::ProtocolError(unreadable)) => Some(unreadable),
+                _ => None,
+            });
+    let Some(unreadable) = unreadable else {
+        tracing::error!(error = %error, "Socket Mode delivery failed; leaving it unacknowledged for redelivery");
+        return HttpStatusCode::SERVICE_UNAVAILABLE;
+    };
+    let Some(frame) = unreadable.json_body.as_deref().and_then(settled) else {
+        tracing::error!(error = %unreadable.json_error, "Slack sent a Socket Mode frame the bot cannot read; dropped");
+        return HttpStatusCode::OK;
+    };
+    let deliver = async move {
+        let delivered = match frame {
+            Settled::Event(event) => on_push(*event, client, state).await,
+            Settled::Interaction(click) => on_interaction(*click, client, state).await,
+        };
+        if let Err(error) = delivered {
+            tracing::error!(error = %error, "could not queue a settled Socket Mode delivery; Slack will not resend it");
+        }
+    };
+    // Block this listener until the delivery is stored, as for any other frame. Only a
+    // multi-threaded runtime (the binary's) can; elsewhere it is stored right after the ack.
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| runtime.block_on(deliver));
+        }
+        Ok(runtime) => drop(runtime.spawn(deliver)),
+        Err(_) => tracing::error!("a Socket Mode frame arrived outside the runtime; dropped"),
+    }
+    HttpStatusCode::OK
+}
+
+/// A Socket Mode frame settled to one workspace.
+enum Settled {
+    Event(Box<SlackPushEventCallback>),
+    Interaction(Box<SlackInteractionEvent>),
+}
+
+/// `body` as an `events_api` or `interactive` frame once [`envelope`] settled it, if that
+/// makes it readable.
+fn settled(body: &str) -> Option<Settled> {
+    let mut frame: Value = serde_json::from_str(body).ok()?;
+    let kind = frame.get("type")?.as_str()?.to_owned();
+    let payload = frame.get_mut("payload")?;
+    match kind.as_str() {
+        "events_api" => {
+            envelope::settle_event(payload);
+            serde_json::from_value(payload.take())
+                .ok()
+                .map(|e| Settled::Event(Box::new(e)))
+        }
+        "interactive" => {
+            envelope::settle_interaction(payload);
+            serde_json::from_value(payload.take())
+                .ok()
+                .map(|c| Settled::Interaction(Box::new(c)))
+        }
+        _ => None,
+    }
 }

@@ -84,6 +84,8 @@ pub struct BotIdentity {
     pub team: String,
     pub user_id: String,
     pub bot_id: Option<String>,
+    /// The Enterprise Grid organisation the workspace belongs to, if any.
+    pub enterprise_id: Option<String>,
 }
 
 /// The Web API, with the bot token.
@@ -143,14 +145,30 @@ impl SlackApi {
         self.client.clone()
     }
 
-    /// `auth.test`: checks the token and tells who the bot is.
+    /// `auth.test`: checks the token and tells who the bot is. Read here rather than with
+    /// slack-morphism's type, which leaves out `enterprise_id`.
     pub async fn auth_test(&self) -> Result<BotIdentity, SlackApiError> {
-        let r = call!(self, |s| s.auth_test())?;
+        #[derive(Deserialize)]
+        struct AuthTest {
+            team_id: String,
+            team: String,
+            user_id: String,
+            #[serde(default)]
+            bot_id: Option<String>,
+            #[serde(default)]
+            enterprise_id: Option<String>,
+        }
+        let r: AuthTest = call!(self, |s| s.http_session_api.http_get(
+            "auth.test",
+            &SLACK_HTTP_EMPTY_GET_PARAMS.clone(),
+            Some(&SLACK_TIER4_METHOD_CONFIG)
+        ))?;
         Ok(BotIdentity {
-            team_id: r.team_id.to_string(),
+            team_id: r.team_id,
             team: r.team,
-            user_id: r.user_id.to_string(),
-            bot_id: r.bot_id.map(|b| b.to_string()),
+            user_id: r.user_id,
+            bot_id: r.bot_id,
+            enterprise_id: r.enterprise_id.filter(|e| !e.is_empty()),
         })
     }
 
@@ -316,23 +334,42 @@ impl SlackApi {
     /// Who `user` is to the bot of `team` (EVT-05). A failure Slack may get over is an
     /// error; any other (say, `users:read` missing) counts the person as a member, since
     /// the link's identity check still decides whose data they can see.
+    ///
+    /// Someone whose own workspace is not `team` is a member only as a person of the same
+    /// Enterprise Grid organisation as the bot's workspace (`enterprise_user.enterprise_id`
+    /// against `auth.test`'s `enterprise_id`); a person of any other organisation, grid or
+    /// not, is external, whether or not Slack marks them `is_stranger`.
     pub async fn membership(&self, team: &TeamId, user: &UserId) -> Result<Membership, SlackApiError> {
-        match self.user_info(user.as_str()).await {
-            Ok(info) if info.flags.is_bot == Some(true) => Ok(Membership::Bot),
-            Ok(info)
-                if info.flags.is_stranger == Some(true)
-                    || info.team_id.as_ref().is_some_and(|t| t.as_ref() != team.as_str())
-                        && info.enterprise_user.is_none() =>
-            {
-                Ok(Membership::External)
-            }
-            Ok(_) => Ok(Membership::Member),
-            Err(error) if error.is_transient() => Err(error),
+        let info = match self.user_info(user.as_str()).await {
+            Ok(info) => info,
+            Err(error) if error.is_transient() => return Err(error),
             Err(error) => {
                 tracing::warn!(error = %error, "users.info failed; assuming a member of the organisation");
-                Ok(Membership::Member)
+                return Ok(Membership::Member);
             }
+        };
+        if info.flags.is_bot == Some(true) {
+            return Ok(Membership::Bot);
         }
+        if info.flags.is_stranger == Some(true) {
+            return Ok(Membership::External);
+        }
+        if info.team_id.as_ref().is_none_or(|home| home.as_ref() == team.as_str()) {
+            return Ok(Membership::Member);
+        }
+        let Some(theirs) = info.enterprise_user.map(|e| e.enterprise_id) else {
+            return Ok(Membership::External);
+        };
+        let ours = match self.bot_identity().await {
+            Ok(bot) => bot.enterprise_id.as_deref(),
+            Err(error) if error.is_transient() => return Err(error),
+            Err(_) => None,
+        };
+        Ok(if ours == Some(theirs.as_ref()) {
+            Membership::Member
+        } else {
+            Membership::External
+        })
     }
 
     /// Whether `channel` is shared with another organisation (Slack Connect), or about to

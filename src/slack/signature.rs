@@ -63,7 +63,7 @@ pub fn verify(secret: &SecretString, headers: &HeaderMap, body: &[u8], now: i64)
     mac.update(body);
     mac.verify_slice(&expected).map_err(|_| SignatureError::Mismatch)?;
 
-    if (now - ts).abs() > MAX_SKEW_SECONDS {
+    if now.abs_diff(ts) > MAX_SKEW_SECONDS.unsigned_abs() {
         return Err(SignatureError::Stale);
     }
     Ok(())

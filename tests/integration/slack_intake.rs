@@ -930,3 +930,128 @@ async fn follow_ups_in_one_thread_are_answered_one_after_another() {
     );
     app.stop().await;
 }
+
+/// `users.info` for the asker as a person of an Enterprise Grid org, homed in `team`.
+fn grid_person(team: &str, enterprise: &str) -> Mock {
+    Mock::given(path("/api/users.info")).respond_with(ResponseTemplate::new(200).set_body_json(json!({
+        "ok": true,
+        "user": {"id": ASKER, "team_id": team, "is_bot": false, "name": "alice",
+                 "enterprise_user": {"id": ASKER, "enterprise_id": enterprise, "enterprise_name": "Org",
+                                     "is_admin": false, "is_owner": false, "teams": [team]}}})))
+}
+
+/// `auth.test` for a bot whose workspace belongs to the grid org `enterprise`.
+fn grid_bot(enterprise: &str) -> Mock {
+    Mock::given(path("/api/auth.test")).respond_with(ResponseTemplate::new(200).set_body_json(json!({
+        "ok": true, "user_id": "U0LAN0Z89", "team_id": ASKER_TEAM, "team": "Acme",
+        "url": "https://acme.slack.com/", "bot_id": "B0LAN0Z8A",
+        "enterprise_id": enterprise, "is_enterprise_install": true})))
+}
+
+/// The teams the stored jobs are keyed under.
+async fn job_teams(app: &TestApp) -> Vec<String> {
+    crate::common::app::rows::<(String,)>(&app.db_url, "SELECT team_id FROM jobs ORDER BY id")
+        .await
+        .into_iter()
+        .map(|(team,)| team)
+        .collect()
+}
+
+// EVT-05 / Enterprise Grid: an org-wide install's mention, whose authorization names no
+// workspace (`team_id: null`), is read, keyed to the workspace it was asked in, answered.
+#[tokio::test]
+async fn an_org_wide_install_mention_is_answered_in_the_workspace_it_was_asked_in() {
+    let app = TestApp::spawn().await;
+    let event: Value = serde_json::from_str(&fixture("event_app_mention_org_wide.json")).unwrap();
+    assert!(event["authorizations"][0]["team_id"].is_null());
+    let response = app.post_event(&event).await;
+    assert_eq!(response.status(), 200);
+    let prompts = app.wait_for_calls("chat.postEphemeral", 1).await;
+    assert_eq!(prompts[0]["user"], "W061F7AUR");
+    assert!(
+        prompts[0].to_string().contains("https://bot.example.com/link/"),
+        "{}",
+        prompts[0]
+    );
+    assert_eq!(job_teams(&app).await, [ASKER_TEAM]);
+    app.stop().await;
+}
+
+// Slack Connect: the envelope can name the workspace a message came from; the link key is
+// the installation's workspace, from `authorizations`, as Bolt reads it.
+#[tokio::test]
+async fn a_shared_channel_mention_is_keyed_to_the_installations_workspace() {
+    let app = TestApp::spawn().await;
+    let mut event = mention("EvShared", "<@U0LAN0Z89> how are sales?");
+    event["team_id"] = json!("T0OTHERORG");
+    event["is_ext_shared_channel"] = json!(true);
+    app.post_event(&event).await;
+    app.wait_for_calls("chat.postEphemeral", 1).await;
+    assert_eq!(job_teams(&app).await, [ASKER_TEAM]);
+    app.stop().await;
+}
+
+// EVT-05: a person of another Enterprise Grid org (Slack Connect between two grids) is
+// external even when Slack does not mark them `is_stranger`; a person of the bot's own
+// org homed in another of its workspaces is a member.
+#[tokio::test]
+async fn a_grid_person_is_a_member_only_of_their_own_organisation() {
+    for (their_org, refused) in [("E0OTHERORG", true), ("E0GRIDORG", false)] {
+        let app = TestApp::spawn_with(crate::common::app::Options {
+            slack_mocks: vec![grid_person("T0SECONDWS", their_org), grid_bot("E0GRIDORG")],
+            ..Default::default()
+        })
+        .await;
+        app.post_event(&mention("EvGrid", "<@U0LAN0Z89> show me the numbers"))
+            .await;
+        let replies = app.wait_for_calls("chat.postEphemeral", 1).await;
+        let reply = replies[0].to_string();
+        assert_eq!(
+            reply.contains("only answer people from this workspace"),
+            refused,
+            "{their_org}: {reply}"
+        );
+        assert_eq!(reply.contains("/link/"), !refused, "{their_org}: {reply}");
+        app.stop().await;
+    }
+}
+
+// The same with a bot outside any grid org: an enterprise user homed elsewhere is external.
+#[tokio::test]
+async fn a_grid_person_is_external_to_a_workspace_outside_any_grid() {
+    let app = TestApp::spawn_with(crate::common::app::Options {
+        slack_mocks: vec![grid_person("T0SECONDWS", "E0GRIDORG")],
+        ..Default::default()
+    })
+    .await;
+    app.post_event(&mention("EvNoGrid", "<@U0LAN0Z89> show me the numbers"))
+        .await;
+    let replies = app.wait_for_calls("chat.postEphemeral", 1).await;
+    assert!(
+        replies[0]
+            .to_string()
+            .contains("only answer people from this workspace"),
+        "{}",
+        replies[0]
+    );
+    app.stop().await;
+}
+
+// An org-wide install's click may carry `team: null`: the clicker's workspace stands in.
+#[tokio::test]
+async fn an_org_wide_click_without_a_team_reaches_the_clickers_link() {
+    let app = TestApp::spawn().await;
+    app.link_asker().await;
+    let mut payload: Value = serde_json::from_str(&fixture("block_actions_disconnect.json")).unwrap();
+    payload["team"] = Value::Null;
+    payload["response_url"] = json!(format!("{}/response/grid", app.slack.uri()));
+    assert_eq!(app.post_interaction(&payload).await, 200);
+    assert_eq!(app.settled_job_states().await, ["done"]);
+    let team = databricks_slack_bot::domain::TeamId::parse(ASKER_TEAM).unwrap();
+    let user = databricks_slack_bot::domain::UserId::parse(ASKER).unwrap();
+    assert!(
+        app.store.find_link(&team, &user).await.unwrap().is_none(),
+        "disconnected"
+    );
+    app.stop().await;
+}

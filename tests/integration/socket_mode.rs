@@ -190,3 +190,19 @@ async fn socket_mode_commands_and_clicks_reach_the_same_handlers() {
     );
     app.stop().await;
 }
+
+// Enterprise Grid over Socket Mode: slack-morphism cannot read an org-wide install's frame
+// (`authorizations[0].team_id: null`) and acknowledges it anyway; the bot settles it and
+// stores the question before that ack (a multi-threaded runtime, as the binary's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_org_wide_install_frame_is_stored_before_its_ack() {
+    let (app, mut ws) = connected_app().await;
+    let event: Value = serde_json::from_str(include_str!("../fixtures/slack/event_app_mention_org_wide.json")).unwrap();
+    ws.send(envelope("env-grid", "events_api", event)).await.unwrap();
+    assert_eq!(next_ack(&mut ws).await["envelope_id"], "env-grid");
+    let stored: Vec<(String,)> = crate::common::app::rows(&app.db_url, "SELECT team_id FROM jobs").await;
+    assert_eq!(stored, [("T061EG9R6".to_owned(),)], "stored before the ack");
+    let prompts = app.wait_for_calls("chat.postEphemeral", 1).await;
+    assert_eq!(prompts[0]["user"], "W061F7AUR");
+    app.stop().await;
+}
