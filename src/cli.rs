@@ -12,8 +12,9 @@ use crate::agent;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, DatabaseConfig, Env, IdentityCheck, vault_and_database};
 use crate::crypto::generate_key;
+use crate::databricks::authority::Authority;
 use crate::databricks::broker::rotation::{rotate_all, rotate_pending_links, sealed_under_unknown_keys, unknown_keys};
-use crate::databricks::oauth::{DatabricksOAuth, http_client};
+use crate::databricks::oauth::http_client;
 use crate::domain::{TeamId, UserId, WorkspaceHost};
 use crate::lifecycle::shutdown_signal;
 use crate::slack::api::SlackApi;
@@ -238,15 +239,31 @@ async fn check(env: &Env) -> Result<(), Failure> {
             healthy = false;
         }
     }
-    let oauth = DatabricksOAuth::new(&config.databricks, &config.public_base_url, http_client());
-    match oauth.discovery().await {
+    let authority = Authority::new(&config.databricks, &config.public_base_url, http_client());
+    match authority.discovery().await {
         Ok(discovery) => println!(
-            "databricks     ok (OAuth discovery at {}; token endpoint {})",
-            config.databricks.discovery_url, discovery.token_endpoint
+            "databricks     ok ({}: sign-in at {} discovered at {}; token endpoint {})",
+            authority.mode(),
+            authority.provider(),
+            authority.discovery_url(),
+            discovery.token_endpoint
         ),
         Err(e) => {
-            println!("databricks     FAILED: {e}");
+            println!(
+                "databricks     FAILED: {} sign-in at {}: {e}",
+                authority.mode(),
+                authority.provider()
+            );
             healthy = false;
+        }
+    }
+    if let Some(probe) = authority.probe_exchange().await {
+        match probe {
+            Ok(url) => println!("exchange       ok (the workspace's token exchange answers at {url})"),
+            Err(e) => {
+                println!("exchange       FAILED: {e}");
+                healthy = false;
+            }
         }
     }
     // A warning only: the bot runs with any ADK, the asker's token just does not reach

@@ -37,6 +37,17 @@ pub const VARIABLES: &[&str] = &[
     "DATABRICKS_CLIENT_SECRET",
     "DATABRICKS_SCOPES",
     "DATABRICKS_OIDC_DISCOVERY_URL",
+    "DATABRICKS_AUTH",
+    "ENTRA_TENANT_ID",
+    "ENTRA_CLIENT_ID",
+    "ENTRA_CLIENT_SECRET",
+    "ENTRA_API_SCOPE",
+    "ENTRA_AUTHORITY_URL",
+    "IDP_ISSUER",
+    "IDP_CLIENT_ID",
+    "IDP_CLIENT_SECRET",
+    "IDP_SCOPES",
+    "IDP_AUDIENCE",
     "LINK_IDENTITY_CHECK",
     "LINK_IDENTITY_CHECK_NONE_ACKNOWLEDGED",
     "AGENT",
@@ -54,6 +65,8 @@ pub const VARIABLES: &[&str] = &[
 
 const DEFAULT_DATABASE_URL: &str = "sqlite://data/bot.db";
 const DEFAULT_SCOPES: &str = "all-apis offline_access openid email profile";
+const DEFAULT_IDP_SCOPES: &str = "openid email profile offline_access";
+const DEFAULT_ENTRA_AUTHORITY: &str = "https://login.microsoftonline.com";
 
 /// One thing wrong with the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -416,6 +429,24 @@ pub struct SlackConfig {
 pub struct DatabricksConfig {
     /// `DATABRICKS_HOST`, the workspace origin.
     pub host: WorkspaceHost,
+    /// `DATABRICKS_AUTH` and its mode's settings.
+    pub auth: DatabricksAuth,
+}
+
+/// How a person's Databricks access token is obtained (`DATABRICKS_AUTH`).
+#[derive(Debug, Clone)]
+pub enum DatabricksAuth {
+    /// `databricks-oauth` (the default): Databricks OAuth U2M with an app connection.
+    DatabricksOAuth(AppConnection),
+    /// `entra-obo`: Entra ID sign-in, then on-behalf-of for Azure Databricks.
+    EntraObo(EntraConfig),
+    /// `token-federation`: any OIDC IdP, then the workspace's RFC 8693 token exchange.
+    TokenFederation(IdpConfig),
+}
+
+/// The Databricks app connection (`databricks-oauth`).
+#[derive(Debug, Clone)]
+pub struct AppConnection {
     /// `DATABRICKS_CLIENT_ID` of the app connection.
     pub client_id: String,
     /// `DATABRICKS_CLIENT_SECRET`; set for a confidential client.
@@ -424,6 +455,58 @@ pub struct DatabricksConfig {
     pub scopes: Vec<String>,
     /// `DATABRICKS_OIDC_DISCOVERY_URL`.
     pub discovery_url: Url,
+}
+
+/// The Entra ID app registration (`entra-obo`).
+#[derive(Debug, Clone)]
+pub struct EntraConfig {
+    /// `ENTRA_TENANT_ID`.
+    pub tenant_id: String,
+    /// `ENTRA_CLIENT_ID`: the bot's app registration.
+    pub client_id: String,
+    /// `ENTRA_CLIENT_SECRET`.
+    pub client_secret: SecretString,
+    /// `ENTRA_API_SCOPE`: the bot's own API scope people sign in for; by default
+    /// `api://{ENTRA_CLIENT_ID}/access_as_user`.
+    pub api_scope: String,
+    /// `ENTRA_AUTHORITY_URL`: `https://login.microsoftonline.com`, or a sovereign cloud's.
+    pub authority_url: Url,
+}
+
+impl EntraConfig {
+    /// The tenant's OpenID Connect discovery document (v2.0 endpoints).
+    pub fn discovery_url(&self) -> Url {
+        let base = self.authority_url.as_str().trim_end_matches('/');
+        Url::parse(&format!(
+            "{base}/{}/v2.0/.well-known/openid-configuration",
+            self.tenant_id
+        ))
+        .expect("an authority URL joins a tenant path")
+    }
+}
+
+/// The company's OpenID Connect provider (`token-federation`).
+#[derive(Debug, Clone)]
+pub struct IdpConfig {
+    /// `IDP_ISSUER`; discovery at `{IDP_ISSUER}/.well-known/openid-configuration`.
+    pub issuer: Url,
+    /// `IDP_CLIENT_ID`.
+    pub client_id: String,
+    /// `IDP_CLIENT_SECRET`; unset for a public client.
+    pub client_secret: Option<SecretString>,
+    /// `IDP_SCOPES`, split on whitespace.
+    pub scopes: Vec<String>,
+    /// `IDP_AUDIENCE`: when set, asked for as `audience`, and the access token (issued for
+    /// it) is what is exchanged; otherwise the id_token is.
+    pub audience: Option<String>,
+}
+
+impl IdpConfig {
+    /// The issuer's OpenID Connect discovery document.
+    pub fn discovery_url(&self) -> Url {
+        let base = self.issuer.as_str().trim_end_matches('/');
+        Url::parse(&format!("{base}/.well-known/openid-configuration")).expect("an issuer URL joins a path")
+    }
 }
 
 /// Agent settings.
@@ -731,8 +814,7 @@ fn read_slack(r: &mut Reader<'_>) -> Option<SlackConfig> {
     })
 }
 
-/// The `DATABRICKS_*` variables of the app connection. The discovery URL defaults to the
-/// workspace's own, and the scopes must allow a refresh token.
+/// `DATABRICKS_HOST` and `DATABRICKS_AUTH` with its mode's variables.
 fn read_databricks(r: &mut Reader<'_>) -> Option<DatabricksConfig> {
     let host = r
         .required("DATABRICKS_HOST", "the workspace URL, e.g. https://dbc-1234.cloud.databricks.com")
@@ -743,30 +825,135 @@ fn read_databricks(r: &mut Reader<'_>) -> Option<DatabricksConfig> {
                 None
             }
         });
+    #[derive(Clone, Copy)]
+    enum Mode {
+        DatabricksOAuth,
+        EntraObo,
+        TokenFederation,
+    }
+    let mode = r
+        .choice(
+            "DATABRICKS_AUTH",
+            &[
+                ("databricks-oauth", Mode::DatabricksOAuth),
+                ("entra-obo", Mode::EntraObo),
+                ("token-federation", Mode::TokenFederation),
+            ],
+        )
+        .unwrap_or(Mode::DatabricksOAuth);
+    let auth = match mode {
+        Mode::DatabricksOAuth => read_app_connection(r, host.as_ref()).map(DatabricksAuth::DatabricksOAuth),
+        Mode::EntraObo => read_entra(r).map(DatabricksAuth::EntraObo),
+        Mode::TokenFederation => read_idp(r).map(DatabricksAuth::TokenFederation),
+    };
+    Some(DatabricksConfig {
+        host: host?,
+        auth: auth?,
+    })
+}
+
+/// The `DATABRICKS_*` variables of the app connection. The discovery URL defaults to the
+/// workspace's own, and the scopes must allow a refresh token.
+fn read_app_connection(r: &mut Reader<'_>, host: Option<&WorkspaceHost>) -> Option<AppConnection> {
     let client_id = r.required("DATABRICKS_CLIENT_ID", "the client id of the Databricks app connection");
     let client_secret = r.secret("DATABRICKS_CLIENT_SECRET");
+    let scopes = scopes_with_offline_access(r, "DATABRICKS_SCOPES", DEFAULT_SCOPES, "Databricks");
+    let default_discovery = host.map(|h| h.url("/oidc/.well-known/oauth-authorization-server"));
+    let discovery_url = r.url("DATABRICKS_OIDC_DISCOVERY_URL", default_discovery.as_deref());
+    Some(AppConnection {
+        client_id: client_id?,
+        client_secret,
+        scopes,
+        discovery_url: discovery_url?,
+    })
+}
+
+/// `var` split on whitespace (`default` when unset), which must ask for a refresh token.
+fn scopes_with_offline_access(r: &mut Reader<'_>, var: &'static str, default: &str, issuer: &str) -> Vec<String> {
     let scopes: Vec<String> = r
-        .optional("DATABRICKS_SCOPES")
-        .unwrap_or_else(|| DEFAULT_SCOPES.to_owned())
+        .optional(var)
+        .unwrap_or_else(|| default.to_owned())
         .split_whitespace()
         .map(str::to_owned)
         .collect();
     if !scopes.iter().any(|s| s == "offline_access") {
         r.problem(
-            "DATABRICKS_SCOPES",
-            "must include offline_access (without it Databricks issues no refresh token)",
+            var,
+            format!("must include offline_access (without it {issuer} issues no refresh token)"),
         );
     }
-    let default_discovery = host
-        .as_ref()
-        .map(|h| h.url("/oidc/.well-known/oauth-authorization-server"));
-    let discovery_url = r.url("DATABRICKS_OIDC_DISCOVERY_URL", default_discovery.as_deref());
-    Some(DatabricksConfig {
-        host: host?,
+    scopes
+}
+
+/// The `ENTRA_*` variables of `entra-obo`.
+fn read_entra(r: &mut Reader<'_>) -> Option<EntraConfig> {
+    let tenant_id = r
+        .required(
+            "ENTRA_TENANT_ID",
+            "the directory (tenant) id of the Entra ID app registration",
+        )
+        .filter(|tenant| {
+            // It becomes a path segment of every Entra URL.
+            let plain = tenant
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+            if !plain {
+                r.problem(
+                    "ENTRA_TENANT_ID",
+                    "must be a tenant id (a GUID) or a verified domain name",
+                );
+            }
+            plain
+        });
+    let client_id = r.required(
+        "ENTRA_CLIENT_ID",
+        "the application (client) id of the bot's Entra ID app registration",
+    );
+    let client_secret = r.required_secret(
+        "ENTRA_CLIENT_SECRET",
+        "a client secret of the app registration (on-behalf-of needs a confidential client)",
+    );
+    let api_scope = r
+        .optional("ENTRA_API_SCOPE")
+        .or_else(|| client_id.as_ref().map(|id| format!("api://{id}/access_as_user")));
+    let authority_url = r.url("ENTRA_AUTHORITY_URL", Some(DEFAULT_ENTRA_AUTHORITY));
+    Some(EntraConfig {
+        tenant_id: tenant_id?,
+        client_id: client_id?,
+        client_secret: client_secret?,
+        api_scope: api_scope?,
+        authority_url: authority_url?,
+    })
+}
+
+/// The `IDP_*` variables of `token-federation`.
+fn read_idp(r: &mut Reader<'_>) -> Option<IdpConfig> {
+    let issuer = r.url("IDP_ISSUER", None);
+    if issuer.is_none() && r.optional("IDP_ISSUER").is_none() {
+        r.problem(
+            "IDP_ISSUER",
+            "is required: the OpenID Connect issuer URL of the company's identity provider",
+        );
+    }
+    let client_id = r.required(
+        "IDP_CLIENT_ID",
+        "the client id the bot is registered with at the identity provider",
+    );
+    let client_secret = r.secret("IDP_CLIENT_SECRET");
+    let scopes = scopes_with_offline_access(r, "IDP_SCOPES", DEFAULT_IDP_SCOPES, "the identity provider");
+    let audience = r.optional("IDP_AUDIENCE");
+    if audience.is_none() && !scopes.iter().any(|s| s == "openid") {
+        r.problem(
+            "IDP_SCOPES",
+            "must include openid when IDP_AUDIENCE is unset (the id_token is what Databricks is given)",
+        );
+    }
+    Some(IdpConfig {
+        issuer: issuer?,
         client_id: client_id?,
         client_secret,
         scopes,
-        discovery_url: discovery_url?,
+        audience,
     })
 }
 
@@ -878,12 +1065,12 @@ mod tests {
         assert_eq!(c.bind_addr.to_string(), "127.0.0.1:3000");
         assert!(matches!(&c.database, DatabaseConfig::Sqlite { path } if path == &PathBuf::from("data/bot.db")));
         assert_eq!(c.slack.api_url.as_str(), "https://slack.com/api");
+        let DatabricksAuth::DatabricksOAuth(app) = &c.databricks.auth else {
+            panic!("databricks-oauth is the default")
+        };
+        assert_eq!(app.scopes, ["all-apis", "offline_access", "openid", "email", "profile"]);
         assert_eq!(
-            c.databricks.scopes,
-            ["all-apis", "offline_access", "openid", "email", "profile"]
-        );
-        assert_eq!(
-            c.databricks.discovery_url.as_str(),
+            app.discovery_url.as_str(),
             "https://dbc-1.cloud.databricks.com/oidc/.well-known/oauth-authorization-server"
         );
         assert_eq!(c.identity_check, IdentityCheck::Email);
@@ -1098,5 +1285,72 @@ mod tests {
         ] {
             assert!(!shown.contains(canary), "{canary} in {shown}");
         }
+    }
+
+    #[test]
+    fn entra_obo_needs_its_registration_and_not_the_app_connection() {
+        let env = with(&[("DATABRICKS_AUTH", "entra-obo")]);
+        assert_eq!(
+            problems(&env),
+            ["ENTRA_TENANT_ID", "ENTRA_CLIENT_ID", "ENTRA_CLIENT_SECRET"]
+        );
+        let c = Config::load(&with(&[
+            ("DATABRICKS_AUTH", "Entra-OBO"),
+            ("DATABRICKS_CLIENT_ID", ""),
+            ("ENTRA_TENANT_ID", "72f988bf-86f1-41af-91ab-2d7cd011db47"),
+            ("ENTRA_CLIENT_ID", "bot-app"),
+            ("ENTRA_CLIENT_SECRET", "entra-secret-canary"),
+        ]))
+        .unwrap();
+        let DatabricksAuth::EntraObo(entra) = &c.databricks.auth else {
+            panic!()
+        };
+        assert_eq!(entra.api_scope, "api://bot-app/access_as_user");
+        assert_eq!(
+            entra.discovery_url().as_str(),
+            "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0/.well-known/openid-configuration"
+        );
+        assert!(!format!("{c:?}").contains("entra-secret-canary"));
+        assert_eq!(
+            problems(&with(&[
+                ("DATABRICKS_AUTH", "entra-obo"),
+                ("ENTRA_TENANT_ID", "../evil"),
+                ("ENTRA_CLIENT_ID", "bot-app"),
+                ("ENTRA_CLIENT_SECRET", "s"),
+            ])),
+            ["ENTRA_TENANT_ID"]
+        );
+    }
+
+    #[test]
+    fn token_federation_needs_an_issuer_and_a_token_to_exchange() {
+        assert_eq!(
+            problems(&with(&[("DATABRICKS_AUTH", "token-federation")])),
+            ["IDP_ISSUER", "IDP_CLIENT_ID"]
+        );
+        let base = [
+            ("DATABRICKS_AUTH", "token-federation"),
+            ("IDP_ISSUER", "https://corp.okta.com/oauth2/default"),
+            ("IDP_CLIENT_ID", "bot"),
+        ];
+        let c = Config::load(&with(&base)).unwrap();
+        let DatabricksAuth::TokenFederation(idp) = &c.databricks.auth else {
+            panic!()
+        };
+        assert_eq!(idp.scopes, ["openid", "email", "profile", "offline_access"]);
+        assert_eq!(
+            idp.discovery_url().as_str(),
+            "https://corp.okta.com/oauth2/default/.well-known/openid-configuration"
+        );
+        let mut no_refresh = base.to_vec();
+        no_refresh.push(("IDP_SCOPES", "openid email"));
+        assert_eq!(problems(&with(&no_refresh)), ["IDP_SCOPES"]);
+        let mut no_subject = base.to_vec();
+        no_subject.push(("IDP_SCOPES", "email offline_access"));
+        assert_eq!(problems(&with(&no_subject)), ["IDP_SCOPES"]);
+        assert_eq!(
+            problems(&with(&[("DATABRICKS_AUTH", "saml"), ("DATABRICKS_CLIENT_ID", "x")])),
+            ["DATABRICKS_AUTH"]
+        );
     }
 }

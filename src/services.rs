@@ -10,8 +10,9 @@ use url::Url;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::crypto::Vault;
+use crate::databricks::authority::Authority;
 use crate::databricks::broker::TokenBroker;
-use crate::databricks::oauth::{self, DatabricksOAuth};
+use crate::databricks::oauth;
 use crate::metrics::Metrics;
 use crate::slack::api::SlackApi;
 use crate::store::Store;
@@ -22,7 +23,8 @@ pub struct Services {
     pub store: Store,
     pub slack: SlackApi,
     pub vault: Vault,
-    pub oauth: DatabricksOAuth,
+    /// How Databricks access tokens are obtained (`DATABRICKS_AUTH`).
+    pub oauth: Authority,
     /// The client `oauth` calls Databricks with (no redirects, timeouts); also for SCIM
     /// Me at link time.
     pub http: reqwest::Client,
@@ -42,7 +44,7 @@ impl Services {
         let store = Store::open(&config.database).await?;
         let slack = SlackApi::new(&config.slack.api_url, &config.slack.bot_token)?;
         let http = oauth::http_client();
-        let oauth = DatabricksOAuth::new(&config.databricks, &config.public_base_url, http.clone());
+        let oauth = Authority::new(&config.databricks, &config.public_base_url, http.clone());
         let metrics = Arc::new(Metrics::new());
         let broker = Arc::new(TokenBroker::new(
             store.clone(),

@@ -2,8 +2,10 @@
 //! keeps one fresh access token per person, and REST calls made as that person.
 
 pub mod api;
+pub mod authority;
 pub mod bearer;
 pub mod broker;
+pub mod entra;
 pub mod genie;
 pub mod oauth;
 pub mod sql;

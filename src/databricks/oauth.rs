@@ -1,7 +1,9 @@
-//! Databricks OAuth (U2M) with the `oauth2` crate: the authorization URL (PKCE S256,
-//! our own server-side state, the exact redirect URI), the code exchange and refreshes.
+//! Sign-in with the `oauth2` crate: the authorization URL (PKCE S256, our own server-side
+//! state, the exact redirect URI), the code exchange and refreshes. The same client signs
+//! people in to Databricks (U2M) or, in the identity-provider modes, to Entra ID or the
+//! company's OIDC provider ([`SignIn`] says which and how).
 //!
-//! Endpoints come from the workspace's discovery document, fetched once and cached. The
+//! Endpoints come from the server's discovery document, fetched once and cached. The
 //! HTTP client follows no redirects (a token endpoint that redirects is an error, not a
 //! hop to wherever it points) and every call has a timeout. Token-endpoint failures are
 //! classified so callers can tell a dead grant from a blip from a misconfiguration.
@@ -12,18 +14,21 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use oauth2::basic::{BasicClient, BasicErrorResponseType, BasicRequestTokenError};
+use oauth2::basic::{
+    BasicErrorResponse, BasicErrorResponseType, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
+    BasicTokenType,
+};
 use oauth2::{
     AsyncHttpClient, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet, EndpointSet,
-    HttpRequest, HttpResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError,
-    RevocationUrl, Scope, StandardRevocableToken, TokenResponse, TokenUrl,
+    ExtraTokenFields, HttpRequest, HttpResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken,
+    RequestTokenError, RevocationUrl, Scope, StandardRevocableToken, StandardTokenResponse, TokenResponse, TokenUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 use url::Url;
 
-use crate::config::DatabricksConfig;
+use crate::config::AppConnection;
 use crate::domain::is_secure_or_loopback;
 
 /// Longest any call to the authorization server may take.
@@ -48,6 +53,8 @@ pub struct Tokens {
     /// Seconds the access token lives; an hour when the server does not say.
     pub expires_in: u64,
     pub scope: Option<String>,
+    /// The OpenID Connect id_token, when the server sent one (`openid` scope).
+    pub id_token: Option<SecretString>,
 }
 
 impl fmt::Debug for Tokens {
@@ -63,18 +70,18 @@ impl fmt::Debug for Tokens {
 /// Why a token request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
-    /// The grant (code or refresh token) is dead: the person must connect again.
-    #[error("the grant is no longer valid ({0})")]
-    DeadGrant(String),
+    /// The grant (code or refresh token) is dead: the person must connect again. `why`
+    /// says so in words for the person, where the server said why (say, multi-factor
+    /// authentication is now required).
+    #[error("the grant is no longer valid ({detail})")]
+    DeadGrant { detail: String, why: Option<&'static str> },
     /// The bot's request was refused for a reason of the bot's, not the person's: the
-    /// client (wrong id or secret, app connection removed), its scopes, its grant type, or
-    /// an answer nobody documents (an unknown code, an HTML page). An operator problem,
-    /// never a reason to drop anyone's link. The code is one of a fixed few OAuth codes,
-    /// `other` or `unreadable`.
-    #[error(
-        "Databricks' token endpoint refused the bot's request ({0}); check DATABRICKS_CLIENT_ID, \
-         DATABRICKS_CLIENT_SECRET and DATABRICKS_SCOPES"
-    )]
+    /// client (wrong id or secret, app connection removed), its scopes, its grant type, a
+    /// federation policy that matches nothing, or an answer nobody documents (an unknown
+    /// code, an HTML page). An operator problem, never a reason to drop anyone's link. The
+    /// code is one of a fixed few OAuth codes, `other`, `unreadable` or
+    /// `federation_policy`.
+    #[error("the token endpoint refused the bot's request ({0})")]
     Client(&'static str),
     /// No answer in time: the server may or may not have acted on the request.
     #[error("the token endpoint did not answer in time")]
@@ -87,18 +94,87 @@ pub enum TokenError {
     Discovery(String),
 }
 
-type ConfiguredClient = BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
+impl TokenError {
+    /// A dead grant the server gave no reason for that we can put in words.
+    pub fn dead(detail: impl Into<String>) -> Self {
+        TokenError::DeadGrant {
+            detail: detail.into(),
+            why: None,
+        }
+    }
+}
 
-/// The Databricks OAuth client of this deployment.
+/// The id_token that rides along a token response (`openid`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct IdTokenField {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id_token: Option<String>,
+}
+
+impl ExtraTokenFields for IdTokenField {}
+
+type TokenAnswer = StandardTokenResponse<IdTokenField, BasicTokenType>;
+
+type ConfiguredClient = oauth2::Client<
+    BasicErrorResponse,
+    TokenAnswer,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+>;
+
+type UnconfiguredClient = oauth2::Client<
+    BasicErrorResponse,
+    TokenAnswer,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+>;
+
+type RequestError = RequestTokenError<SendError, BasicErrorResponse>;
+
+/// Whom people sign in to, and how.
+#[derive(Clone)]
+pub struct SignIn {
+    /// Named in logs: "Databricks", "Entra ID", "the identity provider".
+    pub provider: &'static str,
+    pub discovery_url: Url,
+    pub client_id: String,
+    pub client_secret: Option<SecretString>,
+    pub scopes: Vec<String>,
+    /// Send the scopes with every refresh too (Entra ID requires them).
+    pub scopes_on_refresh: bool,
+    /// Extra parameters of the authorization request and every token request (an IdP's
+    /// `audience`).
+    pub extra: Vec<(String, String)>,
+    /// What an operator should check when the server refuses the bot's requests.
+    pub hint: &'static str,
+    /// Reads the server's refusals: its own error codes say more than OAuth's.
+    pub refusals: Refusals,
+}
+
+/// How a server's token-endpoint refusals are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusals {
+    /// RFC 6749, and Databricks' dead refresh token (`invalid_request`, "Refresh token is
+    /// invalid").
+    OAuth,
+    /// Entra ID: `interaction_required`, and AADSTS codes in `error_description`.
+    Entra,
+}
+
+/// The OAuth client of this deployment's sign-in.
 #[derive(Clone)]
 pub struct DatabricksOAuth {
     http: reqwest::Client,
-    discovery_url: Url,
     discovery: Arc<OnceCell<Discovery>>,
-    client_id: String,
-    client_secret: Option<SecretString>,
+    sign_in: Arc<SignIn>,
     redirect_uri: Url,
-    scopes: Vec<String>,
 }
 
 /// The client for the authorization server (see [`crate::outbound`]).
@@ -107,19 +183,49 @@ pub fn http_client() -> reqwest::Client {
 }
 
 impl DatabricksOAuth {
-    /// The client for `config`, redirecting back to `{public_base_url}/oauth/databricks/callback`.
-    pub fn new(config: &DatabricksConfig, public_base_url: &Url, http: reqwest::Client) -> Self {
+    /// The Databricks app connection of `config` (`databricks-oauth`), redirecting back to
+    /// `{public_base_url}/oauth/databricks/callback`.
+    pub fn new(config: &AppConnection, public_base_url: &Url, http: reqwest::Client) -> Self {
+        let sign_in = SignIn {
+            provider: "Databricks",
+            discovery_url: config.discovery_url.clone(),
+            client_id: config.client_id.clone(),
+            client_secret: config.client_secret.clone(),
+            scopes: config.scopes.clone(),
+            scopes_on_refresh: false,
+            extra: Vec::new(),
+            hint: "check DATABRICKS_CLIENT_ID, DATABRICKS_CLIENT_SECRET and DATABRICKS_SCOPES",
+            refusals: Refusals::OAuth,
+        };
+        Self::signing_in(sign_in, public_base_url, http)
+    }
+
+    /// A client for `sign_in`, redirecting back to the one linking callback,
+    /// `{public_base_url}/oauth/databricks/callback`, whichever server people sign in to.
+    pub fn signing_in(sign_in: SignIn, public_base_url: &Url, http: reqwest::Client) -> Self {
         let mut redirect_uri = public_base_url.clone();
         redirect_uri.set_path("/oauth/databricks/callback");
         Self {
             http,
-            discovery_url: config.discovery_url.clone(),
             discovery: Arc::new(OnceCell::new()),
-            client_id: config.client_id.clone(),
-            client_secret: config.client_secret.clone(),
+            sign_in: Arc::new(sign_in),
             redirect_uri,
-            scopes: config.scopes.clone(),
         }
+    }
+
+    /// Where the discovery document is.
+    pub fn discovery_url(&self) -> &Url {
+        &self.sign_in.discovery_url
+    }
+
+    /// Who people sign in to, for logs.
+    pub fn provider(&self) -> &'static str {
+        self.sign_in.provider
+    }
+
+    /// What an operator should check when the server refuses the bot's requests.
+    pub fn hint(&self) -> &'static str {
+        self.sign_in.hint
     }
 
     /// The exact redirect URI registered with the app connection.
@@ -134,7 +240,7 @@ impl DatabricksOAuth {
             .get_or_try_init(|| async {
                 let response = self
                     .http
-                    .get(self.discovery_url.clone())
+                    .get(self.sign_in.discovery_url.clone())
                     .send()
                     .await
                     .map_err(|e| TokenError::Discovery(format!("could not fetch it: {}", without_url(&e))))?;
@@ -163,14 +269,18 @@ impl DatabricksOAuth {
 
     async fn client(&self) -> Result<ConfiguredClient, TokenError> {
         let discovery = self.discovery().await?;
-        let mut client = BasicClient::new(ClientId::new(self.client_id.clone()))
+        let mut client = UnconfiguredClient::new(ClientId::new(self.sign_in.client_id.clone()))
             .set_auth_uri(AuthUrl::from_url(discovery.authorization_endpoint.clone()))
             .set_token_uri(TokenUrl::from_url(discovery.token_endpoint.clone()))
             .set_redirect_uri(RedirectUrl::from_url(self.redirect_uri.clone()));
-        if let Some(secret) = &self.client_secret {
+        if let Some(secret) = &self.sign_in.client_secret {
             client = client.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
         }
         Ok(client)
+    }
+
+    fn scopes(&self) -> impl Iterator<Item = Scope> + '_ {
+        self.sign_in.scopes.iter().cloned().map(Scope::new)
     }
 
     /// The authorization URL for one attempt, carrying our `state` and the PKCE challenge
@@ -179,13 +289,15 @@ impl DatabricksOAuth {
         let challenge =
             PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(verifier.expose_secret().to_owned()));
         let state = state.expose_secret().to_owned();
-        let (url, _) = self
-            .client()
-            .await?
+        let client = self.client().await?;
+        let mut request = client
             .authorize_url(|| CsrfToken::new(state))
-            .add_scopes(self.scopes.iter().cloned().map(Scope::new))
-            .set_pkce_challenge(challenge)
-            .url();
+            .add_scopes(self.scopes())
+            .set_pkce_challenge(challenge);
+        for (name, value) in &self.sign_in.extra {
+            request = request.add_extra_param(name, value);
+        }
+        let (url, _) = request.url();
         Ok(url)
     }
 
@@ -193,15 +305,17 @@ impl DatabricksOAuth {
     pub async fn exchange_code(&self, code: &SecretString, verifier: &SecretString) -> Result<Tokens, TokenError> {
         let client = self.client().await?;
         let recorder = StatusRecorder::new(&self.http);
-        let result = client
+        let mut request = client
             .exchange_code(AuthorizationCode::new(code.expose_secret().to_owned()))
-            .set_pkce_verifier(PkceCodeVerifier::new(verifier.expose_secret().to_owned()))
-            .request_async(&recorder)
-            .await;
+            .set_pkce_verifier(PkceCodeVerifier::new(verifier.expose_secret().to_owned()));
+        for (name, value) in &self.sign_in.extra {
+            request = request.add_extra_param(name.clone(), value.clone());
+        }
+        let result = request.request_async(&recorder).await;
         result
             .map(tokens)
             .inspect(|t| self.note_broader_grant(t))
-            .map_err(|e| classify(e, recorder.status()))
+            .map_err(|e| self.classify(e, recorder.status()))
     }
 
     /// Uses a refresh token. With single-use refresh tokens the answer carries a new one.
@@ -209,23 +323,43 @@ impl DatabricksOAuth {
         let client = self.client().await?;
         let recorder = StatusRecorder::new(&self.http);
         let token = RefreshToken::new(refresh_token.expose_secret().to_owned());
-        let result = client.exchange_refresh_token(&token).request_async(&recorder).await;
+        let mut request = client.exchange_refresh_token(&token);
+        if self.sign_in.scopes_on_refresh {
+            request = request.add_scopes(self.scopes());
+        }
+        for (name, value) in &self.sign_in.extra {
+            request = request.add_extra_param(name.clone(), value.clone());
+        }
+        let result = request.request_async(&recorder).await;
         result
             .map(tokens)
             .inspect(|t| self.note_broader_grant(t))
-            .map_err(|e| classify(e, recorder.status()))
+            .map_err(|e| self.classify(e, recorder.status()))
     }
 
-    /// OA-08: a grant wider than `DATABRICKS_SCOPES` is worth an operator's look (the
-    /// app connection allows more than the bot asks for).
+    /// OA-08: a grant wider than the scopes asked for is worth an operator's look (the
+    /// app connection allows more than the bot asks for). Entra ID grants name their
+    /// resource (`api://…/access_as_user`), so only Databricks' grants are compared.
     fn note_broader_grant(&self, tokens: &Tokens) {
+        if self.sign_in.refusals != Refusals::OAuth {
+            return;
+        }
         let Some(granted) = tokens.scope.as_deref() else { return };
         let extra: Vec<&str> = granted
             .split_whitespace()
-            .filter(|scope| !self.scopes.iter().any(|asked| asked == scope))
+            .filter(|scope| !self.sign_in.scopes.iter().any(|asked| asked == scope))
             .collect();
         if !extra.is_empty() {
-            tracing::warn!(extra = %extra.join(" "), "Databricks granted scopes the bot did not ask for");
+            tracing::warn!(extra = %extra.join(" "), provider = self.provider(), "the sign-in granted scopes the bot did not ask for");
+        }
+    }
+
+    fn classify(&self, error: RequestError, status: Option<u16>) -> TokenError {
+        match (self.sign_in.refusals, &error) {
+            (Refusals::Entra, RequestTokenError::ServerResponse(response)) => {
+                crate::databricks::entra::classify(response.error().as_ref(), response.error_description(), status)
+            }
+            _ => classify(error, status),
         }
     }
 }
@@ -265,8 +399,13 @@ impl DatabricksOAuth {
     }
 }
 
-fn tokens(response: oauth2::basic::BasicTokenResponse) -> Tokens {
+fn tokens(response: TokenAnswer) -> Tokens {
     Tokens {
+        id_token: response
+            .extra_fields()
+            .id_token
+            .as_ref()
+            .map(|t| SecretString::from(t.clone())),
         access_token: SecretString::from(response.access_token().secret().to_owned()),
         refresh_token: response
             .refresh_token()
@@ -337,9 +476,10 @@ impl StatusRecorder {
 /// A transport failure, described without the URL (it may carry a code or state).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct SendError(String);
+pub(crate) struct SendError(String);
 
-fn without_url(error: &reqwest::Error) -> String {
+/// A reqwest error's text without its URL (which may carry a code or state).
+pub(crate) fn without_url(error: &reqwest::Error) -> String {
     let mut e = error.to_string();
     if let Some(url) = error.url() {
         e = e.replace(url.as_str(), "<url>");
@@ -351,7 +491,7 @@ fn without_url(error: &reqwest::Error) -> String {
 /// `invalid_grant`, and Databricks' dead refresh token (`invalid_request`, "Refresh token
 /// is invalid": databricks/cli #667), mean the person must connect again; any other
 /// refusal is the bot's problem and leaves links alone.
-fn classify(error: BasicRequestTokenError<SendError>, status: Option<u16>) -> TokenError {
+fn classify(error: RequestError, status: Option<u16>) -> TokenError {
     match error {
         RequestTokenError::ServerResponse(response) => {
             let description = response.error_description().cloned().unwrap_or_default();
@@ -362,11 +502,11 @@ fn classify(error: BasicRequestTokenError<SendError>, status: Option<u16>) -> To
                 format!("{code}: {description}")
             };
             match response.error() {
-                BasicErrorResponseType::InvalidGrant => TokenError::DeadGrant(summary),
+                BasicErrorResponseType::InvalidGrant => TokenError::dead(summary),
                 BasicErrorResponseType::InvalidRequest
                     if description.to_ascii_lowercase().contains("refresh token is invalid") =>
                 {
-                    TokenError::DeadGrant(summary)
+                    TokenError::dead(summary)
                 }
                 _ if matches!(status, Some(429) | Some(500..=599)) => TokenError::Transient(summary),
                 error => TokenError::Client(refusal_code(error)),
@@ -420,10 +560,11 @@ mod tests {
             refresh_token: Some(SecretString::from("rt-secret-2")),
             expires_in: 3600,
             scope: Some("all-apis offline_access".into()),
+            id_token: Some(SecretString::from("id-secret-3")),
         };
         let shown = format!("{tokens:?}");
         assert!(
-            !shown.contains("at-secret-1") && !shown.contains("rt-secret-2"),
+            !shown.contains("at-secret-1") && !shown.contains("rt-secret-2") && !shown.contains("id-secret-3"),
             "{shown}"
         );
     }

@@ -113,7 +113,7 @@ impl Commands {
                 };
                 let reconnect = self.store.find_link(&team, &user).await?.is_some();
                 match offer_link(&self.store, &self.public_base_url, to, self.clock.now(), 0).await? {
-                    Some(offer) => messages::connect_prompt(&offer.url, reconnect),
+                    Some(offer) => messages::connect_prompt(&offer.url, messages::Invitation::again_if(reconnect)),
                     None => messages::command_help(),
                 }
             }

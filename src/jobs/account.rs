@@ -112,7 +112,11 @@ impl Account {
         };
         let reconnect = self.store.find_link(&request.team, &request.user).await?.is_some();
         self.slack
-            .post_message(&dm, None, messages::connect_prompt(&offer.url, reconnect))
+            .post_message(
+                &dm,
+                None,
+                messages::connect_prompt(&offer.url, messages::Invitation::again_if(reconnect)),
+            )
             .await?;
         Ok(Done::Finished)
     }

@@ -13,8 +13,8 @@ use super::{CallbackOutcome, LinkFlow};
 use crate::config::IdentityCheck;
 use crate::crypto::{Purpose, hash_secret};
 use crate::databricks::api::{Databricks, Identity};
+use crate::databricks::authority::Authority;
 use crate::databricks::bearer::{Bearer, Renew};
-use crate::databricks::oauth::DatabricksOAuth;
 use crate::domain::{TeamId, UserId};
 use crate::slack::api::{SlackApiError, SlackEmail};
 use crate::slack::messages;
@@ -43,8 +43,11 @@ impl LinkFlow {
             Failure::plain("Databricks did not accept the sign-in.")
         })?;
         let refresh_token = tokens.refresh_token.as_ref().ok_or_else(|| {
-            tracing::error!("Databricks issued no refresh token; DATABRICKS_SCOPES needs offline_access");
-            Failure::plain("Databricks did not grant lasting access (no refresh token).")
+            tracing::error!(
+                provider = self.oauth.provider(),
+                "the sign-in issued no refresh token; its scopes need offline_access"
+            );
+            Failure::plain("The sign-in did not grant lasting access (no refresh token).")
         })?;
         // Refused already (revoked, or expired on a clock far ahead of ours), the new
         // access token is renewed once with the new refresh token, as in any answer.
@@ -68,6 +71,7 @@ impl LinkFlow {
             access_token: access_token.expose_secret().to_owned(),
             access_expires_at: self.clock.now() + expires_in as i64,
             scopes: tokens.scope.clone().unwrap_or_default(),
+            signed_in_as: self.oauth.signed_in_as(&tokens),
         };
         match self.current_link(team, user).await? {
             Some(current) if current.databricks_user_id != verified.identity.id => {
@@ -158,6 +162,7 @@ impl LinkFlow {
             id_hash: &pending.id_hash,
             shown_name: identity.shown_name(),
             replaces: replaces.map(|old| old.databricks_user_name.as_str()),
+            signed_in_as: verified.signed_in_as.as_deref(),
         };
         let stored = self.store.complete_linking(&completion, now).await.map_err(|e| {
             tracing::error!(error = %e, "could not store a verified link");
@@ -301,7 +306,7 @@ impl LinkFlow {
 /// The tokens of a sign-in being verified: the refresh token renews a refused access token
 /// once, and whatever it rotated to is what the link keeps.
 struct NewGrant {
-    oauth: DatabricksOAuth,
+    oauth: Authority,
     /// Refresh token, access token and its lifetime in seconds, as they are now.
     tokens: Mutex<(SecretString, SecretString, u64)>,
 }
@@ -349,6 +354,9 @@ struct Verified {
     access_token: String,
     access_expires_at: i64,
     scopes: String,
+    /// Who signed in at the identity provider, for the audit.
+    #[serde(default)]
+    signed_in_as: Option<String>,
 }
 
 /// Only who signed in; never the tokens.

@@ -39,8 +39,9 @@ use url::Url;
 use crate::clock::SharedClock;
 use crate::config::{Config, IdentityCheck};
 use crate::crypto::{Binding, Purpose, Vault, hash_secret};
+use crate::databricks::authority::Authority;
 use crate::databricks::broker::TokenBroker;
-use crate::databricks::oauth::{self, DatabricksOAuth};
+use crate::databricks::oauth;
 use crate::domain::{TeamId, UserId, WorkspaceHost};
 use crate::services::Services;
 use crate::slack::api::SlackApi;
@@ -132,7 +133,7 @@ pub enum CallbackOutcome {
 pub struct LinkFlow {
     store: Store,
     vault: Vault,
-    oauth: DatabricksOAuth,
+    oauth: Authority,
     /// Revokes the refresh token a relink replaces.
     broker: Arc<TokenBroker>,
     slack: SlackApi,

@@ -26,17 +26,39 @@ pub(crate) fn context(mrkdwn: String) -> SlackBlock {
     .into()
 }
 
-/// The private invitation to connect Databricks, with the single-use link. `reconnect`
-/// when a previous connection stopped working.
-pub fn connect_prompt(link: &Url, reconnect: bool) -> SlackMessageContent {
+/// Why someone is invited to connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invitation {
+    /// Not connected yet.
+    First,
+    /// A previous connection stopped working; `why` in words, when the sign-in said
+    /// (say, "your organisation now asks for multi-factor authentication").
+    Again { why: Option<&'static str> },
+}
+
+impl Invitation {
+    /// `Again` (with no reason) when `reconnect`, else `First`.
+    pub fn again_if(reconnect: bool) -> Self {
+        if reconnect {
+            Invitation::Again { why: None }
+        } else {
+            Invitation::First
+        }
+    }
+}
+
+/// The private invitation to connect Databricks, with the single-use link.
+pub fn connect_prompt(link: &Url, invitation: Invitation) -> SlackMessageContent {
     let button = SlackBlockButtonElement::new(pt!("Connect Databricks"))
         .with_action_id(Action::Connect.id())
         .with_url(link.clone())
         .with_style(SlackBlockButtonStyle::Primary);
-    let headline = if reconnect {
-        "*Your Databricks connection has expired — connect again to get an answer.*"
-    } else {
-        "*Connect your Databricks account to get an answer.*"
+    let headline = match invitation {
+        Invitation::Again { why: Some(why) } => format!("*Connect Databricks again to get an answer:* {why}."),
+        Invitation::Again { why: None } => {
+            "*Your Databricks connection has expired — connect again to get an answer.*".to_owned()
+        }
+        Invitation::First => "*Connect your Databricks account to get an answer.*".to_owned(),
     };
     let blocks = vec![
         section(format!(
@@ -338,7 +360,7 @@ mod tests {
     #[test]
     fn the_connect_prompt_carries_the_link_on_a_primary_button() {
         let link = Url::parse("https://bot.example.com/link/abc").unwrap();
-        let json = serde_json::to_value(connect_prompt(&link, true)).unwrap();
+        let json = serde_json::to_value(connect_prompt(&link, Invitation::Again { why: None })).unwrap();
         let button = &json["blocks"][1]["elements"][0];
         assert_eq!(button["url"], "https://bot.example.com/link/abc");
         assert_eq!(button["action_id"], Action::Connect.id().0);

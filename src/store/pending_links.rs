@@ -178,6 +178,9 @@ pub struct Completion<'a> {
     /// The Databricks user name of the link this one replaces, when the person confirmed
     /// a different account (LNK-09).
     pub replaces: Option<&'a str>,
+    /// Who signed in at the identity provider, as it names them (`entra-obo`,
+    /// `token-federation`).
+    pub signed_in_as: Option<&'a str>,
 }
 
 impl Store {
@@ -492,10 +495,13 @@ impl Store {
                 return Ok(false);
             }
             upsert_link_query!(&completion.link, now).execute(&mut *tx).await?;
-            let detail = match completion.replaces {
+            let mut detail = match completion.replaces {
                 Some(old) => format!("{} replacing {old}", completion.link.databricks_user_name),
                 None => completion.link.databricks_user_name.to_owned(),
             };
+            if let Some(idp_name) = completion.signed_in_as {
+                detail.push_str(&format!(" (signed in at the identity provider as {idp_name})"));
+            }
             let event = AuditEvent {
                 kind: AuditKind::Link,
                 team: completion.link.team,

@@ -13,8 +13,9 @@ use crate::common::{KEY_A, PATIENCE, Person, TestDb, eventually, vault};
 use databricks_slack_bot::clock::{Clock, ManualClock};
 use databricks_slack_bot::config::{Config, Env};
 use databricks_slack_bot::crypto::{Binding, Purpose};
+use databricks_slack_bot::databricks::authority::Authority;
 use databricks_slack_bot::databricks::broker::{BrokerError, REFRESH_MARGIN_SECONDS, TokenBroker};
-use databricks_slack_bot::databricks::oauth::{DatabricksOAuth, http_client};
+use databricks_slack_bot::databricks::oauth::http_client;
 use databricks_slack_bot::metrics::Metrics;
 use databricks_slack_bot::store::Store;
 use databricks_slack_bot::store::links::LinkStatus;
@@ -43,7 +44,7 @@ async fn broker_with(
     )))
     .unwrap();
     let store = Store::open(&config.database).await.unwrap();
-    let oauth = DatabricksOAuth::new(&config.databricks, &config.public_base_url, http_client());
+    let oauth = Authority::new(&config.databricks, &config.public_base_url, http_client());
     let broker = TokenBroker::new(store.clone(), vault(&[KEY_A]), oauth, clock, metrics);
     (broker, store)
 }
@@ -184,13 +185,13 @@ async fn a_dead_grant_marks_the_link_needs_relink_once_and_stops_refreshing() {
         p.link(&store, &vault(&[KEY_A]), "rt-revoked-long-ago", NOW).await;
         let first = broker.user_context(&p.team, &p.user, None).await.unwrap_err();
         assert!(
-            matches!(first, BrokerError::NeedsRelink { just_now: true }),
+            matches!(first, BrokerError::NeedsRelink { just_now: true, .. }),
             "{}: {first:?}",
             db.name
         );
         let again = broker.user_context(&p.team, &p.user, None).await.unwrap_err();
         assert!(
-            matches!(again, BrokerError::NeedsRelink { just_now: false }),
+            matches!(again, BrokerError::NeedsRelink { just_now: false, .. }),
             "{again:?}"
         );
         assert_eq!(databricks.refreshes().len(), 1, "no retry loop");
@@ -266,7 +267,7 @@ async fn a_dead_refresh_token_in_either_recorded_shape_asks_the_person_to_connec
         databricks.script(Scripted::Recorded(recorded(fixture)));
         let error = broker.user_context(&p.team, &p.user, None).await.unwrap_err();
         assert!(
-            matches!(error, BrokerError::NeedsRelink { just_now: true }),
+            matches!(error, BrokerError::NeedsRelink { just_now: true, .. }),
             "{fixture}: {error:?}"
         );
         let link = store.find_link(&p.team, &p.user).await.unwrap().unwrap();
@@ -431,14 +432,14 @@ async fn a_refresh_lost_to_a_crash_before_its_commit_ends_in_one_relink_and_no_r
         clock.advance(31); // the dead process's claim lapses
         let error = next.user_context(&p.team, &p.user, None).await.unwrap_err();
         assert!(
-            matches!(error, BrokerError::NeedsRelink { just_now: true }),
+            matches!(error, BrokerError::NeedsRelink { just_now: true, .. }),
             "{}: {error:?}",
             db.name
         );
         for _ in 0..3 {
             let again = next.user_context(&p.team, &p.user, None).await.unwrap_err();
             assert!(
-                matches!(again, BrokerError::NeedsRelink { just_now: false }),
+                matches!(again, BrokerError::NeedsRelink { just_now: false, .. }),
                 "{again:?}"
             );
         }
@@ -550,7 +551,7 @@ async fn a_token_about_to_expire_is_refreshed_first_and_an_ended_session_keeps_t
         databricks.state.lock().unwrap().refresh_tokens.clear();
         let error = broker.user_context(&p.team, &p.user, None).await.unwrap_err();
         assert!(
-            matches!(error, BrokerError::NeedsRelink { just_now: true }),
+            matches!(error, BrokerError::NeedsRelink { just_now: true, .. }),
             "{}: {error:?}",
             db.name
         );

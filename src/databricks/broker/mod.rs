@@ -31,8 +31,9 @@ use secrecy::SecretString;
 
 use crate::clock::SharedClock;
 use crate::crypto::{Binding, Purpose, Vault, VaultError};
+use crate::databricks::authority::Authority;
 use crate::databricks::bearer::{Bearer, Renew};
-use crate::databricks::oauth::{DatabricksOAuth, TokenError, Tokens};
+use crate::databricks::oauth::{TokenError, Tokens};
 use crate::domain::{TeamId, UserId, WorkspaceHost};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -106,9 +107,10 @@ impl fmt::Debug for UserContext {
 pub enum BrokerError {
     #[error("the person has not connected Databricks")]
     NotLinked,
-    /// Databricks declared the grant dead; `just_now` when this call found out.
+    /// The grant is dead; `just_now` when this call found out, and then `why` may say
+    /// why in words for the person.
     #[error("the person must connect Databricks again")]
-    NeedsRelink { just_now: bool },
+    NeedsRelink { just_now: bool, why: Option<&'static str> },
     #[error("Databricks is temporarily unavailable: {0}")]
     Transient(String),
     #[error("the bot's Databricks OAuth client is misconfigured: {0}")]
@@ -123,7 +125,7 @@ pub enum BrokerError {
 pub struct TokenBroker {
     store: Store,
     vault: Vault,
-    oauth: DatabricksOAuth,
+    oauth: Authority,
     clock: SharedClock,
     metrics: Arc<Metrics>,
     /// How often a running refresh renews its claim ([`RENEW_CLAIM_EVERY`]).
@@ -137,7 +139,7 @@ pub struct TokenBroker {
 type Flight = Arc<tokio::sync::Mutex<()>>;
 
 impl TokenBroker {
-    pub fn new(store: Store, vault: Vault, oauth: DatabricksOAuth, clock: SharedClock, metrics: Arc<Metrics>) -> Self {
+    pub fn new(store: Store, vault: Vault, oauth: Authority, clock: SharedClock, metrics: Arc<Metrics>) -> Self {
         Self {
             store,
             vault,
@@ -191,7 +193,10 @@ impl TokenBroker {
         loop {
             let link = self.store.find_link(team, user).await?.ok_or(BrokerError::NotLinked)?;
             if link.status == LinkStatus::NeedsRelink {
-                return Err(BrokerError::NeedsRelink { just_now: false });
+                return Err(BrokerError::NeedsRelink {
+                    just_now: false,
+                    why: None,
+                });
             }
             if refused_version != Some(link.version)
                 && let Some(token) = self.current_access_token(&link)
@@ -259,7 +264,7 @@ impl TokenBroker {
         let now = self.clock.now();
         match result {
             Ok(committed) => committed,
-            Err(TokenError::DeadGrant(reason)) => {
+            Err(TokenError::DeadGrant { detail: reason, why }) => {
                 // Marked only if the link is still at the version whose refresh token was
                 // refused. If it moved on, another process refreshed meanwhile (with
                 // rotation, the token we sent was already spent) or the person relinked:
@@ -269,7 +274,7 @@ impl TokenBroker {
                         reason,
                         "the refresh token is no longer valid; the person must connect again"
                     );
-                    Err(BrokerError::NeedsRelink { just_now: true })
+                    Err(BrokerError::NeedsRelink { just_now: true, why })
                 } else {
                     tracing::info!(
                         reason,
@@ -285,8 +290,9 @@ impl TokenBroker {
                 if self.refusals_logged.lock().expect("not poisoned").insert(code) {
                     tracing::error!(
                         code,
-                        "Databricks' token endpoint refused the bot's request; links are kept. Check \
-                         DATABRICKS_CLIENT_ID, DATABRICKS_CLIENT_SECRET and DATABRICKS_SCOPES"
+                        provider = self.oauth.provider(),
+                        hint = self.oauth.hint(),
+                        "the token endpoint refused the bot's request; links are kept"
                     );
                 }
                 self.audit_refresh_failure(team, user, code, now).await;

@@ -31,7 +31,7 @@ use crate::linking::offer_link;
 use crate::metrics::{AnswerOutcome, Metrics};
 use crate::services::Services;
 use crate::slack::api::{Membership, SlackApi};
-use crate::slack::messages;
+use crate::slack::messages::{self, Invitation};
 use crate::slack::render::{self, Attribution};
 use delivery::{Outbox, Placeholder, Shown};
 
@@ -475,8 +475,8 @@ impl Questions {
     /// What to do when the broker has no token for the asker.
     async fn without_token(&self, q: &Question, error: BrokerError) -> Result<Done, JobError> {
         match error {
-            BrokerError::NotLinked => self.park_until_connected(q, false).await,
-            BrokerError::NeedsRelink { .. } => self.park_until_connected(q, true).await,
+            BrokerError::NotLinked => self.park_until_connected(q, Invitation::First).await,
+            BrokerError::NeedsRelink { why, .. } => self.park_until_connected(q, Invitation::Again { why }).await,
             BrokerError::Transient(reason) => {
                 tracing::warn!(reason, "no access token for now");
                 Err(JobError::transient("Databricks sign-in is temporarily unavailable"))
@@ -517,7 +517,7 @@ impl Questions {
 
     /// Parks the question until the person connects, sending a private prompt with a
     /// fresh single-use link — one prompt for a burst of questions, not one each.
-    async fn park_until_connected(&self, q: &Question, reconnect: bool) -> Result<Done, JobError> {
+    async fn park_until_connected(&self, q: &Question, invitation: Invitation) -> Result<Done, JobError> {
         let offer = offer_link(
             &self.store,
             &self.public_base_url,
@@ -527,7 +527,7 @@ impl Questions {
         )
         .await?;
         if let Some(offer) = offer {
-            let prompt = messages::connect_prompt(&offer.url, reconnect);
+            let prompt = messages::connect_prompt(&offer.url, invitation);
             if let Err(error) = self.reply_privately(q, prompt).await {
                 // Nobody saw this link: void it so the retry sends a new one.
                 let _ = self
