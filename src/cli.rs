@@ -250,7 +250,7 @@ async fn check(env: &Env) -> Result<(), Failure> {
         ),
         Err(e) => {
             println!(
-                "databricks     FAILED: {} sign-in at {}: {e}",
+                "databricks     FAILED: {e} ({}: sign-in at {})",
                 authority.mode(),
                 authority.provider()
             );

@@ -28,6 +28,9 @@ const provider = new Provider(issuer, {
   }],
   scopes: ['openid', 'offline_access', 'all-apis', 'email', 'profile'],
   claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'] },
+  // Claims in the id_token too, as most IdPs send them (the bot reads the IdP's name for
+  // the person from it in the identity-provider modes).
+  conformIdTokenClaims: false,
   routes: { authorization: '/v1/authorize', token: '/v1/token', jwks: '/jwks.json', userinfo: '/v1/userinfo' },
   pkce: { required: () => true },
   rotateRefreshToken: true,

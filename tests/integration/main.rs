@@ -23,3 +23,4 @@ mod socket_mode;
 mod sql_results;
 mod store;
 mod token_broker;
+mod token_federation;

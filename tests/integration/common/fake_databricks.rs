@@ -1,6 +1,13 @@
 //! A fake Databricks workspace on loopback: OAuth discovery, an authorization step the
 //! test plays as the browser, a token endpoint that enforces PKCE and rotates refresh
 //! tokens (single-use, like Databricks' single-use refresh tokens), and SCIM Me.
+//!
+//! With a [`FederationPolicy`], the token endpoint also does OAuth token federation
+//! (RFC 8693, as Databricks documents it at `/oidc/v1/token`): it verifies the IdP JWT
+//! against the IdP's JWKS (signature, `iss`, `aud`, `exp`) and maps the policy's subject
+//! claim to the Databricks user. Databricks' refusal bodies for a mismatched policy are
+//! not documented: this fake answers RFC 6749 errors, and the bot reads any refusal that
+//! is not an expired token as a policy problem.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -63,8 +70,21 @@ pub enum Scripted {
     Redirect(String),
 }
 
+/// An account federation policy: which IdP JWTs the token exchange accepts.
+#[derive(Clone, Debug)]
+pub struct FederationPolicy {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    /// The claim holding the Databricks user name (`sub` by default at Databricks).
+    pub subject_claim: String,
+    /// Fetched on every exchange, so a rotated key set is followed.
+    pub jwks_uri: String,
+}
+
 #[derive(Default)]
 pub struct FakeState {
+    /// The account federation policy, when token federation is on.
+    pub federation: Option<FederationPolicy>,
     codes: HashMap<String, (String, FakeUser, String)>,
     pub refresh_tokens: HashMap<String, FakeUser>,
     access_tokens: HashMap<String, FakeUser>,
@@ -175,6 +195,28 @@ impl FakeDatabricks {
         rt
     }
 
+    /// Turns on token federation under `policy`.
+    pub fn federate(&self, policy: FederationPolicy) {
+        self.state.lock().unwrap().federation = Some(policy);
+    }
+
+    /// Accepts `access_token` as `user`'s, as Azure Databricks accepts Entra ID tokens for
+    /// its resource.
+    pub fn accept(&self, access_token: &str, user: &FakeUser) {
+        let mut s = self.state.lock().unwrap();
+        s.access_tokens.insert(access_token.to_owned(), user.clone());
+    }
+
+    /// The token-exchange requests the workspace received (`token-federation`).
+    pub fn exchanges(&self) -> Vec<HashMap<String, String>> {
+        self.token_requests()
+            .into_iter()
+            .filter(|r| {
+                r.get("grant_type").map(String::as_str) == Some("urn:ietf:params:oauth:grant-type:token-exchange")
+            })
+            .collect()
+    }
+
     pub fn token_requests(&self) -> Vec<HashMap<String, String>> {
         self.state.lock().unwrap().token_requests.clone()
     }
@@ -266,7 +308,80 @@ async fn token(
         }
         None => {}
     }
+    if form.get("grant_type").map(String::as_str) == Some("urn:ietf:params:oauth:grant-type:token-exchange") {
+        return exchange(&state, &form).await;
+    }
     answer(&state, &form)
+}
+
+/// RFC 8693 token exchange under the account's federation policy.
+async fn exchange(state: &Arc<Mutex<FakeState>>, form: &HashMap<String, String>) -> Response {
+    let Some(policy) = state.lock().unwrap().federation.clone() else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "token federation is not enabled",
+        );
+    };
+    if form.get("subject_token_type").map(String::as_str) != Some("urn:ietf:params:oauth:token-type:jwt")
+        || form.get("scope").map(String::as_str) != Some("all-apis")
+    {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "unsupported subject_token_type or scope",
+        );
+    }
+    let token = form.get("subject_token").cloned().unwrap_or_default();
+    let Ok(header) = jsonwebtoken::decode_header(&token) else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the subject token is not a JWT",
+        );
+    };
+    let jwks: jsonwebtoken::jwk::JwkSet = reqwest::get(&policy.jwks_uri).await.unwrap().json().await.unwrap();
+    let Some(jwk) = header.kid.as_deref().and_then(|kid| jwks.find(kid)) else {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "no federation policy matches: unknown signing key",
+        );
+    };
+    let mut validation = jsonwebtoken::Validation::new(header.alg);
+    validation.set_issuer(&[&policy.issuer]);
+    validation.set_audience(&policy.audiences);
+    validation.leeway = 0;
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+    let claims = match jsonwebtoken::decode::<Value>(&token, &key, &validation) {
+        Ok(data) => data.claims,
+        Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "the subject token has expired",
+            );
+        }
+        Err(_) => {
+            return oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "no federation policy matches the subject token",
+            );
+        }
+    };
+    let Some(subject) = claims.get(&policy.subject_claim).and_then(Value::as_str) else {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "the subject claim is missing",
+        );
+    };
+    let user = FakeUser::named(subject, subject);
+    let mut s = state.lock().unwrap();
+    let mut issued = issue(&mut s, &user, false);
+    issued["scope"] = json!("all-apis");
+    Json(issued).into_response()
 }
 
 fn answer(state: &Arc<Mutex<FakeState>>, form: &HashMap<String, String>) -> Response {

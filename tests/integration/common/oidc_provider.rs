@@ -62,3 +62,61 @@ pub fn assert_installed(packages: &[&str]) {
         );
     }
 }
+
+/// A browser with cookies (oidc-provider's login pages need them) that does not follow
+/// redirects by itself.
+pub fn browser_with_cookies() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn location(response: &reqwest::Response, base: &str) -> String {
+    let to = response.headers()["location"].to_str().unwrap();
+    url::Url::parse(base).unwrap().join(to).unwrap().to_string()
+}
+
+/// Signs in at oidc-provider's development login and consent pages as `login`, following
+/// its redirects until it sends the browser back to the bot's callback.
+pub async fn sign_in(browser: &reqwest::Client, server: &str, authorize: &str, login: &str) -> url::Url {
+    let mut next = authorize.to_owned();
+    for _ in 0..12 {
+        if next.starts_with("https://bot.example.com/") {
+            return url::Url::parse(&next).unwrap();
+        }
+        let response = browser.get(&next).send().await.unwrap();
+        if response.status().is_redirection() {
+            next = location(&response, server);
+            continue;
+        }
+        // An interaction page: submit its form (login first, then consent).
+        let html = response.text().await.unwrap();
+        let action = html
+            .split("action=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap_or_else(|| panic!("no form on {next}: {html}"))
+            .to_owned();
+        let prompt = if html.contains("name=\"login\"") {
+            "login"
+        } else {
+            "consent"
+        };
+        let form = [("prompt", prompt), ("login", login), ("password", "any")];
+        let submitted = browser
+            .post(url::Url::parse(server).unwrap().join(&action).unwrap())
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            submitted.status().is_redirection(),
+            "{prompt} form: {}",
+            submitted.status()
+        );
+        next = location(&submitted, server);
+    }
+    panic!("oidc-provider never sent the browser back");
+}
