@@ -11,6 +11,7 @@ mod agent_llm;
 mod answers;
 mod browser_linking;
 mod cli;
+mod entra_obo;
 mod exposure;
 mod http;
 mod lifecycle_purge;

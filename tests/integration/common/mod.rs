@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod app;
 pub mod fake_databricks;
+pub mod fake_entra;
 pub mod logs;
 pub mod oidc_provider;
 pub mod recorded;
