@@ -230,3 +230,151 @@ async fn no_secret_of_sign_in_with_slack_or_a_failed_link_reaches_the_logs() {
     assert!(secrets.len() >= 25, "{secrets:?}");
     assert_nowhere(&secrets, &metrics);
 }
+
+// The identity-provider modes (`entra-obo`, `token-federation`): their client secrets,
+// codes, IdP access, refresh and id tokens, on-behalf-of assertions and exchanged tokens
+// stay out of the logs too, through linking, a refresh and each mode's refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_of_the_identity_provider_modes_reaches_the_logs() {
+    use common::fake_databricks::{FakeDatabricks, FederationPolicy};
+    use common::fake_entra::{self, FakeEntra};
+    use common::oidc_provider;
+    use secrecy::ExposeSecret;
+    use std::sync::Arc;
+
+    let logs = logs();
+    let mut secrets: Vec<String> = vec![fake_entra::CLIENT_SECRET.into()];
+    let mut metrics = String::new();
+
+    // entra-obo: link, answer, refresh, then MFA required on behalf of the person.
+    let databricks = Arc::new(FakeDatabricks::start().await);
+    let entra = FakeEntra::start(databricks.clone()).await;
+    let app = TestApp::spawn_with(Options {
+        databricks: Some(databricks),
+        extra_env: entra.env(),
+        ..Default::default()
+    })
+    .await;
+    let id = app.ask_for_link("Ev1", "first question").await;
+    let claim = app.claim_link(&id).await.expect("claimed");
+    let back = entra.authorize(&claim.location, &FakeUser::asker());
+    let path = format!("{}?{}", back.path(), back.query().unwrap());
+    browser()
+        .get(app.url(&path))
+        .header("cookie", &claim.cookie)
+        .send()
+        .await
+        .unwrap();
+    app.wait_for_answer("answer: first question").await;
+    app.clock.advance(3600);
+    app.post_event(&mention("Ev2", "<@U0LAN0Z89> second question")).await;
+    app.wait_for_answer("answer: second question").await;
+    entra.refuse_next(
+        "urn:ietf:params:oauth:grant-type:jwt-bearer",
+        400,
+        "interaction_required",
+        50076,
+        "you must use multi-factor authentication",
+    );
+    app.clock.advance(3600);
+    app.post_event(&mention("Ev3", "<@U0LAN0Z89> third question")).await;
+    app.wait_for_calls("chat.postEphemeral", 2).await;
+    metrics.push_str(&app.get("/metrics").await.1);
+    let q: std::collections::HashMap<String, String> = back.query_pairs().into_owned().collect();
+    secrets.extend([id, q["code"].clone(), q["state"].clone()]);
+    for request in entra.requests() {
+        for field in ["code", "code_verifier", "refresh_token", "assertion", "client_secret"] {
+            if let Some(value) = request.get(field) {
+                secrets.push(value.clone());
+            }
+        }
+    }
+    secrets.extend(app.agent.tokens());
+    app.stop().await;
+
+    // token-federation, with oidc-provider as the IdP: link, answer, refresh, then a
+    // policy that no longer matches.
+    if oidc_provider::node_available("the token-federation canary") {
+        oidc_provider::assert_installed(&["oidc-provider"]);
+        let idp = oidc_provider::start("https://bot.example.com/oauth/databricks/callback");
+        let issuer = format!("{}/oidc", idp.uri);
+        let policy = |audience: &str| FederationPolicy {
+            issuer: issuer.clone(),
+            audiences: vec![audience.to_owned()],
+            subject_claim: "sub".into(),
+            jwks_uri: format!("{issuer}/jwks.json"),
+        };
+        let databricks = Arc::new(FakeDatabricks::start().await);
+        databricks.federate(policy("conformance-client"));
+        let app = TestApp::spawn_with(Options {
+            databricks: Some(databricks.clone()),
+            extra_env: vec![
+                ("DATABRICKS_AUTH", "token-federation".into()),
+                ("DATABRICKS_CLIENT_ID", String::new()),
+                ("IDP_ISSUER", issuer.clone()),
+                ("IDP_CLIENT_ID", "conformance-client".into()),
+                ("IDP_CLIENT_SECRET", "conformance-secret".into()),
+            ],
+            ..Default::default()
+        })
+        .await;
+        let id = app.ask_for_link("Ev1", "first question").await;
+        let claim = app.claim_link(&id).await.expect("claimed");
+        let back = oidc_provider::sign_in(
+            &oidc_provider::browser_with_cookies(),
+            &idp.uri,
+            &claim.location,
+            "asker@example.com",
+        )
+        .await;
+        let path = format!("{}?{}", back.path(), back.query().unwrap());
+        browser()
+            .get(app.url(&path))
+            .header("cookie", &claim.cookie)
+            .send()
+            .await
+            .unwrap();
+        app.wait_for_answer("answer: first question").await;
+        app.clock.advance(3600);
+        app.post_event(&mention("Ev2", "<@U0LAN0Z89> second question")).await;
+        app.wait_for_answer("answer: second question").await;
+        let link = app.store.list_links(None).await.unwrap().remove(0);
+        let vault = common::vault(&[KEY_A]);
+        let binding = databricks_slack_bot::crypto::Binding::new(
+            databricks_slack_bot::crypto::Purpose::RefreshToken,
+            &link.team,
+            &link.user,
+            &link.workspace,
+        );
+        secrets.push(
+            vault
+                .open(binding, &link.sealed_refresh_token)
+                .unwrap()
+                .expose_secret()
+                .to_owned(),
+        );
+        databricks.federate(policy("another-client"));
+        app.clock.advance(3600);
+        app.post_event(&mention("Ev3", "<@U0LAN0Z89> third question")).await;
+        app.wait_for_calls("chat.postEphemeral", 2).await;
+        metrics.push_str(&app.get("/metrics").await.1);
+        let q: std::collections::HashMap<String, String> = back.query_pairs().into_owned().collect();
+        secrets.extend([id, q["code"].clone(), q["state"].clone(), "conformance-secret".into()]);
+        for request in databricks.exchanges() {
+            secrets.push(request["subject_token"].clone());
+        }
+        secrets.extend(app.agent.tokens());
+        app.stop().await;
+        assert!(
+            logs.text().contains("no federation policy accepts"),
+            "the policy refusal ran"
+        );
+    }
+
+    assert!(
+        logs.text().contains("the person must connect again"),
+        "the MFA refusal ran"
+    );
+    assert!(secrets.len() >= 15, "{secrets:?}");
+    assert_nowhere(&secrets, &metrics);
+}

@@ -623,3 +623,75 @@ fn the_slack_manifests_point_at_our_routes_and_differ_only_in_transport() {
         assert!(http.contains(needed), "{needed}");
     }
 }
+
+// DATABRICKS_AUTH (issue 13): `check` reaches each mode's endpoints — Entra's discovery
+// document for entra-obo; the IdP's and the workspace's token exchange for
+// token-federation — and fails, naming them, when they are unreachable.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reaches_the_endpoints_of_each_identity_provider_mode() {
+    let (_slack, slack_url) = fake_slack().await;
+    let databricks = std::sync::Arc::new(crate::common::fake_databricks::FakeDatabricks::start().await);
+    let entra = crate::common::fake_entra::FakeEntra::start(databricks.clone()).await;
+    let idp = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::path("/.well-known/openid-configuration"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "issuer": idp.uri(),
+            "authorization_endpoint": format!("{}/authorize", idp.uri()),
+            "token_endpoint": format!("{}/token", idp.uri()),
+            "jwks_uri": format!("{}/jwks", idp.uri()),
+            "code_challenge_methods_supported": ["S256"]})))
+        .mount(&idp)
+        .await;
+    let db = TestDb::sqlite();
+    let base = |mode: &[(&'static str, String)]| {
+        let mut env = valid_env(&db.url);
+        set(&mut env, "SLACK_API_URL", slack_url.clone());
+        set(&mut env, "DATABRICKS_HOST", databricks.uri.clone());
+        for (k, v) in mode {
+            set(&mut env, k, v.clone());
+        }
+        env
+    };
+    let federation = [
+        ("DATABRICKS_AUTH", "token-federation".to_owned()),
+        ("IDP_ISSUER", idp.uri()),
+        ("IDP_CLIENT_ID", "bot".to_owned()),
+    ];
+
+    let out = run_async(with_env(&db, &["check"], &base(&entra.env()))).await;
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("databricks     ok (entra-obo: sign-in at Entra ID discovered at")
+            && all.contains("/oauth2/v2.0/token"),
+        "{all}"
+    );
+    assert!(!all.contains("exchange "), "{all}");
+    assert_no_canary(&all);
+
+    let out = run_async(with_env(&db, &["check"], &base(&federation))).await;
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("databricks     ok (token-federation: sign-in at the identity provider"),
+        "{all}"
+    );
+    assert!(
+        all.contains(&format!(
+            "exchange       ok (the workspace's token exchange answers at {}/oidc/v1/token)",
+            databricks.uri
+        )),
+        "{all}"
+    );
+
+    // The workspace unreachable: the exchange line fails and names it.
+    let mut gone = base(&federation);
+    set(&mut gone, "DATABRICKS_HOST", "http://127.0.0.1:9".into());
+    let out = run_async(with_env(&db, &["check"], &gone)).await;
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("exchange       FAILED: http://127.0.0.1:9/oidc/v1/token cannot be reached"),
+        "{all}"
+    );
+}
