@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
-use crate::crypto::{Vault, VaultKey};
+use crate::crypto::{ClientCertificate, Vault, VaultKey};
 use crate::domain::{WorkspaceHost, is_secure_or_loopback};
 
 /// Every variable the bot reads. `.env.example` and the README document each one.
@@ -41,6 +41,7 @@ pub const VARIABLES: &[&str] = &[
     "ENTRA_TENANT_ID",
     "ENTRA_CLIENT_ID",
     "ENTRA_CLIENT_SECRET",
+    "ENTRA_CLIENT_CERTIFICATE",
     "ENTRA_API_SCOPE",
     "ENTRA_AUTHORITY_URL",
     "IDP_ISSUER",
@@ -464,8 +465,8 @@ pub struct EntraConfig {
     pub tenant_id: String,
     /// `ENTRA_CLIENT_ID`: the bot's app registration.
     pub client_id: String,
-    /// `ENTRA_CLIENT_SECRET`.
-    pub client_secret: SecretString,
+    /// `ENTRA_CLIENT_SECRET`, or the certificate in `ENTRA_CLIENT_CERTIFICATE`.
+    pub credential: ClientCredential,
     /// `ENTRA_API_SCOPE`: the bot's own API scope people sign in for; by default
     /// `api://{ENTRA_CLIENT_ID}/access_as_user`.
     pub api_scope: String,
@@ -482,6 +483,24 @@ impl EntraConfig {
             self.tenant_id
         ))
         .expect("an authority URL joins a tenant path")
+    }
+}
+
+/// How the bot proves to Entra ID that it is its app registration.
+#[derive(Clone)]
+pub enum ClientCredential {
+    /// A client secret.
+    Secret(SecretString),
+    /// A certificate: a signed client assertion per request (`private_key_jwt`).
+    Certificate(ClientCertificate),
+}
+
+impl std::fmt::Debug for ClientCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientCredential::Secret(_) => f.write_str("Secret([redacted])"),
+            ClientCredential::Certificate(certificate) => certificate.fmt(f),
+        }
     }
 }
 
@@ -909,10 +928,40 @@ fn read_entra(r: &mut Reader<'_>) -> Option<EntraConfig> {
         "ENTRA_CLIENT_ID",
         "the application (client) id of the bot's Entra ID app registration",
     );
-    let client_secret = r.required_secret(
-        "ENTRA_CLIENT_SECRET",
-        "a client secret of the app registration (on-behalf-of needs a confidential client)",
-    );
+    let credential = match (r.secret("ENTRA_CLIENT_SECRET"), r.optional("ENTRA_CLIENT_CERTIFICATE")) {
+        (Some(secret), None) => Some(ClientCredential::Secret(secret)),
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(pem) => match ClientCertificate::from_pem(&pem) {
+                Ok(certificate) => Some(ClientCredential::Certificate(certificate)),
+                Err(why) => {
+                    r.problem(
+                        "ENTRA_CLIENT_CERTIFICATE",
+                        format!("must be a PEM file with an RSA private key and its certificate; it {why}"),
+                    );
+                    None
+                }
+            },
+            Err(_) => {
+                r.problem("ENTRA_CLIENT_CERTIFICATE", "must be the path of a readable PEM file");
+                None
+            }
+        },
+        (Some(_), Some(_)) => {
+            r.problem(
+                "ENTRA_CLIENT_CERTIFICATE",
+                "must not be set together with ENTRA_CLIENT_SECRET: choose one",
+            );
+            None
+        }
+        (None, None) => {
+            r.problem(
+                "ENTRA_CLIENT_SECRET",
+                "is required: a client secret of the app registration, or set ENTRA_CLIENT_CERTIFICATE \
+                 (on-behalf-of needs a confidential client)",
+            );
+            None
+        }
+    };
     let api_scope = r
         .optional("ENTRA_API_SCOPE")
         .or_else(|| client_id.as_ref().map(|id| format!("api://{id}/access_as_user")));
@@ -920,7 +969,7 @@ fn read_entra(r: &mut Reader<'_>) -> Option<EntraConfig> {
     Some(EntraConfig {
         tenant_id: tenant_id?,
         client_id: client_id?,
-        client_secret: client_secret?,
+        credential: credential?,
         api_scope: api_scope?,
         authority_url: authority_url?,
     })
@@ -1319,6 +1368,51 @@ mod tests {
                 ("ENTRA_CLIENT_SECRET", "s"),
             ])),
             ["ENTRA_TENANT_ID"]
+        );
+    }
+
+    #[test]
+    fn entra_obo_takes_a_secret_or_a_certificate_but_not_both() {
+        let certificate = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/entra/client-certificate.pem"
+        );
+        let entra = |extra: &[(&'static str, &'static str)]| {
+            let mut pairs = vec![
+                ("DATABRICKS_AUTH", "entra-obo"),
+                ("ENTRA_TENANT_ID", "contoso.onmicrosoft.com"),
+                ("ENTRA_CLIENT_ID", "bot-app"),
+            ];
+            pairs.extend_from_slice(extra);
+            with(&pairs)
+        };
+        let c = Config::load(&entra(&[("ENTRA_CLIENT_CERTIFICATE", certificate)])).unwrap();
+        let DatabricksAuth::EntraObo(e) = &c.databricks.auth else {
+            panic!()
+        };
+        let ClientCredential::Certificate(cert) = &e.credential else {
+            panic!()
+        };
+        assert_eq!(cert.thumbprint().len(), 43, "base64url SHA-256");
+        assert!(!format!("{c:?}").contains("PRIVATE"));
+        assert_eq!(
+            problems(&entra(&[
+                ("ENTRA_CLIENT_CERTIFICATE", certificate),
+                ("ENTRA_CLIENT_SECRET", "s")
+            ])),
+            ["ENTRA_CLIENT_CERTIFICATE"]
+        );
+        assert_eq!(
+            problems(&entra(&[("ENTRA_CLIENT_CERTIFICATE", "/nonexistent/cert.pem")])),
+            ["ENTRA_CLIENT_CERTIFICATE"]
+        );
+        let public_only = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/entra/client-certificate.pub.pem"
+        );
+        assert_eq!(
+            problems(&entra(&[("ENTRA_CLIENT_CERTIFICATE", public_only)])),
+            ["ENTRA_CLIENT_CERTIFICATE"]
         );
     }
 

@@ -147,6 +147,70 @@ pub fn random_token() -> SecretString {
     random_base64url::<32>()
 }
 
+/// An application's certificate credential (OpenID Connect `private_key_jwt`, as Entra ID
+/// takes it instead of a client secret): a private key, and the SHA-256 thumbprint of the
+/// certificate Entra holds for it. Only the thumbprint is ever shown.
+#[derive(Clone)]
+pub struct ClientCertificate {
+    key: jsonwebtoken::EncodingKey,
+    thumbprint: String,
+}
+
+impl fmt::Debug for ClientCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCertificate")
+            .field("x5t#S256", &self.thumbprint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCertificate {
+    /// Reads a PEM bundle holding an RSA private key (`PRIVATE KEY` or `RSA PRIVATE KEY`)
+    /// and its `CERTIFICATE`.
+    pub fn from_pem(pem: &str) -> Result<Self, &'static str> {
+        let block = |label: &str| {
+            let begin = format!("-----BEGIN {label}-----");
+            let end = format!("-----END {label}-----");
+            let start = pem.find(&begin)?;
+            let stop = pem[start..].find(&end)? + start + end.len();
+            Some(&pem[start..stop])
+        };
+        let key = block("PRIVATE KEY")
+            .or_else(|| block("RSA PRIVATE KEY"))
+            .ok_or("holds no PRIVATE KEY block")?;
+        let key =
+            jsonwebtoken::EncodingKey::from_rsa_pem(key.as_bytes()).map_err(|_| "holds no readable RSA private key")?;
+        let certificate = block("CERTIFICATE").ok_or("holds no CERTIFICATE block")?;
+        let body: String = certificate.lines().filter(|line| !line.starts_with("-----")).collect();
+        let der = BASE64
+            .decode(body.trim())
+            .map_err(|_| "holds an unreadable CERTIFICATE block")?;
+        Ok(Self {
+            key,
+            thumbprint: URL_SAFE_NO_PAD.encode(Sha256::digest(&der)),
+        })
+    }
+
+    /// The base64url SHA-256 thumbprint of the certificate (`x5t#S256`).
+    pub fn thumbprint(&self) -> &str {
+        &self.thumbprint
+    }
+
+    /// A client assertion for `client_id` at the token endpoint `audience`, valid for five
+    /// minutes from `now` (Unix seconds): PS256 with `x5t#S256`, as Microsoft's
+    /// "certificate credentials" page describes it.
+    pub fn assertion(&self, client_id: &str, audience: &str, now: i64) -> SecretString {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::PS256);
+        header.x5t_s256 = Some(self.thumbprint.clone());
+        let claims = serde_json::json!({
+            "aud": audience, "iss": client_id, "sub": client_id,
+            "jti": random_id().expose_secret(), "nbf": now, "iat": now, "exp": now + 300,
+        });
+        let jwt = jsonwebtoken::encode(&header, &claims, &self.key).expect("an RSA key signs PS256");
+        SecretString::from(jwt)
+    }
+}
+
 /// 128 random bits, base64url (22 chars): a link id, short enough for a URL.
 pub fn random_id() -> SecretString {
     random_base64url::<16>()

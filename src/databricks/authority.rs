@@ -20,7 +20,7 @@ use url::Url;
 
 use super::entra;
 use super::oauth::{DatabricksOAuth, Discovery, Refusals, SignIn, TokenError, Tokens, without_url};
-use crate::config::{DatabricksAuth, DatabricksConfig};
+use crate::config::{ClientCredential, DatabricksAuth, DatabricksConfig};
 use crate::domain::WorkspaceHost;
 
 /// The Azure Databricks resource, the audience of the on-behalf-of exchange: the same
@@ -34,11 +34,9 @@ const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 /// The second hop of the identity-provider modes: an IdP token in, a Databricks token out.
 #[derive(Clone)]
 pub enum Exchange {
-    /// Entra ID on-behalf-of, at the tenant's token endpoint (from its discovery document).
-    OnBehalfOf {
-        client_id: String,
-        client_secret: SecretString,
-    },
+    /// Entra ID on-behalf-of, at the tenant's token endpoint (from its discovery
+    /// document), as the sign-in's client.
+    OnBehalfOf,
     /// RFC 8693 token exchange at the workspace's `/oidc/v1/token`.
     Federation { token_url: Url, subject: Subject },
 }
@@ -83,20 +81,17 @@ impl Authority {
                     provider: "Entra ID",
                     discovery_url: entra.discovery_url(),
                     client_id: entra.client_id.clone(),
-                    client_secret: Some(entra.client_secret.clone()),
+                    credential: Some(entra.credential.clone()),
                     scopes: [entra.api_scope.as_str(), "offline_access", "openid", "email", "profile"]
                         .map(str::to_owned)
                         .to_vec(),
                     scopes_on_refresh: true,
                     extra: Vec::new(),
-                    hint: "check ENTRA_TENANT_ID, ENTRA_CLIENT_ID, ENTRA_CLIENT_SECRET and ENTRA_API_SCOPE, and that the \
-                           app registration has AzureDatabricks user_impersonation with admin consent",
+                    hint: "check ENTRA_TENANT_ID, ENTRA_CLIENT_ID, ENTRA_CLIENT_SECRET (or ENTRA_CLIENT_CERTIFICATE) and \
+                           ENTRA_API_SCOPE, and that the app registration has AzureDatabricks user_impersonation with admin consent",
                     refusals: Refusals::Entra,
                 };
-                let exchange = Exchange::OnBehalfOf {
-                    client_id: entra.client_id.clone(),
-                    client_secret: entra.client_secret.clone(),
-                };
+                let exchange = Exchange::OnBehalfOf;
                 (
                     DatabricksOAuth::signing_in(sign_in, public_base_url, http.clone()),
                     Some(exchange),
@@ -107,7 +102,7 @@ impl Authority {
                     provider: "the identity provider",
                     discovery_url: idp.discovery_url(),
                     client_id: idp.client_id.clone(),
-                    client_secret: idp.client_secret.clone(),
+                    credential: idp.client_secret.clone().map(ClientCredential::Secret),
                     scopes: idp.scopes.clone(),
                     scopes_on_refresh: false,
                     extra: idp
@@ -164,7 +159,7 @@ impl Authority {
     pub fn mode(&self) -> &'static str {
         match &self.exchange {
             None => "databricks-oauth",
-            Some(Exchange::OnBehalfOf { .. }) => "entra-obo",
+            Some(Exchange::OnBehalfOf) => "entra-obo",
             Some(Exchange::Federation { .. }) => "token-federation",
         }
     }
@@ -264,19 +259,23 @@ impl Authority {
 
     async fn hop(&self, exchange: &Exchange, idp: &Tokens) -> Result<Tokens, HopError> {
         let (url, form, entra) = match exchange {
-            Exchange::OnBehalfOf {
-                client_id,
-                client_secret,
-            } => {
+            Exchange::OnBehalfOf => {
                 let url = self.sign_in.discovery().await?.token_endpoint.clone();
-                let form = vec![
-                    ("grant_type", JWT_BEARER.to_owned()),
-                    ("client_id", client_id.clone()),
-                    ("client_secret", client_secret.expose_secret().to_owned()),
-                    ("assertion", idp.access_token.expose_secret().to_owned()),
-                    ("scope", format!("{AZURE_DATABRICKS_RESOURCE}/.default")),
-                    ("requested_token_use", "on_behalf_of".to_owned()),
+                let mut form = vec![
+                    ("grant_type".to_owned(), JWT_BEARER.to_owned()),
+                    ("client_id".to_owned(), self.sign_in.client_id().to_owned()),
                 ];
+                match self.sign_in.credential() {
+                    Some(ClientCredential::Secret(secret)) => {
+                        form.push(("client_secret".to_owned(), secret.expose_secret().to_owned()))
+                    }
+                    _ => form.extend(self.sign_in.client_assertion(&url)),
+                }
+                form.extend([
+                    ("assertion".to_owned(), idp.access_token.expose_secret().to_owned()),
+                    ("scope".to_owned(), format!("{AZURE_DATABRICKS_RESOURCE}/.default")),
+                    ("requested_token_use".to_owned(), "on_behalf_of".to_owned()),
+                ]);
                 (url, form, true)
             }
             Exchange::Federation { token_url, subject } => {
@@ -284,12 +283,14 @@ impl Authority {
                     Subject::IdToken => idp.id_token.as_ref().ok_or(TokenError::Client("no_id_token"))?,
                     Subject::AccessToken => &idp.access_token,
                 };
-                let form = vec![
-                    ("grant_type", TOKEN_EXCHANGE.to_owned()),
-                    ("subject_token", jwt.expose_secret().to_owned()),
-                    ("subject_token_type", JWT_TOKEN_TYPE.to_owned()),
-                    ("scope", "all-apis".to_owned()),
-                ];
+                let form = [
+                    ("grant_type", TOKEN_EXCHANGE),
+                    ("subject_token", jwt.expose_secret()),
+                    ("subject_token_type", JWT_TOKEN_TYPE),
+                    ("scope", "all-apis"),
+                ]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .to_vec();
                 (token_url.clone(), form, false)
             }
         };

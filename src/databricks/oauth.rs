@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 use url::Url;
 
-use crate::config::AppConnection;
+use crate::config::{AppConnection, ClientCredential};
 use crate::domain::is_secure_or_loopback;
 
 /// Longest any call to the authorization server may take.
@@ -145,7 +145,8 @@ pub struct SignIn {
     pub provider: &'static str,
     pub discovery_url: Url,
     pub client_id: String,
-    pub client_secret: Option<SecretString>,
+    /// `None` for a public client.
+    pub credential: Option<ClientCredential>,
     pub scopes: Vec<String>,
     /// Send the scopes with every refresh too (Entra ID requires them).
     pub scopes_on_refresh: bool,
@@ -190,7 +191,7 @@ impl DatabricksOAuth {
             provider: "Databricks",
             discovery_url: config.discovery_url.clone(),
             client_id: config.client_id.clone(),
-            client_secret: config.client_secret.clone(),
+            credential: config.client_secret.clone().map(ClientCredential::Secret),
             scopes: config.scopes.clone(),
             scopes_on_refresh: false,
             extra: Vec::new(),
@@ -211,6 +212,16 @@ impl DatabricksOAuth {
             sign_in: Arc::new(sign_in),
             redirect_uri,
         }
+    }
+
+    /// The bot's client id at the sign-in.
+    pub fn client_id(&self) -> &str {
+        &self.sign_in.client_id
+    }
+
+    /// How the bot authenticates at the sign-in.
+    pub fn credential(&self) -> Option<&ClientCredential> {
+        self.sign_in.credential.as_ref()
     }
 
     /// Where the discovery document is.
@@ -273,10 +284,38 @@ impl DatabricksOAuth {
             .set_auth_uri(AuthUrl::from_url(discovery.authorization_endpoint.clone()))
             .set_token_uri(TokenUrl::from_url(discovery.token_endpoint.clone()))
             .set_redirect_uri(RedirectUrl::from_url(self.redirect_uri.clone()));
-        if let Some(secret) = &self.sign_in.client_secret {
+        if let Some(ClientCredential::Secret(secret)) = &self.sign_in.credential {
             client = client.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
         }
         Ok(client)
+    }
+
+    /// The parameters that authenticate the bot in a request to `token_endpoint` with a
+    /// certificate (`private_key_jwt`): a fresh client assertion each time. None with a
+    /// secret (sent as HTTP Basic) or for a public client.
+    pub(crate) fn client_assertion(&self, token_endpoint: &Url) -> Vec<(String, String)> {
+        let Some(ClientCredential::Certificate(certificate)) = &self.sign_in.credential else {
+            return Vec::new();
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let assertion = certificate.assertion(&self.sign_in.client_id, token_endpoint.as_str(), now);
+        vec![
+            (
+                "client_assertion_type".to_owned(),
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_owned(),
+            ),
+            ("client_assertion".to_owned(), assertion.expose_secret().to_owned()),
+        ]
+    }
+
+    /// The extra parameters of every token request: the IdP's own, and a client assertion.
+    async fn token_params(&self) -> Result<Vec<(String, String)>, TokenError> {
+        let endpoint = &self.discovery().await?.token_endpoint;
+        let mut params = self.sign_in.extra.clone();
+        params.extend(self.client_assertion(endpoint));
+        Ok(params)
     }
 
     fn scopes(&self) -> impl Iterator<Item = Scope> + '_ {
@@ -308,8 +347,8 @@ impl DatabricksOAuth {
         let mut request = client
             .exchange_code(AuthorizationCode::new(code.expose_secret().to_owned()))
             .set_pkce_verifier(PkceCodeVerifier::new(verifier.expose_secret().to_owned()));
-        for (name, value) in &self.sign_in.extra {
-            request = request.add_extra_param(name.clone(), value.clone());
+        for (name, value) in self.token_params().await? {
+            request = request.add_extra_param(name, value);
         }
         let result = request.request_async(&recorder).await;
         result
@@ -327,8 +366,8 @@ impl DatabricksOAuth {
         if self.sign_in.scopes_on_refresh {
             request = request.add_scopes(self.scopes());
         }
-        for (name, value) in &self.sign_in.extra {
-            request = request.add_extra_param(name.clone(), value.clone());
+        for (name, value) in self.token_params().await? {
+            request = request.add_extra_param(name, value);
         }
         let result = request.request_async(&recorder).await;
         result

@@ -253,3 +253,45 @@ async fn consent_refused_at_entra_gets_a_friendly_page_and_stores_nothing() {
     assert!(app.store.list_links(None).await.unwrap().is_empty());
     app.stop().await;
 }
+
+// A certificate instead of a secret: every token request (code, refresh, on-behalf-of)
+// carries a fresh client assertion signed with it, and never a secret.
+#[tokio::test]
+async fn a_certificate_credential_signs_every_token_request() {
+    let databricks = Arc::new(FakeDatabricks::start().await);
+    let entra = FakeEntra::start(databricks.clone()).await;
+    let mut env: Vec<(&'static str, String)> = entra
+        .env()
+        .into_iter()
+        .filter(|(k, _)| *k != "ENTRA_CLIENT_SECRET")
+        .collect();
+    env.push((
+        "ENTRA_CLIENT_CERTIFICATE",
+        crate::common::fake_entra::certificate_path(),
+    ));
+    let app = TestApp::spawn_with(Options {
+        databricks: Some(databricks),
+        extra_env: env,
+        ..Default::default()
+    })
+    .await;
+    link_through_entra(&app, &entra, &FakeUser::asker()).await;
+    app.wait_for_answer("answer: the first question").await;
+    second_question(&app).await;
+    app.wait_for_answer("answer: the second question").await;
+
+    let requests = entra.requests();
+    let grants: Vec<&str> = requests.iter().map(|r| r["grant_type"].as_str()).collect();
+    assert_eq!(grants, ["authorization_code", OBO, "refresh_token", OBO]);
+    let mut assertions = BTreeSet::new();
+    for request in &requests {
+        assert!(!request.contains_key("client_secret"), "{request:?}");
+        assert_eq!(
+            request["client_assertion_type"],
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+        );
+        assertions.insert(request["client_assertion"].clone());
+    }
+    assert_eq!(assertions.len(), 4, "a fresh assertion for each request");
+    app.stop().await;
+}

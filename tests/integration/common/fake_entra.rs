@@ -11,7 +11,10 @@
 //! `timestamp`, `trace_id` and `correlation_id`.
 //!
 //! The on-behalf-of grant checks the assertion: it must be a live access token this
-//! tenant issued for the bot's API. The Azure Databricks token it returns is registered
+//! tenant issued for the bot's API. The bot authenticates with the client secret, or with
+//! a client assertion signed by the certificate in `tests/fixtures/entra/` (checked here
+//! as Microsoft's "certificate credentials" page describes: PS256, `x5t#S256` of the
+//! certificate, `aud` the token endpoint, `iss` = `sub` = the client id, not expired). The Azure Databricks token it returns is registered
 //! with the fake workspace, as the real one accepts Entra tokens for its resource.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -206,8 +209,19 @@ async fn token(
             "Application not found in the directory.",
         );
     }
-    if form.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET) {
-        return refusal(401, "invalid_client", 7000215, "Invalid client secret provided.");
+    let token_endpoint = format!("{uri}/{TENANT}/oauth2/v2.0/token");
+    match (form.get("client_secret"), form.get("client_assertion")) {
+        (Some(secret), None) if secret == CLIENT_SECRET => {}
+        (None, Some(assertion)) if valid_client_assertion(assertion, &token_endpoint, &form) => {}
+        (None, Some(_)) => {
+            return refusal(
+                401,
+                "invalid_client",
+                700027,
+                "Client assertion failed signature validation.",
+            );
+        }
+        _ => return refusal(401, "invalid_client", 7000215, "Invalid client secret provided."),
     }
     t.counter += 1;
     let n = t.counter;
@@ -291,6 +305,48 @@ async fn token(
             70003,
             "The app requested an unsupported grant type.",
         ),
+    }
+}
+
+/// The path of the test certificate (private key and certificate, PEM).
+pub fn certificate_path() -> String {
+    format!(
+        "{}/tests/fixtures/entra/client-certificate.pem",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn valid_client_assertion(assertion: &str, token_endpoint: &str, form: &HashMap<String, String>) -> bool {
+    if form.get("client_assertion_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    {
+        return false;
+    }
+    let dir = format!("{}/tests/fixtures/entra", env!("CARGO_MANIFEST_DIR"));
+    let public = std::fs::read(format!("{dir}/client-certificate.pub.pem")).unwrap();
+    let bundle = std::fs::read_to_string(format!("{dir}/client-certificate.pem")).unwrap();
+    let der: String = bundle
+        .split("-----BEGIN CERTIFICATE-----")
+        .nth(1)
+        .and_then(|rest| rest.split("-----END CERTIFICATE-----").next())
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let thumbprint = URL_SAFE_NO_PAD.encode(Sha256::digest(STANDARD.decode(der).unwrap()));
+    let Ok(header) = jsonwebtoken::decode_header(assertion) else {
+        return false;
+    };
+    if header.alg != jsonwebtoken::Algorithm::PS256 || header.x5t_s256.as_deref() != Some(thumbprint.as_str()) {
+        return false;
+    }
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::PS256);
+    validation.set_audience(&[token_endpoint]);
+    validation.set_issuer(&[CLIENT_ID]);
+    validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+    let key = jsonwebtoken::DecodingKey::from_rsa_pem(&public).unwrap();
+    match jsonwebtoken::decode::<Value>(assertion, &key, &validation) {
+        Ok(data) => data.claims["sub"] == CLIENT_ID && data.claims["jti"].is_string(),
+        Err(_) => false,
     }
 }
 
