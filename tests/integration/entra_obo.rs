@@ -295,3 +295,39 @@ async fn a_certificate_credential_signs_every_token_request() {
     assert_eq!(assertions.len(), 4, "a fresh assertion for each request");
     app.stop().await;
 }
+
+// Sign in with Slack in front of Entra ID: the person proves their Slack identity, then
+// signs in at Entra, and is linked as in any mode.
+#[tokio::test]
+async fn sign_in_with_slack_works_in_front_of_entra_id() {
+    use crate::common::slack_oidc::{back_from_slack_with, claims, sign, spawn_with_sign_in_and, to_slack};
+    let databricks = Arc::new(FakeDatabricks::start().await);
+    let entra = FakeEntra::start(databricks.clone()).await;
+    let app = spawn_with_sign_in_and(
+        "slack-client-secret",
+        Options {
+            databricks: Some(databricks),
+            extra_env: entra.env(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let at = to_slack(&app, "Ev1").await;
+    let id_token = sign(&claims(&app, &at.nonce, "U061F7AUR"), "test-key-1");
+    let on = back_from_slack_with(&app, &at, "slack-code", &id_token).await;
+    assert_eq!(on.status(), 303);
+    let to_entra = on.headers()["location"].to_str().unwrap().to_owned();
+    let back = entra.authorize(&to_entra, &FakeUser::asker());
+    let path = format!("{}?{}", back.path(), back.query().unwrap());
+    let done = browser()
+        .get(app.url(&path))
+        .header("cookie", &at.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 303);
+    app.wait_for_answer("answer: who am I?").await;
+    let token = app.agent.tokens()[0].clone();
+    assert_eq!(app.databricks.owner_of(&token).as_deref(), Some("asker@example.com"));
+    app.stop().await;
+}

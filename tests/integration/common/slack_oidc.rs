@@ -37,20 +37,28 @@ pub async fn fake_slack_with_oidc() -> Arc<MockServer> {
 }
 
 /// The app with Sign in with Slack, its client secret `client_secret`, and `extra_env`.
-pub async fn spawn_with_sign_in(client_secret: &str, mut extra_env: Vec<(&'static str, String)>) -> TestApp {
+pub async fn spawn_with_sign_in(client_secret: &str, extra_env: Vec<(&'static str, String)>) -> TestApp {
+    spawn_with_sign_in_and(
+        client_secret,
+        Options {
+            extra_env,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// [`spawn_with_sign_in`] on top of `options` (their Slack is replaced).
+pub async fn spawn_with_sign_in_and(client_secret: &str, mut options: Options) -> TestApp {
     let slack = fake_slack_with_oidc().await;
     let issuer = slack.uri();
-    extra_env.extend([
+    options.extra_env.extend([
         ("SLACK_CLIENT_ID", CLIENT_ID.into()),
         ("SLACK_CLIENT_SECRET", client_secret.into()),
         ("SLACK_OIDC_ISSUER", issuer),
     ]);
-    TestApp::spawn_with(Options {
-        slack: Some(slack),
-        extra_env,
-        ..Default::default()
-    })
-    .await
+    options.slack = Some(slack);
+    TestApp::spawn_with(options).await
 }
 
 /// What Slack's authorize step received, and the browser's binding cookie.
