@@ -182,6 +182,22 @@ async fn check(env: &Env) -> Result<(), Failure> {
         n => format!("X-Forwarded-For via {n} trusted proxy range(s)"),
     };
     println!("exposure       /metrics on {metrics_on}; linking rate-limited per client, from {clients}");
+    let spaces = &config.agent.genie_spaces;
+    if !spaces.is_empty() {
+        // Spaces are reached only as a person (the bot has no identity of its own at
+        // Databricks): a wrong id shows in the first answer, in Databricks' words.
+        let mapped: Vec<String> = spaces
+            .channels()
+            .map(|(channel, space)| format!("{channel} → {space}"))
+            .collect();
+        let default = spaces.default_space().unwrap_or("none");
+        println!(
+            "genie          ok (default space {default}; {} channel(s) mapped{}{})",
+            mapped.len(),
+            if mapped.is_empty() { "" } else { ": " },
+            mapped.join(", ")
+        );
+    }
     if config.identity_check == IdentityCheck::None {
         println!(
             "linking        WARNING: LINK_IDENTITY_CHECK=none: whoever opens a person's link can connect any \

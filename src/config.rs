@@ -53,6 +53,8 @@ pub const VARIABLES: &[&str] = &[
     "LINK_IDENTITY_CHECK_NONE_ACKNOWLEDGED",
     "AGENT",
     "GENIE_SPACE_ID",
+    "GENIE_SPACES",
+    "GENIE_SPACES_FILE",
     "DATABRICKS_SERVING_ENDPOINT",
     "DATABRICKS_WAREHOUSE_ID",
     "AGENT_URL",
@@ -528,12 +530,97 @@ impl IdpConfig {
     }
 }
 
+/// Which Genie space answers in which channel: `GENIE_SPACES` (or the file
+/// `GENIE_SPACES_FILE`), entries `channel=space` separated by commas or new lines, `*`
+/// naming the default; `GENIE_SPACE_ID` is the default too. Lines starting with `#` are
+/// comments.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GenieSpaces {
+    by_channel: std::collections::BTreeMap<String, String>,
+    default: Option<String>,
+}
+
+impl GenieSpaces {
+    /// One space everywhere.
+    pub fn everywhere(space_id: &str) -> Self {
+        Self {
+            by_channel: Default::default(),
+            default: Some(space_id.to_owned()),
+        }
+    }
+
+    /// Reads `text`; an error names the entry that is wrong.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut spaces = Self::default();
+        let entries = text
+            .split([',', '\n'])
+            .map(str::trim)
+            .filter(|e| !e.is_empty() && !e.starts_with('#'));
+        for entry in entries {
+            let (channel, space) = entry
+                .split_once('=')
+                .map(|(c, s)| (c.trim(), s.trim()))
+                .ok_or_else(|| format!("entry `{entry}` is not channel=space"))?;
+            let channel_ok = channel == "*"
+                || (channel.len() >= 3
+                    && channel.starts_with(['C', 'G', 'D'])
+                    && channel.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()));
+            if !channel_ok {
+                return Err(format!(
+                    "entry `{entry}`: `{channel}` is not a channel id (C…, G… or D…) or *"
+                ));
+            }
+            if space.is_empty() || !space.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(format!("entry `{entry}`: `{space}` is not a Genie space id"));
+            }
+            let duplicate = if channel == "*" {
+                spaces.default.replace(space.to_owned()).is_some()
+            } else {
+                spaces.by_channel.insert(channel.to_owned(), space.to_owned()).is_some()
+            };
+            if duplicate {
+                return Err(format!("entry `{entry}`: `{channel}` is mapped twice"));
+            }
+        }
+        Ok(spaces)
+    }
+
+    /// The space that answers in `channel`: its own, else the default.
+    pub fn for_channel(&self, channel: &str) -> Option<&str> {
+        self.by_channel
+            .get(channel)
+            .or(self.default.as_ref())
+            .map(String::as_str)
+    }
+
+    /// The space of channels without one of their own.
+    pub fn default_space(&self) -> Option<&str> {
+        self.default.as_deref()
+    }
+
+    /// Every channel with a space of its own.
+    pub fn channels(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.by_channel.iter().map(|(c, s)| (c.as_str(), s.as_str()))
+    }
+
+    /// Whether `space_id` is one of the configured spaces.
+    pub fn contains(&self, space_id: &str) -> bool {
+        self.default.as_deref() == Some(space_id) || self.by_channel.values().any(|s| s == space_id)
+    }
+
+    /// Whether no space is configured at all.
+    pub fn is_empty(&self) -> bool {
+        self.default.is_none() && self.by_channel.is_empty()
+    }
+}
+
 /// Agent settings.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     /// `AGENT`, or inferred from what is configured.
     pub kind: AgentKind,
-    pub genie_space_id: Option<String>,
+    /// `GENIE_SPACES` (or `GENIE_SPACES_FILE`), with `GENIE_SPACE_ID` as the default.
+    pub genie_spaces: GenieSpaces,
     pub serving_endpoint: Option<String>,
     pub warehouse_id: Option<String>,
     pub agent_url: Option<Url>,
@@ -1006,6 +1093,48 @@ fn read_idp(r: &mut Reader<'_>) -> Option<IdpConfig> {
     })
 }
 
+/// `GENIE_SPACES` or `GENIE_SPACES_FILE`, with `GENIE_SPACE_ID` as the default.
+fn read_genie_spaces(r: &mut Reader<'_>) -> GenieSpaces {
+    let (text, var) = match (r.optional("GENIE_SPACES"), r.optional("GENIE_SPACES_FILE")) {
+        (Some(_), Some(_)) => {
+            r.problem(
+                "GENIE_SPACES_FILE",
+                "must not be set together with GENIE_SPACES: choose one",
+            );
+            return GenieSpaces::default();
+        }
+        (Some(text), None) => (text, "GENIE_SPACES"),
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(text) => (text, "GENIE_SPACES_FILE"),
+            Err(_) => {
+                r.problem("GENIE_SPACES_FILE", "must be the path of a readable file");
+                return GenieSpaces::default();
+            }
+        },
+        (None, None) => (String::new(), "GENIE_SPACES"),
+    };
+    let mut spaces = match GenieSpaces::parse(&text) {
+        Ok(spaces) => spaces,
+        Err(why) => {
+            r.problem(
+                var,
+                format!("must map channels to Genie spaces (C0SALES=01ef…,*=01ee…); {why}"),
+            );
+            return GenieSpaces::default();
+        }
+    };
+    if let Some(default) = r.optional("GENIE_SPACE_ID") {
+        if spaces.default.is_some() {
+            r.problem(
+                "GENIE_SPACE_ID",
+                format!("must not be set when {var} names a default (*)"),
+            );
+        }
+        spaces.default = Some(default);
+    }
+    spaces
+}
+
 fn read_agent(r: &mut Reader<'_>) -> Option<AgentConfig> {
     let explicit = r.choice(
         "AGENT",
@@ -1018,7 +1147,7 @@ fn read_agent(r: &mut Reader<'_>) -> Option<AgentConfig> {
     );
     let agent = AgentConfig {
         kind: AgentKind::Genie,
-        genie_space_id: r.optional("GENIE_SPACE_ID"),
+        genie_spaces: read_genie_spaces(r),
         serving_endpoint: r.optional("DATABRICKS_SERVING_ENDPOINT"),
         warehouse_id: r.optional("DATABRICKS_WAREHOUSE_ID"),
         agent_url: r.url("AGENT_URL", None),
@@ -1033,16 +1162,16 @@ fn read_agent(r: &mut Reader<'_>) -> Option<AgentConfig> {
             Some(AgentKind::Http)
         } else if agent.serving_endpoint.is_some() {
             Some(AgentKind::Llm)
-        } else if agent.genie_space_id.is_some() {
+        } else if !agent.genie_spaces.is_empty() {
             Some(AgentKind::Genie)
         } else {
             None
         }
     });
     match kind {
-        Some(AgentKind::Genie) if agent.genie_space_id.is_none() => r.problem(
+        Some(AgentKind::Genie) if agent.genie_spaces.is_empty() => r.problem(
             "GENIE_SPACE_ID",
-            "is required for AGENT=genie: the id of the Genie space to ask",
+            "is required for AGENT=genie: the id of the Genie space to ask (or map channels with GENIE_SPACES)",
         ),
         Some(AgentKind::Llm) if agent.serving_endpoint.is_none() => r.problem(
             "DATABRICKS_SERVING_ENDPOINT",
@@ -1414,6 +1543,49 @@ mod tests {
             problems(&entra(&[("ENTRA_CLIENT_CERTIFICATE", public_only)])),
             ["ENTRA_CLIENT_CERTIFICATE"]
         );
+    }
+
+    #[test]
+    fn genie_spaces_map_channels_and_a_malformed_entry_is_named() {
+        let c = Config::load(&with(&[
+            ("GENIE_SPACE_ID", ""),
+            ("GENIE_SPACES", "C0SALES=01ef-sales, C0FIN=01f0-fin,*=01ee-all"),
+        ]))
+        .unwrap();
+        let spaces = &c.agent.genie_spaces;
+        assert_eq!(spaces.for_channel("C0SALES"), Some("01ef-sales"));
+        assert_eq!(spaces.for_channel("C0OTHER"), Some("01ee-all"));
+        assert!(spaces.contains("01f0-fin") && !spaces.contains("nope"));
+        assert_eq!(c.agent.kind, AgentKind::Genie);
+        // GENIE_SPACE_ID is the default beside a mapping without one.
+        let c = Config::load(&with(&[("GENIE_SPACES", "C0SALES=01ef-sales")])).unwrap();
+        assert_eq!(c.agent.genie_spaces.for_channel("C0OTHER"), Some("01ef-space"));
+
+        for (entry, named) in [
+            ("C0SALES", "`C0SALES` is not channel=space"),
+            ("sales=01ef", "`sales` is not a channel id"),
+            ("C0SALES=01ef,C0SALES=01f0", "mapped twice"),
+            ("C0SALES=01 ef", "is not a Genie space id"),
+        ] {
+            let error = Config::load(&with(&[("GENIE_SPACES", entry)])).unwrap_err();
+            assert_eq!(error.0[0].var, "GENIE_SPACES", "{entry}");
+            assert!(error.0[0].expected.contains(named), "{entry}: {}", error.0[0].expected);
+        }
+        assert_eq!(
+            problems(&with(&[("GENIE_SPACES", "*=01ee")])),
+            ["GENIE_SPACE_ID"],
+            "two defaults"
+        );
+        let file = std::env::temp_dir().join(format!("genie-spaces-{}.txt", std::process::id()));
+        std::fs::write(&file, "# sales\nC0SALES=01ef-sales\n\n*=01ee-all\n").unwrap();
+        let c = Config::load(&with(&[
+            ("GENIE_SPACE_ID", ""),
+            ("GENIE_SPACES_FILE", &*Box::leak(file.to_str().unwrap().into())),
+        ]))
+        .unwrap();
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(c.agent.genie_spaces.for_channel("C0SALES"), Some("01ef-sales"));
+        assert_eq!(c.agent.genie_spaces.default_space(), Some("01ee-all"));
     }
 
     #[test]

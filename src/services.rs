@@ -8,7 +8,7 @@ use tokio::sync::Notify;
 use url::Url;
 
 use crate::clock::SharedClock;
-use crate::config::Config;
+use crate::config::{Config, GenieSpaces};
 use crate::crypto::Vault;
 use crate::databricks::authority::Authority;
 use crate::databricks::broker::TokenBroker;
@@ -34,6 +34,8 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     /// Where the bot is reached from browsers (link pages, OAuth callbacks).
     pub public_base_url: Url,
+    /// Which Genie space answers in which channel (shown in status and App Home).
+    pub genie_spaces: GenieSpaces,
     /// Notified whenever a job is queued, so a worker takes it at once.
     pub wake: Arc<Notify>,
 }
@@ -63,6 +65,7 @@ impl Services {
             clock,
             metrics,
             public_base_url: config.public_base_url.clone(),
+            genie_spaces: config.agent.genie_spaces.clone(),
             wake: Arc::new(Notify::new()),
         })
     }

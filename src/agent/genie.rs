@@ -13,6 +13,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Progress};
+use crate::config::GenieSpaces;
 use crate::databricks::api::{ApiError, Databricks};
 use crate::databricks::genie::{
     GenieMessage, GenieSpace, MessageError, MessageRef, MessageStatus, QueryAttachment, QueryResult,
@@ -50,21 +51,37 @@ impl Default for Timing {
     }
 }
 
-/// Answers with the Genie space `space_id`.
+/// Answers with the Genie space of the question's channel (`GENIE_SPACES`). A thread
+/// stays with the space its conversation started in.
 pub struct Genie {
     http: reqwest::Client,
-    space_id: String,
+    spaces: GenieSpaces,
     timing: Timing,
 }
 
 impl Genie {
-    /// Asks the space `space_id` through `http` (see [`crate::databricks::api::http_client`]).
-    pub fn new(http: reqwest::Client, space_id: String) -> Self {
+    /// Asks the channel's space through `http` (see [`crate::databricks::api::http_client`]).
+    pub fn new(http: reqwest::Client, spaces: GenieSpaces) -> Self {
         Self {
             http,
-            space_id,
+            spaces,
             timing: Timing::default(),
         }
+    }
+
+    /// The space that answers `request`: the one its thread's conversation is in (while
+    /// that space is still configured), else the channel's.
+    fn space_for<'r>(&'r self, request: &'r AgentRequest) -> Result<&'r str, AgentError> {
+        let kept = request
+            .conversation
+            .as_ref()
+            .and_then(|kept| kept.get("space_id"))
+            .and_then(|space| space.as_str())
+            .filter(|space| self.spaces.contains(space));
+        kept.or_else(|| self.spaces.for_channel(&request.thread.channel))
+            .ok_or_else(|| {
+                AgentError::Failed("no Genie space answers in this channel; ask your Slack admin to map one".into())
+            })
     }
 
     /// The same agent, polling with `timing`.
@@ -75,7 +92,7 @@ impl Genie {
     /// Asks the question: as a follow-up in the thread's conversation if there is one
     /// still to be had, else in a new conversation.
     async fn ask(&self, space: &GenieSpace<'_>, request: &AgentRequest) -> Result<MessageRef, AgentError> {
-        let kept = self.kept_conversation(request.conversation.as_ref());
+        let kept = kept_conversation(request.conversation.as_ref(), space.id());
         // An earlier try may have asked already and then failed, or the bot stopped, before
         // Genie's answer was kept: that message is the answer, not a reason to ask twice.
         if let Some(since) = request.retry_since {
@@ -100,7 +117,7 @@ impl Genie {
                 Ok(_) => return Err(unreadable()),
                 // Genie forgets conversations (deleted, or expired): start afresh.
                 Err(error) if is_gone(&error) => {
-                    tracing::info!(space_id = %self.space_id, "the thread's Genie conversation is gone; starting anew");
+                    tracing::info!(space_id = %space.id(), "the thread's Genie conversation is gone; starting anew");
                 }
                 Err(error) if answer_may_be_lost(&error) => {
                     return match asked_in(space, conversation_id, &request.question, asked_at).await {
@@ -119,17 +136,6 @@ impl Genie {
             },
             Err(error) => Err(error.into()),
         }
-    }
-
-    /// The conversation id kept for this thread, if it is one of this space's.
-    fn kept_conversation<'c>(&self, kept: Option<&'c serde_json::Value>) -> Option<&'c str> {
-        let kept = kept?;
-        let same_space = match kept.get("space_id") {
-            None => true,
-            Some(space_id) => space_id.as_str() == Some(self.space_id.as_str()),
-        };
-        let id = kept.get("conversation_id")?.as_str()?;
-        (same_space && !id.is_empty()).then_some(id)
     }
 
     /// Polls the message until Genie stops working on it.
@@ -235,7 +241,7 @@ impl Genie {
             suggestions: distinct(suggestions),
             conversation: Some(json!({
                 "conversation_id": at.conversation_id,
-                "space_id": self.space_id,
+                "space_id": space.id(),
             })),
             ..AgentAnswer::default()
         };
@@ -284,13 +290,13 @@ impl Agent for Genie {
         let context = &request.context;
         let bearer = context.bearer();
         let db = Databricks::new(&self.http, &context.host, &bearer);
-        let space = GenieSpace::new(db, &self.space_id);
+        let space = GenieSpace::new(db, self.space_for(request)?);
         let mut backoff = Backoff::new(self.timing);
         let mut shown = Shown { progress, last: None };
         shown.show(ASKING).await;
         let at = self.ask(&space, request).await?;
         tracing::info!(
-            space_id = %self.space_id,
+            space_id = %space.id(),
             conversation_id = %at.conversation_id,
             message_id = %at.message_id,
             "asked Genie"
@@ -474,6 +480,18 @@ fn now_millis() -> i64 {
 
 /// The message asking `question` that Genie received in `conversation_id` around
 /// `asked_at`, if a lost answer hid it.
+/// The conversation id kept for this thread, if it is one of `space_id`'s (a kept
+/// conversation without a space is from before spaces were kept: the channel's).
+fn kept_conversation<'c>(kept: Option<&'c serde_json::Value>, space_id: &str) -> Option<&'c str> {
+    let kept = kept?;
+    let same_space = match kept.get("space_id") {
+        None => true,
+        Some(kept_space) => kept_space.as_str() == Some(space_id),
+    };
+    let id = kept.get("conversation_id")?.as_str()?;
+    (same_space && !id.is_empty()).then_some(id)
+}
+
 async fn asked_in(space: &GenieSpace<'_>, conversation_id: &str, question: &str, asked_at: i64) -> Option<MessageRef> {
     let messages = space.messages(conversation_id).await.ok()?;
     let found = messages

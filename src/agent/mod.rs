@@ -146,12 +146,12 @@ pub fn from_config(config: &AgentConfig) -> Arc<dyn Agent> {
     let required = |value: &Option<String>| value.clone().expect("validated by Config::load");
     let url = || config.agent_url.clone().expect("validated by Config::load");
     match config.kind {
-        AgentKind::Genie => Arc::new(genie::Genie::new(databricks(), required(&config.genie_space_id))),
+        AgentKind::Genie => Arc::new(genie::Genie::new(databricks(), config.genie_spaces.clone())),
         AgentKind::Llm => Arc::new(llm::Llm::new(
             databricks(),
             required(&config.serving_endpoint),
             config.warehouse_id.clone(),
-            config.genie_space_id.clone(),
+            (!config.genie_spaces.is_empty()).then(|| config.genie_spaces.clone()),
         )),
         AgentKind::Http => Arc::new(external::HttpAgent::new(external_client(), url())),
         AgentKind::Adk => Arc::new(adk_of(config).expect("validated by Config::load")),

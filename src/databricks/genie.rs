@@ -226,6 +226,11 @@ impl<'a> GenieSpace<'a> {
         Self { db, space_id }
     }
 
+    /// The space's id.
+    pub fn id(&self) -> &str {
+        self.space_id
+    }
+
     fn path(&self, rest: &str) -> String {
         format!("/api/2.0/genie/spaces/{}{rest}", path_segment(self.space_id))
     }

@@ -10,6 +10,7 @@ use slack_morphism::prelude::*;
 use url::Url;
 
 use crate::clock::SharedClock;
+use crate::config::GenieSpaces;
 use crate::domain::{PersonIn, TeamId, UserId};
 use crate::intake::events::Intake;
 use crate::jobs::Work;
@@ -61,6 +62,7 @@ pub struct Commands {
     pub slack: SlackApi,
     pub public_base_url: Url,
     pub clock: SharedClock,
+    pub genie_spaces: GenieSpaces,
 }
 
 impl Commands {
@@ -100,7 +102,10 @@ impl Commands {
             Command::Help => messages::command_help(),
             Command::Unknown(word) => messages::unknown_command(word),
             Command::TooLong => messages::question_too_long(MAX_QUESTION_CHARS),
-            Command::Status => messages::status(self.store.find_link(&team, &user).await?.as_ref()),
+            Command::Status => messages::status(
+                self.store.find_link(&team, &user).await?.as_ref(),
+                messages::genie_spaces_line(&self.genie_spaces, Some(command.channel_id.as_ref())),
+            ),
             Command::Disconnect => messages::disconnect_confirm(self.store.find_link(&team, &user).await?.as_ref()),
             // EVT-05: nobody from another organisation is linked, as nobody is answered.
             Command::Connect if self.is_external(&team, &user).await => messages::external_user_refusal(),

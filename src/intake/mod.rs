@@ -32,6 +32,7 @@ impl SlackIntake {
                 slack: services.slack.clone(),
                 public_base_url: services.public_base_url.clone(),
                 clock: services.clock.clone(),
+                genie_spaces: services.genie_spaces.clone(),
             },
             events,
         }

@@ -14,6 +14,7 @@ use slack_morphism::prelude::*;
 use url::Url;
 
 use crate::clock::SharedClock;
+use crate::config::GenieSpaces;
 use crate::databricks::broker::TokenBroker;
 use crate::domain::{PersonIn, TeamId, UserId};
 use crate::jobs::worker::{Done, JobError};
@@ -41,6 +42,7 @@ pub struct Account {
     broker: Arc<TokenBroker>,
     public_base_url: Url,
     clock: SharedClock,
+    genie_spaces: GenieSpaces,
 }
 
 impl Account {
@@ -52,6 +54,7 @@ impl Account {
             broker: services.broker.clone(),
             public_base_url: services.public_base_url.clone(),
             clock: services.clock.clone(),
+            genie_spaces: services.genie_spaces.clone(),
         }
     }
 
@@ -84,7 +87,8 @@ impl Account {
     pub async fn publish_home(&self, request: &AccountRequest) -> Result<(), JobError> {
         let link = self.store.find_link(&request.team, &request.user).await?;
         let bot = self.slack.bot_identity().await.ok().map(|b| b.user_id.clone());
-        let blocks = messages::home(link.as_ref(), bot.as_deref());
+        let answering = messages::genie_spaces_line(&self.genie_spaces, None);
+        let blocks = messages::home(link.as_ref(), bot.as_deref(), answering);
         self.slack
             .publish_home(request.user.as_str(), blocks)
             .await

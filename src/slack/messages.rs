@@ -3,6 +3,7 @@
 
 use slack_morphism::prelude::*;
 
+use crate::config::GenieSpaces;
 use crate::domain::UserId;
 use crate::slack::actions::Action;
 use crate::store::links::{Link, LinkStatus};
@@ -208,12 +209,41 @@ pub fn status_text(link: Option<&Link>) -> String {
     }
 }
 
-/// `/databricks status`.
-pub fn status(link: Option<&Link>) -> SlackMessageContent {
+/// Which Genie space answers: in `channel` (for `/databricks status`), or in general (App
+/// Home, which is in no channel). `None` when no Genie space is configured.
+pub fn genie_spaces_line(spaces: &GenieSpaces, channel: Option<&str>) -> Option<String> {
+    if spaces.is_empty() {
+        return None;
+    }
+    Some(match channel {
+        Some(channel) => match spaces.for_channel(channel) {
+            Some(space) => format!(
+                "In this channel, questions go to the Genie space `{}`.",
+                escape_mrkdwn(space)
+            ),
+            None => "No Genie space answers in this channel; ask your Slack admin to map one.".to_owned(),
+        },
+        None => {
+            let own = spaces.channels().count();
+            let others = match own {
+                0 => String::new(),
+                1 => " One channel has a Genie space of its own.".to_owned(),
+                n => format!(" {n} channels have a Genie space of their own."),
+            };
+            match spaces.default_space() {
+                Some(space) => format!("Questions go to the Genie space `{}`.{others}", escape_mrkdwn(space)),
+                None => format!("Only mapped channels have a Genie space.{others}"),
+            }
+        }
+    })
+}
+
+/// `/databricks status`, with which Genie space answers where it was asked.
+pub fn status(link: Option<&Link>, answering: Option<String>) -> SlackMessageContent {
     let text = status_text(link);
-    SlackMessageContent::new()
-        .with_text(text.clone())
-        .with_blocks(vec![section(text)])
+    let mut blocks = vec![section(text.clone())];
+    blocks.extend(answering.map(context));
+    SlackMessageContent::new().with_text(text).with_blocks(blocks)
 }
 
 /// `/databricks disconnect`: a last look before the button (which confirms once more).
@@ -252,8 +282,9 @@ pub fn dropped_after_disconnect() -> SlackMessageContent {
     )
 }
 
-/// The App Home tab: status, Connect or Disconnect, and a short help.
-pub fn home(link: Option<&Link>, bot_user_id: Option<&str>) -> Vec<SlackBlock> {
+/// The App Home tab: status, Connect or Disconnect, which Genie space answers, and a
+/// short help.
+pub fn home(link: Option<&Link>, bot_user_id: Option<&str>, answering: Option<String>) -> Vec<SlackBlock> {
     let mention = bot_user_id.map_or_else(|| "me".to_owned(), |id| format!("<@{id}>"));
     let button: SlackActionBlockElement = match link {
         Some(link) if link.status == LinkStatus::Active => disconnect_button().into(),
@@ -262,10 +293,13 @@ pub fn home(link: Option<&Link>, bot_user_id: Option<&str>) -> Vec<SlackBlock> {
             .with_style(SlackBlockButtonStyle::Primary)
             .into(),
     };
-    vec![
+    let mut blocks = vec![
         SlackHeaderBlock::new(pt!("Databricks")).into(),
         section(status_text(link)),
         SlackActionsBlock::new(vec![button]).into(),
+    ];
+    blocks.extend(answering.map(context));
+    blocks.extend([
         SlackDividerBlock::new().into(),
         section(format!(
             "*Ask me about your data* — mention {mention} in a channel, send me a message here, or use \
@@ -277,7 +311,8 @@ pub fn home(link: Option<&Link>, bot_user_id: Option<&str>) -> Vec<SlackBlock> {
         context(
             "I answer with your own Databricks permissions: you only ever see data you can already access.".to_owned(),
         ),
-    ]
+    ]);
+    blocks
 }
 
 /// The refusal for people from another organisation in a shared channel.

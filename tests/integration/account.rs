@@ -456,3 +456,42 @@ async fn connect_in_app_home_refuses_a_person_from_another_organisation() {
     assert_eq!(pending_links(&app).await, 0);
     app.stop().await;
 }
+
+// GENIE_SPACES: `/databricks status` says which space answers in the channel it is used
+// in, and App Home which answers in general.
+#[tokio::test]
+async fn status_and_app_home_say_which_genie_space_answers() {
+    let app = TestApp::spawn_with(Options {
+        slack_mocks: vec![
+            Mock::given(method("POST"))
+                .and(path_regex("^/response/"))
+                .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true}))),
+        ],
+        extra_env: vec![
+            ("GENIE_SPACE_ID", String::new()),
+            (
+                "GENIE_SPACES",
+                "C0SALES=01ef-sales,C0FIN=01f0-finance,*=01ee-all".into(),
+            ),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let in_sales = command_in(&app, ("C0SALES", "sales"), "status", "s1").await.to_string();
+    assert!(
+        in_sales.contains("In this channel, questions go to the Genie space `01ef-sales`"),
+        "{in_sales}"
+    );
+    let elsewhere = command_in(&app, ("C0LAN2Q65", "general"), "status", "s2")
+        .await
+        .to_string();
+    assert!(elsewhere.contains("the Genie space `01ee-all`"), "{elsewhere}");
+
+    app.post_event(&home_opened("Ev1", "home")).await;
+    let home = app.wait_for_calls("views.publish", 1).await[0]["view"].to_string();
+    assert!(
+        home.contains("Questions go to the Genie space `01ee-all`. 2 channels have a Genie space of their own."),
+        "{home}"
+    );
+    app.stop().await;
+}

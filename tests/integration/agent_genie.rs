@@ -9,6 +9,7 @@ use crate::common::agents::{self, Shown};
 use crate::common::recorded::{TOKEN_REFUSALS, genie_message, genie_started, recorded};
 use databricks_slack_bot::agent::genie::{Genie, Timing};
 use databricks_slack_bot::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Table, Unwatched};
+use databricks_slack_bot::config::GenieSpaces;
 use databricks_slack_bot::databricks::api::http_client;
 use serde_json::{Value, json};
 use wiremock::matchers::{bearer_token, body_json, method, path};
@@ -28,7 +29,7 @@ fn fast() -> Timing {
 }
 
 fn genie(timing: Timing) -> Genie {
-    Genie::new(http_client(), SPACE.into()).with_timing(timing)
+    Genie::new(http_client(), GenieSpaces::everywhere(SPACE)).with_timing(timing)
 }
 
 fn request(server: &MockServer, conversation: Option<Value>) -> AgentRequest {
@@ -917,4 +918,70 @@ async fn genie_answers_as_recorded_in_every_variant_read_the_same() {
             "{case}"
         );
     }
+}
+
+// GENIE_SPACES: each channel asks its own space, others the default; a thread stays with
+// the space its conversation started in; a channel without a space is told so.
+#[tokio::test]
+async fn each_channel_asks_its_own_genie_space_and_a_thread_stays_in_its_space() {
+    let server = MockServer::start().await;
+    for space in ["space-sales", "space-default"] {
+        Mock::given(method("POST"))
+            .and(path(format!("/api/2.0/genie/spaces/{space}/start-conversation")))
+            .respond_with(ok(genie_started(&format!("c-{space}"), "m-1")))
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path(format!(
+                "/api/2.0/genie/spaces/{space}/conversations/c-{space}/messages/m-1"
+            )))
+            .respond_with(ok(message(
+                &format!("c-{space}"),
+                "m-1",
+                "COMPLETED",
+                json!([{"attachment_id": "a-1", "text": {"content": format!("answered by {space}")}}]),
+            )))
+            .mount(&server)
+            .await;
+    }
+    let spaces = GenieSpaces::parse("C0SALES=space-sales, *=space-default").unwrap();
+    let agent = Genie::new(http_client(), spaces).with_timing(fast());
+    let in_channel = |channel: &str, kept: Option<Value>| {
+        let mut request = request(&server, kept);
+        request.thread.channel = channel.into();
+        request
+    };
+
+    let sales = agent.answer(&in_channel("C0SALES", None), &Unwatched).await.unwrap();
+    assert_eq!(sales.text, "answered by space-sales");
+    assert_eq!(sales.conversation.as_ref().unwrap()["space_id"], "space-sales");
+    let elsewhere = agent.answer(&in_channel("C0OTHER", None), &Unwatched).await.unwrap();
+    assert_eq!(elsewhere.text, "answered by space-default");
+
+    // A follow-up in a thread whose conversation began in the sales space stays there,
+    // wherever the channel now points.
+    Mock::given(method("POST"))
+        .and(path(
+            "/api/2.0/genie/spaces/space-sales/conversations/c-space-sales/messages",
+        ))
+        .respond_with(ok(genie_message("c-space-sales", "m-1", "SUBMITTED", Value::Null)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let follow_up = agent
+        .answer(&in_channel("C0OTHER", sales.conversation.clone()), &Unwatched)
+        .await
+        .unwrap();
+    assert_eq!(follow_up.text, "answered by space-sales");
+
+    let unmapped = Genie::new(http_client(), GenieSpaces::parse("C0SALES=space-sales").unwrap()).with_timing(fast());
+    let error = unmapped
+        .answer(&in_channel("C0OTHER", None), &Unwatched)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, AgentError::Failed(words) if words.contains("no Genie space answers in this channel")),
+        "{error:?}"
+    );
+    server.verify().await;
 }

@@ -11,6 +11,7 @@ use crate::common::agents::{self, Shown};
 use crate::common::recorded::{model_calls, model_says, recorded, statement_succeeded};
 use databricks_slack_bot::agent::llm::Llm;
 use databricks_slack_bot::agent::{Agent, AgentAnswer, AgentError, AgentRequest};
+use databricks_slack_bot::config::GenieSpaces;
 use databricks_slack_bot::databricks::api::http_client;
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path, query_param};
@@ -67,7 +68,7 @@ impl Workspace {
             http_client(),
             ENDPOINT.into(),
             warehouse.then(|| WAREHOUSE.into()),
-            genie.then(|| SPACE.into()),
+            genie.then(|| GenieSpaces::everywhere(SPACE)),
         )
     }
 

@@ -695,3 +695,31 @@ async fn check_reaches_the_endpoints_of_each_identity_provider_mode() {
         "{all}"
     );
 }
+
+// GENIE_SPACES (issue 14): a malformed mapping exits 2 naming the entry; a good one is
+// listed by `check`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_genie_space_mapping_is_validated_and_listed_by_check() {
+    let (_slack, slack_url) = fake_slack().await;
+    let databricks = crate::common::fake_databricks::FakeDatabricks::start().await;
+    let db = TestDb::sqlite();
+    let mut env = valid_env(&db.url);
+    set(&mut env, "SLACK_API_URL", slack_url);
+    set(&mut env, "DATABRICKS_HOST", databricks.uri.clone());
+    set(&mut env, "GENIE_SPACES", "C0SALES=01ef-sales,general=01f0".into());
+    let out = run_async(with_env(&db, &["check"], &env)).await;
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("GENIE_SPACES") && all.contains("`general=01f0`"), "{all}");
+
+    set(&mut env, "GENIE_SPACES", "C0SALES=01ef-sales,C0FIN=01f0-fin".into());
+    let out = run_async(with_env(&db, &["check"], &env)).await;
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains(
+            "genie          ok (default space 01ef-space; 2 channel(s) mapped: C0FIN → 01f0-fin, C0SALES → 01ef-sales)"
+        ),
+        "{all}"
+    );
+}

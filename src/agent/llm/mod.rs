@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use crate::agent::genie::Genie;
 use crate::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Progress};
+use crate::config::GenieSpaces;
 use crate::databricks::api::Databricks;
 use tools::{GenieTool, Toolbox};
 
@@ -48,10 +49,10 @@ impl Llm {
         http: reqwest::Client,
         endpoint: String,
         warehouse_id: Option<String>,
-        genie_space_id: Option<String>,
+        genie_spaces: Option<GenieSpaces>,
     ) -> Self {
         Self {
-            genie: genie_space_id.map(|space_id| Genie::new(http.clone(), space_id)),
+            genie: genie_spaces.map(|spaces| Genie::new(http.clone(), spaces)),
             http,
             endpoint,
             warehouse_id,
