@@ -17,11 +17,12 @@ use crate::clock::SharedClock;
 use crate::config::GenieSpaces;
 use crate::databricks::broker::TokenBroker;
 use crate::domain::{PersonIn, TeamId, UserId};
+use crate::jobs::question::Question;
 use crate::jobs::worker::{Done, JobError};
 use crate::linking::offer_link;
 use crate::services::Services;
 use crate::slack::api::{Membership, SlackApi};
-use crate::slack::messages;
+use crate::slack::messages::{self, RecentQuestion};
 use crate::store::Store;
 use crate::store::audit::Actor;
 
@@ -34,6 +35,9 @@ pub struct AccountRequest {
     #[serde(default)]
     pub response_url: Option<Url>,
 }
+
+/// How many of a person's questions App Home lists.
+const RECENT_QUESTIONS: i64 = 5;
 
 /// Runs account jobs.
 pub struct Account {
@@ -88,11 +92,45 @@ impl Account {
         let link = self.store.find_link(&request.team, &request.user).await?;
         let bot = self.slack.bot_identity().await.ok().map(|b| b.user_id.clone());
         let answering = messages::genie_spaces_line(&self.genie_spaces, None);
-        let blocks = messages::home(link.as_ref(), bot.as_deref(), answering);
+        let recent = self.recent_questions(request).await?;
+        let blocks = messages::home(link.as_ref(), bot.as_deref(), answering, &recent);
         self.slack
             .publish_home(request.user.as_str(), blocks)
             .await
             .map_err(JobError::from)
+    }
+
+    /// The person's last questions with where each stands and a link to its message.
+    async fn recent_questions(&self, request: &AccountRequest) -> Result<Vec<RecentQuestion>, JobError> {
+        let rows = self
+            .store
+            .recent_questions(&request.team, &request.user, RECENT_QUESTIONS)
+            .await?;
+        let mut recent = Vec::with_capacity(rows.len());
+        for (payload, state) in rows {
+            let Ok(question) = serde_json::from_str::<Question>(&payload) else {
+                continue;
+            };
+            if question.text.trim().is_empty() {
+                continue;
+            }
+            let link = match question.response_url {
+                Some(_) => None,
+                None => self.slack.permalink(&question.channel, &question.ts).await.ok(),
+            };
+            let state = match state.as_str() {
+                "done" => "answered",
+                "failed" => "failed",
+                "waiting" => "waiting for you to connect",
+                _ => "being answered",
+            };
+            recent.push(RecentQuestion {
+                text: question.text,
+                state,
+                link,
+            });
+        }
+        Ok(recent)
     }
 
     /// Sends a fresh connect link to the person's direct messages.

@@ -273,6 +273,12 @@ impl SlackApi {
         call!(self, |s| s.views_publish(&request)).map(|_| ())
     }
 
+    /// `chat.getPermalink`: a link to message `ts` in `channel`.
+    pub async fn permalink(&self, channel: &str, ts: &str) -> Result<Url, SlackApiError> {
+        let request = SlackApiChatGetPermalinkRequest::new(channel.into(), ts.into());
+        Ok(call!(self, |s| s.chat_get_permalink(&request))?.permalink)
+    }
+
     /// `conversations.open`: the direct-message channel with `user`.
     pub async fn open_dm(&self, user: &str) -> Result<String, SlackApiError> {
         // Slack documents `users` as a comma-separated string; slack-morphism's typed

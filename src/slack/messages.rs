@@ -282,9 +282,49 @@ pub fn dropped_after_disconnect() -> SlackMessageContent {
     )
 }
 
-/// The App Home tab: status, Connect or Disconnect, which Genie space answers, and a
-/// short help.
-pub fn home(link: Option<&Link>, bot_user_id: Option<&str>, answering: Option<String>) -> Vec<SlackBlock> {
+/// One of a person's recent questions, as App Home lists it: never any of its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecentQuestion {
+    pub text: String,
+    /// Where it stands: answered, failed, waiting for a link, being answered.
+    pub state: &'static str,
+    /// The question's message, when it has one to link to (not for `/databricks`).
+    pub link: Option<Url>,
+}
+
+/// The longest question text App Home shows before cutting it short.
+const RECENT_QUESTION_CHARS: usize = 80;
+
+fn recent_questions(recent: &[RecentQuestion]) -> Option<SlackBlock> {
+    if recent.is_empty() {
+        return None;
+    }
+    let lines: Vec<String> = recent
+        .iter()
+        .map(|q| {
+            let mut text: String = q.text.chars().take(RECENT_QUESTION_CHARS).collect();
+            if q.text.chars().count() > RECENT_QUESTION_CHARS {
+                text.push('…');
+            }
+            // `|` would end a link's text early.
+            let text = escape_mrkdwn(&text).replace('|', "¦");
+            match &q.link {
+                Some(url) => format!("• <{url}|{text}> — {}", q.state),
+                None => format!("• {text} — {}", q.state),
+            }
+        })
+        .collect();
+    Some(section(format!("*Your recent questions*\n{}", lines.join("\n"))))
+}
+
+/// The App Home tab: status, Connect or Disconnect, which Genie space answers, the
+/// person's last questions (never their answers), and a short help.
+pub fn home(
+    link: Option<&Link>,
+    bot_user_id: Option<&str>,
+    answering: Option<String>,
+    recent: &[RecentQuestion],
+) -> Vec<SlackBlock> {
     let mention = bot_user_id.map_or_else(|| "me".to_owned(), |id| format!("<@{id}>"));
     let button: SlackActionBlockElement = match link {
         Some(link) if link.status == LinkStatus::Active => disconnect_button().into(),
@@ -299,6 +339,9 @@ pub fn home(link: Option<&Link>, bot_user_id: Option<&str>, answering: Option<St
         SlackActionsBlock::new(vec![button]).into(),
     ];
     blocks.extend(answering.map(context));
+    if let Some(recent) = recent_questions(recent) {
+        blocks.extend([SlackDividerBlock::new().into(), recent]);
+    }
     blocks.extend([
         SlackDividerBlock::new().into(),
         section(format!(

@@ -224,6 +224,26 @@ impl Store {
         })
     }
 
+    /// A person's latest `limit` questions, newest first: each job's payload and state.
+    pub async fn recent_questions(
+        &self,
+        team: &TeamId,
+        user: &UserId,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>, sqlx::Error> {
+        on_pool!(self.read, |pool| {
+            sqlx::query_as(
+                "SELECT payload, state FROM jobs WHERE team_id = $1 AND user_id = $2 AND kind = 'question' \
+                 ORDER BY id DESC LIMIT $3",
+            )
+            .bind(team.as_str())
+            .bind(user.as_str())
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+        })
+    }
+
     /// A job's outbox and how much of it was sent, as they are now (what was read with
     /// the claim may be older).
     pub async fn job_outbox(&self, job: &Job) -> Result<Option<(String, i64)>, sqlx::Error> {

@@ -495,3 +495,32 @@ async fn status_and_app_home_say_which_genie_space_answers() {
     );
     app.stop().await;
 }
+
+// App Home lists the person's last questions with where each stands and a link to its
+// message — never anything of an answer.
+#[tokio::test]
+async fn app_home_lists_the_last_questions_without_their_answers() {
+    let app = spawn().await;
+    app.link_asker().await;
+    app.post_event(&mention("EvQ1", "<@U0LAN0Z89> how many orders shipped?"))
+        .await;
+    app.wait_for_answer("answer: how many orders shipped?").await;
+    command(&app, "which region sold most?", "q-cmd").await;
+    app.settled_job_states().await;
+
+    app.post_event(&home_opened("EvHome", "home")).await;
+    let views = app.wait_for_calls("views.publish", 1).await;
+    let home = views[0]["view"].to_string();
+    assert!(home.contains("Your recent questions"), "{home}");
+    assert!(
+        home.contains(
+            "<https://acme.slack.com/archives/C0LAN2Q65/p1515449522000016|how many orders shipped?> — answered"
+        ),
+        "{home}"
+    );
+    assert!(home.contains("• which region sold most? — answered"), "{home}");
+    assert!(!home.contains("answer: "), "no answer data: {home}");
+    let permalinks = app.slack_calls("chat.getPermalink").await;
+    assert_eq!(permalinks.len(), 1, "a /databricks question has no message to link to");
+    app.stop().await;
+}

@@ -181,6 +181,19 @@ pub async fn mount_slack_defaults(slack: &MockServer) {
         ))
         .mount(slack)
         .await;
+    Mock::given(path("/api/chat.getPermalink"))
+        .respond_with(|request: &wiremock::Request| {
+            // GET with query parameters, as slack-morphism sends it.
+            let q: std::collections::HashMap<String, String> = request.url.query_pairs().into_owned().collect();
+            let (channel, ts) = (
+                q.get("channel").cloned().unwrap_or_default(),
+                q.get("message_ts").cloned().unwrap_or_default(),
+            );
+            ResponseTemplate::new(200).set_body_json(json!({"ok": true, "channel": channel,
+                "permalink": format!("https://acme.slack.com/archives/{channel}/p{}", ts.replace('.', ""))}))
+        })
+        .mount(slack)
+        .await;
     Mock::given(path("/api/auth.test"))
         .respond_with(ok(
             json!({"ok": true, "user_id": BOT_USER, "team_id": "T061EG9R6", "team": "Acme",
