@@ -85,6 +85,13 @@ pub struct Metrics {
     answers: Family<AnswerLabels, Counter>,
     agent_duration: Family<AgentLabels, Histogram, fn() -> Histogram>,
     token_refusals: Family<CodeLabels, Counter>,
+    feedback: Family<FeedbackLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FeedbackLabels {
+    agent: String,
+    rating: &'static str,
 }
 
 impl Default for Metrics {
@@ -127,6 +134,12 @@ impl Metrics {
             "Refreshes the token endpoint refused for a reason of the bot's (an operator must act), by OAuth code",
             token_refusals.clone(),
         );
+        let feedback = Family::<FeedbackLabels, Counter>::default();
+        registry.register(
+            "answer_feedback",
+            "Thumbs up or down on answers, by agent and rating (a repeated click counts once)",
+            feedback.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
@@ -134,6 +147,7 @@ impl Metrics {
             answers,
             agent_duration,
             token_refusals,
+            feedback,
         }
     }
 
@@ -155,6 +169,16 @@ impl Metrics {
     /// Counts a refresh the token endpoint refused with `code` (one of a fixed few).
     pub fn record_token_refusal(&self, code: &'static str) {
         self.token_refusals.get_or_create(&CodeLabels { code }).inc();
+    }
+
+    /// Counts a rating (`positive` or `negative`) of an answer of `agent`.
+    pub fn record_feedback(&self, agent: &str, rating: &'static str) {
+        self.feedback
+            .get_or_create(&FeedbackLabels {
+                agent: agent.to_owned(),
+                rating,
+            })
+            .inc();
     }
 
     /// The registry in Prometheus text format.

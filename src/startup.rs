@@ -23,6 +23,7 @@ use crate::intake::SlackIntake;
 use crate::intake::socket_mode::SocketMode;
 use crate::jobs::Handlers;
 use crate::jobs::account::Account;
+use crate::jobs::feedback::Feedback;
 use crate::jobs::question::Questions;
 use crate::jobs::retention::Retention;
 use crate::jobs::share::Sharing;
@@ -93,6 +94,7 @@ impl Application {
                 questions: Questions::new(&services, deps.agent, config.answer_visibility),
                 share: Sharing::new(&services),
                 account: Account::new(&services),
+                feedback: Feedback::new(&services),
             };
             Workers::new(
                 services.store.clone(),

@@ -242,6 +242,8 @@ impl Genie {
             conversation: Some(json!({
                 "conversation_id": at.conversation_id,
                 "space_id": space.id(),
+                // The answer's message, which a thumbs up or down rates.
+                "message_id": at.message_id,
             })),
             ..AgentAnswer::default()
         };

@@ -198,7 +198,13 @@ async fn read_json<T: DeserializeOwned>(response: reqwest::Response, path: &str)
         )));
     }
     let bytes = response.bytes().await.map_err(|e| transport_error(&e))?;
-    serde_json::from_slice(&bytes).map_err(|e| unreadable(format!("{path}: {e}")))
+    // A call with nothing to say (Genie's message feedback) may answer an empty body.
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &bytes
+    };
+    serde_json::from_slice(bytes).map_err(|e| unreadable(format!("{path}: {e}")))
 }
 
 /// The response's `Content-Type`, or "" when it has none.

@@ -260,6 +260,17 @@ impl<'a> GenieSpace<'a> {
         self.db.post(&path, &json!({ "content": question })).await
     }
 
+    /// `POST …/messages/{message_id}/feedback`: rates Genie's answer, as databricks-sdk-go's
+    /// `SendMessageFeedback` sends it: `{"rating": "POSITIVE" | "NEGATIVE"}`.
+    pub async fn send_feedback(&self, at: &MessageRef, positive: bool) -> Result<(), ApiError> {
+        let rating = if positive { "POSITIVE" } else { "NEGATIVE" };
+        let _: serde::de::IgnoredAny = self
+            .db
+            .post(&self.message_path(at, "/feedback"), &json!({ "rating": rating }))
+            .await?;
+        Ok(())
+    }
+
     /// `GET …/conversations`: the caller's own conversations in the space, most recent
     /// first.
     pub async fn recent_conversations(&self) -> Result<Vec<ConversationSummary>, ApiError> {

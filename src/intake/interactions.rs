@@ -6,6 +6,7 @@
 //! - "Share in channel" posts a private answer for everyone (its asker only);
 //! - "Disconnect" (which Slack has already confirmed with the person) forgets their link,
 //!   and "Connect Databricks" in App Home sends them a link;
+//! - a thumbs up or down on an answer is recorded (and may reach Genie);
 //! - the "Connect Databricks" URL button opens its page by itself and needs nothing more.
 
 use slack_morphism::prelude::*;
@@ -14,8 +15,9 @@ use crate::domain::{TeamId, UserId};
 use crate::intake::events::{Intake, question_from_suggestion};
 use crate::jobs::Work;
 use crate::jobs::account::AccountRequest;
+use crate::jobs::feedback::FeedbackRequest;
 use crate::jobs::share::ShareRequest;
-use crate::slack::actions::Action;
+use crate::slack::actions::{Action, read_feedback_value};
 
 /// Handles block actions.
 #[derive(Clone)]
@@ -44,6 +46,7 @@ impl Interactions {
                 Some(Action::Share) => share(actions, action),
                 Some(Action::Disconnect) => account(actions).map(Work::Disconnect),
                 Some(Action::HomeConnect) => account(actions).map(Work::Connect),
+                Some(Action::Feedback) => feedback(actions, action),
                 // The URL button opens the link page by itself.
                 Some(Action::Connect) | None => None,
             };
@@ -78,6 +81,23 @@ fn account(actions: &SlackInteractionBlockActionsEvent) -> Option<AccountRequest
         user,
         response_url: actions.response_url.as_ref().map(|u| u.0.clone()),
     })
+}
+
+/// A thumbs up or down: the clicked button's value names the rating and the answer.
+fn feedback(actions: &SlackInteractionBlockActionsEvent, action: &SlackInteractionActionInfo) -> Option<Work> {
+    let (Some((team, user)), Some((rating, answer))) =
+        (clicker(actions), action.value.as_deref().and_then(read_feedback_value))
+    else {
+        tracing::warn!("ignored a feedback click without team, user or a readable value");
+        return None;
+    };
+    Some(Work::Feedback(FeedbackRequest {
+        answer,
+        rating,
+        team,
+        user,
+        response_url: actions.response_url.as_ref().map(|u| u.0.clone()),
+    }))
 }
 
 /// "Share in channel": the answer's id is the button's value.

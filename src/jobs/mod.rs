@@ -1,12 +1,13 @@
 //! Where a queued job becomes work done: the worker pool and its retries, the retention
 //! purge, and one handler per kind of job — a question's answer, sharing a private
-//! answer, and a person's account (App Home, connect, disconnect).
+//! answer, feedback on an answer, and a person's account (App Home, connect, disconnect).
 //!
 //! [`Work`] is a job's payload, typed: intake encodes it once, [`Handlers`] decodes it once
 //! and dispatches on it exhaustively.
 
 pub mod account;
 pub mod breaker;
+pub mod feedback;
 pub mod question;
 pub mod retention;
 pub mod share;
@@ -17,6 +18,7 @@ use async_trait::async_trait;
 use crate::domain::{TeamId, UserId};
 use crate::store::jobs::Job;
 use account::{Account, AccountRequest};
+use feedback::{Feedback, FeedbackRequest};
 use question::{Question, Questions};
 use share::{ShareRequest, Sharing};
 use worker::{Done, JobError, JobHandler};
@@ -34,15 +36,18 @@ pub enum JobKind {
     Disconnect,
     /// An App Home visit: publish the tab.
     Home,
+    /// A thumbs up or down on an answer.
+    Feedback,
 }
 
 impl JobKind {
-    const ALL: [JobKind; 5] = [
+    const ALL: [JobKind; 6] = [
         JobKind::Question,
         JobKind::Share,
         JobKind::Connect,
         JobKind::Disconnect,
         JobKind::Home,
+        JobKind::Feedback,
     ];
 
     /// The value stored in `jobs.kind`.
@@ -53,6 +58,7 @@ impl JobKind {
             JobKind::Connect => "connect",
             JobKind::Disconnect => "disconnect",
             JobKind::Home => "home",
+            JobKind::Feedback => "feedback",
         }
     }
 
@@ -70,6 +76,7 @@ pub enum Work {
     Connect(AccountRequest),
     Disconnect(AccountRequest),
     Home(AccountRequest),
+    Feedback(FeedbackRequest),
 }
 
 impl Work {
@@ -81,6 +88,7 @@ impl Work {
             Work::Connect(_) => JobKind::Connect,
             Work::Disconnect(_) => JobKind::Disconnect,
             Work::Home(_) => JobKind::Home,
+            Work::Feedback(_) => JobKind::Feedback,
         }
     }
 
@@ -90,6 +98,7 @@ impl Work {
             Work::Question(q) => (&q.team, &q.user),
             Work::Share(share) => (&share.team, &share.user),
             Work::Connect(account) | Work::Disconnect(account) | Work::Home(account) => (&account.team, &account.user),
+            Work::Feedback(feedback) => (&feedback.team, &feedback.user),
         }
     }
 
@@ -104,7 +113,7 @@ impl Work {
                 q.channel,
                 q.answer_thread().unwrap_or_default()
             )),
-            Work::Share(_) | Work::Connect(_) | Work::Disconnect(_) | Work::Home(_) => None,
+            Work::Share(_) | Work::Connect(_) | Work::Disconnect(_) | Work::Home(_) | Work::Feedback(_) => None,
         }
     }
 
@@ -114,6 +123,7 @@ impl Work {
             Work::Question(q) => serde_json::to_string(q),
             Work::Share(share) => serde_json::to_string(share),
             Work::Connect(account) | Work::Disconnect(account) | Work::Home(account) => serde_json::to_string(account),
+            Work::Feedback(feedback) => serde_json::to_string(feedback),
         };
         encoded.expect("job payloads serialise")
     }
@@ -132,6 +142,7 @@ impl Work {
             JobKind::Connect => Work::Connect(serde_json::from_str(payload).map_err(unreadable)?),
             JobKind::Disconnect => Work::Disconnect(serde_json::from_str(payload).map_err(unreadable)?),
             JobKind::Home => Work::Home(serde_json::from_str(payload).map_err(unreadable)?),
+            JobKind::Feedback => Work::Feedback(serde_json::from_str(payload).map_err(unreadable)?),
         })
     }
 }
@@ -141,6 +152,7 @@ pub struct Handlers {
     pub questions: Questions,
     pub share: Sharing,
     pub account: Account,
+    pub feedback: Feedback,
 }
 
 #[async_trait]
@@ -152,6 +164,7 @@ impl JobHandler for Handlers {
             Work::Connect(request) => self.account.connect(&request).await,
             Work::Disconnect(request) => self.account.disconnect(&request).await,
             Work::Home(request) => self.account.publish_home(&request).await.map(|()| Done::Finished),
+            Work::Feedback(request) => self.feedback.record(&request).await,
         }
     }
 
@@ -163,6 +176,7 @@ impl JobHandler for Handlers {
             Ok(Work::Connect(_) | Work::Disconnect(_) | Work::Home(_)) => {
                 tracing::error!(error = %error, reference, "an account job was abandoned");
             }
+            Ok(Work::Feedback(_)) => tracing::error!(error = %error, reference, "feedback was abandoned"),
             Err(unreadable) => tracing::error!(error = %unreadable, reference, "an unreadable job was abandoned"),
         }
     }

@@ -3,6 +3,8 @@
 
 use slack_morphism::prelude::SlackActionId;
 
+use crate::store::feedback::Rating;
+
 /// A button of the bot's, as its `action_id` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -17,6 +19,20 @@ pub enum Action {
     Suggestion(usize),
     /// "Share in channel" on a private answer; its value is the answer's id.
     Share,
+    /// The feedback buttons under an answer; each button's value is
+    /// [`feedback_value`]`(rating, answer)`.
+    Feedback,
+}
+
+/// The value of an answer's feedback button: the rating, then the answer's job id.
+pub fn feedback_value(rating: Rating, answer: i64) -> String {
+    format!("{}:{answer}", rating.as_str())
+}
+
+/// What a feedback button's value says: the rating and the answer.
+pub fn read_feedback_value(value: &str) -> Option<(Rating, i64)> {
+    let (rating, answer) = value.split_once(':')?;
+    Some((Rating::parse(rating)?, answer.parse().ok()?))
 }
 
 const SUGGESTION_PREFIX: &str = "ask_suggestion_";
@@ -30,6 +46,7 @@ impl Action {
             Action::Disconnect => "disconnect".into(),
             Action::Suggestion(n) => format!("{SUGGESTION_PREFIX}{n}").into(),
             Action::Share => "share_answer".into(),
+            Action::Feedback => "answer_feedback".into(),
         }
     }
 
@@ -40,6 +57,7 @@ impl Action {
             "home_connect" => Some(Action::HomeConnect),
             "disconnect" => Some(Action::Disconnect),
             "share_answer" => Some(Action::Share),
+            "answer_feedback" => Some(Action::Feedback),
             other => other
                 .strip_prefix(SUGGESTION_PREFIX)
                 .and_then(|n| n.parse().ok())
@@ -61,8 +79,15 @@ mod tests {
             Action::Suggestion(0),
             Action::Suggestion(4),
             Action::Share,
+            Action::Feedback,
         ] {
             assert_eq!(Action::parse(&action.id().0), Some(action));
+        }
+        for rating in [Rating::Positive, Rating::Negative] {
+            assert_eq!(read_feedback_value(&feedback_value(rating, 42)), Some((rating, 42)));
+        }
+        for foreign in ["", "positive", "positive:", "positive:x", "meh:1", ":1"] {
+            assert_eq!(read_feedback_value(foreign), None, "{foreign}");
         }
         for foreign in ["", "ask_suggestion_", "ask_suggestion_x", "share", "Disconnect"] {
             assert_eq!(Action::parse(foreign), None, "{foreign}");

@@ -14,9 +14,10 @@
 use slack_morphism::prelude::*;
 
 use crate::agent::{AgentAnswer, Table};
-use crate::slack::actions::Action;
+use crate::slack::actions::{Action, feedback_value};
 use crate::slack::api::FileUpload;
 use crate::slack::messages::{context, escape_mrkdwn, section};
+use crate::store::feedback::Rating;
 
 /// Characters of mrkdwn in one section block.
 const SECTION_LIMIT: usize = 3000;
@@ -59,12 +60,18 @@ pub struct Attribution<'a> {
 }
 
 /// Renders `answer`. `share` adds a "Share in channel" button carrying that value (for
-/// private answers).
+/// private answers); `feedback`, the answer's job id, adds the thumbs up and down.
 ///
 /// `thread` is the thread the answer is in: it rides on the buttons' block id, so a click
 /// on a suggestion continues that thread even from an ephemeral message (whose click
 /// payload carries no thread).
-pub fn answer(answer: &AgentAnswer, by: &Attribution<'_>, thread: Option<&str>, share: Option<&str>) -> Rendered {
+pub fn answer(
+    answer: &AgentAnswer,
+    by: &Attribution<'_>,
+    thread: Option<&str>,
+    share: Option<&str>,
+    feedback: Option<i64>,
+) -> Rendered {
     let mut blocks: Vec<SlackBlock> = Vec::new();
     let text = mrkdwn_from_markdown(answer.text.trim());
     if !text.is_empty() {
@@ -115,6 +122,15 @@ pub fn answer(answer: &AgentAnswer, by: &Attribution<'_>, thread: Option<&str>, 
             actions = actions.with_block_id(format!("{THREAD_BLOCK_PREFIX}{thread}").into());
         }
         closing.push(actions.into());
+    }
+    if let Some(job) = feedback {
+        let button = |label: &str, rating| SlackFeedbackButtonItem::new(pt!(label), feedback_value(rating, job));
+        let thumbs = SlackBlockFeedbackButtonsElement::new(
+            button("Good answer", Rating::Positive),
+            button("Not helpful", Rating::Negative),
+        )
+        .with_action_id(Action::Feedback.id());
+        closing.push(SlackContextActionsBlock::new(vec![thumbs.into()]).into());
     }
     closing.push(context(format!(
         "Answered with {}'s Databricks permissions · {}",
@@ -574,7 +590,7 @@ mod tests {
             .unwrap(),
             ..AgentAnswer::default()
         };
-        let message = answer(&with_blocks, &BY, None, None).messages.remove(0);
+        let message = answer(&with_blocks, &BY, None, None, None).messages.remove(0);
         let shown = serde_json::to_value(plain(&message).expect("something to leave out")).unwrap();
         let types: Vec<&str> = shown["blocks"]
             .as_array()
@@ -588,7 +604,9 @@ mod tests {
         assert!(json.contains("could not be shown in Slack") && !json.contains("chart.png"));
         assert_eq!(shown["text"], serde_json::to_value(&message).unwrap()["text"]);
 
-        let ours = answer(&AgentAnswer::text("Fine."), &BY, None, None).messages.remove(0);
+        let ours = answer(&AgentAnswer::text("Fine."), &BY, None, None, None)
+            .messages
+            .remove(0);
         assert!(plain(&ours).is_none(), "nothing of ours is left out");
     }
 
@@ -649,6 +667,7 @@ mod tests {
             &BY,
             None,
             None,
+            None,
         )
     }
 
@@ -673,7 +692,7 @@ mod tests {
 
     #[test]
     fn a_short_answer_is_one_message_with_the_attribution_last() {
-        let rendered = answer(&AgentAnswer::text("42 orders"), &BY, None, None);
+        let rendered = answer(&AgentAnswer::text("42 orders"), &BY, None, None, None);
         let messages = json(&rendered.messages);
         assert_eq!(messages.len(), 1);
         assert_eq!(messages[0]["text"], "42 orders");
@@ -692,7 +711,7 @@ mod tests {
         text.push_str(&"select 1 from t\n".repeat(300));
         text.push_str("```");
         assert!(text.chars().count() > 40_000);
-        let messages = json(&answer(&AgentAnswer::text(&text), &BY, None, None).messages);
+        let messages = json(&answer(&AgentAnswer::text(&text), &BY, None, None, None).messages);
         assert!(messages.len() >= 4, "{} messages", messages.len());
         for message in &messages {
             assert_within_limits(message);
@@ -712,7 +731,7 @@ mod tests {
 
     #[test]
     fn a_long_word_without_spaces_is_still_cut_within_limits() {
-        let messages = json(&answer(&AgentAnswer::text("x".repeat(20_000)), &BY, None, None).messages);
+        let messages = json(&answer(&AgentAnswer::text("x".repeat(20_000)), &BY, None, None, None).messages);
         for message in &messages {
             assert_within_limits(message);
         }
@@ -729,6 +748,7 @@ mod tests {
                 ..AgentAnswer::default()
             },
             &BY,
+            None,
             None,
             None,
         );
@@ -786,6 +806,7 @@ mod tests {
             &BY,
             Some("1700000000.000100"),
             Some("share-id"),
+            None,
         );
         let message = &json(&rendered.messages)[0];
         assert_within_limits(message);

@@ -1,5 +1,5 @@
-//! The audit trail: who linked, unlinked, needed to relink, failed to refresh or failed the
-//! identity check, and when. It never holds question text or secrets.
+//! The audit trail: who linked, unlinked, needed to relink, failed to refresh, failed the
+//! identity check or rated an answer, and when. It never holds question text or secrets.
 
 use crate::domain::{TeamId, UserId};
 
@@ -11,6 +11,8 @@ pub enum AuditKind {
     RelinkNeeded,
     RefreshFailed,
     IdentityMismatch,
+    /// A thumbs up or down on an answer.
+    Feedback,
 }
 
 impl AuditKind {
@@ -22,6 +24,7 @@ impl AuditKind {
             AuditKind::RelinkNeeded => "relink_needed",
             AuditKind::RefreshFailed => "refresh_failed",
             AuditKind::IdentityMismatch => "identity_mismatch",
+            AuditKind::Feedback => "feedback",
         }
     }
 }

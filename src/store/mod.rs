@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod conversations;
+pub mod feedback;
 pub mod jobs;
 pub mod links;
 pub mod pending_links;

@@ -226,7 +226,7 @@ async fn a_new_thread_starts_a_conversation_and_answers_with_text_sql_table_and_
     assert_eq!(answer.suggestions, ["What about Q4?", "Which region grew most?"]);
     assert_eq!(
         answer.conversation,
-        Some(json!({"conversation_id": "c-1", "space_id": SPACE}))
+        Some(json!({"conversation_id": "c-1", "space_id": SPACE, "message_id": "m-1"}))
     );
     assert_eq!(
         progress.seen(),
@@ -282,7 +282,13 @@ async fn a_follow_up_continues_the_kept_conversation_instead_of_starting_one() {
     assert_eq!(answer.text, "Q4 was flat.");
     assert_eq!(answer.suggestions, ["And Q1?"]);
     assert_eq!((answer.sql, answer.table), (None, None));
-    assert_eq!(answer.conversation, Some(kept));
+    let mut kept_after = kept;
+    kept_after["message_id"] = json!("m-2");
+    assert_eq!(
+        answer.conversation,
+        Some(kept_after),
+        "the answer's message is kept too"
+    );
     server.verify().await;
 }
 
@@ -312,7 +318,7 @@ async fn a_kept_conversation_that_genie_no_longer_has_is_replaced_by_a_new_one()
 
     assert_eq!(
         answer.conversation,
-        Some(json!({"conversation_id": "c-1", "space_id": SPACE}))
+        Some(json!({"conversation_id": "c-1", "space_id": SPACE, "message_id": "m-1"}))
     );
     server.verify().await;
 }
@@ -341,7 +347,7 @@ async fn kept_state_that_is_unreadable_or_from_another_space_starts_a_new_conver
             .unwrap();
         assert_eq!(
             answer.conversation,
-            Some(json!({"conversation_id": "c-1", "space_id": SPACE}))
+            Some(json!({"conversation_id": "c-1", "space_id": SPACE, "message_id": "m-1"}))
         );
     }
     server.verify().await;
@@ -912,10 +918,12 @@ async fn genie_answers_as_recorded_in_every_variant_read_the_same() {
             ],
             "{case}"
         );
-        assert_eq!(
-            answer.conversation,
-            Some(json!({"conversation_id": conversation, "space_id": SPACE})),
-            "{case}"
+        let kept = answer.conversation.unwrap();
+        assert_eq!(kept["conversation_id"], json!(conversation), "{case}");
+        assert_eq!(kept["space_id"], SPACE, "{case}");
+        assert!(
+            kept["message_id"].as_str().is_some_and(|m| !m.is_empty()),
+            "{case}: {kept}"
         );
     }
 }

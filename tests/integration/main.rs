@@ -13,6 +13,7 @@ mod browser_linking;
 mod cli;
 mod entra_obo;
 mod exposure;
+mod feedback;
 mod http;
 mod lifecycle_purge;
 mod linking;

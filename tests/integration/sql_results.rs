@@ -76,7 +76,7 @@ fn rendered(table: Table) -> Rendered {
         databricks_user: "ada@example.com",
         agent: "Genie",
     };
-    render::answer(&answer, &by, None, None)
+    render::answer(&answer, &by, None, None, None)
 }
 
 /// The note under the table: the context line that is not the attribution.

@@ -26,6 +26,7 @@ use crate::crypto::random_token;
 use crate::databricks::broker::{BrokerError, TokenBroker};
 use crate::domain::{PersonIn, TeamId, UserId};
 use crate::jobs::breaker::{Breaker, OPEN_SECONDS};
+use crate::jobs::feedback::FeedbackTarget;
 use crate::jobs::worker::{Done, JobError};
 use crate::linking::offer_link;
 use crate::metrics::{AnswerOutcome, Metrics};
@@ -410,7 +411,7 @@ impl Questions {
             // A private answer to a mention can be shared in its channel by its asker.
             Shown::Privately if !q.is_dm && q.response_url.is_none() => {
                 let share_id = random_token();
-                let public = render::answer(&answer, &by, q.answer_thread(), None);
+                let public = render::answer(&answer, &by, q.answer_thread(), None, Some(job.id));
                 let content = serde_json::to_string(&public.messages).expect("messages serialise");
                 let kept = NewPrivateAnswer {
                     id: share_id.expose_secret(),
@@ -421,9 +422,15 @@ impl Questions {
                     content: &content,
                 };
                 self.store.keep_private_answer(&kept, now).await?;
-                render::answer(&answer, &by, q.answer_thread(), Some(share_id.expose_secret()))
+                render::answer(
+                    &answer,
+                    &by,
+                    q.answer_thread(),
+                    Some(share_id.expose_secret()),
+                    Some(job.id),
+                )
             }
-            _ => render::answer(&answer, &by, q.answer_thread(), None),
+            _ => render::answer(&answer, &by, q.answer_thread(), None, Some(job.id)),
         };
         let outbox = Outbox {
             answered: true,
@@ -432,6 +439,9 @@ impl Questions {
             csv: rendered.csv,
             shown: Some(shown),
         };
+        let target = FeedbackTarget::of(self.agent.name(), answer.conversation.as_ref());
+        let target = serde_json::to_string(&target).expect("a feedback target serialises");
+        self.store.keep_feedback_target(job.id, &target).await?;
         self.keep(job, &outbox).await?;
         placeholder.take();
         self.deliver(job, q, &outbox, 0).await?;

@@ -43,6 +43,8 @@ pub struct RecordingAgent {
     /// was asked (to tell runs that overlapped from runs one after another).
     pub finished: Mutex<usize>,
     pub finished_before: Mutex<Vec<(String, usize)>>,
+    /// What the agent keeps for the thread (say, a Genie conversation and message).
+    pub conversation: Mutex<Option<Value>>,
 }
 
 impl RecordingAgent {
@@ -105,6 +107,7 @@ impl RecordingAgent {
         }
         Ok(AgentAnswer {
             table: self.table.lock().unwrap().clone(),
+            conversation: self.conversation.lock().unwrap().clone(),
             ..AgentAnswer::text(format!("answer: {}", request.question))
         })
     }
