@@ -32,6 +32,7 @@ pub const VARIABLES: &[&str] = &[
     "SLACK_CLIENT_ID",
     "SLACK_CLIENT_SECRET",
     "SLACK_OIDC_ISSUER",
+    "ASSISTANT_PROMPTS",
     "DATABRICKS_HOST",
     "DATABRICKS_CLIENT_ID",
     "DATABRICKS_CLIENT_SECRET",
@@ -425,6 +426,8 @@ pub struct SlackConfig {
     pub oidc_client: Option<(String, SecretString)>,
     /// `SLACK_OIDC_ISSUER`.
     pub oidc_issuer: Url,
+    /// `ASSISTANT_PROMPTS`: the suggested prompts of a new assistant thread (up to four).
+    pub assistant_prompts: Vec<String>,
 }
 
 /// Databricks settings.
@@ -859,6 +862,23 @@ fn check_log_format(r: &mut Reader<'_>) {
     );
 }
 
+/// `ASSISTANT_PROMPTS`, `|`-separated; Slack shows at most four.
+fn read_assistant_prompts(r: &mut Reader<'_>) -> Vec<String> {
+    const DEFAULT: &str = "How many orders did we ship last week?|Which tables can I read in main.sales?|\
+                           Show revenue by region for this quarter";
+    let raw = r.optional("ASSISTANT_PROMPTS").unwrap_or_else(|| DEFAULT.to_owned());
+    let prompts: Vec<String> = raw
+        .split('|')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if prompts.len() > 4 {
+        r.problem("ASSISTANT_PROMPTS", "must hold at most four prompts, separated by |");
+    }
+    prompts
+}
+
 /// The `SLACK_*` variables. Without an app token (HTTP mode) the signing secret is
 /// required; Sign in with Slack needs both its client id and secret.
 fn read_slack(r: &mut Reader<'_>) -> Option<SlackConfig> {
@@ -910,6 +930,7 @@ fn read_slack(r: &mut Reader<'_>) -> Option<SlackConfig> {
         }
     };
     let oidc_issuer = r.url("SLACK_OIDC_ISSUER", Some("https://slack.com"));
+    let assistant_prompts = read_assistant_prompts(r);
     Some(SlackConfig {
         bot_token: bot_token?,
         signing_secret,
@@ -917,6 +938,7 @@ fn read_slack(r: &mut Reader<'_>) -> Option<SlackConfig> {
         api_url: api_url?,
         oidc_client,
         oidc_issuer: oidc_issuer?,
+        assistant_prompts,
     })
 }
 

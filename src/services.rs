@@ -34,6 +34,8 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     /// Where the bot is reached from browsers (link pages, OAuth callbacks).
     pub public_base_url: Url,
+    /// The suggested prompts of a new assistant thread (`ASSISTANT_PROMPTS`).
+    pub assistant_prompts: Vec<String>,
     /// Which Genie space answers in which channel (shown in status and App Home).
     pub genie_spaces: GenieSpaces,
     /// Notified whenever a job is queued, so a worker takes it at once.
@@ -66,6 +68,7 @@ impl Services {
             metrics,
             public_base_url: config.public_base_url.clone(),
             genie_spaces: config.agent.genie_spaces.clone(),
+            assistant_prompts: config.slack.assistant_prompts.clone(),
             wake: Arc::new(Notify::new()),
         })
     }

@@ -23,6 +23,7 @@ use crate::intake::SlackIntake;
 use crate::intake::socket_mode::SocketMode;
 use crate::jobs::Handlers;
 use crate::jobs::account::Account;
+use crate::jobs::assistant::Assistant;
 use crate::jobs::feedback::Feedback;
 use crate::jobs::question::Questions;
 use crate::jobs::retention::Retention;
@@ -95,6 +96,7 @@ impl Application {
                 share: Sharing::new(&services),
                 account: Account::new(&services),
                 feedback: Feedback::new(&services),
+                assistant: Assistant::new(&services),
             };
             Workers::new(
                 services.store.clone(),

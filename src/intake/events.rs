@@ -22,6 +22,7 @@ use crate::clock::SharedClock;
 use crate::domain::{TeamId, UserId};
 use crate::jobs::Work;
 use crate::jobs::account::AccountRequest;
+use crate::jobs::assistant::ThreadStarted;
 use crate::jobs::question::Question;
 use crate::slack::render;
 use crate::store::Store;
@@ -99,6 +100,9 @@ impl Intake {
         if let SlackEventCallbackBody::AppHomeOpened(opened) = &callback.event {
             return self.home_opened(callback, opened).await;
         }
+        if let SlackEventCallbackBody::AssistantThreadStarted(started) = &callback.event {
+            return self.assistant_thread_started(callback, started).await;
+        }
         let question = match question_from(callback) {
             Ok(question) => question,
             Err(reason) => return Ok(Outcome::Ignored(reason)),
@@ -128,6 +132,28 @@ impl Intake {
             response_url: None,
         });
         self.enqueue(callback.event_id.as_ref(), &home).await
+    }
+
+    /// A new assistant thread: queue greeting the person in it.
+    async fn assistant_thread_started(
+        &self,
+        callback: &SlackPushEventCallback,
+        started: &SlackAssistantThreadStartedEvent,
+    ) -> Result<Outcome, sqlx::Error> {
+        let thread = &started.assistant_thread;
+        let (Ok(team), Ok(user)) = (
+            TeamId::parse(callback.team_id.as_ref()),
+            UserId::parse(thread.user_id.as_ref()),
+        ) else {
+            return Ok(Outcome::Ignored("malformed team or user id"));
+        };
+        let work = Work::AssistantThread(ThreadStarted {
+            team,
+            user,
+            channel: thread.channel_id.to_string(),
+            thread_ts: thread.thread_ts.to_string(),
+        });
+        self.enqueue(callback.event_id.as_ref(), &work).await
     }
 
     /// Forgets the event's team. Idempotent, and de-duplicated on the event id: a

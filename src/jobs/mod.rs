@@ -6,6 +6,7 @@
 //! and dispatches on it exhaustively.
 
 pub mod account;
+pub mod assistant;
 pub mod breaker;
 pub mod feedback;
 pub mod question;
@@ -18,6 +19,7 @@ use async_trait::async_trait;
 use crate::domain::{TeamId, UserId};
 use crate::store::jobs::Job;
 use account::{Account, AccountRequest};
+use assistant::{Assistant, ThreadStarted};
 use feedback::{Feedback, FeedbackRequest};
 use question::{Question, Questions};
 use share::{ShareRequest, Sharing};
@@ -38,16 +40,19 @@ pub enum JobKind {
     Home,
     /// A thumbs up or down on an answer.
     Feedback,
+    /// A new assistant thread: greet the person and suggest prompts.
+    AssistantThread,
 }
 
 impl JobKind {
-    const ALL: [JobKind; 6] = [
+    const ALL: [JobKind; 7] = [
         JobKind::Question,
         JobKind::Share,
         JobKind::Connect,
         JobKind::Disconnect,
         JobKind::Home,
         JobKind::Feedback,
+        JobKind::AssistantThread,
     ];
 
     /// The value stored in `jobs.kind`.
@@ -59,6 +64,7 @@ impl JobKind {
             JobKind::Disconnect => "disconnect",
             JobKind::Home => "home",
             JobKind::Feedback => "feedback",
+            JobKind::AssistantThread => "assistant_thread",
         }
     }
 
@@ -77,6 +83,7 @@ pub enum Work {
     Disconnect(AccountRequest),
     Home(AccountRequest),
     Feedback(FeedbackRequest),
+    AssistantThread(ThreadStarted),
 }
 
 impl Work {
@@ -89,6 +96,7 @@ impl Work {
             Work::Disconnect(_) => JobKind::Disconnect,
             Work::Home(_) => JobKind::Home,
             Work::Feedback(_) => JobKind::Feedback,
+            Work::AssistantThread(_) => JobKind::AssistantThread,
         }
     }
 
@@ -99,6 +107,7 @@ impl Work {
             Work::Share(share) => (&share.team, &share.user),
             Work::Connect(account) | Work::Disconnect(account) | Work::Home(account) => (&account.team, &account.user),
             Work::Feedback(feedback) => (&feedback.team, &feedback.user),
+            Work::AssistantThread(started) => (&started.team, &started.user),
         }
     }
 
@@ -113,7 +122,12 @@ impl Work {
                 q.channel,
                 q.answer_thread().unwrap_or_default()
             )),
-            Work::Share(_) | Work::Connect(_) | Work::Disconnect(_) | Work::Home(_) | Work::Feedback(_) => None,
+            Work::Share(_)
+            | Work::Connect(_)
+            | Work::Disconnect(_)
+            | Work::Home(_)
+            | Work::Feedback(_)
+            | Work::AssistantThread(_) => None,
         }
     }
 
@@ -124,6 +138,7 @@ impl Work {
             Work::Share(share) => serde_json::to_string(share),
             Work::Connect(account) | Work::Disconnect(account) | Work::Home(account) => serde_json::to_string(account),
             Work::Feedback(feedback) => serde_json::to_string(feedback),
+            Work::AssistantThread(started) => serde_json::to_string(started),
         };
         encoded.expect("job payloads serialise")
     }
@@ -143,6 +158,7 @@ impl Work {
             JobKind::Disconnect => Work::Disconnect(serde_json::from_str(payload).map_err(unreadable)?),
             JobKind::Home => Work::Home(serde_json::from_str(payload).map_err(unreadable)?),
             JobKind::Feedback => Work::Feedback(serde_json::from_str(payload).map_err(unreadable)?),
+            JobKind::AssistantThread => Work::AssistantThread(serde_json::from_str(payload).map_err(unreadable)?),
         })
     }
 }
@@ -153,6 +169,7 @@ pub struct Handlers {
     pub share: Sharing,
     pub account: Account,
     pub feedback: Feedback,
+    pub assistant: Assistant,
 }
 
 #[async_trait]
@@ -165,6 +182,7 @@ impl JobHandler for Handlers {
             Work::Disconnect(request) => self.account.disconnect(&request).await,
             Work::Home(request) => self.account.publish_home(&request).await.map(|()| Done::Finished),
             Work::Feedback(request) => self.feedback.record(&request).await,
+            Work::AssistantThread(started) => self.assistant.greet(&started).await,
         }
     }
 
@@ -177,6 +195,9 @@ impl JobHandler for Handlers {
                 tracing::error!(error = %error, reference, "an account job was abandoned");
             }
             Ok(Work::Feedback(_)) => tracing::error!(error = %error, reference, "feedback was abandoned"),
+            Ok(Work::AssistantThread(_)) => {
+                tracing::error!(error = %error, reference, "an assistant thread was not greeted")
+            }
             Err(unreadable) => tracing::error!(error = %unreadable, reference, "an unreadable job was abandoned"),
         }
     }

@@ -273,6 +273,40 @@ impl SlackApi {
         call!(self, |s| s.views_publish(&request)).map(|_| ())
     }
 
+    /// `assistant.threads.setStatus`: what the assistant is doing in a thread ("" clears).
+    pub async fn set_assistant_status(
+        &self,
+        channel: &str,
+        thread_ts: &str,
+        status: &str,
+    ) -> Result<(), SlackApiError> {
+        let request =
+            SlackApiAssistantThreadsSetStatusRequest::new(channel.into(), status.to_owned(), thread_ts.into());
+        call!(self, |s| s.assistant_threads_set_status(&request)).map(|_| ())
+    }
+
+    /// `assistant.threads.setSuggestedPrompts`: prompts the person can click to ask.
+    pub async fn set_suggested_prompts(
+        &self,
+        channel: &str,
+        thread_ts: &str,
+        prompts: &[String],
+    ) -> Result<(), SlackApiError> {
+        let prompts = prompts
+            .iter()
+            .map(|p| SlackAssistantPrompt::new(p.chars().take(75).collect(), p.clone()))
+            .collect();
+        let request =
+            SlackApiAssistantThreadsSetSuggestedPromptsRequest::new(channel.into(), thread_ts.into(), prompts);
+        call!(self, |s| s.assistant_threads_set_suggested_prompts(&request)).map(|_| ())
+    }
+
+    /// `assistant.threads.setTitle`: the thread's title in the person's history.
+    pub async fn set_assistant_title(&self, channel: &str, thread_ts: &str, title: &str) -> Result<(), SlackApiError> {
+        let request = SlackApiAssistantThreadSetTitleRequest::new(channel.into(), thread_ts.into(), title.to_owned());
+        call!(self, |s| s.assistant_threads_set_title(&request)).map(|_| ())
+    }
+
     /// `chat.getPermalink`: a link to message `ts` in `channel`.
     pub async fn permalink(&self, channel: &str, ts: &str) -> Result<Url, SlackApiError> {
         let request = SlackApiChatGetPermalinkRequest::new(channel.into(), ts.into());

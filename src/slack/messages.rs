@@ -358,6 +358,14 @@ pub fn home(
     blocks
 }
 
+/// The first message of a new assistant thread.
+pub fn assistant_greeting() -> SlackMessageContent {
+    let text = "Hi! Ask me anything about your Databricks data — I answer with your own Databricks \
+                permissions, so you only see data you can already access. Pick a suggestion below, or type \
+                your question.";
+    SlackMessageContent::new().with_text(text.to_owned())
+}
+
 /// The refusal for people from another organisation in a shared channel.
 pub fn external_user_refusal() -> SlackMessageContent {
     let text = "Sorry — I can only answer people from this workspace's organisation. \

@@ -5,6 +5,7 @@
 //! run through [`on_pool!`], which compiles the same body once per backend. Tests run every
 //! query on both. Times are Unix seconds.
 
+pub mod assistant;
 pub mod audit;
 pub mod conversations;
 pub mod feedback;

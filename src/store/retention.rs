@@ -189,6 +189,10 @@ impl Store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            sqlx::query("DELETE FROM assistant_threads WHERE team_id = $1")
+                .bind(team.as_str())
+                .execute(&mut *tx)
+                .await?;
             sqlx::query("DELETE FROM answer_feedback WHERE team_id = $1")
                 .bind(team.as_str())
                 .execute(&mut *tx)

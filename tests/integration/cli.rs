@@ -618,6 +618,9 @@ fn the_slack_manifests_point_at_our_routes_and_differ_only_in_transport() {
         "app_home_opened",
         "app_uninstalled",
         "tokens_revoked",
+        "assistant_thread_started",
+        "assistant:write",
+        "assistant_view:",
         "command: /databricks",
     ] {
         assert!(http.contains(needed), "{needed}");

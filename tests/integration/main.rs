@@ -9,6 +9,7 @@ mod agent_external;
 mod agent_genie;
 mod agent_llm;
 mod answers;
+mod assistant;
 mod browser_linking;
 mod cli;
 mod entra_obo;

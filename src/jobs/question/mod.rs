@@ -25,6 +25,7 @@ use crate::config::AnswerVisibility;
 use crate::crypto::random_token;
 use crate::databricks::broker::{BrokerError, TokenBroker};
 use crate::domain::{PersonIn, TeamId, UserId};
+use crate::jobs::assistant::ThreadStatus;
 use crate::jobs::breaker::{Breaker, OPEN_SECONDS};
 use crate::jobs::feedback::FeedbackTarget;
 use crate::jobs::worker::{Done, JobError};
@@ -280,7 +281,10 @@ impl Questions {
                 retry_after: Some(Duration::from_secs(seconds.unsigned_abs())),
             });
         }
+        // In an assistant thread, progress is the thread's status, not a message.
+        let status = self.assistant_status(q).await;
         let showing = match prepared.shown {
+            _ if status.is_some() => None,
             Shown::InThread => match Placeholder::show(&self.slack, q, placeholder.as_deref()).await {
                 Ok(showing) => Some(showing),
                 Err(error) => {
@@ -302,9 +306,10 @@ impl Questions {
             };
             self.keep(job, &waiting).await?;
         }
-        let progress: &dyn Progress = match &showing {
-            Some(showing) => showing,
-            None => &Unwatched,
+        let progress: &dyn Progress = match (&status, &showing) {
+            (Some(status), _) => status,
+            (None, Some(showing)) => showing,
+            (None, None) => &Unwatched,
         };
         let started = Instant::now();
         let shown = prepared.shown;
@@ -446,6 +451,27 @@ impl Questions {
         placeholder.take();
         self.deliver(job, q, &outbox, 0).await?;
         Ok(Ending::Delivered)
+    }
+
+    /// The status of `q`'s assistant thread, shown, when `q` was asked in one (and titling
+    /// the thread with its first question). `None` elsewhere, or when Slack refuses the
+    /// status: a placeholder message is shown instead.
+    async fn assistant_status(&self, q: &Question) -> Option<ThreadStatus<'_>> {
+        let thread = q.thread_ts.as_deref().filter(|_| q.is_dm && q.response_url.is_none())?;
+        let needs_title = match self.store.assistant_thread_needs_title(&q.channel, thread).await {
+            Ok(known) => known?,
+            Err(error) => {
+                tracing::warn!(error = %error, "could not look up an assistant thread");
+                return None;
+            }
+        };
+        match ThreadStatus::show(&self.slack, &q.channel, thread, &q.text, needs_title).await {
+            Ok(status) => Some(status),
+            Err(error) => {
+                tracing::info!(error = %error, "Slack refused an assistant thread status; showing a placeholder");
+                None
+            }
+        }
     }
 
     /// Runs the agent. Agents renew a refused token themselves and send the refused call
