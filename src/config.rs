@@ -61,6 +61,7 @@ pub const VARIABLES: &[&str] = &[
     "AGENT_URL",
     "ADK_APP_NAME",
     "ANSWER_VISIBILITY",
+    "CHARTS",
     "WORKER_CONCURRENCY",
     "WORKER_PER_USER_LIMIT",
     "LOG_FORMAT",
@@ -652,6 +653,8 @@ pub struct Config {
     pub agent: AgentConfig,
     /// `ANSWER_VISIBILITY`.
     pub answer_visibility: AnswerVisibility,
+    /// `CHARTS` (default on): draw a chart of results that call for one.
+    pub charts: bool,
     /// `WORKER_CONCURRENCY`: questions this process works on at once.
     pub worker_concurrency: u32,
     /// `WORKER_PER_USER_LIMIT`: questions of one person worked on at once.
@@ -687,6 +690,7 @@ impl Config {
                 identity_check: identity_check.expect("validated"),
                 agent: agent.expect("validated"),
                 answer_visibility: workers.answer_visibility,
+                charts: workers.charts,
                 worker_concurrency: workers.concurrency,
                 worker_per_user_limit: workers.per_user_limit,
             }
@@ -827,6 +831,7 @@ fn read_identity_check(r: &mut Reader<'_>, slack: Option<&SlackConfig>) -> Optio
 /// Where answers go and how many questions are worked on at once.
 struct WorkerSettings {
     answer_visibility: AnswerVisibility,
+    charts: bool,
     concurrency: u32,
     per_user_limit: u32,
 }
@@ -844,10 +849,12 @@ fn read_workers(r: &mut Reader<'_>) -> Option<WorkerSettings> {
             ],
         )
         .unwrap_or(AnswerVisibility::Auto);
+    let charts = r.choice("CHARTS", &[("on", true), ("off", false)]).unwrap_or(true);
     let concurrency = r.number("WORKER_CONCURRENCY", 8, 1..=256);
     let per_user_limit = r.number("WORKER_PER_USER_LIMIT", 2, 1..=16);
     Some(WorkerSettings {
         answer_visibility,
+        charts,
         concurrency,
         per_user_limit,
     })

@@ -92,7 +92,7 @@ impl Application {
         let intake = SlackIntake::new(&services);
         let workers = deps.workers.map(|worker_config| {
             let handlers = Handlers {
-                questions: Questions::new(&services, deps.agent, config.answer_visibility),
+                questions: Questions::new(&services, deps.agent, config.answer_visibility, config.charts),
                 share: Sharing::new(&services),
                 account: Account::new(&services),
                 feedback: Feedback::new(&services),

@@ -68,13 +68,102 @@ impl From<SlackClientError> for SlackApiError {
     }
 }
 
-/// A text file to share in a conversation.
+/// A file to share in a conversation: a CSV of a result, or a chart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredFile", into = "StoredFile")]
 pub struct FileUpload {
     pub filename: String,
     pub title: String,
     pub content_type: String,
-    pub content: String,
+    content: Vec<u8>,
+    /// Alt text, for an image.
+    pub alt: Option<String>,
+}
+
+impl FileUpload {
+    /// A text file.
+    pub fn text(filename: &str, title: &str, content_type: &str, content: String) -> Self {
+        Self {
+            filename: filename.to_owned(),
+            title: title.to_owned(),
+            content_type: content_type.to_owned(),
+            content: content.into_bytes(),
+            alt: None,
+        }
+    }
+
+    /// A binary file (an image, with its alt text).
+    pub fn binary(filename: &str, title: &str, content_type: &str, content: Vec<u8>, alt: Option<String>) -> Self {
+        Self {
+            filename: filename.to_owned(),
+            title: title.to_owned(),
+            content_type: content_type.to_owned(),
+            content,
+            alt,
+        }
+    }
+
+    /// The file's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.content
+    }
+}
+
+/// A [`FileUpload`] as an outbox keeps it: text as text (as outboxes always kept CSVs),
+/// anything else in base64.
+#[derive(Serialize, Deserialize)]
+struct StoredFile {
+    filename: String,
+    title: String,
+    content_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    content_base64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    alt: Option<String>,
+}
+
+impl From<StoredFile> for FileUpload {
+    fn from(stored: StoredFile) -> Self {
+        use base64::Engine;
+        let content = match (stored.content, stored.content_base64) {
+            (Some(text), _) => text.into_bytes(),
+            (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .unwrap_or_default(),
+            (None, None) => Vec::new(),
+        };
+        Self {
+            filename: stored.filename,
+            title: stored.title,
+            content_type: stored.content_type,
+            content,
+            alt: stored.alt,
+        }
+    }
+}
+
+impl From<FileUpload> for StoredFile {
+    fn from(file: FileUpload) -> Self {
+        use base64::Engine;
+        let (content, content_base64) = match String::from_utf8(file.content) {
+            Ok(text) if file.content_type.starts_with("text/") => (Some(text), None),
+            Ok(text) => (None, Some(base64::engine::general_purpose::STANDARD.encode(text))),
+            Err(binary) => (
+                None,
+                Some(base64::engine::general_purpose::STANDARD.encode(binary.into_bytes())),
+            ),
+        };
+        Self {
+            filename: file.filename,
+            title: file.title,
+            content_type: file.content_type,
+            content,
+            content_base64,
+            alt: file.alt,
+        }
+    }
 }
 
 /// Who the bot is in its workspace (`auth.test`).
@@ -231,13 +320,11 @@ impl SlackApi {
         thread_ts: Option<&str>,
         file: &FileUpload,
     ) -> Result<(), SlackApiError> {
-        let request = SlackApiFilesGetUploadUrlExternalRequest::new(file.filename.clone(), file.content.len());
+        let request = SlackApiFilesGetUploadUrlExternalRequest::new(file.filename.clone(), file.content.len())
+            .opt_alt_txt(file.alt.clone());
         let target = call!(self, |s| s.get_upload_url_external(&request))?;
-        let upload = SlackApiFilesUploadViaUrlRequest::new(
-            target.upload_url,
-            file.content.clone().into_bytes(),
-            file.content_type.clone(),
-        );
+        let upload =
+            SlackApiFilesUploadViaUrlRequest::new(target.upload_url, file.content.clone(), file.content_type.clone());
         call!(self, |s| s.files_upload_via_url(&upload))?;
         let complete = SlackApiFilesCompleteUploadExternalRequest::new(vec![
             SlackApiFilesComplete::new(target.file_id).with_title(file.title.clone()),

@@ -4,6 +4,7 @@
 
 pub mod actions;
 pub mod api;
+pub mod chart;
 pub mod envelope;
 pub mod messages;
 pub mod oidc;

@@ -563,12 +563,7 @@ fn csv_file(table: &Table) -> FileUpload {
         }
         out.push_str("\r\n");
     }
-    FileUpload {
-        filename: "result.csv".into(),
-        title: "Query result".into(),
-        content_type: "text/csv".into(),
-        content: out,
-    }
+    FileUpload::text("result.csv", "Query result", "text/csv", out)
 }
 
 #[cfg(test)]
@@ -760,7 +755,7 @@ mod tests {
         assert!(all.contains("r9c0") && !all.contains("r10c0"), "ten rows inline");
         assert!(all.contains("SELECT * FROM big"));
         assert!(all.contains("10 of 10,000 rows and"), "{all}");
-        let csv = rendered.csv.expect("a CSV").content;
+        let csv = String::from_utf8(rendered.csv.expect("a CSV").bytes().to_vec()).unwrap();
         assert_eq!(csv.lines().count(), 10_001);
         assert!(csv.starts_with("col_0,col_1,"));
         assert!(csv.contains("r9999c49"));
@@ -790,7 +785,7 @@ mod tests {
             2,
             |_, c| if c == 0 { "a,\"b\"".into() } else { "line\nbreak".into() },
         );
-        let csv = csv_file(&t).content;
+        let csv = String::from_utf8(csv_file(&t).bytes().to_vec()).unwrap();
         assert_eq!(csv, "col_0,col_1\r\n\"a,\"\"b\"\"\",\"line\nbreak\"\r\n");
     }
 

@@ -11,6 +11,7 @@ mod agent_llm;
 mod answers;
 mod assistant;
 mod browser_linking;
+mod charts;
 mod cli;
 mod entra_obo;
 mod exposure;

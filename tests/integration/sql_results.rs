@@ -229,7 +229,7 @@ async fn chunks_are_followed_until_10000_rows_are_fetched_and_no_further() {
         "Showing 10 of 16,000 rows. The result was too large to fetch in full: only its first 10,000 rows are \
          attached as a CSV file."
     );
-    let csv = rendered.csv.expect("a CSV").content;
+    let csv = String::from_utf8(rendered.csv.expect("a CSV").bytes().to_vec()).unwrap();
     assert_eq!(csv.lines().count(), 10_001);
 }
 
@@ -275,7 +275,13 @@ async fn a_succeeded_statement_without_a_data_array_fetches_its_first_chunk_and_
         note(&rendered),
         "Showing 10 of 150 rows. The full result is attached as a CSV file."
     );
-    assert_eq!(rendered.csv.expect("a CSV").content.lines().count(), 151);
+    assert_eq!(
+        std::str::from_utf8(rendered.csv.expect("a CSV").bytes())
+            .unwrap()
+            .lines()
+            .count(),
+        151
+    );
 }
 
 #[tokio::test]

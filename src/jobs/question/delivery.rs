@@ -41,7 +41,7 @@ impl Questions {
     }
 
     /// Posts an answer from its `sent`th message on: in the thread (the first message
-    /// replaces the placeholder), or privately; then the CSV, where the answer went (a
+    /// replaces the placeholder), or privately; then the chart and the CSV, where the answer went (a
     /// private answer's: the person's direct messages with the bot). Each message taken is
     /// ticked off with the job, so a Slack failure part-way is retried from where it
     /// stopped.
@@ -76,25 +76,40 @@ impl Questions {
                 return Err(JobError::transient("another worker took over this question"));
             }
         }
-        let Some(csv) = &outbox.csv else {
+        // Files follow the messages, counted on from them: a retry resumes after the
+        // last one Slack took.
+        let files: Vec<&FileUpload> = outbox.chart.iter().chain(outbox.csv.iter()).collect();
+        let done = sent - outbox.messages.len();
+        if files.len() <= done {
             return Ok(());
-        };
+        }
         let (channel, thread) = match shown {
             Shown::InThread => (q.channel.clone(), q.answer_thread().map(str::to_owned)),
             Shown::Privately if q.is_dm && q.response_url.is_none() => (q.channel.clone(), q.thread_ts.clone()),
             // A slash command may come from a conversation the bot is not a member of.
             Shown::Privately => (self.slack.open_dm(q.user.as_str()).await?, None),
         };
-        match self.slack.upload_file(&channel, thread.as_deref(), csv).await {
-            Ok(()) => Ok(()),
-            Err(error) if error.is_transient() => Err(error.into()),
-            Err(error) => {
-                let reference = job.reference();
-                tracing::warn!(error = %error, reference, "could not attach a result as a CSV file");
-                self.reply_privately(q, messages::could_not_answer(CSV_NOT_ATTACHED, &reference))
-                    .await
+        for file in files.into_iter().skip(done) {
+            match self.slack.upload_file(&channel, thread.as_deref(), file).await {
+                Ok(()) => {}
+                Err(error) if error.is_transient() => return Err(error.into()),
+                // A chart is a nicety: the answer stands without it.
+                Err(error) if outbox.chart.as_ref() == Some(file) => {
+                    tracing::warn!(error = %error, "could not attach a chart");
+                }
+                Err(error) => {
+                    let reference = job.reference();
+                    tracing::warn!(error = %error, reference, "could not attach a result as a CSV file");
+                    self.reply_privately(q, messages::could_not_answer(CSV_NOT_ATTACHED, &reference))
+                        .await?;
+                }
+            }
+            sent += 1;
+            if !self.store.tick_outbox(job, sent as i64).await? {
+                return Err(JobError::transient("another worker took over this question"));
             }
         }
+        Ok(())
     }
 
     /// Posts one message of an answer; in the thread, the first replaces the placeholder
@@ -258,6 +273,9 @@ pub(super) struct Outbox {
     pub(super) messages: Vec<SlackMessageContent>,
     /// The whole table, when it did not fit inline: attached after the messages.
     pub(super) csv: Option<FileUpload>,
+    /// A chart of the table, when it calls for one: attached after the messages.
+    #[serde(default)]
+    pub(super) chart: Option<FileUpload>,
     /// Where the answer was rendered for, decided once: a retry posts it there even if
     /// the channel changed meanwhile. (`None` in an outbox kept before this was recorded:
     /// decided again.)

@@ -33,6 +33,7 @@ use crate::linking::offer_link;
 use crate::metrics::{AnswerOutcome, Metrics};
 use crate::services::Services;
 use crate::slack::api::{Membership, SlackApi};
+use crate::slack::chart;
 use crate::slack::messages::{self, Invitation};
 use crate::slack::render::{self, Attribution};
 use delivery::{Outbox, Placeholder, Shown};
@@ -106,6 +107,7 @@ pub struct Questions {
     agent: Arc<dyn Agent>,
     public_base_url: Url,
     visibility: AnswerVisibility,
+    charts: bool,
     clock: SharedClock,
     askers: Mutex<HashMap<(TeamId, UserId), (Membership, i64)>>,
     /// Whether each channel is shared with another organisation, and since when known.
@@ -144,9 +146,10 @@ struct Answered {
 }
 
 impl Questions {
-    /// A handler answering with `agent`, its answers shown `visibility` by default and
-    /// counted in the service's metrics.
-    pub fn new(services: &Services, agent: Arc<dyn Agent>, visibility: AnswerVisibility) -> Self {
+    /// A handler answering with `agent`, its answers shown `visibility` by default (with a
+    /// chart of results that call for one, unless `charts` is off) and counted in the
+    /// service's metrics.
+    pub fn new(services: &Services, agent: Arc<dyn Agent>, visibility: AnswerVisibility, charts: bool) -> Self {
         Self {
             store: services.store.clone(),
             slack: services.slack.clone(),
@@ -154,6 +157,7 @@ impl Questions {
             agent,
             public_base_url: services.public_base_url.clone(),
             visibility,
+            charts,
             clock: services.clock.clone(),
             askers: Mutex::new(HashMap::new()),
             shared_channels: Mutex::new(HashMap::new()),
@@ -442,6 +446,7 @@ impl Questions {
             placeholder: placeholder.clone(),
             messages: rendered.messages,
             csv: rendered.csv,
+            chart: answer.table.as_ref().filter(|_| self.charts).and_then(chart::chart),
             shown: Some(shown),
         };
         let target = FeedbackTarget::of(self.agent.name(), answer.conversation.as_ref());
