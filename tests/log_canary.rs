@@ -258,13 +258,7 @@ async fn no_secret_of_the_identity_provider_modes_reaches_the_logs() {
     let id = app.ask_for_link("Ev1", "first question").await;
     let claim = app.claim_link(&id).await.expect("claimed");
     let back = entra.authorize(&claim.location, &FakeUser::asker());
-    let path = format!("{}?{}", back.path(), back.query().unwrap());
-    browser()
-        .get(app.url(&path))
-        .header("cookie", &claim.cookie)
-        .send()
-        .await
-        .unwrap();
+    app.come_back(&back, &claim.cookie).await;
     app.wait_for_answer("answer: first question").await;
     app.clock.advance(3600);
     app.post_event(&mention("Ev2", "<@U0LAN0Z89> second question")).await;
@@ -327,13 +321,7 @@ async fn no_secret_of_the_identity_provider_modes_reaches_the_logs() {
             "asker@example.com",
         )
         .await;
-        let path = format!("{}?{}", back.path(), back.query().unwrap());
-        browser()
-            .get(app.url(&path))
-            .header("cookie", &claim.cookie)
-            .send()
-            .await
-            .unwrap();
+        app.come_back(&back, &claim.cookie).await;
         app.wait_for_answer("answer: first question").await;
         app.clock.advance(3600);
         app.post_event(&mention("Ev2", "<@U0LAN0Z89> second question")).await;

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use crate::common::app::{Options, TestApp, browser, mention, rows};
+use crate::common::app::{Options, TestApp, mention, rows};
 use crate::common::fake_databricks::{FakeDatabricks, FakeUser};
 use crate::common::fake_entra::{API_SCOPE, AZURE_DATABRICKS, CLIENT_ID, CLIENT_SECRET, FakeEntra};
 use crate::common::logs::Captured;
@@ -30,23 +30,8 @@ async fn link_through_entra(app: &TestApp, entra: &FakeEntra, user: &FakeUser) -
     let id = app.ask_for_link("Ev1", "the first question").await;
     let claim = app.claim_link(&id).await.expect("claimed");
     let back = entra.authorize(&claim.location, user);
-    let path = format!("{}?{}", back.path(), back.query().unwrap());
-    let done = browser()
-        .get(app.url(&path))
-        .header("cookie", &claim.cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(done.status(), 303);
-    browser()
-        .get(app.url("/link/result"))
-        .header("cookie", &claim.cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    assert_eq!(app.come_back(&back, &claim.cookie).await.status(), 303);
+    app.result_page(&claim.cookie).await
 }
 
 async fn second_question(app: &TestApp) {
@@ -231,23 +216,8 @@ async fn consent_refused_at_entra_gets_a_friendly_page_and_stores_nothing() {
             "AADSTS65004: User declined to consent to access the app.",
         )
         .append_pair("state", &state);
-    let path = format!("{}?{}", back.path(), back.query().unwrap());
-    let done = browser()
-        .get(app.url(&path))
-        .header("cookie", &claim.cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(done.status(), 303);
-    let page = browser()
-        .get(app.url("/link/result"))
-        .header("cookie", &claim.cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    assert_eq!(app.come_back(&back, &claim.cookie).await.status(), 303);
+    let page = app.result_page(&claim.cookie).await;
     assert!(page.contains("You cancelled"), "{page}");
     assert!(entra.requests().is_empty());
     assert!(app.store.list_links(None).await.unwrap().is_empty());
@@ -318,14 +288,7 @@ async fn sign_in_with_slack_works_in_front_of_entra_id() {
     assert_eq!(on.status(), 303);
     let to_entra = on.headers()["location"].to_str().unwrap().to_owned();
     let back = entra.authorize(&to_entra, &FakeUser::asker());
-    let path = format!("{}?{}", back.path(), back.query().unwrap());
-    let done = browser()
-        .get(app.url(&path))
-        .header("cookie", &at.cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(done.status(), 303);
+    assert_eq!(app.come_back(&back, &at.cookie).await.status(), 303);
     app.wait_for_answer("answer: who am I?").await;
     let token = app.agent.tokens()[0].clone();
     assert_eq!(app.databricks.owner_of(&token).as_deref(), Some("asker@example.com"));

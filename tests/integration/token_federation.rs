@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use crate::common::app::{Options, TestApp, browser, mention, rows};
+use crate::common::app::{Options, TestApp, mention, rows};
 use crate::common::fake_databricks::{FakeDatabricks, FederationPolicy, Scripted};
 use crate::common::logs::Captured;
 use crate::common::oidc_provider::{self, Server, browser_with_cookies, sign_in};
@@ -71,23 +71,8 @@ async fn link_through_the_idp(app: &TestApp, idp: &Server, login: &str) -> Strin
         claim.location
     );
     let back = sign_in(&browser_with_cookies(), &idp.uri, &claim.location, login).await;
-    let path = format!("{}?{}", back.path(), back.query().unwrap());
-    let done = browser()
-        .get(app.url(&path))
-        .header("cookie", &claim.cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(done.status(), 303);
-    browser()
-        .get(app.url("/link/result"))
-        .header("cookie", &claim.cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    assert_eq!(app.come_back(&back, &claim.cookie).await.status(), 303);
+    app.result_page(&claim.cookie).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

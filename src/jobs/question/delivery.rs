@@ -2,6 +2,8 @@
 //! in, the outbox kept with the job, posting it part by part (resuming where a Slack
 //! failure stopped), the CSV, and private replies.
 
+use std::future::Future;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use slack_morphism::prelude::*;
@@ -10,7 +12,7 @@ use super::{CHANNEL_CACHE_TTL_SECONDS, CSV_NOT_ATTACHED, Question, Questions};
 use crate::agent::Progress;
 use crate::config::AnswerVisibility;
 use crate::jobs::worker::{Done, JobError};
-use crate::slack::api::{FileUpload, SlackApi};
+use crate::slack::api::{FileUpload, SlackApi, SlackApiError};
 use crate::slack::{messages, render};
 use crate::store::jobs::Job;
 
@@ -306,7 +308,29 @@ pub(super) struct Placeholder<'a> {
     slack: &'a SlackApi,
     channel: String,
     pub(super) ts: String,
-    shown: tokio::sync::Mutex<String>,
+    shown: LastShown,
+}
+
+/// The progress words shown last, so the same words are not sent to Slack again.
+struct LastShown(tokio::sync::Mutex<String>);
+
+impl LastShown {
+    fn new(first: &str) -> Self {
+        Self(tokio::sync::Mutex::new(first.to_owned()))
+    }
+
+    /// Shows `status` with `show` unless it is already what is shown; `what` names the
+    /// display in the log when Slack refuses.
+    async fn change(&self, status: &str, show: impl Future<Output = Result<(), SlackApiError>>, what: &str) {
+        let mut shown = self.0.lock().await;
+        if *shown == status {
+            return;
+        }
+        match show.await {
+            Ok(()) => *shown = status.to_owned(),
+            Err(error) => tracing::debug!(error = %error, what, "could not show progress"),
+        }
+    }
 }
 
 impl<'a> Placeholder<'a> {
@@ -343,7 +367,7 @@ impl<'a> Placeholder<'a> {
             slack,
             channel: q.channel.clone(),
             ts,
-            shown: tokio::sync::Mutex::new(Self::FIRST.to_owned()),
+            shown: LastShown::new(Self::FIRST),
         })
     }
 }
@@ -351,17 +375,58 @@ impl<'a> Placeholder<'a> {
 #[async_trait]
 impl Progress for Placeholder<'_> {
     async fn working_on(&self, status: &str) {
-        let mut shown = self.shown.lock().await;
-        if *shown == status {
-            return;
-        }
-        match self
+        let update = self
             .slack
-            .update_message(&self.channel, &self.ts, messages::working(status))
-            .await
-        {
-            Ok(()) => *shown = status.to_owned(),
-            Err(error) => tracing::debug!(error = %error, "could not update a placeholder"),
+            .update_message(&self.channel, &self.ts, messages::working(status));
+        self.shown.change(status, update, "a placeholder").await
+    }
+}
+
+/// The longest thread title taken from a question.
+const TITLE_CHARS: usize = 60;
+
+/// A question's progress shown as its assistant thread's status.
+pub(super) struct ThreadStatus<'a> {
+    slack: &'a SlackApi,
+    channel: String,
+    thread_ts: String,
+    shown: LastShown,
+}
+
+impl<'a> ThreadStatus<'a> {
+    /// Shows "is thinking…" on the thread (and titles it from `question` when `title`).
+    /// An error means the status cannot be used here: show a placeholder instead.
+    pub(super) async fn show(
+        slack: &'a SlackApi,
+        channel: &str,
+        thread_ts: &str,
+        question: &str,
+        title: bool,
+    ) -> Result<Self, SlackApiError> {
+        const FIRST: &str = "is thinking…";
+        slack.set_assistant_status(channel, thread_ts, FIRST).await?;
+        if title {
+            let mut title: String = question.chars().take(TITLE_CHARS).collect();
+            if question.chars().count() > TITLE_CHARS {
+                title.push('…');
+            }
+            if let Err(error) = slack.set_assistant_title(channel, thread_ts, &title).await {
+                tracing::info!(error = %error, "could not title an assistant thread");
+            }
         }
+        Ok(Self {
+            slack,
+            channel: channel.to_owned(),
+            thread_ts: thread_ts.to_owned(),
+            shown: LastShown::new(FIRST),
+        })
+    }
+}
+
+#[async_trait]
+impl Progress for ThreadStatus<'_> {
+    async fn working_on(&self, status: &str) {
+        let update = self.slack.set_assistant_status(&self.channel, &self.thread_ts, status);
+        self.shown.change(status, update, "an assistant thread's status").await
     }
 }

@@ -25,7 +25,6 @@ use crate::config::AnswerVisibility;
 use crate::crypto::random_token;
 use crate::databricks::broker::{BrokerError, TokenBroker};
 use crate::domain::{PersonIn, TeamId, UserId};
-use crate::jobs::assistant::ThreadStatus;
 use crate::jobs::breaker::{Breaker, OPEN_SECONDS};
 use crate::jobs::feedback::FeedbackTarget;
 use crate::jobs::worker::{Done, JobError};
@@ -36,7 +35,7 @@ use crate::slack::api::{Membership, SlackApi};
 use crate::slack::chart;
 use crate::slack::messages::{self, Invitation};
 use crate::slack::render::{self, Attribution};
-use delivery::{Outbox, Placeholder, Shown};
+use delivery::{Outbox, Placeholder, Shown, ThreadStatus};
 
 mod delivery;
 use crate::store::Store;

@@ -489,6 +489,31 @@ impl TestApp {
         .as_u16()
     }
 
+    /// The browser comes back to the bot at `callback` (where a sign-in redirects it) with
+    /// the binding `cookie`; the bot's answer.
+    pub async fn come_back(&self, callback: &url::Url, cookie: &str) -> reqwest::Response {
+        let path = format!("{}?{}", callback.path(), callback.query().unwrap_or_default());
+        browser()
+            .get(self.url(&path))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The result page shown to the browser holding `cookie`.
+    pub async fn result_page(&self, cookie: &str) -> String {
+        browser()
+            .get(self.url("/link/result"))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// The requests the fake Slack received for `method` (e.g. `chat.postEphemeral`), as
     /// JSON bodies (or query parameters for GET calls).
     pub async fn slack_calls(&self, api_method: &str) -> Vec<Value> {
