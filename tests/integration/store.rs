@@ -552,3 +552,93 @@ async fn key_rotation_reseals_access_tokens_and_sign_ins_in_progress_too() {
         store.close().await;
     }
 }
+
+// Feedback, assistant threads and a team's purge, on both backends: a rating is recorded
+// once and changed by the other button (one audit event per change), an answer's
+// feedback target survives the end of its job, an assistant thread is titled once, and
+// uninstalling forgets both.
+#[tokio::test]
+async fn feedback_and_assistant_threads_work_on_both_backends_and_go_with_the_team() {
+    use databricks_slack_bot::store::feedback::{Rated, Rating};
+    for db in TestDb::all().await {
+        let store = db.open().await;
+        let p = Person::new("T1", "U1");
+        store
+            .enqueue_event_job("Ev1", &job(&p.team, &p.user, "{}"), NOW)
+            .await
+            .unwrap();
+        let answer = store.claim_job(NOW, NOW + 60, 2).await.unwrap().unwrap();
+        store
+            .keep_feedback_target(answer.id, r#"{"agent":"Genie","genie":null}"#)
+            .await
+            .unwrap();
+        assert!(store.complete_job(&answer, NOW + 1).await.unwrap());
+        let kept = store.answer_job(answer.id).await.unwrap().expect("the answer's job");
+        assert_eq!(
+            kept.feedback.as_deref(),
+            Some(r#"{"agent":"Genie","genie":null}"#),
+            "{}",
+            db.name
+        );
+        assert_eq!((kept.team_id.as_str(), kept.user_id.as_str()), ("T1", "U1"));
+        assert_eq!(store.answer_job(answer.id + 1000).await.unwrap(), None);
+
+        let rated = |rating| Rated {
+            job_id: answer.id,
+            team: &p.team,
+            user: &p.user,
+            rating,
+            at: NOW + 2,
+        };
+        assert!(
+            store.record_feedback(&rated(Rating::Positive)).await.unwrap(),
+            "{}",
+            db.name
+        );
+        assert!(
+            !store.record_feedback(&rated(Rating::Positive)).await.unwrap(),
+            "{}: a repeat",
+            db.name
+        );
+        assert!(
+            store.record_feedback(&rated(Rating::Negative)).await.unwrap(),
+            "{}: a change",
+            db.name
+        );
+
+        store
+            .keep_assistant_thread(&p.team, &p.user, "D1", "1.2", NOW)
+            .await
+            .unwrap();
+        store
+            .keep_assistant_thread(&p.team, &p.user, "D1", "1.2", NOW)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.assistant_thread_needs_title("D1", "1.2").await.unwrap(),
+            Some(true)
+        );
+        assert_eq!(
+            store.assistant_thread_needs_title("D1", "1.2").await.unwrap(),
+            Some(false)
+        );
+        assert_eq!(store.assistant_thread_needs_title("D1", "9.9").await.unwrap(), None);
+
+        store
+            .purge_team("EvGone", &p.team, "app_uninstalled", NOW + 3)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.assistant_thread_needs_title("D1", "1.2").await.unwrap(),
+            None,
+            "{}",
+            db.name
+        );
+        assert!(
+            store.record_feedback(&rated(Rating::Negative)).await.unwrap(),
+            "{}: the earlier rating went with the team",
+            db.name
+        );
+        store.close().await;
+    }
+}
