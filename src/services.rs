@@ -26,7 +26,7 @@ pub struct Services {
     /// How Databricks access tokens are obtained (`DATABRICKS_AUTH`).
     pub oauth: Authority,
     /// The client `oauth` calls Databricks with (no redirects, timeouts); also for SCIM
-    /// Me at link time.
+    /// Me at link time and for sending a rating to Genie.
     pub http: reqwest::Client,
     /// The one place refresh tokens are opened.
     pub broker: Arc<TokenBroker>,

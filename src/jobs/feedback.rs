@@ -86,7 +86,7 @@ impl Feedback {
             store: services.store.clone(),
             slack: services.slack.clone(),
             broker: services.broker.clone(),
-            http: crate::databricks::api::http_client(),
+            http: services.http.clone(),
             metrics: services.metrics.clone(),
             clock: services.clock.clone(),
         }

@@ -381,7 +381,7 @@ impl SlackApi {
     ) -> Result<(), SlackApiError> {
         let prompts = prompts
             .iter()
-            .map(|p| SlackAssistantPrompt::new(p.chars().take(75).collect(), p.clone()))
+            .map(|p| SlackAssistantPrompt::new(crate::slack::messages::truncate(p, 75), p.clone()))
             .collect();
         let request =
             SlackApiAssistantThreadsSetSuggestedPromptsRequest::new(channel.into(), thread_ts.into(), prompts);

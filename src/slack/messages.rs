@@ -295,6 +295,16 @@ pub struct RecentQuestion {
 /// The longest question text App Home shows before cutting it short.
 const RECENT_QUESTION_CHARS: usize = 80;
 
+/// At most `limit` characters of `text`, with an ellipsis when cut.
+pub fn truncate(text: &str, limit: usize) -> String {
+    if text.chars().count() <= limit {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(limit.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
 fn recent_questions(recent: &[RecentQuestion]) -> Option<SlackBlock> {
     if recent.is_empty() {
         return None;
@@ -302,12 +312,8 @@ fn recent_questions(recent: &[RecentQuestion]) -> Option<SlackBlock> {
     let lines: Vec<String> = recent
         .iter()
         .map(|q| {
-            let mut text: String = q.text.chars().take(RECENT_QUESTION_CHARS).collect();
-            if q.text.chars().count() > RECENT_QUESTION_CHARS {
-                text.push('…');
-            }
             // `|` would end a link's text early.
-            let text = escape_mrkdwn(&text).replace('|', "¦");
+            let text = escape_mrkdwn(&truncate(&q.text, RECENT_QUESTION_CHARS)).replace('|', "¦");
             match &q.link {
                 Some(url) => format!("• <{url}|{text}> — {}", q.state),
                 None => format!("• {text} — {}", q.state),

@@ -16,7 +16,7 @@ use slack_morphism::prelude::*;
 use crate::agent::{AgentAnswer, Table};
 use crate::slack::actions::{Action, feedback_value};
 use crate::slack::api::FileUpload;
-use crate::slack::messages::{context, escape_mrkdwn, section};
+use crate::slack::messages::{context, escape_mrkdwn, section, truncate};
 use crate::store::feedback::Rating;
 
 /// Characters of mrkdwn in one section block.
@@ -357,16 +357,6 @@ fn code_block(title: &str, code: &str) -> String {
 /// look-alike so a cell or a query cannot close the fence.
 fn fenced(text: &str) -> String {
     escape_mrkdwn(text).replace('`', "\u{2035}")
-}
-
-/// At most `limit` characters of `text`, with an ellipsis when cut.
-fn truncate(text: &str, limit: usize) -> String {
-    if text.chars().count() <= limit {
-        return text.to_owned();
-    }
-    let mut cut: String = text.chars().take(limit.saturating_sub(1)).collect();
-    cut.push('…');
-    cut
 }
 
 struct InlineTable {

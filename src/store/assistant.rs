@@ -37,26 +37,29 @@ impl Store {
         channel: &str,
         thread_ts: &str,
     ) -> Result<Option<bool>, sqlx::Error> {
-        on_pool!(self.write, |pool| {
-            let titled = sqlx::query(
-                "UPDATE assistant_threads SET titled = TRUE WHERE channel_id = $1 AND thread_ts = $2 AND NOT titled",
-            )
-            .bind(channel)
-            .bind(thread_ts)
-            .execute(pool)
-            .await?
-            .rows_affected()
-                == 1;
-            if titled {
-                return Ok(Some(true));
-            }
-            let known: Option<(String,)> =
-                sqlx::query_as("SELECT channel_id FROM assistant_threads WHERE channel_id = $1 AND thread_ts = $2")
-                    .bind(channel)
-                    .bind(thread_ts)
-                    .fetch_optional(pool)
-                    .await?;
-            Ok(known.map(|_| false))
-        })
+        // Most threads asked in are not assistant threads, and most assistant threads are
+        // titled already: one read answers those.
+        let titled: Option<(bool,)> = on_pool!(self.read, |pool| {
+            sqlx::query_as("SELECT titled FROM assistant_threads WHERE channel_id = $1 AND thread_ts = $2")
+                .bind(channel)
+                .bind(thread_ts)
+                .fetch_optional(pool)
+                .await
+        })?;
+        match titled {
+            None => Ok(None),
+            Some((true,)) => Ok(Some(false)),
+            Some((false,)) => on_pool!(self.write, |pool| {
+                sqlx::query(
+                    "UPDATE assistant_threads SET titled = TRUE \
+                     WHERE channel_id = $1 AND thread_ts = $2 AND NOT titled",
+                )
+                .bind(channel)
+                .bind(thread_ts)
+                .execute(pool)
+                .await
+                .map(|done| Some(done.rows_affected() == 1))
+            }),
+        }
     }
 }

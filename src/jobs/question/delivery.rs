@@ -406,10 +406,7 @@ impl<'a> ThreadStatus<'a> {
         const FIRST: &str = "is thinking…";
         slack.set_assistant_status(channel, thread_ts, FIRST).await?;
         if title {
-            let mut title: String = question.chars().take(TITLE_CHARS).collect();
-            if question.chars().count() > TITLE_CHARS {
-                title.push('…');
-            }
+            let title = messages::truncate(question, TITLE_CHARS);
             if let Err(error) = slack.set_assistant_title(channel, thread_ts, &title).await {
                 tracing::info!(error = %error, "could not title an assistant thread");
             }
