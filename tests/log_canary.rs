@@ -247,18 +247,11 @@ async fn no_secret_of_the_identity_provider_modes_reaches_the_logs() {
     let mut metrics = String::new();
 
     // entra-obo: link, answer, refresh, then MFA required on behalf of the person.
-    let databricks = Arc::new(FakeDatabricks::start().await);
-    let entra = FakeEntra::start(databricks.clone()).await;
-    let app = TestApp::spawn_with(Options {
-        databricks: Some(databricks),
-        extra_env: entra.env(),
-        ..Default::default()
-    })
-    .await;
+    let (app, entra) = FakeEntra::with_app(Vec::new()).await;
     let id = app.ask_for_link("Ev1", "first question").await;
     let claim = app.claim_link(&id).await.expect("claimed");
     let back = entra.authorize(&claim.location, &FakeUser::asker());
-    app.come_back(&back, &claim.cookie).await;
+    app.come_back(&back, Some(&claim.cookie)).await;
     app.wait_for_answer("answer: first question").await;
     app.clock.advance(3600);
     app.post_event(&mention("Ev2", "<@U0LAN0Z89> second question")).await;
@@ -321,7 +314,7 @@ async fn no_secret_of_the_identity_provider_modes_reaches_the_logs() {
             "asker@example.com",
         )
         .await;
-        app.come_back(&back, &claim.cookie).await;
+        app.come_back(&back, Some(&claim.cookie)).await;
         app.wait_for_answer("answer: first question").await;
         app.clock.advance(3600);
         app.post_event(&mention("Ev2", "<@U0LAN0Z89> second question")).await;

@@ -299,15 +299,7 @@ async fn a_large_result_is_shown_in_part_and_attached_whole_as_a_csv_in_the_thre
     let complete = app.wait_for_calls("files.completeUploadExternal", 1).await;
     assert_eq!(complete[0]["channel_id"], "C0LAN2Q65");
     assert_eq!(complete[0]["thread_ts"], "1515449522.000016");
-    let uploaded = app
-        .slack
-        .received_requests()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|r| r.url.path() == "/upload/F0CSV00001")
-        .expect("the CSV bytes were uploaded");
-    let csv = String::from_utf8(uploaded.body).unwrap();
+    let csv = String::from_utf8(app.uploaded().await).unwrap();
     assert_eq!(csv.lines().count(), 10_001);
     assert!(csv.contains("r9999c49"));
     let asked_length = &app.slack_calls("files.getUploadURLExternal").await[0]["length"];

@@ -39,16 +39,9 @@ async fn a_result_that_calls_for_a_chart_gets_one_in_the_answers_thread() {
     assert_eq!(asked.len(), 1, "the chart, and no CSV for a table that fits: {asked:?}");
     assert_eq!(asked[0]["filename"], "chart.png");
     assert_eq!(asked[0]["alt_txt"], "Bar chart of revenue by region, 3 rows");
-    let uploaded = app
-        .slack
-        .received_requests()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|r| r.url.path().starts_with("/upload/"))
-        .expect("the chart's bytes were uploaded");
-    assert_eq!(&uploaded.body[..8], b"\x89PNG\r\n\x1a\n");
-    assert_eq!(asked[0]["length"].as_str().unwrap(), uploaded.body.len().to_string());
+    let png = app.uploaded().await;
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(asked[0]["length"].as_str().unwrap(), png.len().to_string());
     let complete = app.wait_for_calls("files.completeUploadExternal", 1).await;
     assert_eq!(complete[0]["channel_id"], "C0LAN2Q65");
     assert_eq!(complete[0]["thread_ts"], "1515449522.000016");

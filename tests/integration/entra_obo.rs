@@ -14,15 +14,7 @@ use databricks_slack_bot::store::links::LinkStatus;
 const OBO: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
 async fn entra_app() -> (TestApp, FakeEntra) {
-    let databricks = Arc::new(FakeDatabricks::start().await);
-    let entra = FakeEntra::start(databricks.clone()).await;
-    let app = TestApp::spawn_with(Options {
-        databricks: Some(databricks),
-        extra_env: entra.env(),
-        ..Default::default()
-    })
-    .await;
-    (app, entra)
+    FakeEntra::with_app(Vec::new()).await
 }
 
 /// The person opens the prompt's link and signs in at Entra; the result page's text.
@@ -30,7 +22,7 @@ async fn link_through_entra(app: &TestApp, entra: &FakeEntra, user: &FakeUser) -
     let id = app.ask_for_link("Ev1", "the first question").await;
     let claim = app.claim_link(&id).await.expect("claimed");
     let back = entra.authorize(&claim.location, user);
-    assert_eq!(app.come_back(&back, &claim.cookie).await.status(), 303);
+    assert_eq!(app.come_back(&back, Some(&claim.cookie)).await.status(), 303);
     app.result_page(&claim.cookie).await
 }
 
@@ -216,7 +208,7 @@ async fn consent_refused_at_entra_gets_a_friendly_page_and_stores_nothing() {
             "AADSTS65004: User declined to consent to access the app.",
         )
         .append_pair("state", &state);
-    assert_eq!(app.come_back(&back, &claim.cookie).await.status(), 303);
+    assert_eq!(app.come_back(&back, Some(&claim.cookie)).await.status(), 303);
     let page = app.result_page(&claim.cookie).await;
     assert!(page.contains("You cancelled"), "{page}");
     assert!(entra.requests().is_empty());
@@ -228,22 +220,14 @@ async fn consent_refused_at_entra_gets_a_friendly_page_and_stores_nothing() {
 // carries a fresh client assertion signed with it, and never a secret.
 #[tokio::test]
 async fn a_certificate_credential_signs_every_token_request() {
-    let databricks = Arc::new(FakeDatabricks::start().await);
-    let entra = FakeEntra::start(databricks.clone()).await;
-    let mut env: Vec<(&'static str, String)> = entra
-        .env()
-        .into_iter()
-        .filter(|(k, _)| *k != "ENTRA_CLIENT_SECRET")
-        .collect();
-    env.push((
-        "ENTRA_CLIENT_CERTIFICATE",
-        crate::common::fake_entra::certificate_path(),
-    ));
-    let app = TestApp::spawn_with(Options {
-        databricks: Some(databricks),
-        extra_env: env,
-        ..Default::default()
-    })
+    // An empty value counts as unset: the secret gives way to the certificate.
+    let (app, entra) = FakeEntra::with_app(vec![
+        ("ENTRA_CLIENT_SECRET", String::new()),
+        (
+            "ENTRA_CLIENT_CERTIFICATE",
+            crate::common::fake_entra::certificate_path(),
+        ),
+    ])
     .await;
     link_through_entra(&app, &entra, &FakeUser::asker()).await;
     app.wait_for_answer("answer: the first question").await;
@@ -288,7 +272,7 @@ async fn sign_in_with_slack_works_in_front_of_entra_id() {
     assert_eq!(on.status(), 303);
     let to_entra = on.headers()["location"].to_str().unwrap().to_owned();
     let back = entra.authorize(&to_entra, &FakeUser::asker());
-    assert_eq!(app.come_back(&back, &at.cookie).await.status(), 303);
+    assert_eq!(app.come_back(&back, Some(&at.cookie)).await.status(), 303);
     app.wait_for_answer("answer: who am I?").await;
     let token = app.agent.tokens()[0].clone();
     assert_eq!(app.databricks.owner_of(&token).as_deref(), Some("asker@example.com"));

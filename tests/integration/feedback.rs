@@ -25,11 +25,15 @@ async fn spawn() -> TestApp {
     // The agent answers as Genie does: it keeps the space, conversation and message.
     *app.agent.conversation.lock().unwrap() =
         Some(json!({"space_id": "01ef-space", "conversation_id": "c-9", "message_id": "m-9"}));
-    for rating in ["POSITIVE", "NEGATIVE"] {
+    // Answered with `{}`, and with nothing at all: the SDKs read no answer from this call.
+    for (rating, answer) in [
+        ("POSITIVE", ResponseTemplate::new(200).set_body_json(json!({}))),
+        ("NEGATIVE", ResponseTemplate::new(200)),
+    ] {
         Mock::given(method("POST"))
             .and(path(FEEDBACK))
             .and(body_json(json!({"rating": rating})))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
+            .respond_with(answer)
             .mount(&app.databricks.api)
             .await;
     }
@@ -85,6 +89,8 @@ fn counted(metrics: &str, rating: &str) -> Option<String> {
 
 #[tokio::test]
 async fn the_askers_thumbs_reach_genie_as_them_once_per_change() {
+    let logs = crate::common::logs::Captured::default();
+    let _guard = tracing::subscriber::set_default(logs.subscriber());
     let app = spawn().await;
     app.link_asker().await;
     app.post_event(&crate::common::app::mention("Ev1", "<@U0LAN0Z89> how many orders?"))
@@ -110,6 +116,10 @@ async fn the_askers_thumbs_reach_genie_as_them_once_per_change() {
     assert_eq!(
         genie_ratings(&app).await,
         [json!({"rating": "POSITIVE"}), json!({"rating": "NEGATIVE"})]
+    );
+    assert!(
+        !logs.text().contains("Genie did not take a rating"),
+        "both answers read as taken"
     );
     assert!(
         app.databricks

@@ -18,27 +18,6 @@ use serde_json::{Value, json};
 const ASKER_TEAM: &str = "T061EG9R6";
 const ASKER: &str = "U061F7AUR";
 
-/// Follows Databricks' redirect back to the bot, as the browser would.
-async fn callback(app: &TestApp, callback_url: &url::Url, cookie: Option<&str>) -> reqwest::Response {
-    let path = format!("{}?{}", callback_url.path(), callback_url.query().unwrap_or_default());
-    let mut request = browser().get(app.url(&path));
-    if let Some(cookie) = cookie {
-        request = request.header("cookie", cookie);
-    }
-    request.send().await.unwrap()
-}
-
-async fn result_page(app: &TestApp, cookie: &str) -> String {
-    let response = browser()
-        .get(app.url("/link/result"))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.text().await.unwrap()
-}
-
 async fn links_count(app: &TestApp) -> usize {
     app.store.list_links(None).await.unwrap().len()
 }
@@ -87,7 +66,7 @@ async fn a_person_goes_from_the_prompt_to_linked_and_their_question_is_answered(
         assert_eq!(q["state"].len(), 43);
 
         let back = app.databricks.authorize(&claimed.location, &FakeUser::asker());
-        let response = callback(&app, &back, Some(&claimed.cookie)).await;
+        let response = app.come_back(&back, Some(&claimed.cookie)).await;
         assert_eq!(response.status(), 303, "{}", db.name);
         assert_eq!(
             response.headers()["location"],
@@ -95,7 +74,7 @@ async fn a_person_goes_from_the_prompt_to_linked_and_their_question_is_answered(
             "the code leaves the address bar"
         );
         assert_eq!(response.headers()["referrer-policy"], "no-referrer");
-        let page = result_page(&app, &claimed.cookie).await;
+        let page = app.result_page(&claimed.cookie).await;
         assert!(
             page.contains("You’re connected") && page.contains("Alice Asker"),
             "{page}"
@@ -151,7 +130,7 @@ async fn a_person_goes_from_the_prompt_to_linked_and_their_question_is_answered(
         assert_eq!(app.settled_job_states().await, ["done"]);
 
         // A second submission of the same callback repeats nothing (OA-10).
-        let again = callback(&app, &back, Some(&claimed.cookie)).await;
+        let again = app.come_back(&back, Some(&claimed.cookie)).await;
         assert_eq!(again.status(), 303);
         let codes = app
             .databricks
@@ -211,15 +190,15 @@ async fn a_callback_without_the_binding_cookie_is_refused_and_burns_the_state() 
     let back = app.databricks.authorize(&claimed.location, &FakeUser::asker());
 
     for cookie in [None, Some("__Host-databricks-link=forged")] {
-        let response = callback(&app, &back, cookie).await;
+        let response = app.come_back(&back, cookie).await;
         assert_eq!(response.status(), 400);
         assert!(response.text().await.unwrap().contains("this browser"));
     }
     assert!(app.databricks.token_requests().is_empty(), "no token request");
     // The rightful browser cannot finish with a burned state either.
-    let late = callback(&app, &back, Some(&claimed.cookie)).await;
+    let late = app.come_back(&back, Some(&claimed.cookie)).await;
     assert_eq!(late.status(), 303);
-    assert!(result_page(&app, &claimed.cookie).await.contains("different browser"));
+    assert!(app.result_page(&claimed.cookie).await.contains("different browser"));
     assert!(app.databricks.token_requests().is_empty());
     assert_eq!(links_count(&app).await, 0);
     app.stop().await;
@@ -265,9 +244,9 @@ async fn access_denied_at_databricks_gets_a_friendly_page_and_stores_nothing() {
         .append_pair("error", "access_denied")
         .append_pair("error_description", "<script>alert(1)</script>")
         .append_pair("state", &state);
-    let response = callback(&app, &back, Some(&claimed.cookie)).await;
+    let response = app.come_back(&back, Some(&claimed.cookie)).await;
     assert_eq!(response.status(), 303);
-    let page = result_page(&app, &claimed.cookie).await;
+    let page = app.result_page(&claimed.cookie).await;
     assert!(page.contains("You cancelled"), "{page}");
     assert!(!page.contains("<script>"));
     assert!(app.databricks.token_requests().is_empty());
@@ -284,9 +263,9 @@ async fn a_forwarded_link_completed_by_another_databricks_user_stores_nothing_an
     let claimed = app.claim_link(&id).await.expect("claimed");
     let mallory = FakeUser::named("mallory@example.com", "Mallory");
     let back = app.databricks.authorize(&claimed.location, &mallory);
-    assert_eq!(callback(&app, &back, Some(&claimed.cookie)).await.status(), 303);
+    assert_eq!(app.come_back(&back, Some(&claimed.cookie)).await.status(), 303);
 
-    let page = result_page(&app, &claimed.cookie).await;
+    let page = app.result_page(&claimed.cookie).await;
     assert!(
         page.contains("does not match your Slack account") && page.contains("mallory@example.com"),
         "{page}"
@@ -323,8 +302,8 @@ async fn a_new_access_token_refused_at_scim_me_is_renewed_once_and_the_rotated_g
     let id = app.ask_for_link("Ev1", "how many orders?").await;
     let claimed = app.claim_link(&id).await.expect("claimed");
     let back = app.databricks.authorize(&claimed.location, &FakeUser::asker());
-    assert_eq!(callback(&app, &back, Some(&claimed.cookie)).await.status(), 303);
-    let page = result_page(&app, &claimed.cookie).await;
+    assert_eq!(app.come_back(&back, Some(&claimed.cookie)).await.status(), 303);
+    let page = app.result_page(&claimed.cookie).await;
     assert!(
         page.contains("Linked as <span class=\"who\">Alice Asker</span>"),
         "{page}"
@@ -359,8 +338,8 @@ async fn token_endpoint_errors_timeouts_and_redirects_store_nothing() {
         let claimed = app.claim_link(&id).await.expect("claimed");
         let back = app.databricks.authorize(&claimed.location, &FakeUser::asker());
         app.databricks.script(script);
-        assert_eq!(callback(&app, &back, Some(&claimed.cookie)).await.status(), 303);
-        let page = result_page(&app, &claimed.cookie).await;
+        assert_eq!(app.come_back(&back, Some(&claimed.cookie)).await.status(), 303);
+        let page = app.result_page(&claimed.cookie).await;
         assert!(
             page.contains("Nothing was linked") && page.contains("did not accept"),
             "case {i}: {page}"
@@ -391,7 +370,7 @@ async fn relinking_replaces_the_old_link_only_after_verification() {
     let back = app
         .databricks
         .authorize(&claimed.location, &FakeUser::named("someone@example.com", "Someone"));
-    callback(&app, &back, Some(&claimed.cookie)).await;
+    app.come_back(&back, Some(&claimed.cookie)).await;
     let after_failure = app.store.find_link(&before.team, &before.user).await.unwrap().unwrap();
     assert_eq!(after_failure.sealed_refresh_token, before.sealed_refresh_token);
 
@@ -399,7 +378,7 @@ async fn relinking_replaces_the_old_link_only_after_verification() {
     let id = app.ask_for_link("Ev2", "and now?").await;
     let claimed = app.claim_link(&id).await.expect("claimed");
     let back = app.databricks.authorize(&claimed.location, &FakeUser::asker());
-    callback(&app, &back, Some(&claimed.cookie)).await;
+    app.come_back(&back, Some(&claimed.cookie)).await;
     let relinked = app.store.find_link(&before.team, &before.user).await.unwrap().unwrap();
     assert_ne!(relinked.sealed_refresh_token, before.sealed_refresh_token);
     assert_eq!(relinked.databricks_user_name, "asker@example.com");
@@ -475,7 +454,7 @@ async fn a_code_from_someone_elses_flow_is_refused_by_pkce_and_nothing_is_stored
     back.query_pairs_mut()
         .append_pair("code", &mallorys_code)
         .append_pair("state", &state);
-    assert_eq!(callback(&app, &back, Some(&claimed.cookie)).await.status(), 303);
+    assert_eq!(app.come_back(&back, Some(&claimed.cookie)).await.status(), 303);
 
     // The bot sent Mallory's code with the asker's own verifier, which Databricks refused.
     let exchanges: Vec<_> = app
@@ -499,7 +478,7 @@ async fn a_code_from_someone_elses_flow_is_refused_by_pkce_and_nothing_is_stored
     );
     assert_ne!(sent, query_of(&mallorys.location)["code_challenge"]);
 
-    let page = result_page(&app, &claimed.cookie).await;
+    let page = app.result_page(&claimed.cookie).await;
     assert!(
         page.contains("Nothing was linked")
             && page.contains("did not accept")
@@ -543,10 +522,10 @@ async fn the_redirect_uri_is_the_same_in_both_requests_and_added_parameters_redi
         .append_pair("return_to", "https://evil.example.com/")
         .append_pair("next", "//evil.example.com/")
         .append_pair("redirect_uri", "https://evil.example.com/cb");
-    let response = callback(&app, &back, Some(&cookie)).await;
+    let response = app.come_back(&back, Some(&cookie)).await;
     assert_eq!(response.status(), 303);
     assert_eq!(response.headers()["location"], "/link/result");
-    let page = result_page(&app, &cookie).await;
+    let page = app.result_page(&cookie).await;
     assert!(page.contains("You’re connected") && !page.contains("evil"), "{page}");
 
     let registered = "https://bot.example.com/oauth/databricks/callback";
@@ -580,7 +559,7 @@ async fn the_authorization_asks_for_exactly_the_configured_scopes() {
     let claimed = app.claim_link(&id).await.expect("claimed");
     assert_eq!(query_of(&claimed.location)["scope"], "sql offline_access");
     let back = app.databricks.authorize(&claimed.location, &FakeUser::asker());
-    callback(&app, &back, Some(&claimed.cookie)).await;
+    app.come_back(&back, Some(&claimed.cookie)).await;
     app.wait_for_answer("answer: scopes?").await;
 
     // An hour later the access token is refreshed, without asking for more.
@@ -632,15 +611,15 @@ async fn guessed_link_ids_and_states_all_get_the_same_answer_and_change_nothing(
 
     let mut refusals = std::collections::HashSet::new();
     for state in ["AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "x", &"A".repeat(300)] {
-        let response = callback(
-            &app,
-            &url::Url::parse(&format!(
-                "https://bot.example.com/oauth/databricks/callback?code=c&state={state}"
-            ))
-            .unwrap(),
-            Some("__Host-databricks-link=guessed"),
-        )
-        .await;
+        let response = app
+            .come_back(
+                &url::Url::parse(&format!(
+                    "https://bot.example.com/oauth/databricks/callback?code=c&state={state}"
+                ))
+                .unwrap(),
+                Some("__Host-databricks-link=guessed"),
+            )
+            .await;
         assert_eq!(response.status(), 400, "{state}");
         refusals.insert(response.text().await.unwrap());
     }
@@ -687,7 +666,7 @@ async fn sign_in_as_another_account(app: &TestApp) -> String {
     let id = app.ask_for_link("Ev1", "how many orders?").await;
     let claimed = app.claim_link(&id).await.expect("claimed");
     let back = app.databricks.authorize(&claimed.location, &second_account());
-    let response = callback(app, &back, Some(&claimed.cookie)).await;
+    let response = app.come_back(&back, Some(&claimed.cookie)).await;
     assert_eq!(response.status(), 303);
     claimed.cookie
 }
@@ -721,7 +700,7 @@ async fn a_different_databricks_account_replaces_the_link_only_once_confirmed() 
 async fn replace_after_confirming(app: &TestApp) {
     let cookie = sign_in_as_another_account(app).await;
 
-    let page = result_page(app, &cookie).await;
+    let page = app.result_page(&cookie).await;
     assert!(page.contains("Replace your Databricks connection?"), "{page}");
     assert!(
         page.contains("asker@example.com") && page.contains("Alice (admin)"),
@@ -738,7 +717,7 @@ async fn replace_after_confirming(app: &TestApp) {
     let response = confirm(app, Some(&cookie), "replace").await;
     assert_eq!(response.status(), 303);
     assert_eq!(response.headers()["location"], "/link/result");
-    let page = result_page(app, &cookie).await;
+    let page = app.result_page(&cookie).await;
     assert!(
         page.contains("You’re connected") && page.contains("Alice (admin)"),
         "{page}"
@@ -799,7 +778,7 @@ async fn keeping_the_linked_account_changes_nothing_and_the_confirmation_is_boun
     assert_eq!(linked_as(&app).await, "asker@example.com");
 
     assert_eq!(confirm(&app, Some(&cookie), "keep").await.status(), 303);
-    let page = result_page(&app, &cookie).await;
+    let page = app.result_page(&cookie).await;
     assert!(
         page.contains("You kept your Databricks connection as asker@example.com"),
         "{page}"
@@ -821,10 +800,10 @@ async fn keeping_the_linked_account_changes_nothing_and_the_confirmation_is_boun
     let id = app.ask_for_link("Ev2", "and now?").await;
     let claimed = app.claim_link(&id).await.expect("claimed");
     let back = app.databricks.authorize(&claimed.location, &second_account());
-    callback(&app, &back, Some(&claimed.cookie)).await;
+    app.come_back(&back, Some(&claimed.cookie)).await;
     app.clock.advance(11 * 60);
     assert_eq!(confirm(&app, Some(&claimed.cookie), "replace").await.status(), 303);
-    let page = result_page(&app, &claimed.cookie).await;
+    let page = app.result_page(&claimed.cookie).await;
     assert!(page.contains("The confirmation expired"), "{page}");
     assert_eq!(linked_as(&app).await, "asker@example.com");
     app.stop().await;
@@ -937,7 +916,7 @@ async fn without_origin_headers_the_landing_pages_form_token_proves_the_claim() 
 async fn a_replacement_confirmed_from_another_site_is_refused() {
     let app = TestApp::spawn().await;
     let cookie = sign_in_as_another_account(&app).await;
-    let page = result_page(&app, &cookie).await;
+    let page = app.result_page(&cookie).await;
     let token = form_token_of(&page);
 
     for (headers, body) in [
@@ -997,7 +976,7 @@ async fn a_callback_cut_off_mid_exchange_still_links_and_answers() {
 
     app.wait_for_answer("answer: how many orders?").await;
     assert_eq!(links_count(&app).await, 1);
-    let page = result_page(&app, &claimed.cookie).await;
+    let page = app.result_page(&claimed.cookie).await;
     assert!(page.contains("You’re connected"), "{page}");
     app.stop().await;
 }
@@ -1023,9 +1002,9 @@ async fn an_exchange_cut_off_by_a_stop_is_told_as_failed_after_its_budget() {
             .unwrap()
     );
 
-    assert!(result_page(&app, &claimed.cookie).await.contains("Still connecting"));
+    assert!(app.result_page(&claimed.cookie).await.contains("Still connecting"));
     app.clock.advance(121);
-    let page = result_page(&app, &claimed.cookie).await;
+    let page = app.result_page(&claimed.cookie).await;
     assert!(
         page.contains("Nothing was linked") && page.contains("cut off before it finished"),
         "{page}"
@@ -1056,9 +1035,9 @@ async fn an_unconfirmed_slack_email_links_nothing_even_when_it_matches() {
         let id = app.ask_for_link("Ev1", "unconfirmed?").await;
         let claimed = app.claim_link(&id).await.expect("claimed");
         let back = app.databricks.authorize(&claimed.location, &FakeUser::asker());
-        assert_eq!(callback(&app, &back, Some(&claimed.cookie)).await.status(), 303);
+        assert_eq!(app.come_back(&back, Some(&claimed.cookie)).await.status(), 303);
 
-        let page = result_page(&app, &claimed.cookie).await;
+        let page = app.result_page(&claimed.cookie).await;
         assert!(
             page.contains("Nothing was linked") && page.contains("does not report a confirmed email"),
             "{confirmation}: {page}"

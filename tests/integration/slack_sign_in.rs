@@ -21,18 +21,6 @@ async fn back_from_slack(app: &TestApp, at: &AtSlack, id_token: &str) -> reqwest
     back_from_slack_with(app, at, "slack-code", id_token).await
 }
 
-async fn result(app: &TestApp, cookie: &str) -> String {
-    browser()
-        .get(app.url("/link/result"))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn the_right_slack_user_goes_on_to_databricks_and_is_linked() {
     let app = spawn().await;
@@ -67,7 +55,7 @@ async fn the_right_slack_user_goes_on_to_databricks_and_is_linked() {
         .await
         .unwrap();
     assert_eq!(done.status(), 303);
-    assert!(result(&app, &at.cookie).await.contains("You’re connected"));
+    assert!(app.result_page(&at.cookie).await.contains("You’re connected"));
     assert_eq!(app.store.list_links(None).await.unwrap().len(), 1);
     app.stop().await;
 }
@@ -80,7 +68,7 @@ async fn a_link_opened_by_another_slack_user_stops_before_databricks() {
     let response = back_from_slack(&app, &at, &sign(&claims(&app, &at.nonce, "U0MALLORY"), "test-key-1")).await;
     assert_eq!(response.status(), 303);
     assert_eq!(response.headers()["location"], "/link/result", "not on to Databricks");
-    let page = result(&app, &at.cookie).await;
+    let page = app.result_page(&at.cookie).await;
     assert!(
         page.contains("someone other than the person this link was made for, so nothing was linked"),
         "{page}"
@@ -157,7 +145,7 @@ async fn forged_expired_or_misdirected_id_tokens_are_refused() {
         let at = to_slack(&app, &format!("Ev{i}")).await;
         let response = back_from_slack(&app, &at, &forge(&app, &at.nonce)).await;
         assert_eq!(response.headers()["location"], "/link/result", "{name}");
-        let page = result(&app, &at.cookie).await;
+        let page = app.result_page(&at.cookie).await;
         assert!(page.contains("Slack could not confirm who you are"), "{name}: {page}");
     }
     assert!(app.databricks.token_requests().is_empty());
@@ -178,7 +166,7 @@ async fn the_slack_callback_is_bound_to_the_browser_and_used_once() {
     // The rightful browser's attempt was burned with it.
     let response = back_from_slack(&app, &at, &sign(&claims(&app, &at.nonce, "U061F7AUR"), "test-key-1")).await;
     assert_eq!(response.headers()["location"], "/link/result", "never on to Databricks");
-    assert!(result(&app, &at.cookie).await.contains("different browser"));
+    assert!(app.result_page(&at.cookie).await.contains("different browser"));
     assert!(app.databricks.token_requests().is_empty());
     assert!(app.store.list_links(None).await.unwrap().is_empty());
     app.stop().await;
@@ -240,7 +228,7 @@ async fn each_issuers_answer_is_accepted_only_at_its_own_callback() {
         .await
         .unwrap();
     assert_eq!(done.status(), 303);
-    assert!(result(&app, &at.cookie).await.contains("You’re connected"));
+    assert!(app.result_page(&at.cookie).await.contains("You’re connected"));
     assert_eq!(app.databricks.token_requests().len(), 1);
     app.stop().await;
 }
@@ -285,7 +273,7 @@ async fn a_restart_between_slack_and_databricks_does_not_lose_the_flow() {
             .await
             .unwrap();
         assert_eq!(done.status(), 303, "{}", db.name);
-        let page = result(&second, &at.cookie).await;
+        let page = second.result_page(&at.cookie).await;
         assert!(page.contains("You’re connected"), "{}: {page}", db.name);
         assert_eq!(second.store.list_links(None).await.unwrap().len(), 1);
         second.wait_for_answer("answer: who am I?").await;

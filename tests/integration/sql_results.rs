@@ -446,15 +446,7 @@ async fn a_30_mib_result_is_cut_the_person_is_told_and_the_csv_holds_at_most_100
         "{answer}"
     );
     app.wait_for_calls("files.completeUploadExternal", 1).await;
-    let uploaded = app
-        .slack
-        .received_requests()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|r| r.url.path() == "/upload/F0CSV00001")
-        .expect("the CSV bytes were uploaded");
-    let csv = String::from_utf8(uploaded.body).unwrap();
+    let csv = String::from_utf8(app.uploaded().await).unwrap();
     assert_eq!(csv.lines().count() as u64, ROW_LIMIT + 1, "a header and 10,000 rows");
     assert!(
         csv.lines().last().unwrap().starts_with("9999,"),

@@ -71,7 +71,7 @@ async fn link_through_the_idp(app: &TestApp, idp: &Server, login: &str) -> Strin
         claim.location
     );
     let back = sign_in(&browser_with_cookies(), &idp.uri, &claim.location, login).await;
-    assert_eq!(app.come_back(&back, &claim.cookie).await.status(), 303);
+    assert_eq!(app.come_back(&back, Some(&claim.cookie)).await.status(), 303);
     app.result_page(&claim.cookie).await
 }
 

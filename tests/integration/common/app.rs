@@ -489,16 +489,27 @@ impl TestApp {
         .as_u16()
     }
 
-    /// The browser comes back to the bot at `callback` (where a sign-in redirects it) with
-    /// the binding `cookie`; the bot's answer.
-    pub async fn come_back(&self, callback: &url::Url, cookie: &str) -> reqwest::Response {
+    /// The browser comes back to the bot at `callback` (where a sign-in redirects it),
+    /// with the binding `cookie` when it has one; the bot's answer.
+    pub async fn come_back(&self, callback: &url::Url, cookie: Option<&str>) -> reqwest::Response {
         let path = format!("{}?{}", callback.path(), callback.query().unwrap_or_default());
-        browser()
-            .get(self.url(&path))
-            .header("cookie", cookie)
-            .send()
+        let mut request = browser().get(self.url(&path));
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// The bytes of the first file uploaded to the fake Slack's upload URL.
+    pub async fn uploaded(&self) -> Vec<u8> {
+        self.slack
+            .received_requests()
             .await
             .unwrap()
+            .into_iter()
+            .find(|r| r.url.path() == "/upload/F0CSV00001")
+            .expect("a file's bytes were uploaded")
+            .body
     }
 
     /// The result page shown to the browser holding `cookie`.

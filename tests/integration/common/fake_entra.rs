@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use url::Url;
 
+use super::app::{Options, TestApp};
 use super::fake_databricks::{FakeDatabricks, FakeUser};
 
 pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
@@ -70,6 +71,22 @@ impl FakeEntra {
             .with_state((tenant.clone(), uri.clone(), databricks));
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Self { uri, tenant }
+    }
+
+    /// The app linking through a fresh tenant (`entra-obo`), with `extra_env` on top of
+    /// the tenant's settings.
+    pub async fn with_app(extra_env: Vec<(&'static str, String)>) -> (TestApp, Self) {
+        let databricks = Arc::new(FakeDatabricks::start().await);
+        let entra = Self::start(databricks.clone()).await;
+        let mut env = entra.env();
+        env.extend(extra_env);
+        let app = TestApp::spawn_with(Options {
+            databricks: Some(databricks),
+            extra_env: env,
+            ..Default::default()
+        })
+        .await;
+        (app, entra)
     }
 
     /// The bot's settings for this tenant.
