@@ -9,6 +9,7 @@ pub mod adk;
 pub mod external;
 pub mod genie;
 pub mod llm;
+pub mod sse;
 
 use std::sync::Arc;
 use std::time::Duration;

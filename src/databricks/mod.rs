@@ -17,6 +17,11 @@ use async_trait::async_trait;
 pub trait Progress: Send + Sync {
     /// The agent is now doing `status` (e.g. "Running query…").
     async fn working_on(&self, status: &str);
+
+    /// The agent wrote `text`, the next piece of its answer's prose, to be shown as it
+    /// comes. An agent that writes returns an answer whose `text` begins with everything
+    /// it wrote, in order; the rest of the answer (tables, SQL, buttons) follows it.
+    async fn writing(&self, _text: &str) {}
 }
 
 /// Progress nobody watches.
