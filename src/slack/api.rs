@@ -186,9 +186,14 @@ pub struct SlackApi {
     identity: Arc<tokio::sync::OnceCell<BotIdentity>>,
 }
 
-/// Calls `$call` (an expression using `$session`) with timeout and 429 handling.
+/// Calls `$call` (an expression using `$session`) with timeout and 429 handling: a 429 is
+/// waited out and the call made again, up to `retries` times (by default
+/// [`RATE_LIMIT_RETRIES`]).
 macro_rules! call {
-    ($api:expr, |$session:ident| $call:expr) => {{
+    ($api:expr, |$session:ident| $call:expr) => {
+        call!($api, retries = RATE_LIMIT_RETRIES, |$session| $call)
+    };
+    ($api:expr, retries = $retries:expr, |$session:ident| $call:expr) => {{
         let mut attempt = 0;
         loop {
             let $session = $api.client.open_session(&$api.token);
@@ -197,7 +202,7 @@ macro_rules! call {
                 Err(_) => Err(SlackApiError::Timeout),
             };
             match outcome {
-                Err(SlackApiError::RateLimited { retry_after }) if attempt < RATE_LIMIT_RETRIES => {
+                Err(SlackApiError::RateLimited { retry_after }) if attempt < $retries => {
                     let wait = retry_after.unwrap_or(Duration::from_secs(1 << attempt));
                     if wait > MAX_INLINE_WAIT {
                         break Err(SlackApiError::RateLimited { retry_after });
@@ -392,6 +397,59 @@ impl SlackApi {
     pub async fn set_assistant_title(&self, channel: &str, thread_ts: &str, title: &str) -> Result<(), SlackApiError> {
         let request = SlackApiAssistantThreadSetTitleRequest::new(channel.into(), thread_ts.into(), title.to_owned());
         call!(self, |s| s.assistant_threads_set_title(&request)).map(|_| ())
+    }
+
+    /// `chat.startStream`: a reply in `thread_ts` that grows as text is appended, beginning
+    /// with `markdown_text`; returns its `ts`. Outside a DM Slack needs the person it is
+    /// written for (`recipient`: their workspace and user).
+    pub async fn start_stream(
+        &self,
+        channel: &str,
+        thread_ts: &str,
+        recipient: Option<(&TeamId, &UserId)>,
+        markdown_text: &str,
+    ) -> Result<String, SlackApiError> {
+        let request = SlackApiChatStartStreamRequest::new(channel.into())
+            .with_thread_ts(thread_ts.into())
+            .opt_recipient_team_id(recipient.map(|(team, _)| team.as_str().into()))
+            .opt_recipient_user_id(recipient.map(|(_, user)| user.as_str().into()))
+            .with_markdown_text(markdown_text.to_owned());
+        Ok(call!(self, |s| s.chat_start_stream(&request))?.ts.to_string())
+    }
+
+    /// `chat.appendStream`: more text for the streamed message `ts`. A 429 is reported at
+    /// once rather than waited out: the caller keeps the text and sends it later.
+    pub async fn append_stream(&self, channel: &str, ts: &str, markdown_text: &str) -> Result<(), SlackApiError> {
+        let request = SlackApiChatAppendStreamRequest::new(channel.into(), ts.into())
+            .with_markdown_text(markdown_text.to_owned());
+        call!(self, retries = 0, |s| s.chat_append_stream(&request)).map(|_| ())
+    }
+
+    /// `chat.stopStream`: ends the streamed message `ts` with the last of its text
+    /// (`markdown_text`, may be empty) and `blocks` below it.
+    pub async fn stop_stream(
+        &self,
+        channel: &str,
+        ts: &str,
+        markdown_text: &str,
+        blocks: Option<Vec<SlackBlock>>,
+    ) -> Result<(), SlackApiError> {
+        // Read without slack-morphism's response type: the finished message it echoes is
+        // not needed, and a shape it does not expect must not fail a call that worked.
+        #[derive(Deserialize)]
+        struct Stopped {}
+        let content = SlackMessageContent {
+            markdown_text: (!markdown_text.is_empty()).then(|| markdown_text.to_owned()),
+            blocks,
+            ..SlackMessageContent::new()
+        };
+        let request = SlackApiChatStopStreamRequest::new(channel.into(), ts.into(), content);
+        let _: Stopped = call!(self, |s| s.http_session_api.http_post(
+            "chat.stopStream",
+            &request,
+            Some(&SLACK_TIER2_METHOD_CONFIG)
+        ))?;
+        Ok(())
     }
 
     /// `chat.getPermalink`: a link to message `ts` in `channel`.

@@ -72,12 +72,7 @@ pub fn answer(
     share: Option<&str>,
     feedback: Option<i64>,
 ) -> Rendered {
-    let mut blocks: Vec<SlackBlock> = Vec::new();
-    let text = mrkdwn_from_markdown(answer.text.trim());
-    if !text.is_empty() {
-        // Slack refuses an empty section.
-        blocks.extend(split(&text, SECTION_LIMIT).into_iter().map(section));
-    }
+    let mut blocks = prose_blocks(&answer.text);
     if let Some(sql) = answer.sql.as_deref().filter(|s| !s.trim().is_empty()) {
         blocks.push(section(code_block("Generated SQL", sql.trim())));
     }
@@ -148,6 +143,29 @@ pub fn answer(
         messages: pack(blocks, closing, &fallback),
         csv,
     }
+}
+
+/// Prose alone, as messages within Slack's limits: no buttons, no context line (the rest
+/// of a streamed answer Slack would not take as part of its stream).
+pub fn prose(markdown: &str) -> Vec<SlackMessageContent> {
+    let blocks = prose_blocks(markdown);
+    if blocks.is_empty() {
+        return Vec::new();
+    }
+    pack(
+        blocks,
+        Vec::new(),
+        &escape_mrkdwn(&truncate(markdown.trim(), FALLBACK_LIMIT)),
+    )
+}
+
+/// Markdown as mrkdwn sections (none for blank text: Slack refuses an empty section).
+fn prose_blocks(markdown: &str) -> Vec<SlackBlock> {
+    let text = mrkdwn_from_markdown(markdown.trim());
+    if text.is_empty() {
+        return Vec::new();
+    }
+    split(&text, SECTION_LIMIT).into_iter().map(section).collect()
 }
 
 /// `content` with only the kinds of blocks this module makes — sections of text, context

@@ -26,5 +26,6 @@ mod slack_sign_in;
 mod socket_mode;
 mod sql_results;
 mod store;
+mod streaming;
 mod token_broker;
 mod token_federation;

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use slack_morphism::prelude::*;
 
+use super::stream::{KeptStream, safe};
 use super::{CHANNEL_CACHE_TTL_SECONDS, CSV_NOT_ATTACHED, Question, Questions};
 use crate::agent::Progress;
 use crate::config::AnswerVisibility;
@@ -22,6 +23,7 @@ impl Questions {
     pub(super) async fn resume(&self, job: &Job, q: &Question, outbox: &Outbox, sent: usize) -> Result<Done, JobError> {
         tracing::info!(sent, of = outbox.messages.len(), "resuming an answer's delivery");
         if !self.still_linked(q).await? {
+            self.remove_stream(q, outbox.stream_at(sent)).await;
             return self.drop_answer(q, outbox.placeholder_at(sent)).await;
         }
         self.deliver(job, q, outbox, sent).await?;
@@ -43,10 +45,10 @@ impl Questions {
     }
 
     /// Posts an answer from its `sent`th message on: in the thread (the first message
-    /// replaces the placeholder), or privately; then the chart and the CSV, where the answer went (a
-    /// private answer's: the person's direct messages with the bot). Each message taken is
-    /// ticked off with the job, so a Slack failure part-way is retried from where it
-    /// stopped.
+    /// replaces the placeholder, or ends the stream the agent wrote into), or privately;
+    /// then the chart and the CSV, where the answer went (a private answer's: the person's
+    /// direct messages with the bot). Each message taken is ticked off with the job, so a
+    /// Slack failure part-way is retried from where it stopped.
     pub(super) async fn deliver(
         &self,
         job: &Job,
@@ -59,8 +61,12 @@ impl Questions {
             Some(shown) => shown,
             None => self.visibility(q).await,
         };
+        let mut stream = outbox.stream_at(sent);
         for content in outbox.messages.iter().skip(sent) {
-            let mut posted = self.post_part(q, shown, &mut placeholder, content.clone()).await;
+            let mut posted = match stream.take() {
+                Some(stream) => self.finish_stream(q, stream, content.clone()).await,
+                None => self.post_part(q, shown, &mut placeholder, content.clone()).await,
+            };
             // Slack refused the message itself, most likely over blocks the company's agent
             // sent: the answer's words still go out.
             if let Err(JobError::Permanent(refused)) = &posted
@@ -146,6 +152,53 @@ impl Questions {
             .await
             .map(|_| ())
             .map_err(JobError::from)
+    }
+
+    /// Ends the stream the agent wrote into with the rest of its text and the answer's
+    /// first message below it. If Slack will not take that, the stream is ended with the
+    /// text alone and the message follows on its own; if the stream cannot be ended at
+    /// all (Slack closed it), the rest of the text follows as messages.
+    async fn finish_stream(
+        &self,
+        q: &Question,
+        stream: &KeptStream,
+        content: SlackMessageContent,
+    ) -> Result<(), JobError> {
+        let rest = safe(&stream.rest);
+        let refused = match self
+            .slack
+            .stop_stream(&q.channel, &stream.ts, &rest, content.blocks.clone())
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(error) if error.is_transient() => return Err(error.into()),
+            Err(error) => error,
+        };
+        tracing::warn!(error = %refused, "Slack would not end a stream with the answer's blocks; ending it with its text");
+        match self.slack.stop_stream(&q.channel, &stream.ts, &rest, None).await {
+            Ok(()) => {}
+            Err(error) if error.is_transient() => return Err(error.into()),
+            Err(error) => {
+                tracing::warn!(error = %error, "could not end a stream; posting the rest of its text");
+                for part in render::prose(&stream.rest) {
+                    self.slack.post_message(&q.channel, q.answer_thread(), part).await?;
+                }
+            }
+        }
+        self.slack
+            .post_message(&q.channel, q.answer_thread(), content)
+            .await
+            .map(|_| ())
+            .map_err(JobError::from)
+    }
+
+    /// Ends and deletes the stream of an answer that is not to be shown after all.
+    pub(super) async fn remove_stream(&self, q: &Question, stream: Option<&KeptStream>) {
+        let Some(stream) = stream else { return };
+        if let Err(error) = self.slack.stop_stream(&q.channel, &stream.ts, "", None).await {
+            tracing::info!(error = %error, "could not end a stream being removed");
+        }
+        self.remove_placeholder(q, Some(&stream.ts)).await;
     }
 
     /// Keeps `outbox` with the job, for a retry to resume from.
@@ -271,6 +324,9 @@ pub(super) struct Outbox {
     pub(super) answered: bool,
     /// The "Thinking…" message the first message replaces.
     pub(super) placeholder: Option<String>,
+    /// The message the agent's text streamed into, which the first message ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) stream: Option<KeptStream>,
     /// The answer's messages, in order.
     pub(super) messages: Vec<SlackMessageContent>,
     /// The whole table, when it did not fit inline: attached after the messages.
@@ -299,6 +355,11 @@ impl Outbox {
     /// replaced it.
     pub(super) fn placeholder_at(&self, sent: usize) -> Option<&str> {
         self.placeholder.as_deref().filter(|_| sent == 0)
+    }
+
+    /// The stream still open once `sent` messages went out: the first one ended it.
+    pub(super) fn stream_at(&self, sent: usize) -> Option<&KeptStream> {
+        self.stream.as_ref().filter(|_| sent == 0)
     }
 }
 

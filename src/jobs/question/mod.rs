@@ -36,8 +36,10 @@ use crate::slack::chart;
 use crate::slack::messages::{self, Invitation};
 use crate::slack::render::{self, Attribution};
 use delivery::{Outbox, Placeholder, Shown, ThreadStatus};
+use stream::{Streamed, Streaming};
 
 mod delivery;
+mod stream;
 use crate::store::Store;
 use crate::store::jobs::Job;
 use crate::store::private_answers::NewPrivateAnswer;
@@ -49,6 +51,9 @@ const CHANNEL_CACHE_TTL_SECONDS: i64 = 600;
 
 /// Further questions within this many seconds of a prompt wait for the same link.
 const PROMPT_QUIET_SECONDS: i64 = 60;
+
+/// The last words of a stream whose agent failed for good (the person hears why privately).
+const STREAM_FAILED: &str = "_I could not finish this answer; the reason was sent privately._";
 
 /// Why there is no CSV under an answer whose table did not fit.
 const CSV_NOT_ATTACHED: &str = "the full result could not be attached as a file; ask for fewer rows";
@@ -142,6 +147,8 @@ struct Answered {
     context: UserContext,
     started: Instant,
     shown: Shown,
+    /// The stream the agent wrote its text into, if it did.
+    streamed: Option<Streamed>,
 }
 
 impl Questions {
@@ -182,6 +189,15 @@ impl Questions {
             let sent = usize::try_from(job.outbox_sent).unwrap_or(0);
             self.resume(job, q, &outbox, sent).await
         } else {
+            // The worker of an earlier try died while the agent wrote: its stream is
+            // closed before the question is asked again.
+            if let Some(stream) = &outbox.stream {
+                let closed = stream::KeptStream {
+                    rest: "\n\n_Interrupted. Answering again below…_".into(),
+                    ..stream.clone()
+                };
+                closed.interrupt(self, q).await;
+            }
             self.answer(job, q, outbox.placeholder).await
         }
     }
@@ -309,14 +325,27 @@ impl Questions {
             };
             self.keep(job, &waiting).await?;
         }
-        let progress: &dyn Progress = match (&status, &showing) {
+        let status: &dyn Progress = match (&status, &showing) {
             (Some(status), _) => status,
             (None, Some(showing)) => showing,
             (None, None) => &Unwatched,
         };
-        let started = Instant::now();
         let shown = prepared.shown;
+        let streaming = Streaming::new(self, job, q, shown, status, placeholder.clone());
+        let progress: &dyn Progress = match &streaming {
+            Some(streaming) => streaming,
+            None => status,
+        };
+        let started = Instant::now();
         let asked = self.ask_agent(job, q, prepared, progress).await;
+        let streamed = match &streaming {
+            Some(streaming) => streaming.finish().await,
+            None => None,
+        };
+        if streamed.is_some() {
+            // The stream took the placeholder's place, and removed it.
+            placeholder.take();
+        }
         match &asked {
             Err(Unanswered::Agent(AgentError::Transient { reason, .. })) => {
                 if self.breaker.failed(self.clock.now()) {
@@ -337,11 +366,33 @@ impl Questions {
                     context,
                     started,
                     shown,
+                    streamed,
                 }));
             }
-            Err(Unanswered::Token(error)) => return Ok(ControlFlow::Break(Ending::NoToken(error))),
+            Err(Unanswered::Token(error)) => {
+                if let Some(streamed) = streamed {
+                    streamed.interrupt(self, q, STREAM_FAILED).await;
+                }
+                return Ok(ControlFlow::Break(Ending::NoToken(error)));
+            }
             Err(Unanswered::Agent(error)) => error,
         };
+        if let Some(streamed) = streamed {
+            let words = match &error {
+                AgentError::Transient { reason, .. } => format!("_Interrupted: {reason}. I'll try again in a moment._"),
+                _ => STREAM_FAILED.to_owned(),
+            };
+            streamed.interrupt(self, q, &words).await;
+            // Closed: the next try starts afresh, with a placeholder of its own.
+            self.keep(
+                job,
+                &Outbox {
+                    shown: Some(shown),
+                    ..Outbox::default()
+                },
+            )
+            .await?;
+        }
         let outcome = match &error {
             AgentError::NoAccess(_) => AnswerOutcome::NoAccess,
             AgentError::Transient { .. } => AnswerOutcome::Retry,
@@ -355,7 +406,9 @@ impl Questions {
             )),
             AgentError::Transient { reason, retry_after } => {
                 // The retry takes the placeholder over; meanwhile it says why it waits.
-                if let Some(showing) = &showing {
+                if let Some(showing) = &showing
+                    && placeholder.is_some()
+                {
                     showing.working_on(Placeholder::RETRYING).await;
                     placeholder.take();
                 }
@@ -387,12 +440,17 @@ impl Questions {
         placeholder: &mut Option<String>,
     ) -> Result<Ending, JobError> {
         let Answered {
-            answer,
+            mut answer,
             context,
             started,
             shown,
+            streamed,
         } = answered;
+        // The text already shown goes no further than the stream; the rest of the answer
+        // ends it.
+        let stream = streamed.map(|streamed| streamed.kept(&std::mem::take(&mut answer.text)));
         if !self.still_linked(q).await? {
+            self.remove_stream(q, stream.as_ref()).await;
             self.record(AnswerOutcome::Dropped, started);
             tracing::info!("the person disconnected while their question was answered; answer dropped");
             return Ok(Ending::Tell(messages::dropped_after_disconnect()));
@@ -443,6 +501,7 @@ impl Questions {
         let outbox = Outbox {
             answered: true,
             placeholder: placeholder.clone(),
+            stream,
             messages: rendered.messages,
             csv: rendered.csv,
             chart: answer.table.as_ref().filter(|_| self.charts).and_then(chart::chart),
@@ -600,6 +659,13 @@ impl Questions {
         };
         if let Some((outbox, sent)) = &outbox {
             self.remove_placeholder(q, outbox.placeholder_at(*sent)).await;
+            if let Some(stream) = outbox.stream_at(*sent) {
+                let closed = stream::KeptStream {
+                    rest: format!("{}\n\n{STREAM_FAILED}", stream.rest),
+                    ..stream.clone()
+                };
+                closed.interrupt(self, q).await;
+            }
         }
         let reason = match outbox {
             Some((outbox, sent)) if outbox.answered && sent >= outbox.messages.len() => CSV_NOT_ATTACHED.to_owned(),

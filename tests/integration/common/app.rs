@@ -45,6 +45,9 @@ pub struct RecordingAgent {
     pub finished_before: Mutex<Vec<(String, usize)>>,
     /// What the agent keeps for the thread (say, a Genie conversation and message).
     pub conversation: Mutex<Option<Value>>,
+    /// When set, the agent writes its answer in these pieces, `pause` apart, before it
+    /// answers (or fails with `fail_with`): its answer's text is the pieces joined.
+    pub pieces: Mutex<Option<(Vec<String>, Duration)>>,
 }
 
 impl RecordingAgent {
@@ -66,8 +69,15 @@ impl Agent for RecordingAgent {
         "Recording"
     }
 
-    async fn answer(&self, request: &AgentRequest, _progress: &dyn Progress) -> Result<AgentAnswer, AgentError> {
+    async fn answer(&self, request: &AgentRequest, progress: &dyn Progress) -> Result<AgentAnswer, AgentError> {
         self.requests.lock().unwrap().push(request.clone());
+        let pieces = self.pieces.lock().unwrap().clone();
+        if let Some((pieces, pause)) = &pieces {
+            for piece in pieces {
+                progress.writing(piece).await;
+                tokio::time::sleep(*pause).await;
+            }
+        }
         let finished = *self.finished.lock().unwrap();
         self.finished_before
             .lock()
@@ -105,10 +115,14 @@ impl RecordingAgent {
             again.context.access_token = fresh;
             self.requests.lock().unwrap().push(again);
         }
+        let text = match self.pieces.lock().unwrap().as_ref() {
+            Some((pieces, _)) => pieces.concat(),
+            None => format!("answer: {}", request.question),
+        };
         Ok(AgentAnswer {
             table: self.table.lock().unwrap().clone(),
             conversation: self.conversation.lock().unwrap().clone(),
-            ..AgentAnswer::text(format!("answer: {}", request.question))
+            ..AgentAnswer::text(text)
         })
     }
 }
