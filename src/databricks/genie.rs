@@ -247,6 +247,50 @@ impl<'a> GenieSpace<'a> {
         self.message_path(at, &format!("/attachments/{}{rest}", path_segment(attachment_id)))
     }
 
+    /// `GET /api/2.0/genie/spaces/{space_id}?include_serialized_space=true`: the space's
+    /// sample questions, as its authors wrote them. They are only in the space's export
+    /// (`serialized_space`, a JSON string: `{"version": 2, "config": {"sample_questions":
+    /// [{"id": …, "question": ["…"]}]}, …}`), which Databricks gives to people who may edit
+    /// the space: anyone else gets none (no field, or a refusal — both are answered here
+    /// with none, the refusal as an error for the caller to log).
+    pub async fn sample_questions(&self) -> Result<Vec<String>, ApiError> {
+        #[derive(Deserialize)]
+        struct Space {
+            #[serde(default)]
+            serialized_space: Option<String>,
+        }
+        #[derive(Deserialize, Default)]
+        struct Export {
+            #[serde(default)]
+            config: ExportConfig,
+        }
+        #[derive(Deserialize, Default)]
+        struct ExportConfig {
+            #[serde(default)]
+            sample_questions: Vec<SampleQuestion>,
+        }
+        #[derive(Deserialize)]
+        struct SampleQuestion {
+            #[serde(default)]
+            question: Vec<String>,
+        }
+        let space: Space = self
+            .db
+            .get(&self.path(""), &[("include_serialized_space", "true")])
+            .await?;
+        let export: Export = space
+            .serialized_space
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default();
+        Ok(export
+            .config
+            .sample_questions
+            .into_iter()
+            .map(|sample| sample.question.concat().trim().to_owned())
+            .filter(|question| !question.is_empty())
+            .collect())
+    }
+
     /// `POST …/start-conversation`: asks `question` in a new conversation.
     pub async fn start_conversation(&self, question: &str) -> Result<StartedConversation, ApiError> {
         self.db

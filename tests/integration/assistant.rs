@@ -139,3 +139,107 @@ async fn an_unlinked_person_gets_the_prompt_in_the_thread() {
     assert_eq!(prompt["thread_ts"], THREAD, "{prompt}");
     app.stop().await;
 }
+
+/// The prompts a new thread was given, as their messages.
+async fn prompts_given(app: &TestApp) -> Vec<String> {
+    let given = &app.slack_calls("assistant.threads.setSuggestedPrompts").await[0];
+    given["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["message"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_new_thread_suggests_the_genie_spaces_own_sample_questions_when_the_person_may_read_them() {
+    use crate::common::recorded::recorded;
+    use wiremock::matchers::{method, query_param};
+
+    // An editor of the space reads its export; someone who may only run it gets the
+    // space without one, or a refusal (which of the two is not documented): both get the
+    // configured prompts.
+    for (answer, expected) in [
+        (
+            "genie-get-space-serialized",
+            vec![
+                "What was revenue by region last quarter?",
+                "Which products sold best this month?",
+            ],
+        ),
+        ("genie-get-space", vec![]),
+        ("permission-denied-403", vec![]),
+    ] {
+        let app = spawn(json!({"ok": true})).await;
+        app.link_asker().await;
+        Mock::given(method("GET"))
+            .and(path("/api/2.0/genie/spaces/01ef-space"))
+            .and(query_param("include_serialized_space", "true"))
+            .respond_with(recorded(answer).template())
+            .expect(1)
+            .mount(&app.databricks.api)
+            .await;
+        start_thread(&app).await;
+        let prompts = prompts_given(&app).await;
+        if expected.is_empty() {
+            assert_eq!(prompts.len(), 3, "{answer}: the configured prompts: {prompts:?}");
+            assert!(!prompts.iter().any(|p| p.contains("last quarter?")), "{answer}");
+        } else {
+            assert_eq!(prompts, expected, "{answer}");
+        }
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn an_unlinked_person_gets_the_configured_prompts_without_a_call_to_databricks() {
+    let app = spawn(json!({"ok": true})).await;
+    start_thread(&app).await;
+    assert_eq!(prompts_given(&app).await.len(), 3);
+    let asked = app.databricks.api.received_requests().await.unwrap_or_default();
+    assert!(asked.is_empty(), "{asked:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_answer_in_an_assistant_thread_streams_there_without_naming_a_recipient() {
+    let streams = ["chat.startStream", "chat.appendStream", "chat.stopStream"]
+        .map(|method| ok_for(method, json!({"ok": true, "channel": DM, "ts": "1764547400.000300"})));
+    let app = TestApp::spawn_with(Options {
+        slack_mocks: vec![
+            ok_for("assistant.threads.setStatus", json!({"ok": true})),
+            ok_for("assistant.threads.setTitle", json!({"ok": true})),
+            ok_for("assistant.threads.setSuggestedPrompts", json!({"ok": true})),
+        ]
+        .into_iter()
+        .chain(streams)
+        .collect(),
+        ..Default::default()
+    })
+    .await;
+    app.link_asker().await;
+    *app.agent.pieces.lock().unwrap() = Some((
+        vec!["Orders ".into(), "shipped: 42.".into()],
+        std::time::Duration::from_millis(10),
+    ));
+    start_thread(&app).await;
+    app.post_event(&asked_in_thread("EvA1", "how many orders shipped?"))
+        .await;
+    app.wait_for_calls("chat.stopStream", 1).await;
+    let start = &app.slack_calls("chat.startStream").await[0];
+    assert_eq!(
+        (start["channel"].as_str(), start["thread_ts"].as_str()),
+        (Some(DM), Some(THREAD))
+    );
+    // "Required when streaming to channels": a DM names no recipient.
+    assert!(
+        start.get("recipient_user_id").is_none() && start.get("recipient_team_id").is_none(),
+        "{start}"
+    );
+    assert_eq!(
+        app.slack_calls("assistant.threads.setStatus").await.len(),
+        1,
+        "the status until text shows"
+    );
+    app.stop().await;
+}
