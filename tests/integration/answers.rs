@@ -961,3 +961,38 @@ async fn by_default_answers_in_the_organisations_own_channels_go_in_the_thread()
     assert_eq!(asked.len(), 1);
     app.stop().await;
 }
+
+// GENIE_SPACES (issue 14): a channel mapped to a space the person may not run gets
+// Databricks' own reason, and their link stays as it was: a refusal of the space is not a
+// refusal of their token.
+#[tokio::test]
+async fn a_channel_mapped_to_a_space_the_person_cannot_run_gets_databricks_reason_and_keeps_the_link() {
+    let app = spawn(vec![
+        ("GENIE_SPACES", "C0LAN2Q65=01f0-fin,*=01ef-space".into()),
+        ("GENIE_SPACE_ID", String::new()),
+    ])
+    .await;
+    Mock::given(method("POST"))
+        .and(path("/api/2.0/genie/spaces/01f0-fin/start-conversation"))
+        .respond_with(recorded("permission-denied-403").template())
+        .expect(1)
+        .mount(&app.databricks.api)
+        .await;
+    let (team, user) = (TeamId::parse("T061EG9R6").unwrap(), UserId::parse("U061F7AUR").unwrap());
+    let before = app.store.find_link(&team, &user).await.unwrap().expect("linked");
+    app.post_event(&mention("Ev1", "<@U0LAN0Z89> finance numbers?")).await;
+    let told = app.wait_for_calls("chat.postEphemeral", 1).await[0].to_string();
+    assert!(
+        told.contains("don't have access") && told.contains("USE CATALOG on Catalog"),
+        "{told}"
+    );
+    assert!(!told.contains("/link/"), "no new connect prompt: {told}");
+    assert_eq!(app.settled_job_states().await, ["done"]);
+    let after = app.store.find_link(&team, &user).await.unwrap().expect("still linked");
+    assert_eq!(
+        (after.status, after.databricks_user_id),
+        (before.status, before.databricks_user_id),
+        "the link is untouched"
+    );
+    app.stop().await;
+}

@@ -323,3 +323,47 @@ async fn an_agent_failing_for_a_moment_mid_stream_ends_it_and_the_next_try_strea
     })
     .await;
 }
+
+// A worker that dies while its agent writes leaves a stream open: the next try of the
+// question closes it, in words, before answering again.
+#[tokio::test]
+async fn a_stream_left_open_by_a_dead_worker_is_closed_by_the_next_try() {
+    use crate::common::TestDb;
+    use crate::common::app::fake_slack;
+    use databricks_slack_bot::clock::Clock;
+
+    let db = TestDb::sqlite();
+    let slack = fake_slack(streaming_methods()).await;
+    let first = TestApp::spawn_with(Options {
+        db: Some(db.url.clone()),
+        slack: Some(slack.clone()),
+        ..Options::default()
+    })
+    .await;
+    first.link_asker().await;
+    *first.agent.pieces.lock().unwrap() = Some((vec!["Half an answer".into()], Duration::from_secs(600)));
+    first.post_event(&mention("Ev0STREAM7", "<@U0LAN0Z89> orders?")).await;
+    first.wait_for_calls("chat.startStream", 1).await;
+    first.server.abort(); // the crash, mid-stream
+    let _ = first.server.await;
+
+    let second = TestApp::spawn_with(Options {
+        db: Some(db.url.clone()),
+        slack: Some(slack.clone()),
+        ..Options::default()
+    })
+    .await;
+    // The dead worker's lease runs out.
+    second.clock.advance(second.clock.now() - first.clock.now() + 61);
+    let stop = &second.wait_for_calls("chat.stopStream", 1).await[0];
+    assert_eq!(stop["ts"], STREAM_TS);
+    assert!(
+        stop["markdown_text"]
+            .as_str()
+            .unwrap()
+            .contains("Interrupted. Answering again below"),
+        "{stop}"
+    );
+    second.wait_for_answer("answer: orders?").await;
+    second.stop().await;
+}
