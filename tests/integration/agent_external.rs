@@ -6,14 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::common::agents::{self, Shown};
+use crate::common::agents::{self, Shown, Then};
 use crate::common::logs::Captured;
 use databricks_slack_bot::agent::adk::{Adk, VersionReport};
 use databricks_slack_bot::agent::external::HttpAgent;
 use databricks_slack_bot::agent::{Agent, AgentAnswer, AgentError, AgentRequest};
 use serde_json::{Value, json};
 use slack_morphism::prelude::SlackBlock;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use url::Url;
 use wiremock::matchers::{body_json, body_partial_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -608,40 +607,10 @@ async fn an_adk_agent_slower_than_the_timeout_did_not_answer_in_time() {
     assert_eq!(error, transient("your agent did not answer in time"));
 }
 
-/// What an ADK does after the first event of a run.
-#[derive(Clone, Copy)]
-enum Then {
-    /// Sends nothing more and keeps the connection open.
-    GoesQuiet,
-    /// Closes the connection mid-stream (the chunked body never ends).
-    Resets,
-}
-
 /// An ADK that accepts one `/run_sse`, streams `first` and then does `then`; how many
 /// requests it got.
 async fn adk_stopping_after(first: Value, then: Then) -> (Url, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
-    let requests = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&requests);
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            let frame = sse(std::slice::from_ref(&first));
-            tokio::spawn(async move {
-                let mut request = vec![0; 64 * 1024];
-                let _ = socket.read(&mut request).await;
-                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
-                let chunk = format!("{:x}\r\n{frame}\r\n", frame.len());
-                let _ = socket.write_all(format!("{head}{chunk}").as_bytes()).await;
-                match then {
-                    Then::GoesQuiet => tokio::time::sleep(Duration::from_secs(5)).await,
-                    Then::Resets => drop(socket),
-                }
-            });
-        }
-    });
-    (url, requests)
+    agents::streaming_then(sse(std::slice::from_ref(&first)), then).await
 }
 
 #[tokio::test]
