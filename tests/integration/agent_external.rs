@@ -537,6 +537,25 @@ async fn a_streamed_adk_answer_is_the_final_event_not_the_partial_ones_before_it
 }
 
 #[tokio::test]
+async fn an_adk_runs_partial_words_are_written_as_they_come() {
+    let server = MockServer::start().await;
+    Mock::given(path(SESSIONS))
+        .respond_with(session("s-1"))
+        .mount(&server)
+        .await;
+    Mock::given(path("/run_sse"))
+        .respond_with(recorded_stream("run-sse-streamed"))
+        .mount(&server)
+        .await;
+    let shown = Shown::default();
+
+    let answer = adk(&server).answer(&question("q", None), &shown).await.unwrap();
+
+    assert_eq!(shown.written(), ["We shipped ", "1,234 orders ", "last week."]);
+    assert!(answer.text.starts_with(&shown.written().concat()));
+}
+
+#[tokio::test]
 async fn the_adk_answer_is_the_final_agent_text_not_thoughts_tool_calls_or_the_user() {
     let answer = adk_running(streaming(&[
         json!({ "author": "user", "content": { "role": "user", "parts": [{ "text": "the question" }] } }),
