@@ -87,7 +87,7 @@ use serde_json::json;
 use tokio::time::timeout;
 use url::Url;
 
-use crate::agent::external::{Reply, TIMED_OUT, UNAVAILABLE, UNREADABLE, exchange};
+use crate::agent::external::{AGENT_ERROR, Reply, STOPPED, TIMED_OUT, UNAVAILABLE, UNREADABLE, exchange};
 use crate::agent::sse::{self, Events, Interrupted};
 use crate::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Progress};
 
@@ -106,11 +106,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most of one server-sent event (or of an error body) the bot holds.
 const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 
-/// Said to the asker when ADK reports an error instead of an answer (a blocked or failed
-/// model call, a tool that raised).
-const AGENT_ERROR: &str = "your agent ran into a problem answering";
-/// Said to the asker when a run went quiet or its connection broke after it had begun.
-const STOPPED: &str = "your agent stopped answering";
 /// Said to the asker when a run ended without a final text.
 const NO_ANSWER: &str = "your agent finished without an answer";
 
