@@ -63,6 +63,43 @@
 //! | any other status | "your agent could not handle the request" |
 //! | `2xx` that is not such JSON, or without `text` | "your agent sent an answer I could not read" |
 //!
+//! # Streaming
+//!
+//! The request says `Accept: application/json, text/event-stream`. An agent that wants its
+//! answer shown as it is written answers `2xx` with `Content-Type: text/event-stream` and
+//! sends server-sent events, each an `event:` name and one `data:` line of JSON, ended by a
+//! blank line:
+//!
+//! ```text
+//! event: status
+//! data: {"status": "Counting orders…"}
+//!
+//! event: delta
+//! data: {"text": "We shipped "}
+//!
+//! event: delta
+//! data: {"text": "1,234 orders."}
+//!
+//! event: answer
+//! data: {"suggestions": ["And the week before?"], "conversation": {"turns": 3}}
+//!
+//! ```
+//!
+//! - `delta` `{"text": "…"}`: the next piece of the answer's text, shown as it comes.
+//! - `status` `{"status": "…"}`: what the agent is doing, shown while the person waits.
+//! - `answer`: the same JSON object as a whole answer; it ends the stream. Its `text` may
+//!   be left out, and the deltas are the text. If given, it should begin with everything
+//!   the deltas wrote (the rest is added after them); one that does not is added after
+//!   them and a blank line, so nothing already shown is taken back.
+//! - `error` `{"error": "<said to the person>", "retryable": false}`: ends the stream with
+//!   the agent's own words (at most 500 characters); retried later only if `retryable`.
+//! - Any other event (or data without a name) is ignored, so the format can grow.
+//!
+//! Once the stream has begun the agent may have acted, so nothing is asked again: a stream
+//! that ends without `answer`, or sends nothing for [`IDLE_TIMEOUT`], is "your agent
+//! stopped answering". The whole answer, streamed or not, still has
+//! [`crate::agent::EXTERNAL_AGENT_TIMEOUT`].
+//!
 //! The `invalid_token` signal is RFC 6750's (§3.1) for "the bearer token you sent is
 //! expired or revoked": the bearer the bot sends *is* the Databricks token, so an agent
 //! whose Databricks call was refused with 401 passes that on this way. Without it a 401 is
