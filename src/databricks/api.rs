@@ -293,7 +293,7 @@ impl<'a> Databricks<'a> {
 
     /// `POST {host}{path}` with a JSON body, for an answer that streams: the successful
     /// response with its body unread, so the caller reads it as it comes. `total` replaces
-    /// the client's [`CALL_TIMEOUT`], which a long stream would outlast.
+    /// the client's 30 s total (`CALL_TIMEOUT`), which a long stream would outlast.
     pub async fn post_streaming(
         &self,
         path: &str,
