@@ -34,6 +34,17 @@
 //!    of the last event that is a final response of an agent: authored by anything but
 //!    `user`, not `partial`, without function calls or responses; `thought` parts are left
 //!    out. Several text parts of that event are joined with blank lines.
+//!
+//!    A `partial` event carries only the words new since the one before, not all so far:
+//!    in SSE mode `Gemini.generate_content_async(stream=True)` (google/adk-python
+//!    `src/google/adk/models/google_llm.py`, read at commit 7c670f6) marks each streamed
+//!    chunk with text `partial` as it comes and adds its text to a running total, which it
+//!    yields afterwards as one complete event (before a function call, or at
+//!    `finish_reason` STOP); `tests/fixtures/adk/run-sse-streamed.json` shows the same on
+//!    the wire. So the bot writes each partial event's text (thoughts left out) as it
+//!    arrives ([`Progress::writing`]). Words written before a tool call were shown, so the
+//!    answer begins with everything written, turns apart by a blank line, followed by
+//!    whatever of the final text was not written.
 //! 4. If the kept session is gone (ADK restarted with in-memory sessions, or it expired),
 //!    `/run_sse` answers `404` `{"detail": "Session not found…"}` before running anything:
 //!    the bot creates a new session and asks once more, once.
@@ -76,7 +87,8 @@ use serde_json::json;
 use tokio::time::timeout;
 use url::Url;
 
-use crate::agent::external::{Reply, TIMED_OUT, UNAVAILABLE, UNREADABLE, exchange};
+use crate::agent::external::{AGENT_ERROR, Reply, STOPPED, TIMED_OUT, UNAVAILABLE, UNREADABLE, exchange};
+use crate::agent::sse::{self, Events, Interrupted};
 use crate::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Progress};
 
 /// The `state_delta` key carrying the asker's access token.
@@ -94,11 +106,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most of one server-sent event (or of an error body) the bot holds.
 const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 
-/// Said to the asker when ADK reports an error instead of an answer (a blocked or failed
-/// model call, a tool that raised).
-const AGENT_ERROR: &str = "your agent ran into a problem answering";
-/// Said to the asker when a run went quiet or its connection broke after it had begun.
-const STOPPED: &str = "your agent stopped answering";
 /// Said to the asker when a run ended without a final text.
 const NO_ANSWER: &str = "your agent finished without an answer";
 
@@ -201,7 +208,13 @@ impl Adk {
 
     /// One run of the agent in `session_id`: its answer, or `None` if ADK no longer has
     /// that session.
-    async fn run(&self, request: &AgentRequest, user_id: &str, session_id: &str) -> Result<Option<String>, AgentError> {
+    async fn run(
+        &self,
+        request: &AgentRequest,
+        user_id: &str,
+        session_id: &str,
+        progress: &dyn Progress,
+    ) -> Result<Option<String>, AgentError> {
         let context = &request.context;
         let token = &context.access_token;
         let body = Run {
@@ -243,14 +256,14 @@ impl Adk {
         // From here on the agent is running: whatever breaks is not worth a second run.
         let mut events = EventStream::default();
         loop {
-            let chunk = match timeout(self.idle_timeout, response.chunk()).await {
-                Ok(Ok(Some(chunk))) => chunk,
-                Ok(Ok(None)) => break,
-                Ok(Err(error)) => {
+            let chunk = match sse::next_chunk(&mut response, self.idle_timeout).await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(Interrupted::Broken(error)) => {
                     tracing::warn!(agent = "adk", error = %error.without_url(), events = events.seen, "ADK's stream broke mid-run; not asked again");
                     return Err(AgentError::Failed(STOPPED.into()));
                 }
-                Err(_) => {
+                Err(Interrupted::Idle) => {
                     tracing::warn!(
                         agent = "adk",
                         idle_secs = self.idle_timeout.as_secs_f64(),
@@ -260,9 +273,14 @@ impl Adk {
                     return Err(AgentError::Failed(STOPPED.into()));
                 }
             };
-            events.feed(&chunk)?;
+            for words in events.feed(&chunk)? {
+                progress.writing(&words).await;
+            }
         }
-        events.finish().map(Some)
+        if let Some(words) = events.end()? {
+            progress.writing(&words).await;
+        }
+        events.answer().map(Some)
     }
 
     /// The start of a refusal's body, read within the idle limit (empty if it cannot be).
@@ -356,72 +374,121 @@ fn not_started(error: reqwest::Error) -> AgentError {
 }
 
 /// A run's server-sent events as they arrive, keeping only what the answer needs.
-#[derive(Default)]
 struct EventStream {
-    /// Bytes of the event being received.
-    pending: Vec<u8>,
+    events: Events,
     /// Events read so far.
     seen: usize,
+    /// Everything written from partial events, turns apart by a blank line.
+    written: String,
+    /// Whether the current model turn has written anything.
+    turn_wrote: bool,
+    /// Where in `written` the current turn's words begin.
+    turn_start: usize,
     /// The text of the last final agent response.
     answer: Option<String>,
+    /// When its turn wrote, the part of that text its partial events did not write.
+    answer_rest: Option<String>,
     /// The last error ADK reported, for the log.
     error: Option<String>,
 }
 
-impl EventStream {
-    /// Takes in `chunk`, reading every event it completes.
-    fn feed(&mut self, chunk: &[u8]) -> Result<(), AgentError> {
-        self.pending.extend_from_slice(chunk);
-        while let Some(end) = frame_end(&self.pending) {
-            let frame: Vec<u8> = self.pending.drain(..end.1).collect();
-            self.read_frame(&frame[..end.0])?;
+impl Default for EventStream {
+    fn default() -> Self {
+        Self {
+            events: Events::new(MAX_FRAME_BYTES),
+            seen: 0,
+            written: String::new(),
+            turn_wrote: false,
+            turn_start: 0,
+            answer: None,
+            answer_rest: None,
+            error: None,
         }
-        if self.pending.len() > MAX_FRAME_BYTES {
+    }
+}
+
+impl EventStream {
+    /// Takes in `chunk`, reading every event it completes; the prose to show, in order.
+    fn feed(&mut self, chunk: &[u8]) -> Result<Vec<String>, AgentError> {
+        let events = self.events.feed(chunk).map_err(|_| {
             tracing::warn!(
                 agent = "adk",
                 limit = MAX_FRAME_BYTES,
                 "one of ADK's events is too large"
             );
-            return Err(AgentError::Failed(UNREADABLE.into()));
+            AgentError::Failed(UNREADABLE.into())
+        })?;
+        let mut written = Vec::new();
+        for event in events {
+            written.extend(self.read(&event.data)?);
         }
-        Ok(())
+        Ok(written)
     }
 
-    /// Reads one event: its `data:` lines (comments and other fields are ignored).
-    fn read_frame(&mut self, frame: &[u8]) -> Result<(), AgentError> {
-        let frame = String::from_utf8_lossy(frame);
-        let data: Vec<&str> = frame
-            .lines()
-            .filter_map(|line| line.strip_prefix("data:"))
-            .map(|data| data.strip_prefix(' ').unwrap_or(data))
-            .collect();
-        if data.is_empty() {
-            return Ok(());
+    /// Reads the last event when the stream ended without the blank line that closes it
+    /// (ADK ends every event with one; a last one without it still counts).
+    fn end(&mut self) -> Result<Option<String>, AgentError> {
+        let events = std::mem::replace(&mut self.events, Events::new(0));
+        match events.finish() {
+            Some(event) => self.read(&event.data),
+            None => Ok(None),
         }
-        let event: Event = serde_json::from_str(&data.join("\n")).map_err(|error| {
+    }
+
+    /// Reads one event's data; the prose it adds, if any.
+    fn read(&mut self, data: &str) -> Result<Option<String>, AgentError> {
+        let event: Event = serde_json::from_str(data).map_err(|error| {
             tracing::warn!(agent = "adk", error = %error, "one of ADK's events is not the JSON expected");
             AgentError::Failed(UNREADABLE.into())
         })?;
         self.seen += 1;
         if let Some(error) = event.error_report() {
             self.error = Some(error);
-        } else if event.is_final_agent_response()
+            return Ok(None);
+        }
+        if event.partial == Some(true) {
+            let words = event.partial_text();
+            if words.is_empty() || !event.is_agents() {
+                return Ok(None);
+            }
+            let piece = if !self.turn_wrote && !self.written.is_empty() {
+                format!("\n\n{words}")
+            } else {
+                words
+            };
+            if !self.turn_wrote {
+                self.turn_start = self.written.len() + piece.len() - piece.trim_start_matches('\n').len();
+            }
+            self.turn_wrote = true;
+            self.written.push_str(&piece);
+            return Ok(Some(piece));
+        }
+        // A complete event ends the model's turn: the aggregate of its partial events, a
+        // tool call, or a tool's answer.
+        if event.is_final_agent_response()
             && let Some(text) = event.text()
         {
+            // ADK's aggregate is the partial events' words joined; whatever it holds
+            // beyond them still belongs to the answer.
+            let shown = self.written[self.turn_start..].trim();
+            self.answer_rest = self.turn_wrote.then(|| match text.strip_prefix(shown) {
+                Some(rest) => rest.to_owned(),
+                None => format!("\n\n{text}"),
+            });
             self.answer = Some(text);
         }
-        Ok(())
+        self.turn_wrote = false;
+        Ok(None)
     }
 
     /// The run's answer once its stream has ended (see the module docs).
-    fn finish(mut self) -> Result<String, AgentError> {
-        if !self.pending.iter().all(u8::is_ascii_whitespace) {
-            // ADK ends every event with a blank line; a last one without it still counts.
-            let rest = std::mem::take(&mut self.pending);
-            self.read_frame(&rest)?;
-        }
+    fn answer(self) -> Result<String, AgentError> {
         if let Some(answer) = self.answer {
-            return Ok(answer);
+            return Ok(match (self.written.is_empty(), self.answer_rest) {
+                (true, _) => answer,
+                (false, Some(rest)) => self.written + &rest,
+                (false, None) => format!("{}\n\n{answer}", self.written),
+            });
         }
         if let Some(error) = self.error {
             tracing::warn!(agent = "adk", error, "ADK reported an error instead of an answer");
@@ -433,16 +500,6 @@ impl EventStream {
             "ADK's run ended without a final text from the agent"
         );
         Err(AgentError::Failed(NO_ANSWER.into()))
-    }
-}
-
-/// Where the first event in `bytes` ends: (end of its text, start of the next event).
-fn frame_end(bytes: &[u8]) -> Option<(usize, usize)> {
-    let lf = bytes.windows(2).position(|w| w == b"\n\n").map(|at| (at, at + 2));
-    let crlf = bytes.windows(4).position(|w| w == b"\r\n\r\n").map(|at| (at, at + 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
     }
 }
 
@@ -519,10 +576,24 @@ impl Event {
             .unwrap_or_default()
     }
 
+    /// Whether an agent wrote this event (not the person's question).
+    fn is_agents(&self) -> bool {
+        self.author.as_deref().is_some_and(|author| author != "user")
+    }
+
+    /// A partial event's new words, as they are: its text parts that are not thoughts.
+    fn partial_text(&self) -> String {
+        self.parts()
+            .iter()
+            .filter(|part| part.thought != Some(true))
+            .filter_map(|part| part.text.as_deref())
+            .collect()
+    }
+
     /// ADK's `Event.is_final_response()`, less the long-running-tool cases: an agent's
     /// complete turn that calls no tool.
     fn is_final_agent_response(&self) -> bool {
-        self.author.as_deref().is_some_and(|author| author != "user")
+        self.is_agents()
             && self.partial != Some(true)
             && !self
                 .parts()
@@ -583,7 +654,7 @@ impl Agent for Adk {
             None => (self.create_session(&user_id, token).await?, true),
         };
         let text = loop {
-            match self.run(request, &user_id, &session_id).await? {
+            match self.run(request, &user_id, &session_id, progress).await? {
                 Some(text) => break text,
                 None if !fresh => {
                     session_id = self.create_session(&user_id, token).await?;
@@ -607,13 +678,22 @@ impl Agent for Adk {
 mod tests {
     use super::*;
 
+    /// What a stream of `events`, framed as ADK frames them, writes and answers.
+    fn streamed_writing(events: serde_json::Value) -> (Vec<String>, Result<String, AgentError>) {
+        let mut stream = EventStream::default();
+        let mut written = Vec::new();
+        for event in events.as_array().unwrap() {
+            match stream.feed(format!("data: {event}\n\n").as_bytes()) {
+                Ok(words) => written.extend(words),
+                Err(error) => return (written, Err(error)),
+            }
+        }
+        (written, stream.answer())
+    }
+
     /// What a stream of `events`, framed as ADK frames them, answers.
     fn streamed(events: serde_json::Value) -> Result<String, AgentError> {
-        let mut stream = EventStream::default();
-        for event in events.as_array().unwrap() {
-            stream.feed(format!("data: {event}\n\n").as_bytes())?;
-        }
-        stream.finish()
+        streamed_writing(events).1
     }
 
     #[test]
@@ -664,15 +744,43 @@ mod tests {
         for byte in wire.as_bytes() {
             stream.feed(std::slice::from_ref(byte)).unwrap();
         }
-        assert_eq!(stream.finish().unwrap(), "Whole.");
+        assert_eq!(stream.end().unwrap(), None);
+        assert_eq!(stream.answer().unwrap(), "Whole.");
         let mut unterminated = EventStream::default();
         unterminated.feed(format!("data: {event}").as_bytes()).unwrap();
-        assert_eq!(unterminated.finish().unwrap(), "Whole.");
+        assert_eq!(unterminated.end().unwrap(), None);
+        assert_eq!(unterminated.answer().unwrap(), "Whole.");
         let mut garbage = EventStream::default();
         assert_eq!(
             garbage.feed(b"data: <html>\n\n"),
             Err(AgentError::Failed(UNREADABLE.into()))
         );
+    }
+
+    // A turn that wrote and then called a tool was shown: the answer keeps its words.
+    #[test]
+    fn partial_words_are_written_as_they_come_and_the_answer_begins_with_all_of_them() {
+        let partial = |text: &str| json!({"author": "data_agent", "partial": true, "content": {"role": "model", "parts": [{"text": text}]}});
+        let whole =
+            |text: &str| json!({"author": "data_agent", "content": {"role": "model", "parts": [{"text": text}]}});
+        let run = json!([
+            {"author": "user", "content": {"role": "user", "parts": [{"text": "question"}]}},
+            {"author": "data_agent", "partial": true, "content": {"role": "model", "parts": [{"text": "pondering", "thought": true}]}},
+            partial("Let me "),
+            partial("count."),
+            whole("Let me count."),
+            {"author": "data_agent", "content": {"role": "model", "parts": [{"functionCall": {"name": "run_sql", "args": {}}}]}},
+            {"author": "data_agent", "content": {"role": "user", "parts": [{"functionResponse": {"name": "run_sql", "response": {}}}]}},
+            partial("Three "),
+            partial("rows."),
+            whole("Three rows.")
+        ]);
+        let (written, answer) = streamed_writing(run);
+        assert_eq!(written, ["Let me ", "count.", "\n\nThree ", "rows."]);
+        assert_eq!(answer.unwrap(), "Let me count.\n\nThree rows.");
+
+        let unstreamed_ending = json!([partial("Looking."), whole("Looking."), whole("Done.")]);
+        assert_eq!(streamed(unstreamed_ending).unwrap(), "Looking.\n\nDone.");
     }
 
     #[test]

@@ -63,6 +63,43 @@
 //! | any other status | "your agent could not handle the request" |
 //! | `2xx` that is not such JSON, or without `text` | "your agent sent an answer I could not read" |
 //!
+//! # Streaming
+//!
+//! The request says `Accept: application/json, text/event-stream`. An agent that wants its
+//! answer shown as it is written answers `2xx` with `Content-Type: text/event-stream` and
+//! sends server-sent events, each an `event:` name and one `data:` line of JSON, ended by a
+//! blank line:
+//!
+//! ```text
+//! event: status
+//! data: {"status": "Counting orders…"}
+//!
+//! event: delta
+//! data: {"text": "We shipped "}
+//!
+//! event: delta
+//! data: {"text": "1,234 orders."}
+//!
+//! event: answer
+//! data: {"suggestions": ["And the week before?"], "conversation": {"turns": 3}}
+//!
+//! ```
+//!
+//! - `delta` `{"text": "…"}`: the next piece of the answer's text, shown as it comes.
+//! - `status` `{"status": "…"}`: what the agent is doing, shown while the person waits.
+//! - `answer`: the same JSON object as a whole answer; it ends the stream. Its `text` may
+//!   be left out, and the deltas are the text. If given, it should begin with everything
+//!   the deltas wrote (the rest is added after them); one that does not is added after
+//!   them and a blank line, so nothing already shown is taken back.
+//! - `error` `{"error": "<said to the person>", "retryable": false}`: ends the stream with
+//!   the agent's own words (at most 500 characters); retried later only if `retryable`.
+//! - Any other event (or data without a name) is ignored, so the format can grow.
+//!
+//! Once the stream has begun the agent may have acted, so nothing is asked again: a stream
+//! that ends without `answer`, or sends nothing for [`IDLE_TIMEOUT`], is "your agent
+//! stopped answering". The whole answer, streamed or not, still has
+//! [`crate::agent::EXTERNAL_AGENT_TIMEOUT`].
+//!
 //! The `invalid_token` signal is RFC 6750's (§3.1) for "the bearer token you sent is
 //! expired or revoked": the bearer the bot sends *is* the Databricks token, so an agent
 //! whose Databricks call was refused with 401 passes that on this way. Without it a 401 is
@@ -76,13 +113,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, RETRY_AFTER, WWW_AUTHENTICATE};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use slack_morphism::prelude::SlackBlock;
 use url::Url;
 
+use crate::agent::sse::{self, Event, Events, Interrupted};
 use crate::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Progress};
 
 /// Said to the asker when the agent is down, overloaded or unreachable.
@@ -95,6 +133,15 @@ pub(crate) const REFUSED: &str = "your agent refused the request";
 pub(crate) const NOT_HANDLED: &str = "your agent could not handle the request";
 /// Said to the asker when a success status came with a body we cannot use.
 pub(crate) const UNREADABLE: &str = "your agent sent an answer I could not read";
+/// Said to the asker when the agent reports an error without words of its own for them.
+pub(crate) const AGENT_ERROR: &str = "your agent ran into a problem answering";
+/// Said to the asker when a streamed answer went quiet, broke, or ended unfinished: the
+/// agent may have acted, so it is not asked again.
+pub(crate) const STOPPED: &str = "your agent stopped answering";
+/// Longest a streamed answer may go without a byte.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest error message of the agent's passed on to the asker, in characters.
+const MAX_ERROR_CHARS: usize = 500;
 
 /// The most of an agent's answer the bot reads; a larger one is refused as unreadable.
 const MAX_REPLY_BYTES: usize = 4 * 1024 * 1024;
@@ -112,13 +159,197 @@ pub const MAX_CONVERSATION_BYTES: usize = 64 * 1024;
 pub struct HttpAgent {
     http: reqwest::Client,
     url: Url,
+    idle_timeout: Duration,
 }
 
 impl HttpAgent {
     /// An agent at `url`, called with `http` (which carries the timeouts and must not
     /// follow redirects: the request carries a bearer token).
     pub fn new(http: reqwest::Client, url: Url) -> Self {
-        Self { http, url }
+        Self {
+            http,
+            url,
+            idle_timeout: IDLE_TIMEOUT,
+        }
+    }
+
+    /// The same agent with another idle limit for streamed answers (tests use a short one).
+    pub fn with_idle_timeout(mut self, idle_timeout: Duration) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// A streamed answer (see the module docs), read event by event within the idle limit.
+    async fn read_stream(
+        &self,
+        mut response: reqwest::Response,
+        progress: &dyn Progress,
+    ) -> Result<AgentAnswer, AgentError> {
+        let mut events = Events::new(MAX_REPLY_BYTES);
+        let mut stream = Streamed::default();
+        loop {
+            let chunk = match sse::next_chunk(&mut response, self.idle_timeout).await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(Interrupted::Idle) => {
+                    tracing::warn!(
+                        agent = "http",
+                        idle_secs = self.idle_timeout.as_secs_f64(),
+                        "the agent sent nothing for too long mid-answer; not asked again, as it may have acted"
+                    );
+                    return Err(AgentError::Failed(STOPPED.into()));
+                }
+                Err(Interrupted::Broken(error)) => {
+                    let error = error.without_url();
+                    tracing::warn!(agent = "http", error = %error, "the agent's stream broke mid-answer; not asked again");
+                    let said = if error.is_timeout() { TIMED_OUT } else { STOPPED };
+                    return Err(AgentError::Failed(said.into()));
+                }
+            };
+            let read = events.feed(&chunk).map_err(|_| {
+                tracing::warn!(
+                    agent = "http",
+                    limit = MAX_REPLY_BYTES,
+                    "one of the agent's events is too large"
+                );
+                AgentError::Failed(UNREADABLE.into())
+            })?;
+            for event in read {
+                if let Some(outcome) = stream.take(event, progress).await {
+                    return outcome;
+                }
+            }
+        }
+        if let Some(event) = events.finish()
+            && let Some(outcome) = stream.take(event, progress).await
+        {
+            return outcome;
+        }
+        tracing::warn!(agent = "http", "the agent's stream ended without an answer event");
+        Err(AgentError::Failed(STOPPED.into()))
+    }
+}
+
+/// A streamed answer as its events arrive.
+#[derive(Default)]
+struct Streamed {
+    /// Every `delta` so far: the start of the answer's text.
+    written: String,
+}
+
+impl Streamed {
+    /// Reads one event; the outcome once the stream has one (an `answer` or an `error`).
+    async fn take(&mut self, event: Event, progress: &dyn Progress) -> Option<Result<AgentAnswer, AgentError>> {
+        match event.name.as_deref() {
+            Some("delta") => {
+                let delta: Delta = match data_of(&event) {
+                    Ok(delta) => delta,
+                    Err(error) => return Some(Err(error)),
+                };
+                if self.written.len() + delta.text.len() > MAX_REPLY_BYTES {
+                    tracing::warn!(
+                        agent = "http",
+                        limit = MAX_REPLY_BYTES,
+                        "the agent's answer is too large"
+                    );
+                    return Some(Err(AgentError::Failed(UNREADABLE.into())));
+                }
+                self.written.push_str(&delta.text);
+                progress.writing(&delta.text).await;
+                None
+            }
+            Some("status") => {
+                match data_of::<Status>(&event) {
+                    Ok(status) => progress.working_on(status.status.trim()).await,
+                    Err(error) => return Some(Err(error)),
+                }
+                None
+            }
+            Some("answer") => Some(data_of::<Answer>(&event).and_then(|answer| {
+                let text = streamed_text(&self.written, answer.text.as_deref()).ok_or_else(|| {
+                    tracing::warn!(agent = "http", "the agent's streamed answer has no text");
+                    AgentError::Failed(UNREADABLE.into())
+                })?;
+                Ok(answer_of(answer, text))
+            })),
+            Some("error") => Some(Err(match data_of::<Failure>(&event) {
+                Ok(failure) => failure.said(),
+                Err(error) => error,
+            })),
+            // Events this bot does not know yet (or plain `data:` ones) are left for later.
+            _ => None,
+        }
+    }
+}
+
+/// An event's data as `T`, or "could not read" (logged).
+fn data_of<T: DeserializeOwned>(event: &Event) -> Result<T, AgentError> {
+    serde_json::from_str(&event.data).map_err(|error| {
+        tracing::warn!(agent = "http", event = ?event.name, error = %error, "one of the agent's events is not the JSON expected");
+        AgentError::Failed(UNREADABLE.into())
+    })
+}
+
+/// A streamed answer's text: what the deltas wrote, then whatever the `answer` event's
+/// `text` adds. A `text` that does not begin with the written words contradicts what was
+/// shown, so it follows them after a blank line rather than replacing them. `None` if
+/// there are no words at all.
+fn streamed_text(written: &str, text: Option<&str>) -> Option<String> {
+    let text = text.unwrap_or_default();
+    let whole = if written.is_empty() {
+        text.trim().to_owned()
+    } else {
+        match text.strip_prefix(written) {
+            Some(rest) => format!("{written}{}", rest.trim_end()),
+            None if text.trim().is_empty() => written.to_owned(),
+            None => format!("{written}\n\n{}", text.trim()),
+        }
+    };
+    (!whole.trim().is_empty()).then_some(whole)
+}
+
+/// `data` of an `event: delta`.
+#[derive(Deserialize)]
+struct Delta {
+    text: String,
+}
+
+/// `data` of an `event: status`.
+#[derive(Deserialize)]
+struct Status {
+    status: String,
+}
+
+/// `data` of an `event: error`.
+#[derive(Deserialize)]
+struct Failure {
+    error: Option<String>,
+    #[serde(default)]
+    retryable: bool,
+}
+
+impl Failure {
+    /// What the asker is told: the agent's own words (bounded), later again if it says so.
+    fn said(self) -> AgentError {
+        let words: String = self
+            .error
+            .as_deref()
+            .map(str::trim)
+            .filter(|words| !words.is_empty())
+            .unwrap_or(AGENT_ERROR)
+            .chars()
+            .take(MAX_ERROR_CHARS)
+            .collect();
+        tracing::warn!(
+            agent = "http",
+            retryable = self.retryable,
+            "the agent reported an error mid-answer"
+        );
+        if self.retryable {
+            AgentError::transient(words)
+        } else {
+            AgentError::Failed(words)
+        }
     }
 }
 
@@ -189,8 +420,13 @@ impl Agent for HttpAgent {
                 .post(self.url.clone())
                 .bearer_auth(token.expose_secret())
                 .header(IDEMPOTENCY_KEY, &request.key)
+                .header(ACCEPT, "application/json, text/event-stream")
                 .json(&question);
-            let reply = exchange("http", call).await?;
+            let response = call.send().await.map_err(|error| transport_error("http", error))?;
+            if response.status().is_success() && is_event_stream(response.headers()) {
+                return self.read_stream(response, progress).await;
+            }
+            let reply = Reply::read("http", response).await?;
             if reply.status == StatusCode::UNAUTHORIZED && says_invalid_token(&reply.headers) {
                 tracing::info!(agent = "http", "the agent says Databricks refused the access token");
                 // Sent once more with a renewed token and the same key.
@@ -212,14 +448,28 @@ impl Agent for HttpAgent {
             tracing::warn!(agent = "http", "the agent's answer has no text");
             return Err(AgentError::Failed(UNREADABLE.into()));
         }
-        Ok(AgentAnswer {
-            text: text.to_owned(),
-            blocks: answer.blocks.map(blocks).unwrap_or_default(),
-            suggestions: answer.suggestions.map(suggestions).unwrap_or_default(),
-            conversation: answer.conversation.and_then(conversation),
-            ..AgentAnswer::default()
-        })
+        let text = text.to_owned();
+        Ok(answer_of(answer, text))
     }
+}
+
+/// The answer with `text` and the rest of what the agent sent, each part checked.
+fn answer_of(answer: Answer, text: String) -> AgentAnswer {
+    AgentAnswer {
+        text,
+        blocks: answer.blocks.map(blocks).unwrap_or_default(),
+        suggestions: answer.suggestions.map(suggestions).unwrap_or_default(),
+        conversation: answer.conversation.and_then(conversation),
+        ..AgentAnswer::default()
+    }
+}
+
+/// Whether the agent answered with server-sent events.
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
 }
 
 /// Whether a 401 carries RFC 6750's `error="invalid_token"` for the bearer we sent.
@@ -388,23 +638,30 @@ pub(crate) struct Reply {
 /// Sends `call` and reads the answer, mapping what went wrong on the way (no connection, a
 /// timeout, a body too large) to what the asker is told. `agent` names the backend in logs.
 pub(crate) async fn exchange(agent: &'static str, call: reqwest::RequestBuilder) -> Result<Reply, AgentError> {
-    let mut response = call.send().await.map_err(|error| transport_error(agent, error))?;
-    let status = response.status();
-    let headers = response.headers().clone();
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|error| transport_error(agent, error))? {
-        if body.len() + chunk.len() > MAX_REPLY_BYTES {
-            tracing::warn!(
-                agent,
-                status = status.as_u16(),
-                limit = MAX_REPLY_BYTES,
-                "the agent's answer is too large"
-            );
-            return Err(AgentError::Failed(UNREADABLE.into()));
+    let response = call.send().await.map_err(|error| transport_error(agent, error))?;
+    Reply::read(agent, response).await
+}
+
+impl Reply {
+    /// The whole of `response`, bounded.
+    async fn read(agent: &'static str, mut response: reqwest::Response) -> Result<Self, AgentError> {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|error| transport_error(agent, error))? {
+            if body.len() + chunk.len() > MAX_REPLY_BYTES {
+                tracing::warn!(
+                    agent,
+                    status = status.as_u16(),
+                    limit = MAX_REPLY_BYTES,
+                    "the agent's answer is too large"
+                );
+                return Err(AgentError::Failed(UNREADABLE.into()));
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
+        Ok(Reply { status, headers, body })
     }
-    Ok(Reply { status, headers, body })
 }
 
 fn transport_error(agent: &'static str, error: reqwest::Error) -> AgentError {

@@ -184,8 +184,9 @@ async fn error_of(response: reqwest::Response) -> ApiError {
 
 /// A successful answer's JSON. A web page instead (a workspace behind private link, or a
 /// host that is not the workspace, redirects API calls to its sign-in page: sdk-go #1122)
-/// is said to be one, for the operator, without its HTML.
-async fn read_json<T: DeserializeOwned>(response: reqwest::Response, path: &str) -> Result<T, ApiError> {
+/// is said to be one, for the operator, without its HTML. Public for a streaming call
+/// ([`Databricks::post_streaming`]) answered whole instead.
+pub async fn read_json<T: DeserializeOwned>(response: reqwest::Response, path: &str) -> Result<T, ApiError> {
     let unreadable = |detail: String| {
         tracing::warn!(%detail, "an unreadable answer from Databricks");
         ApiError::Unexpected(detail)
@@ -290,6 +291,18 @@ impl<'a> Databricks<'a> {
         self.call(Method::POST, path, &[], Some(body)).await
     }
 
+    /// `POST {host}{path}` with a JSON body, for an answer that streams: the successful
+    /// response with its body unread, so the caller reads it as it comes. `total` replaces
+    /// the client's 30 s total (`CALL_TIMEOUT`), which a long stream would outlast.
+    pub async fn post_streaming(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+        total: Duration,
+    ) -> Result<reqwest::Response, ApiError> {
+        self.send(Method::POST, path, &[], Some(body), Some(total)).await
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -297,6 +310,20 @@ impl<'a> Databricks<'a> {
         query: &[(&str, &str)],
         body: Option<&impl Serialize>,
     ) -> Result<T, ApiError> {
+        let response = self.send(method, path, query, body, None).await?;
+        read_json(response, path).await
+    }
+
+    /// Sends the request until it succeeds or fails for good: a short rate limit is waited
+    /// out, a refused token renewed once. The successful response comes back unread.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&impl Serialize>,
+        total: Option<Duration>,
+    ) -> Result<reqwest::Response, ApiError> {
         let mut attempt = 0;
         let (mut token, version) = self.bearer.current();
         let mut refused_once = false;
@@ -309,9 +336,12 @@ impl<'a> Databricks<'a> {
             if let Some(body) = body {
                 request = request.json(body);
             }
+            if let Some(total) = total {
+                request = request.timeout(total);
+            }
             let response = request.send().await.map_err(|e| transport_error(&e))?;
             if response.status().is_success() {
-                return read_json(response, path).await;
+                return Ok(response);
             }
             match error_of(response).await {
                 ApiError::RateLimited { retry_after } if attempt < RATE_LIMIT_RETRIES => {

@@ -6,14 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::common::agents::{self, Shown};
+use crate::common::agents::{self, Shown, Then};
 use crate::common::logs::Captured;
 use databricks_slack_bot::agent::adk::{Adk, VersionReport};
 use databricks_slack_bot::agent::external::HttpAgent;
 use databricks_slack_bot::agent::{Agent, AgentAnswer, AgentError, AgentRequest};
 use serde_json::{Value, json};
 use slack_morphism::prelude::SlackBlock;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use url::Url;
 use wiremock::matchers::{body_json, body_partial_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -538,6 +537,25 @@ async fn a_streamed_adk_answer_is_the_final_event_not_the_partial_ones_before_it
 }
 
 #[tokio::test]
+async fn an_adk_runs_partial_words_are_written_as_they_come() {
+    let server = MockServer::start().await;
+    Mock::given(path(SESSIONS))
+        .respond_with(session("s-1"))
+        .mount(&server)
+        .await;
+    Mock::given(path("/run_sse"))
+        .respond_with(recorded_stream("run-sse-streamed"))
+        .mount(&server)
+        .await;
+    let shown = Shown::default();
+
+    let answer = adk(&server).answer(&question("q", None), &shown).await.unwrap();
+
+    assert_eq!(shown.written(), ["We shipped ", "1,234 orders ", "last week."]);
+    assert!(answer.text.starts_with(&shown.written().concat()));
+}
+
+#[tokio::test]
 async fn the_adk_answer_is_the_final_agent_text_not_thoughts_tool_calls_or_the_user() {
     let answer = adk_running(streaming(&[
         json!({ "author": "user", "content": { "role": "user", "parts": [{ "text": "the question" }] } }),
@@ -608,40 +626,10 @@ async fn an_adk_agent_slower_than_the_timeout_did_not_answer_in_time() {
     assert_eq!(error, transient("your agent did not answer in time"));
 }
 
-/// What an ADK does after the first event of a run.
-#[derive(Clone, Copy)]
-enum Then {
-    /// Sends nothing more and keeps the connection open.
-    GoesQuiet,
-    /// Closes the connection mid-stream (the chunked body never ends).
-    Resets,
-}
-
 /// An ADK that accepts one `/run_sse`, streams `first` and then does `then`; how many
 /// requests it got.
 async fn adk_stopping_after(first: Value, then: Then) -> (Url, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
-    let requests = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&requests);
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            let frame = sse(std::slice::from_ref(&first));
-            tokio::spawn(async move {
-                let mut request = vec![0; 64 * 1024];
-                let _ = socket.read(&mut request).await;
-                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
-                let chunk = format!("{:x}\r\n{frame}\r\n", frame.len());
-                let _ = socket.write_all(format!("{head}{chunk}").as_bytes()).await;
-                match then {
-                    Then::GoesQuiet => tokio::time::sleep(Duration::from_secs(5)).await,
-                    Then::Resets => drop(socket),
-                }
-            });
-        }
-    });
-    (url, requests)
+    agents::streaming_then(sse(std::slice::from_ref(&first)), then).await
 }
 
 #[tokio::test]
@@ -762,4 +750,119 @@ async fn an_agent_echoing_the_request_back_in_an_error_does_not_put_the_token_in
     let logs = logs.text();
     assert!(logs.contains("Field required") && logs.contains("bad header"), "{logs}");
     assert!(!logs.contains(TOKEN), "{logs}");
+}
+
+// ---- http, streamed ------------------------------------------------------------------
+
+/// `events` (name, data) as the http agent streams them (see `agent::external`).
+fn http_stream(events: &[(&str, Value)]) -> ResponseTemplate {
+    let body: String = events
+        .iter()
+        .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
+        .collect();
+    ResponseTemplate::new(200).set_body_raw(body, "text/event-stream")
+}
+
+/// What the HTTP agent answers, writes and shows when it streams `events`.
+async fn http_agent_streaming(events: &[(&str, Value)]) -> (Result<AgentAnswer, AgentError>, Shown) {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(http_stream(events))
+        .mount(&server)
+        .await;
+    let shown = Shown::default();
+    let answer = http_agent(&server).answer(&question("q", None), &shown).await;
+    let asked = &server.received_requests().await.unwrap()[0];
+    assert_eq!(asked.headers["accept"], "application/json, text/event-stream");
+    (answer, shown)
+}
+
+#[tokio::test]
+async fn a_streamed_http_answer_writes_its_deltas_and_shows_its_statuses() {
+    let (answer, shown) = http_agent_streaming(&[
+        ("status", json!({ "status": "Counting orders…" })),
+        ("delta", json!({ "text": "We shipped " })),
+        ("something_new", json!({ "ignored": true })),
+        ("delta", json!({ "text": "1,234 orders." })),
+        (
+            "answer",
+            json!({ "suggestions": ["And the week before?"], "conversation": { "turns": 1 } }),
+        ),
+    ])
+    .await;
+
+    let answer = answer.unwrap();
+    assert_eq!(shown.seen(), ["Asking your agent…", "Counting orders…"]);
+    assert_eq!(shown.written(), ["We shipped ", "1,234 orders."]);
+    assert_eq!(answer.text, "We shipped 1,234 orders.");
+    assert_eq!(answer.suggestions, ["And the week before?"]);
+    assert_eq!(answer.conversation, Some(json!({ "turns": 1 })));
+}
+
+#[tokio::test]
+async fn an_answer_text_that_does_not_begin_with_the_deltas_follows_them_instead_of_replacing_them() {
+    let (answer, _) = http_agent_streaming(&[
+        ("delta", json!({ "text": "We shipped " })),
+        ("answer", json!({ "text": "We shipped 1,234 orders." })),
+    ])
+    .await;
+    assert_eq!(answer.unwrap().text, "We shipped 1,234 orders.");
+
+    let (answer, shown) = http_agent_streaming(&[
+        ("delta", json!({ "text": "We shipped 12" })),
+        ("answer", json!({ "text": "Sorry: we shipped 1,234 orders." })),
+    ])
+    .await;
+    let text = answer.unwrap().text;
+    assert!(text.starts_with(&shown.written().concat()));
+    assert_eq!(text, "We shipped 12\n\nSorry: we shipped 1,234 orders.");
+}
+
+#[tokio::test]
+async fn an_error_event_is_told_in_the_agents_words_and_retried_only_when_it_says_so() {
+    let (answer, _) = http_agent_streaming(&[
+        ("delta", json!({ "text": "Looking" })),
+        (
+            "error",
+            json!({ "error": "The orders service is down.", "retryable": true }),
+        ),
+    ])
+    .await;
+    assert_eq!(answer.unwrap_err(), transient("The orders service is down."));
+
+    let (answer, _) = http_agent_streaming(&[("error", json!({ "error": "You may not see orders." }))]).await;
+    assert_eq!(answer.unwrap_err(), failed("You may not see orders."));
+}
+
+#[tokio::test]
+async fn a_stream_without_an_answer_event_or_with_a_bad_one_is_not_an_answer() {
+    let (answer, _) = http_agent_streaming(&[("delta", json!({ "text": "We shipped" }))]).await;
+    assert_eq!(answer.unwrap_err(), failed("your agent stopped answering"));
+
+    let (answer, _) = http_agent_streaming(&[("delta", json!("not an object"))]).await;
+    assert_eq!(
+        answer.unwrap_err(),
+        failed("your agent sent an answer I could not read")
+    );
+
+    let (answer, _) = http_agent_streaming(&[("answer", json!({}))]).await;
+    assert_eq!(
+        answer.unwrap_err(),
+        failed("your agent sent an answer I could not read")
+    );
+}
+
+// The agent may have acted by the time it goes quiet, so it is not asked again.
+#[tokio::test]
+async fn a_streamed_http_answer_that_goes_quiet_stopped_answering_and_is_not_asked_again() {
+    let first = format!("event: delta\ndata: {}\n\n", json!({ "text": "We shipped" }));
+    let (url, requests) = agents::streaming_then(first, Then::GoesQuiet).await;
+    let agent = HttpAgent::new(reqwest::Client::new(), url).with_idle_timeout(Duration::from_millis(300));
+    let shown = Shown::default();
+
+    let error = agent.answer(&question("q", None), &shown).await.unwrap_err();
+
+    assert_eq!(error, failed("your agent stopped answering"));
+    assert_eq!(shown.written(), ["We shipped"]);
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
 }

@@ -7,8 +7,8 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::common::agents::{self, Shown};
-use crate::common::recorded::{model_calls, model_says, recorded, statement_succeeded};
+use crate::common::agents::{self, Shown, Then};
+use crate::common::recorded::{model_calls, model_says, model_streams, recorded, statement_succeeded};
 use databricks_slack_bot::agent::llm::Llm;
 use databricks_slack_bot::agent::{Agent, AgentAnswer, AgentError, AgentRequest};
 use databricks_slack_bot::config::GenieSpaces;
@@ -124,18 +124,24 @@ impl Workspace {
     }
 }
 
-/// Answers with a list of replies in turn, repeating the last.
+/// Answers with a list of replies in turn, repeating the last: streamed when asked with
+/// `"stream": true`, as the endpoint does.
 struct InTurn(Mutex<VecDeque<Value>>);
 
 impl Respond for InTurn {
-    fn respond(&self, _: &Request) -> ResponseTemplate {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
         let mut replies = self.0.lock().unwrap();
         let reply = if replies.len() > 1 {
             replies.pop_front().unwrap()
         } else {
             replies[0].clone()
         };
-        ResponseTemplate::new(200).set_body_json(reply)
+        let asked: Value = serde_json::from_slice(&request.body).unwrap();
+        if asked["stream"] == true {
+            model_streams(&reply).template()
+        } else {
+            ResponseTemplate::new(200).set_body_json(reply)
+        }
     }
 }
 
@@ -889,4 +895,117 @@ async fn an_empty_final_answer_after_a_query_still_shows_the_rows() {
     let answer = answer.unwrap();
     assert_eq!(answer.text, "Here is what I found.");
     assert_eq!(answer.sql.as_deref(), Some("SELECT 1 AS one"));
+}
+
+// ---- streaming -------------------------------------------------------------------------
+
+/// A recorded chat completion that says `text` and calls `tool` with `arguments`.
+fn says_and_calls(text: &str, tool: &str, arguments: &str) -> Value {
+    let mut completion = model_calls(&[("call-1", tool, arguments)]);
+    completion["choices"][0]["message"]["content"] = text.into();
+    completion
+}
+
+#[tokio::test]
+async fn the_models_words_are_written_as_they_stream_and_the_answer_begins_with_all_of_them() {
+    let workspace = Workspace::start().await;
+    workspace
+        .model(vec![
+            says_and_calls("Let me look around first.", "look_around", r#"{"where": "everywhere"}"#),
+            model_says("There is nothing to see."),
+        ])
+        .await;
+    let progress = Shown::default();
+
+    let answer = workspace
+        .agent(true, false)
+        .answer(&workspace.question("What is there?", None), &progress)
+        .await
+        .unwrap();
+
+    let written = progress.written();
+    assert!(written.len() > 4, "written a few words at a time: {written:?}");
+    assert_eq!(
+        written.concat(),
+        "Let me look around first.\n\nThere is nothing to see."
+    );
+    assert!(answer.text.starts_with(&written.concat()), "{:?}", answer.text);
+    let calls = workspace.calls().await;
+    assert!(calls.iter().all(|call| call["stream"] == true));
+    let turn = calls[1]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "assistant")
+        .unwrap()
+        .clone();
+    assert_eq!(turn["content"], "Let me look around first.");
+    assert_eq!(turn["tool_calls"][0]["id"], "call-1");
+    assert_eq!(turn["tool_calls"][0]["function"]["name"], "look_around");
+    assert_eq!(
+        turn["tool_calls"][0]["function"]["arguments"], r#"{"where": "everywhere"}"#,
+        "the fragments joined"
+    );
+}
+
+#[tokio::test]
+async fn an_endpoint_that_answers_whole_despite_stream_is_read_as_before() {
+    let workspace = Workspace::start().await;
+    Mock::given(method("POST"))
+        .and(path(CHAT))
+        .respond_with(ResponseTemplate::new(200).set_body_json(model_says("Hello there.")))
+        .mount(&workspace.server)
+        .await;
+    let progress = Shown::default();
+
+    let answer = workspace
+        .agent(true, false)
+        .answer(&workspace.question("Hi", None), &progress)
+        .await
+        .unwrap();
+
+    assert_eq!(answer.text, "Hello there.");
+    assert!(progress.written().is_empty());
+    assert_eq!(workspace.calls().await[0]["stream"], true);
+}
+
+#[tokio::test]
+async fn a_model_stream_that_goes_quiet_is_worth_asking_again_later() {
+    let opening = model_streams(&model_says("Half an answer and then"));
+    let opening = String::from_utf8(opening.body).unwrap();
+    let opening: String = opening.split_inclusive("\n\n").take(3).collect();
+    let (url, _) = agents::streaming_then(opening, Then::GoesQuiet).await;
+    let agent = Llm::new(http_client(), ENDPOINT.into(), None, None).with_idle_timeout(Duration::from_millis(300));
+    let progress = Shown::default();
+
+    let error = agent
+        .answer(&agents::request(url.as_str(), TOKEN, "Anything", None), &progress)
+        .await
+        .unwrap_err();
+
+    assert_eq!(error, AgentError::transient("the model stopped answering mid-way"));
+    assert_eq!(
+        progress.written(),
+        ["Half", " an"],
+        "the space after a word waits for the next one"
+    );
+}
+
+#[tokio::test]
+async fn a_chunk_that_is_not_json_is_said_plainly() {
+    let workspace = Workspace::start().await;
+    let stream = String::from_utf8(model_streams(&model_says("Fine.")).body).unwrap();
+    let broken = stream.replacen("data: {", "data: {\"choices\": [", 2);
+    Mock::given(method("POST"))
+        .and(path(CHAT))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(broken, "text/event-stream"))
+        .mount(&workspace.server)
+        .await;
+
+    let (answer, _) = workspace.ask("Anything").await;
+
+    assert_eq!(
+        answer.unwrap_err(),
+        AgentError::Failed("the model sent an answer I couldn't read".into())
+    );
 }

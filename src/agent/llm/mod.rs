@@ -5,20 +5,40 @@
 //! turns and the question, and may call [`tools`] that reach Databricks with the asker's
 //! own token, so it sees only what they may see. Model calls, tool calls and the size of
 //! every tool result are bounded.
+//!
+//! # Streaming
+//!
+//! The model is asked with `"stream": true` and its words are shown as they come
+//! ([`Progress::writing`]). The endpoint answers server-sent events as in OpenAI's chat
+//! completions streaming: `data: <chat.completion.chunk>` events whose
+//! `choices[0].delta` carries a piece of `content` (a string, or a list of parts of which
+//! the `text` ones count) or `tool_calls` fragments (the first of each `index` names its
+//! `id` and function, later ones add pieces of the `arguments` string), then a chunk with
+//! `finish_reason`, maybe one with `usage` and no choices, and `data: [DONE]`. An endpoint
+//! (or a gateway before it) that ignores `stream` and answers `application/json` is read
+//! whole, as before.
+//!
+//! A model turn may write some words and then call tools; those words were shown, so the
+//! answer is every turn's words in order, a blank line between turns, never only the last
+//! turn's. Whitespace at either end of the prose is held back until more words follow, so
+//! what is written never starts or ends with it. A stream that goes quiet for
+//! [`IDLE_TIMEOUT`] or breaks is worth asking again later: the tools only read.
 
 pub mod read_only;
 pub mod tools;
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::agent::genie::Genie;
+use crate::agent::sse::{self, Events, Interrupted};
 use crate::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Progress};
 use crate::config::GenieSpaces;
-use crate::databricks::api::Databricks;
+use crate::databricks::api::{Databricks, read_json};
 use tools::{GenieTool, Toolbox};
 
 /// The OpenAI-compatible chat endpoint of Databricks model serving (`model` names the endpoint).
@@ -32,6 +52,17 @@ const MAX_TURNS: usize = 6;
 const MAX_TURN_BYTES: usize = 3000;
 /// Said when the model ends without words or a result.
 const NO_ANSWER: &str = "I couldn't put an answer together. Try asking in other words.";
+/// Said when the model's stream went quiet, broke, or ended before the model finished.
+const STOPPED: &str = "the model stopped answering mid-way";
+/// Said when the model's stream is not the chunks expected.
+const UNREADABLE: &str = "the model sent an answer I couldn't read";
+/// Longest the model may stay silent in the middle of its stream.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest one streamed model call may take in all (the Databricks client's 30 s is for
+/// calls answered whole).
+const MODEL_CALL_TIMEOUT: Duration = Duration::from_secs(300);
+/// The most of one streamed chunk held, in bytes.
+const MAX_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Answers with a model on a serving endpoint that calls Databricks tools as the person.
 pub struct Llm {
@@ -40,6 +71,7 @@ pub struct Llm {
     warehouse_id: Option<String>,
     /// The Genie space `ask_genie` asks, through the Genie agent.
     genie: Option<Genie>,
+    idle_timeout: Duration,
 }
 
 impl Llm {
@@ -56,7 +88,14 @@ impl Llm {
             http,
             endpoint,
             warehouse_id,
+            idle_timeout: IDLE_TIMEOUT,
         }
+    }
+
+    /// The same agent with another idle limit for the model's stream (tests use a short one).
+    pub fn with_idle_timeout(mut self, idle_timeout: Duration) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
     }
 }
 
@@ -106,22 +145,20 @@ impl Llm {
         messages.extend(conversation.turns.iter().map(|turn| json!(turn)));
         messages.push(json!({"role": "user", "content": request.question}));
 
+        let mut prose = Prose::new(progress);
         for step in 1..=MAX_MODEL_CALLS {
             progress.working_on("Thinking…").await;
             let chat = ChatRequest {
                 model: &self.endpoint,
                 messages: &messages,
                 tools: &definitions,
+                stream: true,
             };
-            let completion: Completion = db.post(CHAT_PATH, &chat).await?;
-            let Some(Choice { message }) = completion.choices.into_iter().next() else {
-                tracing::warn!("the model endpoint answered without a choice");
-                return Err(AgentError::Failed(NO_ANSWER.into()));
-            };
+            let message = self.ask_model(&db, &chat, &mut prose).await?;
             let calls = message.tool_calls.unwrap_or_default();
             if calls.is_empty() {
                 tracing::info!(model_calls = step, "the model answered");
-                let text = text_of(&message.content);
+                let text = prose.answer(text_of(&message.content));
                 conversation.push(Role::User, request.question.clone());
                 return finish(text, tools, conversation);
             }
@@ -139,6 +176,209 @@ impl Llm {
             Some(failure) => format!("I couldn't finish answering. The last query failed: {failure}"),
             None => "I couldn't finish answering in the steps I'm allowed. Try a narrower question.".into(),
         }))
+    }
+
+    /// One model turn: its message, its words written to `prose` as they stream.
+    async fn ask_model(
+        &self,
+        db: &Databricks<'_>,
+        chat: &ChatRequest<'_>,
+        prose: &mut Prose<'_>,
+    ) -> Result<AssistantMessage, AgentError> {
+        prose.next_turn();
+        let mut response = db.post_streaming(CHAT_PATH, chat, MODEL_CALL_TIMEOUT).await?;
+        let streams = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.starts_with("text/event-stream"));
+        if !streams {
+            // Some endpoints, and gateways in front of them, ignore `stream` and answer whole.
+            let completion: Completion = read_json(response, CHAT_PATH).await?;
+            let Some(Choice { message }) = completion.choices.into_iter().next() else {
+                tracing::warn!("the model endpoint answered without a choice");
+                return Err(AgentError::Failed(NO_ANSWER.into()));
+            };
+            return Ok(message);
+        }
+        let mut events = Events::new(MAX_CHUNK_BYTES);
+        let mut turn = StreamedTurn::default();
+        loop {
+            let chunk = match sse::next_chunk(&mut response, self.idle_timeout).await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(interrupted) => {
+                    match interrupted {
+                        Interrupted::Idle => tracing::warn!(
+                            idle_secs = self.idle_timeout.as_secs_f64(),
+                            "the model sent nothing for too long mid-answer"
+                        ),
+                        Interrupted::Broken(error) => {
+                            tracing::warn!(error = %error.without_url(), "the model's stream broke mid-answer")
+                        }
+                    }
+                    return Err(AgentError::transient(STOPPED));
+                }
+            };
+            let read = events.feed(&chunk).map_err(|_| {
+                tracing::warn!(limit = MAX_CHUNK_BYTES, "one of the model's chunks is too large");
+                AgentError::Failed(UNREADABLE.into())
+            })?;
+            for event in read {
+                turn.take(&event.data, prose).await?;
+            }
+            if turn.done {
+                break;
+            }
+        }
+        if let Some(event) = events.finish() {
+            turn.take(&event.data, prose).await?;
+        }
+        turn.message()
+    }
+}
+
+/// One model turn as its stream arrives.
+#[derive(Default)]
+struct StreamedTurn {
+    /// The turn's words, as written.
+    text: String,
+    /// Tool calls by their `index`, built from their fragments.
+    calls: std::collections::BTreeMap<u64, ToolCall>,
+    /// Why the model stopped, once it said.
+    finish_reason: Option<String>,
+    /// `[DONE]` arrived.
+    done: bool,
+}
+
+impl StreamedTurn {
+    /// Reads one event's data: a chunk, or `[DONE]`.
+    async fn take(&mut self, data: &str, prose: &mut Prose<'_>) -> Result<(), AgentError> {
+        if self.done {
+            return Ok(());
+        }
+        if data.trim() == "[DONE]" {
+            self.done = true;
+            return Ok(());
+        }
+        let chunk: Chunk = serde_json::from_str(data).map_err(|error| {
+            tracing::warn!(error = %error, "one of the model's chunks is not the JSON expected");
+            AgentError::Failed(UNREADABLE.into())
+        })?;
+        // One answer is asked for (no `n`), so only the first choice counts.
+        let Some(choice) = chunk.choices.into_iter().find(|choice| choice.index == 0) else {
+            return Ok(());
+        };
+        let Delta { content, tool_calls } = choice.delta.unwrap_or_default();
+        let words = pieces_of(&content);
+        if !words.is_empty() {
+            self.text.push_str(&words);
+            prose.write(&words).await;
+        }
+        for fragment in tool_calls.unwrap_or_default() {
+            let call = self.calls.entry(fragment.index).or_insert_with(|| ToolCall {
+                id: String::new(),
+                kind: function_type(),
+                function: FunctionCall {
+                    name: String::new(),
+                    arguments: Value::String(String::new()),
+                },
+            });
+            if let Some(id) = fragment.id {
+                call.id = id;
+            }
+            if let Some(function) = fragment.function {
+                if let Some(name) = function.name.filter(|_| call.function.name.is_empty()) {
+                    call.function.name = name;
+                }
+                if let (Some(piece), Value::String(arguments)) = (function.arguments, &mut call.function.arguments) {
+                    arguments.push_str(&piece);
+                }
+            }
+        }
+        if choice.finish_reason.is_some() {
+            self.finish_reason = choice.finish_reason;
+        }
+        Ok(())
+    }
+
+    /// The turn's message, once its stream has ended; a stream cut before the model said
+    /// why it stopped is no message.
+    fn message(self) -> Result<AssistantMessage, AgentError> {
+        if self.finish_reason.is_none() && !self.done {
+            tracing::warn!("the model's stream ended before it finished");
+            return Err(AgentError::transient(STOPPED));
+        }
+        let calls: Vec<ToolCall> = self.calls.into_values().collect();
+        Ok(AssistantMessage {
+            content: if self.text.is_empty() {
+                Value::Null
+            } else {
+                Value::String(self.text)
+            },
+            tool_calls: (!calls.is_empty()).then_some(calls),
+        })
+    }
+}
+
+/// The answer's prose across the model's turns, written as it comes.
+struct Prose<'p> {
+    progress: &'p dyn Progress,
+    /// Everything written so far: the start of the answer's text.
+    written: String,
+    /// Whitespace held back until words follow it.
+    held: String,
+    /// Whether this turn has written anything yet.
+    turn_wrote: bool,
+}
+
+impl<'p> Prose<'p> {
+    fn new(progress: &'p dyn Progress) -> Self {
+        Self {
+            progress,
+            written: String::new(),
+            held: String::new(),
+            turn_wrote: false,
+        }
+    }
+
+    /// A new model turn begins: whitespace the last one ended with is dropped.
+    fn next_turn(&mut self) {
+        self.held.clear();
+        self.turn_wrote = false;
+    }
+
+    /// Writes `words`, holding back whitespace at the edges; a turn's first words after
+    /// an earlier turn's follow a blank line.
+    async fn write(&mut self, words: &str) {
+        self.held.push_str(words);
+        if self.held.trim().is_empty() {
+            return;
+        }
+        let mut piece = String::new();
+        if !self.turn_wrote {
+            if !self.written.is_empty() {
+                piece.push_str("\n\n");
+            }
+            self.held = self.held.trim_start().to_owned();
+            self.turn_wrote = true;
+        }
+        let end = self.held.trim_end().len();
+        piece.push_str(&self.held[..end]);
+        self.held.drain(..end);
+        self.written.push_str(&piece);
+        self.progress.writing(&piece).await;
+    }
+
+    /// The answer's text: everything written, and after it `unwritten` (the last turn's
+    /// words when they came whole rather than streamed).
+    fn answer(self, unwritten: String) -> String {
+        match (self.written.is_empty(), unwritten.is_empty()) {
+            (true, _) => unwritten,
+            (false, true) => self.written,
+            (false, false) if self.turn_wrote => self.written,
+            (false, false) => format!("{}\n\n{unwritten}", self.written),
+        }
     }
 }
 
@@ -169,6 +409,10 @@ impl Progress for Changes<'_> {
             status.clone_into(&mut last);
         }
         self.progress.working_on(status).await;
+    }
+
+    async fn writing(&self, text: &str) {
+        self.progress.writing(text).await;
     }
 }
 
@@ -239,18 +483,21 @@ fn truncate(text: &str, max: usize) -> String {
     format!("{}…", &text[..end])
 }
 
-/// The text of a message's content: a string, or (reasoning models) a list of parts of
-/// which the `text` ones count.
+/// The text of a message's content, trimmed.
 fn text_of(content: &Value) -> String {
+    pieces_of(content).trim().to_owned()
+}
+
+/// The words in a message's content or a chunk's delta, as they are: a string, or
+/// (reasoning models) a list of parts of which the `text` ones count.
+fn pieces_of(content: &Value) -> String {
     match content {
-        Value::String(text) => text.trim().to_owned(),
+        Value::String(text) => text.clone(),
         Value::Array(parts) => parts
             .iter()
             .filter(|part| part["type"] == "text")
             .filter_map(|part| part["text"].as_str())
-            .collect::<String>()
-            .trim()
-            .to_owned(),
+            .collect(),
         _ => String::new(),
     }
 }
@@ -260,6 +507,7 @@ struct ChatRequest<'a> {
     model: &'a str,
     messages: &'a [Value],
     tools: &'a [Value],
+    stream: bool,
 }
 
 #[derive(Deserialize)]
@@ -280,6 +528,45 @@ struct AssistantMessage {
     content: Value,
     #[serde(default)]
     tool_calls: Option<Vec<ToolCall>>,
+}
+
+/// One `chat.completion.chunk` of a streamed answer.
+#[derive(Deserialize)]
+struct Chunk {
+    /// Empty in the last chunk, which carries `usage` only.
+    #[serde(default)]
+    choices: Vec<ChunkChoice>,
+}
+
+#[derive(Deserialize)]
+struct ChunkChoice {
+    #[serde(default)]
+    index: u64,
+    delta: Option<Delta>,
+    finish_reason: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+struct Delta {
+    /// A piece of the words: a string, `null`, or a list of content parts.
+    #[serde(default)]
+    content: Value,
+    tool_calls: Option<Vec<CallFragment>>,
+}
+
+/// A piece of a tool call: the first of an `index` names its `id` and function, the
+/// rest add to its `arguments`.
+#[derive(Deserialize)]
+struct CallFragment {
+    index: u64,
+    id: Option<String>,
+    function: Option<FunctionFragment>,
+}
+
+#[derive(Deserialize)]
+struct FunctionFragment {
+    name: Option<String>,
+    arguments: Option<String>,
 }
 
 /// A tool call as the model sent it; echoed back verbatim before the tool's result.

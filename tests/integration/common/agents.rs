@@ -1,13 +1,18 @@
 //! The agent tests' asker, the token check on what the agent sent, and the record of what
 //! an agent showed while it worked.
 
+use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use databricks_slack_bot::agent::{AgentRequest, Progress, Thread, UserContext};
 use databricks_slack_bot::domain::{TeamId, UserId, WorkspaceHost};
 use secrecy::SecretString;
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use url::Url;
 use wiremock::Request;
 
 /// `question` with `token` for the workspace at `host`, from the asker (`T0TEAM1`/`U0ASKER1`,
@@ -48,20 +53,34 @@ pub fn assert_bearer(requests: &[Request], token: &str) {
     }
 }
 
-/// Every status the agent showed, as the person would have seen it.
+/// Every status the agent showed and every piece of prose it wrote, as the person would
+/// have seen them.
 #[derive(Default)]
-pub struct Shown(Mutex<Vec<String>>);
+pub struct Shown {
+    statuses: Mutex<Vec<String>>,
+    written: Mutex<Vec<String>>,
+}
 
 #[async_trait]
 impl Progress for Shown {
     async fn working_on(&self, status: &str) {
-        self.0.lock().unwrap().push(status.to_owned());
+        self.statuses.lock().unwrap().push(status.to_owned());
+    }
+
+    async fn writing(&self, text: &str) {
+        self.written.lock().unwrap().push(text.to_owned());
     }
 }
 
 impl Shown {
+    /// The statuses, in order.
     pub fn seen(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
+        self.statuses.lock().unwrap().clone()
+    }
+
+    /// The pieces of prose written, in order.
+    pub fn written(&self) -> Vec<String> {
+        self.written.lock().unwrap().clone()
     }
 }
 
@@ -77,4 +96,40 @@ impl databricks_slack_bot::databricks::bearer::Renew for Renewer {
         self.renewals.lock().unwrap().push(refused_version);
         Some((SecretString::from("at-renewed"), 2))
     }
+}
+
+/// What a streaming agent does after the first piece of its answer.
+#[derive(Clone, Copy)]
+pub enum Then {
+    /// Sends nothing more and keeps the connection open.
+    GoesQuiet,
+    /// Closes the connection mid-stream (the chunked body never ends).
+    Resets,
+}
+
+/// A server that answers every request (any path) `200 text/event-stream` with `first`
+/// and then does `then`; how many requests it got.
+pub async fn streaming_then(first: String, then: Then) -> (Url, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&requests);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let first = first.clone();
+            tokio::spawn(async move {
+                let mut request = vec![0; 64 * 1024];
+                let _ = socket.read(&mut request).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                let chunk = format!("{:x}\r\n{first}\r\n", first.len());
+                let _ = socket.write_all(format!("{head}{chunk}").as_bytes()).await;
+                match then {
+                    Then::GoesQuiet => tokio::time::sleep(Duration::from_secs(5)).await,
+                    Then::Resets => drop(socket),
+                }
+            });
+        }
+    });
+    (url, requests)
 }

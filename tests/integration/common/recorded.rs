@@ -177,3 +177,67 @@ pub fn genie_query_result(columns: &[&str], rows: Value, total: u64) -> Value {
     response["result"] = statement["result"].clone();
     result
 }
+
+/// The events of a recorded stream: each `data:` payload, `[DONE]` included.
+fn stream_events(name: &str) -> Vec<String> {
+    let body = String::from_utf8(recorded(name).body).unwrap();
+    body.split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `completion` (a [`model_says`] or [`model_calls`]) as the endpoint streams it when asked
+/// with `"stream": true`, built from the recorded streams (`serving-chat-stream-text`,
+/// `serving-chat-stream-tool-calls`): a role chunk, the content a few words a chunk, each
+/// tool call's first fragment (id, name, empty arguments) and its arguments in pieces,
+/// the chunk with `finish_reason`, the `usage` chunk, and `[DONE]`.
+pub fn model_streams(completion: &Value) -> Recorded {
+    let text = stream_events("serving-chat-stream-text");
+    let tools = stream_events("serving-chat-stream-tool-calls");
+    let chunk = |at: &str| -> Value { serde_json::from_str(at).unwrap() };
+    let (role, piece, finish, usage) = (
+        chunk(&text[0]),
+        chunk(&text[1]),
+        chunk(&text[text.len() - 3]),
+        chunk(&text[text.len() - 2]),
+    );
+    let (first_fragment, later_fragment) = (chunk(&tools[0]), chunk(&tools[1]));
+    let message = &completion["choices"][0]["message"];
+    let mut events = vec![role];
+    let content = message["content"].as_str().unwrap_or_default();
+    for words in content.split_inclusive(' ') {
+        let mut next = piece.clone();
+        next["choices"][0]["delta"]["content"] = words.into();
+        events.push(next);
+    }
+    for (index, call) in message["tool_calls"].as_array().into_iter().flatten().enumerate() {
+        let mut first = first_fragment.clone();
+        let fragment = &mut first["choices"][0]["delta"]["tool_calls"][0];
+        fragment["index"] = index.into();
+        fragment["id"] = call["id"].clone();
+        fragment["function"]["name"] = call["function"]["name"].clone();
+        events.push(first);
+        let arguments = call["function"]["arguments"].as_str().unwrap();
+        let pieces = arguments
+            .as_bytes()
+            .chunks(7)
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+        for arguments in pieces {
+            let mut later = later_fragment.clone();
+            let fragment = &mut later["choices"][0]["delta"]["tool_calls"][0];
+            fragment["index"] = index.into();
+            fragment["function"]["arguments"] = arguments.into();
+            events.push(later);
+        }
+    }
+    let mut finished = finish;
+    finished["choices"][0]["finish_reason"] = completion["choices"][0]["finish_reason"].clone();
+    events.push(finished);
+    events.push(usage);
+    let mut body: String = events.iter().map(|event| format!("data: {event}\n\n")).collect();
+    body.push_str("data: [DONE]\n\n");
+    let mut streamed = recorded("serving-chat-stream-text");
+    streamed.body = body.into_bytes();
+    streamed
+}
