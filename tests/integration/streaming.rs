@@ -367,3 +367,64 @@ async fn a_stream_left_open_by_a_dead_worker_is_closed_by_the_next_try() {
     second.wait_for_answer("answer: orders?").await;
     second.stop().await;
 }
+
+// End to end with the llm agent: the serving endpoint streams (chunks recorded from a real
+// OpenAI-compatible stream), a tool runs as the person, and the model's words stream into
+// the thread, the query's table following them.
+#[tokio::test]
+async fn the_llm_agents_words_stream_from_the_serving_endpoint_into_the_thread() {
+    use crate::common::recorded::{model_calls, model_says, model_streams, statement_succeeded};
+    use wiremock::matchers::{body_partial_json, method};
+
+    let app = TestApp::spawn_with(Options {
+        slack_mocks: streaming_methods(),
+        extra_env: vec![
+            ("DATABRICKS_SERVING_ENDPOINT", "chat-model".into()),
+            ("DATABRICKS_WAREHOUSE_ID", "wh-1".into()),
+        ],
+        configured_agent: true,
+        ..Options::default()
+    })
+    .await;
+    app.link_asker().await;
+    let api = &app.databricks.api;
+    let tool_call = model_calls(&[(
+        "call-1",
+        "run_sql",
+        r#"{"statement": "SELECT count(*) AS n FROM orders"}"#,
+    )]);
+    let words = "You have 3 orders, all shipped on time this week.";
+    Mock::given(method("POST"))
+        .and(path("/serving-endpoints/chat/completions"))
+        .and(body_partial_json(json!({"stream": true})))
+        .respond_with(model_streams(&tool_call).template())
+        .up_to_n_times(1)
+        .mount(api)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/serving-endpoints/chat/completions"))
+        .and(body_partial_json(json!({"stream": true})))
+        .respond_with(model_streams(&model_says(words)).template())
+        .mount(api)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/2.0/sql/statements"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(statement_succeeded("st-1", &["n"], json!([["3"]]))))
+        .mount(api)
+        .await;
+
+    app.post_event(&mention("Ev0STREAM8", "<@U0LAN0Z89> how many orders?"))
+        .await;
+    let stop = &app.wait_for_calls("chat.stopStream", 1).await[0];
+    assert_eq!(streamed_text(&app).await, words, "the model's words, as it wrote them");
+    assert!(
+        app.slack_calls("chat.startStream").await[0]["markdown_text"]
+            .as_str()
+            .unwrap()
+            .starts_with("You")
+    );
+    let blocks = stop["blocks"].to_string();
+    assert!(blocks.contains("SELECT count(*) AS n FROM orders"), "{blocks}");
+    assert!(blocks.contains("Databricks AI"), "{blocks}");
+    app.stop().await;
+}
