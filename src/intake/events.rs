@@ -26,7 +26,8 @@ use crate::jobs::assistant::ThreadStarted;
 use crate::jobs::question::Question;
 use crate::slack::render;
 use crate::store::Store;
-use crate::store::jobs::{Delivery, NewJob};
+use crate::intake::group_commit::{GroupCommit, OwnedJob};
+use crate::store::jobs::Delivery;
 use crate::store::retention::TeamPurge;
 
 /// What intake did with an event.
@@ -80,13 +81,15 @@ struct RevokedTokens {
 pub struct Intake {
     store: Store,
     clock: SharedClock,
-    wake: Arc<Notify>,
+    /// Where deliveries are recorded and their jobs enqueued, many to a transaction.
+    commit: GroupCommit,
 }
 
 impl Intake {
     /// Intake over `store`; `wake` is notified when a job is enqueued.
     pub fn new(store: Store, clock: SharedClock, wake: Arc<Notify>) -> Self {
-        Self { store, clock, wake }
+        let commit = GroupCommit::start(store.clone(), clock.clone(), wake);
+        Self { store, clock, commit }
     }
 
     /// Accepts one event callback. An `Err` means nothing was stored: the caller must not
@@ -185,27 +188,19 @@ impl Intake {
     }
 
     /// Queues `work` once per `delivery_key` (an event id, or an interaction's trigger
-    /// id): the key and the job are stored in one transaction; then a worker is woken.
+    /// id): the key and the job are stored in one transaction (shared with the deliveries
+    /// arriving alongside, [`GroupCommit`]); then a worker is woken.
     pub async fn enqueue(&self, delivery_key: &str, work: &Work) -> Result<Outcome, sqlx::Error> {
-        let payload = work.encode();
         let (team, user) = work.person();
-        let conversation = work.conversation_key();
-        let job = NewJob {
+        let job = OwnedJob {
             kind: work.kind().as_str(),
-            team,
-            user,
-            payload: &payload,
-            conversation: conversation.as_deref(),
+            team: team.clone(),
+            user: user.clone(),
+            payload: work.encode(),
+            conversation: work.conversation_key(),
         };
-        let delivery = self
-            .store
-            .enqueue_event_job(delivery_key, &job, self.clock.now())
-            .await?;
-        Ok(match delivery {
-            Delivery::Enqueued => {
-                self.wake.notify_one();
-                Outcome::Enqueued
-            }
+        Ok(match self.commit.record(delivery_key, job).await? {
+            Delivery::Enqueued => Outcome::Enqueued,
             Delivery::Duplicate => Outcome::Duplicate,
         })
     }

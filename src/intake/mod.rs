@@ -4,6 +4,7 @@
 
 pub mod commands;
 pub mod events;
+pub mod group_commit;
 pub mod interactions;
 pub mod socket_mode;
 

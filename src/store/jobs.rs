@@ -147,21 +147,42 @@ impl Store {
     /// Records Slack event `event_id` and enqueues `job` atomically; a second delivery of
     /// the same event (a retry, or the same event reaching another replica) does nothing.
     pub async fn enqueue_event_job(&self, event_id: &str, job: &NewJob<'_>, now: i64) -> Result<Delivery, sqlx::Error> {
+        let recorded = self.enqueue_event_jobs(&[(event_id, job.clone())], now).await?;
+        Ok(recorded[0])
+    }
+
+    /// Records each delivery and enqueues its job, all in one transaction (group commit:
+    /// one write to disk for many deliveries). Each is [`Delivery::Duplicate`] when its
+    /// event id was recorded before, in an earlier transaction or earlier in this one. If
+    /// anything fails, nothing of the batch is recorded.
+    pub async fn enqueue_event_jobs(
+        &self,
+        deliveries: &[(&str, NewJob<'_>)],
+        now: i64,
+    ) -> Result<Vec<Delivery>, sqlx::Error> {
         on_pool!(self.write, |pool| {
             let mut tx = pool.begin_write().await?;
-            let recorded = record_slack_event!(event_id, job.team, now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if recorded == 0 {
+            let mut outcomes = Vec::with_capacity(deliveries.len());
+            for (event_id, job) in deliveries {
+                let recorded = record_slack_event!(*event_id, job.team, now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if recorded == 0 {
+                    outcomes.push(Delivery::Duplicate);
+                } else {
+                    insert_job!(job, now).execute(&mut *tx).await?;
+                    outcomes.push(Delivery::Enqueued);
+                }
+            }
+            if outcomes.contains(&Delivery::Enqueued) {
+                tx.commit().await?;
+            } else {
                 // Ended explicitly: a dropped transaction would hold its locks until the
                 // connection is next used.
                 tx.rollback().await?;
-                return Ok(Delivery::Duplicate);
             }
-            insert_job!(job, now).execute(&mut *tx).await?;
-            tx.commit().await?;
-            Ok(Delivery::Enqueued)
+            Ok(outcomes)
         })
     }
 
