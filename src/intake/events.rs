@@ -20,13 +20,13 @@ use tokio::sync::Notify;
 
 use crate::clock::SharedClock;
 use crate::domain::{TeamId, UserId};
+use crate::intake::group_commit::{GroupCommit, OwnedJob};
 use crate::jobs::Work;
 use crate::jobs::account::AccountRequest;
 use crate::jobs::assistant::ThreadStarted;
 use crate::jobs::question::Question;
 use crate::slack::render;
 use crate::store::Store;
-use crate::intake::group_commit::{GroupCommit, OwnedJob};
 use crate::store::jobs::Delivery;
 use crate::store::retention::TeamPurge;
 

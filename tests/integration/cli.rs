@@ -726,3 +726,93 @@ async fn a_genie_space_mapping_is_validated_and_listed_by_check() {
         "{all}"
     );
 }
+
+// Group commit keeps durability (issue 15): signed deliveries from 32 connections at once,
+// the process SIGKILLed in the middle of the load; every delivery that was acknowledged is
+// in the database with its job, and nothing is half-recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_delivery_survives_a_sigkill_in_the_middle_of_a_load() {
+    use databricks_slack_bot::slack::signature::sign;
+    use std::sync::{Arc, Mutex};
+
+    let db = TestDb::sqlite();
+    let port = free_port();
+    let mut env = valid_env(&db.url);
+    set(&mut env, "BIND_ADDR", format!("127.0.0.1:{port}"));
+    // Logs go nowhere: a pipe nobody reads would fill up (issue 17).
+    let mut child = Command::new(crate::common::BIN)
+        .current_dir(db.dir.path())
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until_serving(port, &mut child).await;
+
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let client = reqwest::Client::new();
+    let senders: Vec<_> = (0..32)
+        .map(|sender| {
+            let (client, acked) = (client.clone(), acked.clone());
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let id = format!("EvKill{sender}x{i}");
+                    let body = serde_json::json!({
+                        "type": "event_callback", "team_id": "T061EG9R6", "api_app_id": "A1",
+                        "event_id": id, "event_time": 1,
+                        "authorizations": [{"team_id": "T061EG9R6", "user_id": "U0LAN0Z89", "is_bot": true}],
+                        "event": {"type": "app_mention", "user": "U061F7AUR", "channel": "C0LAN2Q65",
+                                  "text": "<@U0LAN0Z89> still there?", "ts": format!("1700000000.{i:06}")}
+                    })
+                    .to_string();
+                    let ts = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_secs() as i64;
+                    let sent = client
+                        .post(format!("http://127.0.0.1:{port}/slack/events"))
+                        .header("content-type", "application/json")
+                        .header("x-slack-request-timestamp", ts.to_string())
+                        .header("x-slack-signature", sign("CANARY-signing-secret", ts, body.as_bytes()))
+                        .body(body)
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(response) if response.status() == 200 => acked.lock().unwrap().push(id),
+                        Ok(_) => {}
+                        Err(_) => return, // the process is gone
+                    }
+                }
+            })
+        })
+        .collect();
+    eventually("a few hundred acknowledgements", Duration::from_secs(30), || {
+        std::future::ready((acked.lock().unwrap().len() >= 300).then_some(()))
+    })
+    .await;
+    child.kill().unwrap(); // SIGKILL, while the senders keep sending
+    child.wait().unwrap();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+
+    let acked = acked.lock().unwrap().clone();
+    let recorded: Vec<(String,)> = crate::common::app::rows(&db.url, "SELECT event_id FROM slack_events").await;
+    let recorded: std::collections::HashSet<String> = recorded.into_iter().map(|(id,)| id).collect();
+    let lost: Vec<&String> = acked.iter().filter(|id| !recorded.contains(*id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged deliveries lost, such as {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+    let (jobs,): (i64,) = crate::common::app::rows(&db.url, "SELECT COUNT(*) FROM jobs").await[0];
+    assert_eq!(
+        jobs as usize,
+        recorded.len(),
+        "one job per recorded delivery, no more, no less"
+    );
+}

@@ -289,6 +289,34 @@ async fn an_event_is_enqueued_once_however_often_it_is_delivered() {
     }
 }
 
+// Group commit at the store: a batch records each new event once — a duplicate of an
+// earlier batch or of one earlier in the same batch enqueues nothing — and a batch of
+// duplicates only writes nothing.
+#[tokio::test]
+async fn a_batch_of_deliveries_records_each_event_once() {
+    for db in TestDb::all().await {
+        let store = db.open().await;
+        let p = Person::new("T1", "U1");
+        let new = job(&p.team, &p.user, "{}");
+        store.enqueue_event_job("Ev0", &new, NOW).await.unwrap();
+        let batch: Vec<(&str, NewJob<'_>)> = ["Ev1", "Ev0", "Ev2", "Ev1"]
+            .into_iter()
+            .map(|event| (event, new.clone()))
+            .collect();
+        let outcomes = store.enqueue_event_jobs(&batch, NOW).await.unwrap();
+        use Delivery::{Duplicate, Enqueued};
+        assert_eq!(outcomes, [Enqueued, Duplicate, Enqueued, Duplicate], "{}", db.name);
+        let again = store.enqueue_event_jobs(&batch, NOW).await.unwrap();
+        assert!(again.iter().all(|d| *d == Duplicate), "{}: {again:?}", db.name);
+        let mut claimed = 0;
+        while store.claim_job(NOW, NOW + 60, 10).await.unwrap().is_some() {
+            claimed += 1;
+        }
+        assert_eq!(claimed, 3, "{}: Ev0, Ev1 and Ev2, once each", db.name);
+        store.close().await;
+    }
+}
+
 // REL-06 at the store: a dead worker's job is taken again after its lease, and the dead
 // worker can no longer complete it.
 #[tokio::test]
