@@ -201,6 +201,12 @@ impl JobHandler for Handlers {
             Err(unreadable) => tracing::error!(error = %unreadable, reference, "an unreadable job was abandoned"),
         }
     }
+
+    async fn waiting(&self, job: &Job) {
+        if let Ok(Work::Question(q)) = Work::decode(job) {
+            self.questions.announce_waiting(job, &q).await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -98,6 +98,9 @@ pub trait JobHandler: Send + Sync + 'static {
     /// Called once when the job is abandoned, to tell the person. `reference` identifies
     /// the job in logs.
     async fn give_up(&self, job: &Job, error: &JobError, reference: &str);
+    /// Called once for a due job that cannot start yet (its person's other jobs hold
+    /// the slots, or an earlier job of its conversation runs first), to show it was taken.
+    async fn waiting(&self, job: &Job);
 }
 
 /// Worker pool settings.
@@ -118,6 +121,9 @@ pub struct WorkerConfig {
     /// How often to look for due jobs when nothing wakes the pool.
     pub poll_interval: Duration,
 }
+
+/// Held-back jobs told they wait, at most, each time the pool finds nothing to run.
+const WAITING_BATCH: i64 = 32;
 
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -163,9 +169,12 @@ impl Workers {
 
     /// Claims and runs jobs until shutdown begins, then waits up to `drain` for running
     /// jobs. Jobs still running after that keep their lease and are retaken after it.
+    /// Whenever nothing can be claimed, jobs held back behind others are told they wait
+    /// (one pass at a time, on a permit of its own).
     pub async fn run(self, lifecycle: Lifecycle, drain: Duration) {
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
         let tracker = TaskTracker::new();
+        let announcing = Arc::new(Semaphore::new(1));
         loop {
             let permit = tokio::select! {
                 permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
@@ -186,7 +195,16 @@ impl Workers {
                     );
                     continue;
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    if let Ok(pass) = announcing.clone().try_acquire_owned() {
+                        let worker = self.clone();
+                        tracker.spawn(async move {
+                            worker.announce_waiting(now).await;
+                            drop((pass, permit));
+                        });
+                        continue;
+                    }
+                }
                 Err(error) => tracing::warn!(error = %error, "could not claim a job; will retry"),
             }
             drop(permit);
@@ -199,6 +217,25 @@ impl Workers {
         tracker.close();
         if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
             tracing::warn!("drain deadline passed with jobs still running; they will be retaken after their lease");
+        }
+    }
+
+    /// Tells the people whose due jobs are held back that their job waits.
+    async fn announce_waiting(&self, now: i64) {
+        let held = match self
+            .store
+            .held_back_jobs(now, self.config.per_user_limit, WAITING_BATCH)
+            .await
+        {
+            Ok(held) => held,
+            Err(error) => {
+                tracing::warn!(error = %error, "could not look for jobs held back");
+                return;
+            }
+        };
+        for job in held {
+            let span = tracing::info_span!("waiting", id = job.id, kind = %job.kind);
+            self.handler.waiting(&job).instrument(span).await;
         }
     }
 

@@ -204,6 +204,43 @@ impl Store {
         row.map(Job::try_from).transpose()
     }
 
+    /// Up to `limit` question jobs that are due but held back — their person already has
+    /// `per_user_limit` jobs running, or an earlier job of their conversation is still
+    /// queued or running — and that nobody has told yet that they wait (no outbox).
+    pub async fn held_back_jobs(&self, now: i64, per_user_limit: i64, limit: i64) -> Result<Vec<Job>, sqlx::Error> {
+        let rows: Vec<JobRow> = on_pool!(self.read, |pool| {
+            sqlx::query_as(
+                "SELECT id, kind, team_id, user_id, payload, attempts, created_at, outbox, outbox_sent FROM jobs j \
+                 WHERE j.state = 'queued' AND j.run_after <= $1 AND j.kind = 'question' AND j.outbox IS NULL \
+                 AND ((SELECT COUNT(*) FROM jobs r WHERE r.team_id = j.team_id AND r.user_id = j.user_id \
+                       AND r.state = 'running' AND r.lease_until >= $1) >= $2 \
+                   OR (j.conversation_key IS NOT NULL AND EXISTS (SELECT 1 FROM jobs c \
+                       WHERE c.conversation_key = j.conversation_key AND c.id < j.id \
+                       AND c.state IN ('queued', 'running')))) \
+                 ORDER BY j.id LIMIT $3",
+            )
+            .bind(now)
+            .bind(per_user_limit)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+        })?;
+        rows.into_iter().map(Job::try_from).collect()
+    }
+
+    /// Keeps `outbox` (what was shown while the job waits) with a job still queued and
+    /// without one. False when a worker took the job meanwhile, or it was kept before.
+    pub async fn keep_waiting_outbox(&self, job: &Job, outbox: &str) -> Result<bool, sqlx::Error> {
+        on_pool!(self.write, |pool| {
+            sqlx::query("UPDATE jobs SET outbox = $1 WHERE id = $2 AND state = 'queued' AND outbox IS NULL")
+                .bind(outbox)
+                .bind(job.id)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected() == 1)
+        })
+    }
+
     /// Extends the lease of a job this worker still holds. False when it was lost.
     pub async fn renew_lease(&self, job: &Job, lease_until: i64) -> Result<bool, sqlx::Error> {
         self.update_claimed(

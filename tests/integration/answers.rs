@@ -996,3 +996,57 @@ async fn a_channel_mapped_to_a_space_the_person_cannot_run_gets_databricks_reaso
     );
     app.stop().await;
 }
+
+// Issue 15: someone with questions running sees at once that the next ones were taken —
+// "Queued behind your other question…" in each one's thread — though their per-person
+// slots are full; each placeholder is then taken over by its answer.
+#[tokio::test]
+async fn questions_waiting_for_the_persons_slot_say_so_at_once_and_are_answered_in_place() {
+    let app = TestApp::spawn_with(Options {
+        workers: Some(crate::common::app::fast_workers()),
+        ..Options::default()
+    })
+    .await;
+    app.link_asker().await;
+    *app.agent.delay.lock().unwrap() = Some(std::time::Duration::from_secs(2));
+    let threads: Vec<String> = (1..=6).map(|i| format!("1515449600.00000{i}")).collect();
+    for (i, thread) in threads.iter().enumerate() {
+        let mut asked = mention(&format!("EvQ{i}"), &format!("<@U0LAN0Z89> question {i}?"));
+        asked["event"]["ts"] = json!(thread);
+        app.post_event(&asked).await;
+    }
+    // Two run (the default per-person limit); four wait, and say so in their threads.
+    let shown = eventually("a visible reply to every question", PATIENCE, || async {
+        let posted = app.slack_calls("chat.postMessage").await;
+        let placeholders: Vec<Value> = posted
+            .into_iter()
+            .filter(|m| m.to_string().contains("Thinking…") || m.to_string().contains("Queued behind"))
+            .collect();
+        (placeholders.len() >= 6).then_some(placeholders)
+    })
+    .await;
+    assert_eq!(
+        *app.agent.finished.lock().unwrap(),
+        0,
+        "every reply came before any answer"
+    );
+    let queued: Vec<&Value> = shown
+        .iter()
+        .filter(|m| m.to_string().contains("Queued behind your other question…"))
+        .collect();
+    assert_eq!(queued.len(), 4, "{shown:?}");
+    let mut replied: Vec<&str> = shown.iter().map(|m| m["thread_ts"].as_str().unwrap()).collect();
+    replied.sort();
+    assert_eq!(replied, threads, "one reply in each question's own thread");
+
+    for i in 0..6 {
+        app.wait_for_answer(&format!("answer: question {i}?")).await;
+    }
+    eventually("every job done", PATIENCE, || async {
+        (app.job_states().await == ["done"; 6]).then_some(())
+    })
+    .await;
+    let posted = app.slack_calls("chat.postMessage").await;
+    assert_eq!(posted.len(), 6, "the answers took the placeholders over: {posted:?}");
+    app.stop().await;
+}

@@ -398,6 +398,8 @@ impl<'a> Placeholder<'a> {
     const FIRST: &'static str = "Thinking…";
     /// Shown while a question waits to be tried again.
     pub(super) const RETRYING: &'static str = "Taking longer than usual — I'll try again in a moment…";
+    /// Shown while a question waits behind the person's others.
+    pub(super) const QUEUED: &'static str = "Queued behind your other question…";
 
     /// Shows "Thinking…": in the placeholder at `kept` when Slack still has it, else in a
     /// new one.

@@ -639,6 +639,54 @@ impl Questions {
         Ok(Done::Parked)
     }
 
+    /// Shows that a question waits behind the person's others: a placeholder saying so in
+    /// the thread (the run that answers it takes it over), or the assistant thread's
+    /// status. Private answers get nothing until they start: an ephemeral message cannot
+    /// be taken over. Kept with the job, so it is shown once.
+    pub async fn announce_waiting(&self, job: &Job, q: &Question) {
+        if let Err(error) = self.show_waiting(job, q).await {
+            tracing::info!(error = %error, "could not show that a question waits");
+        }
+    }
+
+    async fn show_waiting(&self, job: &Job, q: &Question) -> Result<(), JobError> {
+        let mut outbox = Outbox::default();
+        if !q.text.is_empty() && self.asker(q).await? == Membership::Member {
+            let shown = self.visibility(q).await;
+            let assistant_thread = q.thread_ts.as_deref().filter(|_| q.is_dm && q.response_url.is_none());
+            let in_assistant_thread = match assistant_thread {
+                Some(thread) => self
+                    .store
+                    .assistant_thread_needs_title(&q.channel, thread)
+                    .await?
+                    .is_some(),
+                None => false,
+            };
+            match (shown, assistant_thread) {
+                (Shown::InThread, Some(thread)) if in_assistant_thread => {
+                    self.slack
+                        .set_assistant_status(&q.channel, thread, Placeholder::QUEUED)
+                        .await?;
+                }
+                (Shown::InThread, _) => {
+                    let ts = self
+                        .slack
+                        .post_message(&q.channel, q.answer_thread(), messages::working(Placeholder::QUEUED))
+                        .await?;
+                    outbox.placeholder = Some(ts);
+                }
+                (Shown::Privately, _) => {}
+            }
+            outbox.shown = Some(shown);
+        }
+        let kept = serde_json::to_string(&outbox).expect("an outbox serialises");
+        if !self.store.keep_waiting_outbox(job, &kept).await? {
+            // A worker took the question meanwhile and shows its own progress.
+            self.remove_placeholder(q, outbox.placeholder.as_deref()).await;
+        }
+        Ok(())
+    }
+
     /// Tells the person their question failed, once retries ran out, removing what is
     /// left of its placeholder.
     pub async fn give_up(&self, job: &Job, q: &Question, error: &JobError, reference: &str) {
