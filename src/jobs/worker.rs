@@ -175,6 +175,8 @@ impl Workers {
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
         let tracker = TaskTracker::new();
         let announcing = Arc::new(Semaphore::new(1));
+        // Jobs queued by another replica wake this pool too (Postgres).
+        let watching = self.store.watch_queued_jobs(self.wake.clone());
         loop {
             let permit = tokio::select! {
                 permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
@@ -213,6 +215,9 @@ impl Workers {
                 () = tokio::time::sleep(self.config.poll_interval) => {}
                 () = lifecycle.draining() => break,
             }
+        }
+        if let Some(watching) = watching {
+            watching.abort();
         }
         tracker.close();
         if tokio::time::timeout(drain, tracker.wait()).await.is_err() {

@@ -176,6 +176,7 @@ impl Store {
                 }
             }
             if outcomes.contains(&Delivery::Enqueued) {
+                pool.announce_jobs(&mut tx).await?;
                 tx.commit().await?;
             } else {
                 // Ended explicitly: a dropped transaction would hold its locks until the

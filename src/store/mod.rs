@@ -76,12 +76,27 @@ fn person(table: &str, team_id: &str, user_id: &str) -> Result<(TeamId, UserId),
 pub(crate) trait WritePool {
     type Db: sqlx::Database;
     fn begin_write(&self) -> impl Future<Output = Result<Transaction<'static, Self::Db>, sqlx::Error>> + Send;
+
+    /// Tells every replica's workers that `tx` queues jobs: a Postgres `NOTIFY` on
+    /// [`JOBS_QUEUED`], delivered when `tx` commits (and not at all if it rolls back).
+    /// Nothing on SQLite, where the one process wakes its own workers.
+    fn announce_jobs<'t>(
+        &self,
+        tx: &'t mut Transaction<'static, Self::Db>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 't;
 }
 
 impl WritePool for SqlitePool {
     type Db = Sqlite;
     fn begin_write(&self) -> impl Future<Output = Result<Transaction<'static, Sqlite>, sqlx::Error>> + Send {
         self.begin_with("BEGIN IMMEDIATE")
+    }
+
+    fn announce_jobs<'t>(
+        &self,
+        _tx: &'t mut Transaction<'static, Sqlite>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 't {
+        std::future::ready(Ok(()))
     }
 }
 
@@ -90,7 +105,23 @@ impl WritePool for PgPool {
     fn begin_write(&self) -> impl Future<Output = Result<Transaction<'static, Postgres>, sqlx::Error>> + Send {
         self.begin()
     }
+
+    fn announce_jobs<'t>(
+        &self,
+        tx: &'t mut Transaction<'static, Postgres>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 't {
+        async move {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(JOBS_QUEUED)
+                .execute(&mut **tx)
+                .await
+                .map(|_| ())
+        }
+    }
 }
+
+/// The Postgres channel on which queued jobs are announced to every replica's workers.
+pub const JOBS_QUEUED: &str = "jobs_queued";
 
 /// The bot's database.
 ///
@@ -202,6 +233,43 @@ impl Store {
             .iter()
             .filter(|m| !applied.iter().any(|(version,)| *version == m.version))
             .count())
+    }
+
+    /// Wakes `wake` whenever any replica queues jobs ([`JOBS_QUEUED`]), so workers here
+    /// take them at once rather than at their next poll; listens again after a lost
+    /// connection. `None` on SQLite, where only this process queues jobs.
+    pub fn watch_queued_jobs(&self, wake: std::sync::Arc<tokio::sync::Notify>) -> Option<tokio::task::JoinHandle<()>> {
+        let Pool::Postgres(pool) = &self.write else {
+            return None;
+        };
+        let pool = pool.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        tracing::warn!(error = %error, "could not listen for queued jobs; workers poll meanwhile");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        continue;
+                    }
+                };
+                if let Err(error) = listener.listen(JOBS_QUEUED).await {
+                    tracing::warn!(error = %error, "could not listen for queued jobs; workers poll meanwhile");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
+                }
+                // `recv` reconnects and listens again by itself after a lost connection.
+                loop {
+                    match listener.recv().await {
+                        Ok(_) => wake.notify_one(),
+                        Err(error) => {
+                            tracing::warn!(error = %error, "lost the queued-jobs channel; listening again");
+                            break;
+                        }
+                    }
+                }
+            }
+        }))
     }
 
     /// A cheap round trip, for readiness checks.

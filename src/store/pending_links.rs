@@ -520,6 +520,7 @@ impl Store {
             .bind(completion.link.user.as_str())
             .execute(&mut *tx)
             .await?;
+            pool.announce_jobs(&mut tx).await?;
             tx.commit().await?;
             Ok(true)
         })

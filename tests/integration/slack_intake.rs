@@ -1055,3 +1055,40 @@ async fn an_org_wide_click_without_a_team_reaches_the_clickers_link() {
     );
     app.stop().await;
 }
+
+// Issue 15: on Postgres a question queued by one replica wakes another's workers at once
+// (LISTEN/NOTIFY), instead of waiting for their next poll — here a minute away.
+#[tokio::test]
+async fn a_question_queued_by_one_replica_is_taken_by_anothers_workers_without_waiting_for_a_poll() {
+    let Some(db) = TestDb::postgres().await else { return };
+    let slack = fake_slack(Vec::new()).await;
+    let intake_only = TestApp::spawn_with(crate::common::app::Options {
+        db: Some(db.url.clone()),
+        slack: Some(slack.clone()),
+        workers: None,
+        ..Default::default()
+    })
+    .await;
+    let workers = TestApp::spawn_with(crate::common::app::Options {
+        db: Some(db.url.clone()),
+        slack: Some(slack.clone()),
+        databricks: Some(intake_only.databricks.clone()),
+        workers: Some(databricks_slack_bot::jobs::worker::WorkerConfig {
+            poll_interval: Duration::from_secs(60),
+            ..databricks_slack_bot::jobs::worker::WorkerConfig::default()
+        }),
+        ..Default::default()
+    })
+    .await;
+    intake_only.link_asker().await;
+    // The workers' first look at the queue has found it empty; from now on they poll
+    // once a minute.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let acked = intake_only
+        .post_event(&mention("EvReplica", "<@U0LAN0Z89> which replica?"))
+        .await;
+    assert_eq!(acked.status(), 200);
+    workers.wait_for_answer("answer: which replica?").await;
+    workers.stop().await;
+    intake_only.stop().await;
+}
