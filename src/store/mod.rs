@@ -81,7 +81,7 @@ pub(crate) trait WritePool {
     /// [`JOBS_QUEUED`], delivered when `tx` commits (and not at all if it rolls back).
     /// Nothing on SQLite, where the one process wakes its own workers.
     fn announce_jobs<'t>(
-        &self,
+        &'t self,
         tx: &'t mut Transaction<'static, Self::Db>,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 't;
 }
@@ -93,7 +93,7 @@ impl WritePool for SqlitePool {
     }
 
     fn announce_jobs<'t>(
-        &self,
+        &'t self,
         _tx: &'t mut Transaction<'static, Sqlite>,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 't {
         std::future::ready(Ok(()))
@@ -106,17 +106,12 @@ impl WritePool for PgPool {
         self.begin()
     }
 
-    fn announce_jobs<'t>(
-        &self,
-        tx: &'t mut Transaction<'static, Postgres>,
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 't {
-        async move {
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(JOBS_QUEUED)
-                .execute(&mut **tx)
-                .await
-                .map(|_| ())
-        }
+    async fn announce_jobs(&self, tx: &mut Transaction<'static, Postgres>) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(JOBS_QUEUED)
+            .execute(&mut **tx)
+            .await
+            .map(|_| ())
     }
 }
 
