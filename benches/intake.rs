@@ -19,6 +19,11 @@
 //!   half of the bot's saturation (an open loop at that rate, so a slow ack cannot slow the
 //!   sender down). Peak and idle resident memory of the bot process come from
 //!   `/proc/<pid>/status`.
+//! - **First visible reply**: the bot again (SQLite), its Slack a fake in this process
+//!   that answers at once, at 200 deliveries a second, each from someone who has not
+//!   connected Databricks: the time from each delivery's acknowledgement until Slack
+//!   receives their private "Connect Databricks" prompt (`users.info`, a single-use link
+//!   stored, then `chat.postEphemeral`).
 //! - Postgres: `BENCH_DATABASE_URL`, else `TEST_DATABASE_URL`, else
 //!   `postgres://postgres@127.0.0.1:5432/test`, in a fresh schema dropped afterwards;
 //!   skipped (said so) when unreachable.
@@ -26,19 +31,23 @@
 //! The generator, the bot and (in its turn) the minimal handler share the machine's cores,
 //! as they would on a loaded node; everything is on loopback.
 
+use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
+use axum::routing::{any, post};
 use databricks_slack_bot::slack::signature::{sign, verify};
 use secrecy::SecretString;
 use serde_json::json;
 use sqlx::Connection;
 
 const SECRET: &str = "bench-signing-secret";
+/// A Slack nobody answers at: workers' calls fail at once.
+const CLOSED_SLACK: &str = "http://127.0.0.1:9/api";
 /// Set in the minimal handler's environment: the port it listens on.
 const MINIMAL_ROLE: &str = "INTAKE_BENCH_MINIMAL_PORT";
 
@@ -121,13 +130,18 @@ impl Figures {
     }
 }
 
-/// A distinct `app_mention` delivery, numbered `n` in `series`.
+/// A distinct `app_mention` delivery, numbered `n` in `series`, from one of 500 people.
 fn delivery(series: &str, n: u64) -> String {
+    delivery_from(series, n, &format!("U{}", n % 500))
+}
+
+/// A distinct `app_mention` delivery, numbered `n` in `series`, from `user`.
+fn delivery_from(series: &str, n: u64, user: &str) -> String {
     json!({
         "type": "event_callback", "team_id": "T0BENCH", "api_app_id": "A0BENCH",
         "event_id": format!("Ev{series}{n}"), "event_time": 1_700_000_000,
         "authorizations": [{"team_id": "T0BENCH", "user_id": "U0BOT", "is_bot": true}],
-        "event": {"type": "app_mention", "user": format!("U{}", n % 500), "channel": "C0BENCH",
+        "event": {"type": "app_mention", "user": user, "channel": "C0BENCH",
                   "text": "<@U0BOT> how many orders shipped last week?", "ts": format!("1700000000.{n:06}")}
     })
     .to_string()
@@ -265,8 +279,111 @@ fn stop(mut child: Child) {
     let _ = child.wait();
 }
 
-/// The bot, serving on `port` with `database_url`.
-fn start_bot(port: u16, database_url: &str, dir: &std::path::Path) -> Child {
+/// When the fake Slack received each person's prompt.
+type Prompts = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// A Slack Web API that answers at once: `users.info` says everyone is a person of the
+/// bot's workspace, `chat.postEphemeral` notes when each person's prompt came, anything
+/// else is `ok`. Returns its `SLACK_API_URL`.
+async fn fake_slack(prompts: Prompts) -> String {
+    async fn method(
+        State(prompts): State<Prompts>,
+        Path(method): Path<String>,
+        Query(query): Query<HashMap<String, String>>,
+        body: Bytes,
+    ) -> axum::Json<serde_json::Value> {
+        let received = Instant::now();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let user = query
+            .get("user")
+            .cloned()
+            .or_else(|| body["user"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        axum::Json(match method.as_str() {
+            "users.info" => json!({"ok": true, "user": {"id": user, "team_id": "T0BENCH", "name": "bench",
+                                   "is_bot": false, "profile": {}}}),
+            "chat.postEphemeral" => {
+                prompts.lock().unwrap().entry(user).or_insert(received);
+                json!({"ok": true, "message_ts": "1700000000.000001"})
+            }
+            "auth.test" => json!({"ok": true, "user_id": "U0BOT", "team_id": "T0BENCH", "team": "Bench",
+                                  "url": "https://bench.slack.com/", "bot_id": "B0BOT"}),
+            _ => json!({"ok": true}),
+        })
+    }
+    let app = axum::Router::new()
+        .route("/api/{method}", any(method))
+        .with_state(prompts);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/api", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// Time from acknowledgement to the first visible reply, at `rate` deliveries a second,
+/// each from someone else, for `span`.
+async fn first_visible_reply(rate: f64, span: Duration) -> String {
+    let prompts: Prompts = Arc::default();
+    let slack = fake_slack(prompts.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let database = format!("sqlite://{}/bot.db", dir.path().display());
+    let mut bot = start_bot(port, &database, &slack, dir.path());
+    wait_for(port, &mut bot).await;
+    let url = format!("http://127.0.0.1:{port}/slack/events");
+    let client = reqwest::Client::builder().pool_max_idle_per_host(512).build().unwrap();
+    let total = (rate * span.as_secs_f64()) as u64;
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sent = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        ticker.tick().await;
+        let user = format!("UFIRST{i}");
+        let (client, url, body) = (client.clone(), url.clone(), delivery_from("First", i, &user));
+        sent.push(tokio::spawn(async move {
+            send(&client, &url, body).await.ok()?;
+            Some((user, Instant::now()))
+        }));
+    }
+    let mut acked = Vec::new();
+    for one in sent {
+        acked.extend(one.await.unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while prompts.lock().unwrap().len() < acked.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop(bot);
+    let prompts = prompts.lock().unwrap();
+    let mut latencies: Vec<Duration> = acked
+        .iter()
+        .filter_map(|(user, acked_at)| {
+            prompts
+                .get(user)
+                .map(|shown| shown.saturating_duration_since(*acked_at))
+        })
+        .collect();
+    latencies.sort();
+    let figures = Figures {
+        label: format!("first visible reply after the ack, at {rate:.0}/s (SQLite)"),
+        acks: latencies.len(),
+        errors: acked.len() - latencies.len(),
+        elapsed: span,
+        latencies,
+    };
+    format!(
+        "| {} | {} of {} shown | {:.2} ms | {:.2} ms | | {} |",
+        figures.label,
+        figures.acks,
+        acked.len(),
+        figures.percentile(0.50),
+        figures.percentile(0.99),
+        figures.errors
+    )
+}
+
+/// The bot, serving on `port` with `database_url`, its Slack at `slack`.
+fn start_bot(port: u16, database_url: &str, slack: &str, dir: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_databricks-slack-bot"))
         .arg("serve")
         .current_dir(dir)
@@ -281,7 +398,7 @@ fn start_bot(port: u16, database_url: &str, dir: &std::path::Path) -> Child {
             ),
             ("SLACK_BOT_TOKEN", "xoxb-bench".to_owned()),
             ("SLACK_SIGNING_SECRET", SECRET.to_owned()),
-            ("SLACK_API_URL", "http://127.0.0.1:9/api".to_owned()),
+            ("SLACK_API_URL", slack.to_owned()),
             ("DATABRICKS_HOST", "http://127.0.0.1:9".to_owned()),
             ("DATABRICKS_CLIENT_ID", "bench".to_owned()),
             ("GENIE_SPACE_ID", "01ef-bench".to_owned()),
@@ -298,7 +415,7 @@ fn start_bot(port: u16, database_url: &str, dir: &std::path::Path) -> Child {
 async fn measure_bot(name: &str, database_url: &str, span: Duration, connections: usize, minimal: f64) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut bot = start_bot(port, database_url, dir.path());
+    let mut bot = start_bot(port, database_url, CLOSED_SLACK, dir.path());
     wait_for(port, &mut bot).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, idle) = memory_of(bot.id());
@@ -397,6 +514,7 @@ async fn drive(span: Duration, connections: usize) {
             .await
             .unwrap();
     }
+    rows.push(first_visible_reply(200.0, span).await);
 
     println!();
     println!("| measurement | acks/s | p50 | p99 | of the minimal handler | errors |");

@@ -1092,3 +1092,54 @@ async fn a_question_queued_by_one_replica_is_taken_by_anothers_workers_without_w
     workers.stop().await;
     intake_only.stop().await;
 }
+
+// Issue 15: a stalled database (another process holds SQLite's write lock) leaves Slack
+// without an acknowledgement; Slack's retry, once the database is back, succeeds; and the
+// delivery is recorded once, whole.
+#[tokio::test]
+async fn a_stalled_database_leaves_slack_unacknowledged_and_its_retry_is_recorded_once() {
+    use sqlx::Connection;
+
+    let app = TestApp::spawn().await;
+    let path = app.db_url.strip_prefix("sqlite://").unwrap().to_owned();
+    let mut stall = sqlx::SqliteConnection::connect(&format!("sqlite://{path}"))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut stall).await.unwrap();
+
+    let event = mention("EvStall", "<@U0LAN0Z89> anyone there?");
+    let body = event.to_string();
+    let signed = |retry: Option<&str>| {
+        let ts = app.clock.now();
+        let mut request = reqwest::Client::new()
+            .post(app.url("/slack/events"))
+            .timeout(Duration::from_secs(3)) // Slack's own patience
+            .header("content-type", "application/json")
+            .header("x-slack-request-timestamp", ts.to_string())
+            .header("x-slack-signature", sign(SIGNING_SECRET, ts, body.as_bytes()))
+            .body(body.clone());
+        if let Some(retry) = retry {
+            request = request
+                .header("x-slack-retry-num", retry)
+                .header("x-slack-retry-reason", "http_timeout");
+        }
+        request.send()
+    };
+    match signed(None).await {
+        Ok(response) => assert!(response.status().is_server_error(), "{}", response.status()),
+        Err(error) => assert!(error.is_timeout(), "{error}"),
+    }
+    sqlx::query("ROLLBACK").execute(&mut stall).await.unwrap();
+    stall.close().await.unwrap();
+
+    let retried = signed(Some("1")).await.unwrap();
+    assert_eq!(retried.status(), 200);
+    eventually("the question answered once", PATIENCE, || async {
+        let states = app.job_states().await;
+        (states.len() == 1 && app.slack_calls("chat.postEphemeral").await.len() == 1).then_some(states)
+    })
+    .await;
+    let recorded: Vec<(String,)> = crate::common::app::rows(&app.db_url, "SELECT event_id FROM slack_events").await;
+    assert_eq!(recorded, [("EvStall".to_owned(),)]);
+    app.stop().await;
+}
