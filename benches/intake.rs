@@ -101,6 +101,8 @@ struct Figures {
     errors: usize,
     elapsed: Duration,
     latencies: Vec<Duration>,
+    /// The fewest valid deliveries one sender sent (a closed loop's).
+    fewest_sent: u64,
 }
 
 impl Figures {
@@ -149,8 +151,13 @@ fn delivery_from(series: &str, n: u64, user: &str) -> String {
 
 /// Sends `body`, signed now; the time to a 200, or why not.
 async fn send(client: &reqwest::Client, url: &str, body: String) -> Result<Duration, ()> {
+    send_signed(client, url, body, SECRET).await
+}
+
+/// Sends `body` signed with `secret` (a wrong one forges it); the time to a 200, or why not.
+async fn send_signed(client: &reqwest::Client, url: &str, body: String, secret: &str) -> Result<Duration, ()> {
     let ts = unix_now();
-    let signature = sign(SECRET, ts, body.as_bytes());
+    let signature = sign(secret, ts, body.as_bytes());
     let started = Instant::now();
     let response = client
         .post(url)
@@ -165,10 +172,31 @@ async fn send(client: &reqwest::Client, url: &str, body: String) -> Result<Durat
     (response.status() == 200).then_some(latency).ok_or(())
 }
 
+/// What a closed loop sends.
+#[derive(Clone, Copy)]
+struct Mix<'a> {
+    /// Deliveries are this series, numbered from 0 for each sender.
+    series: &'a str,
+    /// Each sender goes round its first this-many deliveries (the ones an earlier run of
+    /// the series sent: retries of them); `None` sends new ones throughout.
+    again: Option<u64>,
+    /// Every this-many'th request is forged (a wrong signature): refused, not counted.
+    forged_every: Option<u64>,
+}
+
+impl<'a> Mix<'a> {
+    fn new(series: &'a str) -> Self {
+        Self {
+            series,
+            again: None,
+            forged_every: None,
+        }
+    }
+}
+
 /// Saturation: `connections` senders, each sending its next delivery when the last is
-/// acknowledged, for `span`. Deliveries are `series` numbered from 0 (so a second run with
-/// the same series repeats them, as retries).
-async fn closed_loop(label: &str, url: &str, series: &str, span: Duration, connections: usize) -> Figures {
+/// answered, for `span`.
+async fn closed_loop(label: &str, url: &str, mix: Mix<'_>, span: Duration, connections: usize) -> Figures {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(connections)
         .build()
@@ -177,26 +205,37 @@ async fn closed_loop(label: &str, url: &str, series: &str, span: Duration, conne
     let deadline = started + span;
     let senders: Vec<_> = (0..connections as u64)
         .map(|sender| {
-            let (client, url, series) = (client.clone(), url.to_owned(), series.to_owned());
+            let (client, url, series) = (client.clone(), url.to_owned(), mix.series.to_owned());
             tokio::spawn(async move {
-                let (mut latencies, mut errors) = (Vec::new(), 0);
+                let (mut latencies, mut errors, mut sent) = (Vec::new(), 0, 0);
                 let mut i = 0;
                 while Instant::now() < deadline {
-                    match send(&client, &url, delivery(&series, sender * 10_000_000 + i)).await {
-                        Ok(latency) => latencies.push(latency),
-                        Err(()) => errors += 1,
+                    let n = sender * 10_000_000 + mix.again.map_or(i, |again| i % again.max(1));
+                    let body = delivery(&series, n);
+                    if mix.forged_every.is_some_and(|every| i % every == every - 1) {
+                        // Refused, as it must be: a 200 would be an error.
+                        if send_signed(&client, &url, body, "forged").await.is_ok() {
+                            errors += 1;
+                        }
+                    } else {
+                        match send(&client, &url, body).await {
+                            Ok(latency) => latencies.push(latency),
+                            Err(()) => errors += 1,
+                        }
+                        sent += 1;
                     }
                     i += 1;
                 }
-                (latencies, errors)
+                (latencies, errors, sent)
             })
         })
         .collect();
-    let (mut latencies, mut errors) = (Vec::new(), 0);
+    let (mut latencies, mut errors, mut fewest) = (Vec::new(), 0, u64::MAX);
     for sender in senders {
-        let (mine, failed) = sender.await.unwrap();
+        let (mine, failed, sent) = sender.await.unwrap();
         latencies.extend(mine);
         errors += failed;
+        fewest = fewest.min(sent);
     }
     let elapsed = started.elapsed();
     latencies.sort();
@@ -206,6 +245,7 @@ async fn closed_loop(label: &str, url: &str, series: &str, span: Duration, conne
         errors,
         elapsed,
         latencies,
+        fewest_sent: fewest,
     }
 }
 
@@ -237,6 +277,7 @@ async fn open_loop(label: &str, url: &str, series: &str, rate: f64, span: Durati
         errors,
         elapsed,
         latencies,
+        fewest_sent: 0,
     }
 }
 
@@ -370,6 +411,7 @@ async fn first_visible_reply(rate: f64, span: Duration) -> String {
         errors: acked.len() - latencies.len(),
         elapsed: span,
         latencies,
+        fewest_sent: 0,
     };
     format!(
         "| {} | {} of {} shown | {:.2} ms | {:.2} ms | | {} |",
@@ -420,20 +462,36 @@ async fn measure_bot(name: &str, database_url: &str, span: Duration, connections
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, idle) = memory_of(bot.id());
     let url = format!("http://127.0.0.1:{port}/slack/events");
-    closed_loop("warm-up", &url, "Warm", Duration::from_secs(1), connections).await;
+    closed_loop("warm-up", &url, Mix::new("Warm"), Duration::from_secs(1), connections).await;
 
     let new = closed_loop(
         &format!("bot on {name}: new deliveries"),
         &url,
-        "New",
+        Mix::new("New"),
         span,
         connections,
     )
     .await;
+    let retries = Mix {
+        again: Some(new.fewest_sent),
+        ..Mix::new("New")
+    };
     let retries = closed_loop(
         &format!("bot on {name}: retries of them"),
         &url,
-        "New",
+        retries,
+        span,
+        connections,
+    )
+    .await;
+    let forged = Mix {
+        forged_every: Some(10),
+        ..Mix::new("Mixed")
+    };
+    let forged = closed_loop(
+        &format!("bot on {name}: new deliveries with 1 in 10 forged (valid ones counted)"),
+        &url,
+        forged,
         span,
         connections,
     )
@@ -454,6 +512,7 @@ async fn measure_bot(name: &str, database_url: &str, span: Duration, connections
     vec![
         new.row(Some(minimal)),
         retries.row(Some(minimal)),
+        forged.row(Some(minimal)),
         half.row(None),
         format!("| bot on {name}: resident memory | idle {idle:.1} MiB, peak {peak:.1} MiB | | | | |"),
     ]
@@ -497,8 +556,8 @@ async fn drive(span: Duration, connections: usize) {
         .unwrap();
     wait_for(port, &mut minimal).await;
     let url = format!("http://127.0.0.1:{port}/slack/events");
-    closed_loop("warm-up", &url, "Warm", Duration::from_secs(1), connections).await;
-    let floor = closed_loop("minimal signed-ack handler", &url, "Min", span, connections).await;
+    closed_loop("warm-up", &url, Mix::new("Warm"), Duration::from_secs(1), connections).await;
+    let floor = closed_loop("minimal signed-ack handler", &url, Mix::new("Min"), span, connections).await;
     stop(minimal);
     let minimal = floor.rate();
 
