@@ -446,6 +446,7 @@ fn start_bot(port: u16, database_url: &str, slack: &str, dir: &std::path::Path) 
             ("GENIE_SPACE_ID", "01ef-bench".to_owned()),
             ("RUST_LOG", "warn".to_owned()),
         ])
+        .envs(std::env::var("BENCH_WORKER_CONCURRENCY").map(|n| ("WORKER_CONCURRENCY", n)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

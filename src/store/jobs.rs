@@ -109,15 +109,20 @@ pub enum Delivery {
     Duplicate,
 }
 
-/// The claim, with `$lock` as the row-locking clause: `FOR UPDATE SKIP LOCKED` lets several
-/// Postgres replicas claim side by side; SQLite has one writer at a time anyway.
+/// The claim of the first job, by id, of those that `$which` picks, with `$index` telling
+/// SQLite to walk the queue in id order (the first that may run is usually among the
+/// first looked at; sorting every due job instead grew with the backlog) and `$lock` as
+/// the row-locking clause: `FOR UPDATE SKIP LOCKED` lets several Postgres replicas claim
+/// side by side; SQLite has one writer at a time anyway.
 macro_rules! claim_sql {
-    ($lock:literal) => {
+    ($which:literal, $index:literal, $lock:literal) => {
         concat!(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = $1, updated_at = $2 ",
             "WHERE id = (SELECT j.id FROM jobs j ",
-            "WHERE ((j.state = 'queued' AND j.run_after <= $2) OR (j.state = 'running' AND j.lease_until < $2)) ",
-            "AND (SELECT COUNT(*) FROM jobs r WHERE r.team_id = j.team_id AND r.user_id = j.user_id ",
+            $index,
+            " WHERE ",
+            $which,
+            " AND (SELECT COUNT(*) FROM jobs r WHERE r.team_id = j.team_id AND r.user_id = j.user_id ",
             "AND r.state = 'running' AND r.lease_until >= $2) < $3 ",
             // One run at a time per conversation, in order: an earlier job of the same
             // conversation still queued or running holds this one back.
@@ -190,34 +195,55 @@ impl Store {
     /// Claims the oldest runnable job — queued and due, or running with an expired lease
     /// (its worker died) — whose user has fewer than `per_user_limit` jobs running.
     pub async fn claim_job(&self, now: i64, lease_until: i64, per_user_limit: i64) -> Result<Option<Job>, sqlx::Error> {
-        let sql = match self.write {
-            Pool::Sqlite(_) => claim_sql!(""),
-            Pool::Postgres(_) => claim_sql!("FOR UPDATE SKIP LOCKED"),
+        // A dead worker's job first (it is older), then the queue.
+        let claims = match self.write {
+            Pool::Sqlite(_) => [
+                claim_sql!(
+                    "j.state = 'running' AND j.lease_until < $2",
+                    "INDEXED BY jobs_queue",
+                    ""
+                ),
+                claim_sql!("j.state = 'queued' AND j.run_after <= $2", "INDEXED BY jobs_queue", ""),
+            ],
+            Pool::Postgres(_) => [
+                claim_sql!(
+                    "j.state = 'running' AND j.lease_until < $2",
+                    "",
+                    "FOR UPDATE SKIP LOCKED"
+                ),
+                claim_sql!("j.state = 'queued' AND j.run_after <= $2", "", "FOR UPDATE SKIP LOCKED"),
+            ],
         };
-        let row: Option<JobRow> = on_pool!(self.write, |pool| {
-            sqlx::query_as(sql)
-                .bind(lease_until)
-                .bind(now)
-                .bind(per_user_limit)
-                .fetch_optional(pool)
-                .await
-        })?;
-        row.map(Job::try_from).transpose()
+        for sql in claims {
+            let row: Option<JobRow> = on_pool!(self.write, |pool| {
+                sqlx::query_as(sql)
+                    .bind(lease_until)
+                    .bind(now)
+                    .bind(per_user_limit)
+                    .fetch_optional(pool)
+                    .await
+            })?;
+            if let Some(row) = row {
+                return Job::try_from(row).map(Some);
+            }
+        }
+        Ok(None)
     }
 
-    /// Up to `limit` question jobs that are due but held back — their person already has
-    /// `per_user_limit` jobs running, or an earlier job of their conversation is still
-    /// queued or running — and that nobody has told yet that they wait (no outbox).
+    /// Up to `limit` question jobs that are due but held back behind running ones — their
+    /// person already has `per_user_limit` jobs running, or a job of their conversation
+    /// runs — and that nobody has told yet that they wait (no outbox). Found from the
+    /// running jobs (few), not by looking at every queued one.
     pub async fn held_back_jobs(&self, now: i64, per_user_limit: i64, limit: i64) -> Result<Vec<Job>, sqlx::Error> {
         let rows: Vec<JobRow> = on_pool!(self.read, |pool| {
             sqlx::query_as(
                 "SELECT id, kind, team_id, user_id, payload, attempts, created_at, outbox, outbox_sent FROM jobs j \
                  WHERE j.state = 'queued' AND j.run_after <= $1 AND j.kind = 'question' AND j.outbox IS NULL \
-                 AND ((SELECT COUNT(*) FROM jobs r WHERE r.team_id = j.team_id AND r.user_id = j.user_id \
-                       AND r.state = 'running' AND r.lease_until >= $1) >= $2 \
-                   OR (j.conversation_key IS NOT NULL AND EXISTS (SELECT 1 FROM jobs c \
-                       WHERE c.conversation_key = j.conversation_key AND c.id < j.id \
-                       AND c.state IN ('queued', 'running')))) \
+                 AND ((j.team_id, j.user_id) IN (SELECT team_id, user_id FROM jobs \
+                       WHERE state = 'running' AND lease_until >= $1 \
+                       GROUP BY team_id, user_id HAVING COUNT(*) >= $2) \
+                   OR j.conversation_key IN (SELECT conversation_key FROM jobs \
+                       WHERE state = 'running' AND lease_until >= $1 AND conversation_key IS NOT NULL)) \
                  ORDER BY j.id LIMIT $3",
             )
             .bind(now)
