@@ -7,6 +7,8 @@
 //! Workers claim jobs with a lease and a fencing token (`attempts`): a worker whose lease
 //! expired and whose job was taken by another cannot complete or reschedule it.
 
+use std::collections::HashSet;
+
 use sqlx::FromRow;
 
 use super::{Pool, Store, WritePool, on_pool, person};
@@ -135,19 +137,6 @@ macro_rules! claim_sql {
     };
 }
 
-macro_rules! insert_job {
-    ($job:expr, $now:expr) => {{
-        let job: &NewJob<'_> = $job;
-        sqlx::query(INSERT_JOB)
-            .bind(job.kind)
-            .bind(job.team.as_str())
-            .bind(job.user.as_str())
-            .bind(job.payload)
-            .bind($now)
-            .bind(job.conversation)
-    }};
-}
-
 impl Store {
     /// Records Slack event `event_id` and enqueues `job` atomically; a second delivery of
     /// the same event (a retry, or the same event reaching another replica) does nothing.
@@ -165,22 +154,54 @@ impl Store {
         deliveries: &[(&str, NewJob<'_>)],
         now: i64,
     ) -> Result<Vec<Delivery>, sqlx::Error> {
+        if deliveries.is_empty() {
+            return Ok(Vec::new());
+        }
         on_pool!(self.write, |pool| {
             let mut tx = pool.begin_write().await?;
-            let mut outcomes = Vec::with_capacity(deliveries.len());
-            for (event_id, job) in deliveries {
-                let recorded = record_slack_event!(*event_id, job.team, now)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if recorded == 0 {
-                    outcomes.push(Delivery::Duplicate);
-                } else {
-                    insert_job!(job, now).execute(&mut *tx).await?;
-                    outcomes.push(Delivery::Enqueued);
-                }
-            }
+            // Two statements for the whole batch: the event ids, then the jobs of those
+            // that were new.
+            let mut events = sqlx::QueryBuilder::new("INSERT INTO slack_events (event_id, team_id, received_at) ");
+            events.push_values(deliveries, |mut row, (event_id, job)| {
+                row.push_bind(*event_id).push_bind(job.team.as_str()).push_bind(now);
+            });
+            events.push(" ON CONFLICT (event_id) DO NOTHING RETURNING event_id");
+            let recorded: Vec<(String,)> = events.build_query_as().fetch_all(&mut *tx).await?;
+            let mut new: HashSet<&str> = recorded.iter().map(|(id,)| id.as_str()).collect();
+            // The first delivery of each new id is enqueued; any other is a duplicate.
+            let outcomes: Vec<Delivery> = deliveries
+                .iter()
+                .map(|(event_id, _)| {
+                    if new.remove(event_id) {
+                        Delivery::Enqueued
+                    } else {
+                        Delivery::Duplicate
+                    }
+                })
+                .collect();
+            let enqueued = deliveries
+                .iter()
+                .zip(&outcomes)
+                .filter(|(_, outcome)| **outcome == Delivery::Enqueued)
+                .map(|((_, job), _)| job);
             if outcomes.contains(&Delivery::Enqueued) {
+                let mut jobs = sqlx::QueryBuilder::new(
+                    "INSERT INTO jobs (kind, team_id, user_id, payload, state, attempts, run_after, created_at, \
+                     updated_at, conversation_key) ",
+                );
+                jobs.push_values(enqueued, |mut row, job| {
+                    row.push_bind(job.kind)
+                        .push_bind(job.team.as_str())
+                        .push_bind(job.user.as_str())
+                        .push_bind(job.payload)
+                        .push("'queued'")
+                        .push("0")
+                        .push_bind(now)
+                        .push_bind(now)
+                        .push_bind(now)
+                        .push_bind(job.conversation);
+                });
+                jobs.build().execute(&mut *tx).await?;
                 pool.announce_jobs(&mut tx).await?;
                 tx.commit().await?;
             } else {
@@ -404,6 +425,3 @@ impl Store {
         })
     }
 }
-
-const INSERT_JOB: &str = "INSERT INTO jobs (kind, team_id, user_id, payload, state, attempts, run_after, created_at, updated_at, \
-     conversation_key) VALUES ($1, $2, $3, $4, 'queued', 0, $5, $5, $5, $6)";
