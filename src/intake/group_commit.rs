@@ -18,6 +18,7 @@
 //! the database, which stays the truth.
 
 use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -31,8 +32,9 @@ use crate::store::jobs::{Delivery, NewJob};
 const MAX_BATCH: usize = 256;
 /// Deliveries waiting for the committer before callers wait to queue.
 const QUEUE: usize = 4096;
-/// Delivery keys remembered as recorded.
-const RECENT_KEYS: usize = 16_384;
+/// Delivery keys remembered as recorded: about five minutes of deliveries at 200 a second
+/// (Slack retries after a minute, then five), in about 2 MiB.
+const RECENT_KEYS: usize = 65_536;
 
 /// A delivery to record, and who waits for the outcome.
 struct Pending {
@@ -139,23 +141,27 @@ async fn commit_batches(
     }
 }
 
-/// The delivery keys recorded most recently, oldest forgotten first.
+/// The delivery keys recorded most recently, oldest forgotten first. Kept as 64-bit hashes
+/// under a key random to this process: two keys sharing one (which would make a new
+/// delivery look recorded) are as likely as guessing that key.
 #[derive(Default)]
 struct Recent {
-    keys: HashSet<String>,
-    order: VecDeque<String>,
+    hasher: RandomState,
+    keys: HashSet<u64>,
+    order: VecDeque<u64>,
 }
 
 impl Recent {
     fn contains(&self, key: &str) -> bool {
-        self.keys.contains(key)
+        self.keys.contains(&self.hasher.hash_one(key))
     }
 
     fn insert(&mut self, key: &str) {
-        if !self.keys.insert(key.to_owned()) {
+        let key = self.hasher.hash_one(key);
+        if !self.keys.insert(key) {
             return;
         }
-        self.order.push_back(key.to_owned());
+        self.order.push_back(key);
         if self.order.len() > RECENT_KEYS
             && let Some(oldest) = self.order.pop_front()
         {

@@ -157,6 +157,7 @@ impl Store {
         if deliveries.is_empty() {
             return Ok(Vec::new());
         }
+        let _waiting = self.intake.batch();
         on_pool!(self.write, |pool| {
             let mut tx = pool.begin_write().await?;
             // Two statements for the whole batch: the event ids, then the jobs of those
@@ -216,6 +217,9 @@ impl Store {
     /// Claims the oldest runnable job — queued and due, or running with an expired lease
     /// (its worker died) — whose user has fewer than `per_user_limit` jobs running.
     pub async fn claim_job(&self, now: i64, lease_until: i64, per_user_limit: i64) -> Result<Option<Job>, sqlx::Error> {
+        if matches!(self.write, Pool::Sqlite(_)) {
+            self.intake.let_through().await;
+        }
         // A dead worker's job first (it is older), then the queue.
         let claims = match self.write {
             Pool::Sqlite(_) => [

@@ -19,6 +19,8 @@ use std::fs::{DirBuilder, OpenOptions, Permissions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -128,6 +130,52 @@ pub const JOBS_QUEUED: &str = "jobs_queued";
 pub struct Store {
     pub(crate) read: Pool,
     pub(crate) write: Pool,
+    /// Intake batches on their way to SQLite's one writer, which a claim lets go first.
+    pub(crate) intake: Arc<IntakeFirst>,
+}
+
+/// Slack waits on intake, nobody waits on a claim: on SQLite, where every write queues for
+/// one connection, a worker about to claim a job lets an intake batch already waiting
+/// commit first (at most one, and at most [`IntakeFirst::YIELD`], so workers never
+/// starve under a stream of deliveries).
+#[derive(Debug, Default)]
+pub(crate) struct IntakeFirst {
+    waiting: AtomicUsize,
+    committed: tokio::sync::Notify,
+}
+
+impl IntakeFirst {
+    /// Longest a claim waits for an intake batch.
+    const YIELD: Duration = Duration::from_millis(20);
+
+    /// Marks an intake batch waiting until the guard is dropped.
+    pub(crate) fn batch(self: &Arc<Self>) -> IntakeBatch {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        IntakeBatch(self.clone())
+    }
+
+    /// Waits for the intake batch waiting now, if there is one, to end.
+    pub(crate) async fn let_through(&self) {
+        if self.waiting.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let committed = self.committed.notified();
+        tokio::pin!(committed);
+        committed.as_mut().enable();
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            let _ = tokio::time::timeout(Self::YIELD, committed).await;
+        }
+    }
+}
+
+/// An intake batch on its way to the database.
+pub(crate) struct IntakeBatch(Arc<IntakeFirst>);
+
+impl Drop for IntakeBatch {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.0.committed.notify_waiters();
+    }
 }
 
 impl Store {
@@ -148,6 +196,7 @@ impl Store {
                 Ok(Self {
                     read: Pool::Postgres(pool.clone()),
                     write: Pool::Postgres(pool),
+                    intake: Arc::default(),
                 })
             }
         }
@@ -182,6 +231,7 @@ impl Store {
         Ok(Self {
             read: Pool::Sqlite(read),
             write: Pool::Sqlite(write),
+            intake: Arc::default(),
         })
     }
 
