@@ -7,6 +7,9 @@
 //! cargo bench --bench intake [-- SECONDS CONNECTIONS]     (defaults: 10 s, 32)
 //! ```
 //!
+//! `BENCH_WORKER_CONCURRENCY` sets the bot's `WORKER_CONCURRENCY` (default 8), and
+//! `BENCH_DATABASE_URL` its Postgres.
+//!
 //! - **Minimal handler** (the physical-limit proxy): this bench binary again, as a child
 //!   process on the same kind of runtime as the bot, that verifies the HMAC with the bot's
 //!   own function, parses the JSON and answers 200. Nothing stored.
