@@ -5,17 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::app::{TestApp, audit_trail, config_env, mention, rows};
+use crate::common::app::{TestApp, audit_trail, mention, rows};
 use crate::common::fake_databricks::{FakeDatabricks, FakeUser, Scripted};
 use crate::common::logs::Captured;
 use crate::common::recorded::recorded;
-use crate::common::{KEY_A, PATIENCE, Person, TestDb, eventually, vault};
+use crate::common::{KEY_A, PATIENCE, Person, TestDb, broker_with, eventually, vault};
 use databricks_slack_bot::clock::{Clock, ManualClock};
-use databricks_slack_bot::config::{Config, Env};
 use databricks_slack_bot::crypto::{Binding, Purpose};
-use databricks_slack_bot::databricks::authority::Authority;
 use databricks_slack_bot::databricks::broker::{BrokerError, REFRESH_MARGIN_SECONDS, TokenBroker};
-use databricks_slack_bot::databricks::oauth::http_client;
 use databricks_slack_bot::metrics::Metrics;
 use databricks_slack_bot::store::Store;
 use databricks_slack_bot::store::links::LinkStatus;
@@ -28,25 +25,6 @@ const NOW: i64 = 1_800_000_000;
 /// A broker over its own store connection (as another process would have), on `db_url`.
 async fn broker(db_url: &str, databricks: &FakeDatabricks, clock: Arc<ManualClock>) -> (TokenBroker, Store) {
     broker_with(db_url, databricks, clock, Arc::new(Metrics::new())).await
-}
-
-/// [`broker`], counting into `metrics`.
-async fn broker_with(
-    db_url: &str,
-    databricks: &FakeDatabricks,
-    clock: Arc<ManualClock>,
-    metrics: Arc<Metrics>,
-) -> (TokenBroker, Store) {
-    let config = Config::load(&Env::from_pairs(config_env(
-        db_url,
-        "http://127.0.0.1:9",
-        &databricks.uri,
-    )))
-    .unwrap();
-    let store = Store::open(&config.database).await.unwrap();
-    let oauth = Authority::new(&config.databricks, &config.public_base_url, http_client());
-    let broker = TokenBroker::new(store.clone(), vault(&[KEY_A]), oauth, clock, metrics);
-    (broker, store)
 }
 
 /// The asker, in the fake's workspace.

@@ -26,6 +26,38 @@ use databricks_slack_bot::store::links::NewLink;
 use secrecy::SecretString;
 use sqlx::Connection;
 
+/// A token broker over its own store connection (as another process would have), on
+/// `db_url`, against `databricks`, counting into `metrics`.
+pub async fn broker_with(
+    db_url: &str,
+    databricks: &fake_databricks::FakeDatabricks,
+    clock: std::sync::Arc<databricks_slack_bot::clock::ManualClock>,
+    metrics: std::sync::Arc<databricks_slack_bot::metrics::Metrics>,
+) -> (databricks_slack_bot::databricks::broker::TokenBroker, Store) {
+    use databricks_slack_bot::config::{Config, Env};
+    use databricks_slack_bot::databricks::authority::Authority;
+    let config = Config::load(&Env::from_pairs(app::config_env(
+        db_url,
+        "http://127.0.0.1:9",
+        &databricks.uri,
+    )))
+    .unwrap();
+    let store = Store::open(&config.database).await.unwrap();
+    let oauth = Authority::new(
+        &config.databricks,
+        &config.public_base_url,
+        databricks_slack_bot::databricks::oauth::http_client(),
+    );
+    let broker = databricks_slack_bot::databricks::broker::TokenBroker::new(
+        store.clone(),
+        vault(&[KEY_A]),
+        oauth,
+        clock,
+        metrics,
+    );
+    (broker, store)
+}
+
 /// The compiled `databricks-slack-bot` binary.
 pub const BIN: &str = env!("CARGO_BIN_EXE_databricks-slack-bot");
 
