@@ -278,10 +278,14 @@ impl<'a> GenieSpace<'a> {
             .db
             .get(&self.path(""), &[("include_serialized_space", "true")])
             .await?;
-        let export: Export = space
-            .serialized_space
-            .and_then(|text| serde_json::from_str(&text).ok())
-            .unwrap_or_default();
+        let export: Export = match space.serialized_space.as_deref().map(serde_json::from_str) {
+            Some(Ok(export)) => export,
+            Some(Err(error)) => {
+                tracing::info!(error = %error, "a Genie space's export is not the layout expected; no sample questions");
+                Export::default()
+            }
+            None => Export::default(),
+        };
         Ok(export
             .config
             .sample_questions

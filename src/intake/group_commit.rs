@@ -9,8 +9,9 @@
 //! Durability is unchanged: a delivery's caller hears `Enqueued` or `Duplicate` only after
 //! the commit that recorded it.
 //!
-//! If a batch fails, its deliveries are committed one by one, so one that cannot be
-//! recorded fails alone (its caller answers Slack with a 5xx and Slack retries it).
+//! If the database refuses a batch, its deliveries are committed one by one, so one that
+//! cannot be recorded fails alone; if the database cannot be reached, the whole batch
+//! fails at once. A failed delivery's caller answers Slack with a 5xx and Slack retries.
 //!
 //! Retries are cheap: the keys of deliveries recorded recently by this process are
 //! remembered ([`RECENT_KEYS`]), and a retry of one is a duplicate without touching the
@@ -111,7 +112,9 @@ async fn commit_batches(
         let deliveries: Vec<(&str, NewJob<'_>)> = batch.iter().map(|p| (p.key.as_str(), p.job.borrowed())).collect();
         let outcomes: Vec<Result<Delivery, sqlx::Error>> = match store.enqueue_event_jobs(&deliveries, now).await {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-            Err(error) if batch.len() > 1 => {
+            // A statement refused (one delivery's data): the others need not fail with it.
+            // A database that is down or stalled would only be waited on once per delivery.
+            Err(error @ sqlx::Error::Database(_)) if batch.len() > 1 => {
                 tracing::warn!(error = %error, deliveries = batch.len(), "a batch of deliveries failed; recording them one by one");
                 let mut outcomes = Vec::with_capacity(deliveries.len());
                 for one in &deliveries {
@@ -120,7 +123,11 @@ async fn commit_batches(
                 }
                 outcomes
             }
-            Err(error) => vec![Err(error)],
+            Err(error) => {
+                // The cause is logged here; each caller needs only to know that it failed.
+                tracing::warn!(error = %error, deliveries = batch.len(), "a batch of deliveries could not be recorded");
+                batch.iter().map(|_| Err(sqlx::Error::PoolTimedOut)).collect()
+            }
         };
         drop(deliveries);
         {

@@ -170,7 +170,7 @@ impl Workers {
     /// Claims and runs jobs until shutdown begins, then waits up to `drain` for running
     /// jobs. Jobs still running after that keep their lease and are retaken after it.
     /// Whenever nothing can be claimed, jobs held back behind others are told they wait
-    /// (one pass at a time, on a permit of its own).
+    /// (one pass at a time, holding one of the pool's permits while it runs).
     pub async fn run(self, lifecycle: Lifecycle, drain: Duration) {
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
         let tracker = TaskTracker::new();

@@ -138,13 +138,6 @@ macro_rules! claim_sql {
 }
 
 impl Store {
-    /// Records Slack event `event_id` and enqueues `job` atomically; a second delivery of
-    /// the same event (a retry, or the same event reaching another replica) does nothing.
-    pub async fn enqueue_event_job(&self, event_id: &str, job: &NewJob<'_>, now: i64) -> Result<Delivery, sqlx::Error> {
-        let recorded = self.enqueue_event_jobs(&[(event_id, job.clone())], now).await?;
-        Ok(recorded[0])
-    }
-
     /// Records each delivery and enqueues its job, all in one transaction (group commit:
     /// one write to disk for many deliveries). Each is [`Delivery::Duplicate`] when its
     /// event id was recorded before, in an earlier transaction or earlier in this one. If
@@ -214,7 +207,8 @@ impl Store {
         })
     }
 
-    /// Claims the oldest runnable job — queued and due, or running with an expired lease
+    /// Claims a runnable job — first one running with an expired lease, else the oldest
+    /// queued and due
     /// (its worker died) — whose user has fewer than `per_user_limit` jobs running.
     pub async fn claim_job(&self, now: i64, lease_until: i64, per_user_limit: i64) -> Result<Option<Job>, sqlx::Error> {
         if matches!(self.write, Pool::Sqlite(_)) {

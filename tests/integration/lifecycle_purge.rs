@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::common::app::{Options, TestApp, mention, slack_calls};
 use crate::common::logs::Captured;
-use crate::common::{KEY_A, PATIENCE, Person, TestDb, eventually, vault};
+use crate::common::{KEY_A, PATIENCE, Person, TestDb, enqueue_one, eventually, vault};
 use databricks_slack_bot::clock::{Clock, ManualClock};
 use databricks_slack_bot::domain::{PersonIn, TeamId, UserId};
 use databricks_slack_bot::jobs::retention::Retention;
@@ -225,7 +225,7 @@ async fn job(store: &Store, event_id: &str, team: &str, user: &str, at: i64, end
         payload: "{}",
         conversation: None,
     };
-    store.enqueue_event_job(event_id, &new, at).await.unwrap();
+    enqueue_one(store, event_id, &new, at).await.unwrap();
     if matches!(ends, Ends::Queued) {
         return None;
     }

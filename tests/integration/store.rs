@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::common::{KEY_A, KEY_B, Person, TestDb, vault};
+use crate::common::{KEY_A, KEY_B, Person, TestDb, enqueue_one, vault};
 use databricks_slack_bot::crypto::{Binding, Purpose, VaultError, envelope_key_id};
 use databricks_slack_bot::databricks::broker::rotation::{
     rotate_all, rotate_batch, rotate_pending_links, unknown_keys,
@@ -272,8 +272,7 @@ async fn an_event_is_enqueued_once_however_often_it_is_delivered() {
         let store = db.open().await;
         let p = Person::new("T1", "U1");
         let new = job(&p.team, &p.user, "{}");
-        let deliveries =
-            futures_util::future::join_all((0..8).map(|_| store.enqueue_event_job("Ev1", &new, NOW))).await;
+        let deliveries = futures_util::future::join_all((0..8).map(|_| enqueue_one(&store, "Ev1", &new, NOW))).await;
         let enqueued = deliveries
             .iter()
             .filter(|d| matches!(d, Ok(Delivery::Enqueued)))
@@ -298,7 +297,7 @@ async fn a_batch_of_deliveries_records_each_event_once() {
         let store = db.open().await;
         let p = Person::new("T1", "U1");
         let new = job(&p.team, &p.user, "{}");
-        store.enqueue_event_job("Ev0", &new, NOW).await.unwrap();
+        enqueue_one(&store, "Ev0", &new, NOW).await.unwrap();
         let batch: Vec<(&str, NewJob<'_>)> = ["Ev1", "Ev0", "Ev2", "Ev1"]
             .into_iter()
             .map(|event| (event, new.clone()))
@@ -324,8 +323,7 @@ async fn an_expired_lease_lets_another_worker_take_the_job_and_fences_the_first(
     for db in TestDb::all().await {
         let store = db.open().await;
         let p = Person::new("T1", "U1");
-        store
-            .enqueue_event_job("Ev1", &job(&p.team, &p.user, "{\"n\":1}"), NOW)
+        enqueue_one(&store, "Ev1", &job(&p.team, &p.user, "{\"n\":1}"), NOW)
             .await
             .unwrap();
         let first = store.claim_job(NOW, NOW + 60, 2).await.unwrap().unwrap();
@@ -367,12 +365,10 @@ async fn retried_jobs_wait_for_their_time_and_failed_jobs_never_return() {
     for db in TestDb::all().await {
         let store = db.open().await;
         let p = Person::new("T1", "U1");
-        store
-            .enqueue_event_job("Ev1", &job(&p.team, &p.user, "a"), NOW)
+        enqueue_one(&store, "Ev1", &job(&p.team, &p.user, "a"), NOW)
             .await
             .unwrap();
-        store
-            .enqueue_event_job("Ev2", &job(&p.team, &p.user, "b"), NOW)
+        enqueue_one(&store, "Ev2", &job(&p.team, &p.user, "b"), NOW)
             .await
             .unwrap();
         let a = store.claim_job(NOW, NOW + 60, 2).await.unwrap().unwrap();
@@ -403,7 +399,7 @@ async fn jobs_of_one_conversation_run_one_at_a_time_in_order() {
                     conversation,
                     ..job(&team, &user, payload)
                 };
-                store.enqueue_event_job(event, &new, NOW).await.unwrap();
+                enqueue_one(&store, event, &new, NOW).await.unwrap();
             }
         };
         enqueue("Ev1", "first in thread", Some("T1:U1:C1:1.1")).await;
@@ -442,8 +438,7 @@ async fn an_outbox_is_kept_for_the_retry_fenced_and_cleared_when_the_job_ends() 
         let store = db.open().await;
         let p = Person::new("T1", "U1");
         for (event, payload) in [("Ev1", "a"), ("Ev2", "b")] {
-            store
-                .enqueue_event_job(event, &job(&p.team, &p.user, payload), NOW)
+            enqueue_one(&store, event, &job(&p.team, &p.user, payload), NOW)
                 .await
                 .unwrap();
         }
@@ -482,13 +477,11 @@ async fn one_persons_burst_does_not_hold_up_everyone_else() {
         let busy = Person::new("T1", "UBUSY");
         let other = Person::new("T1", "UOTHER");
         for i in 0..4 {
-            store
-                .enqueue_event_job(&format!("EvB{i}"), &job(&busy.team, &busy.user, "busy"), NOW)
+            enqueue_one(&store, &format!("EvB{i}"), &job(&busy.team, &busy.user, "busy"), NOW)
                 .await
                 .unwrap();
         }
-        store
-            .enqueue_event_job("EvO", &job(&other.team, &other.user, "other"), NOW)
+        enqueue_one(&store, "EvO", &job(&other.team, &other.user, "other"), NOW)
             .await
             .unwrap();
         let claimed: Vec<String> = {
@@ -591,8 +584,7 @@ async fn feedback_and_assistant_threads_work_on_both_backends_and_go_with_the_te
     for db in TestDb::all().await {
         let store = db.open().await;
         let p = Person::new("T1", "U1");
-        store
-            .enqueue_event_job("Ev1", &job(&p.team, &p.user, "{}"), NOW)
+        enqueue_one(&store, "Ev1", &job(&p.team, &p.user, "{}"), NOW)
             .await
             .unwrap();
         let answer = store.claim_job(NOW, NOW + 60, 2).await.unwrap().unwrap();

@@ -428,3 +428,45 @@ async fn the_llm_agents_words_stream_from_the_serving_endpoint_into_the_thread()
     assert!(blocks.contains("Databricks AI"), "{blocks}");
     app.stop().await;
 }
+
+// A stream Slack would only end without the answer's blocks is ended with its text, and
+// the message follows on its own; when that message fails for a moment, its retry does
+// not go through the stream again (nor repeat its text).
+#[tokio::test]
+async fn a_stream_ended_without_its_blocks_is_not_ended_again_when_its_message_is_retried() {
+    use wiremock::matchers::body_string_contains;
+
+    let blocks_refused = Mock::given(path("/api/chat.stopStream"))
+        .and(body_string_contains("\"blocks\""))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": false, "error": "invalid_blocks"})));
+    let message_fails_once = Mock::given(path("/api/chat.postMessage"))
+        .and(body_string_contains("Answered with"))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(1);
+    let app = spawn(
+        vec![blocks_refused, message_fails_once],
+        vec![],
+        &["Orders ", "shipped: 42."],
+        Duration::from_millis(10),
+    )
+    .await;
+    app.post_event(&mention("Ev0STREAM9", "<@U0LAN0Z89> orders?")).await;
+    app.wait_for_calls("chat.stopStream", 2).await;
+    app.retry_now(1).await;
+    eventually("the job done", PATIENCE, || async {
+        (app.job_states().await == ["done"]).then_some(())
+    })
+    .await;
+    let stops = app.slack_calls("chat.stopStream").await;
+    assert_eq!(stops.len(), 2, "with the blocks, then without; never again: {stops:?}");
+    let posted = app.slack_calls("chat.postMessage").await;
+    let answers: Vec<&Value> = posted
+        .iter()
+        .filter(|m| m.to_string().contains("Answered with"))
+        .collect();
+    assert_eq!(answers.len(), 2, "the message, then its retry: {posted:?}");
+    assert!(
+        posted.iter().all(|m| !m.to_string().contains("shipped: 42.")),
+        "the streamed text is not posted again: {posted:?}"
+    );
+}

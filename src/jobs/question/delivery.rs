@@ -64,7 +64,7 @@ impl Questions {
         let mut stream = outbox.stream_at(sent);
         for content in outbox.messages.iter().skip(sent) {
             let mut posted = match stream.take() {
-                Some(stream) => self.finish_stream(q, stream, content.clone()).await,
+                Some(stream) => self.finish_stream(job, q, outbox, stream, content.clone()).await,
                 None => self.post_part(q, shown, &mut placeholder, content.clone()).await,
             };
             // Slack refused the message itself, most likely over blocks the company's agent
@@ -157,10 +157,13 @@ impl Questions {
     /// Ends the stream the agent wrote into with the rest of its text and the answer's
     /// first message below it. If Slack will not take that, the stream is ended with the
     /// text alone and the message follows on its own; if the stream cannot be ended at
-    /// all (Slack closed it), the rest of the text follows as messages.
+    /// all (Slack closed it), the rest of the text follows as messages. Once the text is
+    /// out, the job forgets the stream, so a retry of the message does not repeat it.
     async fn finish_stream(
         &self,
+        job: &Job,
         q: &Question,
+        outbox: &Outbox,
         stream: &KeptStream,
         content: SlackMessageContent,
     ) -> Result<(), JobError> {
@@ -185,6 +188,11 @@ impl Questions {
                 }
             }
         }
+        let closed = Outbox {
+            stream: None,
+            ..outbox.clone()
+        };
+        self.keep(job, &closed).await?;
         self.slack
             .post_message(&q.channel, q.answer_thread(), content)
             .await
@@ -318,7 +326,7 @@ impl Questions {
 /// messages Slack has taken (`jobs.outbox_sent`). A retry after a Slack failure resumes
 /// there instead of asking the agent again (which would post parts twice, and ask Genie
 /// the question twice).
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(super) struct Outbox {
     /// Whether the agent has answered (`messages` and `csv` are its answer).
     pub(super) answered: bool,

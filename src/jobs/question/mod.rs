@@ -192,11 +192,7 @@ impl Questions {
             // The worker of an earlier try died while the agent wrote: its stream is
             // closed before the question is asked again.
             if let Some(stream) = &outbox.stream {
-                let closed = stream::KeptStream {
-                    rest: "\n\n_Interrupted. Answering again below…_".into(),
-                    ..stream.clone()
-                };
-                closed.interrupt(self, q).await;
+                stream.interrupt(self, q, "_Interrupted. Answering again below…_").await;
             }
             self.answer(job, q, outbox.placeholder).await
         }
@@ -371,7 +367,13 @@ impl Questions {
             }
             Err(Unanswered::Token(error)) => {
                 if let Some(streamed) = streamed {
-                    streamed.interrupt(self, q, STREAM_FAILED).await;
+                    let words = match &error {
+                        BrokerError::Transient(_) | BrokerError::Store(_) => {
+                            "_Interrupted: Databricks sign-in is not answering. I'll try again in a moment._"
+                        }
+                        _ => STREAM_FAILED,
+                    };
+                    self.end_stream(job, q, streamed, words, shown).await?;
                 }
                 return Ok(ControlFlow::Break(Ending::NoToken(error)));
             }
@@ -382,16 +384,7 @@ impl Questions {
                 AgentError::Transient { reason, .. } => format!("_Interrupted: {reason}. I'll try again in a moment._"),
                 _ => STREAM_FAILED.to_owned(),
             };
-            streamed.interrupt(self, q, &words).await;
-            // Closed: the next try starts afresh, with a placeholder of its own.
-            self.keep(
-                job,
-                &Outbox {
-                    shown: Some(shown),
-                    ..Outbox::default()
-                },
-            )
-            .await?;
+            self.end_stream(job, q, streamed, &words, shown).await?;
         }
         let outcome = match &error {
             AgentError::NoAccess(_) => AnswerOutcome::NoAccess,
@@ -428,6 +421,24 @@ impl Questions {
                 ))))
             }
         }
+    }
+
+    /// Ends a stream whose answer failed with `words`, and forgets it: the next try starts
+    /// afresh, with a placeholder of its own.
+    async fn end_stream(
+        &self,
+        job: &Job,
+        q: &Question,
+        streamed: Streamed,
+        words: &str,
+        shown: Shown,
+    ) -> Result<(), JobError> {
+        streamed.interrupt(self, q, words).await;
+        let closed = Outbox {
+            shown: Some(shown),
+            ..Outbox::default()
+        };
+        self.keep(job, &closed).await
     }
 
     /// Renders the answer, keeps it with the job (which takes the placeholder over) and
@@ -645,12 +656,27 @@ impl Questions {
     /// be taken over. Kept with the job, so it is shown once.
     pub async fn announce_waiting(&self, job: &Job, q: &Question) {
         if let Err(error) = self.show_waiting(job, q).await {
-            tracing::info!(error = %error, "could not show that a question waits");
+            tracing::info!(error = %error, "could not record that a question was shown waiting");
         }
     }
 
+    /// Shows the wait where it can; whatever Slack says, the job is marked as told, so one
+    /// that cannot be shown is not tried again on every pass.
     async fn show_waiting(&self, job: &Job, q: &Question) -> Result<(), JobError> {
         let mut outbox = Outbox::default();
+        if let Err(error) = self.show_wait(q, &mut outbox).await {
+            tracing::info!(error = %error, "could not show that a question waits");
+        }
+        let kept = serde_json::to_string(&outbox).expect("an outbox serialises");
+        if !self.store.keep_waiting_outbox(job, &kept).await? {
+            // A worker took the question meanwhile and shows its own progress.
+            self.remove_placeholder(q, outbox.placeholder.as_deref()).await;
+        }
+        Ok(())
+    }
+
+    /// Posts the wait's placeholder (into `outbox`) or sets the assistant thread's status.
+    async fn show_wait(&self, q: &Question, outbox: &mut Outbox) -> Result<(), JobError> {
         if !q.text.is_empty() && self.asker(q).await? == Membership::Member {
             let shown = self.visibility(q).await;
             let assistant_thread = q.thread_ts.as_deref().filter(|_| q.is_dm && q.response_url.is_none());
@@ -679,11 +705,6 @@ impl Questions {
             }
             outbox.shown = Some(shown);
         }
-        let kept = serde_json::to_string(&outbox).expect("an outbox serialises");
-        if !self.store.keep_waiting_outbox(job, &kept).await? {
-            // A worker took the question meanwhile and shows its own progress.
-            self.remove_placeholder(q, outbox.placeholder.as_deref()).await;
-        }
         Ok(())
     }
 
@@ -708,11 +729,7 @@ impl Questions {
         if let Some((outbox, sent)) = &outbox {
             self.remove_placeholder(q, outbox.placeholder_at(*sent)).await;
             if let Some(stream) = outbox.stream_at(*sent) {
-                let closed = stream::KeptStream {
-                    rest: format!("{}\n\n{STREAM_FAILED}", stream.rest),
-                    ..stream.clone()
-                };
-                closed.interrupt(self, q).await;
+                stream.interrupt(self, q, STREAM_FAILED).await;
             }
         }
         let reason = match outbox {

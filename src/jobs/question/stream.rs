@@ -247,23 +247,26 @@ impl Streamed {
     /// Stops the stream with what Slack does not have yet and `words` saying why it ends
     /// here.
     pub(super) async fn interrupt(self, questions: &Questions, q: &Question, words: &str) {
-        let stop = KeptStream {
+        let kept = KeptStream {
             ts: self.ts,
-            rest: format!("{}\n\n{words}", self.unsent),
+            rest: self.unsent,
         };
-        stop.interrupt(questions, q).await;
+        kept.interrupt(questions, q, words).await;
     }
 }
 
 impl KeptStream {
-    /// Stops the stream with its `rest` as the last words (logged, not raised: the stream
-    /// is a nicety beside telling the person).
-    pub(super) async fn interrupt(&self, questions: &Questions, q: &Question) {
-        if let Err(error) = questions
-            .slack
-            .stop_stream(&q.channel, &self.ts, &safe(&self.rest), None)
-            .await
-        {
+    /// Stops the stream with its `rest` and then `words` saying why it ends here; if Slack
+    /// will not take those, with nothing more, so it is never left open. Logged, not
+    /// raised: the stream is a nicety beside telling the person.
+    pub(super) async fn interrupt(&self, questions: &Questions, q: &Question, words: &str) {
+        let last = safe(&format!("{}\n\n{words}", self.rest));
+        let slack = &questions.slack;
+        let Err(error) = slack.stop_stream(&q.channel, &self.ts, &last, None).await else {
+            return;
+        };
+        tracing::info!(error = %error, "could not stop an interrupted stream with its last words");
+        if let Err(error) = slack.stop_stream(&q.channel, &self.ts, "", None).await {
             tracing::info!(error = %error, "could not stop an interrupted stream");
         }
     }

@@ -58,6 +58,16 @@ pub async fn broker_with(
     (broker, store)
 }
 
+/// Records Slack event `event_id` and enqueues `job`, as a batch of one.
+pub async fn enqueue_one(
+    store: &Store,
+    event_id: &str,
+    job: &databricks_slack_bot::store::jobs::NewJob<'_>,
+    now: i64,
+) -> Result<databricks_slack_bot::store::jobs::Delivery, sqlx::Error> {
+    Ok(store.enqueue_event_jobs(&[(event_id, job.clone())], now).await?[0])
+}
+
 /// The compiled `databricks-slack-bot` binary.
 pub const BIN: &str = env!("CARGO_BIN_EXE_databricks-slack-bot");
 
