@@ -104,6 +104,24 @@ impl From<sqlx::Error> for Failure {
 }
 
 /// Runs the command line and returns the process exit code.
+/// Writes a line of a command's output. A reader that went away (`links list | head -1`)
+/// ends the command quietly and successfully, as Unix tools do; stdout failing otherwise
+/// (a full disk) ends it with failure. Never a panic.
+fn emit(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(error) = out.write_fmt(line).and_then(|()| out.write_all(b"\n")) {
+        std::process::exit(i32::from(error.kind() != std::io::ErrorKind::BrokenPipe));
+    }
+}
+
+/// `println!` through [`emit`].
+macro_rules! say {
+    ($($arg:tt)*) => {
+        emit(format_args!($($arg)*))
+    };
+}
+
 pub async fn run(cli: Cli) -> ExitCode {
     let env = match Env::from_process() {
         Ok(env) => env,
@@ -115,7 +133,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Check => check(&env).await,
         Command::Migrate => migrate(&env).await,
         Command::Keys(KeysCommand::Generate) => {
-            println!("{}", generate_key().expose_secret());
+            say!("{}", generate_key().expose_secret());
             eprintln!(
                 "Add it in front of TOKEN_ENCRYPTION_KEYS as <id>:<key> (e.g. k2:<key>,k1:<old key>), then run `keys rotate`."
             );
@@ -169,7 +187,7 @@ async fn check(env: &Env) -> Result<(), Failure> {
         "HTTP events"
     };
     let agent = config.agent.kind.as_str();
-    println!(
+    say!(
         "configuration  ok ({mode}; agent: {agent}; keys: primary {})",
         config.vault.primary_key_id()
     );
@@ -181,7 +199,7 @@ async fn check(env: &Env) -> Result<(), Failure> {
         0 => "the TCP peer".to_owned(),
         n => format!("X-Forwarded-For via {n} trusted proxy range(s)"),
     };
-    println!("exposure       /metrics on {metrics_on}; linking rate-limited per client, from {clients}");
+    say!("exposure       /metrics on {metrics_on}; linking rate-limited per client, from {clients}");
     let spaces = &config.agent.genie_spaces;
     if !spaces.is_empty() {
         // Spaces are reached only as a person (the bot has no identity of its own at
@@ -191,7 +209,7 @@ async fn check(env: &Env) -> Result<(), Failure> {
             .map(|(channel, space)| format!("{channel} → {space}"))
             .collect();
         let default = spaces.default_space().unwrap_or("none");
-        println!(
+        say!(
             "genie          ok (default space {default}; {} channel(s) mapped{}{})",
             mapped.len(),
             if mapped.is_empty() { "" } else { ": " },
@@ -199,7 +217,7 @@ async fn check(env: &Env) -> Result<(), Failure> {
         );
     }
     if config.identity_check == IdentityCheck::None {
-        println!(
+        say!(
             "linking        WARNING: LINK_IDENTITY_CHECK=none: whoever opens a person's link can connect any \
              Databricks account to that person's Slack user"
         );
@@ -225,20 +243,20 @@ async fn check(env: &Env) -> Result<(), Failure> {
     let mut healthy = true;
     if let Ok((_, Some(unknown))) = &database {
         if unknown.is_empty() {
-            println!("stored secrets ok (all under configured keys)");
+            say!("stored secrets ok (all under configured keys)");
         } else {
-            println!("stored secrets FAILED: {}", sealed_under_unknown_keys(unknown));
+            say!("stored secrets FAILED: {}", sealed_under_unknown_keys(unknown));
             healthy = false;
         }
     }
     match database.map(|(pending, _)| pending) {
-        Ok(0) => println!("database       ok ({})", describe(&config.database)),
-        Ok(n) => println!(
+        Ok(0) => say!("database       ok ({})", describe(&config.database)),
+        Ok(n) => say!(
             "database       ok ({}); {n} migration(s) pending, applied by `serve` or `migrate`",
             describe(&config.database)
         ),
         Err(e) => {
-            println!("database       FAILED: {e:#}");
+            say!("database       FAILED: {e:#}");
             healthy = false;
         }
     }
@@ -246,18 +264,20 @@ async fn check(env: &Env) -> Result<(), Failure> {
         .auth_test()
         .await
     {
-        Ok(bot) => println!(
+        Ok(bot) => say!(
             "slack          ok (workspace {} {}, bot user {})",
-            bot.team, bot.team_id, bot.user_id
+            bot.team,
+            bot.team_id,
+            bot.user_id
         ),
         Err(e) => {
-            println!("slack          FAILED: auth.test: {e}");
+            say!("slack          FAILED: auth.test: {e}");
             healthy = false;
         }
     }
     let authority = Authority::new(&config.databricks, &config.public_base_url, http_client());
     match authority.discovery().await {
-        Ok(discovery) => println!(
+        Ok(discovery) => say!(
             "databricks     ok ({}: sign-in at {} discovered at {}; token endpoint {})",
             authority.mode(),
             authority.provider(),
@@ -265,7 +285,7 @@ async fn check(env: &Env) -> Result<(), Failure> {
             discovery.token_endpoint
         ),
         Err(e) => {
-            println!(
+            say!(
                 "databricks     FAILED: {e} ({}: sign-in at {})",
                 authority.mode(),
                 authority.provider()
@@ -275,9 +295,9 @@ async fn check(env: &Env) -> Result<(), Failure> {
     }
     if let Some(probe) = authority.probe_exchange().await {
         match probe {
-            Ok(url) => println!("exchange       ok (the workspace's token exchange answers at {url})"),
+            Ok(url) => say!("exchange       ok (the workspace's token exchange answers at {url})"),
             Err(e) => {
-                println!("exchange       FAILED: {e}");
+                say!("exchange       FAILED: {e}");
                 healthy = false;
             }
         }
@@ -285,7 +305,7 @@ async fn check(env: &Env) -> Result<(), Failure> {
     // A warning only: the bot runs with any ADK, the asker's token just does not reach
     // the agent on an old one.
     if let Some(adk) = agent::adk_of(&config.agent) {
-        println!("adk            {}", adk.probe_version().await);
+        say!("adk            {}", adk.probe_version().await);
     }
     if healthy {
         Ok(())
@@ -307,7 +327,7 @@ async fn migrate(env: &Env) -> Result<(), Failure> {
     let pending = store.pending_migrations().await?;
     store.migrate().await?;
     store.close().await;
-    println!("migrations applied: {pending} ({})", describe(&database));
+    say!("migrations applied: {pending} ({})", describe(&database));
     Ok(())
 }
 
@@ -324,21 +344,23 @@ async fn rotate(env: &Env, batch_size: i64) -> Result<(), Failure> {
         );
     })
     .await?;
-    println!(
+    say!(
         "re-encrypted {} link(s) under key {primary}; {} already re-encrypted by a concurrent refresh",
-        total.resealed, total.changed_meanwhile
+        total.resealed,
+        total.changed_meanwhile
     );
     // Pending links' secrets are bound to the workspace; without it they are left to
     // expire (they live ten minutes).
     match env.get("DATABRICKS_HOST").map(WorkspaceHost::parse) {
         Some(Ok(workspace)) => {
             let pending = rotate_pending_links(&store, &vault, &workspace).await?;
-            println!(
+            say!(
                 "re-encrypted {} sign-in(s) in progress; {} could not be opened and will fail",
-                pending.resealed, pending.unreadable
+                pending.resealed,
+                pending.unreadable
             );
         }
-        _ => println!("sign-ins in progress left as they are (DATABRICKS_HOST is not set); they expire in 10 minutes"),
+        _ => say!("sign-ins in progress left as they are (DATABRICKS_HOST is not set); they expire in 10 minutes"),
     }
     store.close().await;
     if total.failures.is_empty() {
@@ -362,7 +384,7 @@ async fn list_links(env: &Env, team: Option<&TeamId>) -> Result<(), Failure> {
     let store = Store::open(&database).await?;
     let links = store.list_links(team).await?;
     store.close().await;
-    print!("{}", links_table(&links));
+    say!("{}", links_table(&links).trim_end_matches('\n'));
     Ok(())
 }
 
@@ -417,9 +439,9 @@ async fn remove_link(env: &Env, team: &TeamId, user: &UserId) -> Result<(), Fail
         .await?;
     store.close().await;
     if removed {
-        println!("removed the link of {user} in {team}");
+        say!("removed the link of {user} in {team}");
     } else {
-        println!("{user} in {team} has no link; nothing to remove");
+        say!("{user} in {team} has no link; nothing to remove");
     }
     Ok(())
 }

@@ -816,3 +816,35 @@ async fn every_acknowledged_delivery_survives_a_sigkill_in_the_middle_of_a_load(
         "one job per recorded delivery, no more, no less"
     );
 }
+
+// Issue 17, item 3: a command whose reader goes away, as in `links list | head -1`, ends
+// quietly and successfully, as Unix tools do — no panic, whatever is left unprinted.
+#[tokio::test]
+async fn links_list_into_a_reader_that_stops_after_one_line_exits_cleanly() {
+    let db = TestDb::sqlite();
+    let store = db.open().await;
+    let v = vault(&[KEY_A]);
+    // Far more than a pipe holds (64 KiB), so the command is still writing when `head` goes.
+    for i in 0..1500 {
+        Person::new("T1", &format!("UMANY{i:05}"))
+            .link(&store, &v, "doau-CANARY-many", NOW)
+            .await;
+    }
+    store.close().await;
+    let mut piped = Command::new("bash");
+    piped
+        .args(["-c", "set -o pipefail; \"$0\" links list | head -1", crate::common::BIN])
+        .current_dir(db.dir.path())
+        .env_clear()
+        .env("DATABASE_URL", &db.url)
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    let out = run(piped);
+    let all = text(&out);
+    assert!(
+        out.status.success(),
+        "the command's own status, through pipefail: {all}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("TEAM"), "{all}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1, "{all}");
+    assert!(!all.contains("panicked") && !all.contains("Broken pipe"), "{all}");
+}
