@@ -34,19 +34,20 @@
 //! The generator, the bot and (in its turn) the minimal handler share the machine's cores,
 //! as they would on a loaded node; everything is on loopback.
 
-use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{any, post};
+use axum::routing::post;
 use databricks_slack_bot::slack::signature::{sign, verify};
 use secrecy::SecretString;
 use serde_json::json;
 use sqlx::Connection;
+use support::{Prompts, fake_slack, memory_of, wait_for};
+
+mod support;
 
 const SECRET: &str = "bench-signing-secret";
 /// A Slack nobody answers at: workers' calls fail at once.
@@ -109,6 +110,18 @@ struct Figures {
 }
 
 impl Figures {
+    fn new(label: &str, mut latencies: Vec<Duration>, errors: usize, elapsed: Duration, fewest_sent: u64) -> Self {
+        latencies.sort();
+        Self {
+            label: label.to_owned(),
+            acks: latencies.len(),
+            errors,
+            elapsed,
+            latencies,
+            fewest_sent,
+        }
+    }
+
     fn rate(&self) -> f64 {
         self.acks as f64 / self.elapsed.as_secs_f64()
     }
@@ -240,16 +253,7 @@ async fn closed_loop(label: &str, url: &str, mix: Mix<'_>, span: Duration, conne
         errors += failed;
         fewest = fewest.min(sent);
     }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    Figures {
-        label: label.to_owned(),
-        acks: latencies.len(),
-        errors,
-        elapsed,
-        latencies,
-        fewest_sent: fewest,
-    }
+    Figures::new(label, latencies, errors, started.elapsed(), fewest)
 }
 
 /// Latency at a set rate: one delivery every 1/`rate` s for `span`, whatever the acks do.
@@ -272,16 +276,7 @@ async fn open_loop(label: &str, url: &str, series: &str, rate: f64, span: Durati
             Err(()) => errors += 1,
         }
     }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    Figures {
-        label: label.to_owned(),
-        acks: latencies.len(),
-        errors,
-        elapsed,
-        latencies,
-        fewest_sent: 0,
-    }
+    Figures::new(label, latencies, errors, started.elapsed(), 0)
 }
 
 fn free_port() -> u16 {
@@ -292,76 +287,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Waits until something answers on `port`.
-async fn wait_for(port: u16, child: &mut Child) {
-    for _ in 0..300 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("exited before serving: {status}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("nothing listens on {port}");
-}
-
-/// `VmHWM` (peak) and `VmRSS` (current) of process `pid`, in MiB.
-fn memory_of(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let mib = |key: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(key)?.trim().strip_suffix(" kB")?.parse::<f64>().ok())
-            .map_or(f64::NAN, |kb| kb / 1024.0)
-    };
-    (mib("VmHWM:"), mib("VmRSS:"))
-}
-
 fn stop(mut child: Child) {
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let _ = child.wait();
-}
-
-/// When the fake Slack received each person's prompt.
-type Prompts = Arc<Mutex<HashMap<String, Instant>>>;
-
-/// A Slack Web API that answers at once: `users.info` says everyone is a person of the
-/// bot's workspace, `chat.postEphemeral` notes when each person's prompt came, anything
-/// else is `ok`. Returns its `SLACK_API_URL`.
-async fn fake_slack(prompts: Prompts) -> String {
-    async fn method(
-        State(prompts): State<Prompts>,
-        Path(method): Path<String>,
-        Query(query): Query<HashMap<String, String>>,
-        body: Bytes,
-    ) -> axum::Json<serde_json::Value> {
-        let received = Instant::now();
-        let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        let user = query
-            .get("user")
-            .cloned()
-            .or_else(|| body["user"].as_str().map(str::to_owned))
-            .unwrap_or_default();
-        axum::Json(match method.as_str() {
-            "users.info" => json!({"ok": true, "user": {"id": user, "team_id": "T0BENCH", "name": "bench",
-                                   "is_bot": false, "profile": {}}}),
-            "chat.postEphemeral" => {
-                prompts.lock().unwrap().entry(user).or_insert(received);
-                json!({"ok": true, "message_ts": "1700000000.000001"})
-            }
-            "auth.test" => json!({"ok": true, "user_id": "U0BOT", "team_id": "T0BENCH", "team": "Bench",
-                                  "url": "https://bench.slack.com/", "bot_id": "B0BOT"}),
-            _ => json!({"ok": true}),
-        })
-    }
-    let app = axum::Router::new()
-        .route("/api/{method}", any(method))
-        .with_state(prompts);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/api", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
 }
 
 /// Time from acknowledgement to the first visible reply, at `rate` deliveries a second,
@@ -399,7 +327,7 @@ async fn first_visible_reply(rate: f64, span: Duration) -> String {
     }
     stop(bot);
     let prompts = prompts.lock().unwrap();
-    let mut latencies: Vec<Duration> = acked
+    let latencies: Vec<Duration> = acked
         .iter()
         .filter_map(|(user, acked_at)| {
             prompts
@@ -407,15 +335,9 @@ async fn first_visible_reply(rate: f64, span: Duration) -> String {
                 .map(|shown| shown.saturating_duration_since(*acked_at))
         })
         .collect();
-    latencies.sort();
-    let figures = Figures {
-        label: format!("first visible reply after the ack, at {rate:.0}/s (SQLite)"),
-        acks: latencies.len(),
-        errors: acked.len() - latencies.len(),
-        elapsed: span,
-        latencies,
-        fewest_sent: 0,
-    };
+    let errors = acked.len() - latencies.len();
+    let label = format!("first visible reply after the ack, at {rate:.0}/s (SQLite)");
+    let figures = Figures::new(&label, latencies, errors, span, 0);
     format!(
         "| {} | {} of {} shown | {:.2} ms | {:.2} ms | | {} |",
         figures.label,

@@ -21,14 +21,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query};
-use axum::routing::{any, post};
+use axum::routing::post;
 use common::fake_databricks::{FakeDatabricks, FakeUser};
 use common::{KEY_A, Person, TestDb, vault};
 use databricks_slack_bot::domain::WorkspaceHost;
 use databricks_slack_bot::slack::signature::sign;
 use databricks_slack_bot::store::Store;
-use serde_json::{Value, json};
+use serde_json::json;
+use support::{Prompts, fake_slack, memory_of, serve, wait_for};
+
+mod support;
 
 const SECRET: &str = "bench-signing-secret";
 const NOW: i64 = 1_800_000_000;
@@ -69,7 +71,7 @@ async fn main() {
         }),
     ))
     .await;
-    let slack = serve(axum::Router::new().route("/api/{method}", any(slack_method))).await;
+    let slack = fake_slack(Prompts::default()).await;
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -87,7 +89,7 @@ async fn main() {
             ("TOKEN_ENCRYPTION_KEYS", KEY_A.to_owned()),
             ("SLACK_BOT_TOKEN", "xoxb-bench".to_owned()),
             ("SLACK_SIGNING_SECRET", SECRET.to_owned()),
-            ("SLACK_API_URL", format!("{slack}/api")),
+            ("SLACK_API_URL", slack),
             ("DATABRICKS_HOST", databricks.uri.clone()),
             // The client the tests' fake token endpoint knows.
             ("DATABRICKS_CLIENT_ID", "test-client".to_owned()),
@@ -101,10 +103,7 @@ async fn main() {
         .stderr(Stdio::null())
         .spawn()
         .expect("the release binary starts");
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(bot.try_wait().unwrap().is_none(), "the bot exited");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(port, &mut bot).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = memory_of(bot.id());
 
@@ -151,46 +150,4 @@ async fn main() {
         "| {held} of {in_flight} questions at the slow agent at once | {:.1} MiB | {:.1} MiB |",
         busy.1, busy.0
     );
-}
-
-/// Serves `app` on a loopback port; its base URL.
-async fn serve(app: axum::Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
-}
-
-/// A Slack Web API that answers at once: everyone is a person of the bot's workspace in a
-/// channel of its own; messages are taken.
-async fn slack_method(Path(method): Path<String>, Query(query): Query<Vec<(String, String)>>) -> Json<Value> {
-    let user = query
-        .iter()
-        .find(|(key, _)| key == "user")
-        .map_or("U0", |(_, value)| value.as_str());
-    Json(match method.as_str() {
-        "users.info" => json!({"ok": true, "user": {"id": user, "team_id": "T0BENCH", "name": "bench",
-                               "is_bot": false, "profile": {}}}),
-        "conversations.info" => json!({"ok": true, "channel": {"id": "C0BENCH", "is_channel": true,
-                                       "is_ext_shared": false, "is_pending_ext_shared": false}}),
-        "chat.postMessage" | "chat.update" | "chat.delete" => {
-            json!({"ok": true, "channel": "C0BENCH", "ts": "1700000000.900000",
-                   "message": {"ts": "1700000000.900000", "text": "x"}})
-        }
-        "auth.test" => json!({"ok": true, "user_id": "U0BOT", "team_id": "T0BENCH", "team": "Bench",
-                              "url": "https://bench.slack.com/", "bot_id": "B0BOT"}),
-        _ => json!({"ok": true}),
-    })
-}
-
-/// `VmHWM` (peak) and `VmRSS` (current) of process `pid`, in MiB.
-fn memory_of(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let mib = |key: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(key)?.trim().strip_suffix(" kB")?.parse::<f64>().ok())
-            .map_or(f64::NAN, |kb| kb / 1024.0)
-    };
-    (mib("VmHWM:"), mib("VmRSS:"))
 }
