@@ -91,6 +91,13 @@ impl Question {
         }
     }
 
+    /// The thread of a direct message asked in one: where an assistant thread can be.
+    fn dm_thread(&self) -> Option<&str> {
+        self.thread_ts
+            .as_deref()
+            .filter(|_| self.is_dm && self.response_url.is_none())
+    }
+
     /// The asker in the conversation the answer goes to (the key of the thread's kept
     /// conversation, and where a kept question is answered after linking).
     pub fn person(&self) -> PersonIn<'_> {
@@ -531,7 +538,7 @@ impl Questions {
     /// the thread with its first question). `None` elsewhere, or when Slack refuses the
     /// status: a placeholder message is shown instead.
     async fn assistant_status(&self, q: &Question) -> Option<ThreadStatus<'_>> {
-        let thread = q.thread_ts.as_deref().filter(|_| q.is_dm && q.response_url.is_none())?;
+        let thread = q.dm_thread()?;
         let needs_title = match self.store.assistant_thread_needs_title(&q.channel, thread).await {
             Ok(known) => known?,
             Err(error) => {
@@ -679,7 +686,7 @@ impl Questions {
     async fn show_wait(&self, q: &Question, outbox: &mut Outbox) -> Result<(), JobError> {
         if !q.text.is_empty() && self.asker(q).await? == Membership::Member {
             let shown = self.visibility(q).await;
-            let assistant_thread = q.thread_ts.as_deref().filter(|_| q.is_dm && q.response_url.is_none());
+            let assistant_thread = q.dm_thread();
             let in_assistant_thread = match assistant_thread {
                 Some(thread) => self
                     .store
