@@ -27,12 +27,7 @@ fn table(rows: usize, series: usize, dated: bool) -> Table {
             row
         })
         .collect();
-    Table {
-        columns,
-        rows,
-        total_rows: None,
-        truncated: false,
-    }
+    Table::of(columns, rows)
 }
 
 fn measure(name: &str, table: &Table) {

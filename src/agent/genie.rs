@@ -266,7 +266,7 @@ impl Genie {
                         Some(why) => {
                             answer.text = join_paragraphs(&answer.text, &format!("The query failed: {why}"));
                         }
-                        None => answer.table = statement.table(),
+                        None => answer.table = statement.into_table(),
                     }
                 }
             }

@@ -6,7 +6,8 @@
 //! [`StatementResponse`], not an error, because they are the person's answer.
 //!
 //! A result comes in chunks: the first inline with the statement, the rest fetched by
-//! index ([`fetch_table`]) up to [`ROW_LIMIT`] rows. A result Databricks cut (`truncated`,
+//! index ([`fetch_table`]) up to [`ROW_LIMIT`] rows, each written to the table's CSV as it
+//! arrives rather than held as rows. A result Databricks cut (`truncated`,
 //! past `row_limit` or `byte_limit`) or whose rows were not all fetched is marked so, and
 //! the person is told only its first rows are shown.
 
@@ -18,22 +19,86 @@ use serde_json::json;
 use crate::databricks::Progress;
 use crate::databricks::api::{self, ApiError, Databricks, path_segment};
 
-/// A table of results: the first rows of a query, as strings (`None` is SQL NULL).
+/// A table of results: its columns, its first rows, and every row fetched as CSV.
+///
+/// A large result is never held as rows: each chunk is written to [`Table::csv`] as it
+/// arrives and only the first [`KEPT_ROWS`] rows stay parsed, so a 50,000-row result costs
+/// its CSV text and one chunk at a time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Table {
     pub columns: Vec<String>,
+    /// The first rows (at most [`KEPT_ROWS`]), as strings (`None` is SQL NULL).
     pub rows: Vec<Vec<Option<String>>>,
-    /// Rows the whole result has, when known (may exceed `rows.len()`).
+    /// Rows fetched: those in `rows` and those only in `csv`.
+    pub fetched_rows: u64,
+    /// Rows the whole result has, when known (may exceed `fetched_rows`).
     pub total_rows: Option<u64>,
-    /// Whether `rows` are only the first rows of the result: Databricks cut it at a limit,
-    /// or not every chunk was fetched. Then `total_rows` may undercount too (whether
-    /// Databricks counts rows before or after the cut is not documented).
+    /// Whether the fetched rows are only the first rows of the result: Databricks cut it at
+    /// a limit, or not every chunk was fetched. Then `total_rows` may undercount too
+    /// (whether Databricks counts rows before or after the cut is not documented).
     pub truncated: bool,
+    /// The header and every fetched row as RFC 4180 CSV, written as rows arrive.
+    pub csv: String,
+}
+
+/// Rows a [`Table`] keeps parsed: as many as anything reads (ten shown inline, a chart of
+/// up to 100, fifty for a model). The rest are only in its CSV.
+pub const KEPT_ROWS: usize = 100;
+
+impl Table {
+    /// A table of `columns` and no rows yet.
+    pub fn new(columns: Vec<String>) -> Self {
+        let mut csv = String::new();
+        csv_line(&mut csv, columns.iter().map(|c| Some(c.as_str())));
+        Self {
+            columns,
+            csv,
+            ..Self::default()
+        }
+    }
+
+    /// A table of `columns` holding `rows`.
+    pub fn of(columns: Vec<String>, rows: Vec<Vec<Option<String>>>) -> Self {
+        let mut table = Self::new(columns);
+        table.push_rows(rows);
+        table
+    }
+
+    /// Appends `rows` (a chunk) to the CSV, keeping them parsed while fewer than
+    /// [`KEPT_ROWS`] are.
+    pub fn push_rows(&mut self, rows: impl IntoIterator<Item = Vec<Option<String>>>) {
+        for row in rows {
+            csv_line(&mut self.csv, row.iter().map(Option::as_deref));
+            if self.rows.len() < KEPT_ROWS {
+                self.rows.push(row);
+            }
+            self.fetched_rows += 1;
+        }
+    }
+}
+
+/// One CSV record (RFC 4180: quoted when it holds a comma, quote or line break; NULL is
+/// empty), ended by CRLF.
+fn csv_line<'a>(out: &mut String, fields: impl Iterator<Item = Option<&'a str>>) {
+    for (i, value) in fields.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let value = value.unwrap_or("");
+        if value.contains([',', '"', '\n', '\r']) {
+            out.push('"');
+            out.push_str(&value.replace('"', "\"\""));
+            out.push('"');
+        } else {
+            out.push_str(value);
+        }
+    }
+    out.push_str("\r\n");
 }
 
 /// Rows fetched at most, over all of a result's chunks: the CSV attached to an answer holds
 /// no more. Sent as `row_limit` too, so Databricks stops there and says so (`truncated`).
-pub const ROW_LIMIT: u64 = 10_000;
+pub const ROW_LIMIT: u64 = 100_000;
 /// Bytes of result asked for at most (`byte_limit`). An INLINE result over 25 MiB fails the
 /// whole statement; under a byte limit Databricks cuts the result instead and says so.
 /// Well below 25 MiB because Databricks counts bytes of its own representation, which
@@ -176,24 +241,20 @@ impl StatementResponse {
     /// The rows received with the statement (its first chunk), with their column names;
     /// marked truncated when Databricks cut the result or more chunks were not fetched.
     /// [`fetch_table`] fetches the other chunks.
-    pub fn table(&self) -> Option<Table> {
-        let manifest = self.manifest.as_ref()?;
+    pub fn into_table(self) -> Option<Table> {
+        let truncated = self.next_chunk().is_some();
+        let manifest = self.manifest?;
         let columns: Vec<String> = manifest
             .schema
-            .as_ref()
-            .map(|s| s.columns.iter().map(|c| c.name.clone()).collect())
+            .map(|s| s.columns.into_iter().map(|c| c.name).collect())
             .unwrap_or_default();
-        let rows = self
-            .result
-            .as_ref()
-            .and_then(|r| r.data_array.clone())
-            .unwrap_or_default();
-        Some(Table {
-            total_rows: manifest.total_row_count.or(Some(rows.len() as u64)),
-            columns,
-            rows,
-            truncated: manifest.truncated == Some(true) || self.next_chunk().is_some(),
-        })
+        let mut table = Table::new(columns);
+        if let Some(rows) = self.result.and_then(|r| r.data_array) {
+            table.push_rows(rows);
+        }
+        table.total_rows = manifest.total_row_count.or(Some(table.fetched_rows));
+        table.truncated = truncated || manifest.truncated == Some(true);
+        Some(table)
     }
 
     /// The chunk to fetch after what came with the statement: the one its `result` names
@@ -218,24 +279,24 @@ impl StatementResponse {
 /// further. The table is marked truncated when Databricks cut the result or rows were left
 /// unfetched. A chunk that fails after some rows arrived leaves those rows, marked
 /// truncated, rather than losing the answer; a refused token still ends it.
-pub async fn fetch_table(db: &Databricks<'_>, response: &StatementResponse) -> Result<Option<Table>, ApiError> {
-    let Some(mut table) = response.table() else {
+pub async fn fetch_table(db: &Databricks<'_>, response: StatementResponse) -> Result<Option<Table>, ApiError> {
+    let mut next = response.next_chunk();
+    let statement_id = path_segment(&response.statement_id);
+    let manifest_says = response.manifest.as_ref().and_then(|m| m.truncated) == Some(true);
+    let Some(mut table) = response.into_table() else {
         return Ok(None);
     };
-    let mut next = response.next_chunk();
     let mut fetched: Option<u32> = None;
+    let mut over = false;
     while let Some(index) = next {
         // A chunk naming one already fetched would otherwise be fetched forever.
-        if table.rows.len() as u64 >= ROW_LIMIT || fetched.is_some_and(|last| index <= last) {
+        if table.fetched_rows >= ROW_LIMIT || fetched.is_some_and(|last| index <= last) {
             break;
         }
-        let path = format!(
-            "/api/2.0/sql/statements/{}/result/chunks/{index}",
-            path_segment(&response.statement_id)
-        );
+        let path = format!("/api/2.0/sql/statements/{statement_id}/result/chunks/{index}");
         let chunk: ResultData = match db.get(&path, &[]).await {
             Ok(chunk) => chunk,
-            Err(error) if table.rows.is_empty() || error == ApiError::InvalidToken => return Err(error),
+            Err(error) if table.fetched_rows == 0 || error == ApiError::InvalidToken => return Err(error),
             Err(error) => {
                 tracing::warn!(error = %error, chunk = index, "could not fetch a result chunk; showing the rows before it");
                 break;
@@ -246,12 +307,11 @@ pub async fn fetch_table(db: &Databricks<'_>, response: &StatementResponse) -> R
         let Some(rows) = chunk.data_array else {
             break;
         };
-        table.rows.extend(rows);
+        let room = ROW_LIMIT - table.fetched_rows;
+        over = rows.len() as u64 > room;
+        table.push_rows(rows.into_iter().take(room as usize));
         next = chunk.next_chunk_index;
     }
-    let over = table.rows.len() as u64 > ROW_LIMIT;
-    table.rows.truncate(ROW_LIMIT as usize);
-    let manifest_says = response.manifest.as_ref().and_then(|m| m.truncated) == Some(true);
     table.truncated = manifest_says || over || next.is_some();
     Ok(Some(table))
 }

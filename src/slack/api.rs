@@ -4,6 +4,7 @@
 //! few times before it is reported. `SLACK_API_URL` is honoured, over `http://` too for a
 //! loopback test server: slack-morphism's default connector is https-only.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,8 +70,8 @@ impl From<SlackClientError> for SlackApiError {
 }
 
 /// A file to share in a conversation: a CSV of a result, or a chart.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "StoredFile", into = "StoredFile")]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "StoredFile<'static>")]
 pub struct FileUpload {
     pub filename: String,
     pub title: String,
@@ -110,59 +111,68 @@ impl FileUpload {
 }
 
 /// A [`FileUpload`] as an outbox keeps it: text as text (as outboxes always kept CSVs),
-/// anything else in base64.
+/// anything else in base64. Written from a borrowed file, so storing a large CSV does not
+/// copy it first.
 #[derive(Serialize, Deserialize)]
-struct StoredFile {
-    filename: String,
-    title: String,
-    content_type: String,
+struct StoredFile<'a> {
+    filename: Cow<'a, str>,
+    title: Cow<'a, str>,
+    content_type: Cow<'a, str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    content: Option<String>,
+    content: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     content_base64: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    alt: Option<String>,
+    alt: Option<Cow<'a, str>>,
 }
 
-impl From<StoredFile> for FileUpload {
-    fn from(stored: StoredFile) -> Self {
+impl From<StoredFile<'_>> for FileUpload {
+    fn from(stored: StoredFile<'_>) -> Self {
         use base64::Engine;
         let content = match (stored.content, stored.content_base64) {
-            (Some(text), _) => text.into_bytes(),
+            (Some(text), _) => text.into_owned().into_bytes(),
             (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
                 .decode(encoded)
                 .unwrap_or_default(),
             (None, None) => Vec::new(),
         };
         Self {
-            filename: stored.filename,
-            title: stored.title,
-            content_type: stored.content_type,
+            filename: stored.filename.into_owned(),
+            title: stored.title.into_owned(),
+            content_type: stored.content_type.into_owned(),
             content,
-            alt: stored.alt,
+            alt: stored.alt.map(Cow::into_owned),
         }
     }
 }
 
-impl From<FileUpload> for StoredFile {
-    fn from(file: FileUpload) -> Self {
+impl<'a> From<&'a FileUpload> for StoredFile<'a> {
+    fn from(file: &'a FileUpload) -> Self {
         use base64::Engine;
-        let (content, content_base64) = match String::from_utf8(file.content) {
-            Ok(text) if file.content_type.starts_with("text/") => (Some(text), None),
-            Ok(text) => (None, Some(base64::engine::general_purpose::STANDARD.encode(text))),
-            Err(binary) => (
+        let text = std::str::from_utf8(&file.content)
+            .ok()
+            .filter(|_| file.content_type.starts_with("text/"));
+        let (content, content_base64) = match text {
+            Some(text) => (Some(Cow::Borrowed(text)), None),
+            None => (
                 None,
-                Some(base64::engine::general_purpose::STANDARD.encode(binary.into_bytes())),
+                Some(base64::engine::general_purpose::STANDARD.encode(&file.content)),
             ),
         };
         Self {
-            filename: file.filename,
-            title: file.title,
-            content_type: file.content_type,
+            filename: Cow::Borrowed(&file.filename),
+            title: Cow::Borrowed(&file.title),
+            content_type: Cow::Borrowed(&file.content_type),
             content,
             content_base64,
-            alt: file.alt,
+            alt: file.alt.as_deref().map(Cow::Borrowed),
         }
+    }
+}
+
+impl Serialize for FileUpload {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        StoredFile::from(self).serialize(serializer)
     }
 }
 

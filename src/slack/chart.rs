@@ -48,7 +48,9 @@ pub struct Plan {
 
 /// The chart `table` calls for, if any.
 pub fn plan(table: &Table) -> Option<Plan> {
-    if !ROWS.contains(&table.rows.len()) || table.truncated {
+    // A chart needs every row, and a table keeps only its first rows parsed.
+    let every_row = table.fetched_rows == table.rows.len() as u64;
+    if !every_row || !ROWS.contains(&table.rows.len()) || table.truncated {
         return None;
     }
     let column = |i: usize| table.rows.iter().map(move |row| row.get(i).cloned().flatten());
@@ -220,15 +222,12 @@ mod tests {
     use super::*;
 
     fn table(columns: &[&str], rows: Vec<Vec<&str>>) -> Table {
-        Table {
-            columns: columns.iter().map(|c| (*c).to_owned()).collect(),
-            rows: rows
-                .into_iter()
+        Table::of(
+            columns.iter().map(|c| (*c).to_owned()).collect(),
+            rows.into_iter()
                 .map(|r| r.into_iter().map(|c| (c != "NULL").then(|| c.to_owned())).collect())
                 .collect(),
-            total_rows: None,
-            truncated: false,
-        }
+        )
     }
 
     #[test]
@@ -285,12 +284,10 @@ mod tests {
         let rows = (0..10_000)
             .map(|i| vec![format!("r{i}"), i.to_string()])
             .collect::<Vec<_>>();
-        let big = Table {
-            columns: vec!["region".into(), "n".into()],
-            rows: rows.into_iter().map(|r| r.into_iter().map(Some).collect()).collect(),
-            total_rows: Some(10_000),
-            truncated: false,
-        };
+        let big = Table::of(
+            vec!["region".into(), "n".into()],
+            rows.into_iter().map(|r| r.into_iter().map(Some).collect()).collect(),
+        );
         assert_eq!(plan(&big), None, "10,000 rows");
     }
 

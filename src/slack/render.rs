@@ -488,9 +488,9 @@ fn within_a_section(lines: Vec<String>) -> (String, usize) {
 /// anything (then the fetched rows go in a CSV). A truncated result says that only its
 /// first rows are there, so no one takes them for the whole.
 fn left_out(table: &Table, shown_rows: usize, shown_columns: usize) -> (String, bool) {
-    let fetched = table.rows.len() as u64;
+    let fetched = table.fetched_rows;
     let total = table.total_rows.unwrap_or(fetched).max(fetched);
-    if table.rows.is_empty() {
+    if fetched == 0 {
         if total > 0 {
             // Counted but not readable here (e.g. offered only as external links).
             let note = format!(
@@ -543,35 +543,9 @@ fn thousands(n: u64) -> String {
     out
 }
 
-/// The whole table as RFC 4180 CSV.
+/// The fetched rows as a CSV file.
 fn csv_file(table: &Table) -> FileUpload {
-    fn field(out: &mut String, value: &str) {
-        if value.contains([',', '"', '\n', '\r']) {
-            out.push('"');
-            out.push_str(&value.replace('"', "\"\""));
-            out.push('"');
-        } else {
-            out.push_str(value);
-        }
-    }
-    let mut out = String::new();
-    for (i, column) in table.columns.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        field(&mut out, column);
-    }
-    out.push_str("\r\n");
-    for row in &table.rows {
-        for (i, value) in row.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            field(&mut out, value.as_deref().unwrap_or(""));
-        }
-        out.push_str("\r\n");
-    }
-    FileUpload::text("result.csv", "Query result", "text/csv", out)
+    FileUpload::text("result.csv", "Query result", "text/csv", table.csv.clone())
 }
 
 #[cfg(test)]
@@ -650,14 +624,12 @@ mod tests {
     }
 
     fn table(rows: usize, columns: usize, cell: impl Fn(usize, usize) -> String) -> Table {
-        Table {
-            columns: (0..columns).map(|c| format!("col_{c}")).collect(),
-            rows: (0..rows)
+        Table::of(
+            (0..columns).map(|c| format!("col_{c}")).collect(),
+            (0..rows)
                 .map(|r| (0..columns).map(|c| Some(cell(r, c))).collect())
                 .collect(),
-            total_rows: Some(rows as u64),
-            truncated: false,
-        }
+        )
     }
 
     /// An answer that is only `table`, rendered in a channel thread.

@@ -179,14 +179,12 @@ async fn a_question_by_command_is_acknowledged_at_once_and_answered_only_to_the_
 async fn a_command_answers_csv_goes_to_the_persons_direct_messages_with_the_bot() {
     let app = spawn().await;
     app.link_asker().await;
-    *app.agent.table.lock().unwrap() = Some(Table {
-        columns: (0..50).map(|c| format!("column_{c}")).collect(),
-        rows: (0..20)
+    *app.agent.table.lock().unwrap() = Some(Table::of(
+        (0..50).map(|c| format!("column_{c}")).collect(),
+        (0..20)
             .map(|r| (0..50).map(|c| Some(format!("r{r}c{c}"))).collect())
             .collect(),
-        total_rows: Some(20),
-        truncated: false,
-    });
+    ));
     command_in(&app, ("D0TWOPEOPLE", "directmessage"), "all the orders", "csv").await;
     let attached = app.wait_for_calls("files.completeUploadExternal", 1).await;
     assert_eq!(attached[0]["channel_id"], "D0DM000001", "{attached:?}");

@@ -134,13 +134,14 @@ fn two_quarters() -> Value {
 
 fn the_two_quarters_table() -> Table {
     Table {
-        columns: vec!["quarter".into(), "revenue".into()],
-        rows: vec![
-            vec![Some("Q2".into()), Some("100".into())],
-            vec![Some("Q3".into()), None],
-        ],
         total_rows: Some(2),
-        truncated: false,
+        ..Table::of(
+            vec!["quarter".into(), "revenue".into()],
+            vec![
+                vec![Some("Q2".into()), Some("100".into())],
+                vec![Some("Q3".into()), None],
+            ],
+        )
     }
 }
 

@@ -612,7 +612,9 @@ async fn a_large_result_is_cut_for_the_model_but_the_answer_keeps_every_row() {
 
     let (answer, _) = workspace.ask("All orders").await;
 
-    assert_eq!(answer.unwrap().table.unwrap().rows.len(), 300);
+    let table = answer.unwrap().table.unwrap();
+    assert_eq!(table.fetched_rows, 300);
+    assert_eq!(table.csv.lines().count(), 301, "a header and every row");
     let results = workspace.tool_results().await;
     assert!(results[0].1.len() <= 8 * 1024, "{} bytes", results[0].1.len());
     let result: Value = serde_json::from_str(&results[0].1).unwrap();

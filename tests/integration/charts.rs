@@ -6,16 +6,14 @@ use databricks_slack_bot::agent::Table;
 
 fn revenue_by_region() -> Table {
     let row = |region: &str, revenue: &str| vec![Some(region.to_owned()), Some(revenue.to_owned())];
-    Table {
-        columns: vec!["region".into(), "revenue".into()],
-        rows: vec![
+    Table::of(
+        vec!["region".into(), "revenue".into()],
+        vec![
             row("EMEA", "1204500.00"),
             row("AMER", "1311250.50"),
             row("APAC", "-20.5"),
         ],
-        total_rows: Some(3),
-        truncated: false,
-    }
+    )
 }
 
 async fn answered_with_a_table(extra_env: Vec<(&'static str, String)>) -> TestApp {

@@ -146,9 +146,9 @@ impl Call {
             Call::Statement => api(sql::execute(&db, WAREHOUSE, "SELECT 1", &progress).await),
             Call::StatementChunk => {
                 let statement = truncated_statement();
-                let first_rows = statement.table().unwrap().rows.len();
-                match sql::fetch_table(&db, &statement).await {
-                    Ok(Some(table)) if table.rows.len() == first_rows => Seen::FirstRowsOnly,
+                let first_rows = statement.clone().into_table().unwrap().fetched_rows;
+                match sql::fetch_table(&db, statement).await {
+                    Ok(Some(table)) if table.fetched_rows == first_rows => Seen::FirstRowsOnly,
                     result => api(result),
                 }
             }

@@ -12,7 +12,7 @@ use databricks_slack_bot::agent::AgentAnswer;
 use databricks_slack_bot::databricks::Unwatched;
 use databricks_slack_bot::databricks::api::{Databricks, http_client};
 use databricks_slack_bot::databricks::bearer::Bearer;
-use databricks_slack_bot::databricks::sql::{self, BYTE_LIMIT, ROW_LIMIT, Table};
+use databricks_slack_bot::databricks::sql::{self, BYTE_LIMIT, KEPT_ROWS, ROW_LIMIT, Table};
 use databricks_slack_bot::domain::WorkspaceHost;
 use databricks_slack_bot::slack::render::{self, Attribution, Rendered};
 use secrecy::SecretString;
@@ -62,7 +62,7 @@ async fn run(server: &MockServer) -> Table {
         .await
         .unwrap();
     assert_eq!(response.failure(), None);
-    sql::fetch_table(&db, &response).await.unwrap().expect("a table")
+    sql::fetch_table(&db, response).await.unwrap().expect("a table")
 }
 
 /// `table` as the person would see it under an answer.
@@ -106,7 +106,7 @@ async fn submitted(server: &MockServer) -> Vec<Value> {
 }
 
 #[tokio::test]
-async fn a_statement_asks_for_at_most_10000_rows_and_16_mib_so_databricks_cuts_a_large_result_instead_of_failing_it() {
+async fn a_statement_asks_for_at_most_100000_rows_and_16_mib_so_databricks_cuts_a_large_result_instead_of_failing_it() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path(STATEMENTS))
@@ -120,7 +120,7 @@ async fn a_statement_asks_for_at_most_10000_rows_and_16_mib_so_databricks_cuts_a
     let body = &submitted(&server).await[0];
     assert_eq!(body["disposition"], "INLINE");
     assert_eq!(body["row_limit"], ROW_LIMIT);
-    assert_eq!(body["row_limit"], 10_000);
+    assert_eq!(body["row_limit"], 100_000);
     assert_eq!(body["byte_limit"], BYTE_LIMIT);
     assert_eq!(body["byte_limit"], 16 * MIB);
     assert!(
@@ -170,30 +170,30 @@ async fn a_truncated_result_follows_its_next_chunk_and_the_person_is_told_only_i
     assert!(rendered.csv.is_none(), "three rows fit inline");
 }
 
-/// Answers `GET …/result/chunks/{n}` for chunks 1 to 3 of 4,000 rows each, every one naming
+/// Answers `GET …/result/chunks/{n}` for chunks 1 to 3 of 40,000 rows each, every one naming
 /// the next (as a result of more than [`ROW_LIMIT`] rows would).
 struct EndlessChunks;
 
 impl Respond for EndlessChunks {
     fn respond(&self, request: &Request) -> ResponseTemplate {
         let index: u32 = request.url.path().rsplit('/').next().unwrap().parse().unwrap();
-        let from = index as usize * 4_000;
-        chunk(index, from, rows(from, 4_000), Some(index + 1))
+        let from = index as usize * 40_000;
+        chunk(index, from, rows(from, 40_000), Some(index + 1))
     }
 }
 
 #[tokio::test]
-async fn chunks_are_followed_until_10000_rows_are_fetched_and_no_further() {
+async fn chunks_are_followed_until_100000_rows_are_fetched_and_no_further_each_written_to_the_csv_as_it_comes() {
     let server = MockServer::start().await;
     let recorded = recorded("sql-statement-succeeded-truncated");
     let mut body = recorded.json();
-    body["manifest"]["total_row_count"] = 16_000.into();
+    body["manifest"]["total_row_count"] = 160_000.into();
     body["manifest"]["total_chunk_count"] = 4.into();
     body["manifest"]["chunks"] = (0..4)
-        .map(|i| json!({"chunk_index": i, "row_offset": i * 4_000, "row_count": 4_000}))
+        .map(|i| json!({"chunk_index": i, "row_offset": i * 40_000, "row_count": 40_000}))
         .collect();
-    body["result"]["row_count"] = 4_000.into();
-    body["result"]["data_array"] = rows(0, 4_000);
+    body["result"]["row_count"] = 40_000.into();
+    body["result"]["data_array"] = rows(0, 40_000);
     Mock::given(method("POST"))
         .and(path(STATEMENTS))
         .respond_with(recorded.with_json(&body).template())
@@ -218,19 +218,27 @@ async fn chunks_are_followed_until_10000_rows_are_fetched_and_no_further() {
     assert_eq!(
         fetched,
         [chunk_path(TRUNCATED_ID, 1), chunk_path(TRUNCATED_ID, 2)],
-        "12,000 rows after chunk 2: chunk 3 is not fetched"
+        "120,000 rows after chunk 2: chunk 3 is not fetched"
     );
-    assert_eq!(table.rows.len() as u64, ROW_LIMIT);
-    assert_eq!(table.rows[9_999][0].as_deref(), Some("9999"));
+    assert_eq!(table.fetched_rows, ROW_LIMIT);
+    assert_eq!(table.rows.len(), KEPT_ROWS, "only the first rows stay parsed");
+    assert_eq!(table.rows[KEPT_ROWS - 1][0].as_deref(), Some("99"));
     assert!(table.truncated);
     let rendered = rendered(table);
     assert_eq!(
         note(&rendered),
-        "Showing 10 of 16,000 rows. The result was too large to fetch in full: only its first 10,000 rows are \
-         attached as a CSV file."
+        "Showing 10 of 160,000 rows. The result was too large to fetch in full: only its first 100,000 rows \
+         are attached as a CSV file."
     );
     let csv = String::from_utf8(rendered.csv.expect("a CSV").bytes().to_vec()).unwrap();
-    assert_eq!(csv.lines().count(), 10_001);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 100_001, "a header and every fetched row");
+    assert_eq!(lines[0], "id,name");
+    assert_eq!(lines[1], "0,name-0");
+    assert_eq!(
+        lines[100_000], "99999,name-99999",
+        "in order, the last chunk cut at the limit"
+    );
 }
 
 /// The recorded SUCCEEDED response with rows counted but no `data_array`, as an INLINE
@@ -267,8 +275,8 @@ async fn a_succeeded_statement_without_a_data_array_fetches_its_first_chunk_and_
 
     let table = run(&server).await;
 
-    assert_eq!(table.rows.len(), 150);
-    assert_eq!(table.rows[149][1].as_deref(), Some("name-149"));
+    assert_eq!(table.fetched_rows, 150);
+    assert!(table.csv.ends_with("149,name-149\r\n"), "both chunks, in order");
     assert!(!table.truncated);
     let rendered = rendered(table);
     assert_eq!(
@@ -400,7 +408,7 @@ impl Respond for Warehouse {
 }
 
 #[tokio::test]
-async fn a_30_mib_result_is_cut_the_person_is_told_and_the_csv_holds_at_most_10000_rows() {
+async fn a_30_mib_result_is_cut_the_person_is_told_and_the_csv_holds_at_most_100000_rows() {
     let app = TestApp::spawn_with(Options {
         extra_env: vec![
             ("DATABRICKS_SERVING_ENDPOINT", "chat-model".into()),
@@ -440,17 +448,17 @@ async fn a_30_mib_result_is_cut_the_person_is_told_and_the_csv_holds_at_most_100
 
     assert!(
         answer.contains(
-            "Showing 10 of 10,000 rows. The result was too large to fetch in full: only its first 10,000 rows \
+            "Showing 10 of 100,000 rows. The result was too large to fetch in full: only its first 100,000 rows \
              are attached as a CSV file."
         ),
         "{answer}"
     );
     app.wait_for_calls("files.completeUploadExternal", 1).await;
     let csv = String::from_utf8(app.uploaded().await).unwrap();
-    assert_eq!(csv.lines().count() as u64, ROW_LIMIT + 1, "a header and 10,000 rows");
+    assert_eq!(csv.lines().count() as u64, ROW_LIMIT + 1, "a header and 100,000 rows");
     assert!(
-        csv.lines().last().unwrap().starts_with("9999,"),
-        "the first 10,000, in order"
+        csv.lines().last().unwrap().starts_with("99999,"),
+        "the first 100,000, in order"
     );
     assert!(
         (csv.len() as u64) < 1 + ROW_LIMIT * 2 * Warehouse::ROW_BYTES,
@@ -464,6 +472,6 @@ async fn a_30_mib_result_is_cut_the_person_is_told_and_the_csv_holds_at_most_100
         .iter()
         .filter(|r| r.url.path().contains("/result/chunks/"))
         .count();
-    assert_eq!(chunks_fetched, 3, "chunks 1 to 3 after the first");
+    assert_eq!(chunks_fetched, 39, "chunks 1 to 39 after the first");
     app.stop().await;
 }

@@ -156,12 +156,10 @@ async fn an_answer_streams_into_the_thread_as_it_is_written_throttled_and_the_re
     let pieces = pieces();
     let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
     let app = spawn(vec![], vec![], &refs, Duration::from_millis(40)).await;
-    *app.agent.table.lock().unwrap() = Some(Table {
-        columns: vec!["region".into(), "orders".into()],
-        rows: vec![vec![Some("EMEA".into()), Some("42".into())]],
-        total_rows: Some(1),
-        truncated: false,
-    });
+    *app.agent.table.lock().unwrap() = Some(Table::of(
+        vec!["region".into(), "orders".into()],
+        vec![vec![Some("EMEA".into()), Some("42".into())]],
+    ));
     app.post_event(&mention("Ev0STREAM1", "<@U0LAN0Z89> how many orders?"))
         .await;
     let stop = &app.wait_for_calls("chat.stopStream", 1).await[0];

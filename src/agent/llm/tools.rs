@@ -392,7 +392,7 @@ impl<'a> Toolbox<'a> {
             self.last_failure = Some(failure.clone());
             return Err(ToolFailure::ToModel(format!("the statement failed: {failure}")));
         }
-        let table = sql::fetch_table(&self.db, &response).await?;
+        let table = sql::fetch_table(&self.db, response).await?;
         let result = table
             .as_ref()
             .map(rows_for_model)
@@ -494,7 +494,7 @@ fn rows_for_model(table: &Table) -> Value {
         .take(MODEL_ROWS)
         .map(|row| row.iter().map(cell).collect())
         .collect();
-    let total = table.total_rows.unwrap_or(table.rows.len() as u64);
+    let total = table.total_rows.unwrap_or(table.fetched_rows).max(table.fetched_rows);
     loop {
         let mut result = json!({"columns": table.columns, "rows": rows, "total_rows": total});
         if (rows.len() as u64) < total {
@@ -530,12 +530,13 @@ mod tests {
     #[test]
     fn results_for_the_model_are_bounded() {
         let table = Table {
-            columns: vec!["a".into()],
-            rows: (0..500)
-                .map(|i| vec![Some(format!("{i}-{}", "x".repeat(500)))])
-                .collect(),
             total_rows: Some(10_000),
-            truncated: false,
+            ..Table::of(
+                vec!["a".into()],
+                (0..500)
+                    .map(|i| vec![Some(format!("{i}-{}", "x".repeat(500)))])
+                    .collect(),
+            )
         };
         let result = rows_for_model(&table);
         assert!(result.to_string().len() <= MAX_RESULT_BYTES);
@@ -550,12 +551,7 @@ mod tests {
 
     #[test]
     fn a_truncated_result_tells_the_model_that_its_row_count_is_not_the_whole() {
-        let mut table = Table {
-            columns: vec!["a".into()],
-            rows: vec![vec![Some("1".into())]; 3],
-            total_rows: Some(3),
-            truncated: false,
-        };
+        let mut table = Table::of(vec!["a".into()], vec![vec![Some("1".into())]; 3]);
         assert!(rows_for_model(&table).get("truncated").is_none());
         table.truncated = true;
         let result = rows_for_model(&table);
