@@ -1,16 +1,19 @@
 //! The command line: `serve` (default), `check`, `migrate`, `keys generate|rotate`,
-//! `links list|remove`.
+//! `links list|remove`, `health`.
 //!
-//! Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage.
+//! Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage, 124 `serve` did not
+//! finish shutting down within `SHUTDOWN_DRAIN_SECONDS` plus a margin and was ended.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 
 use crate::agent;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ConfigError, DatabaseConfig, Env, IdentityCheck, vault_and_database};
+use crate::config::{self, Config, ConfigError, DatabaseConfig, Env, IdentityCheck, vault_and_database};
 use crate::crypto::generate_key;
 use crate::databricks::authority::Authority;
 use crate::databricks::broker::rotation::{rotate_all, rotate_pending_links, sealed_under_unknown_keys, unknown_keys};
@@ -23,6 +26,15 @@ use crate::store::Store;
 use crate::store::audit::Actor;
 use crate::store::links::Link;
 use crate::telemetry;
+
+/// How long `health` waits for the bot's answer.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long exiting waits for queued log lines.
+const LOG_FLUSH: Duration = Duration::from_secs(1);
+/// How long past the drain deadline a stopping `serve` may take before it is ended.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
+/// The exit code of a `serve` ended by its shutdown deadline (as `timeout(1)`'s).
+const EXIT_SHUTDOWN_DEADLINE: i32 = 124;
 
 /// Answer Databricks questions in Slack, as the person who asked.
 #[derive(Debug, Parser)]
@@ -46,6 +58,13 @@ enum Command {
     /// Inspect and remove people's Databricks links.
     #[command(subcommand)]
     Links(LinksCommand),
+    /// Ask the bot running here whether it is up (`GET /healthz` on BIND_ADDR), for
+    /// container health checks: exit 0 when it answers 200, 1 otherwise.
+    Health {
+        /// Ask whether it is ready for traffic instead (`GET /readyz`).
+        #[arg(long)]
+        ready: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,7 +161,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Keys(KeysCommand::Rotate { batch_size }) => rotate(&env, batch_size).await,
         Command::Links(LinksCommand::List { team }) => list_links(&env, team.as_ref()).await,
         Command::Links(LinksCommand::Remove { team, user }) => remove_link(&env, &team, &user).await,
+        Command::Health { ready } => health(&env, ready).await,
     };
+    // Log lines still queued go out first, but a stalled log pipe cannot hold up the exit.
+    telemetry::flush(LOG_FLUSH);
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => report(failure),
@@ -166,9 +188,11 @@ async fn serve(env: &Env) -> Result<(), Failure> {
     let config = Config::load(env)?;
     let app = Application::build(&config, Dependencies::for_config(&config)).await?;
     let lifecycle = app.lifecycle();
+    let hard_deadline = app.drain_deadline() + SHUTDOWN_MARGIN;
     tokio::spawn(async move {
         shutdown_signal().await;
         lifecycle.begin_shutdown();
+        exit_anyway_after(hard_deadline);
     });
     // Which google-adk answers, logged when known; serving does not wait for it.
     if let Some(adk) = agent::adk_of(&config.agent) {
@@ -177,6 +201,48 @@ async fn serve(env: &Env) -> Result<(), Failure> {
     tracing::info!(addr = %app.local_addr(), "listening");
     app.run_until_stopped().await?;
     Ok(())
+}
+
+/// Ends the process `after` from now with [`EXIT_SHUTDOWN_DEADLINE`], whatever is still
+/// running: a drain that hangs (a database that stopped answering, a write to a stalled
+/// pipe) must not keep a process that was told to stop.
+fn exit_anyway_after(after: Duration) {
+    let watchdog = std::thread::Builder::new()
+        .name("shutdown-deadline".into())
+        .spawn(move || {
+            std::thread::sleep(after);
+            tracing::error!(
+                deadline_s = after.as_secs(),
+                "shutdown did not finish in time; exiting anyway"
+            );
+            telemetry::flush(LOG_FLUSH);
+            std::process::exit(EXIT_SHUTDOWN_DEADLINE);
+        });
+    if let Err(error) = watchdog {
+        tracing::warn!(error = %error, "could not start the shutdown deadline");
+    }
+}
+
+async fn health(env: &Env, ready: bool) -> Result<(), Failure> {
+    let addr = config::probe_addr(env)?;
+    let path = if ready { "/readyz" } else { "/healthz" };
+    let client = reqwest::Client::builder()
+        .timeout(HEALTH_TIMEOUT)
+        .no_proxy()
+        .build()
+        .context("could not build an HTTP client")?;
+    let response = client
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .with_context(|| format!("{path} on {addr} did not answer"))?;
+    match response.status() {
+        reqwest::StatusCode::OK => {
+            say!("{path} ok ({addr})");
+            Ok(())
+        }
+        status => Err(anyhow::anyhow!("{path} on {addr} answered {status}").into()),
+    }
 }
 
 async fn check(env: &Env) -> Result<(), Failure> {

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
@@ -64,6 +65,7 @@ pub const VARIABLES: &[&str] = &[
     "CHARTS",
     "WORKER_CONCURRENCY",
     "WORKER_PER_USER_LIMIT",
+    "SHUTDOWN_DRAIN_SECONDS",
     "LOG_FORMAT",
     "RUST_LOG",
 ];
@@ -659,6 +661,9 @@ pub struct Config {
     pub worker_concurrency: u32,
     /// `WORKER_PER_USER_LIMIT`: questions of one person worked on at once.
     pub worker_per_user_limit: u32,
+    /// `SHUTDOWN_DRAIN_SECONDS`: how long in-flight work may take to finish once shutdown
+    /// begins.
+    pub drain_deadline: Duration,
 }
 
 impl Config {
@@ -693,6 +698,7 @@ impl Config {
                 charts: workers.charts,
                 worker_concurrency: workers.concurrency,
                 worker_per_user_limit: workers.per_user_limit,
+                drain_deadline: workers.drain_deadline,
             }
         })
     }
@@ -707,16 +713,7 @@ struct ServerSettings {
 /// `BIND_ADDR` (default `127.0.0.1:3000`) and `PUBLIC_BASE_URL`, which must be a bare
 /// origin since link and OAuth callback URLs are built from it.
 fn read_server(r: &mut Reader<'_>) -> Option<ServerSettings> {
-    let bind_addr = match r.optional("BIND_ADDR") {
-        None => Some(SocketAddr::from(([127, 0, 0, 1], 3000))),
-        Some(raw) => raw.parse().ok().or_else(|| {
-            r.problem(
-                "BIND_ADDR",
-                "must be an address and port such as 127.0.0.1:3000 or 0.0.0.0:8080",
-            );
-            None
-        }),
-    };
+    let bind_addr = read_bind_addr(r);
     let public_base_url = if r.optional("PUBLIC_BASE_URL").is_none() {
         r.problem("PUBLIC_BASE_URL", "is required: the bot's public https:// address, e.g. https://bot.example.com (link and OAuth callback URLs are built from it)");
         None
@@ -736,6 +733,39 @@ fn read_server(r: &mut Reader<'_>) -> Option<ServerSettings> {
     Some(ServerSettings {
         bind_addr: bind_addr?,
         public_base_url: public_base_url?,
+    })
+}
+
+/// `BIND_ADDR`, default `127.0.0.1:3000`.
+fn read_bind_addr(r: &mut Reader<'_>) -> Option<SocketAddr> {
+    match r.optional("BIND_ADDR") {
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 3000))),
+        Some(raw) => raw.parse().ok().or_else(|| {
+            r.problem(
+                "BIND_ADDR",
+                "must be an address and port such as 127.0.0.1:3000 or 0.0.0.0:8080",
+            );
+            None
+        }),
+    }
+}
+
+/// Where a health probe reaches the bot running with `env`: `BIND_ADDR`, with an
+/// unspecified address (`0.0.0.0`, `[::]`) replaced by loopback. Nothing else is read, so
+/// a probe works with only the variables the bot was started with.
+pub fn probe_addr(env: &Env) -> Result<SocketAddr, ConfigError> {
+    let mut r = Reader::new(env);
+    let addr = read_bind_addr(&mut r);
+    r.finish(|| {
+        let mut addr = addr.expect("validated");
+        if addr.ip().is_unspecified() {
+            let loopback: std::net::IpAddr = match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            };
+            addr.set_ip(loopback);
+        }
+        addr
     })
 }
 
@@ -834,10 +864,12 @@ struct WorkerSettings {
     charts: bool,
     concurrency: u32,
     per_user_limit: u32,
+    drain_deadline: Duration,
 }
 
-/// `ANSWER_VISIBILITY` (default `auto`), `WORKER_CONCURRENCY` (default 8, 1–256) and
-/// `WORKER_PER_USER_LIMIT` (default 2, 1–16). A bad value is reported and its default kept.
+/// `ANSWER_VISIBILITY` (default `auto`), `WORKER_CONCURRENCY` (default 8, 1–256),
+/// `WORKER_PER_USER_LIMIT` (default 2, 1–16) and `SHUTDOWN_DRAIN_SECONDS` (default 20,
+/// 1–600). A bad value is reported and its default kept.
 fn read_workers(r: &mut Reader<'_>) -> Option<WorkerSettings> {
     let answer_visibility = r
         .choice(
@@ -852,11 +884,13 @@ fn read_workers(r: &mut Reader<'_>) -> Option<WorkerSettings> {
     let charts = r.choice("CHARTS", &[("on", true), ("off", false)]).unwrap_or(true);
     let concurrency = r.number("WORKER_CONCURRENCY", 8, 1..=256);
     let per_user_limit = r.number("WORKER_PER_USER_LIMIT", 2, 1..=16);
+    let drain_seconds = r.number("SHUTDOWN_DRAIN_SECONDS", 20, 1..=600);
     Some(WorkerSettings {
         answer_visibility,
         charts,
         concurrency,
         per_user_limit,
+        drain_deadline: Duration::from_secs(drain_seconds.into()),
     })
 }
 

@@ -5,7 +5,7 @@
 //! path, which may carry a link id), the status code, the agent's name and a fixed set of
 //! outcomes, so no secret and no unbounded value ever becomes a label.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -76,6 +76,33 @@ impl AnswerOutcome {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Why a log line was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogDrop {
+    /// The writer's queue was full: the log pipe is not being read fast enough.
+    QueueFull,
+    /// Writing it failed (`EPIPE`: the reader is gone; `ENOSPC`).
+    WriteFailed,
+}
+
+/// Log lines dropped. The log writer is the process's, not one service's, so this counter
+/// is too: every registry shows the same one.
+static LOG_LINES_DROPPED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
+
+/// Counts a log line dropped for `reason`.
+pub fn count_dropped_log_line(reason: LogDrop) {
+    let reason = match reason {
+        LogDrop::QueueFull => "queue_full",
+        LogDrop::WriteFailed => "write_failed",
+    };
+    LOG_LINES_DROPPED.get_or_create(&ReasonLabels { reason }).inc();
+}
+
 /// The process's metrics registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -139,6 +166,11 @@ impl Metrics {
             "answer_feedback",
             "Thumbs up or down on answers, by agent and rating (a repeated click counts once)",
             feedback.clone(),
+        );
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped rather than block: the log pipe was full (queue_full) or failing (write_failed)",
+            LOG_LINES_DROPPED.clone(),
         );
         Self {
             registry: Mutex::new(registry),

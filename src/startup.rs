@@ -35,9 +35,6 @@ use crate::services::Services;
 use crate::slack::api::SlackApi;
 use crate::store::Store;
 
-/// How long in-flight work may take to finish once shutdown begins.
-pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(20);
-
 /// What a running service is made of that tests (and later, other deployments) choose.
 pub struct Dependencies {
     /// The clock for signatures, expiries and leases.
@@ -144,14 +141,19 @@ impl Application {
             workers,
             socket_mode,
             clock: deps.clock,
-            drain_deadline: DEFAULT_DRAIN_DEADLINE,
+            drain_deadline: config.drain_deadline,
         })
     }
 
-    /// Changes how long shutdown waits for in-flight work.
+    /// Changes how long shutdown waits for in-flight work (`SHUTDOWN_DRAIN_SECONDS`).
     pub fn with_drain_deadline(mut self, deadline: Duration) -> Self {
         self.drain_deadline = deadline;
         self
+    }
+
+    /// How long shutdown waits for in-flight work.
+    pub fn drain_deadline(&self) -> Duration {
+        self.drain_deadline
     }
 
     /// Changes the per-client quota on the linking routes (default [`LINK_QUOTA`]), for

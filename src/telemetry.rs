@@ -1,25 +1,177 @@
 //! Logging: `tracing` to stderr, pretty on a terminal and JSON elsewhere, level from
 //! `RUST_LOG`. Nothing here ever formats a secret: spans carry ids and route templates.
+//!
+//! Logging never blocks the service. A line goes into a bounded queue that one thread of
+//! its own writes to stderr, so a log pipe that stalls (a log shipper that stopped
+//! reading, a pipe nobody reads) holds up only that thread:
+//! - when the queue is full, lines are dropped and counted
+//!   (`log_lines_dropped_total{reason="queue_full"}`), and once the pipe takes lines again
+//!   a warning says how many were lost;
+//! - a write that fails (`EPIPE` once the reader has exited, `ENOSPC`) is counted
+//!   (`reason="write_failed"`) and otherwise ignored;
+//! - [`flush`] waits for the queue only up to a deadline, so exiting never hangs on it.
+
+use std::io::{self, Write};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::time::{Duration, Instant};
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::{Env, LogFormat};
+use crate::metrics::{LogDrop, count_dropped_log_line};
 
 /// Default filter when `RUST_LOG` is unset: our own info, quieter dependencies.
 const DEFAULT_FILTER: &str = "info,sqlx=warn,hyper=warn,tower_http=info";
+/// Lines the queue holds at most: about a MiB of JSON lines, far more than a busy bot logs
+/// in a second.
+const QUEUE_LINES: usize = 4_096;
+/// How long a panic waits for its line to be written.
+const PANIC_FLUSH: Duration = Duration::from_millis(500);
 
-/// Installs the global subscriber, reading `RUST_LOG` and `LOG_FORMAT` from `env`. Safe to
-/// call more than once (later calls do nothing).
+/// The process's log queue.
+struct Queue {
+    lines: SyncSender<Vec<u8>>,
+    /// Lines taken into the queue.
+    queued: AtomicU64,
+    /// Lines the writer has finished with, written or not.
+    finished: AtomicU64,
+    /// Lines dropped, for the writer's notice.
+    dropped: AtomicU64,
+}
+
+static QUEUE: OnceLock<Queue> = OnceLock::new();
+
+impl Queue {
+    fn drop_line(&self, reason: LogDrop) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        count_dropped_log_line(reason);
+    }
+}
+
+/// Installs the global subscriber, reading `RUST_LOG` and `LOG_FORMAT` from `env`, and
+/// the writer thread behind it. Safe to call more than once (later calls do nothing).
 pub fn init(env: &Env) {
+    let mut first = false;
+    QUEUE.get_or_init(|| {
+        first = true;
+        start(io::stderr())
+    });
+    if !first {
+        return;
+    }
     let filter = env
         .get("RUST_LOG")
         .and_then(|directives| EnvFilter::try_new(directives).ok())
         .unwrap_or_else(|| EnvFilter::new(DEFAULT_FILTER));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(Lines);
     let _ = match LogFormat::from_env(env) {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
+    // The default hook writes to stderr itself, and would block on a stalled pipe.
+    std::panic::set_hook(Box::new(|panic| {
+        tracing::error!(panic = %panic, "panicked");
+        flush(PANIC_FLUSH);
+    }));
+}
+
+/// The queue, and the thread that writes it to `out`.
+fn start(out: impl Write + Send + 'static) -> Queue {
+    let (lines, receiver) = mpsc::sync_channel(QUEUE_LINES);
+    std::thread::Builder::new()
+        .name("log-writer".into())
+        .spawn(move || write_out(&receiver, out))
+        .expect("the log writer thread starts");
+    Queue {
+        lines,
+        queued: AtomicU64::new(0),
+        finished: AtomicU64::new(0),
+        dropped: AtomicU64::new(0),
+    }
+}
+
+/// Writes each queued line to `out` until the process ends. When the queue runs dry after
+/// a line went out, lines dropped since the last notice are reported, through the queue.
+fn write_out(lines: &Receiver<Vec<u8>>, mut out: impl Write) {
+    let mut reported = 0;
+    let mut wrote = false;
+    loop {
+        let line = match lines.try_recv() {
+            Ok(line) => line,
+            Err(TryRecvError::Empty) => {
+                if let Some(queue) = QUEUE.get() {
+                    let dropped = queue.dropped.load(Ordering::Relaxed);
+                    if wrote && dropped > reported {
+                        tracing::warn!(
+                            dropped = dropped - reported,
+                            "log lines were dropped while the log pipe was full or failing"
+                        );
+                        reported = dropped;
+                    }
+                }
+                match lines.recv() {
+                    Ok(line) => line,
+                    Err(_) => return,
+                }
+            }
+            Err(TryRecvError::Disconnected) => return,
+        };
+        wrote = out.write_all(&line).is_ok();
+        if let Some(queue) = QUEUE.get() {
+            if !wrote {
+                queue.drop_line(LogDrop::WriteFailed);
+            }
+            queue.finished.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
+/// Waits until every line queued so far is written (or failed), for at most `within`.
+/// Whether it was.
+pub fn flush(within: Duration) -> bool {
+    let Some(queue) = QUEUE.get() else {
+        return true;
+    };
+    let target = queue.queued.load(Ordering::Acquire);
+    let until = Instant::now() + within;
+    while queue.finished.load(Ordering::Acquire) < target {
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    true
+}
+
+/// The subscriber's writer: each formatted event goes into the queue whole, or is dropped.
+struct Lines;
+
+impl<'a> MakeWriter<'a> for Lines {
+    type Writer = Lines;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Lines
+    }
+}
+
+impl Write for Lines {
+    /// Never blocks and never fails: a line the queue has no room for is counted instead.
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        if let Some(queue) = QUEUE.get() {
+            match queue.lines.try_send(line.to_vec()) {
+                Ok(()) => {
+                    queue.queued.fetch_add(1, Ordering::Release);
+                }
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => queue.drop_line(LogDrop::QueueFull),
+            }
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }

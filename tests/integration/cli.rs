@@ -14,7 +14,7 @@ const NOW: i64 = 1_800_000_000;
 
 /// A complete, valid configuration; secrets are canaries that must never be printed.
 /// Slack is a closed loopback port unless a test replaces `SLACK_API_URL`.
-fn valid_env(database_url: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn valid_env(database_url: &str) -> Vec<(&'static str, String)> {
     vec![
         ("SLACK_API_URL", "http://127.0.0.1:9/api".into()),
         ("BIND_ADDR", "127.0.0.1:0".into()),
@@ -54,7 +54,7 @@ async fn fake_slack() -> (wiremock::MockServer, String) {
     (slack, url)
 }
 
-fn set(env: &mut Vec<(&'static str, String)>, key: &'static str, value: String) {
+pub(crate) fn set(env: &mut Vec<(&'static str, String)>, key: &'static str, value: String) {
     env.retain(|(k, _)| *k != key);
     env.push((key, value));
 }
@@ -67,7 +67,7 @@ fn text(output: &Output) -> String {
     )
 }
 
-fn assert_no_canary(all: &str) {
+pub(crate) fn assert_no_canary(all: &str) {
     for canary in CANARIES {
         assert!(!all.contains(canary), "secret {canary} printed:\n{all}");
     }
@@ -514,7 +514,7 @@ fn start_server(db: &TestDb, port: u16) -> std::process::Child {
         .unwrap()
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -524,7 +524,7 @@ fn free_port() -> u16 {
 
 /// Waits (up to 20 s) until the server `child` accepts connections on `port`; panics with
 /// its stderr if it exits first.
-async fn wait_until_serving(port: u16, child: &mut std::process::Child) {
+pub(crate) async fn wait_until_serving(port: u16, child: &mut std::process::Child) {
     eventually("the server to start", Duration::from_secs(20), || {
         let serving = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
         if !serving && let Some(status) = child.try_wait().unwrap() {

@@ -19,6 +19,7 @@ mod feedback;
 mod http;
 mod lifecycle_purge;
 mod linking;
+mod log_pipe;
 mod oidc_conformance;
 mod refusals;
 mod slack_intake;
