@@ -566,6 +566,17 @@ async fn serve_creates_a_private_database_even_under_umask_000_and_stops_cleanly
         assert!(response.starts_with("HTTP/1.1 "), "{response}");
     }
 
+    // The container health check: the binary asks itself, with only the bot's BIND_ADDR
+    // (an unspecified address is probed on loopback).
+    for (args, says) in [
+        (&["health"][..], "/healthz ok"),
+        (&["health", "--ready"][..], "/readyz ok"),
+    ] {
+        let probe = run_async(with_env(&db, args, &[("BIND_ADDR", format!("0.0.0.0:{port}"))])).await;
+        assert!(probe.status.success(), "{}", text(&probe));
+        assert!(text(&probe).contains(says), "{}", text(&probe));
+    }
+
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -815,6 +826,21 @@ async fn every_acknowledged_delivery_survives_a_sigkill_in_the_middle_of_a_load(
         recorded.len(),
         "one job per recorded delivery, no more, no less"
     );
+}
+
+#[test]
+fn health_fails_with_exit_1_when_nothing_answers_and_2_for_a_bad_bind_addr() {
+    let db = TestDb::sqlite();
+    let closed = run(with_env(
+        &db,
+        &["health"],
+        &[("BIND_ADDR", format!("127.0.0.1:{}", free_port()))],
+    ));
+    assert_eq!(closed.status.code(), Some(1), "{}", text(&closed));
+    assert!(text(&closed).contains("/healthz on 127.0.0.1:"), "{}", text(&closed));
+    let bad = run(with_env(&db, &["health"], &[("BIND_ADDR", "port 3000".into())]));
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    assert!(text(&bad).contains("BIND_ADDR"), "{}", text(&bad));
 }
 
 // Issue 17, item 3: a command whose reader goes away, as in `links list | head -1`, ends
