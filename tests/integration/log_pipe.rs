@@ -15,8 +15,34 @@ use databricks_slack_bot::slack::signature::sign;
 /// How long the bot's drain may take in these tests (`SHUTDOWN_DRAIN_SECONDS`).
 const DRAIN: Duration = Duration::from_secs(3);
 
+/// The bot's process, killed if the test ends (or fails) before it does.
+struct Bot(Child);
+
+impl std::ops::Deref for Bot {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Bot {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Bot {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// `serve` on `port` with its stderr into `stderr`, logging `rust_log`.
-fn start(db: &TestDb, port: u16, rust_log: &str, stderr: Stdio) -> Child {
+fn start(db: &TestDb, port: u16, rust_log: &str, stderr: Stdio) -> Bot {
     let mut env = valid_env(&db.url);
     set(&mut env, "BIND_ADDR", format!("127.0.0.1:{port}"));
     set(&mut env, "RUST_LOG", rust_log.to_owned());
@@ -29,6 +55,7 @@ fn start(db: &TestDb, port: u16, rust_log: &str, stderr: Stdio) -> Child {
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
+        .map(Bot)
         .unwrap()
 }
 
