@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::common::{KEY_A, KEY_B, Person, TestDb, bin, eventually, vault};
 use base64::Engine;
+use databricks_slack_bot::slack::signature::sign;
 use databricks_slack_bot::store::links::LinkStatus;
 
 const NOW: i64 = 1_800_000_000;
@@ -514,6 +515,33 @@ fn start_server(db: &TestDb, port: u16) -> std::process::Child {
         .unwrap()
 }
 
+/// Posts a signed `app_mention` delivery `event_id` (its message `1700000000.{n}`) to the
+/// binary serving on `port` with [`valid_env`]'s signing secret.
+pub(crate) async fn post_mention(
+    client: &reqwest::Client,
+    port: u16,
+    event_id: &str,
+    n: usize,
+) -> reqwest::Result<reqwest::Response> {
+    let body = serde_json::json!({
+        "type": "event_callback", "team_id": "T061EG9R6", "api_app_id": "A1",
+        "event_id": event_id, "event_time": 1,
+        "authorizations": [{"team_id": "T061EG9R6", "user_id": "U0LAN0Z89", "is_bot": true}],
+        "event": {"type": "app_mention", "user": "U061F7AUR", "channel": "C0LAN2Q65",
+                  "text": "<@U0LAN0Z89> still there?", "ts": format!("1700000000.{n:06}")}
+    })
+    .to_string();
+    let ts = jiff::Timestamp::now().as_second();
+    client
+        .post(format!("http://127.0.0.1:{port}/slack/events"))
+        .header("content-type", "application/json")
+        .header("x-slack-request-timestamp", ts.to_string())
+        .header("x-slack-signature", sign("CANARY-signing-secret", ts, body.as_bytes()))
+        .body(body)
+        .send()
+        .await
+}
+
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -743,7 +771,6 @@ async fn a_genie_space_mapping_is_validated_and_listed_by_check() {
 // in the database with its job, and nothing is half-recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_delivery_survives_a_sigkill_in_the_middle_of_a_load() {
-    use databricks_slack_bot::slack::signature::sign;
     use std::sync::{Arc, Mutex};
 
     let db = TestDb::sqlite();
@@ -770,27 +797,7 @@ async fn every_acknowledged_delivery_survives_a_sigkill_in_the_middle_of_a_load(
             tokio::spawn(async move {
                 for i in 0.. {
                     let id = format!("EvKill{sender}x{i}");
-                    let body = serde_json::json!({
-                        "type": "event_callback", "team_id": "T061EG9R6", "api_app_id": "A1",
-                        "event_id": id, "event_time": 1,
-                        "authorizations": [{"team_id": "T061EG9R6", "user_id": "U0LAN0Z89", "is_bot": true}],
-                        "event": {"type": "app_mention", "user": "U061F7AUR", "channel": "C0LAN2Q65",
-                                  "text": "<@U0LAN0Z89> still there?", "ts": format!("1700000000.{i:06}")}
-                    })
-                    .to_string();
-                    let ts = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap()
-                        .as_secs() as i64;
-                    let sent = client
-                        .post(format!("http://127.0.0.1:{port}/slack/events"))
-                        .header("content-type", "application/json")
-                        .header("x-slack-request-timestamp", ts.to_string())
-                        .header("x-slack-signature", sign("CANARY-signing-secret", ts, body.as_bytes()))
-                        .body(body)
-                        .send()
-                        .await;
-                    match sent {
+                    match post_mention(&client, port, &id, i).await {
                         Ok(response) if response.status() == 200 => acked.lock().unwrap().push(id),
                         Ok(_) => {}
                         Err(_) => return, // the process is gone

@@ -8,9 +8,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::cli::{assert_no_canary, free_port, set, valid_env, wait_until_serving};
+use crate::cli::{assert_no_canary, free_port, post_mention, set, valid_env, wait_until_serving};
 use crate::common::{TestDb, eventually};
-use databricks_slack_bot::slack::signature::sign;
 
 /// How long the bot's drain may take in these tests (`SHUTDOWN_DRAIN_SECONDS`).
 const DRAIN: Duration = Duration::from_secs(3);
@@ -93,22 +92,7 @@ async fn health_checks(port: u16, count: usize) {
 async fn signed_events(port: u16, count: usize) {
     let client = client();
     for i in 0..count {
-        let body = serde_json::json!({
-            "type": "event_callback", "team_id": "T061EG9R6", "api_app_id": "A1",
-            "event_id": format!("EvLogPipe{i}"), "event_time": 1,
-            "authorizations": [{"team_id": "T061EG9R6", "user_id": "U0LAN0Z89", "is_bot": true}],
-            "event": {"type": "app_mention", "user": "U061F7AUR", "channel": "C0LAN2Q65",
-                      "text": "<@U0LAN0Z89> how many orders?", "ts": format!("1700000000.{i:06}")}
-        })
-        .to_string();
-        let ts = jiff::Timestamp::now().as_second();
-        let response = client
-            .post(format!("http://127.0.0.1:{port}/slack/events"))
-            .header("content-type", "application/json")
-            .header("x-slack-request-timestamp", ts.to_string())
-            .header("x-slack-signature", sign("CANARY-signing-secret", ts, body.as_bytes()))
-            .body(body)
-            .send()
+        let response = post_mention(&client, port, &format!("EvLogPipe{i}"), i)
             .await
             .expect("the delivery is acknowledged");
         assert_eq!(response.status(), 200, "delivery {i}");
