@@ -2,7 +2,8 @@
 # The deployment files: the Containerfile linted (hadolint), every YAML file linted
 # (yamllint), the Kubernetes manifests validated strictly against the API's schemas (an
 # unknown field — a typo — fails), the kustomization checked to name only files that
-# exist, and the image's runtime stage smoke-tested around a release build.
+# exist, the alerting rules checked (promtool), and the image's runtime stage
+# smoke-tested around a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,17 @@ for resource in kustomization["resources"]:
 PY
 )
 "$venv/bin/kubernetes-validate" --strict --quiet "${resources[@]}" deploy/kubernetes/secret.example.yaml
+
+# The alerting rules, with promtool from Debian's prometheus package (unpacked, not
+# installed: nothing is started). tests/integration/alerts.rs checks the metrics they name.
+promtool=target/ci-promtool/usr/bin/promtool
+if [ ! -x "$promtool" ]; then
+  mkdir -p target/ci-promtool
+  (cd target/ci-promtool \
+    && { apt-get download prometheus 2>/dev/null || { apt-get update -qq && apt-get download prometheus 2>/dev/null; }; } \
+    && dpkg-deb -x prometheus_*.deb .)
+fi
+"$promtool" check rules deploy/prometheus/alerts.yaml
 
 # The image: no engine here can pull its base images or run it, so its runtime stage is
 # assembled around a release build, built FROM scratch, and run with chroot.

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -103,6 +104,62 @@ pub fn count_dropped_log_line(reason: LogDrop) {
     LOG_LINES_DROPPED.get_or_create(&ReasonLabels { reason }).inc();
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SlackCallLabels {
+    method: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// The states a job can be in (`jobs.state`).
+const JOB_STATES: [&str; 5] = ["queued", "running", "waiting", "done", "failed"];
+/// The statuses a link can have (`links.status`).
+const LINK_STATUSES: [&str; 2] = ["active", "needs_relink"];
+
+/// How a refresh of a person's access token ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// New tokens, stored.
+    Refreshed,
+    /// Another process refreshed first; its tokens are used.
+    Superseded,
+    /// The grant is dead: the person must connect again.
+    NeedsRelink,
+    /// The token endpoint refused the bot's own request (an operator must act).
+    Misconfigured,
+    /// The token endpoint was down, slow or rate limiting: tried again later.
+    Transient,
+    /// The stored refresh token could not be opened (its key is gone).
+    Unreadable,
+}
+
+impl RefreshOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            RefreshOutcome::Refreshed => "refreshed",
+            RefreshOutcome::Superseded => "superseded",
+            RefreshOutcome::NeedsRelink => "needs_relink",
+            RefreshOutcome::Misconfigured => "misconfigured",
+            RefreshOutcome::Transient => "transient",
+            RefreshOutcome::Unreadable => "unreadable",
+        }
+    }
+}
+
 /// The process's metrics registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -113,6 +170,12 @@ pub struct Metrics {
     agent_duration: Family<AgentLabels, Histogram, fn() -> Histogram>,
     token_refusals: Family<CodeLabels, Counter>,
     feedback: Family<FeedbackLabels, Counter>,
+    jobs: Family<StateLabels, Gauge>,
+    oldest_due_job_age: Gauge,
+    links: Family<StatusLabels, Gauge>,
+    slack_calls: Family<SlackCallLabels, Counter>,
+    refreshes: Family<OutcomeLabels, Counter>,
+    breaker_open_until: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -167,6 +230,42 @@ impl Metrics {
             "Thumbs up or down on answers, by agent and rating (a repeated click counts once)",
             feedback.clone(),
         );
+        let jobs = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "jobs",
+            "Jobs in the database by state, as of the scrape (the same on every replica)",
+            jobs.clone(),
+        );
+        let oldest_due_job_age = Gauge::default();
+        registry.register(
+            "oldest_due_job_age_seconds",
+            "How long the oldest queued job has been due without a worker taking it (0: none)",
+            oldest_due_job_age.clone(),
+        );
+        let links = Family::<StatusLabels, Gauge>::default();
+        registry.register(
+            "links",
+            "People's Databricks links by status, as of the scrape",
+            links.clone(),
+        );
+        let slack_calls = Family::<SlackCallLabels, Counter>::default();
+        registry.register(
+            "slack_api_calls",
+            "Slack Web API calls by method and outcome (ok, error, rate_limited, timeout, unreachable)",
+            slack_calls.clone(),
+        );
+        let refreshes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "token_refreshes",
+            "Refreshes of people's access tokens by outcome",
+            refreshes.clone(),
+        );
+        let breaker_open_until = Gauge::default();
+        registry.register(
+            "agent_breaker_open_until_timestamp_seconds",
+            "Until when this process's breaker holds questions back from the agent (open while later than now)",
+            breaker_open_until.clone(),
+        );
         registry.register(
             "log_lines_dropped",
             "Log lines dropped rather than block: the log pipe was full (queue_full) or failing (write_failed)",
@@ -180,7 +279,52 @@ impl Metrics {
             agent_duration,
             token_refusals,
             feedback,
+            jobs,
+            oldest_due_job_age,
+            links,
+            slack_calls,
+            refreshes,
+            breaker_open_until,
         }
+    }
+
+    /// Sets the queue's gauges: jobs per state (as `store` counts them; a state with none
+    /// is 0) and how long the oldest due job has waited, in seconds.
+    pub fn set_queue(&self, per_state: &[(String, i64)], oldest_due_age: i64) {
+        for state in JOB_STATES {
+            let count = per_state.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
+            self.jobs.get_or_create(&StateLabels { state }).set(count);
+        }
+        self.oldest_due_job_age.set(oldest_due_age.max(0));
+    }
+
+    /// Sets the links per status.
+    pub fn set_links(&self, per_status: &[(String, i64)]) {
+        for status in LINK_STATUSES {
+            let count = per_status.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
+            self.links.get_or_create(&StatusLabels { status }).set(count);
+        }
+    }
+
+    /// Counts a Slack Web API call of `method` that ended in `outcome`.
+    pub fn record_slack_call(&self, method: &'static str, outcome: &'static str) {
+        self.slack_calls
+            .get_or_create(&SlackCallLabels { method, outcome })
+            .inc();
+    }
+
+    /// Counts a refresh of a person's access token.
+    pub fn record_refresh(&self, outcome: RefreshOutcome) {
+        self.refreshes
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    /// Notes that the agent's breaker holds questions back until `unix_seconds`.
+    pub fn breaker_open_until(&self, unix_seconds: i64) {
+        self.breaker_open_until.set(unix_seconds);
     }
 
     /// Counts one question of a linked person that `agent` worked on `seconds`.
@@ -273,4 +417,33 @@ pub async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
         )],
         metrics.render(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_link_breaker_and_slack_series_render_with_every_state_present() {
+        let metrics = Metrics::new();
+        metrics.set_queue(&[("queued".into(), 3), ("done".into(), 7)], 42);
+        metrics.set_links(&[("needs_relink".into(), 2)]);
+        metrics.breaker_open_until(1_800_000_030);
+        metrics.record_slack_call("chat.postMessage", "rate_limited");
+        metrics.record_refresh(RefreshOutcome::NeedsRelink);
+        let text = metrics.render();
+        for line in [
+            r#"jobs{state="queued"} 3"#,
+            r#"jobs{state="running"} 0"#,
+            r#"jobs{state="done"} 7"#,
+            "oldest_due_job_age_seconds 42",
+            r#"links{status="active"} 0"#,
+            r#"links{status="needs_relink"} 2"#,
+            "agent_breaker_open_until_timestamp_seconds 1800000030",
+            r#"slack_api_calls_total{method="chat.postMessage",outcome="rate_limited"} 1"#,
+            r#"token_refreshes_total{outcome="needs_relink"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line}:\n{text}");
+        }
+    }
 }

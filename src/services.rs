@@ -46,10 +46,10 @@ impl Services {
     /// Opens (and migrates) the store and builds the clients `config` describes.
     pub async fn build(config: &Config, clock: SharedClock) -> anyhow::Result<Self> {
         let store = Store::open(&config.database).await?;
-        let slack = SlackApi::new(&config.slack.api_url, &config.slack.bot_token)?;
+        let metrics = Arc::new(Metrics::new());
+        let slack = SlackApi::new(&config.slack.api_url, &config.slack.bot_token)?.with_metrics(metrics.clone());
         let http = oauth::http_client();
         let oauth = Authority::new(&config.databricks, &config.public_base_url, http.clone());
-        let metrics = Arc::new(Metrics::new());
         let broker = Arc::new(TokenBroker::new(
             store.clone(),
             config.vault.clone(),

@@ -137,6 +137,7 @@ impl Application {
                     LINK_QUOTA,
                     TrustedProxies::new(config.trusted_proxies.clone()),
                 )),
+                clock: services.clock.clone(),
             },
             workers,
             socket_mode,

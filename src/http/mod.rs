@@ -16,14 +16,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{FromRef, MatchedPath, Request};
+use axum::extract::{FromRef, MatchedPath, Request, State};
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
+use crate::clock::SharedClock;
 use crate::lifecycle::Lifecycle;
 use crate::linking::LinkFlow;
 use crate::metrics::{self, Metrics};
@@ -48,6 +50,7 @@ pub struct AppState {
     pub link: Arc<LinkFlow>,
     /// The per-client rate limit on the linking routes (LNK-06).
     pub link_limit: Arc<limit::ClientLimit>,
+    pub clock: SharedClock,
 }
 
 /// Whether the public router serves `/metrics`.
@@ -79,7 +82,7 @@ pub fn router(state: AppState, metrics_route: MetricsRoute) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     if metrics_route == MetricsRoute::Public {
-        own = own.route("/metrics", get(metrics::render));
+        own = own.route("/metrics", get(render_metrics));
     }
     let routes = own.with_state(state).merge(slack_routes).merge(link_routes);
     with_middleware(routes, registry)
@@ -92,9 +95,36 @@ pub fn metrics_router(state: AppState) -> Router {
     let routes = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics::render))
+        .route("/metrics", get(render_metrics))
         .with_state(state);
     with_middleware(routes, registry)
+}
+
+/// How long `/metrics` waits for the database's counts before answering without them.
+const GAUGE_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /metrics`: the registry, after reading the queue's and the links' gauges from the
+/// database. A database that does not answer in time leaves them as they were, so the
+/// rest is still scraped.
+async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let now = state.clock.now();
+    let read = async {
+        let per_state = state.store.jobs_per_state().await?;
+        let oldest_due = state.store.oldest_due_job(now).await?;
+        let per_status = state.store.links_per_status().await?;
+        Ok::<_, sqlx::Error>((per_state, oldest_due, per_status))
+    };
+    match tokio::time::timeout(GAUGE_READ_TIMEOUT, read).await {
+        Ok(Ok((per_state, oldest_due, per_status))) => {
+            state
+                .metrics
+                .set_queue(&per_state, oldest_due.map_or(0, |due| now - due));
+            state.metrics.set_links(&per_status);
+        }
+        Ok(Err(error)) => tracing::warn!(error = %error, "could not read the queue and link counts for /metrics"),
+        Err(_) => tracing::warn!("the queue and link counts for /metrics took too long to read"),
+    }
+    metrics::render(State(state.metrics)).await
 }
 
 /// The middleware every request passes through, whichever listener it came to.

@@ -15,6 +15,7 @@ use slack_morphism::prelude::*;
 use url::Url;
 
 use crate::domain::{TeamId, UserId};
+use crate::metrics::Metrics;
 
 /// Longest any single Web API call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,6 +38,17 @@ pub enum SlackApiError {
 }
 
 impl SlackApiError {
+    /// A call's outcome as `slack_api_calls_total` labels it.
+    fn outcome<T>(result: &Result<T, SlackApiError>) -> &'static str {
+        match result {
+            Ok(_) => "ok",
+            Err(SlackApiError::RateLimited { .. }) => "rate_limited",
+            Err(SlackApiError::Api(_)) => "error",
+            Err(SlackApiError::Transport(_)) => "unreachable",
+            Err(SlackApiError::Timeout) => "timeout",
+        }
+    }
+
     /// Whether trying again later may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
@@ -194,16 +206,18 @@ pub struct SlackApi {
     token: SlackApiToken,
     /// `auth.test`'s answer, which does not change while the token lives.
     identity: Arc<tokio::sync::OnceCell<BotIdentity>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Calls `$call` (an expression using `$session`) with timeout and 429 handling: a 429 is
 /// waited out and the call made again, up to `retries` times (by default
-/// [`RATE_LIMIT_RETRIES`]).
+/// [`RATE_LIMIT_RETRIES`]). The outcome is counted under `$method`, the Web API method's
+/// name.
 macro_rules! call {
-    ($api:expr, |$session:ident| $call:expr) => {
-        call!($api, retries = RATE_LIMIT_RETRIES, |$session| $call)
+    ($api:expr, $method:literal, |$session:ident| $call:expr) => {
+        call!($api, $method, retries = RATE_LIMIT_RETRIES, |$session| $call)
     };
-    ($api:expr, retries = $retries:expr, |$session:ident| $call:expr) => {{
+    ($api:expr, $method:literal, retries = $retries:expr, |$session:ident| $call:expr) => {{
         let mut attempt = 0;
         loop {
             let $session = $api.client.open_session(&$api.token);
@@ -215,13 +229,17 @@ macro_rules! call {
                 Err(SlackApiError::RateLimited { retry_after }) if attempt < $retries => {
                     let wait = retry_after.unwrap_or(Duration::from_secs(1 << attempt));
                     if wait > MAX_INLINE_WAIT {
+                        $api.metrics.record_slack_call($method, "rate_limited");
                         break Err(SlackApiError::RateLimited { retry_after });
                     }
                     attempt += 1;
                     tracing::warn!(wait_s = wait.as_secs(), attempt, "Slack rate limited a call; waiting");
                     tokio::time::sleep(wait).await;
                 }
-                other => break other,
+                other => {
+                    $api.metrics.record_slack_call($method, SlackApiError::outcome(&other));
+                    break other;
+                }
             }
         }
     }};
@@ -241,7 +259,14 @@ impl SlackApi {
             client: Arc::new(SlackClient::new(connector)),
             token: SlackApiToken::new(SlackApiTokenValue::new(bot_token.expose_secret().to_owned())),
             identity: Arc::new(tokio::sync::OnceCell::new()),
+            metrics: Arc::default(),
         })
+    }
+
+    /// The same client, counting its calls in `metrics` (`slack_api_calls_total`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The underlying client, for Socket Mode.
@@ -262,7 +287,7 @@ impl SlackApi {
             #[serde(default)]
             enterprise_id: Option<String>,
         }
-        let r: AuthTest = call!(self, |s| s.http_session_api.http_get(
+        let r: AuthTest = call!(self, "auth.test", |s| s.http_session_api.http_get(
             "auth.test",
             &SLACK_HTTP_EMPTY_GET_PARAMS.clone(),
             Some(&SLACK_TIER4_METHOD_CONFIG)
@@ -292,7 +317,7 @@ impl SlackApi {
             .opt_thread_ts(thread_ts.map(Into::into))
             .with_unfurl_links(false)
             .with_unfurl_media(false);
-        let r = call!(self, |s| s.chat_post_message(&request))?;
+        let r = call!(self, "chat.postMessage", |s| s.chat_post_message(&request))?;
         Ok(r.ts.to_string())
     }
 
@@ -306,7 +331,7 @@ impl SlackApi {
     ) -> Result<(), SlackApiError> {
         let request = SlackApiChatPostEphemeralRequest::new(channel.into(), user.into(), content)
             .opt_thread_ts(thread_ts.map(Into::into));
-        call!(self, |s| s.chat_post_ephemeral(&request)).map(|_| ())
+        call!(self, "chat.postEphemeral", |s| s.chat_post_ephemeral(&request)).map(|_| ())
     }
 
     /// `chat.update`: replaces the content of the bot's message `ts`.
@@ -317,13 +342,13 @@ impl SlackApi {
         content: SlackMessageContent,
     ) -> Result<(), SlackApiError> {
         let request = SlackApiChatUpdateRequest::new(channel.into(), content, ts.into());
-        call!(self, |s| s.chat_update(&request)).map(|_| ())
+        call!(self, "chat.update", |s| s.chat_update(&request)).map(|_| ())
     }
 
     /// `chat.delete`: removes the bot's message `ts`.
     pub async fn delete_message(&self, channel: &str, ts: &str) -> Result<(), SlackApiError> {
         let request = SlackApiChatDeleteRequest::new(channel.into(), ts.into());
-        call!(self, |s| s.chat_delete(&request)).map(|_| ())
+        call!(self, "chat.delete", |s| s.chat_delete(&request)).map(|_| ())
     }
 
     /// Shares a file in `channel` (in `thread_ts`) through Slack's external upload flow:
@@ -337,16 +362,19 @@ impl SlackApi {
     ) -> Result<(), SlackApiError> {
         let request = SlackApiFilesGetUploadUrlExternalRequest::new(file.filename.clone(), file.content.len())
             .opt_alt_txt(file.alt.clone());
-        let target = call!(self, |s| s.get_upload_url_external(&request))?;
+        let target = call!(self, "files.getUploadURLExternal", |s| s
+            .get_upload_url_external(&request))?;
         let upload =
             SlackApiFilesUploadViaUrlRequest::new(target.upload_url, file.content.clone(), file.content_type.clone());
-        call!(self, |s| s.files_upload_via_url(&upload))?;
+        call!(self, "files.upload_url", |s| s.files_upload_via_url(&upload))?;
         let complete = SlackApiFilesCompleteUploadExternalRequest::new(vec![
             SlackApiFilesComplete::new(target.file_id).with_title(file.title.clone()),
         ])
         .with_channel_id(channel.into())
         .opt_thread_ts(thread_ts.map(Into::into));
-        call!(self, |s| s.files_complete_upload_external(&complete)).map(|_| ())
+        call!(self, "files.completeUploadExternal", |s| s
+            .files_complete_upload_external(&complete))
+        .map(|_| ())
     }
 
     /// Answers through an interaction's `response_url`: `request` may replace or delete
@@ -372,7 +400,7 @@ impl SlackApi {
     /// `views.publish`: shows `blocks` as `user`'s App Home tab.
     pub async fn publish_home(&self, user: &str, blocks: Vec<SlackBlock>) -> Result<(), SlackApiError> {
         let request = SlackApiViewsPublishRequest::new(user.into(), SlackView::Home(SlackHomeView::new(blocks)));
-        call!(self, |s| s.views_publish(&request)).map(|_| ())
+        call!(self, "views.publish", |s| s.views_publish(&request)).map(|_| ())
     }
 
     /// `assistant.threads.setStatus`: what the assistant is doing in a thread ("" clears).
@@ -384,7 +412,9 @@ impl SlackApi {
     ) -> Result<(), SlackApiError> {
         let request =
             SlackApiAssistantThreadsSetStatusRequest::new(channel.into(), status.to_owned(), thread_ts.into());
-        call!(self, |s| s.assistant_threads_set_status(&request)).map(|_| ())
+        call!(self, "assistant.threads.setStatus", |s| s
+            .assistant_threads_set_status(&request))
+        .map(|_| ())
     }
 
     /// `assistant.threads.setSuggestedPrompts`: prompts the person can click to ask.
@@ -400,13 +430,17 @@ impl SlackApi {
             .collect();
         let request =
             SlackApiAssistantThreadsSetSuggestedPromptsRequest::new(channel.into(), thread_ts.into(), prompts);
-        call!(self, |s| s.assistant_threads_set_suggested_prompts(&request)).map(|_| ())
+        call!(self, "assistant.threads.setSuggestedPrompts", |s| s
+            .assistant_threads_set_suggested_prompts(&request))
+        .map(|_| ())
     }
 
     /// `assistant.threads.setTitle`: the thread's title in the person's history.
     pub async fn set_assistant_title(&self, channel: &str, thread_ts: &str, title: &str) -> Result<(), SlackApiError> {
         let request = SlackApiAssistantThreadSetTitleRequest::new(channel.into(), thread_ts.into(), title.to_owned());
-        call!(self, |s| s.assistant_threads_set_title(&request)).map(|_| ())
+        call!(self, "assistant.threads.setTitle", |s| s
+            .assistant_threads_set_title(&request))
+        .map(|_| ())
     }
 
     /// `chat.startStream`: a reply in `thread_ts` that grows as text is appended, beginning
@@ -424,7 +458,9 @@ impl SlackApi {
             .opt_recipient_team_id(recipient.map(|(team, _)| team.as_str().into()))
             .opt_recipient_user_id(recipient.map(|(_, user)| user.as_str().into()))
             .with_markdown_text(markdown_text.to_owned());
-        Ok(call!(self, |s| s.chat_start_stream(&request))?.ts.to_string())
+        Ok(call!(self, "chat.startStream", |s| s.chat_start_stream(&request))?
+            .ts
+            .to_string())
     }
 
     /// `chat.appendStream`: more text for the streamed message `ts`. A 429 is reported at
@@ -432,7 +468,9 @@ impl SlackApi {
     pub async fn append_stream(&self, channel: &str, ts: &str, markdown_text: &str) -> Result<(), SlackApiError> {
         let request = SlackApiChatAppendStreamRequest::new(channel.into(), ts.into())
             .with_markdown_text(markdown_text.to_owned());
-        call!(self, retries = 0, |s| s.chat_append_stream(&request)).map(|_| ())
+        call!(self, "chat.appendStream", retries = 0, |s| s
+            .chat_append_stream(&request))
+        .map(|_| ())
     }
 
     /// `chat.stopStream`: ends the streamed message `ts` with the last of its text
@@ -454,7 +492,7 @@ impl SlackApi {
             ..SlackMessageContent::new()
         };
         let request = SlackApiChatStopStreamRequest::new(channel.into(), ts.into(), content);
-        let _: Stopped = call!(self, |s| s.http_session_api.http_post(
+        let _: Stopped = call!(self, "chat.stopStream", |s| s.http_session_api.http_post(
             "chat.stopStream",
             &request,
             Some(&SLACK_TIER2_METHOD_CONFIG)
@@ -465,7 +503,7 @@ impl SlackApi {
     /// `chat.getPermalink`: a link to message `ts` in `channel`.
     pub async fn permalink(&self, channel: &str, ts: &str) -> Result<Url, SlackApiError> {
         let request = SlackApiChatGetPermalinkRequest::new(channel.into(), ts.into());
-        Ok(call!(self, |s| s.chat_get_permalink(&request))?.permalink)
+        Ok(call!(self, "chat.getPermalink", |s| s.chat_get_permalink(&request))?.permalink)
     }
 
     /// `conversations.open`: the direct-message channel with `user`.
@@ -485,7 +523,7 @@ impl SlackApi {
             id: String,
         }
         let request = Open { users: user };
-        let opened: Opened = call!(self, |s| s.http_session_api.http_post(
+        let opened: Opened = call!(self, "conversations.open", |s| s.http_session_api.http_post(
             "conversations.open",
             &request,
             None
@@ -513,7 +551,7 @@ impl SlackApi {
             email: Option<String>,
         }
         let params = vec![("user", Some(user))];
-        let info: Info = call!(self, |s| s.http_session_api.http_get(
+        let info: Info = call!(self, "users.info", |s| s.http_session_api.http_get(
             "users.info",
             &params,
             Some(&SLACK_TIER4_METHOD_CONFIG)
@@ -583,7 +621,7 @@ impl SlackApi {
             is_pending_ext_shared: Option<bool>,
         }
         let params = vec![("channel", Some(channel))];
-        let info: Info = call!(self, |s| s.http_session_api.http_get(
+        let info: Info = call!(self, "conversations.info", |s| s.http_session_api.http_get(
             "conversations.info",
             &params,
             Some(&SLACK_TIER3_METHOD_CONFIG)
@@ -594,7 +632,7 @@ impl SlackApi {
     /// `users.info`.
     pub async fn user_info(&self, user: &str) -> Result<SlackUser, SlackApiError> {
         let request = SlackApiUsersInfoRequest::new(user.into());
-        Ok(call!(self, |s| s.users_info(&request))?.user)
+        Ok(call!(self, "users.info", |s| s.users_info(&request))?.user)
     }
 }
 

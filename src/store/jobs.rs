@@ -328,6 +328,27 @@ impl Store {
         })
     }
 
+    /// How many jobs are in each state (`queued`, `running`, `waiting`, `done`, `failed`),
+    /// for `/metrics`.
+    pub async fn jobs_per_state(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        on_pool!(self.read, |pool| {
+            sqlx::query_as("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+                .fetch_all(pool)
+                .await
+        })
+    }
+
+    /// Since when the oldest queued job has been due (its `run_after`), if one is due at
+    /// `now`: a job waiting for its retry time is not late, one no worker takes is.
+    pub async fn oldest_due_job(&self, now: i64) -> Result<Option<i64>, sqlx::Error> {
+        on_pool!(self.read, |pool| {
+            sqlx::query_scalar("SELECT MIN(run_after) FROM jobs WHERE state = 'queued' AND run_after <= $1")
+                .bind(now)
+                .fetch_one(pool)
+                .await
+        })
+    }
+
     /// A person's latest `limit` questions, newest first: each job's payload and state.
     pub async fn recent_questions(
         &self,

@@ -311,6 +311,15 @@ impl Store {
         })
     }
 
+    /// How many links are in each status (`active`, `needs_relink`), for `/metrics`.
+    pub async fn links_per_status(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        on_pool!(self.read, |pool| {
+            sqlx::query_as("SELECT status, COUNT(*) FROM links GROUP BY status")
+                .fetch_all(pool)
+                .await
+        })
+    }
+
     /// How many links each key id seals, by `links.key_id`.
     pub async fn links_per_key(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
         on_pool!(self.read, |pool| {

@@ -205,6 +205,19 @@ async fn a_token_revoked_while_genie_works_is_refreshed_and_genie_is_asked_once(
         app.slack_calls("chat.postEphemeral").await.is_empty(),
         "no \"no access\""
     );
+    // What alerting reads (deploy/prometheus/alerts.yaml): refreshes by outcome, Slack
+    // calls by method and outcome, the queue and the links as the database has them.
+    let metrics = app.get("/metrics").await.1;
+    for line in [
+        r#"token_refreshes_total{outcome="refreshed"} "#,
+        r#"slack_api_calls_total{method="chat.postMessage",outcome="ok"} "#,
+        r#"jobs{state="done"} 1"#,
+        r#"jobs{state="queued"} 0"#,
+        r#"links{status="active"} 1"#,
+        "oldest_due_job_age_seconds 0",
+    ] {
+        assert!(metrics.contains(line), "{line}:\n{metrics}");
+    }
     app.stop().await; // start-conversation's `expect(1)` is checked when the mocks drop
 }
 

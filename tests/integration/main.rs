@@ -8,6 +8,7 @@ mod account;
 mod agent_external;
 mod agent_genie;
 mod agent_llm;
+mod alerts;
 mod answers;
 mod assistant;
 mod browser_linking;

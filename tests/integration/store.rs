@@ -288,6 +288,51 @@ async fn an_event_is_enqueued_once_however_often_it_is_delivered() {
     }
 }
 
+// What /metrics reads for alerting: jobs per state, since when the oldest due job has
+// waited (a job waiting for its retry time is not due), links per status.
+#[tokio::test]
+async fn queue_and_link_counts_for_metrics_work_on_both_backends() {
+    for db in TestDb::all().await {
+        let store = db.open().await;
+        let p = Person::new("T1", "U1");
+        let new = job(&p.team, &p.user, "{}");
+        assert_eq!(store.oldest_due_job(NOW).await.unwrap(), None, "{}", db.name);
+        enqueue_one(&store, "Ev1", &new, NOW - 90).await.unwrap();
+        enqueue_one(&store, "Ev2", &new, NOW - 30).await.unwrap();
+        enqueue_one(&store, "Ev3", &new, NOW + 60).await.unwrap();
+        assert_eq!(store.oldest_due_job(NOW).await.unwrap(), Some(NOW - 90), "{}", db.name);
+        let claimed = store.claim_job(NOW, NOW + 60, 2).await.unwrap().unwrap();
+        assert_eq!(store.oldest_due_job(NOW).await.unwrap(), Some(NOW - 30), "{}", db.name);
+        store.complete_job(&claimed, NOW).await.unwrap();
+        let mut per_state = store.jobs_per_state().await.unwrap();
+        per_state.sort();
+        assert_eq!(
+            per_state,
+            [("done".to_owned(), 1), ("queued".to_owned(), 2)],
+            "{}",
+            db.name
+        );
+
+        p.link(&store, &vault(&[KEY_A]), "rt", NOW).await;
+        Person::new("T1", "U2").link(&store, &vault(&[KEY_A]), "rt", NOW).await;
+        assert!(
+            store
+                .mark_needs_relink(&p.team, &p.user, 0, "invalid_grant", NOW)
+                .await
+                .unwrap()
+        );
+        let mut per_status = store.links_per_status().await.unwrap();
+        per_status.sort();
+        assert_eq!(
+            per_status,
+            [("active".to_owned(), 1), ("needs_relink".to_owned(), 1)],
+            "{}",
+            db.name
+        );
+        store.close().await;
+    }
+}
+
 // Group commit at the store: a batch records each new event once — a duplicate of an
 // earlier batch or of one earlier in the same batch enqueues nothing — and a batch of
 // duplicates only writes nothing.

@@ -35,7 +35,7 @@ use crate::databricks::authority::Authority;
 use crate::databricks::bearer::{Bearer, Renew};
 use crate::databricks::oauth::{TokenError, Tokens};
 use crate::domain::{TeamId, UserId, WorkspaceHost};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RefreshOutcome};
 use crate::store::Store;
 use crate::store::audit::{Actor, AuditEvent, AuditKind};
 use crate::store::links::{Link, LinkStatus};
@@ -212,7 +212,16 @@ impl TokenBroker {
                     .try_lock_refresh(team, user, link.version, now, claim_until)
                     .await?
             {
-                match self.refresh(&link, claim_until).await? {
+                let refreshed = self.refresh(&link, claim_until).await;
+                self.metrics.record_refresh(match &refreshed {
+                    Ok(Refreshed::Done(_)) => RefreshOutcome::Refreshed,
+                    Ok(Refreshed::Superseded) => RefreshOutcome::Superseded,
+                    Err(BrokerError::NeedsRelink { .. }) => RefreshOutcome::NeedsRelink,
+                    Err(BrokerError::Misconfigured(_)) => RefreshOutcome::Misconfigured,
+                    Err(BrokerError::Unreadable(_)) => RefreshOutcome::Unreadable,
+                    Err(_) => RefreshOutcome::Transient,
+                });
+                match refreshed? {
                     Refreshed::Done(context) => return Ok(context),
                     // Read the link again and use what the other process stored.
                     Refreshed::Superseded => continue,

@@ -351,7 +351,9 @@ impl Questions {
         }
         match &asked {
             Err(Unanswered::Agent(AgentError::Transient { reason, .. })) => {
-                if self.breaker.failed(self.clock.now()) {
+                let now = self.clock.now();
+                if self.breaker.failed(now) {
+                    self.metrics.breaker_open_until(now + OPEN_SECONDS);
                     tracing::warn!(
                         reason,
                         pause_s = OPEN_SECONDS,
