@@ -292,8 +292,9 @@ impl Metrics {
     /// is 0) and how long the oldest due job has waited, in seconds.
     pub fn set_queue(&self, per_state: &[(String, i64)], oldest_due_age: i64) {
         for state in JOB_STATES {
-            let count = per_state.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
-            self.jobs.get_or_create(&StateLabels { state }).set(count);
+            self.jobs
+                .get_or_create(&StateLabels { state })
+                .set(count_of(per_state, state));
         }
         self.oldest_due_job_age.set(oldest_due_age.max(0));
     }
@@ -301,8 +302,9 @@ impl Metrics {
     /// Sets the links per status.
     pub fn set_links(&self, per_status: &[(String, i64)]) {
         for status in LINK_STATUSES {
-            let count = per_status.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
-            self.links.get_or_create(&StatusLabels { status }).set(count);
+            self.links
+                .get_or_create(&StatusLabels { status })
+                .set(count_of(per_status, status));
         }
     }
 
@@ -364,6 +366,11 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String cannot fail");
         out
     }
+}
+
+/// The count `counts` (as a `GROUP BY` gives them) holds for `name`; 0 when it has none.
+fn count_of(counts: &[(String, i64)], name: &str) -> i64 {
+    counts.iter().find(|(n, _)| n == name).map_or(0, |(_, count)| *count)
 }
 
 /// Only well-known methods become labels; anything else is `OTHER`.
