@@ -29,8 +29,8 @@ use crate::telemetry;
 
 /// How long `health` waits for the bot's answer.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long exiting waits for queued log lines.
-const LOG_FLUSH: Duration = Duration::from_secs(1);
+/// How long exiting waits for finished spans and queued log lines.
+const EXIT_FLUSH: Duration = Duration::from_secs(2);
 /// How long past the drain deadline a stopping `serve` may take before it is ended.
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
 /// The exit code of a `serve` ended by its shutdown deadline (as `timeout(1)`'s).
@@ -146,8 +146,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Ok(env) => env,
         Err(e) => return report(Failure::Config(e)),
     };
-    telemetry::init(&env);
-    let outcome = match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    // Only a running bot has traces worth exporting.
+    telemetry::init(&env, matches!(command, Command::Serve));
+    let outcome = match command {
         Command::Serve => serve(&env).await,
         Command::Check => check(&env).await,
         Command::Migrate => migrate(&env).await,
@@ -163,8 +165,9 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Links(LinksCommand::Remove { team, user }) => remove_link(&env, &team, &user).await,
         Command::Health { ready } => health(&env, ready).await,
     };
-    // Log lines still queued go out first, but a stalled log pipe cannot hold up the exit.
-    telemetry::flush(LOG_FLUSH);
+    // Spans and log lines still queued go out first, but a stalled collector or log pipe
+    // cannot hold up the exit.
+    telemetry::flush(EXIT_FLUSH);
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => report(failure),
@@ -215,7 +218,7 @@ fn exit_anyway_after(after: Duration) {
                 deadline_s = after.as_secs(),
                 "shutdown did not finish in time; exiting anyway"
             );
-            telemetry::flush(LOG_FLUSH);
+            telemetry::flush(EXIT_FLUSH);
             std::process::exit(EXIT_SHUTDOWN_DEADLINE);
         });
     if let Err(error) = watchdog {
@@ -287,6 +290,26 @@ async fn check(env: &Env) -> Result<(), Failure> {
             "linking        WARNING: LINK_IDENTITY_CHECK=none: whoever opens a person's link can connect any \
              Databricks account to that person's Slack user"
         );
+    }
+    match &config.traces {
+        None => say!("traces         off (OTEL_EXPORTER_OTLP_ENDPOINT is not set)"),
+        Some(export) => {
+            let route = format!(
+                "{} to {}; service {}; sampler {}",
+                export.protocol.as_str(),
+                export.endpoint,
+                export.service_name,
+                export.sampler.name
+            );
+            // Spans are only dropped when the collector is down: answers go on.
+            match telemetry::probe_collector(export).await {
+                Ok(()) => say!("traces         ok ({route})"),
+                Err(why) => say!(
+                    "traces         WARNING: the collector did not take an empty export ({why}); spans would be \
+                     dropped, answers are unaffected ({route})"
+                ),
+            }
+        }
     }
     let database = match Store::connect(&config.database).await {
         Ok(store) => {

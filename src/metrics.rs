@@ -77,6 +77,28 @@ impl AnswerOutcome {
     }
 }
 
+/// Why spans were dropped instead of exported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanDrop {
+    /// The export queue was full: the collector is slow or down.
+    QueueFull,
+    /// The collector refused the batch, or did not answer in time.
+    ExportFailed,
+}
+
+/// Spans dropped, process-wide like [`LOG_LINES_DROPPED`]: one exporter serves the
+/// process.
+static SPANS_DROPPED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
+
+/// Counts `spans` dropped for `reason`.
+pub fn count_dropped_spans(reason: SpanDrop, spans: u64) {
+    let reason = match reason {
+        SpanDrop::QueueFull => "queue_full",
+        SpanDrop::ExportFailed => "export_failed",
+    };
+    SPANS_DROPPED.get_or_create(&ReasonLabels { reason }).inc_by(spans);
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
@@ -148,7 +170,8 @@ pub enum RefreshOutcome {
 }
 
 impl RefreshOutcome {
-    fn as_str(self) -> &'static str {
+    /// Its label: `token_refreshes_total{outcome}`, and the token span's `refresh`.
+    pub fn as_str(self) -> &'static str {
         match self {
             RefreshOutcome::Refreshed => "refreshed",
             RefreshOutcome::Superseded => "superseded",
@@ -270,6 +293,11 @@ impl Metrics {
             "log_lines_dropped",
             "Log lines dropped rather than block: the log pipe was full (queue_full) or failing (write_failed)",
             LOG_LINES_DROPPED.clone(),
+        );
+        registry.register(
+            "trace_spans_dropped",
+            "Spans dropped rather than hold up an answer: the export queue was full (queue_full) or the collector failed (export_failed)",
+            SPANS_DROPPED.clone(),
         );
         Self {
             registry: Mutex::new(registry),

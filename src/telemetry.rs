@@ -1,5 +1,6 @@
 //! Logging: `tracing` to stderr, pretty on a terminal and JSON elsewhere, level from
-//! `RUST_LOG`. Nothing here ever formats a secret: spans carry ids and route templates.
+//! `RUST_LOG`; and traces of the same spans over OTLP when `OTEL_*` asks for them
+//! ([`traces`]). Nothing here ever formats a secret: spans carry ids and route templates.
 //!
 //! Logging never blocks the service. A line goes into a bounded queue that one thread of
 //! its own writes to stderr, so a log pipe that stalls (a log shipper that stopped
@@ -17,14 +18,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, Instant};
 
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, filter::Targets};
 
-use crate::config::{Env, LogFormat};
+use crate::config::{self, Env, LogFormat};
 use crate::metrics::{LogDrop, count_dropped_log_line};
+
+mod traces;
+pub use traces::{TRACEPARENT, continue_trace, probe_collector, traceparent};
 
 /// Default filter when `RUST_LOG` is unset: our own info, quieter dependencies.
 const DEFAULT_FILTER: &str = "info,sqlx=warn,hyper=warn,tower_http=info";
+/// This crate's spans and events, as `tracing` names their targets.
+const CRATE: &str = env!("CARGO_CRATE_NAME");
 /// Lines the queue holds at most: about a MiB of JSON lines, far more than a busy bot logs
 /// in a second.
 const QUEUE_LINES: usize = 4_096;
@@ -52,8 +60,10 @@ impl Queue {
 }
 
 /// Installs the global subscriber, reading `RUST_LOG` and `LOG_FORMAT` from `env`, and
-/// the writer thread behind it. Safe to call more than once (later calls do nothing).
-pub fn init(env: &Env) {
+/// the writer thread behind it; with `export_traces`, also the trace export `OTEL_*`
+/// asks for (when the variables are invalid there is none: the caller reports them).
+/// Safe to call more than once (later calls do nothing).
+pub fn init(env: &Env, export_traces: bool) {
     let mut first = false;
     QUEUE.get_or_init(|| {
         first = true;
@@ -66,15 +76,32 @@ pub fn init(env: &Env) {
         .get("RUST_LOG")
         .and_then(|directives| EnvFilter::try_new(directives).ok())
         .unwrap_or_else(|| EnvFilter::new(DEFAULT_FILTER));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(Lines);
-    let _ = match LogFormat::from_env(env) {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
-        LogFormat::Pretty => builder.try_init(),
+    let logs = tracing_subscriber::fmt::layer().with_writer(Lines);
+    let logs = match LogFormat::from_env(env) {
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(true).boxed(),
+        LogFormat::Pretty => logs.boxed(),
     };
+    let export = export_traces.then(|| config::traces(env).ok().flatten()).flatten();
+    // Traces follow this crate's spans whatever RUST_LOG says of logs.
+    let traces = export
+        .as_ref()
+        .map(|export| traces::layer(export).with_filter(Targets::new().with_target(CRATE, tracing::Level::INFO)));
+    let _ = tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(traces)
+        .try_init();
+    if let Some(export) = export {
+        tracing::info!(
+            endpoint = %export.endpoint,
+            protocol = export.protocol.as_str(),
+            sampler = export.sampler.name,
+            "exporting traces"
+        );
+    }
     // The default hook writes to stderr itself, and would block on a stalled pipe.
     std::panic::set_hook(Box::new(|panic| {
         tracing::error!(panic = %panic, "panicked");
-        flush(PANIC_FLUSH);
+        flush_logs(PANIC_FLUSH);
     }));
 }
 
@@ -129,9 +156,18 @@ fn write_out(lines: &Receiver<Vec<u8>>, mut out: impl Write) {
     }
 }
 
+/// Exports the spans finished so far, then writes every line queued so far (or fails to),
+/// within `within` altogether. Whether all of it went out.
+pub fn flush(within: Duration) -> bool {
+    let until = Instant::now() + within;
+    let exported = traces::flush(within / 2);
+    let written = flush_logs(until.saturating_duration_since(Instant::now()));
+    exported && written
+}
+
 /// Waits until every line queued so far is written (or failed), for at most `within`.
 /// Whether it was.
-pub fn flush(within: Duration) -> bool {
+fn flush_logs(within: Duration) -> bool {
     let Some(queue) = QUEUE.get() else {
         return true;
     };

@@ -87,7 +87,8 @@ use serde_json::json;
 use tokio::time::timeout;
 use url::Url;
 
-use crate::agent::external::{AGENT_ERROR, Reply, STOPPED, TIMED_OUT, UNAVAILABLE, UNREADABLE, exchange};
+use crate::agent::external::{AGENT_ERROR, Reply, STOPPED, TIMED_OUT, UNAVAILABLE, UNREADABLE, exchange, traced,
+};
 use crate::agent::sse::{self, Events, Interrupted};
 use crate::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Progress};
 
@@ -234,7 +235,7 @@ impl Adk {
                 HOST_STATE_KEY: context.host.as_str(),
             }),
         };
-        let call = self.http.post(self.endpoint(&["run_sse"])).json(&body).send();
+        let call = traced(self.http.post(self.endpoint(&["run_sse"]))).json(&body).send();
         let mut response = match timeout(self.idle_timeout, call).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => return Err(not_started(error)),

@@ -122,6 +122,7 @@ use url::Url;
 
 use crate::agent::sse::{self, Event, Events, Interrupted};
 use crate::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Progress};
+use crate::telemetry;
 
 /// Said to the asker when the agent is down, overloaded or unreachable.
 pub(crate) const UNAVAILABLE: &str = "your agent is unavailable right now";
@@ -415,9 +416,7 @@ impl Agent for HttpAgent {
         let (mut token, version) = bearer.current();
         let mut renewed = false;
         let reply = loop {
-            let call = self
-                .http
-                .post(self.url.clone())
+            let call = traced(self.http.post(self.url.clone()))
                 .bearer_auth(token.expose_secret())
                 .header(IDEMPOTENCY_KEY, &request.key)
                 .header(ACCEPT, "application/json, text/event-stream")
@@ -628,6 +627,15 @@ fn conversation(raw: serde_json::Value) -> Option<serde_json::Value> {
     Some(raw)
 }
 
+/// `call` with the W3C `traceparent` of the current span when traces are exported, so
+/// the company's agent can continue the question's trace.
+pub(crate) fn traced(call: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    match telemetry::traceparent() {
+        Some(traceparent) => call.header(telemetry::TRACEPARENT, traceparent),
+        None => call,
+    }
+}
+
 /// A whole, size-bounded answer from the company's agent, whatever its status.
 pub(crate) struct Reply {
     pub(crate) status: StatusCode,
@@ -638,7 +646,7 @@ pub(crate) struct Reply {
 /// Sends `call` and reads the answer, mapping what went wrong on the way (no connection, a
 /// timeout, a body too large) to what the asker is told. `agent` names the backend in logs.
 pub(crate) async fn exchange(agent: &'static str, call: reqwest::RequestBuilder) -> Result<Reply, AgentError> {
-    let response = call.send().await.map_err(|error| transport_error(agent, error))?;
+    let response = traced(call).send().await.map_err(|error| transport_error(agent, error))?;
     Reply::read(agent, response).await
 }
 

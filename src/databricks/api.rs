@@ -12,6 +12,7 @@ use reqwest::Method;
 use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use crate::databricks::bearer::Bearer;
 use crate::domain::WorkspaceHost;
@@ -315,8 +316,32 @@ impl<'a> Databricks<'a> {
     }
 
     /// Sends the request until it succeeds or fails for good: a short rate limit is waited
-    /// out, a refused token renewed once. The successful response comes back unread.
+    /// out, a refused token renewed once. The successful response comes back unread. One
+    /// span covers it all, naming the method and path (ids, never a query or a body).
     async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&impl Serialize>,
+        total: Option<Duration>,
+    ) -> Result<reqwest::Response, ApiError> {
+        let span = tracing::info_span!(
+            "databricks",
+            otel.name = %format_args!("databricks {method}"),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = %method,
+            url.path = path,
+        );
+        let sent = self.send_until_settled(method, path, query, body, total).instrument(span.clone()).await;
+        if sent.is_err() {
+            span.record("otel.status_code", "error");
+        }
+        sent
+    }
+
+    async fn send_until_settled(
         &self,
         method: Method,
         path: &str,

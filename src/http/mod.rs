@@ -155,5 +155,12 @@ fn request_span(request: &Request) -> Span {
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str);
-    tracing::info_span!("http", method = %request.method(), route, status = tracing::field::Empty)
+    tracing::info_span!(
+        "http",
+        otel.name = %format_args!("{} {route}", request.method()),
+        otel.kind = "server",
+        method = %request.method(),
+        route,
+        status = tracing::field::Empty
+    )
 }

@@ -28,6 +28,7 @@ use crate::clock::SharedClock;
 use crate::domain::{TeamId, UserId};
 use crate::store::Store;
 use crate::store::jobs::{Delivery, NewJob};
+use crate::telemetry;
 
 /// Most deliveries committed together.
 const MAX_BATCH: usize = 256;
@@ -41,6 +42,8 @@ const RECENT_KEYS: usize = 65_536;
 struct Pending {
     key: String,
     job: OwnedJob,
+    /// The trace of the delivery's acknowledgement, for the job to continue.
+    traceparent: Option<String>,
     done: oneshot::Sender<Result<Delivery, sqlx::Error>>,
 }
 
@@ -53,14 +56,15 @@ pub struct OwnedJob {
     pub conversation: Option<String>,
 }
 
-impl OwnedJob {
-    fn borrowed(&self) -> NewJob<'_> {
+impl Pending {
+    fn job(&self) -> NewJob<'_> {
         NewJob {
-            kind: self.kind,
-            team: &self.team,
-            user: &self.user,
-            payload: &self.payload,
-            conversation: self.conversation.as_deref(),
+            kind: self.job.kind,
+            team: &self.job.team,
+            user: &self.job.user,
+            payload: &self.job.payload,
+            conversation: self.job.conversation.as_deref(),
+            traceparent: self.traceparent.as_deref(),
         }
     }
 }
@@ -91,6 +95,7 @@ impl GroupCommit {
         let pending = Pending {
             key: key.to_owned(),
             job,
+            traceparent: telemetry::traceparent(),
             done,
         };
         self.queue.send(pending).await.map_err(|_| sqlx::Error::PoolClosed)?;
@@ -109,7 +114,7 @@ async fn commit_batches(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let now = clock.now();
-        let deliveries: Vec<(&str, NewJob<'_>)> = batch.iter().map(|p| (p.key.as_str(), p.job.borrowed())).collect();
+        let deliveries: Vec<(&str, NewJob<'_>)> = batch.iter().map(|p| (p.key.as_str(), p.job())).collect();
         let outcomes: Vec<Result<Delivery, sqlx::Error>> = match store.enqueue_event_jobs(&deliveries, now).await {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
             // A statement refused (one delivery's data): the others need not fail with it.

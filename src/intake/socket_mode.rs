@@ -11,6 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use slack_morphism::errors::{SlackClientError, SlackClientProtocolError};
 use slack_morphism::prelude::*;
+use tracing::Instrument;
 
 use crate::intake::SlackIntake;
 use crate::intake::commands::Commands;
@@ -72,9 +73,25 @@ async fn on_push(
     _client: Arc<SlackHyperClient>,
     state: SlackClientEventsUserState,
 ) -> Result<(), BoxError> {
-    let outcome = handler::<Intake>(&state).await?.accept(&event).await?;
-    tracing::info!(event_id = %event.event_id, ?outcome, "Socket Mode event");
-    Ok(())
+    let span = delivery_span("event");
+    async {
+        let outcome = handler::<Intake>(&state).await?.accept(&event).await?;
+        tracing::info!(event_id = %event.event_id, ?outcome, "Socket Mode event");
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+/// The span of one Socket Mode delivery, the root of its question's trace as a request's
+/// span is over HTTP.
+fn delivery_span(kind: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "socket_mode",
+        otel.name = %format_args!("socket_mode {kind}"),
+        otel.kind = "consumer",
+        kind
+    )
 }
 
 async fn on_command(
@@ -82,7 +99,11 @@ async fn on_command(
     _client: Arc<SlackHyperClient>,
     state: SlackClientEventsUserState,
 ) -> Result<SlackCommandEventResponse, BoxError> {
-    let reply = handler::<Commands>(&state).await?.handle(&event).await?;
+    let reply = handler::<Commands>(&state)
+        .await?
+        .handle(&event)
+        .instrument(delivery_span("command"))
+        .await?;
     Ok(SlackCommandEventResponse::new(reply).with_response_type(SlackMessageResponseType::Ephemeral))
 }
 
@@ -91,7 +112,11 @@ async fn on_interaction(
     _client: Arc<SlackHyperClient>,
     state: SlackClientEventsUserState,
 ) -> Result<(), BoxError> {
-    handler::<Interactions>(&state).await?.handle(&event).await?;
+    handler::<Interactions>(&state)
+        .await?
+        .handle(&event)
+        .instrument(delivery_span("interaction"))
+        .await?;
     Ok(())
 }
 

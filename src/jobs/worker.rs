@@ -19,6 +19,7 @@ use crate::lifecycle::Lifecycle;
 use crate::slack::api::SlackApiError;
 use crate::store::Store;
 use crate::store::jobs::Job;
+use crate::telemetry;
 
 /// Why a job did not finish.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -187,7 +188,16 @@ impl Workers {
             match self.store.claim_job(now, lease_until, self.config.per_user_limit).await {
                 Ok(Some(job)) => {
                     let worker = self.clone();
-                    let span = tracing::info_span!("job", id = job.id, kind = %job.kind, attempt = job.attempts);
+                    let span = tracing::info_span!(
+                        "job",
+                        otel.name = %format_args!("job {}", job.kind),
+                        otel.kind = "consumer",
+                        id = job.id,
+                        kind = %job.kind,
+                        attempt = job.attempts
+                    );
+                    // The job's spans join the trace of the delivery that enqueued it.
+                    telemetry::continue_trace(&span, job.traceparent.as_deref());
                     tracker.spawn(
                         async move {
                             worker.execute(job).await;
@@ -240,6 +250,7 @@ impl Workers {
         };
         for job in held {
             let span = tracing::info_span!("waiting", id = job.id, kind = %job.kind);
+            telemetry::continue_trace(&span, job.traceparent.as_deref());
             self.handler.waiting(&job).instrument(span).await;
         }
     }

@@ -12,6 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
+use tracing::Instrument;
 use url::Url;
 
 use crate::domain::{TeamId, UserId};
@@ -212,40 +213,60 @@ pub struct SlackApi {
 /// Calls `$call` (an expression using `$session`) with timeout and 429 handling: a 429 is
 /// waited out and the call made again, up to `retries` times (by default
 /// [`RATE_LIMIT_RETRIES`]). The outcome is counted under `$method`, the Web API method's
-/// name.
+/// name, and the call has a span of its own named after it.
 macro_rules! call {
     ($api:expr, $method:literal, |$session:ident| $call:expr) => {
         call!($api, $method, retries = RATE_LIMIT_RETRIES, |$session| $call)
     };
     ($api:expr, $method:literal, retries = $retries:expr, |$session:ident| $call:expr) => {{
-        let mut attempt = 0;
-        loop {
-            let $session = $api.client.open_session(&$api.token);
-            let outcome = match tokio::time::timeout(CALL_TIMEOUT, $call).await {
-                Ok(result) => result.map_err(SlackApiError::from),
-                Err(_) => Err(SlackApiError::Timeout),
-            };
-            match outcome {
-                Err(SlackApiError::RateLimited { retry_after }) if attempt < $retries => {
-                    let wait = retry_after.unwrap_or(Duration::from_secs(1 << attempt));
-                    if wait > MAX_INLINE_WAIT {
-                        $api.metrics.record_slack_call($method, "rate_limited");
-                        break Err(SlackApiError::RateLimited { retry_after });
+        let span = tracing::info_span!(
+            "slack",
+            otel.name = concat!("slack ", $method),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            slack.method = $method,
+            outcome = tracing::field::Empty,
+        );
+        async {
+            let mut attempt = 0;
+            loop {
+                let $session = $api.client.open_session(&$api.token);
+                let outcome = match tokio::time::timeout(CALL_TIMEOUT, $call).await {
+                    Ok(result) => result.map_err(SlackApiError::from),
+                    Err(_) => Err(SlackApiError::Timeout),
+                };
+                match outcome {
+                    Err(SlackApiError::RateLimited { retry_after }) if attempt < $retries => {
+                        let wait = retry_after.unwrap_or(Duration::from_secs(1 << attempt));
+                        if wait > MAX_INLINE_WAIT {
+                            break $api.settle($method, Err(SlackApiError::RateLimited { retry_after }));
+                        }
+                        attempt += 1;
+                        tracing::warn!(wait_s = wait.as_secs(), attempt, "Slack rate limited a call; waiting");
+                        tokio::time::sleep(wait).await;
                     }
-                    attempt += 1;
-                    tracing::warn!(wait_s = wait.as_secs(), attempt, "Slack rate limited a call; waiting");
-                    tokio::time::sleep(wait).await;
-                }
-                other => {
-                    $api.metrics.record_slack_call($method, SlackApiError::outcome(&other));
-                    break other;
+                    other => break $api.settle($method, other),
                 }
             }
         }
+        .instrument(span)
+        .await
     }};
 }
 
 impl SlackApi {
+    /// Counts a call's outcome under `method` and writes it on the call's span.
+    fn settle<T>(&self, method: &'static str, result: Result<T, SlackApiError>) -> Result<T, SlackApiError> {
+        let outcome = SlackApiError::outcome(&result);
+        self.metrics.record_slack_call(method, outcome);
+        let span = tracing::Span::current();
+        span.record("outcome", outcome);
+        if result.is_err() {
+            span.record("otel.status_code", "error");
+        }
+        result
+    }
+
     /// A client for `api_url` (e.g. `https://slack.com/api`) with the bot token.
     pub fn new(api_url: &Url, bot_token: &SecretString) -> anyhow::Result<Self> {
         let https = hyper_rustls::HttpsConnectorBuilder::new()

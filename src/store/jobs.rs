@@ -26,6 +26,8 @@ pub struct NewJob<'a> {
     /// The conversation the job belongs to, if any: jobs with the same key run one at a
     /// time, in order.
     pub conversation: Option<&'a str>,
+    /// The W3C `traceparent` of the span that enqueued it, when traces are exported.
+    pub traceparent: Option<&'a str>,
 }
 
 /// A claimed job.
@@ -44,6 +46,8 @@ pub struct Job {
     pub outbox: Option<String>,
     /// How many of the outbox's messages Slack has taken.
     pub outbox_sent: i64,
+    /// The trace its question belongs to (W3C `traceparent`), when traces are exported.
+    pub traceparent: Option<String>,
 }
 
 /// A `jobs` row as the claim returns it.
@@ -58,6 +62,7 @@ struct JobRow {
     created_at: i64,
     outbox: Option<String>,
     outbox_sent: i64,
+    traceparent: Option<String>,
 }
 
 impl TryFrom<JobRow> for Job {
@@ -75,6 +80,7 @@ impl TryFrom<JobRow> for Job {
             created_at: row.created_at,
             outbox: row.outbox,
             outbox_sent: row.outbox_sent,
+            traceparent: row.traceparent,
         })
     }
 }
@@ -132,7 +138,7 @@ macro_rules! claim_sql {
             "WHERE c.conversation_key = j.conversation_key AND c.id < j.id AND c.state IN ('queued', 'running'))) ",
             "ORDER BY j.id LIMIT 1 ",
             $lock,
-            ") RETURNING id, kind, team_id, user_id, payload, attempts, created_at, outbox, outbox_sent"
+            ") RETURNING id, kind, team_id, user_id, payload, attempts, created_at, outbox, outbox_sent, traceparent"
         )
     };
 }
@@ -181,7 +187,7 @@ impl Store {
             if outcomes.contains(&Delivery::Enqueued) {
                 let mut jobs = sqlx::QueryBuilder::new(
                     "INSERT INTO jobs (kind, team_id, user_id, payload, state, attempts, run_after, created_at, \
-                     updated_at, conversation_key) ",
+                     updated_at, conversation_key, traceparent) ",
                 );
                 jobs.push_values(enqueued, |mut row, job| {
                     row.push_bind(job.kind)
@@ -193,7 +199,8 @@ impl Store {
                         .push_bind(now)
                         .push_bind(now)
                         .push_bind(now)
-                        .push_bind(job.conversation);
+                        .push_bind(job.conversation)
+                        .push_bind(job.traceparent);
                 });
                 jobs.build().execute(&mut *tx).await?;
                 pool.announce_jobs(&mut tx).await?;
@@ -256,7 +263,8 @@ impl Store {
     pub async fn held_back_jobs(&self, now: i64, per_user_limit: i64, limit: i64) -> Result<Vec<Job>, sqlx::Error> {
         let rows: Vec<JobRow> = on_pool!(self.read, |pool| {
             sqlx::query_as(
-                "SELECT id, kind, team_id, user_id, payload, attempts, created_at, outbox, outbox_sent FROM jobs j \
+                "SELECT id, kind, team_id, user_id, payload, attempts, created_at, outbox, outbox_sent, traceparent \
+                 FROM jobs j \
                  WHERE j.state = 'queued' AND j.run_after <= $1 AND j.kind = 'question' AND j.outbox IS NULL \
                  AND ((j.team_id, j.user_id) IN (SELECT team_id, user_id FROM jobs \
                        WHERE state = 'running' AND lease_until >= $1 \

@@ -224,6 +224,7 @@ async fn job(store: &Store, event_id: &str, team: &str, user: &str, at: i64, end
         user: &user,
         payload: "{}",
         conversation: None,
+        traceparent: None,
     };
     enqueue_one(store, event_id, &new, at).await.unwrap();
     if matches!(ends, Ends::Queued) {

@@ -262,6 +262,7 @@ fn job<'a>(
         user,
         payload,
         conversation: None,
+        traceparent: None,
     }
 }
 

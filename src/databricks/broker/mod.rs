@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use secrecy::SecretString;
+use tracing::Instrument;
 
 use crate::clock::SharedClock;
 use crate::crypto::{Binding, Purpose, Vault, VaultError};
@@ -172,10 +173,18 @@ impl TokenBroker {
             let mut flights = self.flights.lock().expect("not poisoned");
             flights.entry((team.clone(), user.clone())).or_default().clone()
         };
-        let outcome = {
+        // Whether this took a refresh shows in the span, as the refresh's outcome.
+        let span = tracing::info_span!(
+            "token",
+            otel.name = "databricks token",
+            refresh = tracing::field::Empty
+        );
+        let outcome = async {
             let _one_at_a_time = flight.lock().await;
             self.user_context_exclusive(team, user, refused_version).await
-        };
+        }
+        .instrument(span)
+        .await;
         let mut flights = self.flights.lock().expect("not poisoned");
         if Arc::strong_count(&flight) == 2 {
             flights.remove(&(team.clone(), user.clone()));
@@ -212,15 +221,20 @@ impl TokenBroker {
                     .try_lock_refresh(team, user, link.version, now, claim_until)
                     .await?
             {
-                let refreshed = self.refresh(&link, claim_until).await;
-                self.metrics.record_refresh(match &refreshed {
+                let refreshed = self
+                    .refresh(&link, claim_until)
+                    .instrument(tracing::info_span!("refresh", otel.kind = "client"))
+                    .await;
+                let outcome = match &refreshed {
                     Ok(Refreshed::Done(_)) => RefreshOutcome::Refreshed,
                     Ok(Refreshed::Superseded) => RefreshOutcome::Superseded,
                     Err(BrokerError::NeedsRelink { .. }) => RefreshOutcome::NeedsRelink,
                     Err(BrokerError::Misconfigured(_)) => RefreshOutcome::Misconfigured,
                     Err(BrokerError::Unreadable(_)) => RefreshOutcome::Unreadable,
                     Err(_) => RefreshOutcome::Transient,
-                });
+                };
+                self.metrics.record_refresh(outcome);
+                tracing::Span::current().record("refresh", outcome.as_str());
                 match refreshed? {
                     Refreshed::Done(context) => return Ok(context),
                     // Read the link again and use what the other process stored.

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use slack_morphism::prelude::*;
+use tracing::Instrument;
 use url::Url;
 
 use crate::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Progress, Thread, Unwatched, UserContext};
@@ -581,7 +582,17 @@ impl Questions {
             key: format!("{}:{}", job.reference(), q.ts),
             retry_since: (job.attempts > 1).then_some(job.created_at),
         };
-        match self.agent.answer(&request, progress).await {
+        let span = tracing::info_span!(
+            "agent",
+            otel.name = %format_args!("agent {}", self.agent.name()),
+            agent = self.agent.name(),
+            otel.status_code = tracing::field::Empty,
+        );
+        let answered = self.agent.answer(&request, progress).instrument(span.clone()).await;
+        if answered.is_err() {
+            span.record("otel.status_code", "error");
+        }
+        match answered {
             Ok(answer) => Ok((answer, context)),
             Err(AgentError::Unauthorized) => match self.user_context(q, Some(context.version)).await {
                 Err(error) => Err(Unanswered::Token(error)),

@@ -18,6 +18,9 @@ use url::Url;
 use crate::crypto::{ClientCertificate, Vault, VaultKey};
 use crate::domain::{WorkspaceHost, is_secure_or_loopback};
 
+mod traces;
+pub use traces::{OtlpProtocol, TraceExport, TraceSampler, traces};
+
 /// Every variable the bot reads. `.env.example` and the README document each one.
 pub const VARIABLES: &[&str] = &[
     "BIND_ADDR",
@@ -68,6 +71,23 @@ pub const VARIABLES: &[&str] = &[
     "SHUTDOWN_DRAIN_SECONDS",
     "LOG_FORMAT",
     "RUST_LOG",
+    "OTEL_SDK_DISABLED",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_BSP_MAX_QUEUE_SIZE",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
 ];
 
 const DEFAULT_DATABASE_URL: &str = "sqlite://data/bot.db";
@@ -664,6 +684,8 @@ pub struct Config {
     /// `SHUTDOWN_DRAIN_SECONDS`: how long in-flight work may take to finish once shutdown
     /// begins.
     pub drain_deadline: Duration,
+    /// `OTEL_*`: where traces go, when they are exported.
+    pub traces: Option<TraceExport>,
 }
 
 impl Config {
@@ -680,6 +702,7 @@ impl Config {
         let agent = read_agent(&mut r);
         let workers = read_workers(&mut r);
         check_log_format(&mut r);
+        let traces = traces::read_traces(&mut r);
 
         r.finish(|| {
             let (server, workers) = (server.expect("validated"), workers.expect("validated"));
@@ -699,6 +722,7 @@ impl Config {
                 worker_concurrency: workers.concurrency,
                 worker_per_user_limit: workers.per_user_limit,
                 drain_deadline: workers.drain_deadline,
+                traces,
             }
         })
     }
@@ -1501,8 +1525,8 @@ mod tests {
 
     #[test]
     fn every_variable_is_documented_in_env_example_and_the_readme() {
-        let example = include_str!("../.env.example");
-        let readme = include_str!("../README.md");
+        let example = include_str!("../../.env.example");
+        let readme = include_str!("../../README.md");
         for var in VARIABLES {
             assert!(example.contains(&format!("{var}=")), "{var} missing from .env.example");
             assert!(readme.contains(&format!("`{var}`")), "{var} missing from README.md");

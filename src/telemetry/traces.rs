@@ -1,0 +1,397 @@
+//! Traces: the `tracing` spans of this crate exported over OTLP/HTTP when `OTEL_*` asks
+//! for it ([`TraceExport`]), and the W3C trace context that ties one question's spans
+//! together across the job queue and into the company's agent.
+//!
+//! Export never holds up an answer. A finished span goes into a bounded queue
+//! (`OTEL_BSP_MAX_QUEUE_SIZE`) that one thread of its own, `trace-export`, sends to the
+//! collector in batches. When the queue is full the span is dropped and counted
+//! (`trace_spans_dropped_total{reason="queue_full"}`); a batch the collector refuses or
+//! does not take within `OTEL_EXPORTER_OTLP_TIMEOUT` is dropped too
+//! (`reason="export_failed"`), with one warning until an export succeeds again. The
+//! SDK's own batch processor drops the same way but only logs how many, so this one is
+//! ours.
+//!
+//! What spans carry is decided where they are made: ids, routes, API method names,
+//! outcomes. Never a token, an OAuth code, a question or an answer.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter as _, SpanProcessor};
+use secrecy::ExposeSecret;
+use tracing::Subscriber;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Layer;
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::config::{OtlpProtocol, TraceExport, TraceSampler};
+use crate::metrics::{SpanDrop, count_dropped_spans};
+
+/// The W3C header naming a span's trace and the span itself.
+pub const TRACEPARENT: &str = "traceparent";
+/// Longest the SDK's own flush and shutdown calls wait for the queue.
+const SDK_FLUSH: Duration = Duration::from_secs(2);
+/// Longest the export thread's HTTP connection may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most of a collector's answer read: it is a small status message.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// What the export thread is handed.
+enum Message {
+    Span(Box<SpanData>),
+    /// Export what came before, then say so.
+    Flush(mpsc::Sender<()>),
+}
+
+/// The export queue, for [`flush`].
+static QUEUE: OnceLock<SyncSender<Message>> = OnceLock::new();
+
+/// The layer that makes this crate's spans OpenTelemetry spans and exports them as
+/// `export` says, with the thread that sends them.
+pub(super) fn layer<S>(export: &TraceExport) -> impl Layer<S>
+where
+    S: Subscriber + for<'span> LookupSpan<'span>,
+{
+    let (queue, spans) = mpsc::sync_channel(export.queue_size);
+    let resource = resource(export);
+    let sender = Sender::new(export, resource.clone());
+    let thread = std::thread::Builder::new()
+        .name("trace-export".into())
+        .spawn(move || sender.run(&spans));
+    if let Err(error) = thread {
+        tracing::warn!(error = %error, "could not start the trace export thread; no traces are exported");
+    }
+    let _ = QUEUE.set(queue.clone());
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(Queue { spans: queue })
+        .with_sampler(sampler(export.sampler))
+        .with_resource(resource)
+        .build();
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(env!("CARGO_PKG_NAME")))
+        .with_threads(false)
+}
+
+fn resource(export: &TraceExport) -> Resource {
+    Resource::builder_empty()
+        .with_attributes(
+            export
+                .resource
+                .iter()
+                .map(|(key, value)| KeyValue::new(key.clone(), value.clone())),
+        )
+        .with_service_name(export.service_name.clone())
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+fn sampler(sampler: TraceSampler) -> Sampler {
+    let root = match sampler.ratio {
+        ratio if ratio >= 1.0 => Sampler::AlwaysOn,
+        ratio if ratio <= 0.0 => Sampler::AlwaysOff,
+        ratio => Sampler::TraceIdRatioBased(ratio),
+    };
+    if sampler.parent_based {
+        Sampler::ParentBased(Box::new(root))
+    } else {
+        root
+    }
+}
+
+/// Waits until the spans finished so far are exported (or dropped), for at most `within`.
+/// Whether they were.
+pub(super) fn flush(within: Duration) -> bool {
+    QUEUE.get().is_none_or(|queue| flush_queue(queue, within))
+}
+
+fn flush_queue(queue: &SyncSender<Message>, within: Duration) -> bool {
+    let until = Instant::now() + within;
+    let (done, exported) = mpsc::channel();
+    let mut message = Message::Flush(done);
+    loop {
+        match queue.try_send(message) {
+            Ok(()) => break,
+            Err(TrySendError::Full(again)) if Instant::now() < until => {
+                message = again;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => return false,
+        }
+    }
+    exported.recv_timeout(until.saturating_duration_since(Instant::now())).is_ok()
+}
+
+/// The W3C `traceparent` of the current span, when traces are exported and there is one:
+/// what a job keeps to continue its question's trace, and what the company's agent is
+/// sent to continue it further.
+pub fn traceparent() -> Option<String> {
+    QUEUE.get()?;
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&tracing::Span::current().context(), &mut carrier);
+    carrier.remove(TRACEPARENT)
+}
+
+/// Makes `span` a child of the span `traceparent` names (kept with a job when its
+/// question was acknowledged), so the job's spans join the question's trace. A missing
+/// or unreadable one leaves `span` where it is, starting a trace of its own.
+pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
+    let Some(traceparent) = traceparent else {
+        return;
+    };
+    let carrier = HashMap::from([(TRACEPARENT.to_owned(), traceparent.to_owned())]);
+    let parent = TraceContextPropagator::new().extract(&carrier);
+    if opentelemetry::trace::TraceContextExt::has_active_span(&parent) {
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// The span processor: each finished span into the queue, or counted as dropped.
+#[derive(Debug)]
+struct Queue {
+    spans: SyncSender<Message>,
+}
+
+impl SpanProcessor for Queue {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if !span.span_context.is_sampled() {
+            return;
+        }
+        match self.spans.try_send(Message::Span(Box::new(span))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => count_dropped_spans(SpanDrop::QueueFull, 1),
+            // The export thread is gone (its exporter could not be built).
+            Err(TrySendError::Disconnected(_)) => count_dropped_spans(SpanDrop::ExportFailed, 1),
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        if flush_queue(&self.spans, SDK_FLUSH) {
+            Ok(())
+        } else {
+            Err(OTelSdkError::Timeout(SDK_FLUSH))
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        if flush_queue(&self.spans, timeout) {
+            Ok(())
+        } else {
+            Err(OTelSdkError::Timeout(timeout))
+        }
+    }
+}
+
+/// The export thread's side: batches, and the exporter they go out through.
+struct Sender {
+    endpoint: String,
+    protocol: Protocol,
+    headers: HashMap<String, String>,
+    timeout: Duration,
+    resource: Resource,
+    batch_size: usize,
+    delay: Duration,
+}
+
+impl Sender {
+    fn new(export: &TraceExport, resource: Resource) -> Self {
+        Self {
+            endpoint: export.endpoint.to_string(),
+            protocol: match export.protocol {
+                OtlpProtocol::Protobuf => Protocol::HttpBinary,
+                OtlpProtocol::Json => Protocol::HttpJson,
+            },
+            headers: export
+                .headers
+                .iter()
+                .map(|(name, value)| (name.clone(), value.expose_secret().to_owned()))
+                .collect(),
+            timeout: export.timeout,
+            resource,
+            batch_size: export.batch_size,
+            delay: export.schedule_delay,
+        }
+    }
+
+    /// The exporter, with a client that follows no redirect (the headers may hold an API
+    /// key) and gives up after the timeout.
+    fn exporter(self) -> Result<(opentelemetry_otlp::SpanExporter, Batching), String> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(self.timeout)
+            .build()
+            .map_err(|error| error.to_string())?;
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_http_client(Collector(client))
+            .with_endpoint(self.endpoint)
+            .with_protocol(self.protocol)
+            .with_timeout(self.timeout)
+            .with_headers(self.headers)
+            .build()
+            .map_err(|error| error.to_string())?;
+        exporter.set_resource(&self.resource);
+        Ok((
+            exporter,
+            Batching {
+                size: self.batch_size,
+                delay: self.delay,
+            },
+        ))
+    }
+
+    /// Sends spans as they come until the process ends: a batch when it is full, when
+    /// the oldest span in it has waited `delay`, or when a flush asks. Exports run one at a
+    /// time on a runtime of this thread's own.
+    fn run(self, queue: &Receiver<Message>) {
+        let built = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| error.to_string())
+            .and_then(|runtime| Ok((runtime, self.exporter()?)));
+        let (runtime, (exporter, batching)) = match built {
+            Ok(built) => built,
+            Err(error) => {
+                // Dropping the queue's receiver: every span from now on counts as dropped.
+                tracing::warn!(error = %error, "could not build the trace exporter; no traces are exported");
+                return;
+            }
+        };
+        let mut out = Export {
+            runtime,
+            exporter,
+            batch: Vec::with_capacity(batching.size),
+            failing: false,
+        };
+        let mut due = Instant::now() + batching.delay;
+        loop {
+            match queue.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                Ok(Message::Span(span)) => {
+                    if out.batch.is_empty() {
+                        due = Instant::now() + batching.delay;
+                    }
+                    out.batch.push(*span);
+                    if out.batch.len() >= batching.size {
+                        out.send();
+                    }
+                }
+                Ok(Message::Flush(done)) => {
+                    out.send();
+                    let _ = done.send(());
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    out.send();
+                    due = Instant::now() + batching.delay;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    out.send();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+struct Batching {
+    size: usize,
+    delay: Duration,
+}
+
+/// The batch being filled, and the exporter it goes out through.
+struct Export {
+    runtime: tokio::runtime::Runtime,
+    exporter: opentelemetry_otlp::SpanExporter,
+    batch: Vec<SpanData>,
+    /// Whether the last export failed: one warning per run of failures.
+    failing: bool,
+}
+
+impl Export {
+    fn send(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let capacity = self.batch.capacity();
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(capacity));
+        let spans = batch.len() as u64;
+        match self.runtime.block_on(self.exporter.export(batch)) {
+            Ok(()) => self.failing = false,
+            Err(error) => {
+                count_dropped_spans(SpanDrop::ExportFailed, spans);
+                if !self.failing {
+                    tracing::warn!(error = %error, spans, "trace export failed; spans are dropped until it succeeds again");
+                }
+                self.failing = true;
+            }
+        }
+    }
+}
+
+/// The exporter's HTTP client: our reqwest, answers read up to [`MAX_ANSWER`].
+#[derive(Debug)]
+struct Collector(reqwest::Client);
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for Collector {
+    async fn send_bytes(
+        &self,
+        request: opentelemetry_http::Request<opentelemetry_http::Bytes>,
+    ) -> Result<opentelemetry_http::Response<opentelemetry_http::Bytes>, opentelemetry_http::HttpError> {
+        let mut response = self.0.execute(request.try_into()?).await?;
+        let mut answer = Vec::new();
+        while let Some(chunk) = response.chunk().await? {
+            if answer.len() + chunk.len() > MAX_ANSWER {
+                return Err(Box::new(opentelemetry_http::ResponseBodyTooLarge::new()));
+            }
+            answer.extend_from_slice(&chunk);
+        }
+        let mut answered = opentelemetry_http::Response::builder()
+            .status(response.status())
+            .body(opentelemetry_http::Bytes::from(answer))?;
+        *answered.headers_mut() = std::mem::take(response.headers_mut());
+        Ok(answered)
+    }
+}
+
+/// Sends the collector an export with no spans in it, as `check` does: whether it takes
+/// one (with the headers and within the timeout `export` names).
+pub async fn probe_collector(export: &TraceExport) -> Result<(), String> {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(export.timeout)
+        .build()
+        .map_err(|error| error.to_string())?;
+    // An empty ExportTraceServiceRequest: no bytes in protobuf, `{}` in JSON.
+    let (content_type, body) = match export.protocol {
+        OtlpProtocol::Protobuf => ("application/x-protobuf", ""),
+        OtlpProtocol::Json => ("application/json", "{}"),
+    };
+    let mut request = client
+        .post(export.endpoint.clone())
+        .header(reqwest::header::CONTENT_TYPE, content_type)
+        .body(body);
+    for (name, value) in &export.headers {
+        request = request.header(name, value.expose_secret());
+    }
+    let response = request.send().await.map_err(|error| match error {
+        error if error.is_timeout() => "no answer in time".to_owned(),
+        error if error.is_connect() => "no connection".to_owned(),
+        error => error.without_url().to_string(),
+    })?;
+    match response.status() {
+        status if status.is_success() => Ok(()),
+        status => Err(format!("answered {status}")),
+    }
+}
