@@ -87,8 +87,7 @@ use serde_json::json;
 use tokio::time::timeout;
 use url::Url;
 
-use crate::agent::external::{AGENT_ERROR, Reply, STOPPED, TIMED_OUT, UNAVAILABLE, UNREADABLE, exchange, traced,
-};
+use crate::agent::external::{AGENT_ERROR, Reply, STOPPED, TIMED_OUT, UNAVAILABLE, UNREADABLE, exchange, traced};
 use crate::agent::sse::{self, Events, Interrupted};
 use crate::agent::{Agent, AgentAnswer, AgentError, AgentRequest, Progress};
 

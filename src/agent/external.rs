@@ -646,7 +646,10 @@ pub(crate) struct Reply {
 /// Sends `call` and reads the answer, mapping what went wrong on the way (no connection, a
 /// timeout, a body too large) to what the asker is told. `agent` names the backend in logs.
 pub(crate) async fn exchange(agent: &'static str, call: reqwest::RequestBuilder) -> Result<Reply, AgentError> {
-    let response = traced(call).send().await.map_err(|error| transport_error(agent, error))?;
+    let response = traced(call)
+        .send()
+        .await
+        .map_err(|error| transport_error(agent, error))?;
     Reply::read(agent, response).await
 }
 

@@ -77,7 +77,10 @@ const SAMPLERS: &[(&str, TraceSampler)] = &[
     ("traceidratio", sampler(false, 1.0, "traceidratio")),
     ("parentbased_always_on", sampler(true, 1.0, "parentbased_always_on")),
     ("parentbased_always_off", sampler(true, 0.0, "parentbased_always_off")),
-    ("parentbased_traceidratio", sampler(true, 1.0, "parentbased_traceidratio")),
+    (
+        "parentbased_traceidratio",
+        sampler(true, 1.0, "parentbased_traceidratio"),
+    ),
 ];
 
 const fn sampler(parent_based: bool, ratio: f64, name: &'static str) -> TraceSampler {
@@ -330,7 +333,11 @@ mod tests {
         assert_eq!(default.schedule_delay, Duration::from_secs(5));
         assert_eq!(default.sampler, sampler(true, 1.0, "parentbased_always_on"));
         for off in [("OTEL_SDK_DISABLED", "true"), ("OTEL_TRACES_EXPORTER", "none")] {
-            assert!(read(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), off]).unwrap().is_none());
+            assert!(
+                read(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), off])
+                    .unwrap()
+                    .is_none()
+            );
         }
     }
 
@@ -339,14 +346,20 @@ mod tests {
         for (base, expected) in [
             ("http://collector:4318", "http://collector:4318/v1/traces"),
             ("https://otlp.example.com/", "https://otlp.example.com/v1/traces"),
-            ("https://otlp.example.com/tenant-7", "https://otlp.example.com/tenant-7/v1/traces"),
+            (
+                "https://otlp.example.com/tenant-7",
+                "https://otlp.example.com/tenant-7/v1/traces",
+            ),
         ] {
             let e = export(&[("OTEL_EXPORTER_OTLP_ENDPOINT", base)]);
             assert_eq!(e.endpoint.as_str(), expected, "{base}");
         }
         let e = export(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://ignored:4318"),
-            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://ingest.example.com/otlp/spans"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "https://ingest.example.com/otlp/spans",
+            ),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
             ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "30000"),
@@ -365,11 +378,17 @@ mod tests {
         ]);
         let headers: Vec<(&str, &str)> = e.headers.iter().map(|(k, v)| (k.as_str(), v.expose_secret())).collect();
         assert_eq!(headers, [("api-key", "CANARY key"), ("x-tenant", "blue")]);
-        assert!(!format!("{e:?}").contains("CANARY"), "headers are redacted in debug output");
+        assert!(
+            !format!("{e:?}").contains("CANARY"),
+            "headers are redacted in debug output"
+        );
 
         let (vars, message) = refused(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://otlp.example.com"),
-            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "api-key=ok,CANARY-no-equals-sign,bad name=x"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                "api-key=ok,CANARY-no-equals-sign,bad name=x",
+            ),
         ]);
         assert_eq!(vars, ["OTEL_EXPORTER_OTLP_TRACES_HEADERS"; 2]);
         assert!(message.contains("entry 2") && message.contains("entry 3"), "{message}");
@@ -383,7 +402,10 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=CANARY"),
         ]);
         assert_eq!(vars, ["OTEL_EXPORTER_OTLP_HEADERS"]);
-        assert!(message.contains("in the clear") && !message.contains("CANARY"), "{message}");
+        assert!(
+            message.contains("in the clear") && !message.contains("CANARY"),
+            "{message}"
+        );
         export(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
             ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=x"),
@@ -420,7 +442,10 @@ mod tests {
             ]
         );
         assert!(message.contains("grpc is not built in"), "{message}");
-        for leaky in ["https://user:CANARY@otlp.example.com", "https://otlp.example.com/v1/traces?key=CANARY"] {
+        for leaky in [
+            "https://user:CANARY@otlp.example.com",
+            "https://otlp.example.com/v1/traces?key=CANARY",
+        ] {
             let (vars, message) = refused(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", leaky)]);
             assert_eq!(vars, ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]);
             assert!(!message.contains("CANARY"), "{message}");
@@ -432,7 +457,10 @@ mod tests {
         let e = export(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318"),
             ("OTEL_SERVICE_NAME", "slack-bot-eu"),
-            ("OTEL_RESOURCE_ATTRIBUTES", "service.name=ignored,deployment.environment=prod,team=data%20eng"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "service.name=ignored,deployment.environment=prod,team=data%20eng",
+            ),
             ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
             ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
             ("OTEL_BSP_SCHEDULE_DELAY", "200"),
@@ -452,7 +480,10 @@ mod tests {
         assert_eq!(e.schedule_delay, Duration::from_millis(200));
         let off = export(&[("OTEL_TRACES_EXPORTER", "otlp"), ("OTEL_TRACES_SAMPLER", "always_off")]);
         assert_eq!(off.sampler.ratio, 0.0);
-        let (vars, _) = refused(&[("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "2")]);
+        let (vars, _) = refused(&[
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "2"),
+        ]);
         assert_eq!(vars, ["OTEL_TRACES_SAMPLER_ARG"]);
     }
 }

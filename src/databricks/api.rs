@@ -334,7 +334,10 @@ impl<'a> Databricks<'a> {
             http.request.method = %method,
             url.path = path,
         );
-        let sent = self.send_until_settled(method, path, query, body, total).instrument(span.clone()).await;
+        let sent = self
+            .send_until_settled(method, path, query, body, total)
+            .instrument(span.clone())
+            .await;
         if sent.is_err() {
             span.record("otel.status_code", "error");
         }

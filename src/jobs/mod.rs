@@ -224,6 +224,7 @@ mod tests {
             created_at: 0,
             outbox: None,
             outbox_sent: 0,
+            traceparent: None,
         }
     }
 

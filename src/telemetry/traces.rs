@@ -127,7 +127,9 @@ fn flush_queue(queue: &SyncSender<Message>, within: Duration) -> bool {
             Err(_) => return false,
         }
     }
-    exported.recv_timeout(until.saturating_duration_since(Instant::now())).is_ok()
+    exported
+        .recv_timeout(until.saturating_duration_since(Instant::now()))
+        .is_ok()
 }
 
 /// The W3C `traceparent` of the current span, when traces are exported and there is one:

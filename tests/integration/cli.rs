@@ -252,6 +252,86 @@ async fn migrate_then_check_report_on_both_backends() {
     }
 }
 
+// Issue 16: `check` names misconfigured OTEL_* variables (never a header's value), and says
+// whether the collector takes an export; a collector that is down warns without failing.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_names_bad_otel_variables_and_whether_the_collector_takes_an_export() {
+    use wiremock::matchers::{header, method, path};
+
+    let db = TestDb::sqlite();
+    let (_slack, slack_url) = fake_slack().await;
+    let databricks = crate::common::fake_databricks::FakeDatabricks::start().await;
+    let mut env = valid_env(&db.url);
+    set(&mut env, "SLACK_API_URL", slack_url);
+    set(&mut env, "DATABRICKS_HOST", databricks.uri.clone());
+
+    let mut bad = env.clone();
+    set(
+        &mut bad,
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "http://collector.internal:4318".into(),
+    );
+    set(&mut bad, "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into());
+    set(&mut bad, "OTEL_EXPORTER_OTLP_HEADERS", "api-key=CANARY-otlp-key".into());
+    set(&mut bad, "OTEL_TRACES_SAMPLER_ARG", "0.5".into());
+    set(&mut bad, "OTEL_TRACES_SAMPLER", "traceidratio".into());
+    set(&mut bad, "OTEL_BSP_MAX_QUEUE_SIZE", "lots".into());
+    let out = run_async(with_env(&db, &["check"], &bad)).await;
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    for var in [
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_BSP_MAX_QUEUE_SIZE",
+    ] {
+        assert!(all.contains(var), "{var} not named: {all}");
+    }
+    assert!(all.contains("sent in the clear"), "{all}");
+    assert!(!all.contains("CANARY-otlp-key"), "{all}");
+
+    let collector = wiremock::MockServer::start().await;
+    wiremock::Mock::given(method("POST"))
+        .and(path("/v1/traces"))
+        .and(header("api-key", "CANARY-otlp-key"))
+        .and(header("content-type", "application/x-protobuf"))
+        .respond_with(wiremock::ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&collector)
+        .await;
+    let mut good = env.clone();
+    set(&mut good, "OTEL_EXPORTER_OTLP_ENDPOINT", collector.uri());
+    set(
+        &mut good,
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "api-key=CANARY-otlp-key".into(),
+    );
+    let out = run_async(with_env(&db, &["check"], &good)).await;
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let expected = format!(
+        "traces         ok (http/protobuf to {}/v1/traces; service databricks-slack-bot; sampler parentbased_always_on)",
+        collector.uri()
+    );
+    assert!(all.contains(&expected), "{all}");
+    assert!(!all.contains("CANARY-otlp-key"), "{all}");
+
+    let mut down = env.clone();
+    set(&mut down, "OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9".into());
+    let out = run_async(with_env(&db, &["check"], &down)).await;
+    let all = text(&out);
+    assert!(
+        out.status.success(),
+        "a collector that is down does not fail check: {all}"
+    );
+    assert!(
+        all.contains("traces         WARNING: the collector did not take an empty export (no connection)"),
+        "{all}"
+    );
+
+    let out = run_async(with_env(&db, &["check"], &env)).await;
+    assert!(text(&out).contains("traces         off"), "{}", text(&out));
+}
+
 // Issue 11: `check` says which google-adk answers at AGENT_URL, and warns (without failing)
 // when it is one that would not give the agent the asker's token.
 #[tokio::test(flavor = "multi_thread")]

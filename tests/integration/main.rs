@@ -31,3 +31,4 @@ mod store;
 mod streaming;
 mod token_broker;
 mod token_federation;
+mod traces;

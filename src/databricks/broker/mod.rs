@@ -174,11 +174,7 @@ impl TokenBroker {
             flights.entry((team.clone(), user.clone())).or_default().clone()
         };
         // Whether this took a refresh shows in the span, as the refresh's outcome.
-        let span = tracing::info_span!(
-            "token",
-            otel.name = "databricks token",
-            refresh = tracing::field::Empty
-        );
+        let span = tracing::info_span!("token", otel.name = "databricks token", refresh = tracing::field::Empty);
         let outcome = async {
             let _one_at_a_time = flight.lock().await;
             self.user_context_exclusive(team, user, refused_version).await

@@ -584,7 +584,6 @@ impl Questions {
         };
         let span = tracing::info_span!(
             "agent",
-            otel.name = %format_args!("agent {}", self.agent.name()),
             agent = self.agent.name(),
             otel.status_code = tracing::field::Empty,
         );

@@ -1,0 +1,475 @@
+//! Traces over OTLP/HTTP, from the binary as an operator runs it (the subscriber is the
+//! process's): one trace per question from Slack's delivery through the job, the token
+//! broker and the agent to Slack's answer; the W3C context carried on to the company's
+//! agent; nothing secret in any span; and a collector that hangs never holding up an
+//! answer. The collector is a fake on loopback that decodes what it is sent with the
+//! OTLP protobuf definitions (opentelemetry-proto), in protobuf and in JSON.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use databricks_slack_bot::slack::signature::sign;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use serde_json::{Value, json};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+use crate::cli::{free_port, wait_until_serving};
+use crate::common::app::{self, BOT_TOKEN, SIGNING_SECRET, config_env, mention};
+use crate::common::fake_databricks::{FakeDatabricks, FakeUser};
+use crate::common::{KEY_A, Person, TestDb, eventually, vault};
+
+const QUESTION: &str = "How many CANARYQUESTION orders shipped last week";
+const ANSWER: &str = "Exactly CANARYANSWER orders";
+const ADK_APP: &str = "data_agent";
+
+/// A collector answering every export after `delay`.
+async fn collector(delay: Duration) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/traces"))
+        .respond_with(ResponseTemplate::new(200).set_delay(delay))
+        .mount(&server)
+        .await;
+    server
+}
+
+/// Every span the collector was sent, and each export's raw body.
+async fn exported(collector: &MockServer) -> (Vec<Span>, Vec<Vec<u8>>, Vec<Vec<KeyValue>>) {
+    let mut spans = Vec::new();
+    let mut resources = Vec::new();
+    let mut bodies = Vec::new();
+    for request in collector.received_requests().await.unwrap_or_default() {
+        let content_type = request.headers["content-type"].to_str().unwrap().to_owned();
+        let export: ExportTraceServiceRequest = match content_type.as_str() {
+            "application/x-protobuf" => ExportTraceServiceRequest::decode(&request.body[..]).unwrap(),
+            "application/json" => serde_json::from_slice(&request.body).unwrap(),
+            other => panic!("an export sent as {other}"),
+        };
+        for resource_spans in export.resource_spans {
+            resources.push(resource_spans.resource.map(|r| r.attributes).unwrap_or_default());
+            for scope in resource_spans.scope_spans {
+                spans.extend(scope.spans);
+            }
+        }
+        bodies.push(request.body);
+    }
+    (spans, bodies, resources)
+}
+
+fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a str> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(text) => Some(text.as_str()),
+            _ => None,
+        })
+}
+
+/// The spans as an indented tree, children in start order: what the README shows.
+fn tree(spans: &[Span]) -> String {
+    fn walk(spans: &[Span], parent: &[u8], depth: usize, out: &mut String) {
+        let mut children: Vec<&Span> = spans.iter().filter(|s| s.parent_span_id == parent).collect();
+        children.sort_by_key(|s| s.start_time_unix_nano);
+        for span in children {
+            let detail: Vec<String> = ["route", "slack.method", "url.path", "refresh", "outcome", "agent"]
+                .iter()
+                .filter_map(|key| Some(format!("{key}={}", attribute(&span.attributes, key)?)))
+                .collect();
+            out.push_str(&format!("{}{} {}\n", "  ".repeat(depth), span.name, detail.join(" ")));
+            walk(spans, &span.span_id, depth + 1, out);
+        }
+    }
+    let mut out = String::new();
+    walk(spans, &[], 0, &mut out);
+    out
+}
+
+/// A running `serve`, killed when dropped; its stderr goes to a file shown on failure.
+struct Bot {
+    child: Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Bot {
+    async fn start(db: &TestDb, env: Vec<(&'static str, String)>) -> Self {
+        let port = free_port();
+        let log = db.dir.path().join("bot.log");
+        let mut child = Command::new(crate::common::BIN)
+            .current_dir(db.dir.path())
+            .env_clear()
+            .envs(env)
+            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .env("LOG_FORMAT", "json")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        wait_until_serving(port, &mut child).await;
+        Self { child, port, log }
+    }
+
+    /// Posts a signed `app_mention` of [`QUESTION`].
+    async fn ask(&self, event_id: &str) -> u16 {
+        let body = mention(event_id, &format!("<@{}> {QUESTION}", app::BOT_USER)).to_string();
+        let ts = jiff::Timestamp::now().as_second();
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/slack/events", self.port))
+            .header("content-type", "application/json")
+            .header("x-slack-request-timestamp", ts.to_string())
+            .header("x-slack-signature", sign(SIGNING_SECRET, ts, body.as_bytes()))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    async fn metrics(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.port);
+        reqwest::get(url).await.unwrap().text().await.unwrap()
+    }
+
+    /// SIGTERM, and the exit status once the process has ended.
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait().unwrap();
+        (status, std::fs::read_to_string(&self.log).unwrap_or_default())
+    }
+}
+
+impl Drop for Bot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Which of the company's agents answers, and the fake serving it.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Http,
+    Adk,
+}
+
+async fn fake_agent(kind: Kind) -> MockServer {
+    let agent = MockServer::start().await;
+    match kind {
+        Kind::Http => {
+            Mock::given(method("POST"))
+                .and(path("/agent"))
+                .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "text": ANSWER })))
+                .mount(&agent)
+                .await;
+        }
+        Kind::Adk => {
+            let sessions = format!("/apps/{ADK_APP}/users/T061EG9R6:U061F7AUR/sessions");
+            Mock::given(path(sessions))
+                .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                    "id": "s-1", "appName": ADK_APP, "userId": "T061EG9R6:U061F7AUR",
+                    "state": {}, "events": [], "lastUpdateTime": 1743711430.02
+                })))
+                .mount(&agent)
+                .await;
+            let event = json!({
+                "id": "e1", "invocationId": "i1", "author": ADK_APP,
+                "content": { "role": "model", "parts": [{ "text": ANSWER }] }
+            });
+            Mock::given(path("/run_sse"))
+                .respond_with(
+                    ResponseTemplate::new(200).set_body_raw(format!("data: {event}\n\n"), "text/event-stream"),
+                )
+                .mount(&agent)
+                .await;
+        }
+    }
+    agent
+}
+
+/// A linked asker, Slack, Databricks and `kind` of agent, and the bot's environment with
+/// traces to `collector` in `protocol`.
+struct World {
+    db: TestDb,
+    slack: MockServer,
+    agent: MockServer,
+    _databricks: FakeDatabricks,
+    refresh_token: String,
+    env: Vec<(&'static str, String)>,
+}
+
+async fn world(kind: Kind, collector: &MockServer, protocol: &str) -> World {
+    let db = TestDb::sqlite();
+    let slack = MockServer::start().await;
+    app::mount_slack_defaults(&slack).await;
+    let databricks = FakeDatabricks::start().await;
+    let agent = fake_agent(kind).await;
+
+    let store = db.open().await;
+    let refresh_token = databricks.grant(&FakeUser::asker());
+    let asker = FakeUser::asker();
+    let person = Person {
+        workspace: databricks_slack_bot::domain::WorkspaceHost::parse(&databricks.uri).unwrap(),
+        ..Person::new("T061EG9R6", "U061F7AUR")
+    };
+    let now = jiff::Timestamp::now().as_second();
+    person
+        .link_as(
+            &store,
+            &vault(&[KEY_A]),
+            &refresh_token,
+            now,
+            (&asker.id, &asker.user_name),
+        )
+        .await;
+    store.close().await;
+
+    let mut env = config_env(&db.url, &slack.uri(), &databricks.uri);
+    env.retain(|(key, _)| *key != "GENIE_SPACE_ID");
+    env.extend([
+        (
+            "AGENT_URL",
+            format!(
+                "{}{}",
+                agent.uri(),
+                if matches!(kind, Kind::Http) { "/agent" } else { "" }
+            ),
+        ),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.uri()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50".to_owned()),
+        ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test".to_owned()),
+    ]);
+    if matches!(kind, Kind::Adk) {
+        env.push(("ADK_APP_NAME", ADK_APP.to_owned()));
+    }
+    World {
+        db,
+        slack,
+        agent,
+        _databricks: databricks,
+        refresh_token,
+        env,
+    }
+}
+
+/// Whether a call to the fake Slack carried `text`.
+async fn slack_was_sent(slack: &MockServer, text: &str) -> bool {
+    let calls = slack.received_requests().await.unwrap_or_default();
+    calls
+        .iter()
+        .any(|call| String::from_utf8_lossy(&call.body).contains(text))
+}
+
+fn one_named<'a>(spans: &'a [Span], name: &str) -> &'a Span {
+    let named: Vec<&Span> = spans.iter().filter(|s| s.name == name).collect();
+    assert_eq!(named.len(), 1, "one span named {name:?} in\n{}", tree(spans));
+    named[0]
+}
+
+/// Whether `span` is `ancestor` or lies under it.
+fn under(spans: &[Span], span: &Span, ancestor: &Span) -> bool {
+    let mut at = span;
+    loop {
+        if at.span_id == ancestor.span_id {
+            return true;
+        }
+        match spans.iter().find(|s| s.span_id == at.parent_span_id) {
+            Some(parent) => at = parent,
+            None => return false,
+        }
+    }
+}
+
+// LOG-01 (no secret in telemetry) for traces; issue 16: one trace per question.
+#[tokio::test]
+async fn a_question_is_one_trace_from_slack_to_the_answer_and_the_agent_continues_it() {
+    for (kind, protocol) in [(Kind::Http, "http/protobuf"), (Kind::Adk, "http/json")] {
+        let collector = collector(Duration::ZERO).await;
+        let world = world(kind, &collector, protocol).await;
+        let bot = Bot::start(&world.db, world.env.clone()).await;
+
+        assert_eq!(bot.ask("EvTrace1").await, 200);
+        eventually("the answer in Slack", Duration::from_secs(20), || async {
+            slack_was_sent(&world.slack, ANSWER).await.then_some(())
+        })
+        .await;
+        eventually("the job's span at the collector", Duration::from_secs(20), || async {
+            let (spans, ..) = exported(&collector).await;
+            spans.iter().any(|s| s.name == "job question").then_some(())
+        })
+        .await;
+        let (status, log) = bot.terminate();
+        assert!(status.success(), "{kind:?}: exit {status}\n{log}");
+        let (spans, bodies, resources) = exported(&collector).await;
+        let shown = tree(&spans);
+        eprintln!("{kind:?} over {protocol}:\n{shown}");
+
+        // One trace: the delivery's request is its root, the job continues it.
+        let request = spans
+            .iter()
+            .find(|s| s.name == "POST /slack/events")
+            .unwrap_or_else(|| panic!("no request span in\n{shown}"));
+        assert!(request.parent_span_id.is_empty(), "{shown}");
+        assert_eq!(attribute(&request.attributes, "route"), Some("/slack/events"));
+        let job = one_named(&spans, "job question");
+        assert_eq!(
+            job.parent_span_id, request.span_id,
+            "the job continues the delivery's trace\n{shown}"
+        );
+        let question: Vec<&Span> = spans.iter().filter(|s| s.trace_id == request.trace_id).collect();
+        for name in ["databricks token", "refresh", "agent"] {
+            let span = one_named(&spans, name);
+            assert_eq!(
+                span.trace_id, request.trace_id,
+                "{name} in the question's trace\n{shown}"
+            );
+            assert!(under(&spans, span, job), "{name} under the job\n{shown}");
+        }
+        let token = one_named(&spans, "databricks token");
+        assert_eq!(attribute(&token.attributes, "refresh"), Some("refreshed"), "{shown}");
+        assert_eq!(one_named(&spans, "refresh").parent_span_id, token.span_id, "{shown}");
+        let slack_calls: Vec<&&Span> = question.iter().filter(|s| s.name.starts_with("slack ")).collect();
+        assert!(!slack_calls.is_empty(), "{shown}");
+        for call in &slack_calls {
+            assert!(under(&spans, call, job), "{} under the job\n{shown}", call.name);
+            assert_eq!(attribute(&call.attributes, "outcome"), Some("ok"), "{shown}");
+        }
+        assert!(
+            slack_calls
+                .iter()
+                .any(|s| s.name == "slack chat.postMessage" || s.name == "slack chat.update"),
+            "{shown}"
+        );
+
+        // The agent was told the trace, as a child of the agent span.
+        let agent_span = one_named(&spans, "agent");
+        let expected = format!(
+            "00-{}-{}-01",
+            hex::encode(&request.trace_id),
+            hex::encode(&agent_span.span_id)
+        );
+        let asked: Vec<Request> = world.agent.received_requests().await.unwrap();
+        let answering: Vec<&Request> = asked.iter().filter(|r| r.method.as_str() == "POST").collect();
+        assert!(!answering.is_empty());
+        for call in answering {
+            let traceparent = call.headers.get("traceparent").map(|v| v.to_str().unwrap());
+            assert_eq!(traceparent, Some(expected.as_str()), "{kind:?} {}", call.url.path());
+        }
+
+        // The resource names the service; nothing secret or said is in any export.
+        assert!(
+            resources
+                .iter()
+                .all(|r| attribute(r, "service.name") == Some("databricks-slack-bot"))
+        );
+        assert!(
+            resources
+                .iter()
+                .all(|r| attribute(r, "deployment.environment") == Some("test"))
+        );
+        let access_tokens: Vec<String> = world
+            .agent
+            .received_requests()
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|r| {
+                let bearer = r.headers.get("authorization").and_then(|v| v.to_str().ok());
+                let adk: Option<Value> = serde_json::from_slice(&r.body).ok();
+                bearer
+                    .and_then(|b| b.strip_prefix("Bearer ").map(str::to_owned))
+                    .or_else(|| Some(adk?["state_delta"].as_object()?.values().next()?.as_str()?.to_owned()))
+            })
+            .collect();
+        assert!(!access_tokens.is_empty(), "the agent got the asker's token");
+        let secrets: Vec<&str> = [
+            BOT_TOKEN,
+            SIGNING_SECRET,
+            world.refresh_token.as_str(),
+            "CANARYQUESTION",
+            "CANARYANSWER",
+        ]
+        .into_iter()
+        .chain(access_tokens.iter().map(String::as_str))
+        .collect();
+        for body in &bodies {
+            for secret in &secrets {
+                assert!(
+                    !body.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "{secret} exported in a span"
+                );
+            }
+        }
+    }
+}
+
+// Issue 16: an OTLP endpoint that is down or slow never slows or blocks answers.
+#[tokio::test]
+async fn a_collector_that_hangs_drops_spans_and_counts_them_but_answers_go_on() {
+    let hanging = collector(Duration::from_secs(60)).await;
+    let mut world = world(Kind::Http, &hanging, "http/protobuf").await;
+    world.env.extend([
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "30000".to_owned()),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "4".to_owned()),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2".to_owned()),
+        ("SHUTDOWN_DRAIN_SECONDS", "3".to_owned()),
+    ]);
+    let bot = Bot::start(&world.db, world.env.clone()).await;
+
+    // Three questions, one after another, each answered while the first export still
+    // waits for its 30 s timeout: nothing waits for the collector.
+    for n in 1..=3 {
+        assert_eq!(bot.ask(&format!("EvHang{n}")).await, 200);
+        eventually("the answer in Slack", Duration::from_secs(15), || async {
+            let calls = world.slack.received_requests().await.unwrap_or_default();
+            let answers = calls
+                .iter()
+                .filter(|c| String::from_utf8_lossy(&c.body).contains(ANSWER))
+                .count();
+            (answers >= n).then_some(())
+        })
+        .await;
+    }
+    let dropped = eventually("spans counted as dropped", Duration::from_secs(10), || async {
+        let metrics = bot.metrics().await;
+        let dropped: HashMap<&str, f64> = metrics
+            .lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix("trace_spans_dropped_total{reason=\"")?;
+                let (reason, value) = rest.split_once("\"} ")?;
+                Some((
+                    if reason == "queue_full" { "queue_full" } else { "other" },
+                    value.parse().ok()?,
+                ))
+            })
+            .collect();
+        dropped.get("queue_full").is_some_and(|n| *n > 0.0).then_some(dropped)
+    })
+    .await;
+    assert!(dropped["queue_full"] >= 1.0, "{dropped:?}");
+
+    // Shutdown gives up on the collector too: the drain, then at most the flush's 2 s.
+    let started = std::time::Instant::now();
+    let (status, log) = bot.terminate();
+    assert!(status.success(), "exit {status}\n{log}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}\n{log}",
+        started.elapsed()
+    );
+    assert!(
+        hanging.received_requests().await.is_some_and(|r| !r.is_empty()),
+        "export was tried"
+    );
+}
