@@ -38,6 +38,8 @@ if [ ! -x "$promtool" ]; then
     && dpkg-deb -x prometheus_*.deb .)
 fi
 "$promtool" check rules deploy/prometheus/alerts.yaml
+# Each alert fires from series that should fire it, and stays quiet for healthy ones.
+(cd deploy/prometheus && "../../$promtool" test rules alerts.test.yaml)
 
 # The image: no engine here can pull its base images or run it, so its runtime stage is
 # assembled around a release build, built FROM scratch, and run with chroot.

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
@@ -123,6 +124,8 @@ pub struct WorkerConfig {
     pub poll_interval: Duration,
 }
 
+/// Longest the jobs cut off at the drain deadline may take to be handed back.
+const HAND_BACK_WITHIN: Duration = Duration::from_secs(2);
 /// Held-back jobs told they wait, at most, each time the pool finds nothing to run.
 const WAITING_BATCH: i64 = 32;
 
@@ -169,12 +172,15 @@ impl Workers {
     }
 
     /// Claims and runs jobs until shutdown begins, then waits up to `drain` for running
-    /// jobs. Jobs still running after that keep their lease and are retaken after it.
+    /// jobs. Jobs still running after that are cut off and handed back to the queue, so
+    /// another replica takes them up at once (one whose hand-back cannot be recorded is
+    /// retaken when its lease runs out).
     /// Whenever nothing can be claimed, jobs held back behind others are told they wait
     /// (one pass at a time, holding one of the pool's permits while it runs).
     pub async fn run(self, lifecycle: Lifecycle, drain: Duration) {
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
         let tracker = TaskTracker::new();
+        let cut_off = CancellationToken::new();
         let announcing = Arc::new(Semaphore::new(1));
         // Jobs queued by another replica wake this pool too (Postgres).
         let watching = self.store.watch_queued_jobs(self.wake.clone());
@@ -187,7 +193,7 @@ impl Workers {
             let lease_until = now + self.config.lease.as_secs() as i64;
             match self.store.claim_job(now, lease_until, self.config.per_user_limit).await {
                 Ok(Some(job)) => {
-                    let worker = self.clone();
+                    let (worker, cut_off) = (self.clone(), cut_off.clone());
                     let span = tracing::info_span!(
                         "job",
                         otel.name = %format_args!("job {}", job.kind),
@@ -200,7 +206,10 @@ impl Workers {
                     telemetry::continue_trace(&span, job.traceparent.as_deref());
                     tracker.spawn(
                         async move {
-                            worker.execute(job).await;
+                            tokio::select! {
+                                () = worker.execute(&job) => {}
+                                () = cut_off.cancelled() => worker.hand_back(&job).await,
+                            }
                             drop(permit);
                         }
                         .instrument(span),
@@ -231,7 +240,29 @@ impl Workers {
         }
         tracker.close();
         if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
-            tracing::warn!("drain deadline passed with jobs still running; they will be retaken after their lease");
+            tracing::warn!("drain deadline passed with jobs still running; handing them back to the queue");
+            cut_off.cancel();
+            // Bounded: the database may be what holds the drain up.
+            if tokio::time::timeout(HAND_BACK_WITHIN, tracker.wait()).await.is_err() {
+                tracing::warn!("jobs could not all be handed back; they will be retaken after their lease");
+            }
+        }
+    }
+
+    /// Puts a job cut off at the drain deadline back in the queue, due now. Its run is
+    /// over (dropped mid-way), so nothing of it can land after another replica's.
+    async fn hand_back(&self, job: &Job) {
+        let now = self.clock.now();
+        match self
+            .store
+            .retry_job(job, now, now, "cut off by a replica's shutdown")
+            .await
+        {
+            Ok(true) => tracing::info!("handed the job back to the queue at the drain deadline"),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(error = %error, "could not hand the job back; it will be retaken after its lease")
+            }
         }
     }
 
@@ -256,12 +287,12 @@ impl Workers {
     }
 
     /// Runs one claimed job to an outcome, renewing its lease meanwhile.
-    async fn execute(&self, job: Job) {
+    async fn execute(&self, job: &Job) {
         let outcome = {
-            let renewal = self.keep_lease(&job);
+            let renewal = self.keep_lease(job);
             tokio::pin!(renewal);
             tokio::select! {
-                outcome = self.handler.run(&job) => outcome,
+                outcome = self.handler.run(job) => outcome,
                 () = &mut renewal => {
                     // Another worker holds the job now; it owns the outcome.
                     tracing::warn!("lease lost to another worker; stopping this run");
@@ -272,19 +303,19 @@ impl Workers {
         let now = self.clock.now();
         let reference = job.reference();
         let recorded = match &outcome {
-            Ok(Done::Finished) => self.store.complete_job(&job, now).await,
-            Ok(Done::Parked) => self.store.park_job(&job, now).await,
+            Ok(Done::Finished) => self.store.complete_job(job, now).await,
+            Ok(Done::Parked) => self.store.park_job(job, now).await,
             Err(error @ JobError::Transient { retry_after, .. }) if job.attempts < self.config.max_attempts => {
                 let delay = retry_after.unwrap_or_else(|| self.backoff(job.attempts));
                 tracing::warn!(error = %error, retry_in_s = delay.as_secs(), "job failed; will retry");
                 self.store
-                    .retry_job(&job, now, retry_at(now, delay), &error.to_string())
+                    .retry_job(job, now, retry_at(now, delay), &error.to_string())
                     .await
             }
             Err(error) => {
                 tracing::error!(error = %error, reference, "job abandoned");
-                self.handler.give_up(&job, error, &reference).await;
-                self.store.fail_job(&job, now, &error.to_string()).await
+                self.handler.give_up(job, error, &reference).await;
+                self.store.fail_job(job, now, &error.to_string()).await
             }
         };
         match recorded {

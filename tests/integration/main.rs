@@ -23,6 +23,7 @@ mod linking;
 mod log_pipe;
 mod oidc_conformance;
 mod refusals;
+mod rollout;
 mod slack_intake;
 mod slack_sign_in;
 mod socket_mode;
