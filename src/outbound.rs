@@ -1,5 +1,5 @@
 //! The HTTP client every outbound call is made with (Databricks OAuth and REST, Sign in
-//! with Slack, the company's own agent): it follows no redirects — a token or a bearer
+//! with Slack, the company's own agent, the OTLP collector): it follows no redirects — a token or a bearer
 //! header must never be carried to wherever a response points — and every call has a
 //! connect timeout and a total timeout.
 

@@ -215,67 +215,64 @@ fn read_protocol(r: &mut Reader<'_>) -> Option<OtlpProtocol> {
 /// (or to loopback), since they usually carry a collector's API key.
 fn read_headers(r: &mut Reader<'_>, endpoint: Option<&Url>) -> Option<Vec<(String, SecretString)>> {
     let var = per_signal(r, "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS");
-    let Some(raw) = r.optional(var) else {
-        return Some(Vec::new());
-    };
-    let mut headers = Vec::new();
-    let mut valid = true;
-    for (n, entry) in raw.split(',').enumerate() {
-        let header = entry.split_once('=').and_then(|(name, value)| {
-            let name = name.trim();
-            let value = percent_encoding::percent_decode_str(value.trim()).decode_utf8().ok()?;
-            reqwest::header::HeaderName::from_bytes(name.as_bytes()).ok()?;
-            reqwest::header::HeaderValue::from_str(&value).ok()?;
-            Some((name.to_ascii_lowercase(), SecretString::from(value.into_owned())))
-        });
-        match header {
-            Some(header) => headers.push(header),
-            None => {
-                valid = false;
-                r.problem(
-                    var,
-                    format!("entry {} must be name=value, the value percent-encoded", n + 1),
-                );
-            }
-        }
-    }
+    let headers = read_pairs(r, var, "name=value", |name, value| {
+        reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok()
+            && reqwest::header::HeaderValue::from_str(value).is_ok()
+    })?;
     if endpoint.is_some_and(|url| !is_secure_or_loopback(url)) && !headers.is_empty() {
         r.problem(
             var,
             "would be sent in the clear: the OTLP endpoint must be https:// (or on loopback) when headers are set",
         );
-        valid = false;
+        return None;
     }
-    valid.then_some(headers)
+    let headers = headers
+        .into_iter()
+        .map(|(name, value)| (name.to_ascii_lowercase(), SecretString::from(value)))
+        .collect();
+    Some(headers)
 }
 
 /// `OTEL_RESOURCE_ATTRIBUTES`: `key=value` pairs, comma separated, values percent-encoded.
 /// `service.name` among them gives way to `OTEL_SERVICE_NAME`, which always sets it.
 fn read_resource(r: &mut Reader<'_>) -> Option<Vec<(String, String)>> {
-    let Some(raw) = r.optional("OTEL_RESOURCE_ATTRIBUTES") else {
+    let mut attributes = read_pairs(r, "OTEL_RESOURCE_ATTRIBUTES", "key=value", |key, _| !key.is_empty())?;
+    attributes.retain(|(key, _)| key != "service.name");
+    Some(attributes)
+}
+
+/// `var` as the specification's list of `key=value` pairs, comma separated, each value
+/// percent-encoded and each pair one that `accepts`; empty when unset. An entry that is
+/// not one is a problem named by its position (never its value, which may be secret).
+fn read_pairs(
+    r: &mut Reader<'_>,
+    var: &'static str,
+    shape: &str,
+    accepts: impl Fn(&str, &str) -> bool,
+) -> Option<Vec<(String, String)>> {
+    let Some(raw) = r.optional(var) else {
         return Some(Vec::new());
     };
-    let mut attributes = Vec::new();
+    let mut pairs = Vec::new();
     let mut valid = true;
     for (n, entry) in raw.split(',').enumerate() {
-        let attribute = entry.split_once('=').and_then(|(key, value)| {
+        let pair = entry.split_once('=').and_then(|(key, value)| {
             let key = key.trim();
             let value = percent_encoding::percent_decode_str(value.trim()).decode_utf8().ok()?;
-            (!key.is_empty()).then(|| (key.to_owned(), value.into_owned()))
+            accepts(key, &value).then(|| (key.to_owned(), value.into_owned()))
         });
-        match attribute {
-            Some((key, _)) if key == "service.name" => {}
-            Some(attribute) => attributes.push(attribute),
+        match pair {
+            Some(pair) => pairs.push(pair),
             None => {
                 valid = false;
                 r.problem(
-                    "OTEL_RESOURCE_ATTRIBUTES",
-                    format!("entry {} must be key=value, the value percent-encoded", n + 1),
+                    var,
+                    format!("entry {} must be {shape}, the value percent-encoded", n + 1),
                 );
             }
         }
     }
-    valid.then_some(attributes)
+    valid.then_some(pairs)
 }
 
 /// `OTEL_TRACES_SAMPLER` (default `parentbased_always_on`) with `OTEL_TRACES_SAMPLER_ARG`,

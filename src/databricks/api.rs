@@ -334,75 +334,65 @@ impl<'a> Databricks<'a> {
             http.request.method = %method,
             url.path = path,
         );
-        let sent = self
-            .send_until_settled(method, path, query, body, total)
-            .instrument(span.clone())
-            .await;
+        let sent = async {
+            let mut attempt = 0;
+            let (mut token, version) = self.bearer.current();
+            let mut refused_once = false;
+            loop {
+                let mut request = self
+                    .http
+                    .request(method.clone(), self.host.url(path))
+                    .query(query)
+                    .bearer_auth(token.expose_secret());
+                if let Some(body) = body {
+                    request = request.json(body);
+                }
+                if let Some(total) = total {
+                    request = request.timeout(total);
+                }
+                let response = request.send().await.map_err(|e| transport_error(&e))?;
+                if response.status().is_success() {
+                    return Ok(response);
+                }
+                match error_of(response).await {
+                    ApiError::RateLimited { retry_after } if attempt < RATE_LIMIT_RETRIES => {
+                        let wait = retry_after.unwrap_or(Duration::from_secs(1 << attempt));
+                        if wait > MAX_INLINE_WAIT {
+                            return Err(ApiError::RateLimited { retry_after });
+                        }
+                        attempt += 1;
+                        tracing::info!(
+                            wait_s = wait.as_secs(),
+                            attempt,
+                            "Databricks rate limited a call; waiting"
+                        );
+                        tokio::time::sleep(wait).await;
+                    }
+                    // The token expired or was revoked part-way through the answer: this call,
+                    // and only this call, is sent again with a renewed one.
+                    ApiError::InvalidToken if !refused_once => {
+                        refused_once = true;
+                        match self.bearer.after_refusal(version).await {
+                            Some(renewed) => {
+                                tracing::info!(
+                                    path,
+                                    "Databricks refused the access token; retrying the call with a renewed one"
+                                );
+                                token = renewed;
+                            }
+                            None => return Err(ApiError::InvalidToken),
+                        }
+                    }
+                    error => return Err(error),
+                }
+            }
+        }
+        .instrument(span.clone())
+        .await;
         if sent.is_err() {
             span.record("otel.status_code", "error");
         }
         sent
-    }
-
-    async fn send_until_settled(
-        &self,
-        method: Method,
-        path: &str,
-        query: &[(&str, &str)],
-        body: Option<&impl Serialize>,
-        total: Option<Duration>,
-    ) -> Result<reqwest::Response, ApiError> {
-        let mut attempt = 0;
-        let (mut token, version) = self.bearer.current();
-        let mut refused_once = false;
-        loop {
-            let mut request = self
-                .http
-                .request(method.clone(), self.host.url(path))
-                .query(query)
-                .bearer_auth(token.expose_secret());
-            if let Some(body) = body {
-                request = request.json(body);
-            }
-            if let Some(total) = total {
-                request = request.timeout(total);
-            }
-            let response = request.send().await.map_err(|e| transport_error(&e))?;
-            if response.status().is_success() {
-                return Ok(response);
-            }
-            match error_of(response).await {
-                ApiError::RateLimited { retry_after } if attempt < RATE_LIMIT_RETRIES => {
-                    let wait = retry_after.unwrap_or(Duration::from_secs(1 << attempt));
-                    if wait > MAX_INLINE_WAIT {
-                        return Err(ApiError::RateLimited { retry_after });
-                    }
-                    attempt += 1;
-                    tracing::info!(
-                        wait_s = wait.as_secs(),
-                        attempt,
-                        "Databricks rate limited a call; waiting"
-                    );
-                    tokio::time::sleep(wait).await;
-                }
-                // The token expired or was revoked part-way through the answer: this call,
-                // and only this call, is sent again with a renewed one.
-                ApiError::InvalidToken if !refused_once => {
-                    refused_once = true;
-                    match self.bearer.after_refusal(version).await {
-                        Some(renewed) => {
-                            tracing::info!(
-                                path,
-                                "Databricks refused the access token; retrying the call with a renewed one"
-                            );
-                            token = renewed;
-                        }
-                        None => return Err(ApiError::InvalidToken),
-                    }
-                }
-                error => return Err(error),
-            }
-        }
     }
 
     /// `GET /api/2.0/preview/scim/v2/Me`: who the token belongs to.

@@ -35,13 +35,12 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::{OtlpProtocol, TraceExport, TraceSampler};
 use crate::metrics::{SpanDrop, count_dropped_spans};
+use crate::outbound;
 
 /// The W3C header naming a span's trace and the span itself.
 pub const TRACEPARENT: &str = "traceparent";
 /// Longest the SDK's own flush and shutdown calls wait for the queue.
 const SDK_FLUSH: Duration = Duration::from_secs(2);
-/// Longest the export thread's HTTP connection may take to open.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most of a collector's answer read: it is a small status message.
 const MAX_ANSWER: usize = 64 * 1024;
 
@@ -225,15 +224,10 @@ impl Sender {
         }
     }
 
-    /// The exporter, with a client that follows no redirect (the headers may hold an API
-    /// key) and gives up after the timeout.
+    /// The exporter, with the client every outbound call is made with: it follows no
+    /// redirect (the headers may hold an API key) and gives up after the timeout.
     fn exporter(self) -> Result<(opentelemetry_otlp::SpanExporter, Batching), String> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(self.timeout)
-            .build()
-            .map_err(|error| error.to_string())?;
+        let client = outbound::client(self.timeout);
         let mut exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_http_client(Collector(client))
@@ -369,12 +363,7 @@ impl opentelemetry_http::HttpClient for Collector {
 /// Sends the collector an export with no spans in it, as `check` does: whether it takes
 /// one (with the headers and within the timeout `export` names).
 pub async fn probe_collector(export: &TraceExport) -> Result<(), String> {
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(export.timeout)
-        .build()
-        .map_err(|error| error.to_string())?;
+    let client = outbound::client(export.timeout);
     // An empty ExportTraceServiceRequest: no bytes in protobuf, `{}` in JSON.
     let (content_type, body) = match export.protocol {
         OtlpProtocol::Protobuf => ("application/x-protobuf", ""),

@@ -6,9 +6,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use crate::common::replica::{free_port, post_signed};
 use crate::common::{KEY_A, KEY_B, Person, TestDb, bin, eventually, vault};
 use base64::Engine;
-use databricks_slack_bot::slack::signature::sign;
 use databricks_slack_bot::store::links::LinkStatus;
 
 const NOW: i64 = 1_800_000_000;
@@ -609,25 +609,8 @@ pub(crate) async fn post_mention(
         "authorizations": [{"team_id": "T061EG9R6", "user_id": "U0LAN0Z89", "is_bot": true}],
         "event": {"type": "app_mention", "user": "U061F7AUR", "channel": "C0LAN2Q65",
                   "text": "<@U0LAN0Z89> still there?", "ts": format!("1700000000.{n:06}")}
-    })
-    .to_string();
-    let ts = jiff::Timestamp::now().as_second();
-    client
-        .post(format!("http://127.0.0.1:{port}/slack/events"))
-        .header("content-type", "application/json")
-        .header("x-slack-request-timestamp", ts.to_string())
-        .header("x-slack-signature", sign("CANARY-signing-secret", ts, body.as_bytes()))
-        .body(body)
-        .send()
-        .await
-}
-
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    });
+    post_signed(client, port, "CANARY-signing-secret", body.to_string(), None).await
 }
 
 /// Waits (up to 20 s) until the server `child` accepts connections on `port`; panics with

@@ -8,7 +8,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::cli::{assert_no_canary, free_port, post_mention, set, valid_env, wait_until_serving};
+use crate::cli::{assert_no_canary, post_mention, set, valid_env, wait_until_serving};
+use crate::common::replica::free_port;
 use crate::common::{TestDb, eventually};
 
 /// How long the bot's drain may take in these tests (`SHUTDOWN_DRAIN_SECONDS`).

@@ -8,8 +8,6 @@
 //! test lets it answer, so "in the middle of answers" is a state the test waits for, not a
 //! moment it guesses.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,15 +16,15 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::routing::post;
 use databricks_slack_bot::domain::WorkspaceHost;
-use databricks_slack_bot::slack::signature::sign;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wiremock::MockServer;
 
-use crate::cli::{free_port, set, valid_env};
+use crate::cli::{set, valid_env};
 use crate::common::app::{fake_slack, rows, slack_calls};
 use crate::common::fake_databricks::{FakeDatabricks, FakeUser};
+use crate::common::replica::Replica;
 use crate::common::{KEY_A, PATIENCE, Person, TestDb, eventually, vault};
 
 /// `SHUTDOWN_DRAIN_SECONDS` of the replicas here, unless a test says otherwise.
@@ -42,10 +40,6 @@ const DURING: usize = 4;
 /// How long the agent takes over an answer, at the least (from when it is asked); none
 /// is given before the test releases the agent.
 const ANSWER_TIME: Duration = Duration::from_secs(1);
-/// How long a replica may take to start and report ready.
-const READY_WITHIN: Duration = Duration::from_secs(30);
-/// The signing secret of [`valid_env`].
-const SIGNING_SECRET: &str = "CANARY-signing-secret";
 /// The team of the fake Slack's workspace (`auth.test`, `users.info`).
 const TEAM: &str = "T061EG9R6";
 
@@ -149,116 +143,33 @@ async fn agent_answers(
 
 // ---- the replicas ----------------------------------------------------------------------
 
-/// A replica: `databricks-slack-bot serve` as a process of its own on a port of its own,
-/// logging into a file; killed if the test ends (or fails) before it stops.
-struct Replica {
+/// Replica `name` on `db`, against the fake Slack at `slack_api`, the fake workspace at
+/// `databricks` and the agent at `agent_url`, draining for `drain`.
+fn replica(
+    db: &TestDb,
     name: &'static str,
-    port: u16,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Replica {
-    /// Starts replica `name` on `db`, against the fake Slack at `slack_api`, the fake
-    /// workspace at `databricks` and the agent at `agent_url`, draining for `drain`.
-    fn start(
-        db: &TestDb,
-        name: &'static str,
-        slack_api: &str,
-        databricks: &str,
-        agent_url: &str,
-        drain: Duration,
-    ) -> Self {
-        let port = free_port();
-        let mut env = valid_env(&db.url);
-        env.retain(|(key, _)| *key != "GENIE_SPACE_ID");
-        for (key, value) in [
-            ("BIND_ADDR", format!("127.0.0.1:{port}")),
-            ("SLACK_API_URL", slack_api.to_owned()),
-            ("DATABRICKS_HOST", databricks.to_owned()),
-            // The client the fake token endpoint knows.
-            ("DATABRICKS_CLIENT_ID", "test-client".to_owned()),
-            ("AGENT", "http".to_owned()),
-            ("AGENT_URL", agent_url.to_owned()),
-            ("ANSWER_VISIBILITY", "thread".to_owned()),
-            ("WORKER_CONCURRENCY", CONCURRENCY.to_string()),
-            ("SHUTDOWN_DRAIN_SECONDS", drain.as_secs().to_string()),
-            ("LOG_FORMAT", "json".to_owned()),
-            ("RUST_LOG", "info".to_owned()),
-        ] {
-            set(&mut env, key, value);
-        }
-        // A file, not a pipe: nobody has to read it while the test runs (issue 17).
-        let log = db.dir.path().join(format!("replica-{name}.log"));
-        let child = Command::new(crate::common::BIN)
-            .arg("serve")
-            .current_dir(db.dir.path())
-            .env_clear()
-            .envs(env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Self { name, port, child, log }
+    slack_api: &str,
+    databricks: &str,
+    agent_url: &str,
+    drain: Duration,
+) -> Replica {
+    let mut env = valid_env(&db.url);
+    env.retain(|(key, _)| *key != "GENIE_SPACE_ID" && *key != "BIND_ADDR");
+    for (key, value) in [
+        ("SLACK_API_URL", slack_api.to_owned()),
+        ("DATABRICKS_HOST", databricks.to_owned()),
+        // The client the fake token endpoint knows.
+        ("DATABRICKS_CLIENT_ID", "test-client".to_owned()),
+        ("AGENT", "http".to_owned()),
+        ("AGENT_URL", agent_url.to_owned()),
+        ("ANSWER_VISIBILITY", "thread".to_owned()),
+        ("WORKER_CONCURRENCY", CONCURRENCY.to_string()),
+        ("SHUTDOWN_DRAIN_SECONDS", drain.as_secs().to_string()),
+        ("RUST_LOG", "info".to_owned()),
+    ] {
+        set(&mut env, key, value);
     }
-
-    /// Waits until `/readyz` answers 200, as the kubelet's readiness probe does before
-    /// the rollout goes on; panics with the log if the process exits first.
-    async fn wait_until_ready(&mut self) {
-        let url = format!("http://127.0.0.1:{}/readyz", self.port);
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .unwrap();
-        let (name, log, child) = (self.name, &self.log, &mut self.child);
-        eventually(&format!("replica {name} to be ready"), READY_WITHIN, || {
-            if let Some(status) = child.try_wait().unwrap() {
-                let logs = std::fs::read_to_string(log).unwrap_or_default();
-                panic!("replica {name} exited early with {status}:\n{logs}");
-            }
-            let ready = client.get(&url).send();
-            async move { ready.await.is_ok_and(|response| response.status() == 200).then_some(()) }
-        })
-        .await;
-    }
-
-    /// Sends SIGTERM, as the kubelet does once `preStop` is over; returns when.
-    fn sigterm(&self) -> Instant {
-        let sent = Instant::now();
-        let kill = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(kill.success());
-        sent
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Waits (up to `within`) for the process to end.
-    async fn exited(&mut self, within: Duration) -> ExitStatus {
-        let child = &mut self.child;
-        eventually(&format!("replica {} to exit", self.name), within, || {
-            std::future::ready(child.try_wait().unwrap())
-        })
-        .await
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        if self.running() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    Replica::start(db.dir.path(), name, env)
 }
 
 // ---- Slack -----------------------------------------------------------------------------
@@ -318,29 +229,6 @@ fn slack_client() -> reqwest::Client {
         .unwrap()
 }
 
-/// Posts `event` to the replica on `port`, signed as Slack signs it; `retry` is Slack's
-/// retry number when this is a redelivery.
-async fn post_event(
-    client: &reqwest::Client,
-    port: u16,
-    event: &Value,
-    retry: Option<u32>,
-) -> reqwest::Result<reqwest::Response> {
-    let body = event.to_string();
-    let ts = jiff::Timestamp::now().as_second();
-    let mut request = client
-        .post(format!("http://127.0.0.1:{port}/slack/events"))
-        .header("content-type", "application/json")
-        .header("x-slack-request-timestamp", ts.to_string())
-        .header("x-slack-signature", sign(SIGNING_SECRET, ts, body.as_bytes()));
-    if let Some(retry) = retry {
-        request = request
-            .header("x-slack-retry-num", retry.to_string())
-            .header("x-slack-retry-reason", "http_error");
-    }
-    request.body(body).send().await
-}
-
 /// Whether Slack would take `response` as the delivery's acknowledgement.
 fn acknowledged(response: &reqwest::Result<reqwest::Response>) -> bool {
     matches!(response, Ok(response) if response.status() == 200)
@@ -390,8 +278,7 @@ async fn a_rolling_update_on_postgres_answers_every_question_exactly_once() {
     let agent = SlowAgent::start().await;
     let total = BEFORE + DURING;
     link_askers(&db, &databricks, total).await;
-    let start =
-        |name: &'static str| Replica::start(&db, name, &slack_api, &databricks.uri, &agent.url_for(name), DRAIN);
+    let start = |name: &'static str| replica(&db, name, &slack_api, &databricks.uri, &agent.url_for(name), DRAIN);
     // One after the other, so two cannot be handed the same free port.
     let mut a = start("a");
     a.wait_until_ready().await;
@@ -402,7 +289,7 @@ async fn a_rolling_update_on_postgres_answers_every_question_exactly_once() {
     let client = slack_client();
     for n in 1..=BEFORE {
         let to = [&a, &b][(n - 1) % 2];
-        let acked = post_event(&client, to.port, &question(n), None).await;
+        let acked = to.deliver(&client, &question(n), None).await;
         assert!(acknowledged(&acked), "question {n} to replica {}: {acked:?}", to.name);
     }
     // A and B each answer as many as they may; the rest wait in the queue.
@@ -435,13 +322,13 @@ async fn a_rolling_update_on_postgres_answers_every_question_exactly_once() {
     // reaches a replica that is up.
     for n in BEFORE + 1..=total {
         let event = question(n);
-        let refused = post_event(&client, a.port, &event, None).await;
+        let refused = a.deliver(&client, &event, None).await;
         assert!(
             matches!(&refused, Err(error) if error.is_connect()),
             "question {n} reached the stopping replica: {refused:?}"
         );
         let to = [&b, &c][(n - 1) % 2];
-        let acked = post_event(&client, to.port, &event, Some(1)).await;
+        let acked = to.deliver(&client, &event, Some(1)).await;
         assert!(
             acknowledged(&acked),
             "Slack's retry of question {n} to replica {}: {acked:?}",
@@ -451,7 +338,7 @@ async fn a_rolling_update_on_postgres_answers_every_question_exactly_once() {
     // Slack also redelivers events A and B had acknowledged (a slow acknowledgement, a
     // lost response); the replica they reach now knows them by their event id.
     for n in [1, 2] {
-        let acked = post_event(&client, c.port, &question(n), Some(1)).await;
+        let acked = c.deliver(&client, &question(n), Some(1)).await;
         assert!(acknowledged(&acked), "the redelivery of question {n}: {acked:?}");
     }
     assert!(
@@ -566,16 +453,16 @@ async fn a_question_cut_off_by_the_drain_deadline_is_handed_back_and_answered_on
     let agent = SlowAgent::start().await;
     link_askers(&db, &databricks, 1).await;
     let short = Duration::from_secs(1);
-    let mut a = Replica::start(&db, "a", &slack_api, &databricks.uri, &agent.url_for("a"), short);
+    let mut a = replica(&db, "a", &slack_api, &databricks.uri, &agent.url_for("a"), short);
     a.wait_until_ready().await;
     let client = slack_client();
-    let acked = post_event(&client, a.port, &question(1), None).await;
+    let acked = a.deliver(&client, &question(1), None).await;
     assert!(acknowledged(&acked), "{acked:?}");
     eventually("A to be answering", PATIENCE, || {
         std::future::ready((agent.held("a") == 1).then_some(()))
     })
     .await;
-    let mut b = Replica::start(&db, "b", &slack_api, &databricks.uri, &agent.url_for("b"), DRAIN);
+    let mut b = replica(&db, "b", &slack_api, &databricks.uri, &agent.url_for("b"), DRAIN);
     b.wait_until_ready().await;
 
     let stopping = a.sigterm();

@@ -6,11 +6,8 @@
 //! OTLP protobuf definitions (opentelemetry-proto), in protobuf and in JSON.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use databricks_slack_bot::slack::signature::sign;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -19,9 +16,9 @@ use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
-use crate::cli::{free_port, wait_until_serving};
 use crate::common::app::{self, BOT_TOKEN, SIGNING_SECRET, config_env, mention};
 use crate::common::fake_databricks::{FakeDatabricks, FakeUser};
+use crate::common::replica::Replica;
 use crate::common::{KEY_A, Person, TestDb, eventually, vault};
 
 const QUESTION: &str = "How many CANARYQUESTION orders shipped last week";
@@ -91,69 +88,23 @@ fn tree(spans: &[Span]) -> String {
     out
 }
 
-/// A running `serve`, killed when dropped; its stderr goes to a file shown on failure.
-struct Bot {
-    child: Child,
-    port: u16,
-    log: std::path::PathBuf,
+/// The question, as Slack delivers it.
+fn question(event_id: &str) -> Value {
+    mention(event_id, &format!("<@{}> {QUESTION}", app::BOT_USER))
 }
 
-impl Bot {
-    async fn start(db: &TestDb, env: Vec<(&'static str, String)>) -> Self {
-        let port = free_port();
-        let log = db.dir.path().join("bot.log");
-        let mut child = Command::new(crate::common::BIN)
-            .current_dir(db.dir.path())
-            .env_clear()
-            .envs(env)
-            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
-            .env("LOG_FORMAT", "json")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        wait_until_serving(port, &mut child).await;
-        Self { child, port, log }
-    }
-
-    /// Posts a signed `app_mention` of [`QUESTION`].
-    async fn ask(&self, event_id: &str) -> u16 {
-        let body = mention(event_id, &format!("<@{}> {QUESTION}", app::BOT_USER)).to_string();
-        let ts = jiff::Timestamp::now().as_second();
-        reqwest::Client::new()
-            .post(format!("http://127.0.0.1:{}/slack/events", self.port))
-            .header("content-type", "application/json")
-            .header("x-slack-request-timestamp", ts.to_string())
-            .header("x-slack-signature", sign(SIGNING_SECRET, ts, body.as_bytes()))
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    }
-
-    async fn metrics(&self) -> String {
-        let url = format!("http://127.0.0.1:{}/metrics", self.port);
-        reqwest::get(url).await.unwrap().text().await.unwrap()
-    }
-
-    /// SIGTERM, and the exit status once the process has ended.
-    fn terminate(mut self) -> (std::process::ExitStatus, String) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let status = self.child.wait().unwrap();
-        (status, std::fs::read_to_string(&self.log).unwrap_or_default())
-    }
+/// Starts the bot in `world` and waits until it is ready.
+async fn start(world: &World) -> Replica {
+    let mut bot = Replica::start(world.db.dir.path(), "bot", world.env.clone());
+    bot.wait_until_ready().await;
+    bot
 }
 
-impl Drop for Bot {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Stops `bot` with SIGTERM; its exit status and logs.
+async fn stop(mut bot: Replica) -> (std::process::ExitStatus, String) {
+    bot.sigterm();
+    let status = bot.exited(Duration::from_secs(30)).await;
+    (status, bot.logs())
 }
 
 /// Which of the company's agents answers, and the fake serving it.
@@ -297,9 +248,11 @@ async fn a_question_is_one_trace_from_slack_to_the_answer_and_the_agent_continue
     for (kind, protocol) in [(Kind::Http, "http/protobuf"), (Kind::Adk, "http/json")] {
         let collector = collector(Duration::ZERO).await;
         let world = world(kind, &collector, protocol).await;
-        let bot = Bot::start(&world.db, world.env.clone()).await;
+        let bot = start(&world).await;
+        let client = reqwest::Client::new();
 
-        assert_eq!(bot.ask("EvTrace1").await, 200);
+        let acked = bot.deliver(&client, &question("EvTrace1"), None).await.unwrap();
+        assert_eq!(acked.status(), 200);
         eventually("the answer in Slack", Duration::from_secs(20), || async {
             slack_was_sent(&world.slack, ANSWER).await.then_some(())
         })
@@ -309,7 +262,7 @@ async fn a_question_is_one_trace_from_slack_to_the_answer_and_the_agent_continue
             spans.iter().any(|s| s.name == "job question").then_some(())
         })
         .await;
-        let (status, log) = bot.terminate();
+        let (status, log) = stop(bot).await;
         assert!(status.success(), "{kind:?}: exit {status}\n{log}");
         let (spans, bodies, resources) = exported(&collector).await;
         let shown = tree(&spans);
@@ -425,12 +378,17 @@ async fn a_collector_that_hangs_drops_spans_and_counts_them_but_answers_go_on() 
         ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2".to_owned()),
         ("SHUTDOWN_DRAIN_SECONDS", "3".to_owned()),
     ]);
-    let bot = Bot::start(&world.db, world.env.clone()).await;
+    let bot = start(&world).await;
+    let client = reqwest::Client::new();
 
     // Three questions, one after another, each answered while the first export still
     // waits for its 30 s timeout: nothing waits for the collector.
     for n in 1..=3 {
-        assert_eq!(bot.ask(&format!("EvHang{n}")).await, 200);
+        let acked = bot
+            .deliver(&client, &question(&format!("EvHang{n}")), None)
+            .await
+            .unwrap();
+        assert_eq!(acked.status(), 200);
         eventually("the answer in Slack", Duration::from_secs(15), || async {
             let calls = world.slack.received_requests().await.unwrap_or_default();
             let answers = calls
@@ -442,7 +400,7 @@ async fn a_collector_that_hangs_drops_spans_and_counts_them_but_answers_go_on() 
         .await;
     }
     let dropped = eventually("spans counted as dropped", Duration::from_secs(10), || async {
-        let metrics = bot.metrics().await;
+        let metrics = bot.get("/metrics").await;
         let dropped: HashMap<&str, f64> = metrics
             .lines()
             .filter_map(|line| {
@@ -461,7 +419,7 @@ async fn a_collector_that_hangs_drops_spans_and_counts_them_but_answers_go_on() 
 
     // Shutdown gives up on the collector too: the drain, then at most the flush's 2 s.
     let started = std::time::Instant::now();
-    let (status, log) = bot.terminate();
+    let (status, log) = stop(bot).await;
     assert!(status.success(), "exit {status}\n{log}");
     assert!(
         started.elapsed() < Duration::from_secs(15),

@@ -9,6 +9,7 @@ pub mod fake_entra;
 pub mod logs;
 pub mod oidc_provider;
 pub mod recorded;
+pub mod replica;
 pub mod slack_oidc;
 pub mod wait;
 
