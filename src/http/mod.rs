@@ -141,6 +141,9 @@ fn with_middleware(routes: Router, registry: Arc<Metrics>) -> Router {
                 .make_span_with(request_span)
                 .on_response(|response: &axum::response::Response, latency: Duration, span: &Span| {
                     span.record("status", response.status().as_u16());
+                    if response.status().is_server_error() {
+                        span.record("otel.status_code", "error");
+                    }
                     tracing::info!(latency_ms = latency.as_millis() as u64, "request served");
                 })
                 .on_request(())
@@ -159,6 +162,7 @@ fn request_span(request: &Request) -> Span {
         "http",
         otel.name = %format_args!("{} {route}", request.method()),
         otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
         method = %request.method(),
         route,
         status = tracing::field::Empty

@@ -13,10 +13,10 @@ use tokio_tungstenite::tungstenite::Message;
 use wiremock::matchers::path;
 use wiremock::{Mock, ResponseTemplate};
 
-type Socket = WebSocketStream<tokio::net::TcpStream>;
+pub(crate) type Socket = WebSocketStream<tokio::net::TcpStream>;
 
 /// Accepts every connection the bot opens, greets it with `hello` and hands it over.
-async fn fake_socket_server() -> (String, mpsc::UnboundedReceiver<Socket>) {
+pub(crate) async fn fake_socket_server() -> (String, mpsc::UnboundedReceiver<Socket>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/link", listener.local_addr().unwrap());
     let (tx, rx) = mpsc::unbounded_channel();
@@ -35,7 +35,7 @@ async fn fake_socket_server() -> (String, mpsc::UnboundedReceiver<Socket>) {
 }
 
 /// Reads frames until an ack (`{"envelope_id": …}`) arrives.
-async fn next_ack(ws: &mut Socket) -> Value {
+pub(crate) async fn next_ack(ws: &mut Socket) -> Value {
     loop {
         let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
             .await
@@ -51,7 +51,7 @@ async fn next_ack(ws: &mut Socket) -> Value {
     }
 }
 
-fn envelope(id: &str, kind: &str, payload: Value) -> Message {
+pub(crate) fn envelope(id: &str, kind: &str, payload: Value) -> Message {
     let envelope = json!({"envelope_id": id, "type": kind, "accepts_response_payload": false,
                           "retry_attempt": 0, "retry_reason": "", "payload": payload});
     Message::Text(envelope.to_string().into())

@@ -160,8 +160,19 @@ struct World {
 }
 
 async fn world(kind: Kind, collector: &MockServer, protocol: &str) -> World {
+    world_with(kind, collector, protocol, None).await
+}
+
+/// [`world`], in Socket Mode over the WebSocket at `socket` when one is given.
+async fn world_with(kind: Kind, collector: &MockServer, protocol: &str, socket: Option<&str>) -> World {
     let db = TestDb::sqlite();
     let slack = MockServer::start().await;
+    if let Some(url) = socket {
+        Mock::given(path("/api/apps.connections.open"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true, "url": url})))
+            .mount(&slack)
+            .await;
+    }
     app::mount_slack_defaults(&slack).await;
     let databricks = FakeDatabricks::start().await;
     let agent = fake_agent(kind).await;
@@ -203,6 +214,9 @@ async fn world(kind: Kind, collector: &MockServer, protocol: &str) -> World {
     ]);
     if matches!(kind, Kind::Adk) {
         env.push(("ADK_APP_NAME", ADK_APP.to_owned()));
+    }
+    if socket.is_some() {
+        env.push(("SLACK_APP_TOKEN", "xapp-1-test-CANARY".to_owned()));
     }
     World {
         db,
@@ -430,4 +444,46 @@ async fn a_collector_that_hangs_drops_spans_and_counts_them_but_answers_go_on() 
         hanging.received_requests().await.is_some_and(|r| !r.is_empty()),
         "export was tried"
     );
+}
+
+// Issue 16: over Socket Mode the delivery's span is the trace's root as the request's is
+// over HTTP, and the job continues it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socket_mode_question_is_one_trace_too() {
+    use futures_util::SinkExt;
+
+    let (ws_url, mut sockets) = crate::socket_mode::fake_socket_server().await;
+    let collector = collector(Duration::ZERO).await;
+    let world = world_with(Kind::Http, &collector, "http/protobuf", Some(&ws_url)).await;
+    let bot = start(&world).await;
+    let mut ws = tokio::time::timeout(Duration::from_secs(10), sockets.recv())
+        .await
+        .expect("the bot connects")
+        .unwrap();
+
+    ws.send(crate::socket_mode::envelope(
+        "env-1",
+        "events_api",
+        question("EvTraceSocket"),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(crate::socket_mode::next_ack(&mut ws).await["envelope_id"], "env-1");
+    eventually("the answer in Slack", Duration::from_secs(20), || async {
+        slack_was_sent(&world.slack, ANSWER).await.then_some(())
+    })
+    .await;
+    let spans = eventually("the job's span at the collector", Duration::from_secs(20), || async {
+        let (spans, ..) = exported(&collector).await;
+        spans.iter().any(|s| s.name == "job question").then_some(spans)
+    })
+    .await;
+    let shown = tree(&spans);
+    let delivery = one_named(&spans, "socket_mode event");
+    assert!(delivery.parent_span_id.is_empty(), "{shown}");
+    let job = one_named(&spans, "job question");
+    assert_eq!(job.parent_span_id, delivery.span_id, "{shown}");
+    assert!(under(&spans, one_named(&spans, "agent"), job), "{shown}");
+    let (status, log) = stop(bot).await;
+    assert!(status.success(), "exit {status}\n{log}");
 }
