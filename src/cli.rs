@@ -13,7 +13,7 @@ use secrecy::ExposeSecret;
 
 use crate::agent;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{self, Config, ConfigError, DatabaseConfig, Env, IdentityCheck, vault_and_database};
+use crate::config::{self, Config, ConfigError, DatabaseConfig, Env, IdentityCheck, Traces, vault_and_database};
 use crate::crypto::generate_key;
 use crate::databricks::authority::Authority;
 use crate::databricks::broker::rotation::{rotate_all, rotate_pending_links, sealed_under_unknown_keys, unknown_keys};
@@ -291,9 +291,9 @@ async fn check(env: &Env) -> Result<(), Failure> {
              Databricks account to that person's Slack user"
         );
     }
-    match &config.traces {
-        None => say!("traces         off (OTEL_EXPORTER_OTLP_ENDPOINT is not set)"),
-        Some(export) => {
+    match config::traces(env) {
+        Ok(Traces::Off(why)) => say!("traces         off ({why})"),
+        Ok(Traces::On(export)) => {
             let route = format!(
                 "{} to {}; service {}; sampler {}",
                 export.protocol.as_str(),
@@ -302,12 +302,22 @@ async fn check(env: &Env) -> Result<(), Failure> {
                 export.sampler.name
             );
             // Spans are only dropped when the collector is down: answers go on.
-            match telemetry::probe_collector(export).await {
+            match telemetry::probe_collector(&export).await {
                 Ok(()) => say!("traces         ok ({route})"),
                 Err(why) => say!(
                     "traces         WARNING: the collector did not take an empty export ({why}); spans would be \
                      dropped, answers are unaffected ({route})"
                 ),
+            }
+        }
+        // Optional: `serve` runs without them rather than not at all.
+        Err(problems) => {
+            for problem in problems.0 {
+                say!(
+                    "traces         WARNING: {}: {}; `serve` exports no traces until this is fixed",
+                    problem.var,
+                    problem.expected
+                );
             }
         }
     }

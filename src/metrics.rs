@@ -88,7 +88,19 @@ pub enum SpanDrop {
 
 /// Spans dropped, process-wide like [`LOG_LINES_DROPPED`]: one exporter serves the
 /// process.
-static SPANS_DROPPED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
+static SPANS_DROPPED: LazyLock<Family<ReasonLabels, Counter>> =
+    LazyLock::new(|| counted_from_zero(&["queue_full", "export_failed"]));
+
+/// A counter family with each of `reasons` shown from the start, at 0: a series that first
+/// appears at its first count (say, 40 spans dropped at once) gives `increase()` nothing to
+/// compare, and its alert would miss the first burst.
+fn counted_from_zero(reasons: &[&'static str]) -> Family<ReasonLabels, Counter> {
+    let family = Family::default();
+    for &reason in reasons {
+        drop(family.get_or_create(&ReasonLabels { reason }));
+    }
+    family
+}
 
 /// Counts `spans` dropped for `reason`.
 pub fn count_dropped_spans(reason: SpanDrop, spans: u64) {
@@ -115,7 +127,8 @@ pub enum LogDrop {
 
 /// Log lines dropped. The log writer is the process's, not one service's, so this counter
 /// is too: every registry shows the same one.
-static LOG_LINES_DROPPED: LazyLock<Family<ReasonLabels, Counter>> = LazyLock::new(Family::default);
+static LOG_LINES_DROPPED: LazyLock<Family<ReasonLabels, Counter>> =
+    LazyLock::new(|| counted_from_zero(&["queue_full", "write_failed"]));
 
 /// Counts a log line dropped for `reason`.
 pub fn count_dropped_log_line(reason: LogDrop) {

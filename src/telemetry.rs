@@ -21,18 +21,16 @@ use std::time::{Duration, Instant};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer, filter::Targets};
+use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::{self, Env, LogFormat};
+use crate::config::{self, Env, LogFormat, Traces};
 use crate::metrics::{LogDrop, count_dropped_log_line};
 
 mod traces;
-pub use traces::{TRACEPARENT, continue_trace, probe_collector, traceparent};
+pub use traces::{TRACEPARENT, continue_trace, describe_span, probe_collector, traceparent};
 
 /// Default filter when `RUST_LOG` is unset: our own info, quieter dependencies.
 const DEFAULT_FILTER: &str = "info,sqlx=warn,hyper=warn,tower_http=info";
-/// This crate's spans and events, as `tracing` names their targets.
-const CRATE: &str = env!("CARGO_CRATE_NAME");
 /// Lines the queue holds at most: about a MiB of JSON lines, far more than a busy bot logs
 /// in a second.
 const QUEUE_LINES: usize = 4_096;
@@ -81,22 +79,34 @@ pub fn init(env: &Env, export_traces: bool) {
         LogFormat::Json => logs.json().flatten_event(true).with_current_span(true).boxed(),
         LogFormat::Pretty => logs.boxed(),
     };
-    let export = export_traces.then(|| config::traces(env).ok().flatten()).flatten();
-    // Traces follow this crate's spans whatever RUST_LOG says of logs.
-    let traces = export
-        .as_ref()
-        .map(|export| traces::layer(export).with_filter(Targets::new().with_target(CRATE, tracing::Level::INFO)));
+    let traces = export_traces.then(|| config::traces(env));
+    let export = match &traces {
+        Some(Ok(Traces::On(export))) => Some(&**export),
+        _ => None,
+    };
     let _ = tracing_subscriber::registry()
         .with(logs.with_filter(filter))
-        .with(traces)
+        .with(export.map(traces::layer))
         .try_init();
-    if let Some(export) = export {
-        tracing::info!(
+    match traces {
+        Some(Ok(Traces::On(export))) => tracing::info!(
             endpoint = %export.endpoint,
             protocol = export.protocol.as_str(),
             sampler = export.sampler.name,
             "exporting traces"
-        );
+        ),
+        Some(Err(problems)) => {
+            let problems: Vec<String> = problems
+                .0
+                .iter()
+                .map(|p| format!("{}: {}", p.var, p.expected))
+                .collect();
+            tracing::warn!(
+                problems = problems.join("; "),
+                "the OTEL_* settings are invalid, so no traces are exported (`check` lists each problem)"
+            );
+        }
+        _ => {}
     }
     // The default hook writes to stderr itself, and would block on a stalled pipe.
     std::panic::set_hook(Box::new(|panic| {

@@ -19,7 +19,7 @@ use crate::crypto::{ClientCertificate, Vault, VaultKey};
 use crate::domain::{WorkspaceHost, is_secure_or_loopback};
 
 mod traces;
-pub use traces::{OtlpProtocol, TraceExport, TraceSampler, traces};
+pub use traces::{OtlpProtocol, TraceExport, TraceSampler, Traces, traces};
 
 /// Every variable the bot reads. `.env.example` and the README document each one.
 pub const VARIABLES: &[&str] = &[
@@ -684,8 +684,6 @@ pub struct Config {
     /// `SHUTDOWN_DRAIN_SECONDS`: how long in-flight work may take to finish once shutdown
     /// begins.
     pub drain_deadline: Duration,
-    /// `OTEL_*`: where traces go, when they are exported.
-    pub traces: Option<TraceExport>,
 }
 
 impl Config {
@@ -702,7 +700,6 @@ impl Config {
         let agent = read_agent(&mut r);
         let workers = read_workers(&mut r);
         check_log_format(&mut r);
-        let traces = traces::read_traces(&mut r);
 
         r.finish(|| {
             let (server, workers) = (server.expect("validated"), workers.expect("validated"));
@@ -722,7 +719,6 @@ impl Config {
                 worker_concurrency: workers.concurrency,
                 worker_per_user_limit: workers.per_user_limit,
                 drain_deadline: workers.drain_deadline,
-                traces,
             }
         })
     }

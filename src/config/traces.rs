@@ -2,11 +2,13 @@
 //! variables (the part of them that applies to one OTLP/HTTP trace exporter).
 //!
 //! Export is on when an OTLP endpoint is set (or `OTEL_TRACES_EXPORTER=otlp`), and off
-//! with `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`. Every variable is
-//! validated either way, so `check` names a typo before anyone relies on the traces. A
+//! with `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`, whatever else is set. A
 //! per-signal variable (`OTEL_EXPORTER_OTLP_TRACES_*`) wins over its general one, as the
 //! specification says. Header values are secrets (collector API keys): they are held in
 //! `SecretString` and never echoed.
+//!
+//! Traces are optional, and platforms inject `OTEL_*` into every pod: a problem with them
+//! never stops the bot. `serve` logs it and runs without traces; `check` names it.
 
 use std::time::Duration;
 
@@ -71,16 +73,14 @@ pub struct TraceSampler {
     pub name: &'static str,
 }
 
-const SAMPLERS: &[(&str, TraceSampler)] = &[
-    ("always_on", sampler(false, 1.0, "always_on")),
-    ("always_off", sampler(false, 0.0, "always_off")),
-    ("traceidratio", sampler(false, 1.0, "traceidratio")),
-    ("parentbased_always_on", sampler(true, 1.0, "parentbased_always_on")),
-    ("parentbased_always_off", sampler(true, 0.0, "parentbased_always_off")),
-    (
-        "parentbased_traceidratio",
-        sampler(true, 1.0, "parentbased_traceidratio"),
-    ),
+/// `OTEL_TRACES_SAMPLER`'s values, each as the name it is read as.
+const SAMPLERS: &[(&str, &str)] = &[
+    ("always_on", "always_on"),
+    ("always_off", "always_off"),
+    ("traceidratio", "traceidratio"),
+    ("parentbased_always_on", "parentbased_always_on"),
+    ("parentbased_always_off", "parentbased_always_off"),
+    ("parentbased_traceidratio", "parentbased_traceidratio"),
 ];
 
 const fn sampler(parent_based: bool, ratio: f64, name: &'static str) -> TraceSampler {
@@ -91,19 +91,32 @@ const fn sampler(parent_based: bool, ratio: f64, name: &'static str) -> TraceSam
     }
 }
 
-/// The trace export `env` asks for, if any, or every problem with its `OTEL_*` variables.
-pub fn traces(env: &Env) -> Result<Option<TraceExport>, ConfigError> {
-    let mut r = Reader::new(env);
-    let traces = read_traces(&mut r);
-    r.finish(|| traces)
+/// Whether traces are exported.
+#[derive(Debug, Clone)]
+pub enum Traces {
+    /// Not exported, and why (for `check`).
+    Off(&'static str),
+    On(Box<TraceExport>),
 }
 
-/// Reads and validates every `OTEL_*` variable; the export, when it is on.
-pub(super) fn read_traces(r: &mut Reader<'_>) -> Option<TraceExport> {
-    let disabled = r
-        .choice("OTEL_SDK_DISABLED", &[("true", true), ("false", false)])
-        .unwrap_or(false);
+/// The trace export `env` asks for, or every problem with its `OTEL_*` variables.
+pub fn traces(env: &Env) -> Result<Traces, ConfigError> {
+    let mut r = Reader::new(env);
+    let traces = read_traces(&mut r);
+    r.finish(|| traces.expect("validated"))
+}
+
+/// Reads and validates the `OTEL_*` variables (none but the switches when export is
+/// switched off).
+fn read_traces(r: &mut Reader<'_>) -> Option<Traces> {
+    let disabled = r.choice("OTEL_SDK_DISABLED", &[("true", true), ("false", false)]);
     let exporter = r.choice("OTEL_TRACES_EXPORTER", &[("otlp", true), ("none", false)]);
+    if disabled == Some(true) {
+        return Some(Traces::Off("OTEL_SDK_DISABLED=true"));
+    }
+    if exporter == Some(false) {
+        return Some(Traces::Off("OTEL_TRACES_EXPORTER=none"));
+    }
     let endpoint = read_endpoint(r);
     let protocol = read_protocol(r);
     let headers = read_headers(r, endpoint.as_ref());
@@ -123,14 +136,10 @@ pub(super) fn read_traces(r: &mut Reader<'_>) -> Option<TraceExport> {
             "must not be larger than OTEL_BSP_MAX_QUEUE_SIZE",
         );
     }
-    let wanted = match exporter {
-        Some(otlp) => otlp,
-        None => endpoint.is_some(),
-    };
-    if disabled || !wanted {
-        return None;
+    if exporter.is_none() && endpoint.is_none() {
+        return Some(Traces::Off("OTEL_EXPORTER_OTLP_ENDPOINT is not set"));
     }
-    Some(TraceExport {
+    Some(Traces::On(Box::new(TraceExport {
         endpoint: match endpoint {
             Some(endpoint) => endpoint,
             None => Url::parse(DEFAULT_ENDPOINT).expect("a valid URL"),
@@ -144,7 +153,7 @@ pub(super) fn read_traces(r: &mut Reader<'_>) -> Option<TraceExport> {
         queue_size: queue_size as usize,
         batch_size: batch_size as usize,
         schedule_delay: Duration::from_millis(schedule_delay.into()),
-    })
+    })))
 }
 
 /// The per-signal variable when it is set, else the general one.
@@ -278,10 +287,12 @@ fn read_pairs(
 /// `OTEL_TRACES_SAMPLER` (default `parentbased_always_on`) with `OTEL_TRACES_SAMPLER_ARG`,
 /// the ratio of the `*traceidratio` samplers (default 1).
 fn read_sampler(r: &mut Reader<'_>) -> Option<TraceSampler> {
-    let mut sampler = match r.optional("OTEL_TRACES_SAMPLER") {
-        None => sampler(true, 1.0, "parentbased_always_on"),
+    let name = match r.optional("OTEL_TRACES_SAMPLER") {
+        None => "parentbased_always_on",
         Some(_) => r.choice("OTEL_TRACES_SAMPLER", SAMPLERS)?,
     };
+    let ratio = if name.ends_with("always_off") { 0.0 } else { 1.0 };
+    let mut sampler = sampler(name.starts_with("parentbased_"), ratio, name);
     let ratio = r.optional("OTEL_TRACES_SAMPLER_ARG");
     if sampler.name.ends_with("traceidratio")
         && let Some(raw) = ratio
@@ -303,12 +314,22 @@ mod tests {
 
     use super::*;
 
-    fn read(pairs: &[(&str, &str)]) -> Result<Option<TraceExport>, ConfigError> {
+    fn read(pairs: &[(&str, &str)]) -> Result<Traces, ConfigError> {
         traces(&Env::from_pairs(pairs.iter().copied()))
     }
 
     fn export(pairs: &[(&str, &str)]) -> TraceExport {
-        read(pairs).unwrap().expect("export is on")
+        match read(pairs).unwrap() {
+            Traces::On(export) => *export,
+            Traces::Off(why) => panic!("export is off: {why}"),
+        }
+    }
+
+    fn off(pairs: &[(&str, &str)]) -> &'static str {
+        match read(pairs).unwrap() {
+            Traces::On(export) => panic!("export is on: {export:?}"),
+            Traces::Off(why) => why,
+        }
     }
 
     /// The variables named by the problems, and the whole message.
@@ -319,8 +340,11 @@ mod tests {
 
     #[test]
     fn export_is_off_unless_an_endpoint_or_the_otlp_exporter_is_named() {
-        assert!(read(&[]).unwrap().is_none());
-        assert!(read(&[("OTEL_SERVICE_NAME", "bot")]).unwrap().is_none());
+        assert_eq!(off(&[]), "OTEL_EXPORTER_OTLP_ENDPOINT is not set");
+        assert_eq!(
+            off(&[("OTEL_SERVICE_NAME", "bot")]),
+            "OTEL_EXPORTER_OTLP_ENDPOINT is not set"
+        );
         let default = export(&[("OTEL_TRACES_EXPORTER", "otlp")]);
         assert_eq!(default.endpoint.as_str(), "http://localhost:4318/v1/traces");
         assert_eq!(default.protocol, OtlpProtocol::Protobuf);
@@ -329,12 +353,14 @@ mod tests {
         assert_eq!((default.queue_size, default.batch_size), (2_048, 512));
         assert_eq!(default.schedule_delay, Duration::from_secs(5));
         assert_eq!(default.sampler, sampler(true, 1.0, "parentbased_always_on"));
-        for off in [("OTEL_SDK_DISABLED", "true"), ("OTEL_TRACES_EXPORTER", "none")] {
-            assert!(
-                read(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), off])
-                    .unwrap()
-                    .is_none()
-            );
+        // Switched off, nothing else is read: a bad value elsewhere does not matter.
+        for (switch, value) in [("OTEL_SDK_DISABLED", "true"), ("OTEL_TRACES_EXPORTER", "none")] {
+            let why = off(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                (switch, value),
+            ]);
+            assert_eq!(why, format!("{switch}={value}"));
         }
     }
 

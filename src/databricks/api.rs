@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use crate::databricks::bearer::Bearer;
 use crate::domain::WorkspaceHost;
+use crate::telemetry;
 
 /// Longest a single Databricks REST call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -263,6 +264,14 @@ pub fn path_segment(value: &str) -> String {
         .collect()
 }
 
+/// The API a path calls, for spans: its first four segments (`/api/2.0/genie/spaces`,
+/// `/api/2.1/unity-catalog/tables`). What follows may name a table the model chose from a
+/// question, so it is left out.
+fn api_of(path: &str) -> &str {
+    let end = path.match_indices('/').nth(4).map_or(path.len(), |(at, _)| at);
+    &path[..end]
+}
+
 /// One person's access to one workspace.
 #[derive(Clone, Copy)]
 pub struct Databricks<'a> {
@@ -317,7 +326,7 @@ impl<'a> Databricks<'a> {
 
     /// Sends the request until it succeeds or fails for good: a short rate limit is waited
     /// out, a refused token renewed once. The successful response comes back unread. One
-    /// span covers it all, naming the method and path (ids, never a query or a body).
+    /// span covers it all, naming the method and the API called ([`api_of`]).
     async fn send(
         &self,
         method: Method,
@@ -328,12 +337,13 @@ impl<'a> Databricks<'a> {
     ) -> Result<reqwest::Response, ApiError> {
         let span = tracing::info_span!(
             "databricks",
-            otel.name = %format_args!("databricks {method}"),
-            otel.kind = "client",
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
             http.request.method = %method,
-            url.path = path,
+            databricks.api = api_of(path),
         );
+        telemetry::describe_span(&span, "client", || format!("databricks {method}"));
         let sent = async {
             let mut attempt = 0;
             let (mut token, version) = self.bearer.current();
@@ -518,6 +528,20 @@ mod tests {
     }
 
     // LNK-08 (issue 12): the rule the email check compares by.
+    #[test]
+    fn spans_name_the_api_and_never_what_follows_it() {
+        assert_eq!(
+            api_of("/api/2.1/unity-catalog/tables/main.sales.orders"),
+            "/api/2.1/unity-catalog/tables"
+        );
+        assert_eq!(
+            api_of("/api/2.0/genie/spaces/01ef/start-conversation"),
+            "/api/2.0/genie/spaces"
+        );
+        assert_eq!(api_of("/api/2.0/sql/statements"), "/api/2.0/sql/statements");
+        assert_eq!(api_of("/api/2.0/sql"), "/api/2.0/sql");
+    }
+
     #[test]
     fn emails_match_whole_and_only_across_ascii_case() {
         let ada = Identity {

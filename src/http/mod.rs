@@ -30,6 +30,7 @@ use crate::lifecycle::Lifecycle;
 use crate::linking::LinkFlow;
 use crate::metrics::{self, Metrics};
 use crate::store::Store;
+use crate::telemetry;
 
 /// Largest request body accepted. Slack's payloads are a few KiB; the limit is enforced
 /// on the raw stream, before any handler or signature check buffers it (SIG-06).
@@ -158,13 +159,26 @@ fn request_span(request: &Request) -> Span {
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str);
-    tracing::info_span!(
-        "http",
-        otel.name = %format_args!("{} {route}", request.method()),
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        method = %request.method(),
-        route,
-        status = tracing::field::Empty
-    )
+    let span = match route {
+        // Probes and scrapes: frequent, and nobody's question. A target outside this
+        // crate's keeps them out of traces, which follow the crate's own.
+        "/healthz" | "/readyz" | "/metrics" => tracing::info_span!(
+            target: "probes",
+            "http",
+            method = %request.method(),
+            route,
+            status = tracing::field::Empty
+        ),
+        _ => tracing::info_span!(
+            "http",
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            method = %request.method(),
+            route,
+            status = tracing::field::Empty
+        ),
+    };
+    telemetry::describe_span(&span, "server", || format!("{} {route}", request.method()));
+    span
 }

@@ -19,6 +19,7 @@ use crate::intake::events::Intake;
 use crate::intake::interactions::Interactions;
 use crate::slack::api::SlackApi;
 use crate::slack::envelope;
+use crate::telemetry;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -86,12 +87,14 @@ async fn on_push(
 /// The span of one Socket Mode delivery, the root of its question's trace as a request's
 /// span is over HTTP.
 fn delivery_span(kind: &'static str) -> tracing::Span {
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "socket_mode",
-        otel.name = %format_args!("socket_mode {kind}"),
-        otel.kind = "consumer",
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
         kind
-    )
+    );
+    telemetry::describe_span(&span, "consumer", || format!("socket_mode {kind}"));
+    span
 }
 
 async fn on_command(

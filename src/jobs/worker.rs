@@ -196,20 +196,19 @@ impl Workers {
                     let (worker, cut_off) = (self.clone(), cut_off.clone());
                     let span = tracing::info_span!(
                         "job",
-                        otel.name = %format_args!("job {}", job.kind),
-                        otel.kind = "consumer",
+                        otel.name = tracing::field::Empty,
+                        otel.kind = tracing::field::Empty,
+                        otel.status_code = tracing::field::Empty,
                         id = job.id,
                         kind = %job.kind,
                         attempt = job.attempts
                     );
                     // The job's spans join the trace of the delivery that enqueued it.
+                    telemetry::describe_span(&span, "consumer", || format!("job {}", job.kind));
                     telemetry::continue_trace(&span, job.traceparent.as_deref());
                     tracker.spawn(
                         async move {
-                            tokio::select! {
-                                () = worker.execute(&job) => {}
-                                () = cut_off.cancelled() => worker.hand_back(&job).await,
-                            }
+                            worker.execute(&job, &cut_off).await;
                             drop(permit);
                         }
                         .instrument(span),
@@ -244,24 +243,9 @@ impl Workers {
             cut_off.cancel();
             // Bounded: the database may be what holds the drain up.
             if tokio::time::timeout(HAND_BACK_WITHIN, tracker.wait()).await.is_err() {
-                tracing::warn!("jobs could not all be handed back; they will be retaken after their lease");
-            }
-        }
-    }
-
-    /// Puts a job cut off at the drain deadline back in the queue, due now. Its run is
-    /// over (dropped mid-way), so nothing of it can land after another replica's.
-    async fn hand_back(&self, job: &Job) {
-        let now = self.clock.now();
-        match self
-            .store
-            .retry_job(job, now, now, "cut off by a replica's shutdown")
-            .await
-        {
-            Ok(true) => tracing::info!("handed the job back to the queue at the drain deadline"),
-            Ok(false) => {}
-            Err(error) => {
-                tracing::warn!(error = %error, "could not hand the job back; it will be retaken after its lease")
+                tracing::warn!(
+                    "work was still running after the hand-back; its jobs will be retaken after their lease"
+                );
             }
         }
     }
@@ -286,33 +270,51 @@ impl Workers {
         }
     }
 
-    /// Runs one claimed job to an outcome, renewing its lease meanwhile.
-    async fn execute(&self, job: &Job) {
+    /// Runs one claimed job to an outcome, renewing its lease meanwhile. When `cut_off`
+    /// fires (the drain deadline passed) the run is dropped where it is and the job handed
+    /// back to the queue, due now; an outcome already reached is recorded whatever
+    /// happens, so a run that ended is never handed back.
+    async fn execute(&self, job: &Job, cut_off: &CancellationToken) {
+        // `None`: cut off at the drain deadline.
         let outcome = {
             let renewal = self.keep_lease(job);
             tokio::pin!(renewal);
             tokio::select! {
-                outcome = self.handler.run(job) => outcome,
+                outcome = self.handler.run(job) => Some(outcome),
                 () = &mut renewal => {
                     // Another worker holds the job now; it owns the outcome.
                     tracing::warn!("lease lost to another worker; stopping this run");
                     return;
                 }
+                () = cut_off.cancelled() => None,
             }
         };
+        if !matches!(outcome, Some(Ok(_))) {
+            tracing::Span::current().record("otel.status_code", "error");
+        }
         let now = self.clock.now();
         let reference = job.reference();
         let recorded = match &outcome {
-            Ok(Done::Finished) => self.store.complete_job(job, now).await,
-            Ok(Done::Parked) => self.store.park_job(job, now).await,
-            Err(error @ JobError::Transient { retry_after, .. }) if job.attempts < self.config.max_attempts => {
+            None => {
+                let handed_back = self
+                    .store
+                    .retry_job(job, now, now, "cut off by a replica's shutdown")
+                    .await;
+                if matches!(handed_back, Ok(true)) {
+                    tracing::info!("handed the job back to the queue at the drain deadline");
+                }
+                handed_back
+            }
+            Some(Ok(Done::Finished)) => self.store.complete_job(job, now).await,
+            Some(Ok(Done::Parked)) => self.store.park_job(job, now).await,
+            Some(Err(error @ JobError::Transient { retry_after, .. })) if job.attempts < self.config.max_attempts => {
                 let delay = retry_after.unwrap_or_else(|| self.backoff(job.attempts));
                 tracing::warn!(error = %error, retry_in_s = delay.as_secs(), "job failed; will retry");
                 self.store
                     .retry_job(job, now, retry_at(now, delay), &error.to_string())
                     .await
             }
-            Err(error) => {
+            Some(Err(error)) => {
                 tracing::error!(error = %error, reference, "job abandoned");
                 self.handler.give_up(job, error, &reference).await;
                 self.store.fail_job(job, now, &error.to_string()).await

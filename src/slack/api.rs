@@ -17,6 +17,7 @@ use url::Url;
 
 use crate::domain::{TeamId, UserId};
 use crate::metrics::Metrics;
+use crate::telemetry;
 
 /// Longest any single Web API call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -221,12 +222,13 @@ macro_rules! call {
     ($api:expr, $method:literal, retries = $retries:expr, |$session:ident| $call:expr) => {{
         let span = tracing::info_span!(
             "slack",
-            otel.name = concat!("slack ", $method),
-            otel.kind = "client",
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
             slack.method = $method,
             outcome = tracing::field::Empty,
         );
+        telemetry::describe_span(&span, "client", || concat!("slack ", $method).to_owned());
         async {
             let mut attempt = 0;
             loop {

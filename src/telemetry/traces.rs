@@ -27,16 +27,18 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter as _, SpanProcessor};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::Layer;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::{Layer, filter};
 
 use crate::config::{OtlpProtocol, TraceExport, TraceSampler};
 use crate::metrics::{SpanDrop, count_dropped_spans};
 use crate::outbound;
 
+/// This crate's spans, as `tracing` names their targets.
+const CRATE: &str = env!("CARGO_CRATE_NAME");
 /// The W3C header naming a span's trace and the span itself.
 pub const TRACEPARENT: &str = "traceparent";
 /// Longest the SDK's own flush and shutdown calls wait for the queue.
@@ -62,22 +64,31 @@ where
 {
     let (queue, spans) = mpsc::sync_channel(export.queue_size);
     let resource = resource(export);
-    let sender = Sender::new(export, resource.clone());
-    let thread = std::thread::Builder::new()
+    let thread = ExportThread::new(export, resource.clone());
+    let started = std::thread::Builder::new()
         .name("trace-export".into())
-        .spawn(move || sender.run(&spans));
-    if let Err(error) = thread {
-        tracing::warn!(error = %error, "could not start the trace export thread; no traces are exported");
+        .spawn(move || thread.run(&spans));
+    match started {
+        // Only now is there a trace to continue (see `traceparent`).
+        Ok(_) => drop(QUEUE.set(queue.clone())),
+        Err(error) => tracing::warn!(error = %error, "could not start the trace export thread; no traces are exported"),
     }
-    let _ = QUEUE.set(queue.clone());
     let provider = SdkTracerProvider::builder()
-        .with_span_processor(Queue { spans: queue })
+        .with_span_processor(SpanQueue { spans: queue })
         .with_sampler(sampler(export.sampler))
         .with_resource(resource)
         .build();
+    // Only this crate's spans at INFO: never an event, whose fields (a log line's) are not
+    // vetted for export the way span fields are.
+    let only_spans = filter::filter_fn(|metadata| {
+        metadata.is_span() && metadata.target().starts_with(CRATE) && *metadata.level() <= tracing::Level::INFO
+    });
     tracing_opentelemetry::layer()
         .with_tracer(provider.tracer(env!("CARGO_PKG_NAME")))
         .with_threads(false)
+        .with_location(false)
+        .with_tracked_inactivity(false)
+        .with_filter(only_spans)
 }
 
 fn resource(export: &TraceExport) -> Resource {
@@ -141,6 +152,17 @@ pub fn traceparent() -> Option<String> {
     carrier.remove(TRACEPARENT)
 }
 
+/// Tells trace backends what `span` is: its `otel.kind` (`server`, `client`, `consumer`,
+/// `internal`) and `otel.name`, which the span declares `Empty`. Only while traces are
+/// exported: logs need neither, and some of these spans are made thousands of times a
+/// second.
+pub fn describe_span(span: &tracing::Span, kind: &'static str, name: impl FnOnce() -> String) {
+    if QUEUE.get().is_some() {
+        span.record("otel.kind", kind);
+        span.record("otel.name", name());
+    }
+}
+
 /// Makes `span` a child of the span `traceparent` names (kept with a job when its
 /// question was acknowledged), so the job's spans join the question's trace. A missing
 /// or unreadable one leaves `span` where it is, starting a trace of its own.
@@ -157,11 +179,11 @@ pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
 
 /// The span processor: each finished span into the queue, or counted as dropped.
 #[derive(Debug)]
-struct Queue {
+struct SpanQueue {
     spans: SyncSender<Message>,
 }
 
-impl SpanProcessor for Queue {
+impl SpanProcessor for SpanQueue {
     fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
 
     fn on_end(&self, span: SpanData) {
@@ -193,18 +215,18 @@ impl SpanProcessor for Queue {
     }
 }
 
-/// The export thread's side: batches, and the exporter they go out through.
-struct Sender {
+/// The export thread: what it needs to build its exporter and batch spans.
+struct ExportThread {
     endpoint: String,
     protocol: Protocol,
-    headers: HashMap<String, String>,
+    collector: Collector,
     timeout: Duration,
     resource: Resource,
     batch_size: usize,
     delay: Duration,
 }
 
-impl Sender {
+impl ExportThread {
     fn new(export: &TraceExport, resource: Resource) -> Self {
         Self {
             endpoint: export.endpoint.to_string(),
@@ -212,11 +234,7 @@ impl Sender {
                 OtlpProtocol::Protobuf => Protocol::HttpBinary,
                 OtlpProtocol::Json => Protocol::HttpJson,
             },
-            headers: export
-                .headers
-                .iter()
-                .map(|(name, value)| (name.clone(), value.expose_secret().to_owned()))
-                .collect(),
+            collector: Collector::new(export),
             timeout: export.timeout,
             resource,
             batch_size: export.batch_size,
@@ -224,17 +242,14 @@ impl Sender {
         }
     }
 
-    /// The exporter, with the client every outbound call is made with: it follows no
-    /// redirect (the headers may hold an API key) and gives up after the timeout.
+    /// The exporter, sending through [`Collector`].
     fn exporter(self) -> Result<(opentelemetry_otlp::SpanExporter, Batching), String> {
-        let client = outbound::client(self.timeout);
         let mut exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_http_client(Collector(client))
+            .with_http_client(self.collector)
             .with_endpoint(self.endpoint)
             .with_protocol(self.protocol)
             .with_timeout(self.timeout)
-            .with_headers(self.headers)
             .build()
             .map_err(|error| error.to_string())?;
         exporter.set_resource(&self.resource);
@@ -243,6 +258,7 @@ impl Sender {
             Batching {
                 size: self.batch_size,
                 delay: self.delay,
+                timeout: self.timeout,
             },
         ))
     }
@@ -264,8 +280,9 @@ impl Sender {
                 return;
             }
         };
-        let mut out = Export {
+        let mut out = Exporting {
             runtime,
+            timeout: batching.timeout,
             exporter,
             batch: Vec::with_capacity(batching.size),
             failing: false,
@@ -302,18 +319,21 @@ impl Sender {
 struct Batching {
     size: usize,
     delay: Duration,
+    /// Longest one export may take, the exporter's retries included.
+    timeout: Duration,
 }
 
 /// The batch being filled, and the exporter it goes out through.
-struct Export {
+struct Exporting {
     runtime: tokio::runtime::Runtime,
+    timeout: Duration,
     exporter: opentelemetry_otlp::SpanExporter,
     batch: Vec<SpanData>,
     /// Whether the last export failed: one warning per run of failures.
     failing: bool,
 }
 
-impl Export {
+impl Exporting {
     fn send(&mut self) {
         if self.batch.is_empty() {
             return;
@@ -321,7 +341,11 @@ impl Export {
         let capacity = self.batch.capacity();
         let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(capacity));
         let spans = batch.len() as u64;
-        match self.runtime.block_on(self.exporter.export(batch)) {
+        // The timer is made inside the runtime, which it needs.
+        let exported = self
+            .runtime
+            .block_on(async { tokio::time::timeout(self.timeout, self.exporter.export(batch)).await });
+        match exported.unwrap_or(Err(OTelSdkError::Timeout(self.timeout))) {
             Ok(()) => self.failing = false,
             Err(error) => {
                 count_dropped_spans(SpanDrop::ExportFailed, spans);
@@ -334,9 +358,25 @@ impl Export {
     }
 }
 
-/// The exporter's HTTP client: our reqwest, answers read up to [`MAX_ANSWER`].
+/// The exporter's HTTP client: the client every outbound call is made with (no redirect:
+/// the headers may hold an API key), the validated `OTEL_*` headers, answers read up to
+/// [`MAX_ANSWER`]. Of the exporter's own headers only those describing the body are kept:
+/// it also adds `OTEL_EXPORTER_OTLP_*HEADERS` from the process environment itself, which
+/// would bypass the configuration (`.env`, precedence, validation).
 #[derive(Debug)]
-struct Collector(reqwest::Client);
+struct Collector {
+    client: reqwest::Client,
+    headers: Vec<(String, SecretString)>,
+}
+
+impl Collector {
+    fn new(export: &TraceExport) -> Self {
+        Self {
+            client: outbound::client(export.timeout),
+            headers: export.headers.clone(),
+        }
+    }
+}
 
 #[async_trait::async_trait]
 impl opentelemetry_http::HttpClient for Collector {
@@ -344,7 +384,19 @@ impl opentelemetry_http::HttpClient for Collector {
         &self,
         request: opentelemetry_http::Request<opentelemetry_http::Bytes>,
     ) -> Result<opentelemetry_http::Response<opentelemetry_http::Bytes>, opentelemetry_http::HttpError> {
-        let mut response = self.0.execute(request.try_into()?).await?;
+        use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, USER_AGENT};
+
+        let (parts, body) = request.into_parts();
+        let mut call = self.client.request(parts.method, parts.uri.to_string()).body(body);
+        for name in [CONTENT_TYPE, CONTENT_ENCODING, USER_AGENT] {
+            if let Some(value) = parts.headers.get(&name) {
+                call = call.header(name, value);
+            }
+        }
+        for (name, value) in &self.headers {
+            call = call.header(name.as_str(), value.expose_secret());
+        }
+        let mut response = call.send().await?;
         let mut answer = Vec::new();
         while let Some(chunk) = response.chunk().await? {
             if answer.len() + chunk.len() > MAX_ANSWER {
@@ -360,26 +412,28 @@ impl opentelemetry_http::HttpClient for Collector {
     }
 }
 
-/// Sends the collector an export with no spans in it, as `check` does: whether it takes
-/// one (with the headers and within the timeout `export` names).
+/// Sends the collector an export with no spans in it, as `check` does, the way the
+/// exporter sends: whether it takes one (with the headers and within the timeout `export`
+/// names).
 pub async fn probe_collector(export: &TraceExport) -> Result<(), String> {
-    let client = outbound::client(export.timeout);
+    use opentelemetry_http::HttpClient;
+
     // An empty ExportTraceServiceRequest: no bytes in protobuf, `{}` in JSON.
     let (content_type, body) = match export.protocol {
         OtlpProtocol::Protobuf => ("application/x-protobuf", ""),
         OtlpProtocol::Json => ("application/json", "{}"),
     };
-    let mut request = client
-        .post(export.endpoint.clone())
+    let request = opentelemetry_http::Request::post(export.endpoint.as_str())
         .header(reqwest::header::CONTENT_TYPE, content_type)
-        .body(body);
-    for (name, value) in &export.headers {
-        request = request.header(name, value.expose_secret());
-    }
-    let response = request.send().await.map_err(|error| match error {
-        error if error.is_timeout() => "no answer in time".to_owned(),
-        error if error.is_connect() => "no connection".to_owned(),
-        error => error.without_url().to_string(),
+        .body(opentelemetry_http::Bytes::from_static(body.as_bytes()))
+        .map_err(|error| error.to_string())?;
+    let response = Collector::new(export).send_bytes(request).await.map_err(|error| {
+        match error.downcast_ref::<reqwest::Error>() {
+            Some(error) if error.is_timeout() => "no answer in time".to_owned(),
+            Some(error) if error.is_connect() => "no connection".to_owned(),
+            Some(error) => error.to_string(),
+            None => error.to_string(),
+        }
     })?;
     match response.status() {
         status if status.is_success() => Ok(()),

@@ -252,8 +252,9 @@ async fn migrate_then_check_report_on_both_backends() {
     }
 }
 
-// Issue 16: `check` names misconfigured OTEL_* variables (never a header's value), and says
-// whether the collector takes an export; a collector that is down warns without failing.
+// Issue 16: `check` names misconfigured OTEL_* variables (never a header's value) and says
+// whether the collector takes an export. Traces are optional: neither a bad OTEL_* value
+// nor a collector that is down fails `check`.
 #[tokio::test(flavor = "multi_thread")]
 async fn check_names_bad_otel_variables_and_whether_the_collector_takes_an_export() {
     use wiremock::matchers::{header, method, path};
@@ -278,15 +279,21 @@ async fn check_names_bad_otel_variables_and_whether_the_collector_takes_an_expor
     set(&mut bad, "OTEL_BSP_MAX_QUEUE_SIZE", "lots".into());
     let out = run_async(with_env(&db, &["check"], &bad)).await;
     let all = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(out.status.success(), "{all}");
     for var in [
         "OTEL_EXPORTER_OTLP_PROTOCOL",
         "OTEL_EXPORTER_OTLP_HEADERS",
         "OTEL_BSP_MAX_QUEUE_SIZE",
     ] {
-        assert!(all.contains(var), "{var} not named: {all}");
+        assert!(
+            all.contains(&format!("traces         WARNING: {var}: ")),
+            "{var} not named: {all}"
+        );
     }
-    assert!(all.contains("sent in the clear"), "{all}");
+    assert!(
+        all.contains("sent in the clear") && all.contains("grpc is not built in"),
+        "{all}"
+    );
     assert!(!all.contains("CANARY-otlp-key"), "{all}");
 
     let collector = wiremock::MockServer::start().await;
@@ -329,7 +336,18 @@ async fn check_names_bad_otel_variables_and_whether_the_collector_takes_an_expor
     );
 
     let out = run_async(with_env(&db, &["check"], &env)).await;
-    assert!(text(&out).contains("traces         off"), "{}", text(&out));
+    assert!(
+        text(&out).contains("traces         off (OTEL_EXPORTER_OTLP_ENDPOINT is not set)"),
+        "{}",
+        text(&out)
+    );
+    set(&mut bad, "OTEL_SDK_DISABLED", "true".into());
+    let out = run_async(with_env(&db, &["check"], &bad)).await;
+    assert!(
+        text(&out).contains("traces         off (OTEL_SDK_DISABLED=true)"),
+        "{}",
+        text(&out)
+    );
 }
 
 // Issue 11: `check` says which google-adk answers at AGENT_URL, and warns (without failing)

@@ -75,7 +75,7 @@ fn tree(spans: &[Span]) -> String {
         let mut children: Vec<&Span> = spans.iter().filter(|s| s.parent_span_id == parent).collect();
         children.sort_by_key(|s| s.start_time_unix_nano);
         for span in children {
-            let detail: Vec<String> = ["route", "slack.method", "url.path", "refresh", "outcome", "agent"]
+            let detail: Vec<String> = ["route", "slack.method", "databricks.api", "refresh", "outcome", "agent"]
                 .iter()
                 .filter_map(|key| Some(format!("{key}={}", attribute(&span.attributes, key)?)))
                 .collect();
@@ -261,7 +261,10 @@ fn under(spans: &[Span], span: &Span, ancestor: &Span) -> bool {
 async fn a_question_is_one_trace_from_slack_to_the_answer_and_the_agent_continues_it() {
     for (kind, protocol) in [(Kind::Http, "http/protobuf"), (Kind::Adk, "http/json")] {
         let collector = collector(Duration::ZERO).await;
-        let world = world(kind, &collector, protocol).await;
+        let mut world = world(kind, &collector, protocol).await;
+        world
+            .env
+            .push(("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=CANARY-otlp%20key".to_owned()));
         let bot = start(&world).await;
         let client = reqwest::Client::new();
 
@@ -288,6 +291,13 @@ async fn a_question_is_one_trace_from_slack_to_the_answer_and_the_agent_continue
             .find(|s| s.name == "POST /slack/events")
             .unwrap_or_else(|| panic!("no request span in\n{shown}"));
         assert!(request.parent_span_id.is_empty(), "{shown}");
+        // The readiness probes the start waited on are not traced.
+        assert!(
+            spans
+                .iter()
+                .all(|s| attribute(&s.attributes, "route") != Some("/readyz")),
+            "{shown}"
+        );
         assert_eq!(attribute(&request.attributes, "route"), Some("/slack/events"));
         let job = one_named(&spans, "job question");
         assert_eq!(
@@ -295,7 +305,7 @@ async fn a_question_is_one_trace_from_slack_to_the_answer_and_the_agent_continue
             "the job continues the delivery's trace\n{shown}"
         );
         let question: Vec<&Span> = spans.iter().filter(|s| s.trace_id == request.trace_id).collect();
-        for name in ["databricks token", "refresh", "agent"] {
+        for name in ["databricks token", "databricks token refresh", "agent"] {
             let span = one_named(&spans, name);
             assert_eq!(
                 span.trace_id, request.trace_id,
@@ -305,7 +315,11 @@ async fn a_question_is_one_trace_from_slack_to_the_answer_and_the_agent_continue
         }
         let token = one_named(&spans, "databricks token");
         assert_eq!(attribute(&token.attributes, "refresh"), Some("refreshed"), "{shown}");
-        assert_eq!(one_named(&spans, "refresh").parent_span_id, token.span_id, "{shown}");
+        assert_eq!(
+            one_named(&spans, "databricks token refresh").parent_span_id,
+            token.span_id,
+            "{shown}"
+        );
         let slack_calls: Vec<&&Span> = question.iter().filter(|s| s.name.starts_with("slack ")).collect();
         assert!(!slack_calls.is_empty(), "{shown}");
         for call in &slack_calls {
@@ -332,6 +346,22 @@ async fn a_question_is_one_trace_from_slack_to_the_answer_and_the_agent_continue
         for call in answering {
             let traceparent = call.headers.get("traceparent").map(|v| v.to_str().unwrap());
             assert_eq!(traceparent, Some(expected.as_str()), "{kind:?} {}", call.url.path());
+        }
+
+        // Each export carried the collector's key, decoded once; JSON is OTLP's JSON, with
+        // hex ids (not protobuf's base64) and camelCase names.
+        for request in collector.received_requests().await.unwrap() {
+            assert_eq!(request.headers["x-api-key"], "CANARY-otlp key");
+            if protocol == "http/json" {
+                let json: Value = serde_json::from_slice(&request.body).unwrap();
+                let span = &json["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
+                let trace_id = span["traceId"].as_str().unwrap();
+                assert!(
+                    trace_id.len() == 32 && trace_id.chars().all(|c| c.is_ascii_hexdigit()),
+                    "{span}"
+                );
+                assert!(span["startTimeUnixNano"].is_string(), "int64 as a string: {span}");
+            }
         }
 
         // The resource names the service; nothing secret or said is in any export.
@@ -366,6 +396,7 @@ async fn a_question_is_one_trace_from_slack_to_the_answer_and_the_agent_continue
             world.refresh_token.as_str(),
             "CANARYQUESTION",
             "CANARYANSWER",
+            "CANARY-otlp",
         ]
         .into_iter()
         .chain(access_tokens.iter().map(String::as_str))
@@ -479,6 +510,14 @@ async fn a_socket_mode_question_is_one_trace_too() {
     })
     .await;
     let shown = tree(&spans);
+    let (_, bodies, _) = exported(&collector).await;
+    for body in &bodies {
+        let body = String::from_utf8_lossy(body);
+        assert!(
+            !body.contains("xapp-1-test-CANARY") && !body.contains("CANARYQUESTION"),
+            "{body}"
+        );
+    }
     let delivery = one_named(&spans, "socket_mode event");
     assert!(delivery.parent_span_id.is_empty(), "{shown}");
     let job = one_named(&spans, "job question");
@@ -486,4 +525,38 @@ async fn a_socket_mode_question_is_one_trace_too() {
     assert!(under(&spans, one_named(&spans, "agent"), job), "{shown}");
     let (status, log) = stop(bot).await;
     assert!(status.success(), "exit {status}\n{log}");
+}
+
+// Issue 16: a misconfigured OTEL_* variable never stops the bot (platforms inject them into
+// every pod): it answers, exports nothing, and says why in its log.
+#[tokio::test]
+async fn a_bot_with_bad_otel_settings_answers_without_traces_and_says_why() {
+    let collector = collector(Duration::ZERO).await;
+    let mut world = world(Kind::Http, &collector, "grpc").await;
+    world
+        .env
+        .push(("OTEL_EXPORTER_OTLP_HEADERS", "api-key=CANARY-otlp-key".to_owned()));
+    let bot = start(&world).await;
+    let acked = bot
+        .deliver(&reqwest::Client::new(), &question("EvBadOtel"), None)
+        .await
+        .unwrap();
+    assert_eq!(acked.status(), 200);
+    eventually("the answer in Slack", Duration::from_secs(20), || async {
+        slack_was_sent(&world.slack, ANSWER).await.then_some(())
+    })
+    .await;
+    let (status, log) = stop(bot).await;
+    assert!(status.success(), "exit {status}\n{log}");
+    assert!(
+        log.contains("no traces are exported") && log.contains("OTEL_EXPORTER_OTLP_PROTOCOL: grpc is not built in"),
+        "{log}"
+    );
+    assert!(!log.contains("CANARY-otlp-key"), "{log}");
+    assert!(collector.received_requests().await.unwrap().is_empty());
+    // Nothing traced: the job row keeps no traceparent, and the agent is sent none.
+    let kept: Vec<(Option<String>,)> = app::rows(&world.db.url, "SELECT traceparent FROM jobs").await;
+    assert_eq!(kept, [(None,)]);
+    let asked = world.agent.received_requests().await.unwrap();
+    assert!(!asked.is_empty() && asked.iter().all(|r| !r.headers.contains_key("traceparent")));
 }

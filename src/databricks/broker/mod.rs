@@ -40,6 +40,7 @@ use crate::metrics::{Metrics, RefreshOutcome};
 use crate::store::Store;
 use crate::store::audit::{Actor, AuditEvent, AuditKind};
 use crate::store::links::{Link, LinkStatus};
+use crate::telemetry;
 
 /// Refresh when the access token has less than this left (or half its life, for
 /// short-lived tokens). An answer can take up to ten minutes (Genie's bound), so a token
@@ -139,6 +140,17 @@ pub struct TokenBroker {
 /// One person's in-process refresh lock.
 type Flight = Arc<tokio::sync::Mutex<()>>;
 
+/// The span of one call to the token endpoint.
+fn refresh_span() -> tracing::Span {
+    let span = tracing::info_span!(
+        "refresh",
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty
+    );
+    telemetry::describe_span(&span, "client", || "databricks token refresh".to_owned());
+    span
+}
+
 impl TokenBroker {
     pub fn new(store: Store, vault: Vault, oauth: Authority, clock: SharedClock, metrics: Arc<Metrics>) -> Self {
         Self {
@@ -174,7 +186,13 @@ impl TokenBroker {
             flights.entry((team.clone(), user.clone())).or_default().clone()
         };
         // Whether this took a refresh shows in the span, as the refresh's outcome.
-        let span = tracing::info_span!("token", otel.name = "databricks token", refresh = tracing::field::Empty);
+        let span = tracing::info_span!(
+            "token",
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+            refresh = tracing::field::Empty
+        );
+        telemetry::describe_span(&span, "internal", || "databricks token".to_owned());
         let outcome = async {
             let _one_at_a_time = flight.lock().await;
             self.user_context_exclusive(team, user, refused_version).await
@@ -217,10 +235,7 @@ impl TokenBroker {
                     .try_lock_refresh(team, user, link.version, now, claim_until)
                     .await?
             {
-                let refreshed = self
-                    .refresh(&link, claim_until)
-                    .instrument(tracing::info_span!("refresh", otel.kind = "client"))
-                    .await;
+                let refreshed = self.refresh(&link, claim_until).instrument(refresh_span()).await;
                 let outcome = match &refreshed {
                     Ok(Refreshed::Done(_)) => RefreshOutcome::Refreshed,
                     Ok(Refreshed::Superseded) => RefreshOutcome::Superseded,
