@@ -7,8 +7,9 @@
 //! cargo bench --bench intake [-- SECONDS CONNECTIONS]     (defaults: 10 s, 32)
 //! ```
 //!
-//! `BENCH_WORKER_CONCURRENCY` sets the bot's `WORKER_CONCURRENCY` (default 8), and
-//! `BENCH_DATABASE_URL` its Postgres.
+//! `BENCH_WORKER_CONCURRENCY` sets the bot's `WORKER_CONCURRENCY` (default 8),
+//! `BENCH_DATABASE_URL` its Postgres, and `BENCH_OTLP_ENDPOINT` a collector to export
+//! traces to (unset: none are exported).
 //!
 //! - **Minimal handler** (the physical-limit proxy): this bench binary again, as a child
 //!   process on the same kind of runtime as the bot, that verifies the HMAC with the bot's
@@ -372,6 +373,7 @@ fn start_bot(port: u16, database_url: &str, slack: &str, dir: &std::path::Path) 
             ("RUST_LOG", "warn".to_owned()),
         ])
         .envs(std::env::var("BENCH_WORKER_CONCURRENCY").map(|n| ("WORKER_CONCURRENCY", n)))
+        .envs(std::env::var("BENCH_OTLP_ENDPOINT").map(|url| ("OTEL_EXPORTER_OTLP_ENDPOINT", url)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
