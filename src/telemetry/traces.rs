@@ -164,16 +164,23 @@ pub fn describe_span(span: &tracing::Span, kind: &'static str, name: impl FnOnce
 }
 
 /// Makes `span` a child of the span `traceparent` names (kept with a job when its
-/// question was acknowledged), so the job's spans join the question's trace. A missing
-/// or unreadable one leaves `span` where it is, starting a trace of its own.
+/// question was acknowledged), so the job's spans join the question's trace, and links it
+/// to that span as well (backends that draw a queue's consumer apart from its producer
+/// follow the link). A missing or unreadable one leaves `span` where it is, starting a
+/// trace of its own.
 pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
+    use opentelemetry::trace::TraceContextExt;
+
     let Some(traceparent) = traceparent else {
         return;
     };
     let carrier = HashMap::from([(TRACEPARENT.to_owned(), traceparent.to_owned())]);
     let parent = TraceContextPropagator::new().extract(&carrier);
-    if opentelemetry::trace::TraceContextExt::has_active_span(&parent) {
-        let _ = span.set_parent(parent);
+    if parent.has_active_span() {
+        let acknowledged = parent.span().span_context().clone();
+        if span.set_parent(parent).is_ok() {
+            span.add_link(acknowledged);
+        }
     }
 }
 

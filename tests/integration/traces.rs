@@ -304,6 +304,12 @@ async fn a_question_is_one_trace_from_slack_to_the_answer_and_the_agent_continue
             job.parent_span_id, request.span_id,
             "the job continues the delivery's trace\n{shown}"
         );
+        assert!(
+            job.links
+                .iter()
+                .any(|link| link.span_id == request.span_id && link.trace_id == request.trace_id),
+            "the job links to the acknowledgement\n{shown}"
+        );
         let question: Vec<&Span> = spans.iter().filter(|s| s.trace_id == request.trace_id).collect();
         for name in ["databricks token", "databricks token refresh", "agent"] {
             let span = one_named(&spans, name);
