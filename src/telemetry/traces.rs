@@ -11,8 +11,9 @@
 //! SDK's own batch processor drops the same way but only logs how many, so this one is
 //! ours.
 //!
-//! What spans carry is decided where they are made: ids, routes, API method names,
-//! outcomes. Never a token, an OAuth code, a question or an answer.
+//! What spans carry is decided where they are made: ids, routes, API names, outcomes.
+//! Never a token, an OAuth code, a question or an answer; and log events, whose fields
+//! are a log line's, are never exported.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -53,7 +54,9 @@ enum Message {
     Flush(mpsc::Sender<()>),
 }
 
-/// The export queue, for [`flush`].
+/// The export queue, set once its thread runs: while it is, spans are worth describing
+/// and traces worth continuing ([`describe_span`], [`traceparent`]), and [`flush`] has
+/// something to wait for.
 static QUEUE: OnceLock<SyncSender<Message>> = OnceLock::new();
 
 /// The layer that makes this crate's spans OpenTelemetry spans and exports them as
