@@ -16,8 +16,8 @@
 //! are a log line's, are never exported.
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use opentelemetry::propagation::TextMapPropagator;
@@ -229,7 +229,7 @@ impl SpanProcessor for SpanQueue {
 struct ExportThread {
     endpoint: String,
     protocol: Protocol,
-    collector: Collector,
+    collector: Arc<Collector>,
     timeout: Duration,
     resource: Resource,
     batch_size: usize,
@@ -244,7 +244,7 @@ impl ExportThread {
                 OtlpProtocol::Protobuf => Protocol::HttpBinary,
                 OtlpProtocol::Json => Protocol::HttpJson,
             },
-            collector: Collector::new(export),
+            collector: Arc::new(Collector::new(export)),
             timeout: export.timeout,
             resource,
             batch_size: export.batch_size,
@@ -253,24 +253,17 @@ impl ExportThread {
     }
 
     /// The exporter, sending through [`Collector`].
-    fn exporter(self) -> Result<(opentelemetry_otlp::SpanExporter, Batching), String> {
+    fn exporter(&self) -> Result<opentelemetry_otlp::SpanExporter, String> {
         let mut exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_http_client(self.collector)
-            .with_endpoint(self.endpoint)
+            .with_shared_http_client(self.collector.clone())
+            .with_endpoint(&self.endpoint)
             .with_protocol(self.protocol)
             .with_timeout(self.timeout)
             .build()
             .map_err(|error| error.to_string())?;
         exporter.set_resource(&self.resource);
-        Ok((
-            exporter,
-            Batching {
-                size: self.batch_size,
-                delay: self.delay,
-                timeout: self.timeout,
-            },
-        ))
+        Ok(exporter)
     }
 
     /// Sends spans as they come until the process ends: a batch when it is full, when
@@ -282,7 +275,7 @@ impl ExportThread {
             .build()
             .map_err(|error| error.to_string())
             .and_then(|runtime| Ok((runtime, self.exporter()?)));
-        let (runtime, (exporter, batching)) = match built {
+        let (runtime, exporter) = match built {
             Ok(built) => built,
             Err(error) => {
                 // Dropping the queue's receiver: every span from now on counts as dropped.
@@ -292,20 +285,20 @@ impl ExportThread {
         };
         let mut out = Exporting {
             runtime,
-            timeout: batching.timeout,
+            timeout: self.timeout,
             exporter,
-            batch: Vec::with_capacity(batching.size),
+            batch: Vec::with_capacity(self.batch_size),
             failing: false,
         };
-        let mut due = Instant::now() + batching.delay;
+        let mut due = Instant::now() + self.delay;
         loop {
             match queue.recv_timeout(due.saturating_duration_since(Instant::now())) {
                 Ok(Message::Span(span)) => {
                     if out.batch.is_empty() {
-                        due = Instant::now() + batching.delay;
+                        due = Instant::now() + self.delay;
                     }
                     out.batch.push(*span);
-                    if out.batch.len() >= batching.size {
+                    if out.batch.len() >= self.batch_size {
                         out.send();
                     }
                 }
@@ -315,7 +308,7 @@ impl ExportThread {
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     out.send();
-                    due = Instant::now() + batching.delay;
+                    due = Instant::now() + self.delay;
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     out.send();
@@ -324,13 +317,6 @@ impl ExportThread {
             }
         }
     }
-}
-
-struct Batching {
-    size: usize,
-    delay: Duration,
-    /// Longest one export may take, the exporter's retries included.
-    timeout: Duration,
 }
 
 /// The batch being filled, and the exporter it goes out through.
